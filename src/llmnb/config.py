@@ -1,0 +1,136 @@
+"""GPT-2 configuration and the layout of the flat buffers, as in llm.c's train_gpt2.c.
+
+All parameters live in one contiguous float32 array, in the order of PARAM_NAMES; all activations
+in another, in the order of ACT_NAMES. Each named tensor is a NumPy view into its flat buffer,
+reshaped to its natural shape. Gradients use the same layout as what they are gradients of.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+
+# the 16 parameter tensors, in llm.c's order (the order of the checkpoint file too)
+PARAM_NAMES = (
+    "wte", "wpe", "ln1w", "ln1b", "qkvw", "qkvb", "attprojw", "attprojb",
+    "ln2w", "ln2b", "fcw", "fcb", "fcprojw", "fcprojb", "lnfw", "lnfb",
+)
+
+# the 23 activation tensors, in llm.c's order
+ACT_NAMES = (
+    "encoded", "ln1", "ln1_mean", "ln1_rstd", "qkv", "atty", "preatt", "att", "attproj",
+    "residual2", "ln2", "ln2_mean", "ln2_rstd", "fch", "fch_gelu", "fcproj", "residual3",
+    "lnf", "lnf_mean", "lnf_rstd", "logits", "probs", "losses",
+)
+
+
+@dataclass(frozen=True)
+class GPT2Config:
+    max_seq_len: int = 1024       # maxT
+    vocab_size: int = 50257       # V
+    padded_vocab_size: int = 50304  # Vp, V rounded up to a multiple of 128
+    num_layers: int = 12          # L
+    num_heads: int = 12           # NH
+    channels: int = 768           # C
+
+    def __post_init__(self):
+        for name in ("max_seq_len", "vocab_size", "padded_vocab_size", "num_layers",
+                     "num_heads", "channels"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"GPT2Config.{name} must be positive, got {getattr(self, name)}")
+        if self.padded_vocab_size < self.vocab_size:
+            raise ValueError(f"padded_vocab_size {self.padded_vocab_size} < vocab_size {self.vocab_size}")
+        if self.channels % self.num_heads != 0:
+            raise ValueError(f"channels {self.channels} not divisible by num_heads {self.num_heads}")
+
+    @staticmethod
+    def pad_vocab(V, multiple=128):
+        """llm.c pads the vocabulary to a multiple of 128 (50257 -> 50304)."""
+        return ((V + multiple - 1) // multiple) * multiple
+
+    @classmethod
+    def depth(cls, L, max_seq_len=1024, vocab_size=50257):
+        """The d6/d12/d24... family of train_gpt2.cu: C = 64*L, NH = max(1, C/64)."""
+        C = 64 * L
+        return cls(max_seq_len=max_seq_len, vocab_size=vocab_size,
+                   padded_vocab_size=cls.pad_vocab(vocab_size), num_layers=L,
+                   num_heads=max(1, C // 64), channels=C)
+
+
+def param_shapes(config):
+    """The 16 parameter shapes, as fill_in_parameter_sizes (natural shapes, not just sizes)."""
+    Vp, C, maxT, L = config.padded_vocab_size, config.channels, config.max_seq_len, config.num_layers
+    return {
+        "wte": (Vp, C), "wpe": (maxT, C),
+        "ln1w": (L, C), "ln1b": (L, C),
+        "qkvw": (L, 3 * C, C), "qkvb": (L, 3 * C),
+        "attprojw": (L, C, C), "attprojb": (L, C),
+        "ln2w": (L, C), "ln2b": (L, C),
+        "fcw": (L, 4 * C, C), "fcb": (L, 4 * C),
+        "fcprojw": (L, C, 4 * C), "fcprojb": (L, C),
+        "lnfw": (C,), "lnfb": (C,),
+    }
+
+
+def act_shapes(config, B, T):
+    """The 23 activation shapes, as fill_in_activation_sizes."""
+    C, NH, L, Vp = config.channels, config.num_heads, config.num_layers, config.padded_vocab_size
+    return {
+        "encoded": (B, T, C),
+        "ln1": (L, B, T, C), "ln1_mean": (L, B, T), "ln1_rstd": (L, B, T),
+        "qkv": (L, B, T, 3 * C), "atty": (L, B, T, C),
+        "preatt": (L, B, NH, T, T), "att": (L, B, NH, T, T),
+        "attproj": (L, B, T, C), "residual2": (L, B, T, C),
+        "ln2": (L, B, T, C), "ln2_mean": (L, B, T), "ln2_rstd": (L, B, T),
+        "fch": (L, B, T, 4 * C), "fch_gelu": (L, B, T, 4 * C),
+        "fcproj": (L, B, T, C), "residual3": (L, B, T, C),
+        "lnf": (B, T, C), "lnf_mean": (B, T), "lnf_rstd": (B, T),
+        "logits": (B, T, Vp), "probs": (B, T, Vp), "losses": (B, T),
+    }
+
+
+def _size(shape):
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def param_sizes(config):
+    """The 16 sizes of fill_in_parameter_sizes, in order."""
+    return [_size(s) for s in param_shapes(config).values()]
+
+
+def act_sizes(config, B, T):
+    """The 23 sizes of fill_in_activation_sizes, in order."""
+    return [_size(s) for s in act_shapes(config, B, T).values()]
+
+
+class Tensors:
+    """Named views into one flat buffer (llm.c's ParameterTensors / ActivationTensors).
+
+    `memory` is the flat buffer; each name is an attribute holding a view of it in its natural
+    shape. Works for any array type that supports 1-D slicing and reshape (NumPy arrays, Numba
+    CUDA device arrays).
+    """
+
+    def __init__(self, memory, shapes):
+        self.memory = memory
+        self.shapes = dict(shapes)
+        self.names = tuple(self.shapes)
+        offset = 0
+        for name, shape in self.shapes.items():
+            n = _size(shape)
+            setattr(self, name, memory[offset:offset + n].reshape(shape))
+            offset += n
+        if offset != memory.shape[0]:
+            raise ValueError(f"flat buffer holds {memory.shape[0]} floats, layout needs {offset}")
+
+    @staticmethod
+    def count(shapes):
+        return sum(_size(s) for s in shapes.values())
+
+    @classmethod
+    def allocate(cls, shapes, zeros=np.zeros):
+        return cls(zeros(cls.count(shapes), dtype=np.float32), shapes)
+
+    def __iter__(self):
+        return ((name, getattr(self, name)) for name in self.names)

@@ -1,0 +1,348 @@
+"""The layers of GPT-2, forward and backward: every function of llm.c's train_gpt2.c as a Numba kernel.
+
+Conventions (as in the C):
+- B = batch size, T = sequence length, C = channels, OC = output channels, NH = heads,
+  hs = C / NH head size, V = real vocab size, Vp = padded vocab size.
+- Arrays arrive in their natural shapes (the comments give them) and are views into the model's
+  flat buffers; the kernels read sizes off the shapes, write into the arrays they are given and
+  allocate nothing.
+- Backward kernels *accumulate* (+=) into their gradient outputs, as the C does: the model zeroes
+  the gradient buffers once per step.
+- Parallel loops never let two threads write the same element, and every element is summed in the
+  same order whatever the thread count, so a parallel kernel gives the same answer as its serial
+  version on every input (tests/test_kernels.py checks this).
+"""
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from .matmul import matmul_forward, matmul_backward  # noqa: F401  (re-exported, see matmul.py)
+
+F32 = np.float32
+GELU_SCALING_FACTOR = F32(math.sqrt(2.0 / math.pi))
+GELU_CUBE = F32(0.044715)
+CHUNK = 16  # channels per task in the kernels that reduce over B*T (one cache line of floats)
+
+
+# ----------------------------------------------------------------------------------------------
+# encoder: token embedding + position embedding
+
+@njit(parallel=True, cache=True)
+def encoder_forward(out, inp, wte, wpe):
+    # out (B,T,C); inp (B,T) int32 token ids; wte (Vp,C); wpe (maxT,C)
+    B, T, C = out.shape
+    for bt in prange(B * T):
+        b, t = bt // T, bt % T
+        ix = inp[b, t]
+        for i in range(C):
+            out[b, t, i] = wte[ix, i] + wpe[t, i]
+
+
+@njit(parallel=True, cache=True)
+def encoder_backward(dwte, dwpe, dout, inp):
+    # dwte (Vp,C), dwpe (maxT,C) += from dout (B,T,C); inp (B,T) int32
+    # The same token may appear many times in a batch, so rows of dwte cannot be split between
+    # threads by (b,t). Instead each thread owns a slice of channels and walks all of (b,t).
+    B, T, C = dout.shape
+    nchunks = (C + CHUNK - 1) // CHUNK
+    for ci in prange(nchunks):
+        i0 = ci * CHUNK
+        i1 = min(i0 + CHUNK, C)
+        for b in range(B):
+            for t in range(T):
+                ix = inp[b, t]
+                for i in range(i0, i1):
+                    d = dout[b, t, i]
+                    dwte[ix, i] += d
+                    dwpe[t, i] += d
+
+
+# ----------------------------------------------------------------------------------------------
+# layernorm
+
+@njit(parallel=True, cache=True)
+def layernorm_forward(out, mean, rstd, inp, weight, bias):
+    # out (B,T,C), mean (B,T), rstd (B,T); inp (B,T,C); weight (C), bias (C)
+    B, T, C = inp.shape
+    eps = F32(1e-5)
+    for bt in prange(B * T):
+        b, t = bt // T, bt % T
+        x = inp[b, t]
+        m = F32(0.0)
+        for i in range(C):
+            m += x[i]
+        m = m / F32(C)
+        v = F32(0.0)
+        for i in range(C):
+            xshift = x[i] - m
+            v += xshift * xshift
+        v = v / F32(C)
+        s = F32(1.0) / np.sqrt(v + eps)
+        o = out[b, t]
+        for i in range(C):
+            o[i] = (s * (x[i] - m)) * weight[i] + bias[i]
+        mean[b, t] = m
+        rstd[b, t] = s
+
+
+@njit(parallel=True, cache=True)
+def layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd):
+    # dinp (B,T,C), dweight (C), dbias (C) += ; dout, inp (B,T,C); weight (C); mean, rstd (B,T)
+    B, T, C = inp.shape
+    # pass 1: dinp, independent per (b,t)
+    for bt in prange(B * T):
+        b, t = bt // T, bt % T
+        mean_bt = mean[b, t]
+        rstd_bt = rstd[b, t]
+        dnorm_mean = F32(0.0)
+        dnorm_norm_mean = F32(0.0)
+        for i in range(C):
+            norm_bti = (inp[b, t, i] - mean_bt) * rstd_bt
+            dnorm_i = weight[i] * dout[b, t, i]
+            dnorm_mean += dnorm_i
+            dnorm_norm_mean += dnorm_i * norm_bti
+        dnorm_mean = dnorm_mean / F32(C)
+        dnorm_norm_mean = dnorm_norm_mean / F32(C)
+        for i in range(C):
+            norm_bti = (inp[b, t, i] - mean_bt) * rstd_bt
+            dnorm_i = weight[i] * dout[b, t, i]
+            dval = dnorm_i - dnorm_mean - norm_bti * dnorm_norm_mean
+            dinp[b, t, i] += dval * rstd_bt
+    # pass 2: dweight, dbias reduce over (b,t); each thread owns a slice of channels
+    nchunks = (C + CHUNK - 1) // CHUNK
+    for ci in prange(nchunks):
+        i0 = ci * CHUNK
+        i1 = min(i0 + CHUNK, C)
+        for b in range(B):
+            for t in range(T):
+                mean_bt = mean[b, t]
+                rstd_bt = rstd[b, t]
+                for i in range(i0, i1):
+                    norm_bti = (inp[b, t, i] - mean_bt) * rstd_bt
+                    dbias[i] += dout[b, t, i]
+                    dweight[i] += norm_bti * dout[b, t, i]
+
+
+# ----------------------------------------------------------------------------------------------
+# attention
+
+@njit(parallel=True, cache=True)
+def attention_forward(out, preatt, att, inp):
+    # out (B,T,C); preatt, att (B,NH,T,T); inp (B,T,3C) holding the query, key, value vectors
+    B, T, C3 = inp.shape
+    C = C3 // 3
+    NH = att.shape[1]
+    hs = C // NH
+    scale = F32(1.0 / math.sqrt(hs))
+    for bth in prange(B * T * NH):
+        b = bth // (T * NH)
+        t = (bth // NH) % T
+        h = bth % NH
+        q = inp[b, t, h * hs:(h + 1) * hs]
+        preatt_bth = preatt[b, h, t]
+        att_bth = att[b, h, t]
+        # pass 1: query . key, and the running max
+        maxval = F32(-10000.0)
+        for t2 in range(t + 1):
+            k = inp[b, t2, C + h * hs:C + (h + 1) * hs]
+            val = F32(0.0)
+            for i in range(hs):
+                val += q[i] * k[i]
+            val *= scale
+            if val > maxval:
+                maxval = val
+            preatt_bth[t2] = val
+        # pass 2: exp and sum
+        expsum = F32(0.0)
+        for t2 in range(t + 1):
+            expv = np.exp(preatt_bth[t2] - maxval)
+            expsum += expv
+            att_bth[t2] = expv
+        expsum_inv = F32(0.0) if expsum == F32(0.0) else F32(1.0) / expsum
+        # pass 3: normalise; the causal mask leaves zeros above the diagonal
+        for t2 in range(T):
+            if t2 <= t:
+                att_bth[t2] *= expsum_inv
+            else:
+                att_bth[t2] = F32(0.0)
+        # pass 4: weighted sum of the values
+        o = out[b, t, h * hs:(h + 1) * hs]
+        for i in range(hs):
+            o[i] = F32(0.0)
+        for t2 in range(t + 1):
+            v = inp[b, t2, 2 * C + h * hs:2 * C + (h + 1) * hs]
+            a = att_bth[t2]
+            for i in range(hs):
+                o[i] += a * v[i]
+
+
+@njit(parallel=True, cache=True)
+def attention_backward(dinp, dpreatt, datt, dout, inp, att):
+    # dinp (B,T,3C), dpreatt, datt (B,NH,T,T) += ; dout (B,T,C); inp (B,T,3C); att (B,NH,T,T)
+    # A query at t sends gradient to the keys and values of every t2 <= t, so the work for one
+    # (b,h) cannot be split over t; it is split over (b,h), whose slices of dinp are disjoint.
+    B, T, C3 = inp.shape
+    C = C3 // 3
+    NH = att.shape[1]
+    hs = C // NH
+    scale = F32(1.0 / math.sqrt(hs))
+    for bh in prange(B * NH):
+        b = bh // NH
+        h = bh % NH
+        q0, k0, v0 = h * hs, C + h * hs, 2 * C + h * hs
+        for t in range(T):
+            att_bth = att[b, h, t]
+            datt_bth = datt[b, h, t]
+            dpreatt_bth = dpreatt[b, h, t]
+            # backward through the value accumulation
+            for t2 in range(t + 1):
+                a = att_bth[t2]
+                acc = F32(0.0)
+                for i in range(hs):
+                    d = dout[b, t, q0 + i]
+                    acc += inp[b, t2, v0 + i] * d
+                    dinp[b, t2, v0 + i] += a * d
+                datt_bth[t2] += acc
+            # backward through the softmax: dpre[t3] = att[t3] * (datt[t3] - sum_t2 att[t2] datt[t2])
+            # (the C's double loop over (t2, t3) with an indicator, in closed form)
+            dot = F32(0.0)
+            for t2 in range(t + 1):
+                dot += att_bth[t2] * datt_bth[t2]
+            for t3 in range(t + 1):
+                dpreatt_bth[t3] += att_bth[t3] * (datt_bth[t3] - dot)
+            # backward through query . key
+            for t2 in range(t + 1):
+                g = dpreatt_bth[t2] * scale
+                for i in range(hs):
+                    dinp[b, t, q0 + i] += inp[b, t2, k0 + i] * g
+                    dinp[b, t2, k0 + i] += inp[b, t, q0 + i] * g
+
+
+# ----------------------------------------------------------------------------------------------
+# gelu (the tanh approximation, computed exactly: no fastmath here, see llm.c issue #168)
+
+@njit(parallel=True, cache=True)
+def gelu_forward(out, inp):
+    # out, inp: any shape, N elements
+    o = out.reshape(-1)
+    x_ = inp.reshape(-1)
+    for i in prange(x_.shape[0]):
+        x = x_[i]
+        cube = GELU_CUBE * x * x * x
+        o[i] = F32(0.5) * x * (F32(1.0) + np.tanh(GELU_SCALING_FACTOR * (x + cube)))
+
+
+@njit(parallel=True, cache=True)
+def gelu_backward(dinp, inp, dout):
+    # dinp += ; inp, dout: same shape, N elements
+    di = dinp.reshape(-1)
+    x_ = inp.reshape(-1)
+    do = dout.reshape(-1)
+    for i in prange(x_.shape[0]):
+        x = x_[i]
+        cube = GELU_CUBE * x * x * x
+        tanh_arg = GELU_SCALING_FACTOR * (x + cube)
+        tanh_out = np.tanh(tanh_arg)
+        cosh_out = np.cosh(tanh_arg)
+        sech_out = F32(1.0) / (cosh_out * cosh_out)
+        local_grad = F32(0.5) * (F32(1.0) + tanh_out) + \
+            x * F32(0.5) * sech_out * GELU_SCALING_FACTOR * (F32(1.0) + F32(3.0) * GELU_CUBE * x * x)
+        di[i] += local_grad * do[i]
+
+
+# ----------------------------------------------------------------------------------------------
+# residual
+
+@njit(parallel=True, cache=True)
+def residual_forward(out, inp1, inp2):
+    # out = inp1 + inp2, all the same shape
+    o = out.reshape(-1)
+    a = inp1.reshape(-1)
+    b = inp2.reshape(-1)
+    for i in prange(o.shape[0]):
+        o[i] = a[i] + b[i]
+
+
+@njit(parallel=True, cache=True)
+def residual_backward(dinp1, dinp2, dout):
+    # dinp1 += dout; dinp2 += dout
+    d1 = dinp1.reshape(-1)
+    d2 = dinp2.reshape(-1)
+    d = dout.reshape(-1)
+    for i in prange(d.shape[0]):
+        d1[i] += d[i]
+        d2[i] += d[i]
+
+
+# ----------------------------------------------------------------------------------------------
+# softmax and cross-entropy over the padded vocabulary: only the first V of Vp columns are real
+
+@njit(parallel=True, cache=True)
+def softmax_forward(probs, logits, V):
+    # probs, logits (B,T,Vp); columns V..Vp-1 get probability 0
+    B, T, Vp = logits.shape
+    for bt in prange(B * T):
+        b, t = bt // T, bt % T
+        lg = logits[b, t]
+        p = probs[b, t]
+        maxval = F32(-10000.0)
+        for i in range(V):
+            if lg[i] > maxval:
+                maxval = lg[i]
+        s = F32(0.0)
+        for i in range(V):
+            p[i] = np.exp(lg[i] - maxval)
+            s += p[i]
+        for i in range(V):
+            p[i] /= s
+        for i in range(V, Vp):
+            p[i] = F32(0.0)
+
+
+@njit(parallel=True, cache=True)
+def crossentropy_forward(losses, probs, targets):
+    # losses (B,T); probs (B,T,Vp); targets (B,T) int32
+    B, T = losses.shape
+    for bt in prange(B * T):
+        b, t = bt // T, bt % T
+        losses[b, t] = -np.log(probs[b, t, targets[b, t]])
+
+
+@njit(parallel=True, cache=True)
+def crossentropy_softmax_backward(dlogits, dlosses, probs, targets, V):
+    # dlogits (B,T,Vp) += ; dlosses (B,T); probs (B,T,Vp); targets (B,T) int32
+    # the padded columns V..Vp-1 get no gradient
+    B, T, Vp = probs.shape
+    for bt in prange(B * T):
+        b, t = bt // T, bt % T
+        dloss = dlosses[b, t]
+        ix = targets[b, t]
+        for i in range(V):
+            indicator = F32(1.0) if i == ix else F32(0.0)
+            dlogits[b, t, i] += (probs[b, t, i] - indicator) * dloss
+
+
+# ----------------------------------------------------------------------------------------------
+# AdamW over the flat buffers (gpt2_update in the C)
+
+@njit(parallel=True, cache=True)
+def adamw_update(params, grads, m, v, learning_rate, beta1, beta2, eps, weight_decay, t):
+    # params, grads, m, v: (num_parameters,) flat float32; t is the 1-based step
+    lr = F32(learning_rate)
+    b1 = F32(beta1)
+    b2 = F32(beta2)
+    ep = F32(eps)
+    wd = F32(weight_decay)
+    bc1 = F32(1.0 - beta1 ** t)
+    bc2 = F32(1.0 - beta2 ** t)
+    for i in prange(params.shape[0]):
+        param = params[i]
+        grad = grads[i]
+        mi = b1 * m[i] + (F32(1.0) - b1) * grad
+        vi = b2 * v[i] + (F32(1.0) - b2) * grad * grad
+        m_hat = mi / bc1
+        v_hat = vi / bc2
+        m[i] = mi
+        v[i] = vi
+        params[i] = param - lr * (m_hat / (np.sqrt(v_hat) + ep) + wd * param)

@@ -1,0 +1,230 @@
+"""GPT-2 on flat buffers: gpt2_forward, gpt2_zero_grad, gpt2_backward and gpt2_update of llm.c.
+
+The model owns four flat float32 buffers, as the C does: parameters, their gradients, activations
+and the activations' gradients (plus AdamW's m and v). Every named tensor is a view into one of
+them (see config.Tensors); per-layer tensors are views of those views (`params.qkvw[l]`), so the
+loops below pass views, never copies, to the kernels of a backend (CPU or CUDA).
+"""
+import math
+
+import numpy as np
+
+from .backend import get_backend
+from .config import GPT2Config, Tensors, act_shapes, param_shapes
+
+
+def init_params(config, seed=0):
+    """GPT-2's initialisation as one flat float32 array: weights N(0, 0.02), the residual
+    projections (attprojw, fcprojw) N(0, 0.02/sqrt(2L)), zero biases, unit layernorm weights,
+    zero rows for the padded vocabulary."""
+    rng = np.random.default_rng(seed)
+    p = Tensors.allocate(param_shapes(config))
+    std = 0.02
+    resid_std = 0.02 / math.sqrt(2 * config.num_layers)
+    for name, t in p:
+        if name in ("ln1w", "ln2w", "lnfw"):
+            t[...] = 1.0
+        elif name in ("wte", "wpe", "qkvw", "fcw"):
+            t[...] = rng.normal(0.0, std, size=t.shape).astype(np.float32)
+        elif name in ("attprojw", "fcprojw"):
+            t[...] = rng.normal(0.0, resid_std, size=t.shape).astype(np.float32)
+        # biases stay zero
+    p.wte[config.vocab_size:] = 0.0
+    return p.memory
+
+
+class GPT2:
+    """GPT-2 as in llm.c's train_gpt2.c.
+
+    Activations are allocated for a (B, T) on the first forward and reused. A forward with a
+    different (B, T) re-allocates them (and their gradients) for the new shape; that drops the
+    state of the previous forward, so call backward() before changing shape.
+    """
+
+    def __init__(self, config, params=None, device="cpu", backend=None):
+        self.config = config
+        self.backend = backend if backend is not None else get_backend(device)
+        k = self.backend
+        shapes = param_shapes(config)
+        self.num_parameters = Tensors.count(shapes)
+        if params is None:
+            params = init_params(config)
+        params = np.asarray(params, dtype=np.float32).reshape(-1)
+        if params.shape[0] != self.num_parameters:
+            raise ValueError(f"params holds {params.shape[0]} floats, the config needs {self.num_parameters}")
+        self.params = Tensors(k.asarray(params.copy()), shapes)
+        self.grads = None           # allocated lazily on the first backward
+        self.m_memory = None        # AdamW state, allocated lazily on the first update
+        self.v_memory = None
+        self.acts = None            # allocated lazily on the first forward
+        self.grads_acts = None
+        self.batch_size = 0
+        self.seq_len = 0
+        self.inputs = None
+        self.targets = None
+        self.has_targets = False
+        self.mean_loss = None
+
+    # ------------------------------------------------------------------------------------------
+    # construction helpers
+
+    @classmethod
+    def from_checkpoint(cls, path, device="cpu", backend=None):
+        from .formats import read_checkpoint
+        config, params = read_checkpoint(path)
+        return cls(config, params, device=device, backend=backend)
+
+    def save_checkpoint(self, path):
+        from .formats import write_checkpoint
+        write_checkpoint(path, self.config, self.backend.to_host(self.params.memory))
+
+    def params_host(self):
+        return self.backend.to_host(self.params.memory)
+
+    # ------------------------------------------------------------------------------------------
+    # input checks and lazy allocation
+
+    def _check_tokens(self, name, tokens, shape=None):
+        arr = np.asarray(tokens)
+        if arr.ndim != 2:
+            raise ValueError(f"{name} must have shape (B, T), got shape {arr.shape}")
+        if shape is not None and arr.shape != shape:
+            raise ValueError(f"{name} has shape {arr.shape}, inputs have shape {shape}")
+        if not np.issubdtype(arr.dtype, np.integer):
+            raise ValueError(f"{name} must hold integer token ids, got dtype {arr.dtype}")
+        B, T = arr.shape
+        if B < 1 or T < 1:
+            raise ValueError(f"{name} is empty: shape {arr.shape}")
+        if T > self.config.max_seq_len:
+            raise ValueError(f"sequence length T={T} exceeds the model's max_seq_len={self.config.max_seq_len}")
+        V = self.config.vocab_size
+        bad = (arr < 0) | (arr >= V)
+        if bad.any():
+            b, t = np.argwhere(bad)[0]
+            raise ValueError(f"{name}[{b}, {t}] = {arr[b, t]} is not a token id in [0, {V})")
+        return arr.astype(np.int32)
+
+    def _ensure_activations(self, B, T):
+        if self.acts is not None and (B, T) == (self.batch_size, self.seq_len):
+            return
+        k = self.backend
+        shapes = act_shapes(self.config, B, T)
+        self.acts = Tensors(k.zeros(Tensors.count(shapes)), shapes)
+        self.grads_acts = None  # re-allocated with the new shape on the next backward
+        self.batch_size, self.seq_len = B, T
+        self.inputs = k.zeros(B * T, dtype=np.int32).reshape(B, T)
+        self.targets = k.zeros(B * T, dtype=np.int32).reshape(B, T)
+
+    # ------------------------------------------------------------------------------------------
+    # gpt2_forward
+
+    def forward(self, inputs, targets=None):
+        """Forward (B, T) token ids; with targets, also the loss. Returns the mean loss or None.
+        Logits and probs (B, T, Vp) are left in self.acts."""
+        inputs = self._check_tokens("inputs", inputs)
+        if targets is not None:
+            targets = self._check_tokens("targets", targets, inputs.shape)
+        B, T = inputs.shape
+        self._ensure_activations(B, T)
+        L = self.config.num_layers
+        V = self.config.vocab_size
+        k, p, a = self.backend, self.params, self.acts
+        k.copy_(self.inputs, inputs)
+
+        k.encoder_forward(a.encoded, self.inputs, p.wte, p.wpe)
+        for l in range(L):
+            residual = a.encoded if l == 0 else a.residual3[l - 1]
+            k.layernorm_forward(a.ln1[l], a.ln1_mean[l], a.ln1_rstd[l], residual, p.ln1w[l], p.ln1b[l])
+            k.matmul_forward(a.qkv[l], a.ln1[l], p.qkvw[l], p.qkvb[l])
+            k.attention_forward(a.atty[l], a.preatt[l], a.att[l], a.qkv[l])
+            k.matmul_forward(a.attproj[l], a.atty[l], p.attprojw[l], p.attprojb[l])
+            k.residual_forward(a.residual2[l], residual, a.attproj[l])
+            k.layernorm_forward(a.ln2[l], a.ln2_mean[l], a.ln2_rstd[l], a.residual2[l], p.ln2w[l], p.ln2b[l])
+            k.matmul_forward(a.fch[l], a.ln2[l], p.fcw[l], p.fcb[l])
+            k.gelu_forward(a.fch_gelu[l], a.fch[l])
+            k.matmul_forward(a.fcproj[l], a.fch_gelu[l], p.fcprojw[l], p.fcprojb[l])
+            k.residual_forward(a.residual3[l], a.residual2[l], a.fcproj[l])
+        residual = a.residual3[L - 1]
+        k.layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, residual, p.lnfw, p.lnfb)
+        k.matmul_forward(a.logits, a.lnf, p.wte, None)
+        k.softmax_forward(a.probs, a.logits, V)
+
+        if targets is None:
+            self.has_targets = False
+            self.mean_loss = None
+            return None
+        k.copy_(self.targets, targets)
+        k.crossentropy_forward(a.losses, a.probs, self.targets)
+        self.has_targets = True
+        self.mean_loss = float(k.to_host(a.losses).astype(np.float64).mean())
+        return self.mean_loss
+
+    # ------------------------------------------------------------------------------------------
+    # gpt2_zero_grad
+
+    def zero_grad(self):
+        """Zero the parameter gradients and the activation gradients (one fill each)."""
+        if self.grads is not None:
+            self.backend.fill(self.grads.memory, 0.0)
+        if self.grads_acts is not None:
+            self.backend.fill(self.grads_acts.memory, 0.0)
+
+    # ------------------------------------------------------------------------------------------
+    # gpt2_backward
+
+    def backward(self):
+        """Backward from the mean loss of the last forward; gradients accumulate into self.grads."""
+        if not self.has_targets:
+            raise RuntimeError("backward() needs a forward(inputs, targets) with targets first")
+        k = self.backend
+        if self.grads is None:
+            self.grads = Tensors(k.zeros(self.num_parameters), param_shapes(self.config))
+        if self.grads_acts is None:
+            self.grads_acts = Tensors(k.zeros(self.acts.memory.shape[0]), self.acts.shapes)
+        B, T = self.batch_size, self.seq_len
+        L = self.config.num_layers
+        V = self.config.vocab_size
+        p, g, a, ga = self.params, self.grads, self.acts, self.grads_acts
+
+        # the mean over B*T losses: every position's loss gets gradient 1/(B*T)
+        k.fill(ga.losses, 1.0 / (B * T))
+        k.crossentropy_softmax_backward(ga.logits, ga.losses, a.probs, self.targets, V)
+        k.matmul_backward(ga.lnf, g.wte, None, ga.logits, a.lnf, p.wte)
+        residual = a.residual3[L - 1]
+        dresidual = ga.residual3[L - 1]
+        k.layernorm_backward(dresidual, g.lnfw, g.lnfb, ga.lnf, residual, p.lnfw, a.lnf_mean, a.lnf_rstd)
+
+        for l in range(L - 1, -1, -1):
+            residual = a.encoded if l == 0 else a.residual3[l - 1]
+            dresidual = ga.encoded if l == 0 else ga.residual3[l - 1]
+            k.residual_backward(ga.residual2[l], ga.fcproj[l], ga.residual3[l])
+            k.matmul_backward(ga.fch_gelu[l], g.fcprojw[l], g.fcprojb[l], ga.fcproj[l], a.fch_gelu[l], p.fcprojw[l])
+            k.gelu_backward(ga.fch[l], a.fch[l], ga.fch_gelu[l])
+            k.matmul_backward(ga.ln2[l], g.fcw[l], g.fcb[l], ga.fch[l], a.ln2[l], p.fcw[l])
+            k.layernorm_backward(ga.residual2[l], g.ln2w[l], g.ln2b[l], ga.ln2[l], a.residual2[l], p.ln2w[l],
+                                 a.ln2_mean[l], a.ln2_rstd[l])
+            k.residual_backward(dresidual, ga.attproj[l], ga.residual2[l])
+            k.matmul_backward(ga.atty[l], g.attprojw[l], g.attprojb[l], ga.attproj[l], a.atty[l], p.attprojw[l])
+            k.attention_backward(ga.qkv[l], ga.preatt[l], ga.att[l], ga.atty[l], a.qkv[l], a.att[l])
+            k.matmul_backward(ga.ln1[l], g.qkvw[l], g.qkvb[l], ga.qkv[l], a.ln1[l], p.qkvw[l])
+            k.layernorm_backward(dresidual, g.ln1w[l], g.ln1b[l], ga.ln1[l], residual, p.ln1w[l],
+                                 a.ln1_mean[l], a.ln1_rstd[l])
+        k.encoder_backward(g.wte, g.wpe, ga.encoded, self.inputs)
+
+    # ------------------------------------------------------------------------------------------
+    # gpt2_update
+
+    def update(self, learning_rate, beta1, beta2, eps, weight_decay, t):
+        """One AdamW step over the whole flat parameter buffer (t is the 1-based step)."""
+        if self.grads is None:
+            raise RuntimeError("update() needs a backward() first")
+        k = self.backend
+        if self.m_memory is None:
+            self.m_memory = k.zeros(self.num_parameters)
+            self.v_memory = k.zeros(self.num_parameters)
+        k.adamw_update(self.params.memory, self.grads.memory, self.m_memory, self.v_memory,
+                       float(learning_rate), float(beta1), float(beta2), float(eps),
+                       float(weight_decay), int(t))
+
+
+__all__ = ["GPT2", "GPT2Config", "init_params"]

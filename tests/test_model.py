@@ -1,0 +1,148 @@
+"""The model's orchestration: input checks, (B, T) re-allocation, views into flat buffers, init."""
+import math
+
+import numpy as np
+import pytest
+
+from llmnb.config import GPT2Config, param_shapes, param_sizes, act_sizes
+from llmnb.model import GPT2, init_params
+
+TINY = GPT2Config(max_seq_len=16, vocab_size=50, padded_vocab_size=64, num_layers=2, num_heads=2, channels=16)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return GPT2(TINY, init_params(TINY, seed=1))
+
+
+def batch(rng, B, T, V=TINY.vocab_size):
+    return rng.integers(0, V, (B, T)), rng.integers(0, V, (B, T))
+
+
+def test_sizes_match_llmc_fill_in_functions():
+    # GPT-2 124M: the numbers llm.c prints
+    cfg = GPT2Config()
+    assert sum(param_sizes(cfg)) == 124475904
+    assert len(param_sizes(cfg)) == 16
+    assert len(act_sizes(cfg, 4, 64)) == 23
+    assert sum(act_sizes(cfg, 4, 64)) == 73347840
+
+
+def test_views_share_the_flat_buffer(model):
+    p = model.params
+    p.qkvw[1, 2, 3] = 7.5
+    off = sum(param_sizes(TINY)[:4]) + (1 * 3 * TINY.channels + 2) * TINY.channels + 3
+    assert p.memory[off] == np.float32(7.5)
+    assert p.qkvw.base is not None and np.shares_memory(p.qkvw, p.memory)
+
+
+def test_token_out_of_range_is_a_clear_value_error(model):
+    x = np.zeros((2, 4), dtype=np.int64)
+    x[1, 3] = TINY.vocab_size
+    with pytest.raises(ValueError, match=r"inputs\[1, 3\] = 50 is not a token id in \[0, 50\)"):
+        model.forward(x)
+    x[1, 3] = -1
+    with pytest.raises(ValueError, match=r"= -1 is not a token id"):
+        model.forward(x)
+    y = np.full((2, 4), TINY.vocab_size + 3)
+    with pytest.raises(ValueError, match=r"targets\[0, 0\] = 53"):
+        model.forward(np.zeros((2, 4), dtype=np.int32), y)
+
+
+def test_sequence_longer_than_max_seq_len(model):
+    with pytest.raises(ValueError, match="T=17 exceeds the model's max_seq_len=16"):
+        model.forward(np.zeros((1, 17), dtype=np.int32))
+
+
+def test_bad_shapes(model):
+    with pytest.raises(ValueError, match="shape"):
+        model.forward(np.zeros(5, dtype=np.int32))
+    with pytest.raises(ValueError, match="targets has shape"):
+        model.forward(np.zeros((2, 4), dtype=np.int32), np.zeros((2, 5), dtype=np.int32))
+    with pytest.raises(ValueError, match="integer"):
+        model.forward(np.zeros((2, 4), dtype=np.float32))
+
+
+def test_backward_needs_targets():
+    m = GPT2(TINY)
+    m.forward(np.zeros((1, 4), dtype=np.int32))
+    with pytest.raises(RuntimeError, match="targets"):
+        m.backward()
+
+
+def test_new_shape_reallocates_and_gives_the_same_answer(model):
+    rng = np.random.default_rng(0)
+    x, y = batch(rng, 2, 5)
+    loss_a = model.forward(x, y)
+    probs_a = model.acts.probs.copy()
+    model.forward(*batch(rng, 3, 9))          # a different (B, T): re-allocated
+    assert model.acts.probs.shape == (3, 9, TINY.padded_vocab_size)
+    loss_b = model.forward(x, y)             # back again
+    assert loss_a == loss_b
+    np.testing.assert_array_equal(model.acts.probs, probs_a)
+
+
+def test_probs_rows_sum_to_one_and_padding_is_zero(model):
+    rng = np.random.default_rng(3)
+    x, y = batch(rng, 3, 5)
+    loss = model.forward(x, y)
+    probs = model.acts.probs
+    np.testing.assert_allclose(probs[:, :, :TINY.vocab_size].sum(-1), 1.0, rtol=1e-5)
+    assert np.all(probs[:, :, TINY.vocab_size:] == 0)
+    expect = -np.log(np.take_along_axis(probs, y[..., None], axis=-1)).mean()
+    assert math.isclose(loss, expect, rel_tol=1e-5)
+
+
+def test_padded_rows_get_zero_gradient_and_stay_zero(model):
+    rng = np.random.default_rng(4)
+    for step in range(2):
+        model.forward(*batch(rng, 2, 6))
+        model.zero_grad()
+        model.backward()
+        assert np.all(model.grads.wte[TINY.vocab_size:] == 0)
+        model.update(1e-3, 0.9, 0.999, 1e-8, 0.01, step + 1)
+        assert np.all(model.params.wte[TINY.vocab_size:] == 0)
+
+
+def test_training_drives_the_loss_down():
+    m = GPT2(TINY, init_params(TINY, seed=2))
+    rng = np.random.default_rng(5)
+    x, y = batch(rng, 2, 8)
+    losses = []
+    for step in range(20):
+        losses.append(m.forward(x, y))
+        m.zero_grad()
+        m.backward()
+        m.update(1e-2, 0.9, 0.999, 1e-8, 0.0, step + 1)
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_gradient_matches_finite_differences():
+    # an independent check of the whole backward: d loss / d param along a random direction
+    cfg = GPT2Config(max_seq_len=8, vocab_size=20, padded_vocab_size=24, num_layers=1, num_heads=2, channels=8)
+    params = init_params(cfg, seed=7) * 10  # larger weights: a loss surface with real curvature
+    params = params.astype(np.float32)
+    rng = np.random.default_rng(8)
+    x, y = rng.integers(0, 20, (2, 5)), rng.integers(0, 20, (2, 5))
+    m = GPT2(cfg, params)
+    m.forward(x, y)
+    m.zero_grad()
+    m.backward()
+    grad = m.grads.memory.astype(np.float64).copy()
+    direction = rng.normal(size=params.shape)
+    direction = (direction / np.linalg.norm(direction)).astype(np.float32)  # a unit step
+    h = 1e-2
+    lp = GPT2(cfg, params + h * direction).forward(x, y)
+    lm = GPT2(cfg, params - h * direction).forward(x, y)
+    fd = (lp - lm) / (2 * h)
+    assert math.isclose(fd, float(grad @ direction), rel_tol=1e-3)
+
+
+def test_init_params_follow_gpt2():
+    cfg = GPT2Config(max_seq_len=64, vocab_size=1000, padded_vocab_size=1024, num_layers=4, num_heads=4, channels=64)
+    from llmnb.config import Tensors
+    p = Tensors(init_params(cfg, seed=0), param_shapes(cfg))
+    assert np.all(p.ln1w == 1) and np.all(p.lnfw == 1) and np.all(p.qkvb == 0) and np.all(p.fcprojb == 0)
+    assert np.all(p.wte[1000:] == 0)
+    assert abs(p.qkvw.std() - 0.02) < 1e-3
+    assert abs(p.fcprojw.std() - 0.02 / math.sqrt(8)) < 1e-3
