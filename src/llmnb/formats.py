@@ -1,0 +1,402 @@
+"""llm.c's binary files, read and written byte for byte as llm.c does.
+
+Every file starts with a header of 256 little-endian int32 (1024 bytes); header[0] is a magic
+number naming the kind of file, header[1] its version. What follows the header:
+
+  model checkpoint   20240326  v3: float32 params, v5: bfloat16 params (train_gpt2.py write_model)
+                     [2]=maxT [3]=V [4]=L [5]=NH [6]=C [7]=Vp, then the 16 parameter tensors in
+                     llm.c's order, wte padded from V to Vp rows
+  debug state        20240327  v2 (train_gpt2.py write_state, read by test_gpt2.c)
+                     [2]=B [3]=T, then x (B,T) int32, y (B,T) int32, logits (B,T,V) float32,
+                     loss float32, grads float32 in the parameter layout (Vp rows of wte)
+  tokenizer          20240328  v1/v2 (train_gpt2.py write_tokenizer, llmc/tokenizer.h)
+                     [2]=number of tokens [3]=EOT id (v2 only; v1 means GPT-2's 50256), then
+                     per token: 1 byte length, then that many bytes
+  data shard         20240520  v1 (dev/data/data_common.py write_datafile, llmc/dataloader.h)
+                     [2]=number of tokens, then the tokens as uint16
+
+Every problem with a file raises FormatError, whose message starts with the file's path.
+"""
+import contextlib
+import os
+import secrets
+
+import numpy as np
+
+from .config import GPT2Config, param_sizes
+
+HEADER_INTS = 256
+HEADER_BYTES = HEADER_INTS * 4
+
+MODEL_MAGIC = 20240326
+STATE_MAGIC = 20240327
+TOKENIZER_MAGIC = 20240328
+SHARD_MAGIC = 20240520
+
+MODEL_VERSION_FP32 = 3
+MODEL_VERSION_BF16 = 5
+STATE_VERSION = 2
+TOKENIZER_VERSION = 2
+SHARD_VERSION = 1
+
+# what each magic number means, to say what a wrong file looks like
+KNOWN_MAGICS = {
+    MODEL_MAGIC: "an llm.c model checkpoint",
+    STATE_MAGIC: "an llm.c debug state",
+    TOKENIZER_MAGIC: "an llm.c tokenizer",
+    SHARD_MAGIC: "an llm.c data shard (GPT-2, uint16 tokens)",
+    20240801: "an llm.c data shard (LLaMA-3, uint32 tokens)",
+    20240522: "an llm.c eval file (HellaSwag/MMLU)",
+}
+
+
+class FormatError(ValueError):
+    """A file that is missing, or not what llm.c would write."""
+
+
+# ----------------------------------------------------------------------------------------------
+# writing files atomically
+
+@contextlib.contextmanager
+def atomic_write(path):
+    """Yield a binary file that replaces `path` only if the with-block finishes without error.
+
+    The data goes to a temporary file in the same directory (so os.replace is atomic), which is
+    flushed to disk and renamed onto `path` on success, and removed on any exception.
+    """
+    path = os.fspath(path)
+    directory, name = os.path.split(path)
+    while True:
+        tmp = os.path.join(directory, f".{name}.{secrets.token_hex(6)}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            break
+        except FileExistsError:
+            continue
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+# ----------------------------------------------------------------------------------------------
+# headers
+
+def _open(path):
+    """Open a file for reading, turning a missing/unreadable file into a FormatError."""
+    try:
+        return open(path, "rb")
+    except FileNotFoundError:
+        raise FormatError(f"{path}: no such file") from None
+    except OSError as e:
+        raise FormatError(f"{path}: cannot open: {e.strerror or e}") from None
+
+
+def _read_header(f, path, magic, versions):
+    """Read and check the 256-int header; return it as an int64 array.
+
+    versions: {version number: description} of the versions we understand.
+    """
+    raw = f.read(HEADER_BYTES)
+    if len(raw) < HEADER_BYTES:
+        raise FormatError(f"{path}: too short for a header: {len(raw)} bytes "
+                          f"(an llm.c header is {HEADER_BYTES} bytes)")
+    header = np.frombuffer(raw, dtype="<i4").astype(np.int64)
+    if header[0] != magic:
+        msg = f"{path}: bad magic {header[0]} (expected {magic}, {KNOWN_MAGICS[magic]})"
+        if int(header[0]) in KNOWN_MAGICS:
+            msg += f"; this file looks like {KNOWN_MAGICS[int(header[0])]}"
+        raise FormatError(msg)
+    if int(header[1]) not in versions:
+        known = ", ".join(f"{v} ({d})" for v, d in versions.items())
+        raise FormatError(f"{path}: unknown version {header[1]} of {KNOWN_MAGICS[magic]} "
+                          f"(this reader knows {known})")
+    return header
+
+
+def _make_header(magic, version, *values):
+    header = np.zeros(HEADER_INTS, dtype="<i4")
+    header[0] = magic
+    header[1] = version
+    for i, v in enumerate(values):
+        if not 0 <= v < 2**31:
+            raise ValueError(f"header value {v} does not fit an int32")
+        header[2 + i] = v
+    return header
+
+
+def _file_size(f):
+    return os.fstat(f.fileno()).st_size
+
+
+def _check_size(path, actual, expected, what):
+    """The file must hold exactly `expected` bytes; `what` says what the header promised."""
+    if actual < expected:
+        raise FormatError(f"{path}: truncated: header says {what}, which needs {expected} bytes, "
+                          f"file holds {actual}")
+    if actual > expected:
+        raise FormatError(f"{path}: {actual - expected} extra bytes after the data: header says "
+                          f"{what}, which needs {expected} bytes, file holds {actual}")
+
+
+def _read_array(f, dtype, count):
+    """Read `count` items of `dtype` from the current position (the size is checked already)."""
+    out = np.empty(count, dtype=dtype)
+    n = f.readinto(memoryview(out).cast("B"))
+    if n != out.nbytes:
+        raise FormatError(f"{f.name}: file shrank while being read")
+    return out
+
+
+def _write_array(f, array, dtype):
+    f.write(memoryview(np.ascontiguousarray(array, dtype=dtype)).cast("B"))
+
+
+# ----------------------------------------------------------------------------------------------
+# bfloat16
+
+def bf16_to_fp32(bits):
+    """bfloat16 bit patterns (uint16) -> float32: the bf16 bits are the top half of the float."""
+    return (np.asarray(bits, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
+
+
+def fp32_to_bf16(x):
+    """float32 -> bfloat16 bit patterns (uint16), rounding to nearest even (as torch does)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    bits = x.view(np.uint32)
+    rounding_bias = ((bits >> 16) & 1) + np.uint32(0x7FFF)
+    out = ((bits + rounding_bias) >> 16).astype(np.uint16)  # NaNs may wrap around: fixed below
+    nan = np.isnan(x)
+    if nan.any():  # keep NaNs NaN (rounding could carry a NaN's mantissa into inf)
+        out[nan] = ((bits[nan] >> 16) | 0x0040).astype(np.uint16)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# model checkpoint
+
+def num_parameters(config):
+    return sum(param_sizes(config))
+
+
+def _config_from_header(path, header):
+    maxT, V, L, NH, C, Vp = (int(v) for v in header[2:8])
+    fields = {"max_seq_len (header[2])": maxT, "vocab_size (header[3])": V,
+              "num_layers (header[4])": L, "num_heads (header[5])": NH,
+              "channels (header[6])": C, "padded_vocab_size (header[7])": Vp}
+    for name, value in fields.items():
+        if value <= 0:
+            raise FormatError(f"{path}: nonsense header: {name} = {value} (must be positive)")
+    if Vp < V:
+        raise FormatError(f"{path}: nonsense header: padded_vocab_size {Vp} < vocab_size {V}")
+    if C % NH != 0:
+        raise FormatError(f"{path}: nonsense header: channels {C} not divisible by "
+                          f"num_heads {NH}")
+    return GPT2Config(max_seq_len=maxT, vocab_size=V, padded_vocab_size=Vp, num_layers=L,
+                      num_heads=NH, channels=C)
+
+
+def read_checkpoint(path):
+    """Read an llm.c model checkpoint -> (GPT2Config, params: 1-D float32 in llm.c's layout).
+
+    bfloat16 checkpoints (version 5) are upcast to float32 exactly.
+    """
+    path = os.fspath(path)
+    with _open(path) as f:
+        header = _read_header(f, path, MODEL_MAGIC, {MODEL_VERSION_FP32: "float32",
+                                                     MODEL_VERSION_BF16: "bfloat16"})
+        config = _config_from_header(path, header)
+        n = num_parameters(config)
+        bf16 = header[1] == MODEL_VERSION_BF16
+        itemsize = 2 if bf16 else 4
+        kind = "bfloat16" if bf16 else "floats"
+        _check_size(path, _file_size(f), HEADER_BYTES + n * itemsize,
+                    f"{n} {kind} of parameters")
+        if bf16:
+            params = bf16_to_fp32(_read_array(f, "<u2", n))
+        else:
+            params = _read_array(f, "<f4", n).astype(np.float32, copy=False)
+    return config, params
+
+
+def write_checkpoint(path, config, params, dtype="float32"):
+    """Write an llm.c model checkpoint: version 3 (float32) or 5 (bfloat16, rounded to nearest even)."""
+    if dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"checkpoint dtype must be 'float32' or 'bfloat16', got {dtype!r}")
+    params = np.asarray(params)
+    n = num_parameters(config)
+    if params.ndim != 1 or params.shape[0] != n:
+        raise ValueError(f"params must be a 1-D array of {n} floats for this config, "
+                         f"got shape {params.shape}")
+    version = MODEL_VERSION_FP32 if dtype == "float32" else MODEL_VERSION_BF16
+    header = _make_header(MODEL_MAGIC, version, config.max_seq_len, config.vocab_size,
+                          config.num_layers, config.num_heads, config.channels,
+                          config.padded_vocab_size)
+    with atomic_write(path) as f:
+        f.write(header.tobytes())
+        if dtype == "float32":
+            _write_array(f, params, "<f4")
+        else:
+            _write_array(f, fp32_to_bf16(params), "<u2")
+
+
+# ----------------------------------------------------------------------------------------------
+# debug state (test_gpt2.c's reference: a batch, its logits, loss and gradients)
+
+def _check_token_ids(path, name, ids, V):
+    if ids.size and (ids.min() < 0 or ids.max() >= V):
+        bad = ids.min() if ids.min() < 0 else ids.max()
+        raise FormatError(f"{path}: {name} holds token id {bad}, outside [0, {V}) of the model")
+
+
+def read_debug_state(path, config):
+    """Read an llm.c debug state written for a model of `config`.
+
+    Returns dict(B, T, x (B,T) int32, y (B,T) int32, logits (B,T,V) float32, loss float,
+    grads 1-D float32 in the parameter layout (Vp rows of wte)).
+    """
+    path = os.fspath(path)
+    with _open(path) as f:
+        header = _read_header(f, path, STATE_MAGIC, {STATE_VERSION: "padded vocab"})
+        B, T = int(header[2]), int(header[3])
+        if B <= 0 or T <= 0:
+            raise FormatError(f"{path}: nonsense header: B = {B}, T = {T} (must be positive)")
+        if T > config.max_seq_len:
+            raise FormatError(f"{path}: T = {T} is longer than the model's max_seq_len "
+                              f"{config.max_seq_len}")
+        V, n = config.vocab_size, num_parameters(config)
+        floats = B * T * V + 1 + n
+        _check_size(path, _file_size(f), HEADER_BYTES + 4 * (2 * B * T + floats),
+                    f"B={B}, T={T}, which with V={V} and {n} parameters")
+        x = _read_array(f, "<i4", B * T).astype(np.int32, copy=False).reshape(B, T)
+        y = _read_array(f, "<i4", B * T).astype(np.int32, copy=False).reshape(B, T)
+        data = _read_array(f, "<f4", floats).astype(np.float32, copy=False)
+    _check_token_ids(path, "x", x, V)
+    _check_token_ids(path, "y", y, V)
+    return dict(B=B, T=T, x=x, y=y,
+                logits=data[:B * T * V].reshape(B, T, V),
+                loss=float(data[B * T * V]),
+                grads=data[B * T * V + 1:])
+
+
+def write_debug_state(path, config, x, y, logits, loss, grads):
+    """Write an llm.c debug state. logits may be (B,T,V) or (B,T,Vp) (the padding is dropped)."""
+    x, y = np.asarray(x), np.asarray(y)
+    logits, grads = np.asarray(logits), np.asarray(grads)
+    V, Vp, n = config.vocab_size, config.padded_vocab_size, num_parameters(config)
+    if x.ndim != 2 or y.shape != x.shape:
+        raise ValueError(f"x and y must both be (B,T), got {x.shape} and {y.shape}")
+    B, T = x.shape
+    for name, ids in (("x", x), ("y", y)):
+        if not np.issubdtype(ids.dtype, np.integer):
+            raise ValueError(f"{name} must hold integer token ids, got {ids.dtype}")
+        if ids.size and (ids.min() < 0 or ids.max() >= V):
+            raise ValueError(f"{name} holds token ids outside [0, {V})")
+    if logits.shape == (B, T, Vp):
+        logits = logits[:, :, :V]
+    if logits.shape != (B, T, V):
+        raise ValueError(f"logits must be (B,T,V) = {(B, T, V)}, got {logits.shape}")
+    if grads.ndim != 1 or grads.shape[0] != n:
+        raise ValueError(f"grads must be a 1-D array of {n} floats, got shape {grads.shape}")
+    with atomic_write(path) as f:
+        f.write(_make_header(STATE_MAGIC, STATE_VERSION, B, T).tobytes())
+        _write_array(f, x, "<i4")
+        _write_array(f, y, "<i4")
+        _write_array(f, logits, "<f4")
+        _write_array(f, np.array([loss]), "<f4")
+        _write_array(f, grads, "<f4")
+
+
+# ----------------------------------------------------------------------------------------------
+# tokenizer (token id -> bytes, for decoding)
+
+GPT2_EOT = 50256  # version 1 files carry no EOT id; llm.c assumes GPT-2's
+
+
+def read_tokenizer(path):
+    """Read an llm.c tokenizer -> (tokens: list of bytes, one per id, eot_token: int)."""
+    path = os.fspath(path)
+    with _open(path) as f:
+        header = _read_header(f, path, TOKENIZER_MAGIC, {1: "no EOT id", 2: "with EOT id"})
+        size = _file_size(f)
+        body = f.read()
+    n = int(header[2])
+    if n <= 0:
+        raise FormatError(f"{path}: nonsense header: {n} tokens")
+    if header[1] == 1:
+        if n != 50257:
+            raise FormatError(f"{path}: version 1 tokenizer with {n} tokens: version 1 is "
+                              f"only defined for GPT-2's 50257 tokens (EOT 50256)")
+        eot = GPT2_EOT
+    else:
+        eot = int(header[3])
+        if not 0 <= eot < n:
+            raise FormatError(f"{path}: EOT token {eot} outside the {n} tokens")
+    tokens, pos = [], 0
+    for i in range(n):
+        if pos >= len(body):
+            raise FormatError(f"{path}: truncated: header says {n} tokens, file ends "
+                              f"({size} bytes) after {i}")
+        length = body[pos]
+        if length == 0:
+            raise FormatError(f"{path}: token {i} has length 0 (every token is at least one byte)")
+        if pos + 1 + length > len(body):
+            raise FormatError(f"{path}: truncated: header says {n} tokens, file ends "
+                              f"({size} bytes) inside token {i}")
+        tokens.append(bytes(body[pos + 1:pos + 1 + length]))
+        pos += 1 + length
+    if pos != len(body):
+        raise FormatError(f"{path}: {len(body) - pos} extra bytes after the {n} tokens")
+    return tokens, eot
+
+
+def write_tokenizer(path, tokens, eot_token):
+    """Write an llm.c tokenizer (version 2): tokens is a list of bytes, 1 to 255 bytes each."""
+    tokens = [bytes(t) for t in tokens]
+    n = len(tokens)
+    if n == 0:
+        raise ValueError("a tokenizer needs at least one token")
+    if not 0 <= eot_token < n:
+        raise ValueError(f"eot_token {eot_token} outside the {n} tokens")
+    for i, t in enumerate(tokens):
+        if not 1 <= len(t) <= 255:
+            raise ValueError(f"token {i} is {len(t)} bytes long (must be 1 to 255)")
+    with atomic_write(path) as f:
+        f.write(_make_header(TOKENIZER_MAGIC, TOKENIZER_VERSION, n, eot_token).tobytes())
+        f.write(b"".join(bytes([len(t)]) + t for t in tokens))
+
+
+# ----------------------------------------------------------------------------------------------
+# data shard (a stream of GPT-2 token ids)
+
+def read_shard(path):
+    """Read an llm.c data shard -> read-only uint16 array of its tokens (memory-mapped)."""
+    path = os.fspath(path)
+    with _open(path) as f:
+        header = _read_header(f, path, SHARD_MAGIC, {SHARD_VERSION: "uint16 tokens"})
+        ntok = int(header[2])
+        if ntok <= 0:
+            raise FormatError(f"{path}: header says {ntok} tokens (a shard holds at least one)")
+        _check_size(path, _file_size(f), HEADER_BYTES + 2 * ntok, f"{ntok} tokens")
+    return np.memmap(path, dtype="<u2", mode="r", offset=HEADER_BYTES, shape=(ntok,))
+
+
+def write_shard(path, tokens):
+    """Write an llm.c data shard (GPT-2 format: uint16 tokens, so ids must be < 65536)."""
+    tokens = np.asarray(tokens)
+    if tokens.ndim != 1 or tokens.size == 0:
+        raise ValueError(f"tokens must be a non-empty 1-D sequence, got shape {tokens.shape}")
+    if not np.issubdtype(tokens.dtype, np.integer):
+        raise ValueError(f"tokens must be integers, got {tokens.dtype}")
+    if tokens.min() < 0 or tokens.max() >= 2**16:
+        bad = tokens.min() if tokens.min() < 0 else tokens.max()
+        raise ValueError(f"token id {bad} does not fit the shard's uint16 (0 to 65535)")
+    with atomic_write(path) as f:
+        f.write(_make_header(SHARD_MAGIC, SHARD_VERSION, tokens.size).tobytes())
+        _write_array(f, tokens, "<u2")
