@@ -162,9 +162,11 @@ class GPT2:
     # ------------------------------------------------------------------------------------------
     # gpt2_zero_grad
 
-    def zero_grad(self):
-        """Zero the parameter gradients and the activation gradients (one fill each)."""
-        if self.grads is not None:
+    def zero_grad(self, params=True):
+        """Zero the parameter gradients and the activation gradients (one fill each).
+        params=False zeroes only the activation gradients: between the micro-steps of gradient
+        accumulation, where the parameter gradients must keep adding up."""
+        if params and self.grads is not None:
             self.backend.fill(self.grads.memory, 0.0)
         if self.grads_acts is not None:
             self.backend.fill(self.grads_acts.memory, 0.0)
@@ -172,8 +174,9 @@ class GPT2:
     # ------------------------------------------------------------------------------------------
     # gpt2_backward
 
-    def backward(self):
-        """Backward from the mean loss of the last forward; gradients accumulate into self.grads."""
+    def backward(self, grad_scale=1.0):
+        """Backward from the mean loss of the last forward (times grad_scale, e.g. 1/N for N
+        accumulated micro-batches); gradients accumulate into self.grads."""
         if not self.has_targets:
             raise RuntimeError("backward() needs a forward(inputs, targets) with targets first")
         k = self.backend
@@ -187,7 +190,7 @@ class GPT2:
         p, g, a, ga = self.params, self.grads, self.acts, self.grads_acts
 
         # the mean over B*T losses: every position's loss gets gradient 1/(B*T)
-        k.fill(ga.losses, 1.0 / (B * T))
+        k.fill(ga.losses, grad_scale / (B * T))
         k.crossentropy_softmax_backward(ga.logits, ga.losses, a.probs, self.targets, V)
         k.matmul_backward(ga.lnf, g.wte, None, ga.logits, a.lnf, p.wte)
         residual = a.residual3[L - 1]
@@ -214,17 +217,27 @@ class GPT2:
     # ------------------------------------------------------------------------------------------
     # gpt2_update
 
-    def update(self, learning_rate, beta1, beta2, eps, weight_decay, t):
-        """One AdamW step over the whole flat parameter buffer (t is the 1-based step)."""
+    def update(self, learning_rate, beta1, beta2, eps, weight_decay, t, decay=None):
+        """One AdamW step (t is the 1-based step). decay=None applies weight_decay to every
+        parameter in one pass over the flat buffers, as llm.c's gpt2_update; a tuple of tensor
+        names applies it to those only (one pass per tensor view; the others get none)."""
         if self.grads is None:
             raise RuntimeError("update() needs a backward() first")
         k = self.backend
         if self.m_memory is None:
             self.m_memory = k.zeros(self.num_parameters)
             self.v_memory = k.zeros(self.num_parameters)
-        k.adamw_update(self.params.memory, self.grads.memory, self.m_memory, self.v_memory,
-                       float(learning_rate), float(beta1), float(beta2), float(eps),
-                       float(weight_decay), int(t))
+        hyper = (float(learning_rate), float(beta1), float(beta2), float(eps))
+        if decay is None:
+            k.adamw_update(self.params.memory, self.grads.memory, self.m_memory, self.v_memory,
+                           *hyper, float(weight_decay), int(t))
+            return
+        shapes = self.params.shapes
+        m, v = Tensors(self.m_memory, shapes), Tensors(self.v_memory, shapes)
+        for name in self.params.names:
+            wd = float(weight_decay) if name in decay else 0.0
+            k.adamw_update(getattr(self.params, name).reshape(-1), getattr(self.grads, name).reshape(-1),
+                           getattr(m, name).reshape(-1), getattr(v, name).reshape(-1), *hyper, wd, int(t))
 
 
 __all__ = ["GPT2", "GPT2Config", "init_params"]

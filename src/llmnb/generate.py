@@ -1,0 +1,127 @@
+"""Generation with a KV cache: one new token's work per step.
+
+llm.c's CPU main re-runs the full (B, T) forward for every generated token. Here the keys and
+values of earlier positions stay in a cache (the qkv vectors of every layer and position), so
+step t runs the layers on one token and attends over the t+1 cached positions. The layer kernels
+are the model's own, called on (1, 1, ...) views; only attention gets a cached variant.
+"""
+import math
+
+import numpy as np
+from numba import njit
+
+from .config import Tensors, param_shapes
+from . import kernels
+
+F32 = np.float32
+
+
+@njit(cache=True)
+def attention_forward_cached(out, att, qkv_cache, t):
+    # out (C,) for position t; att (NH, maxT) scratch; qkv_cache (maxT, 3C): rows 0..t filled
+    # the same math as attention_forward for one query row t
+    C = qkv_cache.shape[1] // 3
+    NH = att.shape[0]
+    hs = C // NH
+    scale = F32(1.0 / math.sqrt(hs))
+    for h in range(NH):
+        q = qkv_cache[t, h * hs:(h + 1) * hs]
+        a = att[h]
+        maxval = F32(-10000.0)
+        for t2 in range(t + 1):
+            k = qkv_cache[t2, C + h * hs:C + (h + 1) * hs]
+            val = F32(0.0)
+            for i in range(hs):
+                val += q[i] * k[i]
+            val *= scale
+            if val > maxval:
+                maxval = val
+            a[t2] = val
+        expsum = F32(0.0)
+        for t2 in range(t + 1):
+            e = np.exp(a[t2] - maxval)
+            expsum += e
+            a[t2] = e
+        inv = F32(0.0) if expsum == F32(0.0) else F32(1.0) / expsum
+        o = out[h * hs:(h + 1) * hs]
+        for i in range(hs):
+            o[i] = F32(0.0)
+        for t2 in range(t + 1):
+            w = a[t2] * inv
+            v = qkv_cache[t2, 2 * C + h * hs:2 * C + (h + 1) * hs]
+            for i in range(hs):
+                o[i] += w * v[i]
+
+
+class KVCache:
+    """Per-token activations (1, 1, ...) and the qkv cache (L, maxT, 3C) of one sequence."""
+
+    def __init__(self, config, params):
+        self.config = config
+        C, L, NH, maxT, Vp = (config.channels, config.num_layers, config.num_heads,
+                              config.max_seq_len, config.padded_vocab_size)
+        self.p = Tensors(np.asarray(params, dtype=np.float32).reshape(-1), param_shapes(config))
+        self.qkv = np.zeros((L, maxT, 3 * C), dtype=np.float32)
+        self.att = np.zeros((NH, maxT), dtype=np.float32)
+        z = lambda *shape: np.zeros((1, 1) + shape, dtype=np.float32)  # noqa: E731
+        self.x, self.ln, self.atty, self.attproj, self.res2 = z(C), z(C), z(C), z(C), z(C)
+        self.fch, self.fch_gelu, self.fcproj = z(4 * C), z(4 * C), z(C)
+        self.mean, self.rstd = np.zeros((1, 1), np.float32), np.zeros((1, 1), np.float32)
+        self.logits, self.probs = z(Vp), z(Vp)
+        self.token = np.zeros((1, 1), dtype=np.int32)
+        self.pos = 0
+
+    def reset(self):
+        self.pos = 0
+
+    def step(self, token):
+        """Feed the token at position self.pos; returns probs (Vp,) for the next position."""
+        cfg, p, k = self.config, self.p, kernels
+        t = self.pos
+        if t >= cfg.max_seq_len:
+            raise ValueError(f"generation reached max_seq_len={cfg.max_seq_len}")
+        if not 0 <= token < cfg.vocab_size:
+            raise ValueError(f"token {token} is not a token id in [0, {cfg.vocab_size})")
+        self.token[0, 0] = token
+        x = self.x
+        k.encoder_forward(x, self.token, p.wte, p.wpe[t:t + 1])
+        for l in range(cfg.num_layers):
+            k.layernorm_forward(self.ln, self.mean, self.rstd, x, p.ln1w[l], p.ln1b[l])
+            qkv_t = self.qkv[l, t:t + 1].reshape(1, 1, -1)  # this position's row of the cache
+            k.matmul_forward(qkv_t, self.ln, p.qkvw[l], p.qkvb[l])
+            attention_forward_cached(self.atty[0, 0], self.att, self.qkv[l], t)
+            k.matmul_forward(self.attproj, self.atty, p.attprojw[l], p.attprojb[l])
+            k.residual_forward(self.res2, x, self.attproj)
+            k.layernorm_forward(self.ln, self.mean, self.rstd, self.res2, p.ln2w[l], p.ln2b[l])
+            k.matmul_forward(self.fch, self.ln, p.fcw[l], p.fcb[l])
+            k.gelu_forward(self.fch_gelu, self.fch)
+            k.matmul_forward(self.fcproj, self.fch_gelu, p.fcprojw[l], p.fcprojb[l])
+            k.residual_forward(x, self.res2, self.fcproj)
+        k.layernorm_forward(self.ln, self.mean, self.rstd, x, p.lnfw, p.lnfb)
+        k.matmul_forward(self.logits, self.ln, p.wte, None)
+        k.softmax_forward(self.probs, self.logits, cfg.vocab_size)
+        self.pos += 1
+        return self.probs[0, 0]
+
+
+def generate(config, params, prompt, max_new_tokens, rng, temperature=1.0, top_k=0, on_token=None):
+    """Sample up to max_new_tokens after the prompt (a non-empty list of token ids), stopping at
+    max_seq_len. rng is a sampler.Rng (one f32 coin per token, as llm.c). Calls on_token(id) for
+    each new token; returns the list of new tokens."""
+    from .sampler import sample
+    if len(prompt) == 0:
+        raise ValueError("generation needs a prompt of at least one token (e.g. the EOT token)")
+    cache = KVCache(config, params)
+    probs = None
+    for tok in prompt[:config.max_seq_len]:
+        probs = cache.step(int(tok))
+    out = []
+    while len(out) < max_new_tokens:
+        nxt = sample(probs, config.vocab_size, rng.f32(), temperature=temperature, top_k=top_k)
+        out.append(int(nxt))
+        if on_token is not None:
+            on_token(int(nxt))
+        if cache.pos >= config.max_seq_len or len(out) == max_new_tokens:
+            break
+        probs = cache.step(int(nxt))
+    return out

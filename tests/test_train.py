@@ -1,0 +1,127 @@
+"""llmnb-train end to end on tiny models and synthetic shards: loss goes down, resume equals an
+uninterrupted run, gradient accumulation equals the big batch, and bad input gives one clear line."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from llmnb import checkpoint
+from llmnb.config import GPT2Config
+from llmnb.formats import read_checkpoint, write_checkpoint, write_shard
+from llmnb.model import GPT2, init_params
+from llmnb.train import main
+
+TINY = GPT2Config(max_seq_len=32, vocab_size=50257, padded_vocab_size=50304, num_layers=1, num_heads=2, channels=32)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """Shards of a repetitive token stream (learnable fast) and a tiny random model file."""
+    d = tmp_path_factory.mktemp("train")
+    rng = np.random.default_rng(0)
+    pattern = rng.integers(0, 300, 37)
+    stream = np.tile(pattern, 200)
+    write_shard(d / "tiny_train_000.bin", stream[:3000])
+    write_shard(d / "tiny_train_001.bin", stream[3000:6000])
+    write_shard(d / "tiny_val.bin", stream[6000:7000])
+    write_checkpoint(d / "tiny.bin", TINY, init_params(TINY, seed=3))
+    return d
+
+
+def run(workdir, out, *extra):
+    argv = ["-i", str(workdir / "tiny_train_*.bin"), "-j", str(workdir / "tiny_val.bin"),
+            "-e", str(workdir / "tiny.bin"), "-o", str(out), "-b", "2", "-t", "16",
+            "-l", "3e-3", "--data-dir", str(workdir / "data"), *extra]
+    return main(argv)
+
+
+def read_log(out):
+    with open(os.path.join(out, "log.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_a_short_run_learns_and_writes_its_outputs(workdir, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert run(workdir, out, "-x", "30", "-v", "10", "-m", "2", "-s", "15", "-g", "8") == 0
+    text = capsys.readouterr().out
+    assert "val loss" in text and "generating:" in text and "MFU" in text
+    log = read_log(out)
+    train = [r["train_loss"] for r in log if r["train_loss"] is not None]
+    val = [r["val_loss"] for r in log if r["val_loss"] is not None]
+    assert len(train) == 30 and len(val) == 4  # steps 0, 10, 20 and the last
+    assert train[-1] < 0.7 * train[0] and val[-1] < val[0]
+    assert set(log[0]) >= {"step", "train_loss", "val_loss", "lr", "ms"}
+    config, params = read_checkpoint(out / "model.bin")
+    assert config == TINY and not np.array_equal(params, init_params(TINY, seed=3))
+    assert (out / "loss.svg").read_text().startswith("<svg")
+
+
+def test_resume_continues_exactly_like_an_uninterrupted_run(workdir, tmp_path, monkeypatch):
+    common = ("-x", "8", "-v", "3", "-m", "1", "-s", "0", "--shuffle", "--wd", "0.1", "--warmup", "2",
+              "--lr-min", "1e-4", "-n", "5")
+    full = tmp_path / "full"
+    assert run(workdir, full, *common) == 0
+    # the same run, interrupted by Ctrl-C during step 6 (after the checkpoint at step 5)
+    from llmnb.train import Run
+    real_step = Run.train_step
+
+    def interrupted(self, step):
+        if step == 6:
+            raise KeyboardInterrupt
+        return real_step(self, step)
+    part = tmp_path / "part"
+    with monkeypatch.context() as m:
+        m.setattr(Run, "train_step", interrupted)
+        assert run(workdir, part, *common) == 130
+    assert checkpoint.latest(part) == 5
+    assert run(workdir, part, *common, "-y", "1") == 0
+    a = [(r["train_loss"], r["val_loss"]) for r in read_log(full)]
+    b = [(r["train_loss"], r["val_loss"]) for r in read_log(part)]
+    assert len(a) == 9 and a == b  # bit for bit: same data position, same AdamW state, same schedule
+    np.testing.assert_array_equal(read_checkpoint(full / "model.bin")[1], read_checkpoint(part / "model.bin")[1])
+
+
+def test_grad_accumulation_equals_the_big_batch():
+    rng = np.random.default_rng(1)
+    x, y = rng.integers(0, 300, (4, 16)), rng.integers(0, 300, (4, 16))
+    params = init_params(TINY, seed=4)
+    big = GPT2(TINY, params)
+    big.forward(x, y)
+    big.zero_grad()
+    big.backward()
+    acc = GPT2(TINY, params)
+    for micro in range(2):
+        acc.forward(x[2 * micro:2 * micro + 2], y[2 * micro:2 * micro + 2])
+        acc.zero_grad(params=(micro == 0))
+        acc.backward(grad_scale=0.5)
+    np.testing.assert_allclose(acc.grads.memory, big.grads.memory, rtol=1e-4, atol=1e-7)
+
+
+def test_bad_input_is_one_clear_line(workdir, tmp_path, capsys):
+    assert run(workdir, tmp_path / "o", "-e", str(tmp_path / "missing.bin")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "missing.bin: no such model file" in err[0]
+    assert run(workdir, tmp_path / "o", "-i", str(tmp_path / "nothing_*.bin")) == 2
+    assert "no files match" in capsys.readouterr().err
+    assert run(workdir, tmp_path / "o", "-t", "33") == 2
+    assert "exceeds the model's max_seq_len=32" in capsys.readouterr().err
+    bad = tmp_path / "bad.bin"
+    bad.write_bytes(b"\0" * 100)
+    assert run(workdir, tmp_path / "o", "-e", str(bad)) == 2
+    err = capsys.readouterr().err
+    assert "bad.bin" in err and "Traceback" not in err
+
+
+def test_missing_default_init_falls_back_to_a_fresh_model_offline(workdir, tmp_path, monkeypatch, capsys):
+    from llmnb import data
+    def no_network(url, path, **kw):
+        raise data.DownloadError(f"download of {url} failed: no network")
+    monkeypatch.setattr(data, "download", no_network)
+    monkeypatch.chdir(tmp_path)
+    argv = ["-i", str(workdir / "tiny_train_*.bin"), "-j", str(workdir / "tiny_val.bin"), "-o", "o",
+            "-b", "1", "-t", "8", "-x", "1", "-v", "0", "-s", "0", "--data-dir", "d"]
+    # a "d12" as small as TINY, to keep the test fast
+    monkeypatch.setattr(GPT2Config, "depth", classmethod(lambda cls, L, **kw: TINY))
+    assert main(argv) == 0
+    assert "training a fresh d12 model instead" in capsys.readouterr().out
