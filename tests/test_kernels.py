@@ -1,0 +1,453 @@
+"""Every CPU kernel of kernels.py and matmul.py, forward and backward, against float64 references.
+
+Each test
+- feeds float32 random inputs of odd sizes (B*T not a multiple of 8, C not a multiple of the
+  matmul tiles, sizes below 4) and at least one GPT-2-sized shape,
+- compares the kernel with tests/reference_numpy.py (float64), with the tolerance stated at each
+  assertion (float32 rounding of the kernel's sums; exact equality where there is one rounding),
+- starts every gradient buffer from random values, not zeros, and checks that the backward kernels
+  accumulate: grad_after == grad_before + reference,
+- runs a serial copy of the kernel (the same Python source compiled with parallel=False, same
+  fastmath flag) on copies of the same arguments and asserts the two leave every argument
+  bitwise identical: the parallel split never changes the order of any sum (with numba's thread
+  count: NUMBA_NUM_THREADS=1 would make this check vacuous).
+The nontrivial backward formulas of the reference are themselves checked against torch autograd
+(float64) when torch is installed.
+"""
+import functools
+import math
+
+import numba
+import numpy as np
+import pytest
+from numba.core.registry import CPUDispatcher
+
+import reference_numpy as ref
+from llmnb import kernels, matmul
+
+F32 = np.float32
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+
+def randn(rng, *shape, scale=1.0, shift=0.0):
+    return (rng.standard_normal(shape) * scale + shift).astype(F32)
+
+
+def assert_close(actual, expected, rtol, atol, what):
+    """float32 kernel output vs float64 reference: |actual - expected| <= atol + rtol * |expected|."""
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    np.testing.assert_allclose(actual.astype(np.float64), expected, rtol=rtol, atol=atol, err_msg=what)
+
+
+def assert_identical(a, b, what):
+    """Bit-for-bit equality (distinguishes -0.0 from 0.0 and compares NaN payloads)."""
+    assert a.shape == b.shape and a.dtype == b.dtype, what
+    a8 = np.ascontiguousarray(a).view(np.uint8)
+    b8 = np.ascontiguousarray(b).view(np.uint8)
+    if not np.array_equal(a8, b8):
+        diff = np.flatnonzero(np.ascontiguousarray(a).reshape(-1) != np.ascontiguousarray(b).reshape(-1))
+        raise AssertionError(f"{what}: parallel and serial results differ at {diff.size} elements, "
+                             f"e.g. flat index {diff[:5].tolist()}")
+
+
+@functools.cache
+def serial_copy(dispatcher):
+    """The kernel's Python source compiled again with parallel=False (prange runs as range), every
+    other option (fastmath) unchanged; not cached on disk, so it cannot pick up the parallel build."""
+    opts = {k: v for k, v in dispatcher.targetoptions.items() if k != "nopython"}  # njit implies it
+    opts["parallel"] = False
+    return numba.njit(**opts)(dispatcher.py_func)
+
+
+def run_checked(kernel, *args):
+    """Run the parallel kernel on args (in place) and its serial copy on copies of args, then assert
+    every array argument ended bitwise identical in the two runs."""
+    copies = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
+    kernel(*args)
+    serial_copy(kernel)(*copies)
+    for i, (a, c) in enumerate(zip(args, copies)):
+        if isinstance(a, np.ndarray):
+            assert_identical(a, c, f"{kernel.__name__}: argument {i}")
+
+
+def parallel_kernels(module):
+    """The names of the module's njit functions compiled with parallel=True."""
+    return [name for name, obj in vars(module).items()
+            if isinstance(obj, CPUDispatcher) and obj.targetoptions.get("parallel")]
+
+
+def run_checked_matmul(monkeypatch, wrapper, *args):
+    """As run_checked for matmul_forward/backward (Python wrappers around private 2-D kernels):
+    the wrapper runs once as is and once with every parallel kernel of matmul.py swapped for its
+    serial copy."""
+    names = parallel_kernels(matmul)
+    assert names, "matmul.py has no parallel kernel to check"
+    copies = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
+    wrapper(*args)
+    with monkeypatch.context() as mp:
+        for name in names:
+            mp.setattr(matmul, name, serial_copy(getattr(matmul, name)))
+        wrapper(*copies)
+    for i, (a, c) in enumerate(zip(args, copies)):
+        if isinstance(a, np.ndarray):
+            assert_identical(a, c, f"{wrapper.__name__}: argument {i}")
+
+
+# ----------------------------------------------------------------------------------------------
+# encoder
+
+@pytest.mark.parametrize("B,T,C,Vp,maxT,ntok", [
+    (3, 5, 37, 50, 7, 3),       # few distinct tokens: many repeated ids; C not a multiple of 16
+    (1, 1, 5, 4, 1, 4),         # C < CHUNK
+    (8, 32, 40, 10, 32, 2),     # 256 positions, 2 token ids
+    (4, 64, 768, 512, 128, 512),
+])
+def test_encoder(B, T, C, Vp, maxT, ntok):
+    rng = np.random.default_rng(1)
+    inp = rng.integers(0, ntok, size=(B, T)).astype(np.int32)
+    wte, wpe = randn(rng, Vp, C), randn(rng, maxT, C)
+
+    out = randn(rng, B, T, C)  # garbage: forward must overwrite it
+    run_checked(kernels.encoder_forward, out, inp, wte, wpe)
+    # one float32 addition per element: exact after rounding the float64 sum
+    assert np.array_equal(out, ref.encoder_forward(inp, wte, wpe).astype(F32))
+
+    dout = randn(rng, B, T, C)
+    dwte0, dwpe0 = randn(rng, Vp, C), randn(rng, maxT, C)
+    dwte, dwpe = dwte0.copy(), dwpe0.copy()
+    run_checked(kernels.encoder_backward, dwte, dwpe, dout, inp)
+    rdwte, rdwpe = ref.encoder_backward(dout, inp, Vp, maxT)
+    assert_close(dwte, dwte0 + rdwte, 1e-5, 1e-5, "dwte")
+    assert_close(dwpe, dwpe0 + rdwpe, 1e-5, 1e-5, "dwpe")
+    # rows of tokens / positions never seen are untouched
+    unseen = np.setdiff1d(np.arange(Vp), inp)
+    assert np.array_equal(dwte[unseen], dwte0[unseen])
+    assert np.array_equal(dwpe[T:], dwpe0[T:])
+
+
+# ----------------------------------------------------------------------------------------------
+# layernorm
+
+@pytest.mark.parametrize("B,T,C", [(3, 5, 37), (1, 1, 3), (4, 64, 768)])
+def test_layernorm(B, T, C):
+    rng = np.random.default_rng(2)
+    inp = randn(rng, B, T, C, scale=2.0, shift=0.5)
+    weight, bias = randn(rng, C), randn(rng, C)
+
+    out, mean, rstd = randn(rng, B, T, C), randn(rng, B, T), randn(rng, B, T)
+    run_checked(kernels.layernorm_forward, out, mean, rstd, inp, weight, bias)
+    rout, rmean, rrstd = ref.layernorm_forward(inp, weight, bias)
+    assert_close(out, rout, 1e-5, 1e-5, "layernorm out")
+    assert_close(mean, rmean, 1e-5, 1e-6, "layernorm mean")
+    assert_close(rstd, rrstd, 1e-5, 0, "layernorm rstd")
+
+    dout = randn(rng, B, T, C)
+    dinp0, dweight0, dbias0 = randn(rng, B, T, C), randn(rng, C), randn(rng, C)
+    dinp, dweight, dbias = dinp0.copy(), dweight0.copy(), dbias0.copy()
+    run_checked(kernels.layernorm_backward, dinp, dweight, dbias, dout, inp, weight,
+                rmean.astype(F32), rrstd.astype(F32))
+    rdinp, rdweight, rdbias = ref.layernorm_backward(dout, inp, weight, rmean, rrstd)
+    assert_close(dinp, dinp0 + rdinp, 1e-5, 1e-5, "layernorm dinp")
+    assert_close(dweight, dweight0 + rdweight, 1e-5, 1e-4, "layernorm dweight")
+    assert_close(dbias, dbias0 + rdbias, 1e-5, 1e-4, "layernorm dbias")
+
+
+# ----------------------------------------------------------------------------------------------
+# matmul
+
+def check_matmul(monkeypatch, B, T, C, OC, with_bias, seed=3):
+    rng = np.random.default_rng(seed)
+    inp = randn(rng, B, T, C)
+    weight = randn(rng, OC, C, scale=1.0 / math.sqrt(C))
+    bias = randn(rng, OC) if with_bias else None
+
+    out = randn(rng, B, T, OC)
+    run_checked_matmul(monkeypatch, matmul.matmul_forward, out, inp, weight, bias)
+    assert_close(out, ref.matmul_forward(inp, weight, bias), 1e-5, 1e-5, "matmul out")
+
+    dout = randn(rng, B, T, OC)
+    dinp0, dweight0 = randn(rng, B, T, C), randn(rng, OC, C)
+    dbias0 = randn(rng, OC) if with_bias else None
+    dinp, dweight = dinp0.copy(), dweight0.copy()
+    dbias = dbias0.copy() if with_bias else None
+    run_checked_matmul(monkeypatch, matmul.matmul_backward, dinp, dweight, dbias, dout, inp, weight)
+    rdinp, rdweight, rdbias = ref.matmul_backward(dout, inp, weight)
+    N = B * T
+    # float32 sums of OC (dinp) or N (dweight, dbias) terms; outputs grow like sqrt(terms)
+    assert_close(dinp, dinp0 + rdinp, 1e-5, 1e-5 * math.sqrt(OC / C), "matmul dinp")
+    assert_close(dweight, dweight0 + rdweight, 1e-5, 1e-5 * math.sqrt(N), "matmul dweight")
+    if with_bias:
+        assert_close(dbias, dbias0 + rdbias, 1e-5, 1e-5 * math.sqrt(N), "matmul dbias")
+    else:
+        assert dbias is None
+
+
+@pytest.mark.parametrize("B,T,C,OC", [
+    (3, 5, 37, 67),      # N = 15, C and OC odd: leftover rows and columns of every register block
+    (1, 3, 5, 3),        # N < 4, C < 8, OC < 4
+    (2, 1, 70, 1),       # OC = 1
+    (1, 9, 130, 133),    # several column tiles
+    (7, 1, 1000, 5),     # long reduction (C = 1000) in the forward
+    (8, 101, 20, 6),     # long reduction (N = 808) in dweight, dbias
+    (4, 64, 768, 2304),  # GPT-2 small qkv
+])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_matmul(monkeypatch, B, T, C, OC, with_bias):
+    check_matmul(monkeypatch, B, T, C, OC, with_bias)
+
+
+def test_matmul_backward_in_chunks(monkeypatch):
+    # the backward works through OC in chunks that keep its transposed scratch small (the
+    # classifier's OC = 50304); shrink the chunk so that a small matmul takes many of them
+    if not hasattr(matmul, "CHUNK_FLOATS"):
+        pytest.skip("matmul.py has no CHUNK_FLOATS")
+    monkeypatch.setattr(matmul, "CHUNK_FLOATS", 300)
+    check_matmul(monkeypatch, 3, 5, 37, 67, True)
+
+
+def test_matmul_is_the_kernels_one():
+    # the model calls kernels.matmul_*; they must be these tested functions
+    assert kernels.matmul_forward is matmul.matmul_forward
+    assert kernels.matmul_backward is matmul.matmul_backward
+
+
+# ----------------------------------------------------------------------------------------------
+# attention
+
+ATTENTION_SHAPES = [  # B, T, C, NH, scale of the inputs
+    (3, 5, 36, 4, 1.0),      # hs = 9
+    (3, 5, 36, 4, 6.0),      # preatt ~ +-100: exp overflows unless the row max is subtracted
+    (2, 7, 15, 3, 1.0),      # hs = 5
+    (1, 1, 4, 1, 1.0),       # T = 1
+    (2, 64, 768, 12, 1.0),   # GPT-2 small, hs = 64
+]
+
+
+def attention_run(B, T, C, NH, scale, seed):
+    """Random inputs, kernel forward + backward from random buffers; returns a dict of everything."""
+    rng = np.random.default_rng(seed)
+    r = dict(inp=randn(rng, B, T, 3 * C, scale=scale))
+    r["out"], r["preatt0"], r["att0"] = randn(rng, B, T, C), randn(rng, B, NH, T, T), randn(rng, B, NH, T, T)
+    r["preatt"], r["att"] = r["preatt0"].copy(), r["att0"].copy()
+    run_checked(kernels.attention_forward, r["out"], r["preatt"], r["att"], r["inp"])
+    r["dout"] = randn(rng, B, T, C)
+    for name, shape in (("dinp", (B, T, 3 * C)), ("dpreatt", (B, NH, T, T)), ("datt", (B, NH, T, T))):
+        r[name + "0"] = randn(rng, *shape)
+        r[name] = r[name + "0"].copy()
+    run_checked(kernels.attention_backward, r["dinp"], r["dpreatt"], r["datt"], r["dout"], r["inp"], r["att"])
+    return r
+
+
+@pytest.mark.parametrize("B,T,C,NH,scale", ATTENTION_SHAPES)
+def test_attention(B, T, C, NH, scale):
+    r = attention_run(B, T, C, NH, scale, seed=4)
+    low = ref.causal_mask(T)
+    up = ~low
+    rout, rpreatt, ratt = ref.attention_forward(r["inp"], NH)
+    assert_close(r["out"], rout, 1e-5, 1e-5, "attention out")
+    assert_close(r["preatt"][..., low], rpreatt[..., low], 1e-5, 1e-5, "preatt (t2 <= t)")
+    assert_close(r["att"][..., low], ratt[..., low], 1e-5, 1e-6, "att (t2 <= t)")
+    # llm.c's buffers: att exactly 0 above the diagonal, preatt's upper part left as it was
+    assert np.all(r["att"][..., up] == 0.0) and not np.any(np.signbit(r["att"][..., up]))
+    assert np.array_equal(r["preatt"][..., up], r["preatt0"][..., up])
+    assert_close(r["att"].sum(axis=-1), np.ones((B, NH, T)), 0, 1e-5, "att rows sum to 1")
+
+    # backward: the kernel's datt / dpreatt hold totals (what they held + the new contribution),
+    # and it back-propagates that whole content, as llm.c's kernel does
+    rdinp, rdatt, rdpreatt = ref.attention_backward(r["dout"], r["inp"], r["att"], NH,
+                                                    datt_in=r["datt0"], dpreatt_in=r["dpreatt0"])
+    assert_close(r["dinp"], r["dinp0"] + rdinp, 1e-5, 1e-5, "attention dinp")
+    assert_close(r["datt"][..., low], rdatt[..., low], 1e-5, 1e-5, "datt (t2 <= t)")
+    assert_close(r["dpreatt"][..., low], rdpreatt[..., low], 1e-5, 1e-5, "dpreatt (t2 <= t)")
+    assert np.array_equal(r["datt"][..., up], r["datt0"][..., up]), "datt above the diagonal touched"
+    assert np.array_equal(r["dpreatt"][..., up], r["dpreatt0"][..., up]), "dpreatt above the diagonal touched"
+
+
+@pytest.mark.parametrize("B,T,C,NH,scale", ATTENTION_SHAPES[:3])
+def test_attention_backward_matches_torch_autograd(B, T, C, NH, scale):
+    # the same causal attention in torch float64; the loss also weighs att and preatt by what the
+    # gradient buffers held before, so autograd's att.grad / preatt.grad are the kernel's totals
+    torch = pytest.importorskip("torch")
+    r = attention_run(B, T, C, NH, scale, seed=5)
+    hs = C // NH
+    low = torch.from_numpy(ref.causal_mask(T))
+    inp = torch.tensor(r["inp"], dtype=torch.float64, requires_grad=True)
+    q, k, v = (inp[..., i * C:(i + 1) * C].reshape(B, T, NH, hs).transpose(1, 2) for i in range(3))
+    preatt = q @ k.transpose(-1, -2) / math.sqrt(hs)
+    preatt.retain_grad()
+    att = torch.softmax(preatt.masked_fill(~low, float("-inf")), dim=-1)
+    att.retain_grad()
+    out = (att @ v).transpose(1, 2).reshape(B, T, C)
+    t64 = lambda a: torch.tensor(a, dtype=torch.float64)  # noqa: E731
+    loss = ((out * t64(r["dout"])).sum() + (att * t64(r["datt0"]) * low).sum()
+            + (preatt * t64(r["dpreatt0"]) * low).sum())
+    loss.backward()
+    lo = ref.causal_mask(T)
+    assert_close(r["out"], out.detach().numpy(), 1e-5, 1e-5, "out vs torch")
+    assert_close(r["att"][..., lo], att.detach().numpy()[..., lo], 1e-5, 1e-6, "att vs torch")
+    assert_close(r["dinp"], r["dinp0"] + inp.grad.numpy(), 1e-5, 1e-5, "dinp vs torch")
+    assert_close(r["datt"][..., lo], att.grad.numpy()[..., lo], 1e-5, 1e-5, "datt vs torch")
+    assert_close(r["dpreatt"][..., lo], preatt.grad.numpy()[..., lo], 1e-5, 1e-5, "dpreatt vs torch")
+
+
+# ----------------------------------------------------------------------------------------------
+# gelu
+
+@pytest.mark.parametrize("shape", [(3, 5, 37), (7,), (4, 64, 3072)])
+def test_gelu(shape):
+    rng = np.random.default_rng(6)
+    inp = randn(rng, *shape, scale=3.0)
+    inp.reshape(-1)[:7] = [0.0, -0.0, 1e-6, -10.0, 10.0, -4.0, 20.0]
+    rgelu = ref.gelu_forward(inp)
+
+    out = randn(rng, *shape)
+    run_checked(kernels.gelu_forward, out, inp)
+    # llm.c's formula in float64; float32 rounding only. The absolute floor is for x < 0, where
+    # 1 + tanh(...) cancels: its float32 error is ~|x| * 6e-8 while gelu(x) -> 0.
+    assert_close(out, rgelu, 1e-6, 1e-6, "gelu out")
+
+    dout = randn(rng, *shape)
+    dinp0 = randn(rng, *shape)
+    dinp = dinp0.copy()
+    run_checked(kernels.gelu_backward, dinp, inp, dout)
+    assert_close(dinp, dinp0 + ref.gelu_backward(inp, dout), 1e-6, 2e-6, "gelu dinp")
+
+
+# ----------------------------------------------------------------------------------------------
+# residual
+
+@pytest.mark.parametrize("shape", [(3, 5, 37), (1,), (4, 64, 768)])
+def test_residual(shape):
+    rng = np.random.default_rng(7)
+    inp1, inp2 = randn(rng, *shape), randn(rng, *shape)
+    out = randn(rng, *shape)
+    run_checked(kernels.residual_forward, out, inp1, inp2)
+    assert np.array_equal(out, ref.residual_forward(inp1, inp2).astype(F32))  # one rounding: exact
+
+    dout = randn(rng, *shape)
+    d10, d20 = randn(rng, *shape), randn(rng, *shape)
+    d1, d2 = d10.copy(), d20.copy()
+    run_checked(kernels.residual_backward, d1, d2, dout)
+    r1, r2 = ref.residual_backward(dout)
+    assert np.array_equal(d1, (d10 + r1).astype(F32))
+    assert np.array_equal(d2, (d20 + r2).astype(F32))
+
+
+# ----------------------------------------------------------------------------------------------
+# softmax + cross-entropy over the padded vocabulary
+
+@pytest.mark.parametrize("B,T,V,Vp,scale", [
+    (3, 5, 37, 64, 3.0),
+    (3, 5, 37, 64, 100.0),     # logits ~ +-300: exp overflows unless the max is subtracted
+    (2, 3, 5, 5, 3.0),         # no padding
+    (1, 1, 1, 4, 3.0),         # a single real token: p = 1, loss = 0
+    (2, 3, 50257, 50304, 3.0),  # GPT-2's vocabulary
+])
+def test_softmax_crossentropy(B, T, V, Vp, scale):
+    rng = np.random.default_rng(8)
+    logits = randn(rng, B, T, Vp, scale=scale)
+    logits[..., V:] = 1e4  # junk in the padded columns must not matter
+    targets = rng.integers(0, V, size=(B, T)).astype(np.int32)
+
+    # the kernel sums the V exponentials in one float32 running sum, as llm.c does: over 50257
+    # terms its relative error reaches ~6e-5 (shared by the whole row), hence the looser rtol there;
+    # with logits ~ 300, float32 rounding of logit - max is ~2e-5 absolute, so p's relative error too
+    rtol = 1e-5 if V < 1000 else 2e-4
+    rtol *= max(1.0, scale / 10.0)
+    probs = randn(rng, B, T, Vp)
+    run_checked(kernels.softmax_forward, probs, logits, V)
+    rprobs = ref.softmax_forward(logits, V)
+    assert_close(probs[..., :V], rprobs[..., :V], rtol, 1e-9, "probs")
+    assert np.all(probs[..., V:] == 0.0) and not np.any(np.signbit(probs[..., V:])), "padded probs not 0"
+
+    losses = randn(rng, B, T)
+    run_checked(kernels.crossentropy_forward, losses, probs, targets)
+    rlosses = ref.crossentropy_forward(rprobs, targets)
+    normal = rlosses < 80.0  # p[target] > 1e-35: not flushed to 0 (loss inf) in float32
+    assert_close(losses[normal], rlosses[normal], 1e-5, rtol, "losses")
+    # and exactly -log of the kernel's own probabilities
+    with np.errstate(divide="ignore"):  # p = 0 in float32 (huge logits): loss inf, as in llm.c
+        own = -np.log(np.take_along_axis(probs.astype(np.float64), targets[..., None], -1)[..., 0])
+    assert_close(losses, own, 1e-6, 1e-7, "losses = -log probs[target]")
+
+    # backward: junk in the padded columns of probs too, so that a kernel reading them would show
+    dlosses = randn(rng, B, T)
+    probs[..., V:] = randn(rng, B, T, Vp - V)
+    dlogits0 = randn(rng, B, T, Vp)
+    dlogits = dlogits0.copy()
+    run_checked(kernels.crossentropy_softmax_backward, dlogits, dlosses, probs, targets, V)
+    rdlogits = ref.crossentropy_softmax_backward(dlosses, probs, targets, V)  # the probs it was given
+    assert_close(dlogits[..., :V], dlogits0[..., :V] + rdlogits[..., :V], 1e-5, 1e-6, "dlogits")
+    assert np.array_equal(dlogits[..., V:], dlogits0[..., V:]), "padded dlogits touched"
+
+
+# ----------------------------------------------------------------------------------------------
+# AdamW
+
+@pytest.mark.parametrize("n", [1, 1001])
+def test_adamw_three_steps(n):
+    rng = np.random.default_rng(9)
+    lr, beta1, beta2, eps, weight_decay = 1e-3, 0.9, 0.95, 1e-8, 0.1
+    params = randn(rng, n)
+    p0 = params[:1].astype(np.float64)
+    m, v = np.zeros(n, F32), np.zeros(n, F32)  # llm.c's calloc'd moments
+    rparams, rm, rv = params.astype(np.float64), np.zeros(n), np.zeros(n)
+    for t in (1, 2, 3):
+        grads = randn(rng, n)
+        if n > 1:
+            grads[0] = 0.0  # from m = v = 0 at t = 1: only the weight decay moves it
+        run_checked(kernels.adamw_update, params, grads, m, v, lr, beta1, beta2, eps, weight_decay, t)
+        rparams, rm, rv = ref.adamw_update(rparams, grads, rm, rv, lr, beta1, beta2, eps, weight_decay, t)
+        assert_close(m, rm, 1e-5, 1e-7, f"m at t={t}")
+        assert_close(v, rv, 1e-5, 1e-9, f"v at t={t}")
+        # the update is ~lr; float32 rounding of params (~1e-7) dominates the error
+        assert_close(params, rparams, 1e-6, 1e-7, f"params at t={t}")
+    # weight decay included: a parameter whose gradient is always 0 shrinks by (1 - lr * wd) per step
+    if n > 1:
+        assert_close(params[:1], p0 * (1.0 - lr * weight_decay) ** 3, 1e-6, 0, "decayed parameter")
+
+
+# ----------------------------------------------------------------------------------------------
+# the reference's own backward formulas vs torch autograd (float64)
+
+@pytest.mark.parametrize("layer", ["layernorm", "matmul", "gelu", "crossentropy"])
+def test_reference_backward_matches_torch_autograd(layer):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(10)
+    B, T, C, OC, V, Vp = 3, 5, 37, 67, 37, 64
+    t64 = lambda a: torch.tensor(np.asarray(a, dtype=np.float64), requires_grad=True)  # noqa: E731
+    if layer == "layernorm":
+        x, w, b, dout = rng.standard_normal((B, T, C)), rng.standard_normal(C), rng.standard_normal(C), \
+            rng.standard_normal((B, T, C))
+        tx, tw, tb = t64(x), t64(w), t64(b)
+        y = torch.nn.functional.layer_norm(tx, (C,), tw, tb, eps=ref.LAYERNORM_EPS)
+        (y * torch.from_numpy(dout)).sum().backward()
+        ry, mean, rstd = ref.layernorm_forward(x, w, b)
+        got, want = (ry, *ref.layernorm_backward(dout, x, w, mean, rstd)), (y, tx.grad, tw.grad, tb.grad)
+    elif layer == "matmul":
+        x, w, b, dout = rng.standard_normal((B, T, C)), rng.standard_normal((OC, C)), rng.standard_normal(OC), \
+            rng.standard_normal((B, T, OC))
+        tx, tw, tb = t64(x), t64(w), t64(b)
+        y = torch.nn.functional.linear(tx, tw, tb)
+        (y * torch.from_numpy(dout)).sum().backward()
+        got, want = (ref.matmul_forward(x, w, b), *ref.matmul_backward(dout, x, w)), (y, tx.grad, tw.grad, tb.grad)
+    elif layer == "gelu":
+        x, dout = rng.standard_normal((B, T, C)) * 3, rng.standard_normal((B, T, C))
+        tx = t64(x)
+        y = torch.nn.functional.gelu(tx, approximate="tanh")
+        (y * torch.from_numpy(dout)).sum().backward()
+        got, want = (ref.gelu_forward(x), ref.gelu_backward(x, dout)), (y, tx.grad)
+    else:
+        logits, dlosses = rng.standard_normal((B, T, Vp)) * 3, rng.standard_normal((B, T))
+        targets = rng.integers(0, V, size=(B, T))
+        tl = t64(logits)
+        logp = torch.log_softmax(tl[..., :V], dim=-1)
+        tlosses = -logp.gather(-1, torch.from_numpy(targets)[..., None])[..., 0]
+        (tlosses * torch.from_numpy(dlosses)).sum().backward()
+        probs = ref.softmax_forward(logits, V)
+        got = (ref.crossentropy_forward(probs, targets), ref.crossentropy_softmax_backward(dlosses, probs, targets, V))
+        want = (tlosses, tl.grad)
+    for i, (g, w_) in enumerate(zip(got, want)):
+        np.testing.assert_allclose(g, w_.detach().numpy(), rtol=1e-10, atol=1e-12, err_msg=f"{layer} output {i}")
