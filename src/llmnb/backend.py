@@ -6,13 +6,14 @@ so the same gpt2 forward/backward drives the CPU (NumPy arrays) or a GPU (device
 """
 import numpy as np
 
-from . import kernels
+from . import kernels, optim
 
 KERNEL_NAMES = (
     "encoder_forward", "encoder_backward", "layernorm_forward", "layernorm_backward",
     "matmul_forward", "matmul_backward", "attention_forward", "attention_backward",
     "gelu_forward", "gelu_backward", "residual_forward", "residual_backward",
     "softmax_forward", "crossentropy_forward", "crossentropy_softmax_backward", "adamw_update",
+    "global_norm_squared", "scale_",
 )
 
 
@@ -22,7 +23,7 @@ class CPUBackend:
 
     def __init__(self):
         for name in KERNEL_NAMES:
-            setattr(self, name, getattr(kernels, name))
+            setattr(self, name, getattr(kernels, name, None) or getattr(optim, name))
 
     def zeros(self, n, dtype=np.float32):
         """A new flat zero-filled array of n elements."""

@@ -61,7 +61,7 @@ def run(model_path, state_path, expected_losses, device="cpu"):
     print("[GPT-2]")
     print(f"max_seq_len: {maxT}\nvocab_size: {V}\npadded_vocab_size: {Vp}\nnum_layers: {L}\n"
           f"num_heads: {config.num_heads}\nchannels: {C}")
-    model = GPT2(config, params, device=device)
+    model = GPT2(config, params, device=device, copy=False)
     print(f"num_parameters: {model.num_parameters}")
     state = read_debug_state(state_path, config)
     B, T = state["B"], state["T"]

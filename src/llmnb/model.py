@@ -41,18 +41,19 @@ class GPT2:
     state of the previous forward, so call backward() before changing shape.
     """
 
-    def __init__(self, config, params=None, device="cpu", backend=None):
+    def __init__(self, config, params=None, device="cpu", backend=None, copy=True):
         self.config = config
         self.backend = backend if backend is not None else get_backend(device)
         k = self.backend
         shapes = param_shapes(config)
         self.num_parameters = Tensors.count(shapes)
         if params is None:
-            params = init_params(config)
+            params, copy = init_params(config), False
         params = np.asarray(params, dtype=np.float32).reshape(-1)
         if params.shape[0] != self.num_parameters:
             raise ValueError(f"params holds {params.shape[0]} floats, the config needs {self.num_parameters}")
-        self.params = Tensors(k.asarray(params.copy()), shapes)
+        # the model trains its own copy (copy=False: the caller hands the array over, no copy)
+        self.params = Tensors(k.asarray(params.copy() if copy else params), shapes)
         self.grads = None           # allocated lazily on the first backward
         self.m_memory = None        # AdamW state, allocated lazily on the first update
         self.v_memory = None
@@ -72,7 +73,7 @@ class GPT2:
     def from_checkpoint(cls, path, device="cpu", backend=None):
         from .formats import read_checkpoint
         config, params = read_checkpoint(path)
-        return cls(config, params, device=device, backend=backend)
+        return cls(config, params, device=device, backend=backend, copy=False)
 
     def save_checkpoint(self, path):
         from .formats import write_checkpoint

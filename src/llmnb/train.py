@@ -74,7 +74,7 @@ def build_model(args, log):
         config = GPT2Config.depth(int(m.group(1)))
         log(f"initialising a fresh GPT-2 {args.init}: {config.num_layers} layers, {config.num_heads} heads, "
             f"{config.channels} channels (seed {args.seed})")
-        return GPT2(config, init_params(config, seed=args.seed), device=args.device)
+        return GPT2(config, init_params(config, seed=args.seed), device=args.device, copy=False)
     path = args.init
     if not os.path.exists(path) and args.init_is_default:
         path = os.path.join(args.data_dir, DEFAULT_INIT)
