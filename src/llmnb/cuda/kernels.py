@@ -1,0 +1,761 @@
+"""The layers of GPT-2 on the GPU: every kernel of llmnb.kernels as numba.cuda kernels.
+
+Each layer has its kernel(s) (`*_kernel`, device code) and a launcher under llm.c's name with the
+CPU kernel's exact arguments (natural-shape views of device buffers; ints and floats as on the
+CPU; `bias`/`dbias` may be None; token arrays int32), which picks the grid and launches,
+asynchronously. The launchers compute the same thing as the CPU kernels, incl. what they leave
+alone: backward kernels accumulate (+=) into their gradients, preatt is written on and below the
+diagonal only, att gets zeros above it, the padded vocabulary columns get probability 0 and no
+gradient.
+
+As in llm.c's train_gpt2_fp32.cu, the attention is matmuls and a softmax: QK^T into preatt, the
+causal softmax into att, att @ V; here the matmuls are the tiled kernels of matmul.py run on
+per-head views of qkv (no permute buffers), skipping the tiles above the diagonal.
+
+Reductions never race: a reduction over a row is a tree in shared memory within one block, a
+reduction over rows (dweight, dbias, dwte, dwpe) belongs to the threads of its columns. No
+atomics, so every run gives the same bits. Grid and block shapes come from launch.py.
+"""
+import math
+
+import numpy as np
+from numba import cuda, float32, float64
+
+from .launch import (BK, COL_ROWS, COL_WIDTH, ELEM_THREADS, ROW_THREADS, TILE, TILE_BLOCK, TX, TY,
+                     cdiv, check, elementwise_grid, last_dim, size)
+from .matmul import TILE_P, TM, TN, gemm_block, matmul_backward, matmul_forward  # noqa: F401 (re-exported)
+
+F32 = np.float32
+ZERO = F32(0.0)
+ONE = F32(1.0)
+HALF = F32(0.5)
+THREE = F32(3.0)
+NEG_BIG = F32(-10000.0)  # the running max's start in the softmaxes, as in the C
+LN_EPS = F32(1e-5)
+GELU_SCALING_FACTOR = F32(math.sqrt(2.0 / math.pi))
+GELU_CUBE = F32(0.044715)
+
+WHERE = "kernels.py"
+
+
+# ----------------------------------------------------------------------------------------------
+# block-wide reductions (device functions): 1-D blocks of ROW_THREADS threads, a tree in shared
+# memory `buf` (ROW_THREADS,). Every thread of the block must call them; all get the result.
+
+@cuda.jit(device=True)
+def block_sum(buf, val):
+    tid = cuda.threadIdx.x
+    buf[tid] = val
+    cuda.syncthreads()
+    stride = ROW_THREADS // 2
+    while stride > 0:
+        if tid < stride:
+            buf[tid] += buf[tid + stride]
+        cuda.syncthreads()
+        stride //= 2
+    total = buf[0]
+    cuda.syncthreads()  # buf is free again when this returns
+    return total
+
+
+@cuda.jit(device=True)
+def block_max(buf, val):
+    tid = cuda.threadIdx.x
+    buf[tid] = val
+    cuda.syncthreads()
+    stride = ROW_THREADS // 2
+    while stride > 0:
+        if tid < stride:
+            if buf[tid + stride] > buf[tid]:
+                buf[tid] = buf[tid + stride]
+        cuda.syncthreads()
+        stride //= 2
+    total = buf[0]
+    cuda.syncthreads()
+    return total
+
+
+# ----------------------------------------------------------------------------------------------
+# encoder: token embedding + position embedding
+
+@cuda.jit(cache=True)
+def encoder_forward_kernel(out, inp, wte, wpe):
+    # out (B,T,C); inp (B,T) int32; wte (Vp,C); wpe (maxT,C); grid-stride over B*T*C
+    B, T, C = out.shape
+    for idx in range(cuda.grid(1), B * T * C, cuda.gridsize(1)):
+        bt = idx // C
+        c = idx % C
+        b = bt // T
+        t = bt % T
+        out[b, t, c] = wte[inp[b, t], c] + wpe[t, c]
+
+
+@cuda.jit(cache=True)
+def encoder_backward_wpe_kernel(dwpe, dout):
+    # dwpe (maxT,C) rows 0..T-1 += the sum over b of dout (B,T,C); grid-stride over T*C
+    B, T, C = dout.shape
+    for idx in range(cuda.grid(1), T * C, cuda.gridsize(1)):
+        t = idx // C
+        c = idx % C
+        acc = dwpe[t, c]
+        for b in range(B):
+            acc += dout[b, t, c]
+        dwpe[t, c] = acc
+
+
+@cuda.jit(cache=True)
+def encoder_backward_wte_kernel(dwte, dout, inp):
+    # dwte (Vp,C) += dout (B,T,C) scattered to the rows inp (B,T) int32. A token may appear at
+    # many (b,t), so each thread owns one channel and walks every (b,t) in order: no races, no
+    # atomics, and consecutive threads touch consecutive addresses.
+    B, T, C = dout.shape
+    for c in range(cuda.grid(1), C, cuda.gridsize(1)):
+        for b in range(B):
+            for t in range(T):
+                dwte[inp[b, t], c] += dout[b, t, c]
+
+
+def encoder_forward(out, inp, wte, wpe):
+    """out (B,T,C) = wte[inp] + wpe[:T]; inp (B,T) int32 token ids."""
+    B, T, C = out.shape
+    check(inp.shape == (B, T), WHERE, f"encoder_forward: inp {inp.shape} is not (B,T) = {(B, T)}")
+    check(last_dim(wte) == C and last_dim(wpe) == C and wpe.shape[0] >= T, WHERE,
+          f"encoder_forward: wte {wte.shape} / wpe {wpe.shape} do not fit out {out.shape}")
+    encoder_forward_kernel[elementwise_grid(B * T * C), ELEM_THREADS](out, inp, wte, wpe)
+
+
+def encoder_backward(dwte, dwpe, dout, inp):
+    """dwte (Vp,C), dwpe (maxT,C) += the gradients of encoder_forward, from dout (B,T,C)."""
+    B, T, C = dout.shape
+    check(inp.shape == (B, T), WHERE, f"encoder_backward: inp {inp.shape} is not (B,T) = {(B, T)}")
+    check(last_dim(dwte) == C and last_dim(dwpe) == C and dwpe.shape[0] >= T, WHERE,
+          f"encoder_backward: dwte {dwte.shape} / dwpe {dwpe.shape} do not fit dout {dout.shape}")
+    encoder_backward_wpe_kernel[elementwise_grid(T * C), ELEM_THREADS](dwpe, dout)
+    encoder_backward_wte_kernel[elementwise_grid(C), ELEM_THREADS](dwte, dout, inp)
+
+
+# ----------------------------------------------------------------------------------------------
+# layernorm
+
+@cuda.jit(cache=True)
+def layernorm_forward_kernel(out, mean, rstd, inp, weight, bias):
+    # out (B,T,C), mean, rstd (B,T); inp (B,T,C); weight, bias (C); one block per row (b,t)
+    buf = cuda.shared.array(ROW_THREADS, float32)
+    B, T, C = inp.shape
+    b = cuda.blockIdx.x // T
+    t = cuda.blockIdx.x % T
+    tid = cuda.threadIdx.x
+    x = inp[b, t]
+    s = ZERO
+    for i in range(tid, C, ROW_THREADS):
+        s += x[i]
+    m = block_sum(buf, s) / F32(C)
+    s = ZERO
+    for i in range(tid, C, ROW_THREADS):
+        xshift = x[i] - m
+        s += xshift * xshift
+    v = block_sum(buf, s) / F32(C)
+    rs = ONE / math.sqrt(v + LN_EPS)
+    o = out[b, t]
+    for i in range(tid, C, ROW_THREADS):
+        o[i] = (rs * (x[i] - m)) * weight[i] + bias[i]
+    if tid == 0:
+        mean[b, t] = m
+        rstd[b, t] = rs
+
+
+@cuda.jit(cache=True)
+def layernorm_backward_dinp_kernel(dinp, dout, inp, weight, mean, rstd):
+    # dinp (B,T,C) += ; dout, inp (B,T,C); weight (C); mean, rstd (B,T); one block per row (b,t)
+    buf = cuda.shared.array(ROW_THREADS, float32)
+    B, T, C = inp.shape
+    b = cuda.blockIdx.x // T
+    t = cuda.blockIdx.x % T
+    tid = cuda.threadIdx.x
+    mean_bt = mean[b, t]
+    rstd_bt = rstd[b, t]
+    x = inp[b, t]
+    d = dout[b, t]
+    s1 = ZERO
+    s2 = ZERO
+    for i in range(tid, C, ROW_THREADS):
+        norm_bti = (x[i] - mean_bt) * rstd_bt
+        dnorm_i = weight[i] * d[i]
+        s1 += dnorm_i
+        s2 += dnorm_i * norm_bti
+    dnorm_mean = block_sum(buf, s1) / F32(C)
+    dnorm_norm_mean = block_sum(buf, s2) / F32(C)
+    di = dinp[b, t]
+    for i in range(tid, C, ROW_THREADS):
+        norm_bti = (x[i] - mean_bt) * rstd_bt
+        dnorm_i = weight[i] * d[i]
+        dval = dnorm_i - dnorm_mean - norm_bti * dnorm_norm_mean
+        di[i] += dval * rstd_bt
+
+
+@cuda.jit(cache=True)
+def layernorm_backward_params_kernel(dweight, dbias, dout, inp, mean, rstd):
+    # dweight, dbias (C) += sums over (b,t); block (COL_WIDTH, COL_ROWS), grid cdiv(C, COL_WIDTH):
+    # COL_ROWS threads per channel walk the rows, then one adds their partial sums in order
+    pw = cuda.shared.array((COL_ROWS, COL_WIDTH), float32)
+    pb = cuda.shared.array((COL_ROWS, COL_WIDTH), float32)
+    B, T, C = inp.shape
+    tx = cuda.threadIdx.x
+    ty = cuda.threadIdx.y
+    c = cuda.blockIdx.x * COL_WIDTH + tx
+    sw = ZERO
+    sb = ZERO
+    if c < C:
+        for r in range(ty, B * T, COL_ROWS):
+            b = r // T
+            t = r % T
+            d = dout[b, t, c]
+            sb += d
+            sw += (inp[b, t, c] - mean[b, t]) * rstd[b, t] * d
+    pw[ty, tx] = sw
+    pb[ty, tx] = sb
+    cuda.syncthreads()
+    if ty == 0 and c < C:
+        tw = ZERO
+        tb = ZERO
+        for r in range(COL_ROWS):
+            tw += pw[r, tx]
+            tb += pb[r, tx]
+        dweight[c] += tw
+        dbias[c] += tb
+
+
+def layernorm_forward(out, mean, rstd, inp, weight, bias):
+    """out (B,T,C), mean, rstd (B,T) = layernorm of inp (B,T,C) with weight, bias (C)."""
+    B, T, C = inp.shape
+    check(out.shape == (B, T, C) and mean.shape == (B, T) and rstd.shape == (B, T), WHERE,
+          f"layernorm_forward: out {out.shape} / mean {mean.shape} / rstd {rstd.shape} do not fit inp {inp.shape}")
+    check(weight.shape == (C,) and bias.shape == (C,), WHERE, f"layernorm_forward: weight/bias are not ({C},)")
+    layernorm_forward_kernel[B * T, ROW_THREADS](out, mean, rstd, inp, weight, bias)
+
+
+def layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd):
+    """dinp (B,T,C), dweight, dbias (C) += the gradients of layernorm_forward."""
+    B, T, C = inp.shape
+    check(dinp.shape == (B, T, C) and dout.shape == (B, T, C), WHERE,
+          f"layernorm_backward: dinp {dinp.shape} / dout {dout.shape} are not inp's {inp.shape}")
+    check(dweight.shape == (C,) and dbias.shape == (C,), WHERE, f"layernorm_backward: dweight/dbias are not ({C},)")
+    layernorm_backward_dinp_kernel[B * T, ROW_THREADS](dinp, dout, inp, weight, mean, rstd)
+    layernorm_backward_params_kernel[cdiv(C, COL_WIDTH), (COL_WIDTH, COL_ROWS)](dweight, dbias, dout, inp, mean, rstd)
+
+
+# ----------------------------------------------------------------------------------------------
+# attention: per head h, q, k, v are the columns [h*hs, (h+1)*hs) of the thirds of qkv (B,T,3C).
+# The matmul kernels run on a grid (tiles of columns, tiles of rows, B*NH); block z is (b, h).
+
+@cuda.jit(device=True)
+def causal_k_end(m0, T):
+    # the rows t < m0 + TILE of a tile attend to t2 <= t only: the sum over t2 can stop there
+    # (not builtin min: it does not compile in numba 0.68's CUDA target)
+    k_end = m0 + TILE
+    if k_end > T:
+        k_end = T
+    return k_end
+
+
+@cuda.jit(cache=True)
+def attention_query_key_kernel(preatt, inp, scale):
+    # preatt (B,NH,T,T): preatt[b,h,t,t2] = scale * q(b,t,h) . k(b,t2,h) for t2 <= t, the rest
+    # untouched; inp (B,T,3C). Tiles wholly above the diagonal exit at once.
+    As = cuda.shared.array((BK, TILE_P), float32)
+    Bs = cuda.shared.array((BK, TILE_P), float32)
+    acc = cuda.local.array((TM, TN), float32)
+    m0 = cuda.blockIdx.y * TILE
+    n0 = cuda.blockIdx.x * TILE
+    if n0 >= m0 + TILE:
+        return
+    NH = preatt.shape[1]
+    T = preatt.shape[2]
+    C = inp.shape[2] // 3
+    hs = C // NH
+    b = cuda.blockIdx.z // NH
+    h = cuda.blockIdx.z % NH
+    q = inp[b, :, h * hs:(h + 1) * hs]
+    k = inp[b, :, C + h * hs:C + (h + 1) * hs]
+    gemm_block(acc, As, Bs, q, False, False, k, False, False, m0, n0, 0, hs)
+    out = preatt[b, h]
+    for i in range(TM):
+        t = m0 + cuda.threadIdx.y + i * TY
+        for j in range(TN):
+            t2 = n0 + cuda.threadIdx.x + j * TX
+            if t < T and t2 <= t:
+                out[t, t2] = acc[i, j] * scale
+
+
+@cuda.jit(cache=True)
+def attention_softmax_kernel(att, preatt):
+    # att, preatt (B,NH,T,T); one block per row (b,h,t): att[b,h,t,:t+1] = softmax of
+    # preatt[b,h,t,:t+1], zeros after (the causal mask)
+    buf = cuda.shared.array(ROW_THREADS, float32)
+    NH = att.shape[1]
+    T = att.shape[2]
+    row = cuda.blockIdx.x
+    b = row // (NH * T)
+    h = (row // T) % NH
+    t = row % T
+    tid = cuda.threadIdx.x
+    x = preatt[b, h, t]
+    y = att[b, h, t]
+    maxval = NEG_BIG
+    for t2 in range(tid, t + 1, ROW_THREADS):
+        if x[t2] > maxval:
+            maxval = x[t2]
+    maxval = block_max(buf, maxval)
+    s = ZERO
+    for t2 in range(tid, t + 1, ROW_THREADS):
+        expv = math.exp(x[t2] - maxval)
+        y[t2] = expv
+        s += expv
+    expsum = block_sum(buf, s)
+    expsum_inv = ZERO if expsum == ZERO else ONE / expsum
+    for t2 in range(tid, T, ROW_THREADS):
+        y[t2] = y[t2] * expsum_inv if t2 <= t else ZERO
+
+
+@cuda.jit(cache=True)
+def attention_value_kernel(out, att, inp):
+    # out (B,T,C): out[b,t,h*hs+i] = sum_{t2<=t} att[b,h,t,t2] v(b,t2,h)[i]; att (B,NH,T,T); inp (B,T,3C)
+    As = cuda.shared.array((BK, TILE_P), float32)
+    Bs = cuda.shared.array((BK, TILE_P), float32)
+    acc = cuda.local.array((TM, TN), float32)
+    m0 = cuda.blockIdx.y * TILE
+    n0 = cuda.blockIdx.x * TILE
+    NH = att.shape[1]
+    T = att.shape[2]
+    C = out.shape[2]
+    hs = C // NH
+    b = cuda.blockIdx.z // NH
+    h = cuda.blockIdx.z % NH
+    v = inp[b, :, 2 * C + h * hs:2 * C + (h + 1) * hs]
+    k_end = causal_k_end(m0, T)
+    gemm_block(acc, As, Bs, att[b, h], False, True, v, True, False, m0, n0, 0, k_end)
+    o = out[b, :, h * hs:(h + 1) * hs]
+    for i in range(TM):
+        t = m0 + cuda.threadIdx.y + i * TY
+        for j in range(TN):
+            c = n0 + cuda.threadIdx.x + j * TX
+            if t < T and c < hs:
+                o[t, c] = acc[i, j]
+
+
+@cuda.jit(cache=True)
+def attention_datt_kernel(datt, dout, inp):
+    # datt (B,NH,T,T) += for t2 <= t: dout(b,t,h) . v(b,t2,h); dout (B,T,C); inp (B,T,3C)
+    As = cuda.shared.array((BK, TILE_P), float32)
+    Bs = cuda.shared.array((BK, TILE_P), float32)
+    acc = cuda.local.array((TM, TN), float32)
+    m0 = cuda.blockIdx.y * TILE
+    n0 = cuda.blockIdx.x * TILE
+    if n0 >= m0 + TILE:
+        return
+    NH = datt.shape[1]
+    T = datt.shape[2]
+    C = dout.shape[2]
+    hs = C // NH
+    b = cuda.blockIdx.z // NH
+    h = cuda.blockIdx.z % NH
+    d = dout[b, :, h * hs:(h + 1) * hs]
+    v = inp[b, :, 2 * C + h * hs:2 * C + (h + 1) * hs]
+    gemm_block(acc, As, Bs, d, False, False, v, False, False, m0, n0, 0, hs)
+    g = datt[b, h]
+    for i in range(TM):
+        t = m0 + cuda.threadIdx.y + i * TY
+        for j in range(TN):
+            t2 = n0 + cuda.threadIdx.x + j * TX
+            if t < T and t2 <= t:
+                g[t, t2] += acc[i, j]
+
+
+@cuda.jit(cache=True)
+def attention_dvalue_kernel(dinp, att, dout):
+    # dinp (B,T,3C) value thirds += for each t2: sum_{t>=t2} att[b,h,t,t2] dout(b,t,h); att (B,NH,T,T)
+    As = cuda.shared.array((BK, TILE_P), float32)
+    Bs = cuda.shared.array((BK, TILE_P), float32)
+    acc = cuda.local.array((TM, TN), float32)
+    m0 = cuda.blockIdx.y * TILE
+    n0 = cuda.blockIdx.x * TILE
+    NH = att.shape[1]
+    T = att.shape[2]
+    C = dout.shape[2]
+    hs = C // NH
+    b = cuda.blockIdx.z // NH
+    h = cuda.blockIdx.z % NH
+    d = dout[b, :, h * hs:(h + 1) * hs]
+    gemm_block(acc, As, Bs, att[b, h], True, True, d, True, False, m0, n0, m0, T)
+    dv = dinp[b, :, 2 * C + h * hs:2 * C + (h + 1) * hs]
+    for i in range(TM):
+        t2 = m0 + cuda.threadIdx.y + i * TY
+        for j in range(TN):
+            c = n0 + cuda.threadIdx.x + j * TX
+            if t2 < T and c < hs:
+                dv[t2, c] += acc[i, j]
+
+
+@cuda.jit(cache=True)
+def attention_softmax_backward_kernel(dpreatt, datt, att):
+    # dpreatt, datt, att (B,NH,T,T); one block per row (b,h,t), for t3 <= t:
+    # dpreatt[t3] += att[t3] * (datt[t3] - sum_{t2<=t} att[t2] datt[t2])
+    buf = cuda.shared.array(ROW_THREADS, float32)
+    NH = att.shape[1]
+    T = att.shape[2]
+    row = cuda.blockIdx.x
+    b = row // (NH * T)
+    h = (row // T) % NH
+    t = row % T
+    tid = cuda.threadIdx.x
+    a = att[b, h, t]
+    g = datt[b, h, t]
+    dp = dpreatt[b, h, t]
+    s = ZERO
+    for t2 in range(tid, t + 1, ROW_THREADS):
+        s += a[t2] * g[t2]
+    dot = block_sum(buf, s)
+    for t3 in range(tid, t + 1, ROW_THREADS):
+        dp[t3] += a[t3] * (g[t3] - dot)
+
+
+@cuda.jit(cache=True)
+def attention_dquery_kernel(dinp, dpreatt, inp, scale):
+    # dinp (B,T,3C) query thirds += scale * sum_{t2<=t} dpreatt[b,h,t,t2] k(b,t2,h); inp (B,T,3C)
+    As = cuda.shared.array((BK, TILE_P), float32)
+    Bs = cuda.shared.array((BK, TILE_P), float32)
+    acc = cuda.local.array((TM, TN), float32)
+    m0 = cuda.blockIdx.y * TILE
+    n0 = cuda.blockIdx.x * TILE
+    NH = dpreatt.shape[1]
+    T = dpreatt.shape[2]
+    C = inp.shape[2] // 3
+    hs = C // NH
+    b = cuda.blockIdx.z // NH
+    h = cuda.blockIdx.z % NH
+    k = inp[b, :, C + h * hs:C + (h + 1) * hs]
+    k_end = causal_k_end(m0, T)
+    gemm_block(acc, As, Bs, dpreatt[b, h], False, True, k, True, False, m0, n0, 0, k_end)
+    dq = dinp[b, :, h * hs:(h + 1) * hs]
+    for i in range(TM):
+        t = m0 + cuda.threadIdx.y + i * TY
+        for j in range(TN):
+            c = n0 + cuda.threadIdx.x + j * TX
+            if t < T and c < hs:
+                dq[t, c] += acc[i, j] * scale
+
+
+@cuda.jit(cache=True)
+def attention_dkey_kernel(dinp, dpreatt, inp, scale):
+    # dinp (B,T,3C) key thirds += for each t2: scale * sum_{t>=t2} dpreatt[b,h,t,t2] q(b,t,h)
+    As = cuda.shared.array((BK, TILE_P), float32)
+    Bs = cuda.shared.array((BK, TILE_P), float32)
+    acc = cuda.local.array((TM, TN), float32)
+    m0 = cuda.blockIdx.y * TILE
+    n0 = cuda.blockIdx.x * TILE
+    NH = dpreatt.shape[1]
+    T = dpreatt.shape[2]
+    C = inp.shape[2] // 3
+    hs = C // NH
+    b = cuda.blockIdx.z // NH
+    h = cuda.blockIdx.z % NH
+    q = inp[b, :, h * hs:(h + 1) * hs]
+    gemm_block(acc, As, Bs, dpreatt[b, h], True, True, q, True, False, m0, n0, m0, T)
+    dk = dinp[b, :, C + h * hs:C + (h + 1) * hs]
+    for i in range(TM):
+        t2 = m0 + cuda.threadIdx.y + i * TY
+        for j in range(TN):
+            c = n0 + cuda.threadIdx.x + j * TX
+            if t2 < T and c < hs:
+                dk[t2, c] += acc[i, j] * scale
+
+
+def _attention_shapes(name, inp, att, out):
+    B, T, C3 = inp.shape
+    NH = att.shape[1]
+    check(C3 % 3 == 0, WHERE, f"{name}: inp {inp.shape} does not end in 3*C")
+    C = C3 // 3
+    check(C % NH == 0, WHERE, f"{name}: C={C} is not divisible by NH={NH}")
+    check(att.shape == (B, NH, T, T), WHERE, f"{name}: att {att.shape} is not (B,NH,T,T) = {(B, NH, T, T)}")
+    check(out.shape == (B, T, C), WHERE, f"{name}: (d)out {out.shape} is not (B,T,C) = {(B, T, C)}")
+    return B, T, C, NH, C // NH
+
+
+def attention_forward(out, preatt, att, inp):
+    """out (B,T,C), preatt, att (B,NH,T,T) = causal self-attention of inp (B,T,3C) = q,k,v."""
+    B, T, C, NH, hs = _attention_shapes("attention_forward", inp, att, out)
+    check(preatt.shape == att.shape, WHERE, f"attention_forward: preatt {preatt.shape} is not att's {att.shape}")
+    scale = F32(1.0 / math.sqrt(hs))
+    attention_query_key_kernel[(cdiv(T, TILE), cdiv(T, TILE), B * NH), TILE_BLOCK](preatt, inp, scale)
+    attention_softmax_kernel[B * NH * T, ROW_THREADS](att, preatt)
+    attention_value_kernel[(cdiv(hs, TILE), cdiv(T, TILE), B * NH), TILE_BLOCK](out, att, inp)
+
+
+def attention_backward(dinp, dpreatt, datt, dout, inp, att):
+    """dinp (B,T,3C), dpreatt, datt (B,NH,T,T) += the gradients of attention_forward, from
+    dout (B,T,C), inp (B,T,3C), att (B,NH,T,T)."""
+    B, T, C, NH, hs = _attention_shapes("attention_backward", inp, att, dout)
+    check(dinp.shape == inp.shape, WHERE, f"attention_backward: dinp {dinp.shape} is not inp's {inp.shape}")
+    check(dpreatt.shape == att.shape and datt.shape == att.shape, WHERE,
+          f"attention_backward: dpreatt {dpreatt.shape} / datt {datt.shape} are not att's {att.shape}")
+    scale = F32(1.0 / math.sqrt(hs))
+    square = (cdiv(T, TILE), cdiv(T, TILE), B * NH)
+    head = (cdiv(hs, TILE), cdiv(T, TILE), B * NH)
+    attention_datt_kernel[square, TILE_BLOCK](datt, dout, inp)
+    attention_dvalue_kernel[head, TILE_BLOCK](dinp, att, dout)
+    attention_softmax_backward_kernel[B * NH * T, ROW_THREADS](dpreatt, datt, att)
+    attention_dquery_kernel[head, TILE_BLOCK](dinp, dpreatt, inp, scale)
+    attention_dkey_kernel[head, TILE_BLOCK](dinp, dpreatt, inp, scale)
+
+
+# ----------------------------------------------------------------------------------------------
+# gelu (the tanh approximation, as in llm.c; no fast math)
+
+@cuda.jit(cache=True)
+def gelu_forward_kernel(out, inp):
+    # out, inp (N,); grid-stride
+    for i in range(cuda.grid(1), inp.shape[0], cuda.gridsize(1)):
+        x = inp[i]
+        cube = GELU_CUBE * x * x * x
+        out[i] = HALF * x * (ONE + math.tanh(GELU_SCALING_FACTOR * (x + cube)))
+
+
+@cuda.jit(cache=True)
+def gelu_backward_kernel(dinp, inp, dout):
+    # dinp (N,) += ; inp, dout (N,); grid-stride
+    for i in range(cuda.grid(1), inp.shape[0], cuda.gridsize(1)):
+        x = inp[i]
+        cube = GELU_CUBE * x * x * x
+        tanh_arg = GELU_SCALING_FACTOR * (x + cube)
+        tanh_out = math.tanh(tanh_arg)
+        cosh_out = math.cosh(tanh_arg)
+        sech_out = ONE / (cosh_out * cosh_out)
+        local_grad = HALF * (ONE + tanh_out) + \
+            x * HALF * sech_out * GELU_SCALING_FACTOR * (ONE + THREE * GELU_CUBE * x * x)
+        dinp[i] += local_grad * dout[i]
+
+
+def _flat(name, *arrays):
+    n = size(arrays[0])
+    for a in arrays[1:]:
+        check(size(a) == n, WHERE, f"{name}: arrays of {n} and {size(a)} elements")
+    return [a.reshape(n) for a in arrays]
+
+
+def gelu_forward(out, inp):
+    """out = gelu(inp), any shape."""
+    out1, inp1 = _flat("gelu_forward", out, inp)
+    gelu_forward_kernel[elementwise_grid(inp1.shape[0]), ELEM_THREADS](out1, inp1)
+
+
+def gelu_backward(dinp, inp, dout):
+    """dinp += gelu'(inp) * dout, any shape."""
+    dinp1, inp1, dout1 = _flat("gelu_backward", dinp, inp, dout)
+    gelu_backward_kernel[elementwise_grid(inp1.shape[0]), ELEM_THREADS](dinp1, inp1, dout1)
+
+
+# ----------------------------------------------------------------------------------------------
+# residual
+
+@cuda.jit(cache=True)
+def residual_forward_kernel(out, inp1, inp2):
+    # out = inp1 + inp2, all (N,); grid-stride
+    for i in range(cuda.grid(1), out.shape[0], cuda.gridsize(1)):
+        out[i] = inp1[i] + inp2[i]
+
+
+@cuda.jit(cache=True)
+def residual_backward_kernel(dinp1, dinp2, dout):
+    # dinp1 += dout; dinp2 += dout, all (N,); grid-stride
+    for i in range(cuda.grid(1), dout.shape[0], cuda.gridsize(1)):
+        d = dout[i]
+        dinp1[i] += d
+        dinp2[i] += d
+
+
+def residual_forward(out, inp1, inp2):
+    """out = inp1 + inp2, all the same shape."""
+    out1, a, b = _flat("residual_forward", out, inp1, inp2)
+    residual_forward_kernel[elementwise_grid(out1.shape[0]), ELEM_THREADS](out1, a, b)
+
+
+def residual_backward(dinp1, dinp2, dout):
+    """dinp1 += dout; dinp2 += dout."""
+    d1, d2, d = _flat("residual_backward", dinp1, dinp2, dout)
+    residual_backward_kernel[elementwise_grid(d.shape[0]), ELEM_THREADS](d1, d2, d)
+
+
+# ----------------------------------------------------------------------------------------------
+# softmax and cross-entropy over the padded vocabulary: only the first V of Vp columns are real
+
+@cuda.jit(cache=True)
+def softmax_forward_kernel(probs, logits, V):
+    # probs, logits (B,T,Vp); one block per row (b,t); columns V..Vp-1 get probability 0
+    buf = cuda.shared.array(ROW_THREADS, float32)
+    B, T, Vp = logits.shape
+    b = cuda.blockIdx.x // T
+    t = cuda.blockIdx.x % T
+    tid = cuda.threadIdx.x
+    lg = logits[b, t]
+    p = probs[b, t]
+    maxval = NEG_BIG
+    for i in range(tid, V, ROW_THREADS):
+        if lg[i] > maxval:
+            maxval = lg[i]
+    maxval = block_max(buf, maxval)
+    s = ZERO
+    for i in range(tid, V, ROW_THREADS):
+        e = math.exp(lg[i] - maxval)
+        p[i] = e
+        s += e
+    s = block_sum(buf, s)
+    for i in range(tid, V, ROW_THREADS):
+        p[i] = p[i] / s
+    for i in range(V + tid, Vp, ROW_THREADS):
+        p[i] = ZERO
+
+
+@cuda.jit(cache=True)
+def crossentropy_forward_kernel(losses, probs, targets):
+    # losses (B,T) = -log probs[b,t,targets[b,t]]; probs (B,T,Vp); targets (B,T) int32
+    B, T = losses.shape
+    for bt in range(cuda.grid(1), B * T, cuda.gridsize(1)):
+        b = bt // T
+        t = bt % T
+        losses[b, t] = -math.log(probs[b, t, targets[b, t]])
+
+
+@cuda.jit(cache=True)
+def crossentropy_softmax_backward_kernel(dlogits, dlosses, probs, targets, V):
+    # dlogits (B,T,Vp) += (probs - onehot(targets)) * dlosses over the first V columns only;
+    # dlosses (B,T); probs (B,T,Vp); targets (B,T) int32; grid-stride over B*T*V
+    B, T, Vp = probs.shape
+    for idx in range(cuda.grid(1), B * T * V, cuda.gridsize(1)):
+        bt = idx // V
+        i = idx % V
+        b = bt // T
+        t = bt % T
+        indicator = ONE if i == targets[b, t] else ZERO
+        dlogits[b, t, i] += (probs[b, t, i] - indicator) * dlosses[b, t]
+
+
+def softmax_forward(probs, logits, V):
+    """probs (B,T,Vp) = softmax over the first V columns of logits (B,T,Vp), zeros after."""
+    B, T, Vp = logits.shape
+    check(probs.shape == logits.shape, WHERE, f"softmax_forward: probs {probs.shape} is not logits' {logits.shape}")
+    check(0 < V <= Vp, WHERE, f"softmax_forward: V={V} is not in [1, Vp={Vp}]")
+    softmax_forward_kernel[B * T, ROW_THREADS](probs, logits, int(V))
+
+
+def crossentropy_forward(losses, probs, targets):
+    """losses (B,T) = -log probs[b, t, targets[b, t]]; targets (B,T) int32."""
+    B, T = losses.shape
+    check(targets.shape == (B, T) and probs.shape[:2] == (B, T), WHERE,
+          f"crossentropy_forward: losses {losses.shape}, probs {probs.shape}, targets {targets.shape} disagree")
+    crossentropy_forward_kernel[elementwise_grid(B * T), ELEM_THREADS](losses, probs, targets)
+
+
+def crossentropy_softmax_backward(dlogits, dlosses, probs, targets, V):
+    """dlogits (B,T,Vp) += the gradient of the losses through softmax and cross-entropy; the padded
+    columns V..Vp-1 get none."""
+    B, T, Vp = probs.shape
+    check(dlogits.shape == probs.shape and dlosses.shape == (B, T) and targets.shape == (B, T), WHERE,
+          f"crossentropy_softmax_backward: dlogits {dlogits.shape}, dlosses {dlosses.shape}, "
+          f"probs {probs.shape}, targets {targets.shape} disagree")
+    check(0 < V <= Vp, WHERE, f"crossentropy_softmax_backward: V={V} is not in [1, Vp={Vp}]")
+    crossentropy_softmax_backward_kernel[elementwise_grid(B * T * V), ELEM_THREADS](
+        dlogits, dlosses, probs, targets, int(V))
+
+
+# ----------------------------------------------------------------------------------------------
+# AdamW over the flat buffers (gpt2_update in the C)
+
+@cuda.jit(cache=True)
+def adamw_kernel(params, grads, m, v, learning_rate, beta1, beta2, eps, weight_decay, bc1, bc2):
+    # params, grads, m, v (num_parameters,); the hyperparameters float32; bc1, bc2 the bias
+    # corrections 1 - beta^t; grid-stride
+    for i in range(cuda.grid(1), params.shape[0], cuda.gridsize(1)):
+        param = params[i]
+        grad = grads[i]
+        mi = beta1 * m[i] + (ONE - beta1) * grad
+        vi = beta2 * v[i] + (ONE - beta2) * grad * grad
+        m_hat = mi / bc1
+        v_hat = vi / bc2
+        m[i] = mi
+        v[i] = vi
+        params[i] = param - learning_rate * (m_hat / (math.sqrt(v_hat) + eps) + weight_decay * param)
+
+
+def adamw_update(params, grads, m, v, learning_rate, beta1, beta2, eps, weight_decay, t):
+    """One AdamW step over flat (num_parameters,) arrays; t is the 1-based step."""
+    n = params.shape[0]
+    check(len(params.shape) == 1 and grads.shape == (n,) and m.shape == (n,) and v.shape == (n,), WHERE,
+          f"adamw_update: params {params.shape}, grads {grads.shape}, m {m.shape}, v {v.shape} are not one flat size")
+    bc1 = F32(1.0 - beta1 ** t)
+    bc2 = F32(1.0 - beta2 ** t)
+    adamw_kernel[elementwise_grid(n), ELEM_THREADS](params, grads, m, v, F32(learning_rate), F32(beta1),
+                                                  F32(beta2), F32(eps), F32(weight_decay), bc1, bc2)
+
+
+# ----------------------------------------------------------------------------------------------
+# gradient clipping (optim.py's global_norm_squared and scale_)
+
+@cuda.jit(cache=True)
+def global_norm_squared_kernel(partial, grads):
+    # partial (nblocks,) float64 = per block, the sum of grads[i]^2 over the i of its threads;
+    # grads (N,) float32; grid-stride, block ELEM_THREADS, then a tree in shared memory
+    buf = cuda.shared.array(ELEM_THREADS, float64)
+    tid = cuda.threadIdx.x
+    s = 0.0
+    for i in range(cuda.grid(1), grads.shape[0], cuda.gridsize(1)):
+        g = float64(grads[i])
+        s += g * g
+    buf[tid] = s
+    cuda.syncthreads()
+    stride = ELEM_THREADS // 2
+    while stride > 0:
+        if tid < stride:
+            buf[tid] += buf[tid + stride]
+        cuda.syncthreads()
+        stride //= 2
+    if tid == 0:
+        partial[cuda.blockIdx.x] = buf[0]
+
+
+@cuda.jit(cache=True)
+def scale_kernel(x, factor):
+    # x (N,) *= factor; grid-stride
+    for i in range(cuda.grid(1), x.shape[0], cuda.gridsize(1)):
+        x[i] *= factor
+
+
+def global_norm_squared(grads):
+    """The sum of squares of a flat float32 array, accumulated in float64; returns a Python float
+    (so it waits for the kernels before it)."""
+    check(len(grads.shape) == 1, WHERE, f"global_norm_squared: grads {grads.shape} is not flat")
+    nblocks = elementwise_grid(grads.shape[0])
+    partial = cuda.device_array(nblocks, dtype=np.float64)
+    global_norm_squared_kernel[nblocks, ELEM_THREADS](partial, grads)
+    return float(partial.copy_to_host().sum())
+
+
+def scale_(x, factor):
+    """x *= factor in place (x flat)."""
+    check(len(x.shape) == 1, WHERE, f"scale_: x {x.shape} is not flat")
+    scale_kernel[elementwise_grid(x.shape[0]), ELEM_THREADS](x, F32(factor))
+
+
+# ----------------------------------------------------------------------------------------------
+# memory helper
+
+@cuda.jit(cache=True)
+def fill_kernel(arr, value):
+    # arr (N,) = value; grid-stride
+    for i in range(cuda.grid(1), arr.shape[0], cuda.gridsize(1)):
+        arr[i] = value
+
+
+def fill(arr, value):
+    """Fill a contiguous device array with value (cast to its dtype)."""
+    flat = arr.reshape(size(arr))
+    fill_kernel[elementwise_grid(flat.shape[0]), ELEM_THREADS](flat, arr.dtype.type(value))

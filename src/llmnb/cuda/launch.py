@@ -1,0 +1,71 @@
+"""Launch geometry of the CUDA kernels, and small host-side helpers shared by the launchers.
+
+Numba's CUDA simulator runs every GPU thread as a Python thread, and each one costs far more
+than the arithmetic it does. So there are two geometries, the same kernels under both:
+- "gpu": 128x128 matmul tiles on 16x16 threads (8x8 outputs each), 128 threads per row, ...
+- "sim": 32x32 tiles on 4x4 threads (8x8 outputs each too), 8 threads per row, few blocks, ...
+The simulator uses "sim" and a GPU "gpu"; LLMNB_CUDA_GEOMETRY=gpu|sim overrides that (read once,
+at import: the tests use it to run the GPU's geometry under the simulator too).
+"""
+import os
+
+from numba import cuda
+
+# numba.cuda (built into numba, or NVIDIA's numba-cuda) swaps in its simulator at import when
+# NUMBA_ENABLE_CUDASIM=1; its is_available then comes from simulator_init
+SIMULATOR = cuda.is_available.__module__.endswith("simulator_init")
+
+GEOMETRIES = {
+    #         TILE  TX  TY  BK  ROW_THREADS  COL_WIDTH  COL_ROWS  ELEM_THREADS  MAX_ELEM_BLOCKS
+    "gpu": (128, 16, 16, 16, 128, 32, 8, 256, 4096),
+    "sim": (32, 4, 4, 16, 8, 8, 2, 32, 4),
+}
+
+
+def _geometry_name():
+    name = os.environ.get("LLMNB_CUDA_GEOMETRY", "") or ("sim" if SIMULATOR else "gpu")
+    if name not in GEOMETRIES:
+        raise ValueError(f"llmnb/cuda/launch.py: LLMNB_CUDA_GEOMETRY={name!r}, expected 'gpu' or 'sim'")
+    return name
+
+
+GEOMETRY = _geometry_name()
+(TILE,             # output rows and columns per block of the tiled matmuls
+ TX,               # threads per tiled block along the output columns (threadIdx.x)
+ TY,               # threads per tiled block along the output rows (threadIdx.y)
+ BK,               # K columns staged in shared memory per step of the tiled matmuls
+ ROW_THREADS,      # threads per block in the kernels that give one block to each row (power of 2)
+ COL_WIDTH,        # columns per block in the column reductions (a warp wide on a GPU: coalesced)
+ COL_ROWS,         # threads per column walking the rows in the column reductions
+ ELEM_THREADS,     # threads per block in the elementwise kernels
+ MAX_ELEM_BLOCKS,  # elementwise kernels loop (grid-stride) past this many blocks
+ ) = GEOMETRIES[GEOMETRY]
+TILE_BLOCK = (TX, TY)
+
+
+def cdiv(a, b):
+    return (a + b - 1) // b
+
+
+def elementwise_grid(n):
+    """Blocks for an elementwise kernel over n elements (at least 1)."""
+    return max(1, min(cdiv(n, ELEM_THREADS), MAX_ELEM_BLOCKS))
+
+
+def check(cond, where, msg):
+    """Raise one clear ValueError naming the file and the launcher when a shape does not fit."""
+    if not cond:
+        raise ValueError(f"llmnb/cuda/{where}: {msg}")
+
+
+def last_dim(arr):
+    """arr.shape[-1] (device array shapes do not take negative indices)."""
+    return arr.shape[len(arr.shape) - 1]
+
+
+def size(arr):
+    """The number of elements of an array."""
+    n = 1
+    for d in arr.shape:
+        n *= d
+    return n

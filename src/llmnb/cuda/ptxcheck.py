@@ -1,0 +1,159 @@
+"""Compile every kernel of llmnb.cuda to PTX, without a GPU.
+
+The simulator runs the kernels as Python: it checks what they compute, not that numba can compile
+them for a GPU (e.g. shared array shapes must be constants; builtin min does not compile in numba
+0.68's CUDA target). This compiles each kernel for the argument types the launchers pass and
+reports, per kernel, the fp64 instructions in its PTX (all kernels are fp32; only the gradient
+norm accumulates in float64) and its local-memory loads/stores (register spills, or the 8x8
+accumulators of the matmuls not kept in registers).
+
+    python -m llmnb.cuda.ptxcheck [--cc 9.0] [--geometry gpu|sim]
+
+Needs NVVM: NVIDIA's numba-cuda with the toolkit wheels (pip install "numba-cuda[cu12]"), or a
+CUDA toolkit for numba's built-in CUDA target (CUDA_HOME). Exit status: 0 all good, 1 a kernel
+failed or used fp64 / local memory where it should not, 2 no NVVM here.
+"""
+import argparse
+import contextlib
+import os
+import re
+import sys
+
+EXPECTED_FP64 = {"global_norm_squared_kernel"}
+
+
+def kernel_signatures():
+    """{kernel dispatcher: [argument types]} for every launch of kernels.py and matmul.py."""
+    from numba import boolean, float32, float64, int32, int64
+
+    from . import kernels as K
+    from . import matmul as M
+    f1, f2, f3, f4 = float32[::1], float32[:, ::1], float32[:, :, ::1], float32[:, :, :, ::1]
+    i2 = int32[:, ::1]
+    return {
+        M.matmul_forward_kernel: [(f2, f2, f2, f1, boolean)],
+        M.matmul_backward_dinp_kernel: [(f2, f2, f2)],
+        M.matmul_backward_dweight_kernel: [(f2, f2, f2)],
+        M.matmul_backward_bias_kernel: [(f1, f2)],
+        K.encoder_forward_kernel: [(f3, i2, f2, f2)],
+        K.encoder_backward_wpe_kernel: [(f2, f3)],
+        K.encoder_backward_wte_kernel: [(f2, f3, i2)],
+        K.layernorm_forward_kernel: [(f3, f2, f2, f3, f1, f1)],
+        K.layernorm_backward_dinp_kernel: [(f3, f3, f3, f1, f2, f2)],
+        K.layernorm_backward_params_kernel: [(f1, f1, f3, f3, f2, f2)],
+        K.attention_query_key_kernel: [(f4, f3, float32)],
+        K.attention_softmax_kernel: [(f4, f4)],
+        K.attention_value_kernel: [(f3, f4, f3)],
+        K.attention_datt_kernel: [(f4, f3, f3)],
+        K.attention_dvalue_kernel: [(f3, f4, f3)],
+        K.attention_softmax_backward_kernel: [(f4, f4, f4)],
+        K.attention_dquery_kernel: [(f3, f4, f3, float32)],
+        K.attention_dkey_kernel: [(f3, f4, f3, float32)],
+        K.gelu_forward_kernel: [(f1, f1)],
+        K.gelu_backward_kernel: [(f1, f1, f1)],
+        K.residual_forward_kernel: [(f1, f1, f1)],
+        K.residual_backward_kernel: [(f1, f1, f1)],
+        K.softmax_forward_kernel: [(f3, f3, int64)],
+        K.crossentropy_forward_kernel: [(f2, f3, i2)],
+        K.crossentropy_softmax_backward_kernel: [(f3, f2, f3, i2, int64)],
+        K.adamw_kernel: [(f1, f1, f1, f1) + (float32,) * 7],
+        K.global_norm_squared_kernel: [(float64[::1], f1)],
+        K.scale_kernel: [(f1, float32)],
+        K.fill_kernel: [(f1, float32), (int32[::1], int32)],
+    }
+
+
+@contextlib.contextmanager
+def compile_without_a_device(cc):
+    """numba compiles a kernel's device functions for "the current device"; with no GPU there is
+    none, so pretend one of compute capability cc for the duration (numba's own function is put
+    back afterwards)."""
+    import numba.cuda.dispatcher as dispatcher
+
+    class _Device:
+        compute_capability = cc
+
+    original = dispatcher.get_current_device
+    dispatcher.get_current_device = lambda: _Device()
+    try:
+        yield
+    finally:
+        dispatcher.get_current_device = original
+
+
+def nvvm_available(cc):
+    from numba import cuda
+
+    def _probe(x):
+        x[0] = 1.0
+
+    from numba import float32
+    try:
+        cuda.compile_ptx(_probe, (float32[::1],), cc=cc)
+        return True, ""
+    except Exception as e:  # no NVVM / libdevice: the message says what numba looked for
+        return False, f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+
+
+def check_all(cc, out=sys.stdout):
+    """Compile every kernel; returns the number of problems."""
+    from numba import cuda
+
+    from . import kernels as K
+    from . import matmul as M
+    sigs = kernel_signatures()
+    problems = 0
+    launched = [v for mod in (K, M) for n, v in vars(mod).items()
+                if n.endswith("_kernel") and getattr(v, "__module__", "").startswith("llmnb.cuda")]
+    for k in launched:
+        if k not in sigs:
+            print(f"MISSING  {k.py_func.__name__}: no signature in ptxcheck.kernel_signatures", file=out)
+            problems += 1
+    with compile_without_a_device(cc):
+        for kern, sig_list in sigs.items():
+            name = kern.py_func.__name__
+            for sig in sig_list:
+                try:
+                    ptx, _ = cuda.compile_ptx(kern.py_func, sig, cc=cc)
+                except Exception as e:
+                    problems += 1
+                    msg = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip().splitlines()
+                    print(f"FAIL     {name}: {type(e).__name__}: {' '.join(msg[:6])}", file=out)
+                    continue
+                f64 = len(re.findall(r"\.f64\b", ptx))
+                local = len(re.findall(r"\b(?:ld|st)\.local\b", ptx))
+                bad = local > 0 or (f64 > 0 and name not in EXPECTED_FP64)
+                problems += bad
+                print(f"{'BAD ' if bad else 'ok  '}     {name:40s} fp64 instructions {f64:3d}   "
+                      f"local loads/stores {local:3d}", file=out)
+    return problems
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="Compile every llmnb.cuda kernel to PTX (no GPU needed).")
+    ap.add_argument("--cc", default="9.0", help="compute capability, e.g. 8.0 or 9.0")
+    ap.add_argument("--geometry", choices=("gpu", "sim"), default="gpu", help="launch.py geometry")
+    args = ap.parse_args(argv)
+    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+        print("llmnb/cuda/ptxcheck.py: NUMBA_ENABLE_CUDASIM=1: the simulator compiles nothing; unset it")
+        return 2
+    if "llmnb.cuda.launch" in sys.modules and sys.modules["llmnb.cuda.launch"].GEOMETRY != args.geometry:
+        print("llmnb/cuda/ptxcheck.py: llmnb.cuda is already imported with another geometry")
+        return 2
+    os.environ["LLMNB_CUDA_GEOMETRY"] = args.geometry
+    try:
+        cc = tuple(int(x) for x in args.cc.split("."))
+    except ValueError:
+        ap.error(f"--cc {args.cc!r}: expected MAJOR.MINOR, e.g. 9.0")
+    ok, why = nvvm_available(cc)
+    if not ok:
+        print(f"llmnb/cuda/ptxcheck.py: cannot compile PTX here (no NVVM?): {why}\n"
+              "install NVIDIA's numba-cuda with the toolkit wheels: pip install 'numba-cuda[cu12]'")
+        return 2
+    problems = check_all(cc)
+    print(f"{problems} problem(s)")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""tests/cuda: the CUDA kernels against the CPU kernels, on Numba's CUDA simulator.
+
+NUMBA_ENABLE_CUDASIM must be set before numba.cuda is first imported, and it then holds for the
+whole process. So it is confined to the runs that are about this directory only:
+- `pytest tests/cuda` (or a file or test in it): this conftest is loaded before any test module
+  is imported, and turns the simulator on (NUMBA_ENABLE_CUDASIM=1 in the environment works too);
+- `pytest tests/` (a run with other tests in it): nothing here is collected, the other tests see no
+  simulator, and tests/test_cuda_sim.py runs `pytest tests/cuda` in a subprocess instead.
+On a machine with a GPU, LLMNB_TEST_CUDA_DEVICE=1 runs these tests on it instead of the simulator.
+"""
+import os
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SRC = HERE.parent.parent / "src"
+
+
+def _only_this_directory(config):
+    """True when every path pytest was started on lies in this directory."""
+    args = [a.split("::")[0] for a in config.args if not a.startswith("-")]
+    if not args:
+        return False
+    root = Path(str(config.invocation_params.dir))
+    for a in args:
+        p = (root / a).resolve()
+        if p != HERE and HERE not in p.parents:
+            return False
+    return True
+
+
+def _enable_simulator():
+    """Turn on the CUDA simulator for this process, if numba.cuda is not imported yet."""
+    if "numba.cuda" in sys.modules:
+        return False
+    os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
+    if "numba.core.config" in sys.modules:  # numba already imported: re-read its environment
+        sys.modules["numba.core.config"].reload_config()
+    return True
+
+
+def _wanted():
+    return os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" or os.environ.get("LLMNB_TEST_CUDA_DEVICE") == "1"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu_geometry: also run with launch.py's GPU geometry "
+                            "(LLMNB_CUDA_GEOMETRY=gpu) by tests/test_cuda_sim.py")
+    if not _wanted() and _only_this_directory(config):
+        _enable_simulator()
+    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+        # the simulator's threads hand the GIL over at every barrier: switch often
+        sys.setswitchinterval(1e-3)
+    if str(SRC) not in sys.path:
+        sys.path.insert(0, str(SRC))
+
+
+def pytest_ignore_collect(collection_path, config):
+    if collection_path.name.startswith("test_") and not _wanted():
+        return True
+    return None

@@ -1,0 +1,389 @@
+"""Every CUDA kernel of llmnb.cuda against the CPU kernel of llmnb.kernels, on the CUDA simulator.
+
+Each test
+- builds random float32 inputs with sizes that are not multiples of the tiles, the row blocks or
+  the grid (and spans several tiles where the kernel is tiled),
+- places every device argument as a view inside a bigger flat device buffer, as the model's
+  Tensors do, with NaN in the slack around it (-7 for token ids): a read out of bounds poisons
+  the result, a write out of bounds is caught,
+- starts gradient and output buffers from random values, not zeros, so that accumulation (+=) and
+  what a kernel must leave alone (preatt above the diagonal, padded vocab columns) are checked,
+- runs the CPU kernel on host copies of the same arguments and compares every argument after the
+  call: |cuda - cpu| <= 1e-5 * (|cpu| + max|cpu|) (the float32 sums run in another order).
+The tests marked gpu_geometry also run with launch.py's GPU geometry (128x128 tiles, 8x8 outputs
+per thread, 128-thread rows): tests/test_cuda_sim.py does that in a second subprocess.
+"""
+import numpy as np
+import pytest
+
+from llmnb import kernels as cpu
+from llmnb import optim as cpu_optim
+from llmnb.config import GPT2Config
+from llmnb.cuda import launch
+from llmnb.cuda.backend import CUDABackend
+
+F32 = np.float32
+RTOL = 1e-5
+SLACK = 5          # elements of slack before and after each argument in its flat buffer
+
+
+@pytest.fixture(scope="module")
+def be():
+    return CUDABackend()
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+def randn(rng, *shape, scale=1.0):
+    return (rng.standard_normal(shape) * scale).astype(F32)
+
+
+class Placed:
+    """A device view of `host`'s shape inside a flat device buffer with SLACK on both sides."""
+
+    def __init__(self, be, host, fill_slack):
+        host = np.ascontiguousarray(host)
+        self.n = host.size
+        flat = np.full(self.n + 2 * SLACK, fill_slack, dtype=host.dtype)
+        flat[SLACK:SLACK + self.n] = host.reshape(-1)
+        self.flat = be.asarray(flat)
+        self.view = self.flat[SLACK:SLACK + self.n].reshape(host.shape)
+        self.shape = host.shape
+        self.fill_slack = fill_slack
+
+    def result(self, be):
+        flat = be.to_host(self.flat)
+        slack = np.concatenate([flat[:SLACK], flat[SLACK + self.n:]])
+        if np.issubdtype(flat.dtype, np.floating) and np.isnan(self.fill_slack):
+            assert np.isnan(slack).all(), "a kernel wrote outside its argument"
+        else:
+            assert (slack == self.fill_slack).all(), "a kernel wrote outside its argument"
+        return flat[SLACK:SLACK + self.n].reshape(self.shape)
+
+
+def run_both(be, name, args, module=cpu):
+    """Run kernel `name` on the CPU (on copies of args) and on the device (args placed in flat
+    buffers). args: host arrays, None or scalars. Returns (cpu_args_after, cuda_args_after)."""
+    host = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
+    getattr(module, name)(*host)
+    placed = []
+    dev_args = []
+    for a in args:
+        if isinstance(a, np.ndarray):
+            p = Placed(be, a, np.nan if a.dtype == F32 else -7)
+            placed.append(p)
+            dev_args.append(p.view)
+        else:
+            placed.append(None)
+            dev_args.append(a)
+    getattr(be, name)(*dev_args)
+    be.synchronize()
+    got = [p.result(be) if p is not None else a for p, a in zip(placed, args)]
+    return host, got
+
+
+def run_both_optim(be, name, args):
+    return run_both(be, name, args, module=cpu_optim)
+
+
+def assert_close(got, want, what, rtol=RTOL):
+    assert got.shape == want.shape, f"{what}: shape {got.shape} != {want.shape}"
+    want64 = want.astype(np.float64)
+    scale = max(1.0, float(np.abs(want64).max())) if want.size else 1.0
+    np.testing.assert_allclose(got.astype(np.float64), want64, rtol=rtol, atol=rtol * scale, err_msg=what)
+
+
+def assert_all_close(host, got, names):
+    for h, g, n in zip(host, got, names):
+        if isinstance(h, np.ndarray):
+            assert_close(g, h, n)
+
+
+# ----------------------------------------------------------------------------------------------
+# the backend's memory helpers, and views of flat device buffers
+
+def test_backend_members_match_cpu_backend(be):
+    from llmnb.backend import KERNEL_NAMES, CPUBackend
+    assert be.name == "cuda"
+    for name in KERNEL_NAMES + ("zeros", "asarray", "copy_", "to_host", "fill", "synchronize"):
+        assert callable(getattr(be, name)), name
+        assert hasattr(CPUBackend(), name), name
+
+
+def test_memory_helpers(be, rng):
+    z = be.zeros(11)
+    assert be.to_host(z).dtype == F32 and not be.to_host(z).any()
+    zi = be.zeros(6, dtype=np.int32)
+    assert be.to_host(zi).dtype == np.int32 and not be.to_host(zi).any()
+    be.fill(zi, 3)
+    assert (be.to_host(zi) == 3).all()
+    h = randn(rng, 3, 5)
+    d = be.asarray(h)
+    assert np.array_equal(be.to_host(d), h)
+    h2 = randn(rng, 3, 5)
+    be.copy_(d, h2)
+    assert np.array_equal(be.to_host(d), h2)
+    with pytest.raises(ValueError, match="llmnb/cuda/backend.py"):
+        be.copy_(d, randn(rng, 5, 3))
+
+
+def test_views_of_a_flat_buffer_write_into_it(be, rng):
+    # as config.Tensors: memory[a:b].reshape(shape), and views of views (per-layer tensors)
+    flat = be.zeros(40)
+    v = flat[4:28].reshape(2, 3, 4)
+    be.fill(v[1], 2.0)
+    be.copy_(v[0], np.arange(12, dtype=F32).reshape(3, 4))
+    x = randn(rng, 3, 4)
+    be.residual_forward(v[1], v[1], be.asarray(x))  # in place, through a view of a view
+    want = np.zeros(40, F32)
+    want[4:16] = np.arange(12)
+    want[16:28] = 2.0 + x.reshape(-1)
+    assert np.array_equal(be.to_host(flat), want)
+    k = be.zeros(6, dtype=np.int32).reshape(2, 3)
+    be.copy_(k, np.array([[1, 2, 3], [4, 5, 6]]))
+    assert be.to_host(k).dtype == np.int32 and be.to_host(k)[1, 2] == 6
+
+
+def test_bad_shapes_raise_a_clear_error(be, rng):
+    out = be.zeros(2 * 3 * 5).reshape(2, 3, 5)
+    with pytest.raises(ValueError, match="llmnb/cuda/matmul.py: matmul_forward"):
+        be.matmul_forward(out, be.asarray(randn(rng, 2, 3, 4)), be.asarray(randn(rng, 5, 7)), None)
+    with pytest.raises(ValueError, match="llmnb/cuda/kernels.py: attention_forward"):
+        att = be.zeros(2 * 2 * 3 * 3).reshape(2, 2, 3, 3)
+        be.attention_forward(out, att, att, be.asarray(randn(rng, 2, 3, 16)))
+
+
+# ----------------------------------------------------------------------------------------------
+# matmul
+
+MATMUL_SHAPES = [  # tiles for the simulator's geometry: TILE 32, BK 16
+    pytest.param(2, 5, 20, 37, marks=pytest.mark.gpu_geometry),   # 1 x 2 tiles, K in 2 BK steps
+    (3, 13, 9, 70),                                                # 2 x 3 tiles, K < BK
+]
+
+
+@pytest.mark.parametrize("B,T,C,OC", MATMUL_SHAPES)
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "nobias"])
+def test_matmul_forward(be, rng, B, T, C, OC, with_bias):
+    args = [randn(rng, B, T, OC), randn(rng, B, T, C), randn(rng, OC, C),
+            randn(rng, OC) if with_bias else None]
+    host, got = run_both(be, "matmul_forward", args)
+    assert_all_close(host, got, ["out", "inp", "weight", "bias"])
+
+
+@pytest.mark.parametrize("B,T,C,OC", MATMUL_SHAPES)
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "nobias"])
+def test_matmul_backward(be, rng, B, T, C, OC, with_bias):
+    args = [randn(rng, B, T, C), randn(rng, OC, C), randn(rng, OC) if with_bias else None,
+            randn(rng, B, T, OC), randn(rng, B, T, C), randn(rng, OC, C)]
+    host, got = run_both(be, "matmul_backward", args)
+    assert_all_close(host, got, ["dinp", "dweight", "dbias", "dout", "inp", "weight"])
+
+
+# ----------------------------------------------------------------------------------------------
+# encoder
+
+def test_encoder_forward(be, rng):
+    B, T, C, Vp, maxT = 3, 7, 13, 24, 9
+    inp = rng.integers(0, 20, size=(B, T)).astype(np.int32)
+    args = [randn(rng, B, T, C), inp, randn(rng, Vp, C), randn(rng, maxT, C)]
+    host, got = run_both(be, "encoder_forward", args)
+    assert np.array_equal(got[0], host[0])  # one add per element: bit-identical
+
+
+def test_encoder_backward_repeated_tokens(be, rng):
+    B, T, C, Vp, maxT = 3, 7, 13, 24, 9
+    inp = rng.integers(0, 4, size=(B, T)).astype(np.int32)  # each of 4 tokens ~5 times
+    inp[0, :3] = 2
+    args = [randn(rng, Vp, C), randn(rng, maxT, C), randn(rng, B, T, C), inp]
+    host, got = run_both(be, "encoder_backward", args)
+    assert_all_close(host, got, ["dwte", "dwpe", "dout"])
+    assert np.array_equal(got[3], inp)
+
+
+# ----------------------------------------------------------------------------------------------
+# layernorm
+
+def test_layernorm_forward(be, rng):
+    B, T, C = 2, 5, 37
+    args = [randn(rng, B, T, C), randn(rng, B, T), randn(rng, B, T),
+            randn(rng, B, T, C, scale=3.0) + F32(1.5), randn(rng, C), randn(rng, C)]
+    host, got = run_both(be, "layernorm_forward", args)
+    assert_all_close(host, got, ["out", "mean", "rstd", "inp", "weight", "bias"])
+
+
+def test_layernorm_backward(be, rng):
+    B, T, C = 2, 5, 37
+    inp = randn(rng, B, T, C, scale=2.0)
+    mean = inp.mean(axis=-1).astype(F32)
+    rstd = (1.0 / np.sqrt(inp.var(axis=-1) + 1e-5)).astype(F32)
+    args = [randn(rng, B, T, C), randn(rng, C), randn(rng, C), randn(rng, B, T, C), inp,
+            randn(rng, C), mean, rstd]
+    host, got = run_both(be, "layernorm_backward", args)
+    assert_all_close(host, got, ["dinp", "dweight", "dbias", "dout", "inp", "weight", "mean", "rstd"])
+
+
+# ----------------------------------------------------------------------------------------------
+# attention
+
+ATTENTION_SHAPES = [
+    pytest.param(2, 7, 2, 16, marks=pytest.mark.gpu_geometry),   # one tile per head
+    (1, 35, 2, 24),                                               # 2 x 2 tiles per head (sim), hs 12
+]
+
+
+def attention_inputs(rng, B, T, NH, C):
+    qkv = randn(rng, B, T, 3 * C)
+    # preatt and att start as garbage: the kernels must fill them exactly as the CPU does
+    return qkv, randn(rng, B, NH, T, T), randn(rng, B, NH, T, T)
+
+
+@pytest.mark.parametrize("B,T,NH,C", ATTENTION_SHAPES)
+def test_attention_forward(be, rng, B, T, NH, C):
+    qkv, preatt, att = attention_inputs(rng, B, T, NH, C)
+    args = [randn(rng, B, T, C), preatt, att, qkv]
+    host, got = run_both(be, "attention_forward", args)
+    assert_all_close(host, got, ["out", "preatt", "att", "inp"])
+    upper = np.triu(np.ones((T, T), bool), 1)
+    assert np.array_equal(got[1][..., upper], preatt[..., upper]), "preatt above the diagonal changed"
+    assert (got[2][..., upper] == 0).all(), "att above the diagonal is not zero"
+
+
+@pytest.mark.parametrize("B,T,NH,C", ATTENTION_SHAPES)
+def test_attention_backward(be, rng, B, T, NH, C):
+    qkv, preatt, att = attention_inputs(rng, B, T, NH, C)
+    cpu.attention_forward(np.zeros((B, T, C), F32), preatt, att, qkv)  # a real att
+    args = [randn(rng, B, T, 3 * C), randn(rng, B, NH, T, T), randn(rng, B, NH, T, T),
+            randn(rng, B, T, C), qkv, att]
+    host, got = run_both(be, "attention_backward", args)
+    assert_all_close(host, got, ["dinp", "dpreatt", "datt", "dout", "inp", "att"])
+
+
+# ----------------------------------------------------------------------------------------------
+# gelu, residual
+
+def test_gelu_forward(be, rng):
+    args = [randn(rng, 3, 5, 29), randn(rng, 3, 5, 29, scale=3.0)]
+    host, got = run_both(be, "gelu_forward", args)
+    assert_all_close(host, got, ["out", "inp"])
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # cosh^2 -> inf: sech 0, as on the CPU
+def test_gelu_backward(be, rng):
+    args = [randn(rng, 3, 5, 29), randn(rng, 3, 5, 29, scale=3.0), randn(rng, 3, 5, 29)]
+    host, got = run_both(be, "gelu_backward", args)
+    assert_all_close(host, got, ["dinp", "inp", "dout"])
+
+
+def test_residual_forward_and_backward(be, rng):
+    host, got = run_both(be, "residual_forward", [randn(rng, 2, 7, 11) for _ in range(3)])
+    assert all(np.array_equal(g, h) for g, h in zip(got, host))
+    host, got = run_both(be, "residual_backward", [randn(rng, 2, 7, 11) for _ in range(3)])
+    assert all(np.array_equal(g, h) for g, h in zip(got, host))
+
+
+# ----------------------------------------------------------------------------------------------
+# softmax, cross-entropy (padded vocabulary)
+
+def test_softmax_forward_padded_vocab(be, rng):
+    B, T, V, Vp = 2, 3, 45, 64
+    args = [randn(rng, B, T, Vp), randn(rng, B, T, Vp, scale=4.0), V]
+    host, got = run_both(be, "softmax_forward", args)
+    assert_all_close(host, got, ["probs", "logits"])
+    assert (got[0][..., V:] == 0).all()
+
+
+def test_crossentropy_forward(be, rng):
+    B, T, Vp = 2, 5, 16
+    probs = rng.uniform(0.01, 1.0, size=(B, T, Vp)).astype(F32)
+    targets = rng.integers(0, 12, size=(B, T)).astype(np.int32)
+    host, got = run_both(be, "crossentropy_forward", [randn(rng, B, T), probs, targets])
+    assert_all_close(host, got, ["losses", "probs"])
+
+
+def test_crossentropy_softmax_backward(be, rng):
+    B, T, V, Vp = 2, 5, 45, 64
+    probs = rng.uniform(0.0, 1.0, size=(B, T, Vp)).astype(F32)
+    targets = rng.integers(0, V, size=(B, T)).astype(np.int32)
+    dlogits = randn(rng, B, T, Vp)
+    host, got = run_both(be, "crossentropy_softmax_backward",
+                         [dlogits, randn(rng, B, T), probs, targets, V])
+    assert_all_close(host, got, ["dlogits", "dlosses", "probs"])
+    assert np.array_equal(got[0][..., V:], dlogits[..., V:]), "padded columns got gradient"
+
+
+# ----------------------------------------------------------------------------------------------
+# AdamW
+
+def test_adamw_update(be, rng):
+    n = 1000
+    params, grads, m, v = randn(rng, n), randn(rng, n), randn(rng, n, scale=0.1), \
+        np.abs(randn(rng, n, scale=0.1))
+    for t in (1, 2):
+        host, got = run_both(be, "adamw_update", [params, grads, m, v, 1e-3, 0.9, 0.999, 1e-8, 0.1, t])
+        assert_all_close(host, got, ["params", "grads", "m", "v"])
+        params, grads, m, v = host[:4]
+
+
+# ----------------------------------------------------------------------------------------------
+# gradient clipping
+
+def test_global_norm_squared_and_scale(be, rng):
+    g = randn(rng, 1234)
+    want = float(np.sum(g.astype(np.float64) ** 2))
+    d = be.asarray(g)
+    got = be.global_norm_squared(d)
+    assert isinstance(got, float) and abs(got - want) <= 1e-12 * want
+    assert abs(got - cpu_optim.global_norm_squared(g)) <= 1e-12 * want
+    host, got = run_both_optim(be, "scale_", [g, 0.37])
+    assert_all_close(host, got, ["x"])
+
+
+def test_geometry_is_the_one_asked_for():
+    # the subprocesses of tests/test_cuda_sim.py set LLMNB_CUDA_GEOMETRY; default: "sim"
+    import os
+    want = os.environ.get("LLMNB_CUDA_GEOMETRY") or ("sim" if launch.SIMULATOR else "gpu")
+    assert launch.GEOMETRY == want
+    assert launch.TILE == launch.GEOMETRIES[want][0]
+
+
+# ----------------------------------------------------------------------------------------------
+# the whole model: the same loop on both backends
+
+def test_tiny_gpt2_cuda_matches_cpu():
+    from llmnb.backend import CPUBackend
+    from llmnb.model import GPT2, init_params
+
+    config = GPT2Config(max_seq_len=16, vocab_size=64, padded_vocab_size=GPT2Config.pad_vocab(64),
+                        num_layers=1, num_heads=2, channels=32)
+    rng = np.random.default_rng(7)
+    B, T = 2, 8
+    tokens = rng.integers(0, config.vocab_size, size=(B, T + 1))
+    x, y = tokens[:, :-1], tokens[:, 1:]
+    params = init_params(config, seed=3)
+    models = {"cpu": GPT2(config, params, backend=CPUBackend()),
+              "cuda": GPT2(config, params, device="cuda")}
+    assert models["cuda"].backend.name == "cuda"
+    out = {}
+    for name, model in models.items():
+        loss = model.forward(x, y)
+        model.zero_grad()
+        model.backward()
+        grads = model.backend.to_host(model.grads.memory).copy()  # the CPU's to_host is a view
+        acts = model.backend.to_host(model.acts.memory).copy()
+        model.update(1e-3, 0.9, 0.999, 1e-8, 0.0, 1)
+        loss2 = model.forward(x, y)
+        out[name] = (loss, grads, acts, model.params_host().copy(), loss2)
+    cpu_res, cuda_res = out["cpu"], out["cuda"]
+    assert abs(cuda_res[0] - cpu_res[0]) <= 1e-5 * abs(cpu_res[0])
+    assert_close(cuda_res[2], cpu_res[2], "activations")
+    g_cpu = {n: t for n, t in models["cpu"].grads}
+    g_cuda = {n: models["cuda"].backend.to_host(t) for n, t in models["cuda"].grads}
+    for n in g_cpu:
+        assert_close(g_cuda[n], g_cpu[n], f"grad {n}")
+    assert_close(cuda_res[3], cpu_res[3], "params after one AdamW step")
+    assert abs(cuda_res[4] - cpu_res[4]) <= 1e-5 * abs(cpu_res[4])
+    assert cuda_res[4] < cuda_res[0]
