@@ -1,0 +1,18 @@
+"""`llmnb-test --device cuda` end to end on a tiny PyTorch reference, under the CUDA simulator:
+the whole step (forward, backward, AdamW) on device-resident flat buffers."""
+import pytest
+
+pytest.importorskip("torch")
+
+
+def test_llmnb_test_device_cuda_passes_on_a_tiny_reference(tmp_path, capsys):
+    from llmnb import check, reference
+    assert reference.main(["--out", str(tmp_path), "--layers", "1", "--heads", "2", "--channels", "32",
+                           "--vocab", "60", "--max-seq-len", "16", "--batch", "2", "--seq-len", "8",
+                           "--steps", "3", "--seed", "5"]) == 0
+    capsys.readouterr()
+    rc = check.main(["--model", str(tmp_path / "model.bin"), "--state", str(tmp_path / "debug_state.bin"),
+                     "--losses", str(tmp_path / "expected_losses.json"), "--device", "cuda"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "overall okay: 1" in out and out.count("TENSOR OK") == 16 and out.count("OK = 1") == 3
