@@ -6,14 +6,12 @@ forward, backward and AdamW on B x T tokens from the train shards.
 """
 import argparse
 import json
-import math
 import os
 import re
 import signal
 import sys
 import time
 
-import numpy as np
 
 STARTER_PACK_URL = "https://huggingface.co/datasets/karpathy/llmc-starter-pack/resolve/main/"
 DEFAULT_INIT = "gpt2_124M.bin"
@@ -66,7 +64,6 @@ def flops_per_step(config, num_parameters, B, T):
 
 def build_model(args, log):
     from .config import GPT2Config
-    from .formats import FormatError
     from .model import GPT2, init_params
 
     m = re.fullmatch(r"d(\d+)", args.init)
@@ -89,10 +86,7 @@ def build_model(args, log):
                 return build_model(args, log)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such model file (-e takes an llm.c checkpoint or d6/d12/d24...)")
-    try:
-        model = GPT2.from_checkpoint(path, device=args.device)
-    except FormatError:
-        raise
+    model = GPT2.from_checkpoint(path, device=args.device)
     log(f"loaded {path}")
     return model
 
