@@ -1,0 +1,142 @@
+"""Helpers shared by the kernel lab (kernels/*.py) and the benchmarks (benchmarks/*.py):
+the GPT-2 124M shapes, timing with min/median/max, the machine's FMA ceiling, tables.
+
+Importing this module puts the repository's src/ on sys.path, so the lab runs from a checkout
+without installing llmnb.
+"""
+import os
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if os.path.join(ROOT, "src") not in sys.path:
+    sys.path.insert(0, os.path.join(ROOT, "src"))
+
+from numba import njit, prange, get_num_threads  # noqa: E402
+
+from llmnb import matmul  # noqa: E402
+
+F32 = np.float32
+
+# the matmuls of one GPT-2 124M layer and the classifier, at B=4, T=64 (N = B*T rows)
+N_124M = 256
+MATMUL_SHAPES = (  # (name, C, OC): inp (N,C) @ weight (OC,C)^T
+    ("qkv", 768, 2304),
+    ("attproj", 768, 768),
+    ("fc", 768, 3072),
+    ("fcproj", 3072, 768),
+    ("classifier", 768, 50304),
+)
+
+
+def time_runs(fn, runs=10, warmup=1, max_seconds=None):
+    """Wall-clock seconds of `runs` calls of fn() after `warmup` calls, sorted; with max_seconds,
+    stop early (but after at least 3 runs) once the runs have taken that long."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    start = time.perf_counter()
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+        if max_seconds is not None and len(times) >= 3 and time.perf_counter() - start > max_seconds:
+            break
+    return sorted(times)
+
+
+def min_med_max(times):
+    """(min, median, max) of a sorted list of times."""
+    return times[0], times[len(times) // 2], times[-1]
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _ceiling_kernel(out, a, b, reps):
+    # each task runs the 6x4 micro-kernel `reps` times on its own L1-resident 6xK and 4xK blocks
+    for t in prange(a.shape[0]):
+        for _ in range(reps):
+            x = a[t]
+            matmul._kernel_6x4(out[t], 0, 0, x[0], x[1], x[2], x[3], x[4], x[5], b[t],
+                               matmul.NO_BIAS, False, True)
+
+
+def fma_ceiling(seconds=0.3, K=768, runs=7):
+    """GFLOP/s of the matmul micro-kernel on L1-resident operands, on all Numba threads at once:
+    the most any matmul built on it can reach on this machine (the FMA units' peak less the
+    micro-kernel's horizontal sums). Best of `runs` runs of ~`seconds` each."""
+    nt = get_num_threads()
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((nt, 6, K)).astype(F32)
+    b = rng.standard_normal((nt, 4, K)).astype(F32) * F32(1e-3)
+    out = np.zeros((nt, 6, 4), F32)
+    _ceiling_kernel(out, a, b, 10)
+    t0 = time.perf_counter()
+    _ceiling_kernel(out, a, b, 1000)
+    reps = max(1000, int(1000 * seconds / max(time.perf_counter() - t0, 1e-6)))
+    best = min(time_runs(lambda: _ceiling_kernel(out, a, b, reps), runs=runs, warmup=0))
+    return nt * reps * 2.0 * 24 * K / best / 1e9
+
+
+@njit(cache=True)
+def _fadd_chain(x, n):
+    # n dependent float32 additions (no fastmath: LLVM must keep them in order)
+    s = F32(0.0)
+    for _ in range(n):
+        s = s + x
+    return s
+
+
+# FP32 FLOPs per cycle per core (2 x FMA on 256-bit pipes; AVX-512 is double-pumped on Zen 4) and
+# the FP add latency in cycles, by LLVM's name for the host CPU
+CPU_MODELS = {"znver4": (32, 3), "znver3": (32, 3), "znver5": (64, 2)}
+
+
+def nominal_peak():
+    """(GFLOP/s, GHz, cpu name): FLOPs/cycle x clock x Numba threads, the clock measured from a
+    chain of dependent float32 additions (latency known per CPU model; best of 9). None for a
+    CPU that CPU_MODELS does not know."""
+    import llvmlite.binding as ll
+    name = ll.get_host_cpu_name()
+    if name not in CPU_MODELS:
+        return None, None, name
+    flops_per_cycle, add_latency = CPU_MODELS[name]
+    n = 50_000_000
+    _fadd_chain(F32(1e-9), 10)
+    best = min(time_runs(lambda: _fadd_chain(F32(1e-9), n), runs=9, warmup=0))
+    ghz = add_latency * n / best / 1e9
+    return flops_per_cycle * ghz * get_num_threads(), ghz, name
+
+
+def machine_peaks():
+    """(peak GFLOP/s that percentages refer to, a line describing it and the FMA ceiling)."""
+    peak, ghz, cpu = nominal_peak()
+    ceiling = fma_ceiling()
+    if peak is None:
+        return ceiling, (f"peak: unknown CPU model {cpu}; percentages refer to the measured FMA "
+                         f"ceiling {ceiling:.0f} GFLOP/s (6x4 micro-kernel, L1-resident)")
+    fpc = CPU_MODELS[cpu][0]
+    return peak, (f"peak {peak:.0f} GFLOP/s = {get_num_threads()} threads x {fpc} FLOP/cycle "
+                  f"({cpu}) x {ghz:.2f} GHz (measured now); the 6x4 micro-kernel on L1-resident "
+                  f"data reaches {ceiling:.0f} GFLOP/s ({100 * ceiling / peak:.0f}%) now")
+
+
+def gflops(flops, seconds):
+    return flops / seconds / 1e9
+
+
+def format_table(headers, rows):
+    """A plain-text table with right-aligned columns (rows: lists of str)."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))  # noqa: E731
+    out = [line(headers), line(["-" * w for w in widths])]
+    out += [line(r) for r in rows]
+    return "\n".join(out)
+
+
+def max_rel_error(got, want):
+    """max |got - want| / max |want| (float64)."""
+    got = np.asarray(got, dtype=np.float64)
+    want = np.asarray(want, dtype=np.float64)
+    return float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30))
