@@ -17,6 +17,7 @@ if os.path.join(ROOT, "src") not in sys.path:
 from numba import njit, prange, get_num_threads  # noqa: E402
 
 from llmnb import matmul  # noqa: E402
+from llmnb.mfu import CPU_MODELS  # noqa: E402
 
 F32 = np.float32
 
@@ -79,33 +80,16 @@ def fma_ceiling(seconds=0.3, K=768, runs=7):
     return nt * reps * 2.0 * 24 * K / best / 1e9
 
 
-@njit(cache=True)
-def _fadd_chain(x, n):
-    # n dependent float32 additions (no fastmath: LLVM must keep them in order)
-    s = F32(0.0)
-    for _ in range(n):
-        s = s + x
-    return s
-
-
-# FP32 FLOPs per cycle per core (2 x FMA on 256-bit pipes; AVX-512 is double-pumped on Zen 4) and
-# the FP add latency in cycles, by LLVM's name for the host CPU
-CPU_MODELS = {"znver4": (32, 3), "znver3": (32, 3), "znver5": (64, 2)}
-
-
 def nominal_peak():
-    """(GFLOP/s, GHz, cpu name): FLOPs/cycle x clock x Numba threads, the clock measured from a
-    chain of dependent float32 additions (latency known per CPU model; best of 9). None for a
-    CPU that CPU_MODELS does not know."""
+    """(GFLOP/s, GHz, cpu name) from the package's estimate (llmnb.mfu: FLOPs/cycle x measured
+    clock x Numba threads). None for a CPU that llmnb.mfu.CPU_MODELS does not know."""
     import llvmlite.binding as ll
+    from llmnb.mfu import measure_clock_ghz
     name = ll.get_host_cpu_name()
     if name not in CPU_MODELS:
         return None, None, name
     flops_per_cycle, add_latency = CPU_MODELS[name]
-    n = 50_000_000
-    _fadd_chain(F32(1e-9), 10)
-    best = min(time_runs(lambda: _fadd_chain(F32(1e-9), n), runs=9, warmup=0))
-    ghz = add_latency * n / best / 1e9
+    ghz = measure_clock_ghz(add_latency, n=50_000_000, runs=9)
     return flops_per_cycle * ghz * get_num_threads(), ghz, name
 
 

@@ -18,40 +18,7 @@ DEFAULT_INIT = "gpt2_124M.bin"
 
 
 # ----------------------------------------------------------------------------------------------
-# the machine's peak, for MFU
-
-def estimate_peak_flops(threads):
-    """-> (FLOP/s, how it was estimated): threads x clock x fp32 FLOP per cycle per core.
-    $LLMNB_PEAK_FLOPS overrides the estimate."""
-    env = os.environ.get("LLMNB_PEAK_FLOPS")
-    if env:
-        return float(env), "from $LLMNB_PEAK_FLOPS"
-    flags, mhz, family, vendor = set(), 0.0, 0, ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, val = line.partition(":")
-                key, val = key.strip(), val.strip()
-                if key == "flags" and not flags:
-                    flags = set(val.split())
-                elif key == "cpu MHz":
-                    mhz = max(mhz, float(val))
-                elif key == "cpu family" and not family:
-                    family = int(val)
-                elif key == "vendor_id" and not vendor:
-                    vendor = val
-    except OSError:
-        pass
-    mhz = mhz or 2500.0
-    if "avx512f" in flags and not (vendor == "AuthenticAMD" and family < 26):
-        per_cycle, why = 64, "AVX-512, 2 FMA units x 16 lanes"
-    elif "avx512f" in flags or ("avx2" in flags and "fma" in flags):
-        per_cycle, why = 32, "2 FMA units x 8 lanes (AVX2, or AVX-512 on 256-bit units)"
-    else:
-        per_cycle, why = 8, "no FMA vector units detected"
-    peak = threads * mhz * 1e6 * per_cycle
-    return peak, f"{threads} threads x {mhz / 1000:.2f} GHz x {per_cycle} FLOP/cycle ({why})"
-
+# FLOPs, for MFU
 
 def flops_per_step(config, num_parameters, B, T):
     """llm.c's estimate: 6N per token for the matmuls plus 6*L*C*T for attention."""
@@ -140,6 +107,7 @@ class Run:
         self.records = []
         self.start_step = 0
         import numba
+        from .mfu import estimate_peak_flops
         self.threads = numba.get_num_threads()
         self.peak, how = estimate_peak_flops(self.threads)
         self.flops = flops_per_step(cfg, self.model.num_parameters, B, T) * args.grad_accum

@@ -1,0 +1,61 @@
+"""The machine's fp32 peak, for MFU: threads x FLOP per cycle per core x the clock.
+
+The clock is measured, not read from /proc/cpuinfo (which shows the base clock, not the boost the
+cores run at): a chain of dependent float32 additions runs at one add per `latency` cycles.
+FLOP per cycle comes from LLVM's name for the host CPU. $LLMNB_PEAK_FLOPS overrides it all.
+"""
+import os
+import time
+
+import numpy as np
+from numba import njit
+
+# LLVM host CPU name -> (fp32 FLOP per cycle per core, float add latency in cycles)
+# Zen 4 runs AVX-512 on two 256-bit FMA pipes (32 FLOP/cycle); Zen 5 and Intel's AVX-512 cores
+# have two 512-bit FMA units (64).
+CPU_MODELS = {
+    "znver3": (32, 3), "znver4": (32, 3), "znver5": (64, 2),
+    "haswell": (32, 3), "broadwell": (32, 3), "skylake": (32, 4), "alderlake": (32, 3),
+    "skylake-avx512": (64, 4), "cascadelake": (64, 4), "icelake-server": (64, 4),
+    "sapphirerapids": (64, 3),
+}
+
+
+@njit(cache=True)
+def _fadd_chain(x, n):
+    # n dependent float32 additions (no fastmath: they must stay in order)
+    s = np.float32(0.0)
+    for _ in range(n):
+        s = s + x
+    return s
+
+
+def measure_clock_ghz(add_latency, n=20_000_000, runs=5):
+    x = np.float32(1e-9)
+    _fadd_chain(x, 10)  # compile (or load from cache)
+    best = float("inf")
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        _fadd_chain(x, n)
+        best = min(best, time.perf_counter() - t0)
+    return add_latency * n / best / 1e9
+
+
+def estimate_peak_flops(threads):
+    """-> (FLOP/s, a line saying how it was estimated)."""
+    env = os.environ.get("LLMNB_PEAK_FLOPS")
+    if env:
+        return float(env), "from $LLMNB_PEAK_FLOPS"
+    import llvmlite.binding as ll
+    cpu = ll.get_host_cpu_name()
+    if cpu in CPU_MODELS:
+        per_cycle, latency = CPU_MODELS[cpu]
+        ghz = measure_clock_ghz(latency)
+        return (threads * per_cycle * ghz * 1e9,
+                f"{threads} threads x {per_cycle} FLOP/cycle ({cpu}) x {ghz:.2f} GHz (clock measured now)")
+    features = ll.get_host_cpu_features()
+    per_cycle = 64 if features.get("avx512f") else 32 if features.get("fma") else 8
+    ghz = measure_clock_ghz(4)  # an unknown core: assume a 4-cycle add, a lower bound on the clock
+    return (threads * per_cycle * ghz * 1e9,
+            f"{threads} threads x {per_cycle} FLOP/cycle (unknown CPU {cpu}, guessed from its vector "
+            f"units) x {ghz:.2f} GHz (clock measured assuming a 4-cycle add)")
