@@ -198,15 +198,6 @@ def test_matmul(monkeypatch, B, T, C, OC, with_bias):
     check_matmul(monkeypatch, B, T, C, OC, with_bias)
 
 
-def test_matmul_backward_in_chunks(monkeypatch):
-    # the backward works through OC in chunks that keep its transposed scratch small (the
-    # classifier's OC = 50304); shrink the chunk so that a small matmul takes many of them
-    if not hasattr(matmul, "CHUNK_FLOATS"):
-        pytest.skip("matmul.py has no CHUNK_FLOATS")
-    monkeypatch.setattr(matmul, "CHUNK_FLOATS", 300)
-    check_matmul(monkeypatch, 3, 5, 37, 67, True)
-
-
 def test_matmul_is_the_kernels_one():
     # the model calls kernels.matmul_*; they must be these tested functions
     assert kernels.matmul_forward is matmul.matmul_forward

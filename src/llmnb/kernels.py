@@ -23,6 +23,13 @@ F32 = np.float32
 GELU_SCALING_FACTOR = F32(math.sqrt(2.0 / math.pi))
 GELU_CUBE = F32(0.044715)
 CHUNK = 16  # channels per task in the kernels that reduce over B*T (one cache line of floats)
+# fastmath for the kernels whose cost is float sums (attention's dot products, softmax's and
+# layernorm's row sums): 'reassoc' lets LLVM keep vector accumulators, 'contract' fuses
+# multiply-adds. Each sum is still done in one fixed order by one thread, so results stay
+# deterministic (parallel == serial, bit for bit); they differ from the in-order sums by float32
+# rounding only. No 'nnan'/'ninf': inf and NaN behave as IEEE says. No 'arcp' either: it let the
+# parallel and serial builds of layernorm_forward round differently.
+REDUCE_FASTMATH = {"reassoc", "contract"}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -61,7 +68,7 @@ def encoder_backward(dwte, dwpe, dout, inp):
 # ----------------------------------------------------------------------------------------------
 # layernorm
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, fastmath=REDUCE_FASTMATH, cache=True)
 def layernorm_forward(out, mean, rstd, inp, weight, bias):
     # out (B,T,C), mean (B,T), rstd (B,T); inp (B,T,C); weight (C), bias (C)
     B, T, C = inp.shape
@@ -86,7 +93,7 @@ def layernorm_forward(out, mean, rstd, inp, weight, bias):
         rstd[b, t] = s
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, fastmath=REDUCE_FASTMATH, cache=True)
 def layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd):
     # dinp (B,T,C), dweight (C), dbias (C) += ; dout, inp (B,T,C); weight (C); mean, rstd (B,T)
     B, T, C = inp.shape
@@ -127,7 +134,7 @@ def layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd):
 # ----------------------------------------------------------------------------------------------
 # attention
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, fastmath=REDUCE_FASTMATH, cache=True)
 def attention_forward(out, preatt, att, inp):
     # out (B,T,C); preatt, att (B,NH,T,T); inp (B,T,3C) holding the query, key, value vectors
     B, T, C3 = inp.shape
@@ -177,11 +184,14 @@ def attention_forward(out, preatt, att, inp):
                 o[i] += a * v[i]
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, fastmath=REDUCE_FASTMATH, cache=True)
 def attention_backward(dinp, dpreatt, datt, dout, inp, att):
     # dinp (B,T,3C), dpreatt, datt (B,NH,T,T) += ; dout (B,T,C); inp (B,T,3C); att (B,NH,T,T)
     # A query at t sends gradient to the keys and values of every t2 <= t, so the work for one
     # (b,h) cannot be split over t; it is split over (b,h), whose slices of dinp are disjoint.
+    # Each inner loop over the head's hs channels is either one dot product (a sum: vector
+    # accumulators under fastmath) or one row update y += a * x (no sum), so all of them vectorise;
+    # every element still receives its terms in the C's order (t, then t2).
     B, T, C3 = inp.shape
     C = C3 // 3
     NH = att.shape[1]
@@ -195,15 +205,19 @@ def attention_backward(dinp, dpreatt, datt, dout, inp, att):
             att_bth = att[b, h, t]
             datt_bth = datt[b, h, t]
             dpreatt_bth = dpreatt[b, h, t]
-            # backward through the value accumulation
+            dout_bt = dout[b, t, q0:q0 + hs]
+            # backward through the value accumulation: datt[t2] += v[t2] . dout[t]; dv[t2] += att[t2] dout[t]
             for t2 in range(t + 1):
-                a = att_bth[t2]
+                v = inp[b, t2, v0:v0 + hs]
                 acc = F32(0.0)
                 for i in range(hs):
-                    d = dout[b, t, q0 + i]
-                    acc += inp[b, t2, v0 + i] * d
-                    dinp[b, t2, v0 + i] += a * d
+                    acc += v[i] * dout_bt[i]
                 datt_bth[t2] += acc
+            for t2 in range(t + 1):
+                a = att_bth[t2]
+                dv = dinp[b, t2, v0:v0 + hs]
+                for i in range(hs):
+                    dv[i] += a * dout_bt[i]
             # backward through the softmax: dpre[t3] = att[t3] * (datt[t3] - sum_t2 att[t2] datt[t2])
             # (the C's double loop over (t2, t3) with an indicator, in closed form)
             dot = F32(0.0)
@@ -211,43 +225,68 @@ def attention_backward(dinp, dpreatt, datt, dout, inp, att):
                 dot += att_bth[t2] * datt_bth[t2]
             for t3 in range(t + 1):
                 dpreatt_bth[t3] += att_bth[t3] * (datt_bth[t3] - dot)
-            # backward through query . key
+            # backward through query . key: dq[t] += g k[t2]; dk[t2] += g q[t]
+            q = inp[b, t, q0:q0 + hs]
+            dq = dinp[b, t, q0:q0 + hs]
             for t2 in range(t + 1):
                 g = dpreatt_bth[t2] * scale
+                k = inp[b, t2, k0:k0 + hs]
+                dk = dinp[b, t2, k0:k0 + hs]
                 for i in range(hs):
-                    dinp[b, t, q0 + i] += inp[b, t2, k0 + i] * g
-                    dinp[b, t2, k0 + i] += inp[b, t, q0 + i] * g
+                    dq[i] += k[i] * g
+                for i in range(hs):
+                    dk[i] += q[i] * g
 
 
 # ----------------------------------------------------------------------------------------------
-# gelu (the tanh approximation, computed exactly: no fastmath here, see llm.c issue #168)
+# gelu: llm.c's tanh approximation, gelu(x) = 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3),
+# computed exactly with one exp per element instead of libm's tanh (and cosh in the backward).
+# With e = exp(-2|u|) in (0, 1] (it never overflows; |u| = inf gives e = 0) and r = 1 / (1 + e):
+#     tanh(|u|) = (1 - e) r
+#     1 + tanh(u) = 2 r        (u >= 0)      = 2 e r   (u < 0: no cancellation of 1 - (1 - e) r)
+#     sech^2(u) = 1 - tanh^2(u) = 4 e r^2    (no cancellation of 1 - tanh^2 near |tanh| = 1)
+# These are identities, not approximations: only float32 rounding differs from the float64 formula
+# (a few ulp; tests/test_kernels.py: <= 1e-6 abs/rel), so the result is llm.c's gelu. fastmath is
+# limited to 'contract' (fused multiply-adds: one rounding fewer); it assumes nothing about inf or
+# NaN and reorders nothing (llm.c issue #168: -Ofast's full set of flags broke its gelu).
 
-@njit(parallel=True, cache=True)
+GELU_FASTMATH = {"contract"}
+
+
+@njit(fastmath=GELU_FASTMATH, cache=True, inline="always")
+def _gelu_one_plus_tanh_half(u):
+    # returns (0.5 (1 + tanh(u)), sech^2(u)) for one float32 u, with one exp
+    e = np.exp(F32(-2.0) * abs(u))
+    r = F32(1.0) / (F32(1.0) + e)
+    half_one_plus_tanh = r if u >= F32(0.0) else e * r
+    return half_one_plus_tanh, F32(4.0) * e * r * r
+
+
+@njit(parallel=True, fastmath=GELU_FASTMATH, cache=True)
 def gelu_forward(out, inp):
     # out, inp: any shape, N elements
     o = out.reshape(-1)
     x_ = inp.reshape(-1)
     for i in prange(x_.shape[0]):
         x = x_[i]
-        cube = GELU_CUBE * x * x * x
-        o[i] = F32(0.5) * x * (F32(1.0) + np.tanh(GELU_SCALING_FACTOR * (x + cube)))
+        u = GELU_SCALING_FACTOR * (x + GELU_CUBE * x * x * x)
+        half_one_plus_tanh, _ = _gelu_one_plus_tanh_half(u)
+        o[i] = x * half_one_plus_tanh
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, fastmath=GELU_FASTMATH, cache=True)
 def gelu_backward(dinp, inp, dout):
     # dinp += ; inp, dout: same shape, N elements
+    # d gelu / dx = 0.5 (1 + tanh(u)) + 0.5 x sech^2(u) sqrt(2/pi) (1 + 3 * 0.044715 x^2)
     di = dinp.reshape(-1)
     x_ = inp.reshape(-1)
     do = dout.reshape(-1)
     for i in prange(x_.shape[0]):
         x = x_[i]
-        cube = GELU_CUBE * x * x * x
-        tanh_arg = GELU_SCALING_FACTOR * (x + cube)
-        tanh_out = np.tanh(tanh_arg)
-        cosh_out = np.cosh(tanh_arg)
-        sech_out = F32(1.0) / (cosh_out * cosh_out)
-        local_grad = F32(0.5) * (F32(1.0) + tanh_out) + \
-            x * F32(0.5) * sech_out * GELU_SCALING_FACTOR * (F32(1.0) + F32(3.0) * GELU_CUBE * x * x)
+        u = GELU_SCALING_FACTOR * (x + GELU_CUBE * x * x * x)
+        half_one_plus_tanh, sech2 = _gelu_one_plus_tanh_half(u)
+        local_grad = half_one_plus_tanh + \
+            x * F32(0.5) * sech2 * GELU_SCALING_FACTOR * (F32(1.0) + F32(3.0) * GELU_CUBE * x * x)
         di[i] += local_grad * do[i]
 
 
@@ -278,7 +317,7 @@ def residual_backward(dinp1, dinp2, dout):
 # ----------------------------------------------------------------------------------------------
 # softmax and cross-entropy over the padded vocabulary: only the first V of Vp columns are real
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, fastmath=REDUCE_FASTMATH, cache=True)
 def softmax_forward(probs, logits, V):
     # probs, logits (B,T,Vp); columns V..Vp-1 get probability 0
     B, T, Vp = logits.shape

@@ -25,9 +25,11 @@ def init_params(config, seed=0):
         if name in ("ln1w", "ln2w", "lnfw"):
             t[...] = 1.0
         elif name in ("wte", "wpe", "qkvw", "fcw"):
-            t[...] = rng.normal(0.0, std, size=t.shape).astype(np.float32)
+            rng.standard_normal(t.shape, dtype=np.float32, out=t)  # float32 draws, no float64 copy
+            t *= np.float32(std)
         elif name in ("attprojw", "fcprojw"):
-            t[...] = rng.normal(0.0, resid_std, size=t.shape).astype(np.float32)
+            rng.standard_normal(t.shape, dtype=np.float32, out=t)  # float32 draws, no float64 copy
+            t *= np.float32(resid_std)
         # biases stay zero
     p.wte[config.vocab_size:] = 0.0
     return p.memory
