@@ -306,6 +306,20 @@ def test_gelu(shape):
     assert_close(dinp, dinp0 + ref.gelu_backward(inp, dout), 1e-6, 2e-6, "gelu dinp")
 
 
+def test_gelu_stays_finite_and_exact_at_large_inputs():
+    # the one-exp form must not overflow: gelu(x) -> x for large x, -> 0 for very negative x,
+    # and the local gradient -> 1 and 0 (llm.c's tanh + cosh form gives NaN in cosh^2 here)
+    x = np.array([-1e4, -3e3, -100.0, -30.0, -9.0, 9.0, 30.0, 100.0, 3e3, 1e4], dtype=F32)
+    out = np.empty_like(x)
+    kernels.gelu_forward(out, x)
+    assert np.all(np.isfinite(out))
+    assert_close(out, ref.gelu_forward(x), 1e-6, 1e-6, "gelu out at large |x|")
+    dinp = np.zeros_like(x)
+    kernels.gelu_backward(dinp, x, np.ones_like(x))
+    assert np.all(np.isfinite(dinp))
+    np.testing.assert_allclose(dinp, np.where(x > 0, 1.0, 0.0), atol=1e-6)
+
+
 # ----------------------------------------------------------------------------------------------
 # residual
 
