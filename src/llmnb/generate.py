@@ -3,54 +3,13 @@
 llm.c's CPU main re-runs the full (B, T) forward for every generated token. Here the keys and
 values of earlier positions stay in a cache (the qkv vectors of every layer and position), so
 step t runs the layers on one token and attends over the t+1 cached positions. The layer kernels
-are the model's own, called on (1, 1, ...) views; only attention gets a cached variant.
+are the model's own, called on (1, 1, ...) views; attention runs per head as one query
+(kernels.attention_query, the body of attention_forward) over the cache.
 """
-import math
-
 import numpy as np
-from numba import njit
 
 from .config import Tensors, param_shapes
 from . import kernels
-
-F32 = np.float32
-
-
-@njit(cache=True)
-def attention_forward_cached(out, att, qkv_cache, t):
-    # out (C,) for position t; att (NH, maxT) scratch; qkv_cache (maxT, 3C): rows 0..t filled
-    # the same math as attention_forward for one query row t
-    C = qkv_cache.shape[1] // 3
-    NH = att.shape[0]
-    hs = C // NH
-    scale = F32(1.0 / math.sqrt(hs))
-    for h in range(NH):
-        q = qkv_cache[t, h * hs:(h + 1) * hs]
-        a = att[h]
-        maxval = F32(-10000.0)
-        for t2 in range(t + 1):
-            k = qkv_cache[t2, C + h * hs:C + (h + 1) * hs]
-            val = F32(0.0)
-            for i in range(hs):
-                val += q[i] * k[i]
-            val *= scale
-            if val > maxval:
-                maxval = val
-            a[t2] = val
-        expsum = F32(0.0)
-        for t2 in range(t + 1):
-            e = np.exp(a[t2] - maxval)
-            expsum += e
-            a[t2] = e
-        inv = F32(0.0) if expsum == F32(0.0) else F32(1.0) / expsum
-        o = out[h * hs:(h + 1) * hs]
-        for i in range(hs):
-            o[i] = F32(0.0)
-        for t2 in range(t + 1):
-            w = a[t2] * inv
-            v = qkv_cache[t2, 2 * C + h * hs:2 * C + (h + 1) * hs]
-            for i in range(hs):
-                o[i] += w * v[i]
 
 
 class KVCache:
@@ -84,12 +43,15 @@ class KVCache:
             raise ValueError(f"token {token} is not a token id in [0, {cfg.vocab_size})")
         self.token[0, 0] = token
         x = self.x
+        hs = cfg.channels // cfg.num_heads
         k.encoder_forward(x, self.token, p.wte, p.wpe[t:t + 1])
         for l in range(cfg.num_layers):
             k.layernorm_forward(self.ln, self.mean, self.rstd, x, p.ln1w[l], p.ln1b[l])
             qkv_t = self.qkv[l, t:t + 1].reshape(1, 1, -1)  # this position's row of the cache
             k.matmul_forward(qkv_t, self.ln, p.qkvw[l], p.qkvb[l])
-            attention_forward_cached(self.atty[0, 0], self.att, self.qkv[l], t)
+            for h in range(cfg.num_heads):  # this position's query over the cached keys/values
+                k.attention_query(self.atty[0, 0, h * hs:(h + 1) * hs], self.att[h], self.att[h],
+                                  self.qkv[l], t, h)
             k.matmul_forward(self.attproj, self.atty, p.attprojw[l], p.attprojb[l])
             k.residual_forward(self.res2, x, self.attproj)
             k.layernorm_forward(self.ln, self.mean, self.rstd, self.res2, p.ln2w[l], p.ln2b[l])

@@ -134,54 +134,62 @@ def layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd):
 # ----------------------------------------------------------------------------------------------
 # attention
 
+@njit(fastmath=REDUCE_FASTMATH, cache=True)
+def attention_query(out_h, preatt_row, att_row, qkv, t, h):
+    # one query: position t, head h. qkv (T',3C) holds the query, key and value vectors of one
+    # sequence (rows 0..t are read); preatt_row, att_row (>= t+1) get the scaled scores and their
+    # causal softmax over positions 0..t (they may be the same array); out_h (hs) = the
+    # attention-weighted sum of the values. Used by attention_forward and by KV-cache generation.
+    C = qkv.shape[1] // 3
+    hs = out_h.shape[0]
+    scale = F32(1.0 / math.sqrt(hs))
+    q = qkv[t, h * hs:(h + 1) * hs]
+    # pass 1: query . key, and the running max
+    maxval = F32(-10000.0)
+    for t2 in range(t + 1):
+        k = qkv[t2, C + h * hs:C + (h + 1) * hs]
+        val = F32(0.0)
+        for i in range(hs):
+            val += q[i] * k[i]
+        val *= scale
+        if val > maxval:
+            maxval = val
+        preatt_row[t2] = val
+    # pass 2: exp and sum
+    expsum = F32(0.0)
+    for t2 in range(t + 1):
+        expv = np.exp(preatt_row[t2] - maxval)
+        expsum += expv
+        att_row[t2] = expv
+    expsum_inv = F32(0.0) if expsum == F32(0.0) else F32(1.0) / expsum
+    # pass 3: normalise
+    for t2 in range(t + 1):
+        att_row[t2] *= expsum_inv
+    # pass 4: weighted sum of the values
+    for i in range(hs):
+        out_h[i] = F32(0.0)
+    for t2 in range(t + 1):
+        v = qkv[t2, 2 * C + h * hs:2 * C + (h + 1) * hs]
+        a = att_row[t2]
+        for i in range(hs):
+            out_h[i] += a * v[i]
+
+
 @njit(parallel=True, fastmath=REDUCE_FASTMATH, cache=True)
 def attention_forward(out, preatt, att, inp):
     # out (B,T,C); preatt, att (B,NH,T,T); inp (B,T,3C) holding the query, key, value vectors
+    # one task per (b, t, h) query; the causal mask leaves zeros in att above the diagonal
     B, T, C3 = inp.shape
     C = C3 // 3
     NH = att.shape[1]
     hs = C // NH
-    scale = F32(1.0 / math.sqrt(hs))
     for bth in prange(B * T * NH):
         b = bth // (T * NH)
         t = (bth // NH) % T
         h = bth % NH
-        q = inp[b, t, h * hs:(h + 1) * hs]
-        preatt_bth = preatt[b, h, t]
-        att_bth = att[b, h, t]
-        # pass 1: query . key, and the running max
-        maxval = F32(-10000.0)
-        for t2 in range(t + 1):
-            k = inp[b, t2, C + h * hs:C + (h + 1) * hs]
-            val = F32(0.0)
-            for i in range(hs):
-                val += q[i] * k[i]
-            val *= scale
-            if val > maxval:
-                maxval = val
-            preatt_bth[t2] = val
-        # pass 2: exp and sum
-        expsum = F32(0.0)
-        for t2 in range(t + 1):
-            expv = np.exp(preatt_bth[t2] - maxval)
-            expsum += expv
-            att_bth[t2] = expv
-        expsum_inv = F32(0.0) if expsum == F32(0.0) else F32(1.0) / expsum
-        # pass 3: normalise; the causal mask leaves zeros above the diagonal
-        for t2 in range(T):
-            if t2 <= t:
-                att_bth[t2] *= expsum_inv
-            else:
-                att_bth[t2] = F32(0.0)
-        # pass 4: weighted sum of the values
-        o = out[b, t, h * hs:(h + 1) * hs]
-        for i in range(hs):
-            o[i] = F32(0.0)
-        for t2 in range(t + 1):
-            v = inp[b, t2, 2 * C + h * hs:2 * C + (h + 1) * hs]
-            a = att_bth[t2]
-            for i in range(hs):
-                o[i] += a * v[i]
+        attention_query(out[b, t, h * hs:(h + 1) * hs], preatt[b, h, t], att[b, h, t], inp[b], t, h)
+        for t2 in range(t + 1, T):
+            att[b, h, t, t2] = F32(0.0)
 
 
 @njit(parallel=True, fastmath=REDUCE_FASTMATH, cache=True)
