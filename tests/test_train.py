@@ -125,3 +125,22 @@ def test_missing_default_init_falls_back_to_a_fresh_model_offline(workdir, tmp_p
     monkeypatch.setattr(GPT2Config, "depth", classmethod(lambda cls, L, **kw: TINY))
     assert main(argv) == 0
     assert "training a fresh d12 model instead" in capsys.readouterr().out
+
+
+def test_sampling_from_a_model_with_a_small_vocabulary(tmp_path, capsys):
+    # GPT-2's EOT (50256) is not a token of a 300-token model: samples start from its last token
+    # (its ids are GPT-2 tokens, so they still decode); a --prompt it cannot represent is refused
+    # before training starts
+    small = GPT2Config(max_seq_len=16, vocab_size=300, padded_vocab_size=384, num_layers=1, num_heads=2,
+                       channels=16)
+    write_checkpoint(tmp_path / "small.bin", small, init_params(small, seed=1))
+    rng = np.random.default_rng(2)
+    write_shard(tmp_path / "tr.bin", rng.integers(0, 300, 500))
+    argv = ["-e", str(tmp_path / "small.bin"), "-i", str(tmp_path / "tr.bin"), "-j", str(tmp_path / "tr.bin"),
+            "-o", str(tmp_path / "o"), "-b", "1", "-t", "8", "-x", "1", "-v", "0", "-s", "1", "-g", "5",
+            "--data-dir", str(tmp_path / "d")]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "generating:\n---\n" in out and "wrote" in out
+    assert main(argv + ["--prompt", "Hello world"]) == 2
+    assert "outside the model's vocabulary" in capsys.readouterr().err

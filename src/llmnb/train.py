@@ -103,6 +103,7 @@ class Run:
         except Exception as e:  # e.g. no network for tiktoken's files: print token ids instead
             log(f"no tokenizer ({e}); samples will be printed as token ids")
             self.tokenizer = None
+        self.prompt_tokens = self.encode_prompt(args.prompt)
         self.rng = Rng(args.sampler_seed)
         self.records = []
         self.start_step = 0
@@ -113,6 +114,20 @@ class Run:
         self.flops = flops_per_step(cfg, self.model.num_parameters, B, T) * args.grad_accum
         log(f"peak fp32 FLOP/s estimate: {self.peak / 1e9:.0f} GFLOP/s = {how}")
         log(f"FLOP per step (llm.c's 6N + attention estimate): {self.flops / 1e9:.1f} GFLOP")
+
+    def encode_prompt(self, text):
+        """--prompt as token ids, checked now rather than at the first sample."""
+        if not text:
+            return []
+        tok, V = self.tokenizer, self.model.config.vocab_size
+        if tok is None or not tok.can_encode:
+            raise ValueError("--prompt needs tiktoken's gpt2 encoding to encode the prompt")
+        ids = tok.encode(text)
+        if ids and max(ids) >= V:
+            raise ValueError(f"--prompt encodes to token {max(ids)}, outside the model's vocabulary [0, {V})")
+        if len(ids) + 1 > self.model.config.max_seq_len:
+            raise ValueError(f"--prompt is {len(ids)} tokens, longer than the model's max_seq_len")
+        return ids
 
     # -- pieces of a step
 
@@ -135,12 +150,13 @@ class Run:
         from .tokenizer import StreamDecoder
         a, cfg = self.args, self.model.config
         tok = self.tokenizer
-        eot = tok.eot_token if tok is not None and tok.eot_token is not None else cfg.vocab_size - 1
-        prompt = [eot]
-        if a.prompt:
-            if tok is None or not tok.can_encode:
-                raise ValueError("--prompt needs tiktoken's gpt2 encoding to encode the prompt")
-            prompt += tok.encode(a.prompt)
+        if tok is not None and tok.vocab_size < cfg.vocab_size:
+            tok = None  # it cannot decode every token the model can produce: print ids instead
+        # generation starts from the EOT token, as llm.c's; a model with a smaller vocabulary than
+        # GPT-2's uses its last token
+        eot = tok.eot_token if tok is not None and tok.eot_token is not None else None
+        eot = eot if eot is not None and eot < cfg.vocab_size else cfg.vocab_size - 1
+        prompt = [eot] + self.prompt_tokens
         dec = StreamDecoder()
         out = sys.stdout
         print("generating:\n---", flush=True)
