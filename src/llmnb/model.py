@@ -186,7 +186,10 @@ class GPT2:
         if self.grads is None:
             self.grads = Tensors(k.zeros(self.num_parameters), param_shapes(self.config))
         if self.grads_acts is None:
-            self.grads_acts = Tensors(k.zeros(self.acts.memory.shape[0]), self.acts.shapes)
+            # every activation but probs has a gradient: crossentropy_softmax_backward goes from the
+            # losses straight to the logits (llm.c allocates dprobs and never touches it)
+            shapes = {n: s for n, s in self.acts.shapes.items() if n != "probs"}
+            self.grads_acts = Tensors(k.zeros(Tensors.count(shapes)), shapes)
         B, T = self.batch_size, self.seq_len
         L = self.config.num_layers
         V = self.config.vocab_size
