@@ -144,3 +144,13 @@ def test_sampling_from_a_model_with_a_small_vocabulary(tmp_path, capsys):
     assert "generating:\n---\n" in out and "wrote" in out
     assert main(argv + ["--prompt", "Hello world"]) == 2
     assert "outside the model's vocabulary" in capsys.readouterr().err
+
+
+def test_read_log_skips_a_line_cut_by_a_kill(tmp_path):
+    from llmnb.train import read_log
+    path = tmp_path / "log.jsonl"
+    path.write_text('{"step": 0, "train_loss": 5.0}\n{"step": 1, "train_lo')
+    assert read_log(path) == [{"step": 0, "train_loss": 5.0}]
+    path.write_text('{"step": 0}\nnot json\n{"step": 2}\n')
+    with pytest.raises(ValueError, match="not JSON"):
+        read_log(path)

@@ -85,9 +85,9 @@ class Run:
         self.args, self.log = args, log
         self.model = build_model(args, log)
         cfg = self.model.config
-        c = cfg
-        log(f"[GPT-2] max_seq_len: {c.max_seq_len} vocab_size: {c.vocab_size} padded_vocab_size: "
-            f"{c.padded_vocab_size} num_layers: {c.num_layers} num_heads: {c.num_heads} channels: {c.channels}")
+        log(f"[GPT-2] max_seq_len: {cfg.max_seq_len} vocab_size: {cfg.vocab_size} padded_vocab_size: "
+            f"{cfg.padded_vocab_size} num_layers: {cfg.num_layers} num_heads: {cfg.num_heads} "
+            f"channels: {cfg.channels}")
         log(f"num_parameters: {self.model.num_parameters:,}")
         if args.seq_len > cfg.max_seq_len:
             raise ValueError(f"-t {args.seq_len} exceeds the model's max_seq_len={cfg.max_seq_len}")
@@ -222,11 +222,18 @@ class Run:
     def log_path(self):
         return os.path.join(self.args.output_dir, "log.jsonl")
 
-    def write_log(self):
+    def start_log(self):
+        """Write the records kept so far (none, or those before a resumed step) atomically."""
         from .formats import atomic_write
         with atomic_write(self.log_path) as f:
             for r in self.records:
                 f.write((json.dumps(r) + "\n").encode())
+
+    def append_log(self, record):
+        """One JSON line per step, appended and flushed (read_log skips a line cut by a kill)."""
+        self.records.append(record)
+        with open(self.log_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
 
     # -- the loop
 
@@ -238,6 +245,7 @@ class Run:
         if a.resume:
             self.resume()
         resumed_at = self.start_step if a.resume else None
+        self.start_log()
         tokens_per_step = a.batch_size * a.seq_len * a.grad_accum
         for step in range(self.start_step, a.steps + 1):
             last = step == a.steps
@@ -253,19 +261,17 @@ class Run:
                 log(f"saved checkpoint {path}")
             if last:
                 if record["val_loss"] is not None:
-                    self.records.append(record)
+                    self.append_log(record)
                 break
             loss, lr, ms, norm = self.train_step(step)
             record.update(train_loss=loss, lr=lr, ms=ms)
             if norm is not None:
                 record["grad_norm"] = norm
-            self.records.append(record)
-            self.write_log()
+            self.append_log(record)
             mfu = self.flops / (ms / 1000) / self.peak
             log(f"step {step + 1:4d}/{a.steps} | train loss {loss:f} | lr {lr:.2e} | {ms:.1f} ms | "
                 f"{tokens_per_step / (ms / 1000):.0f} tok/s | MFU {100 * mfu:.1f}%"
                 + (f" | grad norm {norm:.3f}" if norm is not None else ""))
-        self.write_log()
         final = os.path.join(a.output_dir, "model.bin")
         self.model.save_checkpoint(final)
         write_loss_svg(os.path.join(a.output_dir, "loss.svg"), self.records)
@@ -273,10 +279,18 @@ class Run:
 
 
 def read_log(path):
+    """The records of a log.jsonl; a last line cut short by a killed run is skipped."""
     if not os.path.exists(path):
         return []
+    records = []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                if line.endswith("\n"):
+                    raise ValueError(f"{path}: a line is not JSON: {line[:60]!r}")
+    return records
 
 
 # ----------------------------------------------------------------------------------------------
