@@ -41,8 +41,35 @@ def measure_clock_ghz(add_latency, n=20_000_000, runs=5):
     return add_latency * n / best / 1e9
 
 
-def estimate_peak_flops(threads):
-    """-> (FLOP/s, a line saying how it was estimated)."""
+# CUDA compute capability (major, minor) -> fp32 lanes (CUDA cores) per SM; FMA = 2 FLOP per lane
+# per cycle. Volta, Turing and A100 have 64, the Ampere consumer cards, Ada, Hopper and Blackwell 128.
+FP32_LANES_PER_SM = {(7, 0): 64, (7, 5): 64, (8, 0): 64, (8, 6): 128, (8, 7): 128, (8, 9): 128,
+                     (9, 0): 128, (10, 0): 128, (12, 0): 128}
+
+
+def gpu_peak_flops():
+    """-> (FLOP/s, a line saying how) for the current CUDA device: SMs x fp32 lanes x 2 x boost clock
+    (the CUDA cores, no tensor cores: llmnb's matmuls are plain fp32 FMAs)."""
+    env = os.environ.get("LLMNB_PEAK_FLOPS")
+    if env:
+        return float(env), "from $LLMNB_PEAK_FLOPS"
+    from numba import cuda
+    dev = cuda.get_current_device()
+    if not hasattr(dev, "MULTIPROCESSOR_COUNT"):  # Numba's CUDA simulator has no SMs or clock
+        return 1e12, "Numba's CUDA simulator: no real peak, 1 TFLOP/s assumed"
+    cc = tuple(dev.compute_capability)
+    sms = dev.MULTIPROCESSOR_COUNT
+    ghz = dev.CLOCK_RATE / 1e6  # kHz
+    lanes = FP32_LANES_PER_SM.get(cc, 128)
+    name = dev.name.decode() if isinstance(dev.name, bytes) else str(dev.name)
+    return (sms * lanes * 2 * ghz * 1e9,
+            f"{name} (sm_{cc[0]}{cc[1]}): {sms} SMs x {lanes} fp32 lanes x 2 x {ghz:.2f} GHz boost clock")
+
+
+def estimate_peak_flops(threads, device="cpu"):
+    """-> (FLOP/s, a line saying how it was estimated) for the CPU's `threads` or a CUDA device."""
+    if device == "cuda":
+        return gpu_peak_flops()
     env = os.environ.get("LLMNB_PEAK_FLOPS")
     if env:
         return float(env), "from $LLMNB_PEAK_FLOPS"

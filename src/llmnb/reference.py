@@ -59,8 +59,10 @@ class UsageError(Exception):
 # ----------------------------------------------------------------------------------------------
 # the PyTorch model
 
-def define_gpt2(torch):
-    """Return the GPT class, built on the given torch module (so llmnb imports without torch)."""
+def define_gpt2(torch, sdpa=False):
+    """Return the GPT class, built on the given torch module (so llmnb imports without torch).
+    sdpa=False: attention as llm.c writes it, a materialised (B, NH, T, T) matrix (the parity
+    reference); sdpa=True: F.scaled_dot_product_attention, as nanoGPT (what a user would run)."""
     nn, F = torch.nn, torch.nn.functional
 
     class CausalSelfAttention(nn.Module):
@@ -80,6 +82,9 @@ def define_gpt2(torch):
             q = q.view(B, T, NH, hs).transpose(1, 2)  # (B,NH,T,hs)
             k = k.view(B, T, NH, hs).transpose(1, 2)
             v = v.view(B, T, NH, hs).transpose(1, 2)
+            if sdpa:
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+                return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
             preatt = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))  # (B,NH,T,T)
             causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
             att = F.softmax(preatt.masked_fill(~causal, float("-inf")), dim=-1)

@@ -110,7 +110,7 @@ class Run:
         import numba
         from .mfu import estimate_peak_flops
         self.threads = numba.get_num_threads()
-        self.peak, how = estimate_peak_flops(self.threads)
+        self.peak, how = estimate_peak_flops(self.threads, args.device)
         self.flops = flops_per_step(cfg, self.model.num_parameters, B, T) * args.grad_accum
         log(f"peak fp32 FLOP/s estimate: {self.peak / 1e9:.0f} GFLOP/s = {how}")
         log(f"FLOP per step (llm.c's 6N + attention estimate): {self.flops / 1e9:.1f} GFLOP")

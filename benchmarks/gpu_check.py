@@ -1,0 +1,449 @@
+"""The GPU check: everything the CUDA path must show on a real card, in one command, under 8 minutes.
+
+    python benchmarks/gpu_check.py                # on a GPU machine: writes gpu_check_out/
+    python benchmarks/gpu_check.py --out DIR --budget 420
+    python benchmarks/gpu_check.py --dry-run      # anywhere: checks the plan, the inputs and the folder
+
+Runs from a bare checkout (it puts the checkout's src/ first on PYTHONPATH for every command, so
+it needs no install and no network; an installed `llmnb[cuda]` works the same). In order:
+  env       the card, driver, CUDA runtime, Python, numba, numba-cuda and torch versions, fp32 peak
+  tests     pytest tests/cuda on the device (LLMNB_TEST_CUDA_DEVICE=1: no simulator), in the
+            background while `parity` runs
+  parity    llmnb-reference (PyTorch, CPU, GPT-2 124M, B=4 T=64) + llmnb-test --device cuda
+  bench     llmnb's step on the card (median of 10 after 2 warm-up steps) and the time of every
+            kernel in one step (CUDA events), then PyTorch eager fp32 (F.scaled_dot_product_attention,
+            as nanoGPT) with TF32 off and on, on the same model and batch, each shape in its own process
+  train     llmnb-train --device cuda -e d12 -x 20 -v 0 -s 0 at each shape, with its JSONL log
+Shapes: B=4 T=64 (llm.c's CPU demo) and B=8 T=1024 (GPT-2's context). Every phase has a timeout,
+and the whole run a budget (--budget seconds): a phase that runs out is killed and marked so, and
+the rest still run within what is left. The output folder holds at most these 8 files:
+  summary.txt env.txt tests.txt parity.txt bench.txt train.txt train_B4_T64.jsonl train_B8_T1024.jsonl
+"""
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SRC = os.path.join(ROOT, "src")
+if SRC not in sys.path:
+    sys.path.insert(0, SRC)
+
+SHAPES = ((4, 64), (8, 1024))
+TRAIN_STEPS = 20
+OUT_FILES = ("summary.txt", "env.txt", "tests.txt", "parity.txt", "bench.txt", "train.txt") + \
+    tuple(f"train_B{B}_T{T}.jsonl" for B, T in SHAPES)
+# AdamW of llm.c's train_gpt2.c
+LR, BETA1, BETA2, EPS, WEIGHT_DECAY = 1e-4, 0.9, 0.999, 1e-8, 0.0
+
+
+# ------------------------------------------------------------------------------------------------
+# the plan: each phase is a list of commands, each with its own timeout and output file
+
+class Cmd:
+    def __init__(self, argv, out, timeout, env=None, background=False, label=None):
+        self.argv, self.out, self.timeout, self.env = argv, out, timeout, env or {}
+        self.background, self.label = background, label or " ".join(argv[1:4])
+
+
+def plan(work):
+    """[(phase, [Cmd])] in the order they run. `work` is a scratch folder (inputs, checkpoints)."""
+    py = sys.executable
+    me = os.path.abspath(__file__)
+    ref = os.path.join(work, "ref")
+    data = os.path.join(work, "data")
+    phases = [
+        ("env", [Cmd([py, me, "--env"], "env.txt", 60)]),
+        ("tests", [Cmd([py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-v", "-rf", "--durations=5",
+                        os.path.join(ROOT, "tests", "cuda")], "tests.txt", 200,
+                       env={"LLMNB_TEST_CUDA_DEVICE": "1"}, background=True)]),
+        ("parity", [
+            Cmd([py, "-m", "llmnb.reference", "--out", ref, "--threads", "8"], "parity.txt", 120),
+            Cmd([py, "-m", "llmnb.check", "--device", "cuda", "--model", os.path.join(ref, "model.bin"),
+                 "--state", os.path.join(ref, "debug_state.bin"),
+                 "--losses", os.path.join(ref, "expected_losses.json")], "parity.txt", 150)]),
+        ("bench", [Cmd([py, me, "--bench", system, f"{B}x{T}"], "bench.txt", 150)
+                   for B, T in SHAPES for system in ("llmnb", "torch")]),
+        ("train", [Cmd([py, "-m", "llmnb.train", "--device", "cuda", "-e", "d12", "-x", str(TRAIN_STEPS),
+                        "-v", "0", "-s", "0", "-b", str(B), "-t", str(T),
+                        "-i", os.path.join(data, "train.bin"), "-j", os.path.join(data, "val.bin"),
+                        "--data-dir", data, "-o", os.path.join(work, f"run_B{B}_T{T}")],
+                       "train.txt", 150, label=f"llmnb-train B={B} T={T}") for B, T in SHAPES]),
+    ]
+    return phases
+
+
+def prepare_inputs(work):
+    """Train/val shards and a tokenizer file for llmnb-train, without network: tinyshakespeare's
+    tokens when the checkout has them (data/tinyshakespeare), else a token stream with a period of
+    3001 (a model can learn it, so the loss falls). -> a line saying which."""
+    import numpy as np
+    from llmnb.formats import read_shard, write_shard, write_tokenizer
+    data = os.path.join(work, "data")
+    os.makedirs(data, exist_ok=True)
+    ts = os.path.join(ROOT, "data", "tinyshakespeare")
+    train_src = os.path.join(ts, "tiny_shakespeare_train.bin")
+    val_src = os.path.join(ts, "tiny_shakespeare_val.bin")
+    if os.path.exists(train_src) and os.path.exists(val_src):
+        write_shard(os.path.join(data, "train.bin"), np.asarray(read_shard(train_src)))
+        write_shard(os.path.join(data, "val.bin"), np.asarray(read_shard(val_src)))
+        how = f"data: tinyshakespeare tokens from {ts}"
+    else:
+        rng = np.random.default_rng(0)
+        period = rng.integers(0, 50257, 3001)
+        tokens = np.tile(period, 100)  # 300,100 tokens
+        write_shard(os.path.join(data, "train.bin"), tokens)
+        write_shard(os.path.join(data, "val.bin"), tokens[:20000])
+        how = "data: a synthetic token stream of period 3001 (no tinyshakespeare in the checkout)"
+    # llm.c's tokenizer file from the checkout's data/, else a decode-only stand-in, so that
+    # llmnb-train does not reach for tiktoken's files (no network)
+    tok = os.path.join(ROOT, "data", "gpt2_tokenizer.bin")
+    if os.path.exists(tok):
+        shutil.copyfile(tok, os.path.join(data, "gpt2_tokenizer.bin"))
+    else:
+        write_tokenizer(os.path.join(data, "gpt2_tokenizer.bin"),
+                        [f"<{i}>".encode() for i in range(50257)], 50256)
+    return how
+
+
+# ------------------------------------------------------------------------------------------------
+# running the plan
+
+def child_env(extra):
+    env = dict(os.environ)
+    env.pop("NUMBA_ENABLE_CUDASIM", None)
+    env.pop("LLMNB_CUDA_GEOMETRY", None)
+    env["PYTHONPATH"] = os.pathsep.join([SRC] + [p for p in [env.get("PYTHONPATH")] if p])
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+def start(cmd, out_dir):
+    f = open(os.path.join(out_dir, cmd.out), "a")
+    f.write(f"\n$ {' '.join(cmd.argv)}\n")
+    f.flush()
+    proc = subprocess.Popen(cmd.argv, cwd=ROOT, env=child_env(cmd.env), stdout=f, stderr=subprocess.STDOUT)
+    return proc, f, time.perf_counter()
+
+
+def finish(proc, f, t0, timeout):
+    """Wait up to `timeout` s; kill on expiry. -> (status text, seconds)."""
+    try:
+        rc = proc.wait(timeout=max(timeout, 1))
+        status = "ok" if rc == 0 else f"FAILED (exit {rc})"
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        status = f"TIMED OUT after {timeout:.0f} s (killed)"
+    secs = time.perf_counter() - t0
+    f.write(f"[{status}, {secs:.1f} s]\n")
+    f.close()
+    return status, secs
+
+
+def join(background, deadline, note):
+    while background:
+        phase, cmd, proc, f, t0 = background.pop(0)
+        left = deadline - time.perf_counter()
+        status, secs = finish(proc, f, t0, min(cmd.timeout - (time.perf_counter() - t0), left))
+        note(f"{phase:7s} {cmd.label}: {status} in {secs:.0f} s -> {cmd.out}")
+
+
+def run_plan(out_dir, work, budget):
+    deadline = time.perf_counter() + budget
+    summary = open(os.path.join(out_dir, "summary.txt"), "a")
+
+    def note(line):
+        print(line, flush=True)
+        summary.write(line + "\n")
+        summary.flush()
+    note(f"gpu_check: {time.strftime('%Y-%m-%d %H:%M:%S')}, budget {budget:.0f} s, checkout {ROOT}")
+    note(prepare_inputs(work))
+    background = []
+    for phase, cmds in plan(work):
+        for cmd in cmds:
+            left = deadline - time.perf_counter()
+            if left < 5:
+                note(f"{phase:7s} {cmd.label}: SKIPPED (budget spent)")
+                continue
+            proc, f, t0 = start(cmd, out_dir)
+            if cmd.background:
+                background.append((phase, cmd, proc, f, t0))
+                note(f"{phase:7s} {cmd.label}: started in the background")
+                continue
+            status, secs = finish(proc, f, t0, min(cmd.timeout, left))
+            note(f"{phase:7s} {cmd.label}: {status} in {secs:.0f} s -> {cmd.out}")
+        if phase == "parity":  # the background tests end before anything is timed
+            join(background, deadline, note)
+    join(background, deadline, note)
+    for B, T in SHAPES:  # the training logs
+        log = os.path.join(work, f"run_B{B}_T{T}", "log.jsonl")
+        if os.path.exists(log):
+            shutil.copyfile(log, os.path.join(out_dir, f"train_B{B}_T{T}.jsonl"))
+    note(f"done in {budget - (deadline - time.perf_counter()):.0f} s")
+    summary.close()
+
+
+def dry_run(out_dir, work):
+    """Everything but the GPU: the inputs, the commands' argument parsing, the folder's files."""
+    with open(os.path.join(out_dir, "summary.txt"), "w") as s:
+        s.write("gpu_check --dry-run: the commands a GPU run would start\n")
+        s.write(prepare_inputs(work) + "\n")
+        for phase, cmds in plan(work):
+            for cmd in cmds:
+                s.write(f"{phase:7s} [{cmd.timeout:4d} s{' bg' if cmd.background else ''}] "
+                        f"{' '.join(cmd.argv)} > {cmd.out}\n")
+                if cmd.out not in OUT_FILES:
+                    raise SystemExit(f"gpu_check: {cmd.out} is not one of the planned output files")
+                if "-m" in cmd.argv and "pytest" not in cmd.argv:  # the CLIs parse their arguments
+                    i = cmd.argv.index("-m")
+                    mod = cmd.argv[i + 1]
+                    r = subprocess.run([sys.executable, "-c",
+                                        f"import sys, {mod} as m; a = sys.argv[1:]; "
+                                        f"m.build_parser().parse_args(a) if hasattr(m, 'build_parser') "
+                                        f"else m.parse_args(a)",
+                                        *cmd.argv[i + 2:]],
+                                       cwd=ROOT, env=child_env(cmd.env), capture_output=True, text=True)
+                    if r.returncode != 0:
+                        raise SystemExit(f"gpu_check: {mod} rejects its arguments: {r.stderr.strip()[-300:]}")
+        s.write("arguments parse: ok\n")
+    print(open(os.path.join(out_dir, "summary.txt")).read(), end="")
+
+
+# ------------------------------------------------------------------------------------------------
+# phases that run inside this file (each in its own process)
+
+def env_report():
+    import platform
+    print(f"python {platform.python_version()} on {platform.platform()}")
+    for mod in ("numpy", "numba", "numba_cuda", "torch", "llvmlite"):
+        try:
+            m = __import__(mod)
+            print(f"{mod} {getattr(m, '__version__', '?')}")
+        except ImportError as e:
+            print(f"{mod}: not importable ({e})")
+    if shutil.which("nvidia-smi"):
+        subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm,"
+                        "clocks.max.mem,power.limit", "--format=csv"], check=False)
+    from numba import cuda
+    print(f"numba.cuda available: {cuda.is_available()}")
+    cuda.detect()
+    try:
+        from numba.cuda.cudadrv import driver, runtime
+        print(f"CUDA runtime {runtime.runtime.get_version()}, driver {driver.driver.get_version()}")
+    except Exception as e:  # versions differ across numba-cuda releases
+        print(f"CUDA versions: {e}")
+    from llmnb.mfu import gpu_peak_flops
+    peak, how = gpu_peak_flops()
+    print(f"fp32 peak (CUDA cores) {peak / 1e12:.1f} TFLOP/s = {how}")
+    try:
+        import torch
+        print(f"torch CUDA {torch.version.cuda}, device {torch.cuda.get_device_name(0)}")
+    except Exception as e:
+        print(f"torch: {e}")
+
+
+def step_flops(config, B, T):
+    """FLOPs of one training step (forward x 3), the count benchmarks/step.py uses."""
+    C, L, Vp = config.channels, config.num_layers, config.padded_vocab_size
+    forward = 2 * B * T * (L * 12 * C * C + Vp * C) + L * 4 * B * T * T * C
+    return 3 * forward
+
+
+def bench_config():
+    """GPT-2 124M; $LLMNB_GPU_CHECK_TINY=1 takes a tiny model instead (the simulator's test of this file)."""
+    from llmnb.config import GPT2Config
+    if os.environ.get("LLMNB_GPU_CHECK_TINY") == "1":
+        return GPT2Config(max_seq_len=16, vocab_size=60, padded_vocab_size=128, num_layers=1, num_heads=2,
+                          channels=32)
+    return GPT2Config()
+
+
+def make_batch(config, B, T, seed=0):
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(0, config.vocab_size, size=B * T + 1).astype(np.int32)
+    return tokens[:-1].reshape(B, T), tokens[1:].reshape(B, T)
+
+
+class EventTimer:
+    """Wraps every kernel of a CUDA backend between two CUDA events; -> {name: [calls, ms, flops]}."""
+
+    def __init__(self, backend, names):
+        self.backend, self.names = backend, names
+        self.events = []
+
+    def __enter__(self):
+        from numba import cuda
+        self.originals = {n: getattr(self.backend, n) for n in self.names}
+        for n, fn in self.originals.items():
+            def timed(*args, _n=n, _fn=fn):
+                e0, e1 = cuda.event(), cuda.event()
+                e0.record()
+                _fn(*args)
+                e1.record()
+                self.events.append((_n, e0, e1, kernel_flops(_n, args)))
+            setattr(self.backend, n, timed)
+        return self
+
+    def __exit__(self, *exc):
+        for n, fn in self.originals.items():
+            setattr(self.backend, n, fn)
+
+    def table(self):
+        from numba import cuda
+        out = {}
+        for n, e0, e1, fl in self.events:
+            e1.synchronize()
+            rec = out.setdefault(n, [0, 0.0, 0.0])
+            rec[0] += 1
+            rec[1] += e0.elapsed_time(e1)
+            rec[2] += fl
+        return out
+
+
+def kernel_flops(name, args):
+    if name == "matmul_forward":
+        out, inp, weight = args[0], args[1], args[2]
+        return 2.0 * (inp.size // inp.shape[len(inp.shape) - 1]) * weight.shape[0] * weight.shape[1]
+    if name == "matmul_backward":
+        inp, weight = args[4], args[5]
+        return 4.0 * (inp.size // inp.shape[len(inp.shape) - 1]) * weight.shape[0] * weight.shape[1]
+    return 0.0
+
+
+def bench_llmnb(B, T, steps=10, warmup=2):
+    if os.environ.get("LLMNB_GPU_CHECK_TINY") == "1":
+        steps, warmup = 1, 1
+    import numpy as np
+    from numba import cuda
+    from llmnb.backend import KERNEL_NAMES
+    from llmnb.mfu import gpu_peak_flops
+    from llmnb.model import GPT2, init_params
+    config = bench_config()
+    peak, _ = gpu_peak_flops()
+    flops = step_flops(config, B, T)
+    x, y = make_batch(config, B, T)
+    model = GPT2(config, init_params(config), device="cuda", copy=False)
+    k = model.backend
+
+    def step(t):
+        loss = model.forward(x, y)
+        model.zero_grad()
+        model.backward()
+        model.update(LR, BETA1, BETA2, EPS, WEIGHT_DECAY, t)
+        k.synchronize()
+        return loss
+    t0 = time.perf_counter()
+    step(1)
+    print(f"llmnb B={B} T={T}: first step (compiles or loads the kernels) {time.perf_counter() - t0:.1f} s")
+    for t in range(2, warmup + 1):
+        step(t)
+    times = []
+    for t in range(warmup + 1, warmup + 1 + steps):
+        t0 = time.perf_counter()
+        loss = step(t)
+        times.append(time.perf_counter() - t0)
+    med = float(np.median(times))
+    free, total = cuda.current_context().get_memory_info()
+    print(f"llmnb   B={B} T={T}: step ms min/median/max {1e3 * min(times):.1f} {1e3 * med:.1f} "
+          f"{1e3 * max(times):.1f} | {B * T / med:.0f} tok/s | {flops / med / 1e12:.2f} TFLOP/s = "
+          f"{100 * flops / med / peak:.1f}% of fp32 peak | loss {loss:.4f} | "
+          f"device memory in use {(total - free) / 2**30:.1f} GiB")
+    with EventTimer(k, KERNEL_NAMES + ("fill",)) as et:
+        e0, e1 = cuda.event(), cuda.event()
+        e0.record()
+        step(warmup + steps + 1)
+        e1.record()
+        e1.synchronize()
+        total_ms = e0.elapsed_time(e1)
+    rows = sorted(et.table().items(), key=lambda kv: -kv[1][1])
+    print(f"per-kernel times of one step (CUDA events), step {total_ms:.1f} ms:")
+    print(f"{'kernel':32s} {'calls':>5s} {'ms':>9s} {'share':>6s}  rate")
+    for n, (calls, ms, fl) in rows:
+        rate = f"{fl / ms / 1e9:.1f} TFLOP/s = {100 * fl / (ms / 1e3) / peak:.0f}% of peak" if fl else ""
+        print(f"{n:32s} {calls:5d} {ms:9.2f} {100 * ms / total_ms:5.1f}%  {rate}")
+    in_kernels = sum(r[1] for _, r in rows)
+    print(f"{'(outside kernels: host, copies)':32s} {'':5s} {total_ms - in_kernels:9.2f} "
+          f"{100 * (total_ms - in_kernels) / total_ms:5.1f}%")
+
+
+def bench_torch(B, T, steps=10, warmup=3):
+    import numpy as np
+    import torch
+    from llmnb.mfu import gpu_peak_flops
+    from llmnb.model import init_params
+    from llmnb.reference import define_gpt2, load_llmc_
+    config = bench_config()
+    peak, _ = gpu_peak_flops()
+    flops = step_flops(config, B, T)
+    x, y = make_batch(config, B, T)
+    model = define_gpt2(torch, sdpa=True)(config)
+    load_llmc_(torch, model, init_params(config))
+    model = model.cuda()
+    opt = torch.optim.AdamW(model.parameters(), lr=LR, betas=(BETA1, BETA2), eps=EPS,
+                            weight_decay=WEIGHT_DECAY)
+    xt = torch.from_numpy(x.astype(np.int64)).cuda()
+    yt = torch.from_numpy(y.astype(np.int64)).cuda()
+
+    def step():
+        _, loss = model(xt, yt)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        torch.cuda.synchronize()
+        return loss.item()
+    for tf32 in (False, True):
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
+        for _ in range(warmup):
+            step()
+        times = []
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            loss = step()
+            times.append(time.perf_counter() - t0)
+        med = float(np.median(times))
+        print(f"PyTorch B={B} T={T} TF32 {'on ' if tf32 else 'off'}: step ms min/median/max "
+              f"{1e3 * min(times):.1f} {1e3 * med:.1f} {1e3 * max(times):.1f} | {B * T / med:.0f} tok/s | "
+              f"{flops / med / 1e12:.2f} TFLOP/s = {100 * flops / med / peak:.1f}% of fp32 peak | loss {loss:.4f} "
+              f"| max memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+
+
+# ------------------------------------------------------------------------------------------------
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    ap.add_argument("--out", default="gpu_check_out", help="folder for the results (default: %(default)s)")
+    ap.add_argument("--budget", type=float, default=470, help="seconds for the whole check (default: %(default)s)")
+    ap.add_argument("--dry-run", action="store_true", help="no GPU: check the plan, inputs and arguments only")
+    ap.add_argument("--env", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--bench", nargs=2, metavar=("SYSTEM", "BxT"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.env:
+        return env_report()
+    if args.bench:
+        system, shape = args.bench
+        B, T = (int(v) for v in shape.split("x"))
+        return bench_llmnb(B, T) if system == "llmnb" else bench_torch(B, T)
+    if os.path.exists(args.out) and os.listdir(args.out):
+        raise SystemExit(f"gpu_check: {args.out} is not empty; name another --out")
+    os.makedirs(args.out, exist_ok=True)
+    work = tempfile.mkdtemp(prefix="llmnb-gpu-check-")
+    try:
+        if args.dry_run:
+            dry_run(args.out, work)
+        else:
+            run_plan(args.out, work, args.budget)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""benchmarks/gpu_check.py without a GPU: its plan, inputs and argument parsing (--dry-run)."""
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_dry_run_plans_every_phase_into_at_most_8_files(tmp_path):
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, str(SCRIPT), "--dry-run", "--out", str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    summary = (out / "summary.txt").read_text()
+    for phase in ("env", "tests", "parity", "bench", "train"):
+        assert f"\n{phase} " in summary, summary
+    assert "llmnb.check --device cuda" in summary and "-b 8 -t 1024" in summary
+    assert "arguments parse: ok" in summary
+    gc = load_script()
+    assert len(gc.OUT_FILES) <= 8
+    targets = {line.rsplit("> ", 1)[1] for line in summary.splitlines() if " > " in line}
+    assert targets <= set(gc.OUT_FILES)
+
+
+def test_dry_run_refuses_a_non_empty_output_folder(tmp_path):
+    (tmp_path / "keep.txt").write_text("earlier results")
+    r = subprocess.run([sys.executable, str(SCRIPT), "--dry-run", "--out", str(tmp_path)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "not empty" in r.stderr
+    assert (tmp_path / "keep.txt").read_text() == "earlier results"
+
+
+def test_inputs_are_llmc_shards_and_a_tokenizer(tmp_path, monkeypatch):
+    from llmnb.formats import read_shard, read_tokenizer
+    gc = load_script()
+    monkeypatch.setattr(gc, "ROOT", str(tmp_path))  # no tinyshakespeare there: the synthetic stream
+    how = gc.prepare_inputs(str(tmp_path))
+    assert "period 3001" in how
+    train = np.asarray(read_shard(tmp_path / "data" / "train.bin"))
+    assert train.size >= 8 * 1024 * 20 // 10 and train.max() < 50257
+    assert np.array_equal(train[:3001], train[3001:6002]) and len(np.unique(train[:3001])) > 2000
+    tokens, eot = read_tokenizer(tmp_path / "data" / "gpt2_tokenizer.bin")
+    assert len(tokens) == 50257 and eot == 50256
