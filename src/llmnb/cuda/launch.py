@@ -9,7 +9,22 @@ at import: the tests use it to run the GPU's geometry under the simulator too).
 """
 import os
 
-from numba import cuda
+import numpy as np
+
+# numba-cuda (0.30 and earlier) registers a CUDA overload of np.row_stack when it first compiles a
+# kernel; NumPy 2.5 removed that alias of np.vstack, so every compile fails with an AttributeError.
+# Give NumPy the alias back (the same function it named until 2.4) before numba.cuda needs it.
+if not hasattr(np, "row_stack"):
+    np.row_stack = np.vstack
+
+import warnings  # noqa: E402
+
+from numba import cuda  # noqa: E402
+from numba.core.errors import NumbaPerformanceWarning  # noqa: E402
+
+# Small launches are by design here (a layer's bias gradient, one row per block of a B=4 batch):
+# numba.cuda's "Grid size N will likely result in GPU under-utilization" would print at each one.
+warnings.filterwarnings("ignore", message="Grid size", category=NumbaPerformanceWarning)
 
 # numba.cuda (built into numba, or NVIDIA's numba-cuda) swaps in its simulator at import when
 # NUMBA_ENABLE_CUDASIM=1; its is_available then comes from simulator_init
