@@ -10,6 +10,7 @@ from numba import cuda
 
 from ..backend import KERNEL_NAMES
 from . import kernels
+from .matmul import Matmuls
 
 
 class CUDABackend:
@@ -22,6 +23,8 @@ class CUDABackend:
                                "(set NUMBA_ENABLE_CUDASIM=1 to run the kernels on the simulator)")
         for name in KERNEL_NAMES:
             setattr(self, name, getattr(kernels, name))
+        matmuls = Matmuls()  # the matmuls keep their split-K scratch here, for this backend
+        self.matmul_forward, self.matmul_backward = matmuls.matmul_forward, matmuls.matmul_backward
 
     def zeros(self, n, dtype=np.float32):
         """A new flat zero-filled device array of n elements."""

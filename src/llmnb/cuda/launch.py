@@ -2,8 +2,9 @@
 
 Numba's CUDA simulator runs every GPU thread as a Python thread, and each one costs far more
 than the arithmetic it does. So there are two geometries, the same kernels under both:
-- "gpu": 128x128 matmul tiles on 16x16 threads (8x8 outputs each), 128 threads per row, ...
-- "sim": 32x32 tiles on 4x4 threads (8x8 outputs each too), 8 threads per row, few blocks, ...
+- "gpu": 64x64 tiles for the training matmuls (16x16 threads, 4x4 outputs each: the fastest of
+  kernels/cuda_gemm.py on an H200), 128x128 for attention's, 128 threads per row, ...
+- "sim": 8x8 and 32x32 tiles on 4x4 threads, 8 threads per row, few blocks, ...
 The simulator uses "sim" and a GPU "gpu"; LLMNB_CUDA_GEOMETRY=gpu|sim overrides that (read once,
 at import: the tests use it to run the GPU's geometry under the simulator too).
 """
@@ -31,9 +32,9 @@ warnings.filterwarnings("ignore", message="Grid size", category=NumbaPerformance
 SIMULATOR = cuda.is_available.__module__.endswith("simulator_init")
 
 GEOMETRIES = {
-    #         TILE  TX  TY  BK  ROW_THREADS  COL_WIDTH  COL_ROWS  ELEM_THREADS  MAX_ELEM_BLOCKS
-    "gpu": (128, 16, 16, 16, 128, 32, 8, 256, 4096),
-    "sim": (32, 4, 4, 16, 8, 8, 2, 32, 4),
+    #         TILE  TX  TY  BK  ROW_THREADS  COL_WIDTH  COL_ROWS  ELEM_THREADS  MAX_ELEM_BLOCKS  GEMM_TM  GEMM_BK
+    "gpu": (128, 16, 16, 16, 128, 32, 8, 256, 4096, 4, 16),
+    "sim": (32, 4, 4, 16, 8, 8, 2, 32, 4, 2, 4),
 }
 
 
@@ -54,6 +55,8 @@ GEOMETRY = _geometry_name()
  COL_ROWS,         # threads per column walking the rows in the column reductions
  ELEM_THREADS,     # threads per block in the elementwise kernels
  MAX_ELEM_BLOCKS,  # elementwise kernels loop (grid-stride) past this many blocks
+ GEMM_TM,          # outputs per thread along each side in the training matmuls (tile GEMM_TM*TY)
+ GEMM_BK,          # K columns per shared-memory slab in the training matmuls
  ) = GEOMETRIES[GEOMETRY]
 TILE_BLOCK = (TX, TY)
 

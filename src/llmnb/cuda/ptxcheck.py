@@ -31,9 +31,10 @@ def kernel_signatures():
     f1, f2, f3, f4 = float32[::1], float32[:, ::1], float32[:, :, ::1], float32[:, :, :, ::1]
     i2 = int32[:, ::1]
     return {
-        M.matmul_forward_kernel: [(f2, f2, f2, f1, boolean)],
-        M.matmul_backward_dinp_kernel: [(f2, f2, f2)],
-        M.matmul_backward_dweight_kernel: [(f2, f2, f2)],
+        M.matmul_forward_kernel: [(f3, f2, f2, f1, boolean, int64, boolean)],
+        M.matmul_backward_dinp_kernel: [(f3, f2, f2, f1, boolean, int64, boolean)],
+        M.matmul_backward_dweight_kernel: [(f3, f2, f2, f1, boolean, int64, boolean)],
+        M.matmul_reduce_splits_kernel: [(f2, f3, f1, boolean, boolean)],
         M.matmul_backward_bias_kernel: [(f1, f2)],
         K.encoder_forward_kernel: [(f3, i2, f2, f2)],
         K.encoder_backward_wpe_kernel: [(f2, f3)],

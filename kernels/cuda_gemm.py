@@ -1,0 +1,338 @@
+"""Kernel lab: the three GPU matmuls of training (forward, backward dinp, backward dweight) as one
+tiled GEMM family, to pick tile shapes and pipelining on a real card.
+
+    out (M,N) (+)= A (M,K) @ B (N,K)^T        A, B each stored K-contiguous or transposed
+    forward:  out=out (N_tok,OC), A=inp (N_tok,C),        B=weight (OC,C)          (both K-contiguous)
+    dinp:     out=dinp (N_tok,C), A=dout (N_tok,OC),      B=weight stored (OC,C) = B^T (transposed)
+    dweight:  out=dweight (OC,C), A=dout stored (N_tok,OC) = A^T, B=inp stored (N_tok,C) = B^T
+
+Versions:
+  v3   the package's kernel today (llmnb.cuda.matmul): 128x128 tile, 16x16 threads, 8x8 outputs
+       each, BK=16, loads and compute in turn (the SM idles while a tile loads)
+  v4   the same tile with register prefetch: the next K slab is loaded into registers while the
+       current one is multiplied out of shared memory, and whole tiles skip the bounds checks
+  v4s  v4 with split-K for grids smaller than two blocks per SM (dweight: K = B*T is long and the
+       output small): each split writes its partial sum, a second kernel adds them in order
+Each version is built by make_gemm(TM, TN, BK, ...) for its tile; the table shows TFLOP/s and the
+share of the card's fp32 peak at the GPT-2 124M shapes, B*T = 256 and 8192.
+
+    python kernels/cuda_gemm.py            # on a GPU: check + time every version
+    python kernels/cuda_gemm.py --check    # check only (runs on the CUDA simulator, tiny tiles)
+"""
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+if "--check" in sys.argv and os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
+    os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "src"))
+
+from numba import cuda, float32  # noqa: E402
+
+from llmnb.cuda import launch  # noqa: E402,F401  (NumPy 2.5 shim, warnings filter)
+from llmnb.cuda import matmul as pkg  # noqa: E402
+
+F32 = np.float32
+ZERO = F32(0.0)
+# device functions inlined at the NVVM level (the simulator's jit takes no such option)
+DEVICE = cuda.jit(device=True) if launch.SIMULATOR else cuda.jit(device=True, forceinline=True)
+
+
+def make_gemm(TM, TN, BK, A_KR, B_KR, TX=16, TY=16, ACCUM=False, max_registers=None):
+    """A kernel computing out[m, n] (+)= sum_k A[m,k] B[n,k] (+ bias[n]) over the K range of its
+    blockIdx.z: splits[z] = out tile partial when SPLIT (out is (S,M,N)), else out (M,N).
+    Block (TX, TY); grid (cdiv(N, TN*TX), cdiv(M, TM*TY), S)."""
+    TILE_M, TILE_N, NT = TM * TY, TN * TX, TX * TY
+    A_LOADS, B_LOADS = TILE_M * BK // NT, TILE_N * BK // NT
+    assert A_LOADS * NT == TILE_M * BK and B_LOADS * NT == TILE_N * BK
+    PM, PN = TILE_M + 1, TILE_N + 1
+
+    def make_load(KR, TILE_R, LOADS):
+        @DEVICE
+        def load(regs, x, r0, k0, k_end):
+            # regs[i] = X[r0 + rr, k0 + kk] for this thread's i-th element of the (TILE_R, BK) slab,
+            # X = x (KR False: x is (R, K)) or x^T (KR True: x is (K, R)); zero outside
+            tid = cuda.threadIdx.y * TX + cuda.threadIdx.x
+            R = x.shape[1] if KR else x.shape[0]
+            full = r0 + TILE_R <= R and k0 + BK <= k_end
+            for i in range(LOADS):
+                l = tid + i * NT
+                if KR:
+                    rr = l % TILE_R
+                    kk = l // TILE_R
+                else:
+                    kk = l % BK
+                    rr = l // BK
+                r = r0 + rr
+                k = k0 + kk
+                if full:
+                    regs[i] = x[k, r] if KR else x[r, k]
+                else:
+                    v = ZERO
+                    if r < R and k < k_end:
+                        v = x[k, r] if KR else x[r, k]
+                    regs[i] = v
+
+        @DEVICE
+        def store(tile, regs):
+            tid = cuda.threadIdx.y * TX + cuda.threadIdx.x
+            for i in range(LOADS):
+                l = tid + i * NT
+                if KR:
+                    rr = l % TILE_R
+                    kk = l // TILE_R
+                else:
+                    kk = l % BK
+                    rr = l // BK
+                tile[kk, rr] = regs[i]
+        return load, store
+
+    load_a, store_a = make_load(A_KR, TILE_M, A_LOADS)
+    load_b, store_b = make_load(B_KR, TILE_N, B_LOADS)
+
+    def body(out, a, b, bias, has_bias, k_chunk, split):
+        As = cuda.shared.array((BK, PM), float32)
+        Bs = cuda.shared.array((BK, PN), float32)
+        ra = cuda.local.array(A_LOADS, float32)
+        rb = cuda.local.array(B_LOADS, float32)
+        acc = cuda.local.array((TM, TN), float32)
+        av = cuda.local.array(TM, float32)
+        bv = cuda.local.array(TN, float32)
+        tx = cuda.threadIdx.x
+        ty = cuda.threadIdx.y
+        m0 = cuda.blockIdx.y * TILE_M
+        n0 = cuda.blockIdx.x * TILE_N
+        K = a.shape[0] if A_KR else a.shape[1]
+        k_start = cuda.blockIdx.z * k_chunk
+        k_end = k_start + k_chunk
+        if k_end > K:
+            k_end = K
+        for i in range(TM):
+            for j in range(TN):
+                acc[i, j] = ZERO
+        load_a(ra, a, m0, k_start, k_end)
+        load_b(rb, b, n0, k_start, k_end)
+        for k0 in range(k_start, k_end, BK):
+            store_a(As, ra)
+            store_b(Bs, rb)
+            cuda.syncthreads()
+            if k0 + BK < k_end:  # the next slab's loads fly while this one is multiplied
+                load_a(ra, a, m0, k0 + BK, k_end)
+                load_b(rb, b, n0, k0 + BK, k_end)
+            for kk in range(BK):
+                for i in range(TM):
+                    av[i] = As[kk, ty + i * TY]
+                for j in range(TN):
+                    bv[j] = Bs[kk, tx + j * TX]
+                for i in range(TM):
+                    for j in range(TN):
+                        acc[i, j] += av[i] * bv[j]
+            cuda.syncthreads()
+        M = a.shape[1] if A_KR else a.shape[0]
+        N = b.shape[1] if B_KR else b.shape[0]
+        for j in range(TN):  # the bias of this thread's columns (a small loop: acc stays in registers)
+            n = n0 + tx + j * TX
+            bv[j] = bias[n] if has_bias and n < N and not split else ZERO
+        for i in range(TM):
+            m = m0 + ty + i * TY
+            for j in range(TN):
+                n = n0 + tx + j * TX
+                if m < M and n < N:
+                    if split:
+                        out[cuda.blockIdx.z, m, n] = acc[i, j]
+                    elif ACCUM:
+                        out[0, m, n] += acc[i, j]
+                    else:
+                        out[0, m, n] = acc[i, j] + bv[j]
+
+    opts = {} if max_registers is None else {"max_registers": max_registers}
+    kernel = cuda.jit(**opts)(body)
+    kernel.tile = (TILE_M, TILE_N)
+    kernel.block = (TX, TY)
+    return kernel
+
+
+@cuda.jit
+def reduce_splits(out, parts, accumulate):
+    # out (M,N) (+)= sum over s of parts (S,M,N), in order of s; grid-stride over M*N
+    S, M, N = parts.shape
+    for idx in range(cuda.grid(1), M * N, cuda.gridsize(1)):
+        m = idx // N
+        n = idx % N
+        s = ZERO
+        for z in range(S):
+            s += parts[z, m, n]
+        if accumulate:
+            out[m, n] += s
+        else:
+            out[m, n] = s
+
+
+class Gemm:
+    """Launch one version for one layout: out (M,N) (+)= A @ B^T (+ bias)."""
+
+    def __init__(self, TM, TN, BK, A_KR, B_KR, ACCUM, split_k=False, sms=132, **kw):
+        self.k = make_gemm(TM, TN, BK, A_KR, B_KR, ACCUM=ACCUM, **kw)
+        self.BK, self.A_KR, self.B_KR, self.ACCUM = BK, A_KR, B_KR, ACCUM
+        self.split_k, self.sms = split_k, sms
+        self.scratch = None
+
+    def __call__(self, out, a, b, bias=None):
+        M, N = out.shape
+        K = a.shape[0] if self.A_KR else a.shape[1]
+        TILE_M, TILE_N = self.k.tile
+        gx, gy = launch.cdiv(N, TILE_N), launch.cdiv(M, TILE_M)
+        S = 1
+        if self.split_k:  # enough blocks for two per SM, each split at least 8 slabs of K long
+            S = max(1, min(launch.cdiv(2 * self.sms, gx * gy), K // (8 * self.BK)))
+        chunk = launch.cdiv(launch.cdiv(K, S), self.BK) * self.BK
+        S = launch.cdiv(K, chunk)
+        has_bias = bias is not None
+        if S == 1:
+            self.k[(gx, gy, 1), self.k.block](out.reshape(1, M, N), a, b, bias if has_bias else out[0],
+                                              has_bias, chunk, False)
+            return
+        if self.scratch is None or self.scratch.shape != (S, M, N):
+            self.scratch = cuda.device_array((S, M, N), np.float32)
+        self.k[(gx, gy, S), self.k.block](self.scratch, a, b, out[0], False, chunk, True)
+        reduce_splits[launch.elementwise_grid(M * N), launch.ELEM_THREADS](out, self.scratch, self.ACCUM)
+
+
+# ------------------------------------------------------------------------------------------------
+
+VERSIONS = {
+    # name: (TM, TN, BK, split_k, extra options)
+    "v4-128x128-bk8": (8, 8, 8, False, {}),
+    "v4-128x128-bk16": (8, 8, 16, False, {}),
+    "v4-128x128-bk8-r128": (8, 8, 8, False, {"max_registers": 128}),
+    "v4-64x64-bk16": (4, 4, 16, False, {}),
+    "v4-128x64-bk16": (8, 4, 16, False, {}),
+    "v4s-128x128-bk8": (8, 8, 8, True, {}),
+    "v4s-64x64-bk16": (4, 4, 16, True, {}),
+}
+SIM_VERSIONS = {"v4-sim": (2, 2, 4, False, {"TX": 4, "TY": 4}), "v4s-sim": (2, 2, 4, True, {"TX": 4, "TY": 4})}
+
+
+def problems(Ntok):
+    """(name, kind, M, N, K) for the 124M matmuls at Ntok = B*T rows."""
+    out = []
+    for name, C, OC in (("qkv", 768, 2304), ("attproj", 768, 768), ("fc", 768, 3072),
+                        ("fcproj", 3072, 768), ("classifier", 768, 50304)):
+        out.append((name, "forward", Ntok, OC, C))
+        out.append((name, "dinp", Ntok, C, OC))
+        out.append((name, "dweight", OC, C, Ntok))
+    return out
+
+
+def operands(kind, M, N, K, rng):
+    """(out, a, b, reference) host arrays in the layouts of `kind`; reference float64 result."""
+    if kind == "forward":
+        a = rng.standard_normal((M, K), dtype=F32)
+        b = rng.standard_normal((N, K), dtype=F32)
+        ref = a.astype(np.float64) @ b.astype(np.float64).T
+    elif kind == "dinp":
+        a = rng.standard_normal((M, K), dtype=F32)
+        b = rng.standard_normal((K, N), dtype=F32)  # weight (OC, C) = (K, N)
+        ref = a.astype(np.float64) @ b.astype(np.float64)
+    else:
+        a = rng.standard_normal((K, M), dtype=F32)  # dout (Ntok, OC) = (K, M)
+        b = rng.standard_normal((K, N), dtype=F32)  # inp (Ntok, C) = (K, N)
+        ref = a.astype(np.float64).T @ b.astype(np.float64)
+    out = rng.standard_normal((M, N), dtype=F32)
+    return out, a, b, ref
+
+
+LAYOUT = {"forward": (False, False, False), "dinp": (False, True, True), "dweight": (True, True, True)}
+
+
+def package_call(kind, out, a, b):
+    """v3: the package's kernels on the same operands."""
+    if kind == "forward":
+        pkg.matmul_forward_kernel[(launch.cdiv(out.shape[1], pkg.TILE), launch.cdiv(out.shape[0], pkg.TILE)),
+                                  launch.TILE_BLOCK](out, a, b, b[0], False)
+    elif kind == "dinp":
+        pkg.matmul_backward_dinp_kernel[(launch.cdiv(out.shape[1], pkg.TILE), launch.cdiv(out.shape[0], pkg.TILE)),
+                                        launch.TILE_BLOCK](out, a, b)
+    else:
+        pkg.matmul_backward_dweight_kernel[(launch.cdiv(out.shape[1], pkg.TILE), launch.cdiv(out.shape[0], pkg.TILE)),
+                                           launch.TILE_BLOCK](out, a, b)
+
+
+def check(versions, shapes, sms):
+    rng = np.random.default_rng(0)
+    bad = 0
+    for vname, (TM, TN, BK, split, kw) in versions.items():
+        for kind, (a_kr, b_kr, accum) in LAYOUT.items():
+            g = Gemm(TM, TN, BK, a_kr, b_kr, accum, split_k=split, sms=sms, **kw)
+            for M, N, K in shapes:
+                out, a, b, ref = operands(kind, M, N, K, rng)
+                want = ref + (out.astype(np.float64) if accum else 0)
+                d_out = cuda.to_device(out)
+                g(d_out, cuda.to_device(a), cuda.to_device(b))
+                got = d_out.copy_to_host()
+                err = float(np.abs(got - want).max() / np.abs(want).max())
+                ok = err < 1e-5
+                bad += not ok
+                print(f"{'ok ' if ok else 'BAD'} {vname:22s} {kind:8s} M={M} N={N} K={K}: max rel err {err:.1e}")
+    return bad
+
+
+def bench(versions, ntoks, runs, sms, peak):
+    rng = np.random.default_rng(0)
+    print(f"{'version':22s} {'shape':26s} " + " ".join(f"{n:>9s}" for n in ["ms", "TFLOP/s", "% peak"]))
+    totals = {}
+    for Ntok in ntoks:
+        for name, kind, M, N, K in problems(Ntok):
+            out, a, b, _ = operands(kind, M, N, K, rng)
+            d_out, d_a, d_b = cuda.to_device(out), cuda.to_device(a), cuda.to_device(b)
+            flops = 2.0 * M * N * K
+            calls = {"v3-package": lambda: package_call(kind, d_out, d_a, d_b)}
+            for vname, (TM, TN, BK, split, kw) in versions.items():
+                a_kr, b_kr, accum = LAYOUT[kind]
+                calls[vname] = Gemm(TM, TN, BK, a_kr, b_kr, accum, split_k=split, sms=sms, **kw)
+            for vname, fn in calls.items():
+                f = fn if vname == "v3-package" else (lambda fn=fn: fn(d_out, d_a, d_b))
+                f()
+                cuda.synchronize()
+                e0, e1 = cuda.event(), cuda.event()
+                e0.record()
+                for _ in range(runs):
+                    f()
+                e1.record()
+                e1.synchronize()
+                ms = e0.elapsed_time(e1) / runs
+                totals.setdefault((Ntok, vname), 0.0)
+                totals[(Ntok, vname)] += ms
+                print(f"{vname:22s} {f'{name} {kind} N={Ntok}':26s} {ms:9.3f} {flops / ms / 1e9:9.2f} "
+                      f"{100 * flops / (ms / 1e3) / peak:8.1f}%", flush=True)
+    print("\nsum of the 15 matmuls of one layer-equivalent set (ms), per version:")
+    for (Ntok, vname), ms in sorted(totals.items()):
+        print(f"  B*T={Ntok:5d} {vname:22s} {ms:8.3f}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--check", action="store_true", help="correctness only (CUDA simulator, tiny tiles)")
+    ap.add_argument("--runs", type=int, default=10)
+    args = ap.parse_args()
+    if args.check:
+        bad = check(SIM_VERSIONS, [(9, 13, 11), (16, 8, 40), (16, 8, 200)], sms=4)
+        print(f"{bad} bad")
+        return 1 if bad else 0
+    from llmnb.mfu import gpu_peak_flops
+    peak, how = gpu_peak_flops()
+    sms = cuda.get_current_device().MULTIPROCESSOR_COUNT
+    print(f"peak {peak / 1e12:.1f} TFLOP/s = {how}")
+    t0 = time.perf_counter()
+    bad = check(VERSIONS, [(300, 200, 136), (128, 256, 1000)], sms)
+    print(f"check: {bad} bad ({time.perf_counter() - t0:.1f} s incl. compiles)")
+    bench(VERSIONS, (8192, 256), args.runs, sms, peak)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
