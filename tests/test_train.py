@@ -232,7 +232,6 @@ def test_divergence_stops_at_once_and_writes_nothing_non_finite(workdir, tmp_pat
 
 def test_a_non_finite_gradient_stops_before_the_update(workdir, tmp_path, capsys, monkeypatch):
     from llmnb import optim
-    from llmnb.train import Run
     real = optim.clip_grad_norm
     calls = []
 

@@ -198,6 +198,7 @@ class DataLoader:
     random permutations, different every epoch and determined by (seed, epoch, shard position),
     so the position (epoch, shard, sample) is all that state() needs to resume exactly.
     (The permutations come from NumPy's generator, not llm.c's mt19937: same idea, other numbers.)
+    With vocab_size=V every shard's tokens are checked to be < V when it is opened.
     """
 
     def __init__(self, pattern, B, T, *, shuffle=False, seed=42, vocab_size=None):

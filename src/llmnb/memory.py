@@ -4,7 +4,6 @@ llm.c prints the size of each buffer as it allocates it; here the same sizes com
 alone (config.param_shapes, config.act_shapes), so a run too big for the machine stops at once
 instead of failing in an allocation minutes later.
 """
-import os
 
 from .config import Tensors, act_shapes, param_shapes
 

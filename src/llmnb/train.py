@@ -3,6 +3,9 @@
 The loop is train_gpt2.c's main (and train_gpt2.cu's flags): every `-v` steps the val loss over
 `-m` batches, every `-s` steps a sample of `-g` tokens, and in between training steps of
 forward, backward and AdamW on B x T tokens from the train shards.
+
+The output directory belongs to one run (a lock in it); a run stops, writing nothing more, when its
+loss, gradient norm or parameters stop being finite.
 """
 import argparse
 import contextlib
