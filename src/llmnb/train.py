@@ -9,6 +9,7 @@ loss, gradient norm or parameters stop being finite.
 """
 import argparse
 import contextlib
+import errno
 import fcntl
 import json
 import math
@@ -465,6 +466,10 @@ def lock_output_dir(out):
         f.close()
         raise RuntimeError(f"{out}: another llmnb-train (pid {pid}) is writing to this directory; "
                            "wait for it, or use another -o") from None
+    except OSError as e:
+        if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP):
+            raise
+        return f  # a filesystem without locks (some NFS): the run goes on unguarded, as before
     f.seek(0)
     f.truncate()
     f.write(f"{os.getpid()}\n")
