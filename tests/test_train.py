@@ -409,11 +409,11 @@ def test_prompt_works_in_the_default_layout(workdir, tmp_path, capsys, monkeypat
     # after a first run, data/gpt2_tokenizer.bin exists: --prompt decodes with it, encodes via tiktoken
     pytest.importorskip("tiktoken")
     from llmnb.prepro import ensure_tokenizer_file
-    data = workdir / "data"
-    ensure_tokenizer_file(str(data), log=lambda m: None)
-    out = tmp_path / "o"
-    assert run(workdir, out, "-b", "1", "-t", "8", "-v", "0", "-s", "1", "-g", "4", "-x", "1",
-               "--prompt", "Hello world") == 0
+    monkeypatch.chdir(tmp_path)
+    ensure_tokenizer_file("data", log=lambda m: None)  # the default --data-dir
+    argv = ["-i", str(workdir / "tiny_train_*.bin"), "-j", str(workdir / "tiny_val.bin"), "-e", str(workdir / "tiny.bin"),
+            "-b", "1", "-t", "8", "-v", "0", "-s", "1", "-g", "4", "-x", "1", "--prompt", "Hello world"]
+    assert main(argv) == 0
     assert "generating:\n---\nHello world" in capsys.readouterr().out
 
 
