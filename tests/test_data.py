@@ -14,8 +14,9 @@ os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(REPO.parent / "shared" / "tiktok
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from llmnb import formats, prepro  # noqa: E402
+from llmnb import checkpoint, formats, prepro  # noqa: E402
 from llmnb.data import DataLoader, DownloadError, download  # noqa: E402
+from llmnb.train import read_log  # noqa: E402
 
 TINYSHAKESPEARE = Path(os.environ.get("LLMNB_TINYSHAKESPEARE", "")
                        or REPO.parent / "shared" / "data" / "tinyshakespeare" / "input.txt")
@@ -379,3 +380,76 @@ def test_loader_errors(tmp_path):
     (tmp_path / "x_002.bin").write_bytes(b"\0" * 2048)
     with pytest.raises(formats.FormatError, match="x_002.bin"):
         DataLoader(pattern, 2, 4)
+
+
+def test_loader_checks_the_token_range_of_every_shard(tmp_path):
+    # a token id >= V is found when the shard is opened, with its file and position
+    shards, pattern = make_shards(tmp_path, [300, 200])
+    bad = shards[1].copy()
+    bad[77] = 50300
+    formats.write_shard(tmp_path / "x_001.bin", bad)
+    with pytest.raises(formats.FormatError) as e:
+        DataLoader(pattern, 2, 4, vocab_size=50257)
+    msg = str(e.value)
+    assert "x_001.bin" in msg and "token 77" in msg and "byte offset 1178" in msg and "50300" in msg
+    assert len(DataLoader(pattern, 2, 4, vocab_size=50301)) == 299 // 8 + 199 // 8  # in range: fine
+
+
+# ----------------------------------------------------------------------------
+# a damaged cached copy, and files that are not regular files
+
+def test_prepro_refetches_a_damaged_cached_copy(shakespeare_tokens, tmp_path, capsys):
+    cached = tmp_path / "d" / "tinyshakespeare" / "tiny_shakespeare.txt"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(TINYSHAKESPEARE.read_bytes()[:50_000])  # a download cut short, kept by an old run
+    assert prepro.main(["tinyshakespeare", "--data-dir", str(tmp_path / "d"), "--source", str(TINYSHAKESPEARE)]) == 0
+    assert "damaged" in capsys.readouterr().out
+    assert cached.read_bytes() == TINYSHAKESPEARE.read_bytes()
+    t = formats.read_shard(tmp_path / "d" / "tinyshakespeare" / "tiny_shakespeare_train.bin")
+    np.testing.assert_array_equal(t, shakespeare_tokens[32768:])
+
+
+def test_prepro_refuses_a_source_that_is_not_tinyshakespeare(tmp_path, capsys):
+    wrong = tmp_path / "wrong.txt"
+    wrong.write_bytes(TINYSHAKESPEARE.read_bytes().replace(b"First Citizen", b"First Citizem", 1))
+    assert prepro.main(["tinyshakespeare", "--data-dir", str(tmp_path / "d"), "--source", str(wrong)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "wrong.txt" in err[0] and "sha256" in err[0]
+    assert not (tmp_path / "d" / "tinyshakespeare" / "tiny_shakespeare.txt").exists()
+
+
+def _returns_promptly(fn, fifo):
+    """fn() in a thread: it must finish within 10 s (a blocked open of a FIFO would not); the
+    FIFO's write end is opened afterwards to release a reader that did block."""
+    result = {}
+
+    def call():
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001 - reported below
+            result["error"] = e
+    t = threading.Thread(target=call, daemon=True)
+    t.start()
+    t.join(10)
+    if t.is_alive():
+        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        os.close(fd)
+        t.join(10)
+        pytest.fail(f"{fn} blocked on a FIFO")
+    return result.get("error")
+
+
+@pytest.mark.parametrize("reader", ["read_checkpoint", "read_shard", "read_tokenizer", "read_text", "loader",
+                                    "read_state", "read_log"])
+def test_a_fifo_is_refused_not_waited_on(tmp_path, reader):
+    fifo = tmp_path / "model.bin"
+    os.mkfifo(fifo)
+    fn = {"read_checkpoint": lambda: formats.read_checkpoint(fifo),
+          "read_shard": lambda: formats.read_shard(fifo),
+          "read_tokenizer": lambda: formats.read_tokenizer(fifo),
+          "read_text": lambda: prepro.read_text(fifo),
+          "loader": lambda: DataLoader(fifo, 1, 4),
+          "read_state": lambda: checkpoint.read_state(fifo, 10),
+          "read_log": lambda: read_log(fifo)}[reader]
+    e = _returns_promptly(fn, fifo)
+    assert isinstance(e, formats.FormatError) and str(fifo) in str(e) and "FIFO" in str(e)

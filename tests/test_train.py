@@ -154,3 +154,325 @@ def test_read_log_skips_a_line_cut_by_a_kill(tmp_path):
     path.write_text('{"step": 0}\nnot json\n{"step": 2}\n')
     with pytest.raises(ValueError, match="not JSON"):
         read_log(path)
+
+
+# ----------------------------------------------------------------------------------------------
+# issue 9: no way to lose or poison a run
+
+QUICK = ("-b", "1", "-t", "8", "-v", "0", "-s", "0")
+
+
+def one_error_line(capsys):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0], err
+    return err[0]
+
+
+def strict_json(line):
+    def refuse(name):
+        raise ValueError(f"not strict JSON: {name}")
+    return json.loads(line, parse_constant=refuse)
+
+
+def test_a_second_run_into_the_same_directory_fails_at_once(workdir, tmp_path, capsys):
+    from llmnb.train import lock_output_dir
+    out = tmp_path / "out"
+    held = lock_output_dir(str(out))  # as another run holds it (flock: per open file, so in-process too)
+    try:
+        assert run(workdir, out, *QUICK, "-x", "1") == 2
+        err = one_error_line(capsys)
+        assert str(out) in err and f"pid {os.getpid()}" in err
+        assert not (out / "log.jsonl").exists()
+    finally:
+        held.close()
+    assert run(workdir, out, *QUICK, "-x", "1") == 0  # the lock goes with its holder
+
+
+def test_a_fresh_run_refuses_an_earlier_runs_checkpoints_or_overwrites_them(workdir, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert run(workdir, out, *QUICK, "-x", "2", "-n", "1") == 0
+    before = checkpoint.files(out)
+    assert len(before) == 8 and checkpoint.latest(out) == 2
+    capsys.readouterr()
+    assert run(workdir, out, *QUICK, "-x", "1") == 2
+    err = one_error_line(capsys)
+    assert str(out) in err and "-y 1" in err and "--overwrite" in err
+    assert checkpoint.files(out) == before
+    assert run(workdir, out, *QUICK, "-x", "1", "--overwrite") == 0
+    assert checkpoint.files(out) == [] and len(read_log(out)) == 1
+    with pytest.raises(SystemExit):
+        run(workdir, out, *QUICK, "-x", "1", "--overwrite", "-y", "1")
+
+
+@pytest.mark.parametrize("flag,value", [("-l", "nan"), ("-l", "-0.001"), ("--wd", "nan"), ("--wd", "inf"),
+                                        ("--grad-clip", "nan"), ("--lr-min", "-1"), ("--temperature", "inf")])
+def test_non_finite_or_negative_hyperparameters_are_refused(workdir, tmp_path, capsys, flag, value):
+    with pytest.raises(SystemExit) as e:
+        run(workdir, tmp_path / "o", *QUICK, "-x", "1", flag, value)
+    assert e.value.code == 2 and flag in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_divergence_stops_at_once_and_writes_nothing_non_finite(workdir, tmp_path, capsys):
+    # -l 1e10 blows the weights up within a few steps: the run must stop with one line naming the
+    # step, every checkpoint it wrote must be finite, no final model, and the log strict JSON
+    out = tmp_path / "out"
+    assert run(workdir, out, "-b", "1", "-t", "8", "-s", "0", "-v", "1", "-m", "1", "-n", "1",
+               "-x", "20", "-l", "1e10") == 2
+    err = one_error_line(capsys)
+    assert "diverged" in err and "step" in err
+    assert not (out / "model.bin").exists()
+    for step in range(1, 21):
+        if (out / f"DONE_{step:08d}").exists():
+            assert np.isfinite(read_checkpoint(out / f"model_{step:08d}.bin")[1]).all()
+    with open(out / "log.jsonl") as f:
+        records = [strict_json(line) for line in f]
+    assert any(r["val_loss"] is None and r["train_loss"] is None for r in records)  # the NaN, as null
+
+
+def test_a_non_finite_gradient_stops_before_the_update(workdir, tmp_path, capsys, monkeypatch):
+    from llmnb import optim
+    real = optim.clip_grad_norm
+    calls = []
+
+    def poisoned(model, max_norm):  # step 3's gradient holds a NaN
+        calls.append(1)
+        if len(calls) == 3:
+            model.grads.memory[5] = np.nan
+        return real(model, max_norm)
+    monkeypatch.setattr(optim, "clip_grad_norm", poisoned)
+    updates = []
+    real_update = GPT2.update
+    monkeypatch.setattr(GPT2, "update", lambda self, *a, **k: (updates.append(1), real_update(self, *a, **k)))
+    out = tmp_path / "out"
+    assert run(workdir, out, *QUICK, "-x", "5", "-n", "1") == 2
+    err = one_error_line(capsys)
+    assert "diverged at step 3" in err and "grad norm nan" in err
+    assert len(updates) == 2 and checkpoint.latest(out) == 2
+
+
+def test_outlier_detector_is_a_z_score_over_the_last_64_values():
+    from llmnb.outlier import OutlierDetector
+    rng = np.random.default_rng(5)
+    xs = rng.normal(3.0, 0.5, 300)
+    xs[200] = 40.0  # a spike
+    det = OutlierDetector()
+    zs = [det.update(x) for x in xs]
+    assert all(np.isnan(zs[:64]))  # the window fills first
+    for i in range(64, 300):
+        win = xs[i - 63:i + 1]  # float64 reference, the window including the new value
+        assert zs[i] == pytest.approx((xs[i] - win.mean()) / win.std(), rel=1e-9, abs=1e-9)
+    assert zs[200] > 7 and max(abs(z) for i, z in enumerate(zs[64:], 64) if i != 200) < 7
+
+
+def test_the_step_line_and_log_carry_the_grad_norm_and_z_scores(workdir, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert run(workdir, out, "-b", "1", "-t", "4", "-v", "0", "-s", "0", "-x", "66") == 0
+    lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("step")]
+    assert "grad norm" in lines[0] and "z)" not in lines[0]
+    assert "z)" not in lines[63] and "z) | grad norm" in lines[64] and lines[64].count("z)") == 2
+    log = read_log(out)
+    assert log[63]["loss_z"] is None and isinstance(log[64]["loss_z"], float)
+    assert all(r["grad_norm"] > 0 for r in log[:66])
+
+
+def corrupt_copy(src, dst, name, edit):
+    import shutil
+    shutil.copytree(src, dst)
+    path = dst / name
+    path.write_bytes(edit(path.read_bytes()))
+    return dst
+
+
+@pytest.fixture(scope="module")
+def checkpointed(workdir, tmp_path_factory):
+    """An output dir with one checkpoint, at step 2."""
+    out = tmp_path_factory.mktemp("ckpt") / "out"
+    assert run(workdir, out, *QUICK, "-x", "2", "-n", "2") == 0
+    return out
+
+
+STATE_JSON_EDITS = {
+    "invalid JSON": lambda b: b[:-5],
+    "not UTF-8": lambda b: b"\xff\xfe" + b,
+    "a list": lambda b: b"[1]",
+    "no train_loader": lambda b: json.dumps({k: v for k, v in json.loads(b).items()
+                                             if k != "train_loader"}).encode(),
+    "rng_state a string": lambda b: json.dumps(dict(json.loads(b), rng_state="x")).encode(),
+    "loader epoch a list": lambda b: json.dumps(dict(json.loads(b), train_loader=dict(
+        json.loads(b)["train_loader"], epoch=[1]))).encode(),
+    "loader sample a string": lambda b: json.dumps(dict(json.loads(b), train_loader=dict(
+        json.loads(b)["train_loader"], sample="x"))).encode(),
+    "loader without sample": lambda b: json.dumps(dict(json.loads(b), train_loader={
+        k: v for k, v in json.loads(b)["train_loader"].items() if k != "sample"})).encode(),
+}
+
+
+@pytest.mark.parametrize("what", list(STATE_JSON_EDITS))
+def test_a_damaged_state_json_is_one_line(workdir, checkpointed, tmp_path, capsys, what):
+    out = corrupt_copy(checkpointed, tmp_path / "out", "state_00000002.json", STATE_JSON_EDITS[what])
+    capsys.readouterr()
+    assert run(workdir, out, *QUICK, "-x", "3", "-y", "1") == 2
+    assert "state_00000002.json" in one_error_line(capsys)
+
+
+LOG_EDITS = {"an empty object": (b"{}\n", "line 1"), "a list": (b"[1]\n", "line 1"),
+             "not UTF-8": (b"\xff\xfe{}\n", "not UTF-8"), "a string step": (b'{"step": "1"}\n', "line 1")}
+
+
+@pytest.mark.parametrize("what", list(LOG_EDITS))
+def test_a_damaged_log_is_one_line(workdir, checkpointed, tmp_path, capsys, what):
+    prefix, says = LOG_EDITS[what]
+    out = corrupt_copy(checkpointed, tmp_path / "out", "log.jsonl", lambda b: prefix + b)
+    capsys.readouterr()
+    assert run(workdir, out, *QUICK, "-x", "3", "-y", "1") == 2
+    assert f"log.jsonl: {says}" in one_error_line(capsys)
+
+
+def _set_step(b, step):
+    h = np.frombuffer(b[:1024], dtype="<i4").copy()
+    h[10] = step
+    return h.tobytes() + b[1024:]
+
+
+STATE_EDITS = {
+    "truncated": (lambda b: b[:-4], "truncated"),
+    "padded": (lambda b: b + b"\0" * 8, "8 bytes too many"),
+    "inserted into": (lambda b: b[:5000] + b"\0" * 4 + b[5000:], "4 bytes too many"),
+    "another step": (lambda b: _set_step(b, 7), "step 7"),
+    "NaN in m": (lambda b: b[:1024] + np.float32(np.nan).tobytes() + b[1028:], "non-finite"),
+}
+
+
+@pytest.mark.parametrize("what", list(STATE_EDITS))
+def test_a_damaged_optimizer_state_is_one_line(workdir, checkpointed, tmp_path, capsys, what):
+    edit, says = STATE_EDITS[what]
+    out = corrupt_copy(checkpointed, tmp_path / "out", "state_00000002_00000.bin", edit)
+    capsys.readouterr()
+    assert run(workdir, out, *QUICK, "-x", "3", "-y", "1") == 2
+    err = one_error_line(capsys)
+    assert "state_00000002_00000.bin" in err and says in err
+
+
+def test_a_full_disk_is_one_line_naming_the_file(workdir, tmp_path, capsys, monkeypatch):
+    import errno
+    from llmnb import formats
+    real = os.fsync
+
+    def full(fd):
+        if os.path.basename(os.readlink(f"/proc/self/fd/{fd}")).startswith(".model_00000001.bin"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd)
+    monkeypatch.setattr(formats.os, "fsync", full)
+    out = tmp_path / "out"
+    assert run(workdir, out, *QUICK, "-x", "2", "-n", "1") == 2
+    err = one_error_line(capsys)
+    assert "No space left on device" in err and "model_00000001.bin" in err
+    assert not [n for n in os.listdir(out) if n.endswith(".tmp")]
+
+    import builtins
+
+    def full_log(path, mode="r", *a, **k):  # the log is appended to, not written atomically
+        if str(path).endswith("log.jsonl") and mode == "a":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return builtins.open(path, mode, *a, **k)
+    from llmnb import train
+    monkeypatch.setattr(train, "open", full_log, raising=False)
+    assert run(workdir, tmp_path / "out2", *QUICK, "-x", "1") == 2
+    err = one_error_line(capsys)
+    assert "No space left on device" in err and "log.jsonl" in err
+
+
+def test_memory_is_counted_before_allocating(workdir, tmp_path, capsys, monkeypatch):
+    from llmnb import memory
+    # the count is exactly what a training step allocates
+    model = GPT2(TINY, init_params(TINY, seed=1))
+    x = np.zeros((2, 16), dtype=np.int32)
+    model.forward(x, x)
+    model.zero_grad()
+    model.backward()
+    model.update(1e-3, 0.9, 0.999, 1e-8, 0.0, 1)
+    sizes = memory.run_memory(TINY, 2, 16)
+    allocated = (model.params.memory.nbytes + model.grads.memory.nbytes + model.m_memory.nbytes
+                 + model.v_memory.nbytes + model.acts.memory.nbytes + model.grads_acts.memory.nbytes)
+    assert sum(sizes.values()) - sizes["sampler KV cache"] == allocated
+    # it is printed, and a run that does not fit stops at once with one line
+    assert run(workdir, tmp_path / "o", *QUICK, "-x", "1") == 0
+    assert "memory: parameters" in capsys.readouterr().out
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 1 << 20)
+    assert run(workdir, tmp_path / "o2", *QUICK, "-x", "1") == 2
+    err = one_error_line(capsys)
+    assert "needs" in err and "0.00 GiB available" in err
+
+
+def test_prompt_works_in_the_default_layout(workdir, tmp_path, capsys, monkeypatch):
+    # after a first run, data/gpt2_tokenizer.bin exists: --prompt decodes with it, encodes via tiktoken
+    pytest.importorskip("tiktoken")
+    from llmnb.prepro import ensure_tokenizer_file
+    monkeypatch.chdir(tmp_path)
+    ensure_tokenizer_file("data", log=lambda m: None)  # the default --data-dir
+    argv = ["-i", str(workdir / "tiny_train_*.bin"), "-j", str(workdir / "tiny_val.bin"), "-e", str(workdir / "tiny.bin"),
+            "-b", "1", "-t", "8", "-v", "0", "-s", "1", "-g", "4", "-x", "1", "--prompt", "Hello world"]
+    assert main(argv) == 0
+    assert "generating:\n---\nHello world" in capsys.readouterr().out
+
+
+def test_a_token_outside_the_vocabulary_names_the_shard_and_offset(workdir, tmp_path, capsys):
+    tokens = np.arange(500) % 300
+    tokens[123] = 50300
+    write_shard(tmp_path / "bad_000.bin", tokens)
+    argv = ["-i", str(tmp_path / "bad_*.bin"), "-j", str(workdir / "tiny_val.bin"), "-e", str(workdir / "tiny.bin"),
+            "-o", str(tmp_path / "o"), *QUICK, "-x", "1", "--data-dir", str(workdir / "data")]
+    assert main(argv) == 2
+    err = one_error_line(capsys)
+    assert "bad_000.bin" in err and "token 123" in err and "byte offset 1270" in err and "50300" in err
+
+
+def test_sigterm_is_like_ctrl_c_and_stale_temp_files_go(workdir, tmp_path):
+    import subprocess
+    import sys
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = out / ".model_00000004.bin.0123456789ab.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    keep = out / "notes.tmp"
+    keep.write_text("mine")
+    # the run sends itself SIGTERM during step 3, after the checkpoint at step 2
+    code = ("import os, signal, sys\n"
+            "from llmnb.train import Run, main\n"
+            "real = Run.train_step\n"
+            "def step(self, s):\n"
+            "    if s == 3:\n"
+            "        os.kill(os.getpid(), signal.SIGTERM)\n"
+            "    return real(self, s)\n"
+            "Run.train_step = step\n"
+            "sys.exit(main(sys.argv[1:]))\n")
+    argv = ["-i", str(workdir / "tiny_train_*.bin"), "-j", str(workdir / "tiny_val.bin"), "-e", str(workdir / "tiny.bin"),
+            "-o", str(out), *QUICK, "-x", "6", "-n", "2", "--data-dir", str(workdir / "data")]
+    env = dict(os.environ, PYTHONPATH=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src"))
+    p = subprocess.run([sys.executable, "-c", code, *argv], env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 143, p.stderr
+    assert "terminated (SIGTERM)" in p.stderr and "Traceback" not in p.stderr
+    assert checkpoint.latest(out) == 2
+    assert not stale.exists() and keep.exists()
+    assert not [n for n in os.listdir(out) if n.endswith(".tmp") and n != "notes.tmp"]
+
+
+def test_resume_with_steps_below_the_checkpoint_says_so(workdir, checkpointed, tmp_path, capsys):
+    import shutil
+    out = tmp_path / "out"
+    shutil.copytree(checkpointed, out)
+    capsys.readouterr()
+    assert run(workdir, out, *QUICK, "-x", "1", "-y", "1") == 2
+    err = one_error_line(capsys)
+    assert "step 2" in err and "-x 1" in err and "nothing to train" in err
+
+
+def test_loss_svg_survives_non_finite_values():
+    from llmnb.plot import loss_svg
+    records = [{"step": i, "train_loss": v, "val_loss": None} for i, v in
+               enumerate([5.0, 4.0, float("nan"), float("inf"), 3.0])]
+    records.append({"step": 5, "train_loss": None, "val_loss": float("-inf")})
+    svg = loss_svg(records)
+    assert "nan" not in svg.lower() and "inf" not in svg.lower()
+    assert svg.count("<circle") == 1  # only the legend's: the -inf val loss is left out

@@ -15,13 +15,14 @@ import re
 
 import numpy as np
 
-from .formats import FormatError, atomic_write
+from .formats import FormatError, atomic_write, open_regular
 
 STATE_MAGIC = 20240527
 STATE_VERSION = 1
 
 
-def _paths(out_dir, step):
+def paths(out_dir, step):
+    """(model, state, state json, DONE) paths of the checkpoint at step."""
     return (os.path.join(out_dir, f"model_{step:08d}.bin"),
             os.path.join(out_dir, f"state_{step:08d}_00000.bin"),
             os.path.join(out_dir, f"state_{step:08d}.json"),
@@ -45,36 +46,47 @@ def write_state(path, step, m, v, rng_state=0, shard=0, sample=0, shuffle=False)
         f.write(np.ascontiguousarray(v, dtype="<f4").tobytes())
 
 
-def read_state(path, num_parameters):
-    """-> dict(step, rng_state, m, v) from an llm.c optimizer state file."""
-    try:
-        size = os.path.getsize(path)
-        with open(path, "rb") as f:
-            header = np.frombuffer(f.read(1024), dtype="<i4")
-            if header.size < 256:
-                raise FormatError(f"{path}: truncated: {size} bytes, too short for the 1024-byte header")
-            if header[0] != STATE_MAGIC:
-                raise FormatError(f"{path}: bad magic {header[0]} (expected {STATE_MAGIC}, an llm.c state file)")
-            if header[1] != STATE_VERSION:
-                raise FormatError(f"{path}: unknown state version {header[1]} (expected {STATE_VERSION})")
-            if header[4] != 0:
-                raise FormatError(f"{path}: holds fp32 master weights (a mixed-precision llm.c run); "
-                                  "llmnb trains in fp32 and cannot use them")
-            need = 1024 + 2 * 4 * num_parameters
-            if size < need:
-                raise FormatError(f"{path}: truncated: {size} bytes, m and v of {num_parameters} "
-                                  f"parameters need {need}")
-            m = np.fromfile(f, dtype="<f4", count=num_parameters)
-            v = np.fromfile(f, dtype="<f4", count=num_parameters)
-    except FileNotFoundError:
-        raise FormatError(f"{path}: no such file")
+def read_state(path, num_parameters, step=None):
+    """-> dict(step, rng_state, m, v) from an llm.c optimizer state file.
+
+    The file must hold exactly the header and m and v of num_parameters floats (no more, no
+    less), all finite; with step given, its header's step must be that step (the checkpoint's).
+    """
+    with open_regular(path) as f:
+        size = os.fstat(f.fileno()).st_size
+        header = np.frombuffer(f.read(1024), dtype="<i4")
+        if header.size < 256:
+            raise FormatError(f"{path}: truncated: {size} bytes, too short for the 1024-byte header")
+        if header[0] != STATE_MAGIC:
+            raise FormatError(f"{path}: bad magic {header[0]} (expected {STATE_MAGIC}, an llm.c state file)")
+        if header[1] != STATE_VERSION:
+            raise FormatError(f"{path}: unknown state version {header[1]} (expected {STATE_VERSION})")
+        if header[4] != 0:
+            raise FormatError(f"{path}: holds fp32 master weights (a mixed-precision llm.c run); "
+                              "llmnb trains in fp32 and cannot use them")
+        need = 1024 + 2 * 4 * num_parameters
+        if size != need:
+            what = "truncated" if size < need else f"{size - need} bytes too many"
+            raise FormatError(f"{path}: {what}: {size} bytes, the header and m and v of "
+                              f"{num_parameters} parameters are {need}")
+        if step is not None and header[10] != step:
+            raise FormatError(f"{path}: its header says step {header[10]}, but it belongs to the "
+                              f"checkpoint of step {step}")
+        m = np.fromfile(f, dtype="<f4", count=num_parameters)
+        v = np.fromfile(f, dtype="<f4", count=num_parameters)
+    for name, x in (("m", m), ("v", v)):
+        if not np.isfinite(x).all():
+            raise FormatError(f"{path}: AdamW's {name} holds non-finite values (NaN or inf) at "
+                              f"{int(np.count_nonzero(~np.isfinite(x)))} parameters")
+    if (v < 0).any():
+        raise FormatError(f"{path}: AdamW's v holds negative values (a mean of squares cannot be)")
     return {"step": int(header[10]), "rng_state": int(header[20:22].view("<u8")[0]), "m": m, "v": v}
 
 
 def save(out_dir, step, model, extra):
     """Save model + optimizer state at `step` (the number of updates done); extra is JSON-able."""
     os.makedirs(out_dir, exist_ok=True)
-    model_path, state_path, json_path, done_path = _paths(out_dir, step)
+    model_path, state_path, json_path, done_path = paths(out_dir, step)
     model.save_checkpoint(model_path)
     k = model.backend
     m = k.to_host(model.m_memory) if model.m_memory is not None else np.zeros(model.num_parameters, np.float32)
@@ -90,19 +102,49 @@ def save(out_dir, step, model, extra):
     return model_path
 
 
+CHECKPOINT_NAME = r"model_\d{8}\.bin|state_\d{8}_\d{5}\.bin|state_\d{8}\.json|DONE_\d{8}"
+
+
+def files(out_dir):
+    """The checkpoint files in out_dir (complete or not), sorted."""
+    if not os.path.isdir(out_dir):
+        return []
+    return sorted(os.path.join(out_dir, n) for n in os.listdir(out_dir) if re.fullmatch(CHECKPOINT_NAME, n))
+
+
 def latest(out_dir):
     """The step of the newest complete checkpoint in out_dir (one with its DONE file), or None."""
     steps = []
     for path in glob.glob(os.path.join(out_dir, "DONE_*")):
         m = re.fullmatch(r"DONE_(\d{8})", os.path.basename(path))
-        if m and all(os.path.exists(p) for p in _paths(out_dir, int(m.group(1)))[:3]):
+        if m and all(os.path.exists(p) for p in paths(out_dir, int(m.group(1)))[:3]):
             steps.append(int(m.group(1)))
     return max(steps) if steps else None
 
 
 def load(out_dir, step):
-    """-> (model_path, state_path, extra dict) of the checkpoint at step."""
-    model_path, state_path, json_path, _ = _paths(out_dir, step)
-    with open(json_path) as f:
-        extra = json.load(f)
+    """-> (model_path, state_path, extra dict) of the checkpoint at step.
+
+    extra is checked for what resuming reads: a JSON object with a "train_loader" object and an
+    integer "rng_state"; anything else is a FormatError naming the file.
+    """
+    model_path, state_path, json_path, _ = paths(out_dir, step)
+    with open_regular(json_path, "rb") as f:
+        raw = f.read()
+    try:
+        extra = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise FormatError(f"{json_path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise FormatError(f"{json_path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    if not isinstance(extra, dict):
+        raise FormatError(f"{json_path}: expected a JSON object, found {type(extra).__name__}")
+    for key, kind in (("train_loader", dict), ("rng_state", int)):
+        if key not in extra:
+            raise FormatError(f"{json_path}: missing the key {key!r}")
+        if not isinstance(extra[key], kind) or isinstance(extra[key], bool):
+            raise FormatError(f"{json_path}: {key!r} must be {'an object' if kind is dict else 'an integer'}, "
+                              f"found {json.dumps(extra[key])[:40]}")
+    if "step" in extra and extra["step"] != step:
+        raise FormatError(f"{json_path}: says step {extra['step']!r}, but belongs to the checkpoint of step {step}")
     return model_path, state_path, extra

@@ -180,6 +180,15 @@ def download(url, path, *, timeout=30, retries=3, chunk=1 << 20, progress=True, 
 # ----------------------------------------------------------------------------
 # DataLoader
 
+def check_token_range(path, tokens, V):
+    """Every token of a shard must be a token id of the model, < V: one vectorised max, and the
+    first bad token's position only when there is one."""
+    if tokens.size and int(tokens.max()) >= V:
+        i = int(np.argmax(tokens >= V))
+        raise formats.FormatError(f"{path}: token {i} (byte offset {formats.HEADER_BYTES + 2 * i}) "
+                                  f"is {int(tokens[i])}, not a token id of the model's vocabulary [0, {V})")
+
+
 class DataLoader:
     """Batches of (inputs, targets), each int32 (B,T), from llm.c data shards matching a pattern.
 
@@ -189,9 +198,10 @@ class DataLoader:
     random permutations, different every epoch and determined by (seed, epoch, shard position),
     so the position (epoch, shard, sample) is all that state() needs to resume exactly.
     (The permutations come from NumPy's generator, not llm.c's mt19937: same idea, other numbers.)
+    With vocab_size=V every shard's tokens are checked to be < V when it is opened.
     """
 
-    def __init__(self, pattern, B, T, *, shuffle=False, seed=42):
+    def __init__(self, pattern, B, T, *, shuffle=False, seed=42, vocab_size=None):
         for name, v in (("B", B), ("T", T)):
             if not isinstance(v, (int, np.integer)) or v <= 0:
                 raise ValueError(f"DataLoader: {name} must be a positive integer, got {v!r}")
@@ -207,7 +217,10 @@ class DataLoader:
         need = self.B * self.T + 1
         self.shard_tokens = []
         for path in self.files:
-            ntok = len(formats.read_shard(path))
+            tokens = formats.read_shard(path)
+            ntok = len(tokens)
+            if vocab_size is not None:
+                check_token_range(path, tokens, vocab_size)
             if ntok < need:
                 raise ValueError(f"{path}: {ntok} tokens, fewer than B*T+1 = {need} "
                                  f"(B={self.B}, T={self.T}) needed for one batch")

@@ -18,8 +18,10 @@ number naming the kind of file, header[1] its version. What follows the header:
 Every problem with a file raises FormatError, whose message starts with the file's path.
 """
 import contextlib
+import errno
 import os
 import secrets
+import stat
 
 import numpy as np
 
@@ -79,23 +81,56 @@ def atomic_write(path):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.remove(tmp)
+        if isinstance(e, OSError) and e.errno in DISK_ERRNOS and not e.filename:
+            raise disk_error(e, path) from None
         raise
+
+
+# a write that fails for lack of space: named by the file it was writing (f.write's OSError is not)
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO)
+
+
+def disk_error(e, path):
+    """An OSError like e that names path: "[Errno 28] No space left on device: 'out/log.jsonl'"."""
+    return OSError(e.errno, f"{e.strerror or e} (while writing)", os.fspath(path))
+
+
+# what a temporary file of atomic_write is called: .<name>.<12 hex digits>.tmp
+TEMP_NAME = r"\..+\.[0-9a-f]{12}\.tmp"
 
 
 # ----------------------------------------------------------------------------------------------
 # headers
 
-def _open(path):
-    """Open a file for reading, turning a missing/unreadable file into a FormatError."""
+def open_regular(path, mode="rb", **kw):
+    """Open a regular file for reading, turning a missing/unreadable file into a FormatError.
+
+    A FIFO, device or directory is refused: opening a FIFO for reading would block until some
+    writer appears (O_NONBLOCK makes the open return at once, fstat then says what it is).
+    """
     try:
-        return open(path, "rb")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
         raise FormatError(f"{path}: no such file") from None
     except OSError as e:
         raise FormatError(f"{path}: cannot open: {e.strerror or e}") from None
+    st = os.fstat(fd)
+    os.close(fd)
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a FIFO" if stat.S_ISFIFO(st.st_mode) else "a directory" if stat.S_ISDIR(st.st_mode)
+                else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
+                else "a socket" if stat.S_ISSOCK(st.st_mode) else "not a file")
+        raise FormatError(f"{path}: not a regular file ({kind})")
+    try:
+        return open(path, mode, **kw)  # by name again, so f.name is the path for error messages
+    except OSError as e:
+        raise FormatError(f"{path}: cannot open: {e.strerror or e}") from None
+
+
+_open = open_regular
 
 
 def _read_header(f, path, magic, versions):
@@ -200,6 +235,15 @@ def _config_from_header(path, header):
                           f"num_heads {NH}")
     return GPT2Config(max_seq_len=maxT, vocab_size=V, padded_vocab_size=Vp, num_layers=L,
                       num_heads=NH, channels=C)
+
+
+def read_checkpoint_config(path):
+    """The GPT2Config in an llm.c model checkpoint's header (the parameters are not read)."""
+    path = os.fspath(path)
+    with _open(path) as f:
+        header = _read_header(f, path, MODEL_MAGIC, {MODEL_VERSION_FP32: "float32",
+                                                     MODEL_VERSION_BF16: "bfloat16"})
+    return _config_from_header(path, header)
 
 
 def read_checkpoint(path):

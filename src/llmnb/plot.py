@@ -24,8 +24,10 @@ def _ticks(lo, hi, n=5):
 
 def loss_svg(records, title="llmnb training"):
     """SVG text: train loss as a line, val loss as dots, over the step axis."""
-    train = [(r["step"], r["train_loss"]) for r in records if r.get("train_loss") is not None]
-    val = [(r["step"], r["val_loss"]) for r in records if r.get("val_loss") is not None]
+    def finite(key):  # a diverged run's NaN or inf has no place on the axis: left out
+        return [(r["step"], r[key]) for r in records
+                if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+    train, val = finite("train_loss"), finite("val_loss")
     pts = train + val
     if not pts:
         pts = [(0, 0.0), (1, 1.0)]

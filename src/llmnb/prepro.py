@@ -8,6 +8,7 @@ preceded by the EOT token and followed by the "\\n\\n" it was split on (except t
 what llm.c does. The first val_tokens tokens are the validation split, the rest the training split.
 """
 import argparse
+import hashlib
 import os
 import shutil
 import sys
@@ -21,6 +22,9 @@ from .tokenizer import TOKENIZER_FILENAME, Tokenizer, get_tiktoken_encoding
 TINYSHAKESPEARE_URL = ("https://raw.githubusercontent.com/karpathy/char-rnn/master/"
                        "data/tinyshakespeare/input.txt")
 TINYSHAKESPEARE_ENV = "LLMNB_TINYSHAKESPEARE"
+# the file llm.c's tinyshakespeare.py downloads: its size and sha256, to tell a damaged copy
+TINYSHAKESPEARE_SIZE = 1115394
+TINYSHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 VAL_TOKENS = 32768
 
 
@@ -47,10 +51,8 @@ def tokenize_text(text, enc=None):
 def read_text(path):
     """The text of a file as llm.c reads it: UTF-8, universal newlines."""
     try:
-        with open(path, "r", encoding="utf-8") as f:
+        with formats.open_regular(path, "r", encoding="utf-8") as f:
             return f.read()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such file") from None
     except UnicodeDecodeError as e:
         raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
 
@@ -92,26 +94,48 @@ def tokenize_file(input_path, val_path, train_path, val_tokens=VAL_TOKENS, log=p
 
 def copy_file(source, path):
     """Copy source to path atomically."""
-    if not os.path.isfile(source):
-        raise FileNotFoundError(f"{source}: no such file (given as the tinyshakespeare source)")
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(source, "rb") as src, formats.atomic_write(path) as dst:
+    with formats.open_regular(source) as src, formats.atomic_write(path) as dst:
         shutil.copyfileobj(src, dst)
 
 
+def tinyshakespeare_problem(path):
+    """None if path holds exactly llm.c's tinyshakespeare input.txt, else what is wrong with it."""
+    size = os.path.getsize(path)
+    if size != TINYSHAKESPEARE_SIZE:
+        return f"{size:,} bytes, expected {TINYSHAKESPEARE_SIZE:,}"
+    h = hashlib.sha256()
+    with formats.open_regular(path) as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    if h.hexdigest() != TINYSHAKESPEARE_SHA256:
+        return f"sha256 {h.hexdigest()[:16]}..., expected {TINYSHAKESPEARE_SHA256[:16]}..."
+    return None
+
+
 def fetch_tinyshakespeare(data_dir="data", source=None, log=print):
-    """<data_dir>/tinyshakespeare/tiny_shakespeare.txt: kept if present, else copied from source
-    (or $LLMNB_TINYSHAKESPEARE), else downloaded."""
+    """<data_dir>/tinyshakespeare/tiny_shakespeare.txt: kept if present and intact, else copied
+    from source (or $LLMNB_TINYSHAKESPEARE), else downloaded. A cached copy of the wrong size or
+    hash is fetched again; a fetched one that is still wrong is removed and refused."""
     path = os.path.join(data_dir, "tinyshakespeare", "tiny_shakespeare.txt")
     source = source or os.environ.get(TINYSHAKESPEARE_ENV) or None
     if os.path.exists(path):
-        log(f"{path} already exists, skipping download")
-    elif source:
+        formats.open_regular(path).close()  # a FIFO or directory there: refused, not read
+        problem = tinyshakespeare_problem(path)
+        if problem is None:
+            log(f"{path} already exists, skipping download")
+            return path
+        log(f"{path} is damaged ({problem}): fetching it again")
+    if source:
         log(f"copying {source} to {path}")
         copy_file(source, path)
     else:
         log(f"downloading {TINYSHAKESPEARE_URL} to {path}")
         download(TINYSHAKESPEARE_URL, path)
+    problem = tinyshakespeare_problem(path)
+    if problem is not None:
+        os.remove(path)
+        raise ValueError(f"{source or TINYSHAKESPEARE_URL}: not tinyshakespeare's input.txt ({problem})")
     return path
 
 

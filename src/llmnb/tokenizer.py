@@ -79,12 +79,24 @@ def get_tiktoken_encoding(name="gpt2"):
                            "once, or TIKTOKEN_CACHE_DIR pointing at a cache that holds it") from e
 
 
-def load_tokenizer(data_dir="data"):
-    """<data_dir>/gpt2_tokenizer.bin if it exists, else tiktoken's gpt2."""
+def load_tokenizer(data_dir="data", encode=False):
+    """<data_dir>/gpt2_tokenizer.bin if it exists, else tiktoken's gpt2.
+
+    encode=True: the file's table (what llm.c decodes with) plus tiktoken's gpt2 encoder, which
+    must agree with it (same number of tokens, same EOT id, same bytes for each token).
+    """
     path = os.path.join(data_dir, TOKENIZER_FILENAME)
-    if os.path.exists(path):
-        return Tokenizer.from_file(path)
-    return Tokenizer.tiktoken()
+    if not os.path.exists(path):
+        return Tokenizer.tiktoken()
+    tok = Tokenizer.from_file(path)
+    if encode:
+        enc = get_tiktoken_encoding("gpt2")
+        if enc.n_vocab != tok.vocab_size or enc.eot_token != tok.eot_token or \
+                any(enc.decode_single_token_bytes(i) != t for i, t in enumerate(tok.token_table)):
+            raise ValueError(f"{path}: its tokens differ from tiktoken's gpt2 encoding, so text cannot "
+                             "be encoded for it")
+        tok._encoding = enc
+    return tok
 
 
 # ----------------------------------------------------------------------------

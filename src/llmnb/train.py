@@ -3,9 +3,16 @@
 The loop is train_gpt2.c's main (and train_gpt2.cu's flags): every `-v` steps the val loss over
 `-m` batches, every `-s` steps a sample of `-g` tokens, and in between training steps of
 forward, backward and AdamW on B x T tokens from the train shards.
+
+The output directory belongs to one run (a lock in it); a run stops, writing nothing more, when its
+loss, gradient norm or parameters stop being finite.
 """
 import argparse
+import contextlib
+import errno
+import fcntl
 import json
+import math
 import os
 import re
 import signal
@@ -29,8 +36,21 @@ def flops_per_step(config, num_parameters, B, T):
 # ----------------------------------------------------------------------------------------------
 # the model to start from
 
+def check_memory(args, config, log):
+    """Print what the run's buffers take (llm.c prints its allocations) and stop at once, before
+    allocating any, when they need more than the machine (or the GPU) has free."""
+    from .memory import GiB, available_bytes, check_memory, describe, run_memory
+    sizes = run_memory(config, args.batch_size, args.seq_len)
+    available = available_bytes(args.device)
+    where = "the GPU" if args.device == "cuda" else "this machine"
+    log(f"memory: {describe(sizes)}"
+        + (f" of {available / GiB:,.2f} GiB available on {where}" if available is not None else ""))
+    check_memory(sizes, available, where)
+
+
 def build_model(args, log):
     from .config import GPT2Config
+    from .formats import read_checkpoint_config
     from .model import GPT2, init_params
 
     m = re.fullmatch(r"d(\d+)", args.init)
@@ -38,6 +58,7 @@ def build_model(args, log):
         config = GPT2Config.depth(int(m.group(1)))
         log(f"initialising a fresh GPT-2 {args.init}: {config.num_layers} layers, {config.num_heads} heads, "
             f"{config.channels} channels (seed {args.seed})")
+        check_memory(args, config, log)
         return GPT2(config, init_params(config, seed=args.seed), device=args.device, copy=False)
     path = args.init
     if not os.path.exists(path) and args.init_is_default:
@@ -53,6 +74,7 @@ def build_model(args, log):
                 return build_model(args, log)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such model file (-e takes an llm.c checkpoint or d6/d12/d24...)")
+    check_memory(args, read_checkpoint_config(path), log)
     model = GPT2.from_checkpoint(path, device=args.device)
     log(f"loaded {path}")
     return model
@@ -79,6 +101,7 @@ class Run:
 
     def __init__(self, args, log=print):
         from .data import DataLoader
+        from .outlier import OutlierDetector
         from .sampler import Rng
         from .tokenizer import load_tokenizer
 
@@ -93,18 +116,20 @@ class Run:
             raise ValueError(f"-t {args.seq_len} exceeds the model's max_seq_len={cfg.max_seq_len}")
         train_pattern, val_pattern = find_data(args, log)
         B, T = args.batch_size, args.seq_len
-        self.train_loader = DataLoader(train_pattern, B, T, shuffle=args.shuffle, seed=args.seed)
-        self.val_loader = DataLoader(val_pattern, B, T) if args.val_every > 0 else None
+        V = cfg.vocab_size
+        self.train_loader = DataLoader(train_pattern, B, T, shuffle=args.shuffle, seed=args.seed, vocab_size=V)
+        self.val_loader = DataLoader(val_pattern, B, T, vocab_size=V) if args.val_every > 0 else None
         log(f"train dataset num_batches: {len(self.train_loader)}")
         if self.val_loader is not None:
             log(f"val dataset num_batches: {len(self.val_loader)}")
-        try:
-            self.tokenizer = load_tokenizer(args.data_dir)
+        try:  # --prompt: the tokenizer file's table plus tiktoken's encoder
+            self.tokenizer = load_tokenizer(args.data_dir, encode=bool(args.prompt))
         except Exception as e:  # e.g. no network for tiktoken's files: print token ids instead
             log(f"no tokenizer ({e}); samples will be printed as token ids")
             self.tokenizer = None
         self.prompt_tokens = self.encode_prompt(args.prompt)
         self.rng = Rng(args.sampler_seed)
+        self.loss_outliers, self.norm_outliers = OutlierDetector(), OutlierDetector()
         self.records = []
         self.start_step = 0
         import numba
@@ -121,7 +146,8 @@ class Run:
             return []
         tok, V = self.tokenizer, self.model.config.vocab_size
         if tok is None or not tok.can_encode:
-            raise ValueError("--prompt needs tiktoken's gpt2 encoding to encode the prompt")
+            raise ValueError("--prompt needs tiktoken's gpt2 encoding to encode the prompt "
+                             "(it needs the network once, or TIKTOKEN_CACHE_DIR)")
         ids = tok.encode(text)
         if ids and max(ids) >= V:
             raise ValueError(f"--prompt encodes to token {max(ids)}, outside the model's vocabulary [0, {V})")
@@ -182,7 +208,11 @@ class Run:
             loss += model.forward(x, y) / a.grad_accum
             model.zero_grad(params=(micro == 0))
             model.backward(grad_scale=1.0 / a.grad_accum)
-        norm = clip_grad_norm(model, a.grad_clip) if a.grad_clip > 0 else None
+        norm = clip_grad_norm(model, a.grad_clip)  # grad_clip 0: measures only
+        if not (math.isfinite(loss) and math.isfinite(norm)):
+            raise Diverged(f"training diverged at step {step + 1}: train loss {loss}, grad norm {norm}; "
+                           "stopped before the update, no checkpoint written from it (lower -l, or "
+                           "try --grad-clip)")
         model.update(lr, 0.9, 0.999, 1e-8, a.weight_decay, step + 1,
                      decay=DECAYED if a.weight_decay > 0 else None)
         model.backend.synchronize()
@@ -198,25 +228,45 @@ class Run:
     def resume(self):
         from . import checkpoint
         from .checkpoint import read_state
+        from .formats import FormatError
         from .model import GPT2
         out = self.args.output_dir
         step = checkpoint.latest(out)
         if step is None:
             self.log(f"-y 1: no complete checkpoint in {out}, starting from step 0")
             return
+        if step > self.args.steps:
+            raise ValueError(f"-y 1: the latest checkpoint in {out} is at step {step}, past -x {self.args.steps}: "
+                             f"nothing to train (give an -x above {step}, or another -o)")
         model_path, state_path, extra = checkpoint.load(out, step)
+        json_path = checkpoint.paths(out, step)[2]
         model = GPT2.from_checkpoint(model_path, device=self.args.device)
         if model.config != self.model.config:
             raise ValueError(f"{model_path}: its model shape {model.config} differs from -e's {self.model.config}")
-        state = read_state(state_path, model.num_parameters)
+        state = read_state(state_path, model.num_parameters, step=step)
         k = model.backend
         model.m_memory, model.v_memory = k.asarray(state["m"]), k.asarray(state["v"])
         self.model = model
-        self.train_loader.load_state(extra["train_loader"])
-        self.rng.state = extra["rng_state"]
+        try:
+            self.train_loader.load_state(extra["train_loader"])
+            self.rng.state = extra["rng_state"]
+        except (ValueError, TypeError, KeyError) as e:
+            raise FormatError(f"{json_path}: {e}") from None
         self.start_step = step
         self.records = [r for r in read_log(self.log_path) if r["step"] < step]
+        for r in self.records:  # the spike detectors see the same window as an uninterrupted run
+            if r.get("train_loss") is not None:
+                self.loss_outliers.update(r["train_loss"])
+            if r.get("grad_norm") is not None:
+                self.norm_outliers.update(r["grad_norm"])
         self.log(f"resumed from {model_path} at step {step}")
+
+    def check_finite(self, step, what):
+        """Stop before `what` (a checkpoint, the final model) when the parameters hold NaN or inf."""
+        k = self.model.backend
+        if not math.isfinite(k.global_norm_squared(self.model.params.memory)):
+            raise Diverged(f"training diverged by step {step}: the parameters hold NaN or inf; "
+                           f"{what} not written (lower -l, or try --grad-clip)")
 
     @property
     def log_path(self):
@@ -227,13 +277,17 @@ class Run:
         from .formats import atomic_write
         with atomic_write(self.log_path) as f:
             for r in self.records:
-                f.write((json.dumps(r) + "\n").encode())
+                f.write((log_line(r) + "\n").encode())
 
     def append_log(self, record):
         """One JSON line per step, appended and flushed (read_log skips a line cut by a kill)."""
+        from .formats import disk_error
         self.records.append(record)
-        with open(self.log_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            with open(self.log_path, "a") as f:
+                f.write(log_line(record) + "\n")
+        except OSError as e:
+            raise disk_error(e, self.log_path) if not e.filename else e from None
 
     # -- the loop
 
@@ -253,10 +307,15 @@ class Run:
             if a.val_every > 0 and (step % a.val_every == 0 or last):
                 record["val_loss"] = self.val_loss()
                 log(f"val loss {record['val_loss']:f}")
+                if not math.isfinite(record["val_loss"]):
+                    self.append_log(record)
+                    raise Diverged(f"training diverged by step {step}: val loss {record['val_loss']}; "
+                                   "no checkpoint written from this state (lower -l, or try --grad-clip)")
             if a.sample_every > 0 and ((step > 0 and step % a.sample_every == 0) or last):
                 self.sample()
             if a.checkpoint_every > 0 and step != resumed_at and \
                     ((step > 0 and step % a.checkpoint_every == 0) or last):
+                self.check_finite(step, "checkpoint")
                 path = checkpoint.save(a.output_dir, step, self.model, self.checkpoint_extra())
                 log(f"saved checkpoint {path}")
             if last:
@@ -264,32 +323,60 @@ class Run:
                     self.append_log(record)
                 break
             loss, lr, ms, norm = self.train_step(step)
-            record.update(train_loss=loss, lr=lr, ms=ms)
-            if norm is not None:
-                record["grad_norm"] = norm
+            # spikes, as llm.c's outlier detector: z-scores over the last 64 steps (NaN until then)
+            zloss, znorm = self.loss_outliers.update(loss), self.norm_outliers.update(norm)
+            record.update(train_loss=loss, lr=lr, ms=ms, grad_norm=norm, loss_z=zloss, norm_z=znorm)
             self.append_log(record)
             mfu = self.flops / (ms / 1000) / self.peak
-            log(f"step {step + 1:4d}/{a.steps} | train loss {loss:f} | lr {lr:.2e} | {ms:.1f} ms | "
-                f"{tokens_per_step / (ms / 1000):.0f} tok/s | MFU {100 * mfu:.1f}%"
-                + (f" | grad norm {norm:.3f}" if norm is not None else ""))
+            log(f"step {step + 1:4d}/{a.steps} | train loss {loss:f}{z_text(zloss)} | "
+                f"grad norm {norm:.4f}{z_text(znorm)} | lr {lr:.2e} | {ms:.1f} ms | "
+                f"{tokens_per_step / (ms / 1000):.0f} tok/s | MFU {100 * mfu:.1f}%")
         final = os.path.join(a.output_dir, "model.bin")
+        self.check_finite(a.steps, final)
         self.model.save_checkpoint(final)
         write_loss_svg(os.path.join(a.output_dir, "loss.svg"), self.records)
         log(f"wrote {final}, {self.log_path} and {os.path.join(a.output_dir, 'loss.svg')}")
 
 
+class Diverged(RuntimeError):
+    """A non-finite loss, gradient norm or parameter: the run stops before writing from it."""
+
+
+def z_text(z):
+    """ (+1.23z) after a value in the step line, as llm.c's; nothing while the window fills."""
+    return f" ({z:+.2f}z)" if math.isfinite(z) else ""
+
+
+def log_line(record):
+    """A record as one line of strict JSON: NaN and inf become null (json.dumps would write NaN)."""
+    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+    return json.dumps(clean, allow_nan=False)
+
+
 def read_log(path):
-    """The records of a log.jsonl; a last line cut short by a killed run is skipped."""
+    """The records of a log.jsonl; a last line cut short by a killed run is skipped. Every other
+    line must be a JSON object with an integer "step" (else ValueError naming file and line)."""
+    from .formats import open_regular
     if not os.path.exists(path):
         return []
+    with open_regular(path) as f:
+        raw = f.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     records = []
-    with open(path) as f:
-        for line in f:
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                if line.endswith("\n"):
-                    raise ValueError(f"{path}: a line is not JSON: {line[:60]!r}")
+    for i, line in enumerate(text.splitlines(keepends=True), 1):
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:
+            if line.endswith("\n"):
+                raise ValueError(f"{path}: line {i} is not JSON: {line[:60]!r}") from None
+            continue
+        if not isinstance(r, dict) or not isinstance(r.get("step"), int) or isinstance(r["step"], bool):
+            raise ValueError(f"{path}: line {i} is not a step record (a JSON object with an integer "
+                             f"\"step\"): {line.strip()[:60]!r}")
+        records.append(r)
     return records
 
 
@@ -318,6 +405,9 @@ def build_parser():
     a("-g", dest="gen_tokens", type=int, default=64, help="tokens to generate per sample (default: 64)")
     a("-n", dest="checkpoint_every", type=int, default=0, help="save model + optimizer state every N steps (default: 0, off)")
     a("-y", dest="resume", type=int, default=0, choices=[0, 1], help="1 = resume from the latest checkpoint in -o (default: 0)")
+    a("--overwrite", action="store_true",
+      help="a fresh run (no -y 1) into an -o holding an earlier run's checkpoints deletes them first "
+           "(default: refuse to start)")
     a("--seed", type=int, default=1337, help="seed of fresh model init and data shuffling (default: 1337)")
     a("--sampler-seed", type=int, default=1337, help="seed of the sampler's xorshift rng (default: 1337, as llm.c)")
     a("--shuffle", action="store_true", help="shuffle the training samples (default: in order, like llm.c's CPU run)")
@@ -341,11 +431,78 @@ def check_args(p, args):
     for name in ("steps", "val_every", "sample_every", "gen_tokens", "checkpoint_every", "warmup", "top_k"):
         if getattr(args, name) < 0:
             p.error(f"{name} must be >= 0")
-    if not args.temperature > 0:
-        p.error("--temperature must be > 0")
+    if not (args.temperature > 0 and math.isfinite(args.temperature)):
+        p.error("--temperature must be a finite number > 0")
+    for flag, name in (("-l", "learning_rate"), ("--wd", "weight_decay"), ("--grad-clip", "grad_clip"),
+                       ("--lr-min", "lr_min")):
+        v = getattr(args, name)
+        if v is not None and not (math.isfinite(v) and v >= 0):
+            p.error(f"{flag} must be a finite number >= 0, got {v}")
+    if args.overwrite and args.resume:
+        p.error("--overwrite starts a fresh run; it cannot go with -y 1")
     args.init_is_default = args.init is None
     if args.init is None:
         args.init = DEFAULT_INIT
+
+
+# ----------------------------------------------------------------------------------------------
+# the output directory: one run at a time
+
+LOCK_NAME = ".llmnb-train.lock"
+
+
+def lock_output_dir(out):
+    """Take the output directory's lock (flock on a file in it, released by the kernel when this
+    process ends, however it ends) -> the open lock file, to keep open for the run. A directory
+    locked by another run: RuntimeError naming it and that run's pid."""
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, LOCK_NAME)
+    f = open(path, "a+")
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        pid = f.read().strip() or "unknown"
+        f.close()
+        raise RuntimeError(f"{out}: another llmnb-train (pid {pid}) is writing to this directory; "
+                           "wait for it, or use another -o") from None
+    except OSError as e:
+        if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP):
+            raise
+        return f  # a filesystem without locks (some NFS): the run goes on unguarded, as before
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f
+
+
+def prepare_output_dir(args, log):
+    """Under the lock: remove temporary files a killed run left, and keep a fresh run from
+    mixing with an earlier run's checkpoints (refuse, or delete them under --overwrite)."""
+    from . import checkpoint
+    from .formats import TEMP_NAME
+    out = args.output_dir
+    stale = [n for n in os.listdir(out) if re.fullmatch(TEMP_NAME, n)]
+    for name in stale:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(out, name))
+    if stale:
+        log(f"removed {len(stale)} temporary file{'s' if len(stale) > 1 else ''} left in {out} by a stopped run")
+    if args.resume:
+        return
+    old = checkpoint.files(out)
+    if old and not args.overwrite:
+        raise RuntimeError(f"{out} holds checkpoints of an earlier run ({old[0]}...): use -y 1 to resume "
+                           "it, another -o, or --overwrite to delete them")
+    for path in old:
+        os.remove(path)
+    if old:
+        log(f"--overwrite: deleted {len(old)} checkpoint files of an earlier run in {out}")
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt("SIGTERM")
 
 
 def main(argv=None):
@@ -357,16 +514,26 @@ def main(argv=None):
 
     def log(msg):
         print(msg, flush=True)
-    # Ctrl-C: stop between steps' writes; every file is written atomically, so nothing is half-written
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    # Ctrl-C and SIGTERM (what schedulers and `timeout` send): stop between steps' writes; every
+    # file is written atomically, so nothing is half-written and no temporary file is left
+    handlers = signal.signal(signal.SIGINT, signal.default_int_handler), signal.signal(signal.SIGTERM, _terminate)
+    lock = None
     try:
+        lock = lock_output_dir(args.output_dir)
+        prepare_output_dir(args, log)
         Run(args, log).run()
-    except KeyboardInterrupt:
-        print("\ninterrupted: checkpoints already written are complete; resume with -y 1", file=sys.stderr)
-        return 130
-    except (FormatError, DownloadError, ValueError, RuntimeError, OSError) as e:
+    except KeyboardInterrupt as e:
+        how = "terminated (SIGTERM)" if e.args == ("SIGTERM",) else "interrupted"
+        print(f"\n{how}: checkpoints already written are complete; resume with -y 1", file=sys.stderr)
+        return 143 if e.args == ("SIGTERM",) else 130
+    except (FormatError, DownloadError, ValueError, RuntimeError, OSError, MemoryError) as e:
         print(f"llmnb-train: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        signal.signal(signal.SIGINT, handlers[0])
+        signal.signal(signal.SIGTERM, handlers[1])
+        if lock is not None:
+            lock.close()
     return 0
 
 

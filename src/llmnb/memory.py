@@ -1,0 +1,80 @@
+"""The memory a training run needs, counted before anything is allocated, and what the machine has.
+
+llm.c prints the size of each buffer as it allocates it; here the same sizes come from the layout
+alone (config.param_shapes, config.act_shapes), so a run too big for the machine stops at once
+instead of failing in an allocation minutes later.
+"""
+
+from .config import Tensors, act_shapes, param_shapes
+
+MiB = 1 << 20
+GiB = 1 << 30
+
+
+def run_memory(config, B, T):
+    """Bytes of each float32 buffer a training step of (B, T) allocates -> {what: bytes}.
+
+    As model.GPT2 allocates them: parameters, their gradients, AdamW's m and v, the activations,
+    the activations' gradients (all but probs, see GPT2.backward), and the sampler's KV cache.
+    """
+    N = Tensors.count(param_shapes(config))
+    acts = act_shapes(config, B, T)
+    nacts = Tensors.count(acts)
+    probs = B * T * config.padded_vocab_size
+    L, C, maxT = config.num_layers, config.channels, config.max_seq_len
+    return {"parameters": 4 * N, "gradients": 4 * N, "AdamW m and v": 8 * N,
+            "activations": 4 * nacts, "activation gradients": 4 * (nacts - probs),
+            "sampler KV cache": 4 * L * maxT * 3 * C}
+
+
+def _meminfo_available():
+    """MemAvailable of /proc/meminfo in bytes, or None."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _cgroup_available():
+    """What a cgroup v2 memory limit leaves (memory.max - memory.current) in bytes, or None."""
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            limit = f.read().strip()
+        if limit == "max":
+            return None
+        with open("/sys/fs/cgroup/memory.current") as f:
+            return int(limit) - int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def available_bytes(device="cpu"):
+    """Free memory where the run's buffers go: the GPU's free memory for "cuda", else available
+    RAM (the smaller of MemAvailable and a cgroup limit). None when it cannot be told."""
+    if device == "cuda":
+        try:
+            from numba import cuda
+            return int(cuda.current_context().get_memory_info()[0])
+        except Exception:  # no driver, the simulator...: the allocation itself will tell
+            return None
+    known = [b for b in (_meminfo_available(), _cgroup_available()) if b is not None]
+    return min(known) if known else None
+
+
+def describe(sizes):
+    """One line: each buffer in MiB, and the total."""
+    parts = ", ".join(f"{what} {n / MiB:,.0f} MiB" for what, n in sizes.items())
+    return f"{parts} = {sum(sizes.values()) / GiB:,.2f} GiB"
+
+
+def check_memory(sizes, available, where):
+    """Raise MemoryError (one line) when the buffers need more than `available` bytes."""
+    need = sum(sizes.values())
+    if available is not None and need > available:
+        raise MemoryError(f"this run needs {need / GiB:,.2f} GiB of memory ({describe(sizes)}), but "
+                          f"{where} has only {available / GiB:,.2f} GiB available: use a smaller "
+                          f"model, -b or -t")
