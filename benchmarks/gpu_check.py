@@ -247,13 +247,6 @@ def env_report():
         print(f"torch: {e}")
 
 
-def step_flops(config, B, T):
-    """FLOPs of one training step (forward x 3), the count benchmarks/step.py uses."""
-    C, L, Vp = config.channels, config.num_layers, config.padded_vocab_size
-    forward = 2 * B * T * (L * 12 * C * C + Vp * C) + L * 4 * B * T * T * C
-    return 3 * forward
-
-
 def bench_config():
     """GPT-2 124M; $LLMNB_GPU_CHECK_TINY=1 takes a tiny model instead (the simulator's test of this file)."""
     from llmnb.config import GPT2Config
@@ -295,7 +288,6 @@ class EventTimer:
             setattr(self.backend, n, fn)
 
     def table(self):
-        from numba import cuda
         out = {}
         for n, e0, e1, fl in self.events:
             e1.synchronize()
@@ -308,7 +300,7 @@ class EventTimer:
 
 def kernel_flops(name, args):
     if name == "matmul_forward":
-        out, inp, weight = args[0], args[1], args[2]
+        inp, weight = args[1], args[2]
         return 2.0 * (inp.size // inp.shape[len(inp.shape) - 1]) * weight.shape[0] * weight.shape[1]
     if name == "matmul_backward":
         inp, weight = args[4], args[5]
@@ -322,11 +314,11 @@ def bench_llmnb(B, T, steps=10, warmup=2):
     import numpy as np
     from numba import cuda
     from llmnb.backend import KERNEL_NAMES
-    from llmnb.mfu import gpu_peak_flops
+    from llmnb.mfu import flops_per_step, gpu_peak_flops
     from llmnb.model import GPT2, init_params
     config = bench_config()
     peak, _ = gpu_peak_flops()
-    flops = step_flops(config, B, T)
+    flops = flops_per_step(config, B, T)
     x, y = make_batch(config, B, T)
     model = GPT2(config, init_params(config), device="cuda", copy=False)
     k = model.backend
@@ -375,12 +367,12 @@ def bench_llmnb(B, T, steps=10, warmup=2):
 def bench_torch(B, T, steps=10, warmup=3):
     import numpy as np
     import torch
-    from llmnb.mfu import gpu_peak_flops
+    from llmnb.mfu import flops_per_step, gpu_peak_flops
     from llmnb.model import init_params
     from llmnb.reference import define_gpt2, load_llmc_
     config = bench_config()
     peak, _ = gpu_peak_flops()
-    flops = step_flops(config, B, T)
+    flops = flops_per_step(config, B, T)
     x, y = make_batch(config, B, T)
     model = define_gpt2(torch, sdpa=True)(config)
     load_llmc_(torch, model, init_params(config))

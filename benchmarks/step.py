@@ -25,19 +25,11 @@ import labutil  # noqa: E402  (puts src/ on sys.path)
 
 from llmnb.backend import KERNEL_NAMES  # noqa: E402
 from llmnb.config import GPT2Config  # noqa: E402
+from llmnb.mfu import flops_per_step  # noqa: E402
 from llmnb.model import GPT2, init_params  # noqa: E402
 
 # AdamW hyperparameters of llm.c's train_gpt2.c
 LR, BETA1, BETA2, EPS, WEIGHT_DECAY = 1e-4, 0.9, 0.999, 1e-8, 0.0
-
-
-def step_flops(config, B, T):
-    """FLOPs of one training step as llm.c counts a GPT-2 forward (matmuls with the padded
-    vocabulary, full TxT attention) times 3 for forward + backward."""
-    C, L, Vp = config.channels, config.num_layers, config.padded_vocab_size
-    matmul_params = L * 12 * C * C + Vp * C
-    forward = 2 * B * T * matmul_params + L * 4 * B * T * T * C
-    return 3 * forward
 
 
 def make_batch(config, B, T, seed=0):
@@ -132,14 +124,15 @@ def kernel_table(model, x, y, t):
 # PyTorch eager on the same model and batch
 
 def torch_steps(params, config, x, y, warmup, steps, threads):
-    """Step times (s) of PyTorch eager with llmnb.reference's GPT-2, or None without torch."""
+    """Step times (s) of PyTorch eager with llmnb.reference's GPT-2 using F.scaled_dot_product_attention
+    (the attention nanoGPT and llm.c's train_gpt2.py use: what a user would run), or None without torch."""
     try:
         import torch
         from llmnb.reference import define_gpt2, load_llmc_
     except ImportError:
         return None
     torch.set_num_threads(threads)
-    model = define_gpt2(torch)(config)
+    model = define_gpt2(torch, sdpa=True)(config)
     load_llmc_(torch, model, params)
     opt = torch.optim.AdamW(model.parameters(), lr=LR, betas=(BETA1, BETA2), eps=EPS,
                             weight_decay=WEIGHT_DECAY)
@@ -209,7 +202,7 @@ def main(argv=None):
     threads = get_num_threads()
     config = GPT2Config()
     B, T = args.batch, args.seq_len
-    flops = step_flops(config, B, T)
+    flops = flops_per_step(config, B, T)
     x, y = make_batch(config, B, T)
     peak, peak_line = labutil.machine_peaks()
     print(f"GPT-2 124M, B={B} T={T}: {flops / 1e9:.1f} GFLOP per step; {threads} Numba threads")
@@ -243,6 +236,7 @@ def main(argv=None):
             print("PyTorch: not installed, skipped")
         else:
             report("PyTorch", ttimes)
+            print("(PyTorch: eager, fp32, attention by F.scaled_dot_product_attention as nanoGPT)")
             print(f"PyTorch / llmnb median step time: {np.median(ttimes) / np.median(times):.2f}")
 
 

@@ -1,4 +1,5 @@
-"""The machine's fp32 peak, for MFU: threads x FLOP per cycle per core x the clock.
+"""MFU's two halves: the FLOPs of a training step (the one count of the project) and the machine's
+fp32 peak: threads x FLOP per cycle per core x the clock (or a GPU's SMs x lanes x 2 x clock).
 
 The clock is measured, not read from /proc/cpuinfo (which shows the base clock, not the boost the
 cores run at): a chain of dependent float32 additions runs at one add per `latency` cycles.
@@ -9,6 +10,18 @@ import time
 
 import numpy as np
 from numba import njit
+
+def flops_per_step(config, B, T):
+    """FLOPs of one training step of GPT-2 on B x T tokens: 3x the forward (the backward does twice
+    the forward's matmul work), counting the matmuls with the padded vocabulary (2 x B*T x
+    (12 L C^2 + Vp C)) and attention's real causal work (Q K^T and att @ V over the T(T+1)/2 pairs of
+    each sequence: 2 x B x T(T+1) x C per layer). The one count used by llmnb-train's MFU, the
+    benchmarks and the README."""
+    C, L, Vp = config.channels, config.num_layers, config.padded_vocab_size
+    matmuls = 2 * B * T * (L * 12 * C * C + Vp * C)
+    attention = L * 2 * B * T * (T + 1) * C
+    return 3 * (matmuls + attention)
+
 
 # LLVM host CPU name -> (fp32 FLOP per cycle per core, float add latency in cycles)
 # Zen 4 runs AVX-512 on two 256-bit FMA pipes (32 FLOP/cycle); Zen 5 and Intel's AVX-512 cores

@@ -25,15 +25,6 @@ DEFAULT_INIT = "gpt2_124M.bin"
 
 
 # ----------------------------------------------------------------------------------------------
-# FLOPs, for MFU
-
-def flops_per_step(config, num_parameters, B, T):
-    """llm.c's estimate: 6N per token for the matmuls plus 6*L*C*T for attention."""
-    per_token = 6 * num_parameters + 6 * config.num_layers * config.channels * T
-    return per_token * B * T
-
-
-# ----------------------------------------------------------------------------------------------
 # the model to start from
 
 def check_memory(args, config, log):
@@ -133,12 +124,12 @@ class Run:
         self.records = []
         self.start_step = 0
         import numba
-        from .mfu import estimate_peak_flops
+        from .mfu import estimate_peak_flops, flops_per_step
         self.threads = numba.get_num_threads()
         self.peak, how = estimate_peak_flops(self.threads, args.device)
-        self.flops = flops_per_step(cfg, self.model.num_parameters, B, T) * args.grad_accum
+        self.flops = flops_per_step(cfg, B, T) * args.grad_accum
         log(f"peak fp32 FLOP/s estimate: {self.peak / 1e9:.0f} GFLOP/s = {how}")
-        log(f"FLOP per step (llm.c's 6N + attention estimate): {self.flops / 1e9:.1f} GFLOP")
+        log(f"FLOP per step (matmuls + causal attention, x3 for the backward): {self.flops / 1e9:.1f} GFLOP")
 
     def encode_prompt(self, text):
         """--prompt as token ids, checked now rather than at the first sample."""
