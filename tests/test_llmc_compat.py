@@ -11,6 +11,7 @@ gpt2_backward, gpt2_update, built with gcc -O2, no OpenMP) on the deterministic 
 batch made by tiny_model_and_batch() below; llmnb's model must reproduce them.
 """
 import hashlib
+import random
 import struct
 
 import numpy as np
@@ -264,6 +265,121 @@ def test_dataloader_walks_shards_like_llmc(tmp_path):
         x, y = loader.next_batch()
         np.testing.assert_array_equal(x, buf[:-1].reshape(B, T))
         np.testing.assert_array_equal(y, buf[1:].reshape(B, T))
+
+
+# llmc/rand.h and llmc/dataloader.h's shuffle, written again here on CPython's own mt19937
+# (random.Random with its state set to llm.c's manual_seed): an independent implementation
+
+def llmc_mt19937(seed):
+    """random.Random in the state of rand.h's manual_seed(seed): getrandbits(32) is randint32."""
+    mt = [seed & 0xFFFFFFFF]
+    for j in range(1, 624):
+        mt.append((1812433253 * (mt[-1] ^ (mt[-1] >> 30)) + j) & 0xFFFFFFFF)
+    r = random.Random()
+    r.setstate((3, tuple(mt) + (624,), None))  # index 624: the first draw regenerates
+    return r
+
+
+def llmc_random_permutation(data, r):
+    for i in range(len(data) - 1, 0, -1):
+        j = r.getrandbits(32) % (i + 1)
+        data[i], data[j] = data[j], data[i]
+
+
+def llmc_shuffled_batches(shards, B, T, n, rank=0, nproc=1):
+    """The first n token buffers (B*T+1) dataloader_next_batch gives with should_shuffle=1."""
+    r = llmc_mt19937(42 + rank)
+    order = list(range(len(shards)))
+    pos = {}
+
+    def open_shard(k):
+        pos.update(shard=k, sample=0)
+        pos["samples"] = (len(shards[order[k]]) - 1) // (nproc * B * T)
+        pos["intra"] = list(range(pos["samples"]))
+        llmc_random_permutation(pos["intra"], r)
+
+    def reset():
+        llmc_random_permutation(order, r)
+        open_shard(0)
+    reset()
+    out = []
+    for _ in range(n):
+        if pos["sample"] >= pos["samples"]:
+            reset() if pos["shard"] == len(shards) - 1 else open_shard(pos["shard"] + 1)
+        start = (pos["intra"][pos["sample"]] * nproc + rank) * B * T
+        out.append(shards[order[pos["shard"]]][start:start + B * T + 1])
+        pos["sample"] += 1
+    return out
+
+
+def test_reference_mt19937_is_llmc_and_torch():
+    # rand.h's own example output for manual_seed(137), and torch's generator (randint below 2^32)
+    r = llmc_mt19937(137)
+    assert [r.getrandbits(32) for _ in range(5)] == [4053805790, 2173880614, 380293709, 1237255315, 2986595568]
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(42)
+    r = llmc_mt19937(42)
+    assert torch.randint(0, 1000, [700]).tolist() == [r.getrandbits(32) % 1000 for _ in range(700)]
+
+
+@pytest.mark.parametrize("seed", [42, 137, 2**32 - 1])
+def test_mt19937_matches_the_reference(seed):
+    from llmnb.rand import MT19937
+    g, r = MT19937(seed), llmc_mt19937(seed)
+    assert [g.randint32() for _ in range(1500)] == [r.getrandbits(32) for _ in range(1500)]  # 2 twists
+    for n in (1, 2, 10, 1000):
+        data, want = np.arange(n, dtype=np.int32), list(range(n))
+        g.random_permutation(data)
+        llmc_random_permutation(want, r)
+        assert data.tolist() == want
+
+
+@pytest.mark.parametrize("rank,nproc", [(0, 1), (1, 2), (2, 3)])
+def test_dataloader_shuffles_like_llmc(tmp_path, rank, nproc):
+    """should_shuffle=1: seed 42 + rank, the shard order permuted at each reset, each shard's
+    samples permuted when it is opened; three epochs, batch by batch."""
+    rng = np.random.default_rng(8)
+    B, T = 2, 4
+    shards = [rng.integers(0, 65536, n) for n in (8 * nproc * 5 + 1, 8 * nproc * 3 + 5, 8 * nproc * 4 + 1, 8 * nproc + 1)]
+    for i, s in enumerate(shards):
+        (tmp_path / f"shard_{i:02d}.bin").write_bytes(shard_bytes(s))
+    loader = DataLoader(str(tmp_path / "shard_*.bin"), B, T, process_rank=rank, num_processes=nproc, shuffle=True)
+    assert len(loader) == 13
+    expected = llmc_shuffled_batches(shards, B, T, 3 * 13, rank, nproc)
+    got = [np.concatenate([x.reshape(-1), y.reshape(-1)[-1:]]) for x, y in (loader.next_batch() for _ in expected)]
+    for i, (g, e) in enumerate(zip(got, expected)):
+        np.testing.assert_array_equal(g, e, err_msg=f"batch {i}")
+    epochs = [[b.tobytes() for b in got[i * 13:(i + 1) * 13]] for i in range(3)]
+    assert epochs[0] != epochs[1] != epochs[2] and sorted(epochs[0]) == sorted(epochs[2])
+
+
+def test_shuffle_state_tail_is_llmc_save_state(tmp_path):
+    """train_gpt2.cu's save_state appends: size_t gl_pathc, int shard_indices[gl_pathc], size_t
+    shard_num_samples, int intra_shard_indices[...], mt19937_state (u64 seed_, int left_, uint
+    next_, uint state_[624], uint MATRIX_A[2])."""
+    rng = np.random.default_rng(9)
+    B, T = 2, 4
+    shards = [rng.integers(0, 65536, n) for n in (41, 33, 57)]
+    for i, s in enumerate(shards):
+        (tmp_path / f"shard_{i:02d}.bin").write_bytes(shard_bytes(s))
+    loader = DataLoader(str(tmp_path / "shard_*.bin"), B, T, shuffle=True)
+    for _ in range(9):  # into the second shard
+        loader.next_batch()
+    tail = loader.llmc_state_tail()
+    n, k = struct.unpack_from("<Q", tail, 0)[0], loader.shard_num_samples
+    assert n == 3 and list(struct.unpack_from("<3i", tail, 8)) == loader.shard_indices.tolist()
+    assert struct.unpack_from("<Q", tail, 20)[0] == k
+    assert list(struct.unpack_from(f"<{k}i", tail, 28)) == loader.intra_shard_indices.tolist()
+    rest = tail[28 + 4 * k:]
+    assert len(rest) == 8 + 4 + 4 + 4 * 624 + 8
+    left, nxt = struct.unpack_from("<iI", rest, 8)
+    assert struct.unpack_from("<2I", rest, 16 + 4 * 624) == (0, 0x9908B0DF)
+    # the generator it holds continues as llm.c's would: 9 batches drew 2 + 4 + 3 numbers
+    r = llmc_mt19937(42)
+    for _ in range(2 + (len(shards[loader.shard_indices[0]]) - 1) // 8 - 1 + k - 1):
+        r.getrandbits(32)
+    mt = struct.unpack_from("<624I", rest, 16)
+    assert r.getstate()[1] == tuple(mt) + (nxt,) and left + nxt == 625
 
 
 # ----------------------------------------------------------------------------------------------
