@@ -1,7 +1,8 @@
 """Training checkpoints in an output directory, laid out like llm.c's train_gpt2.cu:
 
     model_00000020.bin         the weights (llm.c model checkpoint, readable by llm.c)
-    state_00000020_00000.bin   the optimizer state (llm.c's state format: header + AdamW m + v)
+    state_00000020_00000.bin   the optimizer state (llm.c's state format: header + AdamW m + v, then
+                               the data loader's shuffle state when it shuffles)
     state_00000020.json        what llm.c's header cannot hold: the data loader's position, the
                                sampler's rng, the run's settings
     DONE_00000020              written last: a checkpoint without it is incomplete and ignored
@@ -28,11 +29,15 @@ def _paths(out_dir, step):
             os.path.join(out_dir, f"DONE_{step:08d}"))
 
 
-def write_state(path, step, m, v, rng_state=0, shard=0, sample=0, shuffle=False):
-    """llm.c's optimizer state file: 256 int32 header, then m and v (float32)."""
+def write_state(path, step, m, v, rng_state=0, shard=0, sample=0, shuffle=False, shuffle_tail=b"",
+                num_processes=1, process_rank=0):
+    """llm.c's optimizer state file (train_gpt2.cu's save_state): 256 int32 header, m and v
+    (float32), then with shuffle the loader's shuffle_tail (DataLoader.llmc_state_tail())."""
+    if bool(shuffle) != bool(shuffle_tail):
+        raise ValueError("write_state: a shuffling loader's state needs its shuffle_tail, and only it")
     header = np.zeros(256, dtype="<i4")
     header[0], header[1] = STATE_MAGIC, STATE_VERSION
-    header[2], header[3] = 1, 0          # one process, rank 0
+    header[2], header[3] = num_processes, process_rank
     header[4] = 0                        # no separate fp32 master weights: the weights are fp32
     header[5] = int(shuffle)
     header[10] = step
@@ -43,10 +48,12 @@ def write_state(path, step, m, v, rng_state=0, shard=0, sample=0, shuffle=False)
         f.write(header.tobytes())
         f.write(np.ascontiguousarray(m, dtype="<f4").tobytes())
         f.write(np.ascontiguousarray(v, dtype="<f4").tobytes())
+        f.write(shuffle_tail)
 
 
 def read_state(path, num_parameters):
-    """-> dict(step, rng_state, m, v) from an llm.c optimizer state file."""
+    """-> dict(step, rng_state, m, v, shuffle, shuffle_tail) from an llm.c optimizer state file
+    (shuffle_tail: the bytes after v, the loader's shuffle state, checked by DataLoader.load_state)."""
     try:
         size = os.path.getsize(path)
         with open(path, "rb") as f:
@@ -66,13 +73,16 @@ def read_state(path, num_parameters):
                                   f"parameters need {need}")
             m = np.fromfile(f, dtype="<f4", count=num_parameters)
             v = np.fromfile(f, dtype="<f4", count=num_parameters)
+            tail = f.read() if header[5] else b""
     except FileNotFoundError:
         raise FormatError(f"{path}: no such file")
-    return {"step": int(header[10]), "rng_state": int(header[20:22].view("<u8")[0]), "m": m, "v": v}
+    return {"step": int(header[10]), "rng_state": int(header[20:22].view("<u8")[0]), "m": m, "v": v,
+            "shuffle": bool(header[5]), "shuffle_tail": tail}
 
 
-def save(out_dir, step, model, extra):
-    """Save model + optimizer state at `step` (the number of updates done); extra is JSON-able."""
+def save(out_dir, step, model, extra, shuffle_tail=b""):
+    """Save model + optimizer state at `step` (the number of updates done); extra is JSON-able;
+    shuffle_tail: the train loader's llmc_state_tail()."""
     os.makedirs(out_dir, exist_ok=True)
     model_path, state_path, json_path, done_path = _paths(out_dir, step)
     model.save_checkpoint(model_path)
@@ -82,7 +92,8 @@ def save(out_dir, step, model, extra):
     loader = extra.get("train_loader", {})
     write_state(state_path, step, m, v, rng_state=extra.get("rng_state", 0),
                 shard=loader.get("shard", 0), sample=loader.get("sample", 0),
-                shuffle=loader.get("shuffle", False))
+                shuffle=loader.get("shuffle", False), shuffle_tail=shuffle_tail,
+                num_processes=loader.get("num_processes", 1), process_rank=loader.get("process_rank", 0))
     with atomic_write(json_path) as f:
         f.write(json.dumps(dict(extra, step=step), indent=1).encode())
     with atomic_write(done_path) as f:
