@@ -49,7 +49,8 @@ def test_gpt2_124M_parity(tmp_path):
     assert res.returncode == 0, res.stdout + res.stderr
     assert "num_parameters: 124475904" in res.stdout
     assert "overall okay: 1" in res.stdout
-    assert_losses_within(res.stdout, tmp_path / "expected_losses.json")
+    # random weights fall from 11.0 to 3.3 in 10 steps: float32 noise reaches 2.8e-6 (step 6)
+    assert_losses_within(res.stdout, tmp_path / "expected_losses.json", rtol=5e-6)
 
 
 def test_a_mismatch_is_reported_and_fails(tmp_path):
