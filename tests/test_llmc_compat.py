@@ -443,3 +443,42 @@ def test_tiny_model_matches_llmc_numbers(tmp_path):
         model.update(1e-3, 0.9, 0.999, 1e-8, 0.01, step + 1)
     # (llmnb and the C agree to ~1.5e-6 here; each step moves the loss by ~0.09)
     np.testing.assert_allclose(losses, LLMC_LOSSES, rtol=0, atol=1e-5)
+
+
+# printed by a C program built on llm.c's train_gpt2.c (#define TESTING, #include "train_gpt2.c",
+# gcc -O2, no OpenMP): gpt2_build_from_checkpoint of tiny_model_and_batch()'s model, then
+# dataloader_init(&loader, "shard_*.bin", B=2, T=8, 0, 1, should_shuffle=1) over the three shards of
+# llmc_shuffle_shards(), and 14 times: dataloader_next_batch, forward, zero_grad, backward,
+# gpt2_update(1e-3f, 0.9f, 0.999f, 1e-8f, 0.0f, step + 1); printed inputs[0] and mean_loss
+LLMC_SHUFFLED_X0 = (104, 143, 12, 21, 224, 211, 191, 183, 131, 20, 52, 241, 131, 52)
+LLMC_SHUFFLED_LOSSES = (5.59793139, 5.59655857, 5.49339771, 5.55995703, 5.46742916, 5.486588, 5.36516142,
+                        5.35362816, 5.40099716, 5.50421143, 5.25915384, 5.59973526, 5.31474638, 5.21847391)
+
+
+def llmc_shuffle_shards(d):
+    """Three shards of 81, 53, 65 token ids < V (5, 3 and 4 batches of B*T = 16)."""
+    for i, n in enumerate((81, 53, 65)):
+        ids = ((splitmix_uniform(n, seed=10 + i) + 1.0) * 2**23).astype(np.int64) % V
+        (d / f"shard_{i:02d}.bin").write_bytes(shard_bytes(ids))
+    return str(d / "shard_*.bin")
+
+
+def test_shuffled_training_matches_llmc_numbers(tmp_path):
+    # llm.c's shuffled batches (into a second epoch) and its losses; in order, the batches differ
+    params, _, _ = tiny_model_and_batch()
+    pattern = llmc_shuffle_shards(tmp_path)
+    model = GPT2(CONFIG, params.copy())
+    loader = DataLoader(pattern, 2, 8, shuffle=True)
+    x0, losses = [], []
+    for step in range(14):
+        x, y = loader.next_batch()
+        x0.append(int(x[0, 0]))
+        losses.append(model.forward(x, y))
+        model.zero_grad()
+        model.backward()
+        model.update(1e-3, 0.9, 0.999, 1e-8, 0.0, step + 1)
+    assert tuple(x0) == LLMC_SHUFFLED_X0
+    # (agreement ~6e-7; one batch for another moves the loss by ~0.05)
+    np.testing.assert_allclose(losses, LLMC_SHUFFLED_LOSSES, rtol=0, atol=5e-6)
+    in_order = DataLoader(pattern, 2, 8)
+    assert [int(in_order.next_batch()[0][0, 0]) for _ in range(14)] != list(LLMC_SHUFFLED_X0)
