@@ -353,11 +353,21 @@ def test_loader_state_resume(tmp_path, shuffle, k):
     if k == 47:
         a.reset()  # a reset is part of the state too
     state = json.loads(json.dumps(a.state()))  # plain JSON-able values
+    tail = a.llmc_state_tail()
     expected = as_keys(take(a, 40))
     b = DataLoader(pattern, B, T, shuffle=shuffle, seed=3)
     take(b, 5)  # wherever it was, load_state moves it
-    b.load_state(state)
-    assert as_keys(take(b, 40)) == expected
+    if shuffle and k == 47:
+        # a mid-epoch reset cannot be replayed from the position: refused, not wrong
+        with pytest.raises(ValueError, match="cannot be replayed"):
+            b.load_state(state)
+    else:
+        b.load_state(state)
+        assert as_keys(take(b, 40)) == expected
+    # from the state file's tail (as llm.c resumes) always
+    c = DataLoader(pattern, B, T, shuffle=shuffle, seed=3)
+    c.load_state(state, llmc_tail=tail)
+    assert as_keys(take(c, 40)) == expected
 
 
 def test_loader_errors(tmp_path):
@@ -453,3 +463,19 @@ def test_a_fifo_is_refused_not_waited_on(tmp_path, reader):
           "read_log": lambda: read_log(fifo)}[reader]
     e = _returns_promptly(fn, fifo)
     assert isinstance(e, formats.FormatError) and str(fifo) in str(e) and "FIFO" in str(e)
+
+
+def test_loader_bad_shuffle_tail_is_one_clear_error(tmp_path):
+    _, pattern = make_shards(tmp_path, [81, 65, 97])
+    a = DataLoader(pattern, 2, 4, shuffle=True)
+    take(a, 12)
+    state, tail = a.state(), a.llmc_state_tail()
+    b = DataLoader(pattern, 2, 4, shuffle=True)
+    for bad, what in ((tail[:-4], "not for"), (tail[:4], "too short"),
+                      (tail[:8] + b"\1\0\0\0" * 3 + tail[20:], "permutation of the shards"),
+                      (tail[:-8] + b"\0" * 8, "MATRIX_A")):
+        with pytest.raises(ValueError, match=what):
+            b.load_state(state, llmc_tail=bad)
+    # an older llmnb's shuffled state (NumPy's permutations) has no draw count: refused
+    with pytest.raises(ValueError, match="older llmnb"):
+        b.load_state({k: v for k, v in state.items() if k != "draws"})

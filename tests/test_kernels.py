@@ -414,6 +414,38 @@ def test_adamw_three_steps(n):
         assert_close(params[:1], p0 * (1.0 - lr * weight_decay) ** 3, 1e-6, 0, "decayed parameter")
 
 
+def llmc_gpt2_update(params, grads, m, v, learning_rate, beta1, beta2, eps, weight_decay, t):
+    """train_gpt2.c's gpt2_update transcribed in NumPy float32 scalars, element by element order of
+    operations kept; powf is NumPy's float32 power (the C library's powf). -> new params, m, v."""
+    f = F32
+    lr, b1, b2, ep, wd = f(learning_rate), f(beta1), f(beta2), f(eps), f(weight_decay)
+    one = f(1.0)
+    bc1 = one - b1 ** f(t)
+    bc2 = one - b2 ** f(t)
+    m = b1 * m + (one - b1) * grads
+    v = b2 * v + (one - b2) * grads * grads
+    m_hat = m / bc1
+    v_hat = v / bc2
+    return params - lr * (m_hat / (np.sqrt(v_hat) + ep) + wd * params), m, v
+
+
+@pytest.mark.parametrize("t", [1, 2, 10, 1000])
+def test_adamw_is_llmc_float32_arithmetic(t):
+    # params 0 and no weight decay: the new params are minus the update itself (~lr), so a relative
+    # error of the update shows at float32 precision; bias corrections from double betas (while the
+    # moments use float32 betas) made it 6e-6 too large at beta2=0.999
+    rng = np.random.default_rng(t)
+    n = 4096
+    params, grads = np.zeros(n, F32), randn(rng, n)
+    m, v = randn(rng, n, scale=0.1), np.abs(randn(rng, n, scale=0.1))
+    want_p, want_m, want_v = llmc_gpt2_update(params, grads, m, v, 1e-3, 0.9, 0.999, 1e-8, 0.0, t)
+    kernels.adamw_update(params, grads, m, v, 1e-3, 0.9, 0.999, 1e-8, 0.0, t)
+    np.testing.assert_array_equal(m, want_m)
+    np.testing.assert_array_equal(v, want_v)
+    # the same float32 operations; one ulp of slack for the powf rounding
+    np.testing.assert_allclose(params, want_p, rtol=2.5e-7, atol=0)
+
+
 # ----------------------------------------------------------------------------------------------
 # the reference's own backward formulas vs torch autograd (float64)
 

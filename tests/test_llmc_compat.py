@@ -11,6 +11,7 @@ gpt2_backward, gpt2_update, built with gcc -O2, no OpenMP) on the deterministic 
 batch made by tiny_model_and_batch() below; llmnb's model must reproduce them.
 """
 import hashlib
+import random
 import struct
 
 import numpy as np
@@ -266,6 +267,121 @@ def test_dataloader_walks_shards_like_llmc(tmp_path):
         np.testing.assert_array_equal(y, buf[1:].reshape(B, T))
 
 
+# llmc/rand.h and llmc/dataloader.h's shuffle, written again here on CPython's own mt19937
+# (random.Random with its state set to llm.c's manual_seed): an independent implementation
+
+def llmc_mt19937(seed):
+    """random.Random in the state of rand.h's manual_seed(seed): getrandbits(32) is randint32."""
+    mt = [seed & 0xFFFFFFFF]
+    for j in range(1, 624):
+        mt.append((1812433253 * (mt[-1] ^ (mt[-1] >> 30)) + j) & 0xFFFFFFFF)
+    r = random.Random()
+    r.setstate((3, tuple(mt) + (624,), None))  # index 624: the first draw regenerates
+    return r
+
+
+def llmc_random_permutation(data, r):
+    for i in range(len(data) - 1, 0, -1):
+        j = r.getrandbits(32) % (i + 1)
+        data[i], data[j] = data[j], data[i]
+
+
+def llmc_shuffled_batches(shards, B, T, n, rank=0, nproc=1):
+    """The first n token buffers (B*T+1) dataloader_next_batch gives with should_shuffle=1."""
+    r = llmc_mt19937(42 + rank)
+    order = list(range(len(shards)))
+    pos = {}
+
+    def open_shard(k):
+        pos.update(shard=k, sample=0)
+        pos["samples"] = (len(shards[order[k]]) - 1) // (nproc * B * T)
+        pos["intra"] = list(range(pos["samples"]))
+        llmc_random_permutation(pos["intra"], r)
+
+    def reset():
+        llmc_random_permutation(order, r)
+        open_shard(0)
+    reset()
+    out = []
+    for _ in range(n):
+        if pos["sample"] >= pos["samples"]:
+            reset() if pos["shard"] == len(shards) - 1 else open_shard(pos["shard"] + 1)
+        start = (pos["intra"][pos["sample"]] * nproc + rank) * B * T
+        out.append(shards[order[pos["shard"]]][start:start + B * T + 1])
+        pos["sample"] += 1
+    return out
+
+
+def test_reference_mt19937_is_llmc_and_torch():
+    # rand.h's own example output for manual_seed(137), and torch's generator (randint below 2^32)
+    r = llmc_mt19937(137)
+    assert [r.getrandbits(32) for _ in range(5)] == [4053805790, 2173880614, 380293709, 1237255315, 2986595568]
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(42)
+    r = llmc_mt19937(42)
+    assert torch.randint(0, 1000, [700]).tolist() == [r.getrandbits(32) % 1000 for _ in range(700)]
+
+
+@pytest.mark.parametrize("seed", [42, 137, 2**32 - 1])
+def test_mt19937_matches_the_reference(seed):
+    from llmnb.rand import MT19937
+    g, r = MT19937(seed), llmc_mt19937(seed)
+    assert [g.randint32() for _ in range(1500)] == [r.getrandbits(32) for _ in range(1500)]  # 2 twists
+    for n in (1, 2, 10, 1000):
+        data, want = np.arange(n, dtype=np.int32), list(range(n))
+        g.random_permutation(data)
+        llmc_random_permutation(want, r)
+        assert data.tolist() == want
+
+
+@pytest.mark.parametrize("rank,nproc", [(0, 1), (1, 2), (2, 3)])
+def test_dataloader_shuffles_like_llmc(tmp_path, rank, nproc):
+    """should_shuffle=1: seed 42 + rank, the shard order permuted at each reset, each shard's
+    samples permuted when it is opened; three epochs, batch by batch."""
+    rng = np.random.default_rng(8)
+    B, T = 2, 4
+    shards = [rng.integers(0, 65536, n) for n in (8 * nproc * 5 + 1, 8 * nproc * 3 + 5, 8 * nproc * 4 + 1, 8 * nproc + 1)]
+    for i, s in enumerate(shards):
+        (tmp_path / f"shard_{i:02d}.bin").write_bytes(shard_bytes(s))
+    loader = DataLoader(str(tmp_path / "shard_*.bin"), B, T, process_rank=rank, num_processes=nproc, shuffle=True)
+    assert len(loader) == 13
+    expected = llmc_shuffled_batches(shards, B, T, 3 * 13, rank, nproc)
+    got = [np.concatenate([x.reshape(-1), y.reshape(-1)[-1:]]) for x, y in (loader.next_batch() for _ in expected)]
+    for i, (g, e) in enumerate(zip(got, expected)):
+        np.testing.assert_array_equal(g, e, err_msg=f"batch {i}")
+    epochs = [[b.tobytes() for b in got[i * 13:(i + 1) * 13]] for i in range(3)]
+    assert epochs[0] != epochs[1] != epochs[2] and sorted(epochs[0]) == sorted(epochs[2])
+
+
+def test_shuffle_state_tail_is_llmc_save_state(tmp_path):
+    """train_gpt2.cu's save_state appends: size_t gl_pathc, int shard_indices[gl_pathc], size_t
+    shard_num_samples, int intra_shard_indices[...], mt19937_state (u64 seed_, int left_, uint
+    next_, uint state_[624], uint MATRIX_A[2])."""
+    rng = np.random.default_rng(9)
+    B, T = 2, 4
+    shards = [rng.integers(0, 65536, n) for n in (41, 33, 57)]
+    for i, s in enumerate(shards):
+        (tmp_path / f"shard_{i:02d}.bin").write_bytes(shard_bytes(s))
+    loader = DataLoader(str(tmp_path / "shard_*.bin"), B, T, shuffle=True)
+    for _ in range(9):  # into the second shard
+        loader.next_batch()
+    tail = loader.llmc_state_tail()
+    n, k = struct.unpack_from("<Q", tail, 0)[0], loader.shard_num_samples
+    assert n == 3 and list(struct.unpack_from("<3i", tail, 8)) == loader.shard_indices.tolist()
+    assert struct.unpack_from("<Q", tail, 20)[0] == k
+    assert list(struct.unpack_from(f"<{k}i", tail, 28)) == loader.intra_shard_indices.tolist()
+    rest = tail[28 + 4 * k:]
+    assert len(rest) == 8 + 4 + 4 + 4 * 624 + 8
+    left, nxt = struct.unpack_from("<iI", rest, 8)
+    assert struct.unpack_from("<2I", rest, 16 + 4 * 624) == (0, 0x9908B0DF)
+    # the generator it holds continues as llm.c's would: 9 batches drew 2 + 4 + 3 numbers
+    r = llmc_mt19937(42)
+    for _ in range(2 + (len(shards[loader.shard_indices[0]]) - 1) // 8 - 1 + k - 1):
+        r.getrandbits(32)
+    mt = struct.unpack_from("<624I", rest, 16)
+    assert r.getstate()[1] == tuple(mt) + (nxt,) and left + nxt == 625
+
+
 # ----------------------------------------------------------------------------------------------
 # numbers from llm.c's own C code
 
@@ -327,3 +443,42 @@ def test_tiny_model_matches_llmc_numbers(tmp_path):
         model.update(1e-3, 0.9, 0.999, 1e-8, 0.01, step + 1)
     # (llmnb and the C agree to ~1.5e-6 here; each step moves the loss by ~0.09)
     np.testing.assert_allclose(losses, LLMC_LOSSES, rtol=0, atol=1e-5)
+
+
+# printed by a C program built on llm.c's train_gpt2.c (#define TESTING, #include "train_gpt2.c",
+# gcc -O2, no OpenMP): gpt2_build_from_checkpoint of tiny_model_and_batch()'s model, then
+# dataloader_init(&loader, "shard_*.bin", B=2, T=8, 0, 1, should_shuffle=1) over the three shards of
+# llmc_shuffle_shards(), and 14 times: dataloader_next_batch, forward, zero_grad, backward,
+# gpt2_update(1e-3f, 0.9f, 0.999f, 1e-8f, 0.0f, step + 1); printed inputs[0] and mean_loss
+LLMC_SHUFFLED_X0 = (104, 143, 12, 21, 224, 211, 191, 183, 131, 20, 52, 241, 131, 52)
+LLMC_SHUFFLED_LOSSES = (5.59793139, 5.59655857, 5.49339771, 5.55995703, 5.46742916, 5.486588, 5.36516142,
+                        5.35362816, 5.40099716, 5.50421143, 5.25915384, 5.59973526, 5.31474638, 5.21847391)
+
+
+def llmc_shuffle_shards(d):
+    """Three shards of 81, 53, 65 token ids < V (5, 3 and 4 batches of B*T = 16)."""
+    for i, n in enumerate((81, 53, 65)):
+        ids = ((splitmix_uniform(n, seed=10 + i) + 1.0) * 2**23).astype(np.int64) % V
+        (d / f"shard_{i:02d}.bin").write_bytes(shard_bytes(ids))
+    return str(d / "shard_*.bin")
+
+
+def test_shuffled_training_matches_llmc_numbers(tmp_path):
+    # llm.c's shuffled batches (into a second epoch) and its losses; in order, the batches differ
+    params, _, _ = tiny_model_and_batch()
+    pattern = llmc_shuffle_shards(tmp_path)
+    model = GPT2(CONFIG, params.copy())
+    loader = DataLoader(pattern, 2, 8, shuffle=True)
+    x0, losses = [], []
+    for step in range(14):
+        x, y = loader.next_batch()
+        x0.append(int(x[0, 0]))
+        losses.append(model.forward(x, y))
+        model.zero_grad()
+        model.backward()
+        model.update(1e-3, 0.9, 0.999, 1e-8, 0.0, step + 1)
+    assert tuple(x0) == LLMC_SHUFFLED_X0
+    # (agreement ~6e-7; one batch for another moves the loss by ~0.05)
+    np.testing.assert_allclose(losses, LLMC_SHUFFLED_LOSSES, rtol=0, atol=5e-6)
+    in_order = DataLoader(pattern, 2, 8)
+    assert [int(in_order.next_batch()[0][0, 0]) for _ in range(14)] != list(LLMC_SHUFFLED_X0)

@@ -146,3 +146,31 @@ def test_init_params_follow_gpt2():
     assert np.all(p.wte[1000:] == 0)
     assert abs(p.qkvw.std() - 0.02) < 1e-3
     assert abs(p.fcprojw.std() - 0.02 / math.sqrt(8)) < 1e-3
+
+
+def test_twenty_adamw_steps_track_pytorch_within_2e_6():
+    # llm.c's gpt2_update and PyTorch's AdamW are each consistent in their betas, and agree to
+    # float32 noise (~3e-7 here). At lr 1e-2 the loss falls fast enough that an update 6e-6 too
+    # large (bias corrections from double betas, moments from float32 ones) drifts to ~7e-6.
+    torch = pytest.importorskip("torch")
+    from llmnb import reference
+    lr, wd = 1e-2, 0.01
+    params = init_params(TINY, seed=1)
+    rng = np.random.default_rng(0)
+    x, y = (a.astype(np.int32) for a in batch(rng, 4, 16))
+    torch.manual_seed(0)
+    ref = reference.define_gpt2(torch)(TINY)
+    reference.load_llmc_(torch, ref, params.copy())
+    opt = torch.optim.AdamW(ref.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=wd)
+    ours = GPT2(TINY, params.copy(), copy=False)
+    tx, ty = torch.from_numpy(x).long(), torch.from_numpy(y).long()
+    for step in range(20):
+        _, loss_ref = ref(tx, ty)
+        opt.zero_grad()
+        loss_ref.backward()
+        opt.step()
+        loss = ours.forward(x, y)
+        ours.zero_grad()
+        ours.backward()
+        ours.update(lr, 0.9, 0.999, 1e-8, wd, step + 1)
+        assert math.isclose(loss, loss_ref.item(), rel_tol=2e-6), f"step {step}: {loss} vs {loss_ref.item()}"

@@ -476,3 +476,70 @@ def test_loss_svg_survives_non_finite_values():
     svg = loss_svg(records)
     assert "nan" not in svg.lower() and "inf" not in svg.lower()
     assert svg.count("<circle") == 1  # only the legend's: the -inf val loss is left out
+
+
+def samples_printed(text):
+    """The token ids of each sample printed (tokenizer off: samples are printed as ids)."""
+    return [block.split() for block in text.split("generating:\n---\n")[1:]
+            for block in [block.split("\n---")[0]]]
+
+
+@pytest.fixture
+def no_tokenizer(monkeypatch):
+    from llmnb import tokenizer
+
+    def missing(*a, **kw):
+        raise OSError("no tokenizer in this test")
+    monkeypatch.setattr(tokenizer, "load_tokenizer", missing)
+
+
+def test_printing_is_llmcs_gen_t_and_num_batches(workdir, tmp_path, capsys, no_tokenizer):
+    # -g counts the start token as llm.c's genT (64 -> 63 new tokens); num_batches is llm.c's
+    # num_tokens / (B*T): 6000 // 32 = 187 for the train shards, which serve 2 * (2999 // 32) = 186
+    assert run(workdir, tmp_path / "o", "-x", "2", "-v", "2", "-m", "1", "-s", "2", "-g", "8") == 0
+    text = capsys.readouterr().out
+    assert "train dataset num_batches: 187\n" in text and "val dataset num_batches: 31\n" in text
+    assert [len(s) for s in samples_printed(text)] == [7]
+
+
+def test_training_shuffles_like_llmc_by_default(workdir, tmp_path, capsys):
+    # the default: llm.c's shuffle (seed 42), written into llm.c's state file with its tail;
+    # --no-shuffle reads in order; --shuffle is accepted (the default)
+    from llmnb.train import build_parser
+    assert build_parser().parse_args([]).shuffle is True
+    assert build_parser().parse_args(["--shuffle"]).shuffle is True
+    assert build_parser().parse_args(["--no-shuffle"]).shuffle is False
+    from llmnb.data import DataLoader
+    llmc = DataLoader(str(workdir / "tiny_train_*.bin"), 2, 16, shuffle=True, seed=42)
+    ordered = DataLoader(str(workdir / "tiny_train_*.bin"), 2, 16)
+    model = GPT2(TINY, init_params(TINY, seed=3))
+    for flags, loader in (((), llmc), (("--no-shuffle",), ordered)):
+        out = tmp_path / ("s" if not flags else "n")
+        assert run(workdir, out, "-x", "1", "-v", "0", "-s", "0", "-n", "1", *flags) == 0
+        first = read_log(out)[0]["train_loss"]
+        assert first == pytest.approx(model.forward(*loader.next_batch()), rel=1e-6)
+        state = checkpoint.read_state(out / "state_00000001_00000.bin", model.num_parameters)
+        assert state["shuffle"] is (not flags) and state["shuffle_tail"] == loader.llmc_state_tail()
+
+
+def test_a_resumed_run_samples_the_same_text(workdir, tmp_path, monkeypatch, capsys, no_tokenizer):
+    # a sample at the checkpoint step: the resumed run draws it again from the sampler state of
+    # before it, then goes on like the uninterrupted run
+    common = ("-x", "10", "-v", "0", "-s", "5", "-g", "6", "-n", "5")
+    assert run(workdir, tmp_path / "full", *common) == 0
+    full = samples_printed(capsys.readouterr().out)
+    from llmnb.train import Run
+    real_step = Run.train_step
+
+    def interrupted(self, step):
+        if step == 6:
+            raise KeyboardInterrupt
+        return real_step(self, step)
+    with monkeypatch.context() as m:
+        m.setattr(Run, "train_step", interrupted)
+        assert run(workdir, tmp_path / "part", *common) == 130
+    before = samples_printed(capsys.readouterr().out)
+    assert run(workdir, tmp_path / "part", *common, "-y", "1") == 0
+    after = samples_printed(capsys.readouterr().out)
+    assert len(full) == 2 and full[0] != full[1]
+    assert before == full[:1] and after == full

@@ -1,7 +1,8 @@
 """Training checkpoints in an output directory, laid out like llm.c's train_gpt2.cu:
 
     model_00000020.bin         the weights (llm.c model checkpoint, readable by llm.c)
-    state_00000020_00000.bin   the optimizer state (llm.c's state format: header + AdamW m + v)
+    state_00000020_00000.bin   the optimizer state (llm.c's state format: header + AdamW m + v, then
+                               the data loader's shuffle state when it shuffles)
     state_00000020.json        what llm.c's header cannot hold: the data loader's position, the
                                sampler's rng, the run's settings
     DONE_00000020              written last: a checkpoint without it is incomplete and ignored
@@ -29,11 +30,15 @@ def paths(out_dir, step):
             os.path.join(out_dir, f"DONE_{step:08d}"))
 
 
-def write_state(path, step, m, v, rng_state=0, shard=0, sample=0, shuffle=False):
-    """llm.c's optimizer state file: 256 int32 header, then m and v (float32)."""
+def write_state(path, step, m, v, rng_state=0, shard=0, sample=0, shuffle=False, shuffle_tail=b"",
+                num_processes=1, process_rank=0):
+    """llm.c's optimizer state file (train_gpt2.cu's save_state): 256 int32 header, m and v
+    (float32), then with shuffle the loader's shuffle_tail (DataLoader.llmc_state_tail())."""
+    if bool(shuffle) != bool(shuffle_tail):
+        raise ValueError("write_state: a shuffling loader's state needs its shuffle_tail, and only it")
     header = np.zeros(256, dtype="<i4")
     header[0], header[1] = STATE_MAGIC, STATE_VERSION
-    header[2], header[3] = 1, 0          # one process, rank 0
+    header[2], header[3] = num_processes, process_rank
     header[4] = 0                        # no separate fp32 master weights: the weights are fp32
     header[5] = int(shuffle)
     header[10] = step
@@ -44,14 +49,16 @@ def write_state(path, step, m, v, rng_state=0, shard=0, sample=0, shuffle=False)
         f.write(header.tobytes())
         f.write(np.ascontiguousarray(m, dtype="<f4").tobytes())
         f.write(np.ascontiguousarray(v, dtype="<f4").tobytes())
+        f.write(shuffle_tail)
 
 
 def read_state(path, num_parameters, step=None):
-    """-> dict(step, rng_state, m, v) from an llm.c optimizer state file.
+    """-> dict(step, rng_state, m, v, shuffle, shuffle_tail) from an llm.c optimizer state file.
 
-    The file must hold exactly the header and m and v of num_parameters floats (no more, no
-    less), all finite; with step given, its header's step must be that step (the checkpoint's).
-    """
+    The file must hold the header and m and v of num_parameters floats, all finite, and nothing
+    more unless the header's shuffle flag is set: then the bytes after v are the loader's shuffle
+    state (shuffle_tail, whose exact layout DataLoader.load_state checks). With step given, the
+    header's step must be that step (the checkpoint's)."""
     with open_regular(path) as f:
         size = os.fstat(f.fileno()).st_size
         header = np.frombuffer(f.read(1024), dtype="<i4")
@@ -65,7 +72,7 @@ def read_state(path, num_parameters, step=None):
             raise FormatError(f"{path}: holds fp32 master weights (a mixed-precision llm.c run); "
                               "llmnb trains in fp32 and cannot use them")
         need = 1024 + 2 * 4 * num_parameters
-        if size != need:
+        if size < need or (size != need and not header[5]):
             what = "truncated" if size < need else f"{size - need} bytes too many"
             raise FormatError(f"{path}: {what}: {size} bytes, the header and m and v of "
                               f"{num_parameters} parameters are {need}")
@@ -74,17 +81,20 @@ def read_state(path, num_parameters, step=None):
                               f"checkpoint of step {step}")
         m = np.fromfile(f, dtype="<f4", count=num_parameters)
         v = np.fromfile(f, dtype="<f4", count=num_parameters)
+        tail = f.read() if header[5] else b""
     for name, x in (("m", m), ("v", v)):
         if not np.isfinite(x).all():
             raise FormatError(f"{path}: AdamW's {name} holds non-finite values (NaN or inf) at "
                               f"{int(np.count_nonzero(~np.isfinite(x)))} parameters")
     if (v < 0).any():
         raise FormatError(f"{path}: AdamW's v holds negative values (a mean of squares cannot be)")
-    return {"step": int(header[10]), "rng_state": int(header[20:22].view("<u8")[0]), "m": m, "v": v}
+    return {"step": int(header[10]), "rng_state": int(header[20:22].view("<u8")[0]), "m": m, "v": v,
+            "shuffle": bool(header[5]), "shuffle_tail": tail}
 
 
-def save(out_dir, step, model, extra):
-    """Save model + optimizer state at `step` (the number of updates done); extra is JSON-able."""
+def save(out_dir, step, model, extra, shuffle_tail=b""):
+    """Save model + optimizer state at `step` (the number of updates done); extra is JSON-able;
+    shuffle_tail: the train loader's llmc_state_tail()."""
     os.makedirs(out_dir, exist_ok=True)
     model_path, state_path, json_path, done_path = paths(out_dir, step)
     model.save_checkpoint(model_path)
@@ -94,7 +104,8 @@ def save(out_dir, step, model, extra):
     loader = extra.get("train_loader", {})
     write_state(state_path, step, m, v, rng_state=extra.get("rng_state", 0),
                 shard=loader.get("shard", 0), sample=loader.get("sample", 0),
-                shuffle=loader.get("shuffle", False))
+                shuffle=loader.get("shuffle", False), shuffle_tail=shuffle_tail,
+                num_processes=loader.get("num_processes", 1), process_rank=loader.get("process_rank", 0))
     with atomic_write(json_path) as f:
         f.write(json.dumps(dict(extra, step=step), indent=1).encode())
     with atomic_write(done_path) as f:

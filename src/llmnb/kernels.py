@@ -373,16 +373,26 @@ def crossentropy_softmax_backward(dlogits, dlosses, probs, targets, V):
 # ----------------------------------------------------------------------------------------------
 # AdamW over the flat buffers (gpt2_update in the C)
 
+@njit(cache=True)
+def bias_corrections(beta1, beta2, t):
+    # float32 betas -> float32 (1 - beta1^t, 1 - beta2^t), as gpt2_update's 1.0f - powf(beta, t):
+    # the power of the float32 beta rounded once to float32 (a correctly rounded powf), then the
+    # subtraction in float32
+    b1t = F32(np.float64(beta1) ** t)
+    b2t = F32(np.float64(beta2) ** t)
+    return F32(1.0) - b1t, F32(1.0) - b2t
+
+
 @njit(parallel=True, cache=True)
 def adamw_update(params, grads, m, v, learning_rate, beta1, beta2, eps, weight_decay, t):
-    # params, grads, m, v: (num_parameters,) flat float32; t is the 1-based step
+    # params, grads, m, v: (num_parameters,) flat float32; t is the 1-based step. All in float32
+    # as the C: the bias corrections 1.0f - powf(beta, t) use the same float32 betas as the moments
     lr = F32(learning_rate)
     b1 = F32(beta1)
     b2 = F32(beta2)
     ep = F32(eps)
     wd = F32(weight_decay)
-    bc1 = F32(1.0 - beta1 ** t)
-    bc2 = F32(1.0 - beta2 ** t)
+    bc1, bc2 = bias_corrections(b1, b2, t)
     for i in prange(params.shape[0]):
         param = params[i]
         grad = grads[i]

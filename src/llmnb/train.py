@@ -108,11 +108,14 @@ class Run:
         train_pattern, val_pattern = find_data(args, log)
         B, T = args.batch_size, args.seq_len
         V = cfg.vocab_size
-        self.train_loader = DataLoader(train_pattern, B, T, shuffle=args.shuffle, seed=args.seed, vocab_size=V)
+        # as train_gpt2.c: train batches shuffled by llm.c's mt19937 (seed 42), val in order
+        self.train_loader = DataLoader(train_pattern, B, T, shuffle=args.shuffle, vocab_size=V)
         self.val_loader = DataLoader(val_pattern, B, T, vocab_size=V) if args.val_every > 0 else None
-        log(f"train dataset num_batches: {len(self.train_loader)}")
+        # llm.c prints num_tokens / (B*T), which ignores the one extra target token a batch reads:
+        # one more than the batches a shard serves when B*T divides its tokens (val: 128, not 127)
+        log(f"train dataset num_batches: {self.train_loader.num_tokens // (B * T)}")
         if self.val_loader is not None:
-            log(f"val dataset num_batches: {len(self.val_loader)}")
+            log(f"val dataset num_batches: {self.val_loader.num_tokens // (B * T)}")
         try:  # --prompt: the tokenizer file's table plus tiktoken's encoder
             self.tokenizer = load_tokenizer(args.data_dir, encode=bool(args.prompt))
         except Exception as e:  # e.g. no network for tiktoken's files: print token ids instead
@@ -121,6 +124,7 @@ class Run:
         self.prompt_tokens = self.encode_prompt(args.prompt)
         self.rng = Rng(args.sampler_seed)
         self.loss_outliers, self.norm_outliers = OutlierDetector(), OutlierDetector()
+        self.rng_at_step = self.rng.state  # the sampler's state as the current step began
         self.records = []
         self.start_step = 0
         import numba
@@ -183,7 +187,8 @@ class Run:
         def show(t):
             out.write(dec.feed(tok.decode(t)) if tok is not None else f"{t} ")
             out.flush()
-        generate(cfg, self.model.params_host(), prompt, a.gen_tokens, self.rng,
+        # -g counts the start token, as llm.c's genT: -g 64 samples 63 new tokens
+        generate(cfg, self.model.params_host(), prompt, max(a.gen_tokens - 1, 0), self.rng,
                  temperature=a.temperature, top_k=a.top_k, on_token=show)
         out.write(dec.flush() if tok is not None else "")
         print("\n---", flush=True)
@@ -213,7 +218,9 @@ class Run:
     # -- checkpoints and logs
 
     def checkpoint_extra(self):
-        return {"train_loader": self.train_loader.state(), "rng_state": self.rng.state,
+        # the sampler's state from before this step's sample: a resumed run draws that sample again
+        # and goes on exactly as the uninterrupted one
+        return {"train_loader": self.train_loader.state(), "rng_state": self.rng_at_step,
                 "args": {k: v for k, v in vars(self.args).items() if k != "init_is_default"}}
 
     def resume(self):
@@ -239,10 +246,10 @@ class Run:
         model.m_memory, model.v_memory = k.asarray(state["m"]), k.asarray(state["v"])
         self.model = model
         try:
-            self.train_loader.load_state(extra["train_loader"])
-            self.rng.state = extra["rng_state"]
+            self.train_loader.load_state(extra["train_loader"], llmc_tail=state["shuffle_tail"] or None)
+            self.rng.state = self.rng_at_step = extra["rng_state"]
         except (ValueError, TypeError, KeyError) as e:
-            raise FormatError(f"{json_path}: {e}") from None
+            raise FormatError(f"{json_path} with {state_path}: the data loader's or sampler's state: {e}") from None
         self.start_step = step
         self.records = [r for r in read_log(self.log_path) if r["step"] < step]
         for r in self.records:  # the spike detectors see the same window as an uninterrupted run
@@ -295,6 +302,7 @@ class Run:
         for step in range(self.start_step, a.steps + 1):
             last = step == a.steps
             record = {"step": step, "train_loss": None, "val_loss": None, "lr": None, "ms": None}
+            self.rng_at_step = self.rng.state
             if a.val_every > 0 and (step % a.val_every == 0 or last):
                 record["val_loss"] = self.val_loss()
                 log(f"val loss {record['val_loss']:f}")
@@ -307,7 +315,8 @@ class Run:
             if a.checkpoint_every > 0 and step != resumed_at and \
                     ((step > 0 and step % a.checkpoint_every == 0) or last):
                 self.check_finite(step, "checkpoint")
-                path = checkpoint.save(a.output_dir, step, self.model, self.checkpoint_extra())
+                path = checkpoint.save(a.output_dir, step, self.model, self.checkpoint_extra(),
+                                       shuffle_tail=self.train_loader.llmc_state_tail())
                 log(f"saved checkpoint {path}")
             if last:
                 if record["val_loss"] is not None:
@@ -393,15 +402,18 @@ def build_parser():
     a("-v", dest="val_every", type=int, default=10, help="val loss every N steps, 0 = off (default: 10)")
     a("-m", dest="val_batches", type=int, default=5, help="val batches per val loss (default: 5)")
     a("-s", dest="sample_every", type=int, default=20, help="sample every N steps, 0 = off (default: 20)")
-    a("-g", dest="gen_tokens", type=int, default=64, help="tokens to generate per sample (default: 64)")
+    a("-g", dest="gen_tokens", type=int, default=64,
+      help="sample length counting the start token, as llm.c's genT: 64 = 63 new tokens (default: 64)")
     a("-n", dest="checkpoint_every", type=int, default=0, help="save model + optimizer state every N steps (default: 0, off)")
     a("-y", dest="resume", type=int, default=0, choices=[0, 1], help="1 = resume from the latest checkpoint in -o (default: 0)")
     a("--overwrite", action="store_true",
       help="a fresh run (no -y 1) into an -o holding an earlier run's checkpoints deletes them first "
            "(default: refuse to start)")
-    a("--seed", type=int, default=1337, help="seed of fresh model init and data shuffling (default: 1337)")
+    a("--seed", type=int, default=1337, help="seed of a fresh model's init (default: 1337)")
     a("--sampler-seed", type=int, default=1337, help="seed of the sampler's xorshift rng (default: 1337, as llm.c)")
-    a("--shuffle", action="store_true", help="shuffle the training samples (default: in order, like llm.c's CPU run)")
+    a("--shuffle", action=argparse.BooleanOptionalAction, default=True,
+      help="shuffle the train shards and batches as llm.c does (its mt19937, seed 42, permutations "
+           "of llmc/dataloader.h); --no-shuffle reads them in order (default: shuffle)")
     a("--warmup", type=int, default=0, help="linear warmup steps (default: 0)")
     a("--lr-min", type=float, default=None, help="cosine-decay the lr to this by the last step (default: constant lr)")
     a("--grad-clip", type=float, default=0.0, help="clip gradients to this global norm (default: 0, off)")

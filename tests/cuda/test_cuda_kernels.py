@@ -328,6 +328,24 @@ def test_adamw_update(be, rng):
         params, grads, m, v = host[:4]
 
 
+@pytest.mark.parametrize("t", [1, 10])
+def test_adamw_bias_corrections_use_float32_betas(be, rng, t):
+    # params 0, no decay: the new params are minus the update; llm.c's gpt2_update computes
+    # 1.0f - powf(beta, t) from the float32 betas the moments use; the double betas were 6e-6 off
+    n = 1000
+    params, grads = np.zeros(n, np.float32), randn(rng, n)
+    m, v = randn(rng, n, scale=0.1), np.abs(randn(rng, n, scale=0.1))
+    f = np.float32
+    b1, b2 = f(0.9), f(0.999)
+    mi = b1 * m + (f(1) - b1) * grads
+    vi = b2 * v + (f(1) - b2) * grads * grads
+    want = -(f(1e-3) * ((mi / (f(1) - b1 ** f(t))) / (np.sqrt(vi / (f(1) - b2 ** f(t))) + f(1e-8))))
+    host, got = run_both(be, "adamw_update", [params, grads, m, v, 1e-3, 0.9, 0.999, 1e-8, 0.0, t])
+    assert_all_close(host, got, ["params", "grads", "m", "v"])
+    # a few float32 roundings (a GPU may fuse multiply-adds), far below the old 6e-6
+    np.testing.assert_allclose(got[0], want, rtol=1e-6, atol=0)
+
+
 # ----------------------------------------------------------------------------------------------
 # gradient clipping
 

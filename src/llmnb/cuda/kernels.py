@@ -21,6 +21,7 @@ import math
 import numpy as np
 from numba import cuda, float32, float64
 
+from ..kernels import bias_corrections as cpu_bias_corrections  # the host-side scalars, shared
 from .launch import (BK, COL_ROWS, COL_WIDTH, ELEM_THREADS, ROW_THREADS, TILE, TILE_BLOCK, TX, TY,
                      cdiv, check, elementwise_grid, last_dim, size)
 from .matmul import TILE_P, TM, TN, gemm_block, matmul_backward, matmul_forward  # noqa: F401 (re-exported)
@@ -691,8 +692,8 @@ def adamw_update(params, grads, m, v, learning_rate, beta1, beta2, eps, weight_d
     n = params.shape[0]
     check(len(params.shape) == 1 and grads.shape == (n,) and m.shape == (n,) and v.shape == (n,), WHERE,
           f"adamw_update: params {params.shape}, grads {grads.shape}, m {m.shape}, v {v.shape} are not one flat size")
-    bc1 = F32(1.0 - beta1 ** t)
-    bc2 = F32(1.0 - beta2 ** t)
+    # the float32 betas in the bias corrections too, as the moments and the C (see kernels.py)
+    bc1, bc2 = cpu_bias_corrections(F32(beta1), F32(beta2), int(t))
     adamw_kernel[elementwise_grid(n), ELEM_THREADS](params, grads, m, v, F32(learning_rate), F32(beta1),
                                                   F32(beta2), F32(eps), F32(weight_decay), bc1, bc2)
 

@@ -1,0 +1,113 @@
+"""llm.c's Mersenne Twister (llmc/rand.h): mt19937 seeded as torch.manual_seed, its randint32 (the
+numbers torch.randint(0, 0xFFFFFFFF) gives after the same seed) and its random_permutation, which
+the DataLoader uses to shuffle shards and samples.
+
+The generator state is a (624,) int64 array of uint32 values plus `left`/`next`, as the C struct;
+the kernels work in int64 so no step can overflow or mix signednesses.
+"""
+import numpy as np
+from numba import njit
+
+N, M = 624, 397
+MATRIX_A = 0x9908B0DF
+UMASK, LMASK, MASK32 = 0x80000000, 0x7FFFFFFF, 0xFFFFFFFF
+STRUCT_BYTES = 8 + 4 + 4 + 4 * N + 4 * 2  # sizeof(mt19937_state): seed_, left_, next_, state_, MATRIX_A
+
+
+@njit(cache=True)
+def _manual_seed(state, seed):
+    # state (N,) int64 <- the standard mt19937 init from a 32-bit seed
+    state[0] = seed & MASK32
+    for j in range(1, N):
+        prev = state[j - 1]
+        state[j] = (1812433253 * (prev ^ (prev >> 30)) + j) & MASK32
+
+
+@njit(cache=True)
+def _twist(y):
+    return (y >> 1) ^ (MATRIX_A if y & 1 else 0)
+
+
+@njit(cache=True)
+def _next_state(state):
+    # regenerate all N words in place, as rand.h's next_state
+    for j in range(N - M):
+        y = (state[j] & UMASK) | (state[j + 1] & LMASK)
+        state[j] = state[j + M] ^ _twist(y)
+    for j in range(N - M, N - 1):
+        y = (state[j] & UMASK) | (state[j + 1] & LMASK)
+        state[j] = state[j + M - N] ^ _twist(y)
+    y = (state[N - 1] & UMASK) | (state[0] & LMASK)
+    state[N - 1] = state[M - 1] ^ _twist(y)
+
+
+@njit(cache=True)
+def _randint32(state, pos):
+    # one uint32; pos (2,) int64 = (left_, next_) of the C struct, updated in place
+    pos[0] -= 1
+    if pos[0] <= 0:
+        _next_state(state)
+        pos[0] = N
+        pos[1] = 0
+    y = state[pos[1]]
+    pos[1] += 1
+    y ^= y >> 11
+    y ^= (y << 7) & 0x9D2C5680
+    y ^= (y << 15) & 0xEFC60000
+    y ^= y >> 18
+    return y & MASK32
+
+
+@njit(cache=True)
+def _random_permutation(data, state, pos):
+    # data (n,) int32 shuffled in place: Fisher-Yates from the end, j = randint32 % (i + 1)
+    for i in range(data.shape[0] - 1, 0, -1):
+        j = _randint32(state, pos) % (i + 1)
+        data[i], data[j] = data[j], data[i]
+
+
+class MT19937:
+    """llm.c's mt19937_state: manual_seed(seed), randint32(), random_permutation(data)."""
+
+    def __init__(self, seed):
+        if not isinstance(seed, (int, np.integer)) or not 0 <= seed <= MASK32:
+            raise ValueError(f"mt19937 seed must be an integer in [0, 2**32), got {seed!r}")
+        self.state = np.empty(N, dtype=np.int64)
+        self.pos = np.array([1, 0], dtype=np.int64)  # left_ = 1: the first draw twists
+        _manual_seed(self.state, int(seed))
+
+    def randint32(self):
+        return int(_randint32(self.state, self.pos))
+
+    def random_permutation(self, data):
+        """Shuffle the int32 array data in place (rand.h's random_permutation)."""
+        _random_permutation(data, self.state, self.pos)
+
+    def to_bytes(self):
+        """The C struct's bytes (little-endian, 2520), as train_gpt2.cu's save_state writes it;
+        seed_, which the C never sets, is written as 0."""
+        out = np.zeros(STRUCT_BYTES // 4, dtype="<u4")
+        out[2] = self.pos[0]            # left_ (int, >= 1)
+        out[3] = self.pos[1]            # next_
+        out[4:4 + N] = self.state
+        out[4 + N:] = (0, MATRIX_A)
+        return out.tobytes()
+
+    @classmethod
+    def from_bytes(cls, raw):
+        """The generator from to_bytes()'s (or llm.c's) 2520 bytes; ValueError when they are not one."""
+        if len(raw) != STRUCT_BYTES:
+            raise ValueError(f"an mt19937 state is {STRUCT_BYTES} bytes, got {len(raw)}")
+        words = np.frombuffer(raw, dtype="<u4")
+        left, nxt = int(words[2]), int(words[3])
+        if tuple(words[4 + N:]) != (0, MATRIX_A) or not 1 <= left <= N or not 0 <= nxt <= N or \
+                (left + nxt != N + 1 and (left, nxt) != (1, 0)):
+            raise ValueError("not an mt19937 state (bad MATRIX_A or position)")
+        g = cls(0)
+        g.state[:] = words[4:4 + N]
+        g.pos[:] = (left, nxt)
+        return g
+
+    def __eq__(self, other):
+        return isinstance(other, MT19937) and np.array_equal(self.state, other.state) and \
+            np.array_equal(self.pos, other.pos)
