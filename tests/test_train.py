@@ -338,7 +338,8 @@ def _set_step(b, step):
 STATE_EDITS = {
     "truncated": (lambda b: b[:-4], "truncated"),
     "padded": (lambda b: b + b"\0" * 8, "8 bytes too many"),
-    "inserted into": (lambda b: b[:5000] + b"\0" * 4 + b[5000:], "4 bytes too many"),
+    # (the run shuffles, so llm.c's shuffle data follows v: 4 bytes inserted into m shift it)
+    "inserted into": (lambda b: b[:5000] + b"\0" * 4 + b[5000:], "the shuffle data says"),
     "another step": (lambda b: _set_step(b, 7), "step 7"),
     "NaN in m": (lambda b: b[:1024] + np.float32(np.nan).tobytes() + b[1028:], "non-finite"),
 }

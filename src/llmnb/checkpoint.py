@@ -52,6 +52,28 @@ def write_state(path, step, m, v, rng_state=0, shard=0, sample=0, shuffle=False,
         f.write(shuffle_tail)
 
 
+MT19937_STATE_BYTES = 2520  # llm.c's mt19937_state struct, as data.DataLoader writes it
+
+
+def check_shuffle_tail(path, tail):
+    """The shuffle data after v must be exactly llm.c's layout: size_t shards, int32 shard order,
+    size_t samples, int32 sample order, the generator (whose contents DataLoader.load_state checks)."""
+    pos = 0
+    for what in ("shards", "samples"):
+        if len(tail) < pos + 8:
+            raise FormatError(f"{path}: truncated: the shuffle data after m and v ends before its "
+                              f"number of {what}")
+        n = int(np.frombuffer(tail[pos:pos + 8], "<u8")[0])
+        if n > len(tail):
+            raise FormatError(f"{path}: the shuffle data says {n} {what}, more than the file holds")
+        pos += 8 + 4 * n
+    need = pos + MT19937_STATE_BYTES
+    if len(tail) != need:
+        what = "truncated" if len(tail) < need else f"{len(tail) - need} bytes too many"
+        raise FormatError(f"{path}: {what}: the shuffle data after m and v is {len(tail)} bytes, "
+                          f"its layout needs {need}")
+
+
 def read_state(path, num_parameters, step=None):
     """-> dict(step, rng_state, m, v, shuffle, shuffle_tail) from an llm.c optimizer state file.
 
@@ -82,6 +104,8 @@ def read_state(path, num_parameters, step=None):
         m = np.fromfile(f, dtype="<f4", count=num_parameters)
         v = np.fromfile(f, dtype="<f4", count=num_parameters)
         tail = f.read() if header[5] else b""
+    if header[5]:
+        check_shuffle_tail(path, tail)
     for name, x in (("m", m), ("v", v)):
         if not np.isfinite(x).all():
             raise FormatError(f"{path}: AdamW's {name} holds non-finite values (NaN or inf) at "

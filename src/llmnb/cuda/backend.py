@@ -1,39 +1,56 @@
-"""CUDABackend: the kernel set of llmnb.backend for a CUDA GPU (or Numba's CUDA simulator).
+"""CUDABackend: llmnb.contract.Backend for a CUDA GPU (or Numba's CUDA simulator).
 
-Same members as CPUBackend: every name of KERNEL_NAMES, taking device arrays (numba DeviceNDArray
-views of flat device buffers) with the CPU kernels' arguments and launching asynchronously on the
-default stream, plus the memory helpers. Host <-> device copies happen only in asarray, copy_ and
-to_host.
+Every kernel of the contract over device arrays (numba DeviceNDArray views of flat device
+buffers), launched asynchronously on the default stream, plus the memory helpers. Host <-> device
+copies happen only in asarray, copy_ and to_host.
 """
 import numpy as np
 from numba import cuda
 
-from ..backend import KERNEL_NAMES
+from ..contract import Backend
 from . import kernels
 from .matmul import Matmuls
 
 
-class CUDABackend:
-    """numba.cuda kernels over device arrays."""
+class CUDABackend(Backend):
+    """numba.cuda kernels over device arrays (the contract's docstrings give the shapes)."""
     name = "cuda"
+
+    encoder_forward = staticmethod(kernels.encoder_forward)
+    encoder_backward = staticmethod(kernels.encoder_backward)
+    layernorm_forward = staticmethod(kernels.layernorm_forward)
+    layernorm_backward = staticmethod(kernels.layernorm_backward)
+    attention_forward = staticmethod(kernels.attention_forward)
+    attention_backward = staticmethod(kernels.attention_backward)
+    gelu_forward = staticmethod(kernels.gelu_forward)
+    gelu_backward = staticmethod(kernels.gelu_backward)
+    residual_forward = staticmethod(kernels.residual_forward)
+    residual_backward = staticmethod(kernels.residual_backward)
+    softmax_forward = staticmethod(kernels.softmax_forward)
+    crossentropy_forward = staticmethod(kernels.crossentropy_forward)
+    crossentropy_softmax_backward = staticmethod(kernels.crossentropy_softmax_backward)
+    adamw_update = staticmethod(kernels.adamw_update)
+    global_norm_squared = staticmethod(kernels.global_norm_squared)
+    scale_ = staticmethod(kernels.scale_)
 
     def __init__(self):
         if not cuda.is_available():
             raise RuntimeError("llmnb/cuda/backend.py: no CUDA GPU found by numba.cuda "
                                "(set NUMBA_ENABLE_CUDASIM=1 to run the kernels on the simulator)")
-        for name in KERNEL_NAMES:
-            setattr(self, name, getattr(kernels, name))
-        matmuls = Matmuls()  # the matmuls keep their split-K scratch here, for this backend
-        self.matmul_forward, self.matmul_backward = matmuls.matmul_forward, matmuls.matmul_backward
+        self.matmuls = Matmuls()  # the matmuls keep their split-K scratch here, for this backend
+
+    def matmul_forward(self, out, inp, weight, bias):
+        self.matmuls.matmul_forward(out, inp, weight, bias)
+
+    def matmul_backward(self, dinp, dweight, dbias, dout, inp, weight):
+        self.matmuls.matmul_backward(dinp, dweight, dbias, dout, inp, weight)
 
     def zeros(self, n, dtype=np.float32):
-        """A new flat zero-filled device array of n elements."""
         arr = cuda.device_array(n, dtype=dtype)
         kernels.fill(arr, 0)
         return arr
 
     def asarray(self, host):
-        """A device copy of a host NumPy array."""
         return cuda.to_device(np.ascontiguousarray(host))
 
     def copy_(self, dst, host):
@@ -45,11 +62,10 @@ class CUDABackend:
         dst.copy_to_device(host)
 
     def to_host(self, arr):
-        """A NumPy array with the contents of a device array (waits for the kernels before it)."""
+        """(waits for the kernels before it)"""
         return arr.copy_to_host()
 
     def fill(self, arr, value):
-        """Fill a device array in place."""
         kernels.fill(arr, value)
 
     def synchronize(self):
