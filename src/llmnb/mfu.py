@@ -67,8 +67,8 @@ def gpu_peak_flops():
     if env:
         return float(env), "from $LLMNB_PEAK_FLOPS"
     from numba import cuda
-    dev = cuda.get_current_device()
-    if not hasattr(dev, "MULTIPROCESSOR_COUNT"):  # Numba's CUDA simulator has no SMs or clock
+    dev = cuda.get_current_device() if hasattr(cuda, "get_current_device") else None
+    if not hasattr(dev, "MULTIPROCESSOR_COUNT"):  # Numba's CUDA simulators have no SMs or clock
         return 1e12, "Numba's CUDA simulator: no real peak, 1 TFLOP/s assumed"
     cc = tuple(dev.compute_capability)
     sms = dev.MULTIPROCESSOR_COUNT

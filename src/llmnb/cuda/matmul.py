@@ -271,8 +271,8 @@ class Matmuls:
     scratch, and a second kernel adds the S partial sums in order."""
 
     def __init__(self):
-        dev = cuda.get_current_device()
-        self.sms = getattr(dev, "MULTIPROCESSOR_COUNT", 4)  # the simulator has no SM count
+        # the simulators have no SM count (and Numba's built-in one no get_current_device)
+        self.sms = 4 if SIMULATOR else cuda.get_current_device().MULTIPROCESSOR_COUNT
         self.scratch = None
 
     def _gemm(self, kernel, out, a, b, bias, accumulate, M, N, K):
