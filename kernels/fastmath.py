@@ -1,4 +1,4 @@
-"""Kernel lab: the package's non-matmul kernels (llmnb.kernels, no fastmath) against the same
+"""Kernel lab: the package's non-matmul kernels (llmnb.kernels, as built: REDUCE_FASTMATH on the reductions) against the same
 source compiled with fastmath=True, at the GPT-2 124M shapes (B=4, T=64).
 
 Without fastmath LLVM may not reorder a float sum, so every reduction (attention's q.k dot

@@ -6,7 +6,7 @@ Versions, from the straight port of llm.c upward:
   v3  llmnb's first package kernel: 4x4 blocks of dot products, parallel over 64-column tiles
   v4  6x4 blocks of dot products (24 AVX-512 accumulators, 10 loads per 24 FMAs), 64-column tiles
   v5  llmnb.matmul.matmul_forward (the package's): v4's micro-kernel, column tiles sized so that a
-      task's weight tile fits L2, k split into blocks of <= 768 (L1), edge kernels for any shape
+      task's weight tile fits L2, the whole k of a row in one pass, edge kernels for any shape
 
 `python kernels/matmul_forward.py` checks every version against a float64 NumPy reference (odd
 shapes and the 124M shapes) and prints GFLOP/s and the fraction of the machine's peak at the
