@@ -114,12 +114,13 @@ def save(out_dir, step, model, extra, shuffle_tail=b"", world=None):
                 num_processes=loader.get("num_processes", 1), process_rank=loader.get("process_rank", 0))
     if world is not None:
         world.barrier()  # every rank's state is written (a rank that failed has aborted the world)
-    if rank != 0:
-        return model_path
-    with atomic_write(json_path) as f:
-        f.write(json.dumps(dict(extra, step=step), indent=1).encode())
-    with atomic_write(done_path) as f:
-        f.write(b"")
+    if rank == 0:
+        with atomic_write(json_path) as f:
+            f.write(json.dumps(dict(extra, step=step), indent=1).encode())
+        with atomic_write(done_path) as f:
+            f.write(b"")
+    if world is not None:
+        world.barrier()  # and no rank goes on (to fail and abort the world) before DONE is written
     return model_path
 
 

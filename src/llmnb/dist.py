@@ -54,8 +54,9 @@ def shard_range(n, rank, size):
     return rank * n // size, (rank + 1) * n // size
 
 
-def buckets(lo, hi, bucket=BUCKET):
-    """[a, b) pieces of at most `bucket` floats covering [lo, hi)."""
+def buckets(lo, hi, bucket=None):
+    """[a, b) pieces of at most `bucket` (default BUCKET) floats covering [lo, hi)."""
+    bucket = bucket or BUCKET
     return [(a, min(a + bucket, hi)) for a in range(lo, hi, bucket)]
 
 
