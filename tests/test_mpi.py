@@ -7,7 +7,6 @@ x 1 Numba thread under a timeout."""
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 
@@ -260,11 +259,22 @@ sys.exit(train.main(sys.argv[1:]))
 @needs_mpi
 @pytest.mark.parametrize("how", ["exception", "kill"])
 def test_a_rank_that_fails_mid_run_ends_the_whole_job(workdir, tmp_path, how):
+    """The job ends with the failing rank's error; every checkpoint both ranks finished is
+    complete (DONE), and a resume from it trains on exactly as the uninterrupted run."""
     out = tmp_path / "out"
-    p = mpiexec(2, [how, *argv(workdir, out, 2, "-x", "6", "-n", "1")], timeout=120, code=FAIL_ON_RANK_1)
+    args = argv(workdir, out, 2, "-x", "4", "-n", "1")
+    p = mpiexec(2, [how, *args], timeout=120, code=FAIL_ON_RANK_1)
     assert p.returncode != 0
     if how == "exception":
         assert "ZeroDivisionError: a bug on rank 1" in p.stderr
-    # the step-2 checkpoint was finished by both ranks; no later DONE exists
     done = sorted(n for n in os.listdir(out) if n.startswith("DONE_"))
     assert done == ["DONE_00000001", "DONE_00000002"]
+    if how == "kill":
+        p = mpiexec(2, [*args, "-y", "1"])
+        assert p.returncode == 0, p.stderr
+        assert "resumed from" in p.stdout and "model_00000002.bin" in p.stdout
+        whole = tmp_path / "whole"
+        p = mpiexec(2, argv(workdir, whole, 2, "-x", "4", "-n", "1"))
+        assert p.returncode == 0, p.stderr
+        assert_same_run(records(out), records(whole), rtol=0)
+        np.testing.assert_array_equal(read_checkpoint(out / "model.bin")[1], read_checkpoint(whole / "model.bin")[1])
