@@ -164,6 +164,9 @@ def test_two_ranks_train_like_one_process_with_twice_the_batch(workdir, one_proc
                 code=SMALL_BUCKETS)
     assert p.returncode == 0, p.stderr
     assert "comm" in p.stdout and p.stdout.count("step    1/4") == 1  # rank 0 alone prints
+    n = GPT2(TINY).num_parameters
+    per_rank = n if zero == 0 else n // 2  # rank 0's shard under -z 1: [0, n // 2)
+    assert f"AdamW m+v per rank: {8 * per_rank / 2**20:,.1f} MiB ({per_rank:,} of {n:,} parameters)" in p.stdout
     want = one_process[accum]
     assert_same_run(records(out), records(want), rtol=1e-5)
     _, got_params = read_checkpoint(out / "model.bin")
