@@ -19,6 +19,7 @@ mpi4py is imported only when the job runs under an MPI launcher with more than o
 (rank modulo the visible devices, -z 0 only); the all-reduce goes through a host copy of the
 gradient (CUDA-aware MPI or NCCL could skip it).
 """
+import contextlib
 import math
 import os
 import sys
@@ -106,6 +107,15 @@ class Single:
 
     def barrier(self):
         pass
+
+    @contextlib.contextmanager
+    def rank_zero_first(self):
+        """Rank 0 runs the block (a download, a data preparation) before the others do."""
+        if self.rank != 0:
+            self.barrier()
+        yield
+        if self.rank == 0:
+            self.barrier()
 
     def abort(self, code):
         sys.exit(code)

@@ -99,7 +99,9 @@ class Run:
 
         self.args, self.log = args, log
         self.world = world = world if world is not None else Single()
-        self.model = build_model(args, log)
+        with world.rank_zero_first():  # one rank downloads or prepares what is missing
+            self.model = build_model(args, log)
+            train_pattern, val_pattern = find_data(args, log)
         if world.describe(self.model):
             log(world.describe(self.model))
         cfg = self.model.config
@@ -109,7 +111,6 @@ class Run:
         log(f"num_parameters: {self.model.num_parameters:,}")
         if args.seq_len > cfg.max_seq_len:
             raise ValueError(f"-t {args.seq_len} exceeds the model's max_seq_len={cfg.max_seq_len}")
-        train_pattern, val_pattern = find_data(args, log)
         B, T = args.batch_size, args.seq_len
         V = cfg.vocab_size
         # as train_gpt2.c: train batches shuffled by llm.c's mt19937 (seed 42), val in order
