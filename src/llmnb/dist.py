@@ -28,7 +28,7 @@ import time
 import numpy as np
 
 # launchers' environment variables that give the world size (MPICH/Intel MPI's Hydra and Slurm's
-# PMI; Open MPI; MVAPICH; PMIx)
+# srun --mpi=pmi2; Open MPI; MVAPICH; PMIx where set); any other launcher: LLMNB_MPI=1
 SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE", "PMIX_SIZE")
 BUCKET = 1 << 22  # floats per collective call (16 MiB): one call per bucket, not per tensor
 
@@ -141,15 +141,10 @@ class MPIWorld(Single):
         self.comm = MPI.COMM_WORLD
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
         self.grad_shard = None   # ZeRO-1: the reduced gradient of this rank's shard
-        self.host = None         # --device cuda: host copies of the flat buffers
+        self.host = None         # --device cuda: the host copy of the gradient
 
     def shard(self, n):
         return shard_range(n, self.rank, self.size) if self.zero_stage == 1 else (0, n)
-
-    def _timed(self, fn, *args):
-        t0 = time.perf_counter()
-        fn(*args)
-        self.comm_seconds += time.perf_counter() - t0
 
     def _host_grads(self, model):
         """The gradient as a NumPy array (a host copy for a device backend)."""
