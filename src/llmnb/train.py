@@ -90,14 +90,20 @@ def find_data(args, log):
 class Run:
     """Everything a training run holds, and its steps."""
 
-    def __init__(self, args, log=print):
+    def __init__(self, args, log=print, world=None):
         from .data import DataLoader
+        from .dist import Single
         from .outlier import OutlierDetector
         from .sampler import Rng
         from .tokenizer import load_tokenizer
 
         self.args, self.log = args, log
-        self.model = build_model(args, log)
+        self.world = world = world if world is not None else Single()
+        with world.rank_zero_first():  # one rank downloads or prepares what is missing
+            self.model = build_model(args, log)
+            train_pattern, val_pattern = find_data(args, log)
+        if world.describe(self.model):
+            log(world.describe(self.model))
         cfg = self.model.config
         log(f"[GPT-2] max_seq_len: {cfg.max_seq_len} vocab_size: {cfg.vocab_size} padded_vocab_size: "
             f"{cfg.padded_vocab_size} num_layers: {cfg.num_layers} num_heads: {cfg.num_heads} "
@@ -105,17 +111,19 @@ class Run:
         log(f"num_parameters: {self.model.num_parameters:,}")
         if args.seq_len > cfg.max_seq_len:
             raise ValueError(f"-t {args.seq_len} exceeds the model's max_seq_len={cfg.max_seq_len}")
-        train_pattern, val_pattern = find_data(args, log)
         B, T = args.batch_size, args.seq_len
         V = cfg.vocab_size
         # as train_gpt2.c: train batches shuffled by llm.c's mt19937 (seed 42), val in order
-        self.train_loader = DataLoader(train_pattern, B, T, shuffle=args.shuffle, vocab_size=V)
-        self.val_loader = DataLoader(val_pattern, B, T, vocab_size=V) if args.val_every > 0 else None
+        # under MPI each rank reads its slice of every global batch of world.size * B rows
+        ranks = dict(process_rank=world.rank, num_processes=world.size)
+        self.train_loader = DataLoader(train_pattern, B, T, shuffle=args.shuffle, vocab_size=V, **ranks)
+        self.val_loader = DataLoader(val_pattern, B, T, vocab_size=V, **ranks) if args.val_every > 0 else None
         # llm.c prints num_tokens / (B*T), which ignores the one extra target token a batch reads:
         # one more than the batches a shard serves when B*T divides its tokens (val: 128, not 127)
-        log(f"train dataset num_batches: {self.train_loader.num_tokens // (B * T)}")
+        BT = B * T * world.size  # the global batch's tokens
+        log(f"train dataset num_batches: {self.train_loader.num_tokens // BT}")
         if self.val_loader is not None:
-            log(f"val dataset num_batches: {self.val_loader.num_tokens // (B * T)}")
+            log(f"val dataset num_batches: {self.val_loader.num_tokens // BT}")
         try:  # --prompt: the tokenizer file's table plus tiktoken's encoder
             self.tokenizer = load_tokenizer(args.data_dir, encode=bool(args.prompt))
         except Exception as e:  # e.g. no network for tiktoken's files: print token ids instead
@@ -164,7 +172,7 @@ class Run:
         for _ in range(n):
             x, y = self.val_loader.next_batch()
             total += self.model.forward(x, y)
-        return total / n
+        return self.world.mean(total / n)
 
     def sample(self):
         from .generate import generate
@@ -194,8 +202,8 @@ class Run:
         print("\n---", flush=True)
 
     def train_step(self, step):
-        from .optim import DECAYED, clip_grad_norm
-        a, model = self.args, self.model
+        from .optim import DECAYED
+        a, model, world = self.args, self.model, self.world
         lr = self.lr(step)
         t0 = time.perf_counter()
         loss = 0.0
@@ -203,13 +211,15 @@ class Run:
             x, y = self.train_loader.next_batch()
             loss += model.forward(x, y) / a.grad_accum
             model.zero_grad(params=(micro == 0))
-            model.backward(grad_scale=1.0 / a.grad_accum)
-        norm = clip_grad_norm(model, a.grad_clip)  # grad_clip 0: measures only
+            model.backward(grad_scale=1.0 / (a.grad_accum * world.size))  # the sum over ranks is the mean
+        world.reduce_grads(model)
+        loss = world.mean(loss)
+        norm = world.clip_grad_norm(model, a.grad_clip)  # grad_clip 0: measures only
         if not (math.isfinite(loss) and math.isfinite(norm)):
             raise Diverged(f"training diverged at step {step + 1}: train loss {loss}, grad norm {norm}; "
                            "stopped before the update, no checkpoint written from it (lower -l, or "
                            "try --grad-clip)")
-        model.update(lr, 0.9, 0.999, 1e-8, a.weight_decay, step + 1,
+        world.update(model, lr, 0.9, 0.999, 1e-8, a.weight_decay, step + 1,
                      decay=DECAYED if a.weight_decay > 0 else None)
         model.backend.synchronize()
         ms = (time.perf_counter() - t0) * 1000
@@ -236,17 +246,21 @@ class Run:
         if step > self.args.steps:
             raise ValueError(f"-y 1: the latest checkpoint in {out} is at step {step}, past -x {self.args.steps}: "
                              f"nothing to train (give an -x above {step}, or another -o)")
-        model_path, state_path, extra = checkpoint.load(out, step)
+        world = self.world
+        model_path, state_path, extra = checkpoint.load(out, step, rank=world.rank)
         json_path = checkpoint.paths(out, step)[2]
+        checkpoint.check_world(out, step, extra, world.size, self.args.zero_stage, world.rank)
         model = GPT2.from_checkpoint(model_path, device=self.args.device)
         if model.config != self.model.config:
             raise ValueError(f"{model_path}: its model shape {model.config} differs from -e's {self.model.config}")
-        state = read_state(state_path, model.num_parameters, step=step)
+        lo, hi = world.shard(model.num_parameters)  # -z 1: this rank's m and v shard
+        state = read_state(state_path, hi - lo, step=step)
         k = model.backend
         model.m_memory, model.v_memory = k.asarray(state["m"]), k.asarray(state["v"])
         self.model = model
         try:
-            self.train_loader.load_state(extra["train_loader"], llmc_tail=state["shuffle_tail"] or None)
+            self.train_loader.load_state(dict(extra["train_loader"], process_rank=world.rank),
+                                         llmc_tail=state["shuffle_tail"] or None)
             self.rng.state = self.rng_at_step = extra["rng_state"]
         except (ValueError, TypeError, KeyError) as e:
             raise FormatError(f"{json_path} with {state_path}: the data loader's or sampler's state: {e}") from None
@@ -273,6 +287,8 @@ class Run:
     def start_log(self):
         """Write the records kept so far (none, or those before a resumed step) atomically."""
         from .formats import atomic_write
+        if self.world.rank != 0:
+            return
         with atomic_write(self.log_path) as f:
             for r in self.records:
                 f.write((log_line(r) + "\n").encode())
@@ -281,6 +297,8 @@ class Run:
         """One JSON line per step, appended and flushed (read_log skips a line cut by a kill)."""
         from .formats import disk_error
         self.records.append(record)
+        if self.world.rank != 0:
+            return
         try:
             with open(self.log_path, "a") as f:
                 f.write(log_line(record) + "\n")
@@ -292,13 +310,13 @@ class Run:
     def run(self):
         from . import checkpoint
         from .plot import write_loss_svg
-        a, log = self.args, self.log
+        a, log, world = self.args, self.log, self.world
         os.makedirs(a.output_dir, exist_ok=True)
         if a.resume:
             self.resume()
         resumed_at = self.start_step if a.resume else None
         self.start_log()
-        tokens_per_step = a.batch_size * a.seq_len * a.grad_accum
+        tokens_per_step = a.batch_size * a.seq_len * a.grad_accum * world.size
         for step in range(self.start_step, a.steps + 1):
             last = step == a.steps
             record = {"step": step, "train_loss": None, "val_loss": None, "lr": None, "ms": None}
@@ -310,29 +328,36 @@ class Run:
                     self.append_log(record)
                     raise Diverged(f"training diverged by step {step}: val loss {record['val_loss']}; "
                                    "no checkpoint written from this state (lower -l, or try --grad-clip)")
-            if a.sample_every > 0 and ((step > 0 and step % a.sample_every == 0) or last):
+            if a.sample_every > 0 and ((step > 0 and step % a.sample_every == 0) or last) and world.rank == 0:
                 self.sample()
             if a.checkpoint_every > 0 and step != resumed_at and \
                     ((step > 0 and step % a.checkpoint_every == 0) or last):
                 self.check_finite(step, "checkpoint")
                 path = checkpoint.save(a.output_dir, step, self.model, self.checkpoint_extra(),
-                                       shuffle_tail=self.train_loader.llmc_state_tail())
+                                       shuffle_tail=self.train_loader.llmc_state_tail(), world=world)
                 log(f"saved checkpoint {path}")
             if last:
                 if record["val_loss"] is not None:
                     self.append_log(record)
                 break
+            comm0 = world.comm_seconds
             loss, lr, ms, norm = self.train_step(step)
+            comm_ms = (world.comm_seconds - comm0) * 1000
             # spikes, as llm.c's outlier detector: z-scores over the last 64 steps (NaN until then)
             zloss, znorm = self.loss_outliers.update(loss), self.norm_outliers.update(norm)
             record.update(train_loss=loss, lr=lr, ms=ms, grad_norm=norm, loss_z=zloss, norm_z=znorm)
+            if world.size > 1:
+                record["comm_ms"] = comm_ms
             self.append_log(record)
             mfu = self.flops / (ms / 1000) / self.peak
             log(f"step {step + 1:4d}/{a.steps} | train loss {loss:f}{z_text(zloss)} | "
                 f"grad norm {norm:.4f}{z_text(znorm)} | lr {lr:.2e} | {ms:.1f} ms | "
-                f"{tokens_per_step / (ms / 1000):.0f} tok/s | MFU {100 * mfu:.1f}%")
+                f"{tokens_per_step / (ms / 1000):.0f} tok/s | MFU {100 * mfu:.1f}%"
+                + (f" | comm {comm_ms:.1f} ms" if world.size > 1 else ""))
         final = os.path.join(a.output_dir, "model.bin")
         self.check_finite(a.steps, final)
+        if world.rank != 0:
+            return
         self.model.save_checkpoint(final)
         write_loss_svg(os.path.join(a.output_dir, "loss.svg"), self.records)
         log(f"wrote {final}, {self.log_path} and {os.path.join(a.output_dir, 'loss.svg')}")
@@ -424,6 +449,9 @@ def build_parser():
     a("--top-k", type=int, default=0, help="sample from the k most likely tokens only (default: 0, all)")
     a("--data-dir", default="data", help="where datasets, the tokenizer and downloads go (default: data)")
     a("--device", default="cpu", choices=["cpu", "cuda"], help="where to train (default: cpu)")
+    a("-z", dest="zero_stage", type=int, default=0, choices=[0, 1],
+      help="under mpiexec: 0 = every rank updates all parameters, 1 = ZeRO stage 1, each rank keeps "
+           "AdamW's m and v for its 1/N shard only (default: 0)")
     return p
 
 
@@ -509,29 +537,57 @@ def _terminate(signum, frame):
 
 
 def main(argv=None):
-    from .data import DownloadError
-    from .formats import FormatError
     p = build_parser()
     args = p.parse_args(argv)
     check_args(p, args)
 
-    def log(msg):
-        print(msg, flush=True)
+    from . import dist
+    try:
+        world = dist.world(args.zero_stage)
+    except RuntimeError as e:
+        print(f"llmnb-train: error: {e}", file=sys.stderr)
+        return 2
+    if world.size > 1:  # no rank may leave the others waiting in a collective: abort the world
+        code = run_guarded(args, world)
+        if code != 0:
+            world.abort(code)
+        return code
+    return run_guarded(args, world)
+
+
+def run_guarded(args, world):
+    """The run, with its errors as one line and an exit code."""
+    from .data import DownloadError
+    from .formats import FormatError
+
+    def log(msg):  # rank 0 speaks for every rank
+        if world.rank == 0:
+            print(msg, flush=True)
+    who = f" (rank {world.rank} of {world.size})" if world.size > 1 else ""
     # Ctrl-C and SIGTERM (what schedulers and `timeout` send): stop between steps' writes; every
     # file is written atomically, so nothing is half-written and no temporary file is left
     handlers = signal.signal(signal.SIGINT, signal.default_int_handler), signal.signal(signal.SIGTERM, _terminate)
     lock = None
     try:
-        lock = lock_output_dir(args.output_dir)
-        prepare_output_dir(args, log)
-        Run(args, log).run()
+        if world.rank == 0:  # the output directory is rank 0's; the others wait until it is ready
+            lock = lock_output_dir(args.output_dir)
+            prepare_output_dir(args, log)
+        world.barrier()
+        world.select_device(args.device)
+        Run(args, log, world).run()
     except KeyboardInterrupt as e:
         how = "terminated (SIGTERM)" if e.args == ("SIGTERM",) else "interrupted"
-        print(f"\n{how}: checkpoints already written are complete; resume with -y 1", file=sys.stderr)
+        print(f"\n{how}{who}: checkpoints already written are complete; resume with -y 1", file=sys.stderr)
         return 143 if e.args == ("SIGTERM",) else 130
     except (FormatError, DownloadError, ValueError, RuntimeError, OSError, MemoryError) as e:
-        print(f"llmnb-train: error: {e}", file=sys.stderr)
+        print(f"llmnb-train: error{who}: {e}", file=sys.stderr, flush=True)
         return 2
+    except Exception:
+        if world.size == 1:
+            raise
+        import traceback  # a bug on one rank: show it, then the caller aborts the world
+        traceback.print_exc()
+        return 1
     finally:
         signal.signal(signal.SIGINT, handlers[0])
         signal.signal(signal.SIGTERM, handlers[1])
