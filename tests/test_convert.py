@@ -141,3 +141,43 @@ def test_bad_input_is_one_clear_line(hf_dir, tmp_path, capsys):
     assert "model.safetensors: cannot read" in error("--from-hf", str(bad), "--out", str(tmp_path / "x.bin"))
     assert not (tmp_path / "x.bin").exists()
     assert "no such file" in error("--model", str(tmp_path / "nope.bin"), "--to-hf", str(tmp_path / "o"))
+
+
+def _train_argv(tmp_path, init):
+    stream = np.tile(np.random.default_rng(0).integers(0, 300, 37), 20)
+    write_shard(tmp_path / "train.bin", stream[:600])
+    write_shard(tmp_path / "val.bin", stream[600:])
+    return ["-i", str(tmp_path / "train.bin"), "-j", str(tmp_path / "val.bin"), "-e", init,
+            "-o", str(tmp_path / "out"), "-b", "1", "-t", "8", "-x", "1", "-v", "0", "-s", "0",
+            "--data-dir", str(tmp_path / "data")]
+
+
+def test_train_e_gpt2_converts_from_hugging_face_when_the_starter_pack_is_absent(tmp_path, monkeypatch, capsys):
+    from llmnb.train import main as train
+    hub = tmp_path / "hub_gpt2"
+    hf_model(V=50257, C=32, L=1, NH=2, maxT=16, seed=9).save_pretrained(hub)
+    fetched = []
+    monkeypatch.setattr(convert, "download_hf", lambda name, log: fetched.append(name) or str(hub))
+    assert train(_train_argv(tmp_path, "gpt2")) == 0
+    assert fetched == ["gpt2"]
+    assert "converted Hugging Face's gpt2" in capsys.readouterr().out
+    config, params = read_checkpoint(tmp_path / "data" / "gpt2_124M.bin")  # train_gpt2.py's name
+    want_config, want = convert.read_hf(str(hub))
+    assert config == want_config and np.array_equal(params, want)
+    assert train(_train_argv(tmp_path, "gpt2")) == 0  # the second run finds the file
+    assert fetched == ["gpt2"]
+
+
+def test_train_e_gpt2_offline_is_one_line_then_a_fresh_d12(tmp_path, monkeypatch, capsys):
+    from llmnb.train import main as train
+    def offline(name, log):
+        raise convert.ConvertError(f"could not download {name} from the Hugging Face hub: no network")
+    monkeypatch.setattr(convert, "download_hf", offline)
+    tiny = GPT2Config(max_seq_len=16, vocab_size=50257, padded_vocab_size=50304, num_layers=1,
+                      num_heads=1, channels=16)
+    monkeypatch.setattr(GPT2Config, "depth", classmethod(lambda cls, L, **kw: tiny))
+    assert train(_train_argv(tmp_path, "gpt2-medium")) == 0
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if "gpt2-medium" in line]
+    assert len(lines) == 1 and "no network" in lines[0] and "fresh d12" in lines[0]
+    assert read_checkpoint(tmp_path / "out" / "model.bin")[0] == tiny

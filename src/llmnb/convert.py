@@ -71,7 +71,11 @@ def _need(module):
 # ----------------------------------------------------------------------------------------------
 # Hugging Face -> llm.c
 
-def download_hf(name, log=print):
+def _log(msg):
+    print(msg, flush=True)
+
+
+def download_hf(name, log=_log):
     """A hub model id (gpt2, gpt2-medium, user/model...) -> the local folder of its files."""
     hub = _need("huggingface_hub")
     log(f"fetching {name} from the Hugging Face hub (config.json, model.safetensors)")
@@ -174,7 +178,7 @@ def params_from_hf(folder, config, tensors):
     return p.memory
 
 
-def read_hf(source, log=print):
+def read_hf(source, log=_log):
     """An HF GPT-2 (a local folder, or a hub id to download) -> (GPT2Config, flat float32 params)."""
     folder = source if os.path.isdir(source) else download_hf(source, log)
     cfg_path = os.path.join(folder, "config.json")
@@ -236,7 +240,7 @@ def gpt2_tokenizer_files():
             "tokenizer_config.json": json.dumps(config, indent=2).encode()}
 
 
-def write_hf(folder, config, params, log=print):
+def write_hf(folder, config, params, log=_log):
     """Write an HF GPT-2 folder: config.json, model.safetensors, and the tokenizer when at hand."""
     st = _need("safetensors.numpy")
     os.makedirs(folder, exist_ok=True)
@@ -260,7 +264,7 @@ def write_hf(folder, config, params, log=print):
 # ----------------------------------------------------------------------------------------------
 # pretrained GPT-2 for llmnb-train -e gpt2
 
-def pretrained_checkpoint(name, data_dir, log=print):
+def pretrained_checkpoint(name, data_dir, log=_log):
     """The llm.c checkpoint of the hub's `name` (gpt2, gpt2-medium, ...) in data_dir, converted
     from Hugging Face when absent (llm.c's starter pack holds only gpt2_124M.bin)."""
     path = os.path.join(data_dir, HF_GPT2_FILES[name])

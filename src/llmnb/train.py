@@ -40,6 +40,14 @@ def build_model(args, log):
             f"{config.channels} channels (seed {args.seed})")
         return GPT2(config, init_params(config, seed=args.seed), device=args.device, copy=False)
     path = args.init
+    from .convert import HF_GPT2_FILES, ConvertError, pretrained_checkpoint
+    if args.init in HF_GPT2_FILES:  # gpt2, gpt2-medium...: llm.c's file in --data-dir, else from HF
+        try:
+            path = pretrained_checkpoint(args.init, args.data_dir, log)
+        except ConvertError as e:
+            log(f"could not get {args.init} ({e}); training a fresh d12 model instead")
+            args.init = "d12"
+            return build_model(args, log)
     if not os.path.exists(path) and args.init_is_default:
         path = os.path.join(args.data_dir, DEFAULT_INIT)
         if not os.path.exists(path):
@@ -305,7 +313,9 @@ def build_parser():
     a("-i", dest="train", default=None, help="train data pattern (default: data/tinyshakespeare/tiny_shakespeare_train.bin, prepared if missing)")
     a("-j", dest="val", default=None, help="val data pattern (default: data/tinyshakespeare/tiny_shakespeare_val.bin)")
     a("-e", dest="init", default=None,
-      help=f"llm.c model file to start from, or d6/d12/d24/... for a fresh GPT-2 of that depth "
+      help=f"llm.c model file to start from, d6/d12/d24/... for a fresh GPT-2 of that depth, or "
+           f"gpt2/gpt2-medium/gpt2-large/gpt2-xl: --data-dir's {DEFAULT_INIT}/gpt2_350M.bin/..., converted "
+           f"from Hugging Face if missing (needs the hf extra) "
            f"(default: {DEFAULT_INIT}, fetched from llm.c's starter pack if missing, else d12)")
     a("-o", dest="output_dir", default="out", help="output dir for the log, checkpoints, model and loss curve (default: out)")
     a("-b", dest="batch_size", type=int, default=4, help="batch size B (default: 4)")
