@@ -13,7 +13,11 @@ from . import kernels
 
 
 class KVCache:
-    """Per-token activations (1, 1, ...) and the qkv cache (L, maxT, 3C) of one sequence."""
+    """Per-token activations and the qkv cache (L, maxT, 3C) of one sequence.
+
+    Each activation is a (1, 1, n) array for the layer kernels plus a 1-D view of it (name_v)
+    for the one-row matmuls (matvec_forward), made once here, not per token.
+    """
 
     def __init__(self, config, params):
         self.config = config
@@ -27,6 +31,8 @@ class KVCache:
         self.fch, self.fch_gelu, self.fcproj = z(4 * C), z(4 * C), z(C)
         self.mean, self.rstd = np.zeros((1, 1), np.float32), np.zeros((1, 1), np.float32)
         self.logits, self.probs = z(Vp), z(Vp)
+        for name in ("ln", "atty", "attproj", "fch", "fch_gelu", "fcproj", "logits"):
+            setattr(self, name + "_v", getattr(self, name)[0, 0])
         self.token = np.zeros((1, 1), dtype=np.int32)
         self.pos = 0
 
@@ -43,24 +49,20 @@ class KVCache:
             raise ValueError(f"token {token} is not a token id in [0, {cfg.vocab_size})")
         self.token[0, 0] = token
         x = self.x
-        hs = cfg.channels // cfg.num_heads
         k.encoder_forward(x, self.token, p.wte, p.wpe[t:t + 1])
         for l in range(cfg.num_layers):
             k.layernorm_forward(self.ln, self.mean, self.rstd, x, p.ln1w[l], p.ln1b[l])
-            qkv_t = self.qkv[l, t:t + 1].reshape(1, 1, -1)  # this position's row of the cache
-            k.matmul_forward(qkv_t, self.ln, p.qkvw[l], p.qkvb[l])
-            for h in range(cfg.num_heads):  # this position's query over the cached keys/values
-                k.attention_query(self.atty[0, 0, h * hs:(h + 1) * hs], self.att[h], self.att[h],
-                                  self.qkv[l], t, h)
-            k.matmul_forward(self.attproj, self.atty, p.attprojw[l], p.attprojb[l])
+            k.matvec_forward(self.qkv[l, t], self.ln_v, p.qkvw[l], p.qkvb[l])  # into the cache
+            k.attention_token(self.atty_v, self.att, self.qkv[l], t)  # over the cached positions
+            k.matvec_forward(self.attproj_v, self.atty_v, p.attprojw[l], p.attprojb[l])
             k.residual_forward(self.res2, x, self.attproj)
             k.layernorm_forward(self.ln, self.mean, self.rstd, self.res2, p.ln2w[l], p.ln2b[l])
-            k.matmul_forward(self.fch, self.ln, p.fcw[l], p.fcb[l])
+            k.matvec_forward(self.fch_v, self.ln_v, p.fcw[l], p.fcb[l])
             k.gelu_forward(self.fch_gelu, self.fch)
-            k.matmul_forward(self.fcproj, self.fch_gelu, p.fcprojw[l], p.fcprojb[l])
+            k.matvec_forward(self.fcproj_v, self.fch_gelu_v, p.fcprojw[l], p.fcprojb[l])
             k.residual_forward(x, self.res2, self.fcproj)
         k.layernorm_forward(self.ln, self.mean, self.rstd, x, p.lnfw, p.lnfb)
-        k.matmul_forward(self.logits, self.ln, p.wte, None)
+        k.matvec_forward(self.logits_v, self.ln_v, p.wte, None)  # the classifier: one pass over wte
         k.softmax_forward(self.probs, self.logits, cfg.vocab_size)
         self.pos += 1
         return self.probs[0, 0]

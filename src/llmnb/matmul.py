@@ -299,6 +299,23 @@ def _matmul_backward_dweight(dweight, dbias, dout, inpT, o0, o1, doutT, has_bias
                 dbias[o] += _sum(a[o - r0])
 
 
+MV_ROWS = 256  # matvec_forward: rows of weight per parallel task (768 KB at C = 768)
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _matvec_forward(out, inp, weight, bias, has_bias):
+    # out (OC,) = weight (OC,C) . inp (C,) + bias (OC): matmul_forward for one token (a GEMV).
+    # Generation reads every weight once per token, so this is bound by memory bandwidth: each
+    # task streams a contiguous block of MV_ROWS rows front to back, one row's dot product at a
+    # time (a single stream the prefetcher follows; inp stays in L1), and prange hands each
+    # thread one contiguous run of tasks.
+    OC, C = weight.shape
+    for task in prange((OC + MV_ROWS - 1) // MV_ROWS):
+        for r in range(task * MV_ROWS, min((task + 1) * MV_ROWS, OC)):
+            s = _dot(inp, weight[r], C)
+            out[r] = s + bias[r] if has_bias else s
+
+
 def _check(name, arr, shape):
     # arr must be a C-contiguous float32 array of exactly this shape
     if not isinstance(arr, np.ndarray) or arr.dtype != F32:
@@ -386,3 +403,14 @@ def backward_dweight(dweight, dbias, dout, inp, scratch):
         o1 = min(o0 + och, OC)
         _matmul_backward_dweight(dweight, dbias if has_bias else NO_BIAS, dout, inpT, o0, o1,
                                  scratch.get("doutT", (o1 - o0, N)), has_bias)
+
+
+def matvec_forward(out, inp, weight, bias):
+    """out (OC,) = weight (OC,C) @ inp (C,) + bias (OC): one token's matmul_forward; bias may be None."""
+    OC, C = _weight_shape(weight)
+    _check("inp", inp, (C,))
+    _check("out", out, (OC,))
+    has_bias = bias is not None
+    if has_bias:
+        _check("bias", bias, (OC,))
+    _matvec_forward(out, inp, weight, bias if has_bias else NO_BIAS, has_bias)
