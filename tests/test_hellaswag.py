@@ -144,3 +144,22 @@ def test_losses_match_llmc_hellaswag_py_on_transformers(files, tok):
         np.testing.assert_allclose(total, want_sum.double().numpy(), rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(mean, want_avg.double().numpy(), rtol=1e-4, atol=1e-4)
         assert np.argmin(total) == int(want_sum.argmin()) and np.argmin(mean) == int(want_avg.argmin())
+
+
+def test_train_logs_hellaswag_every_n_steps(files, tmp_path, capsys):
+    from llmnb.formats import write_shard
+    from llmnb.train import build_parser, main, read_log
+    assert "--hellaswag-every" in build_parser().format_help()
+    write_shard(tmp_path / "tr.bin", np.random.default_rng(0).integers(0, 1000, 400))
+    argv = ["-e", str(files / "repeat.bin"), "-i", str(tmp_path / "tr.bin"), "-j", str(tmp_path / "tr.bin"),
+            "-o", str(tmp_path / "o"), "-b", "1", "-t", "8", "-x", "3", "-v", "0", "-s", "0", "-l", "0",
+            "--data-dir", str(tmp_path / "d"), "--hellaswag-every", "2", "--hellaswag-file", str(files / "hs.jsonl")]
+    assert main(argv) == 0  # lr 0: the model stays the repeat model, whose answers are known
+    assert capsys.readouterr().out.count("HellaSwag: acc 0.5000 acc_norm 0.7500 (4 examples)") == 2
+    log = read_log(str(tmp_path / "o" / "log.jsonl"))
+    evals = [(r["step"], r["hellaswag_acc"], r["hellaswag_acc_norm"]) for r in log if "hellaswag_acc" in r]
+    assert evals == [(2, 0.5, 0.75), (3, 0.5, 0.75)]  # after step 0 as llm.c, and at the end
+    assert main(argv + ["--hellaswag-limit", "2", "-x", "2"]) == 0
+    assert "HellaSwag: acc 1.0000 acc_norm 1.0000 (2 examples)" in capsys.readouterr().out
+    assert main(argv[:-2] + ["--hellaswag-file", str(tmp_path / "nope.jsonl")]) == 2
+    assert "nope.jsonl: no such file" in capsys.readouterr().err

@@ -113,8 +113,12 @@ def ending_losses(model, tokens, mask):
 
 def evaluate(model, examples, encode, progress=None):
     """-> dict(n, acc, acc_norm) of the model on the examples. progress: a callable taking
-    (done, correct, correct_norm) after each example, or None."""
-    rendered = prepare(examples, encode, model.config)
+    (done, correct, correct_norm), called once before the first example and after each."""
+    return score(model, prepare(examples, encode, model.config), progress)
+
+
+def score(model, rendered, progress=None):
+    """evaluate() on examples already rendered by prepare()."""
     if progress is not None:
         progress(0, 0, 0)
     correct = correct_norm = 0

@@ -112,6 +112,7 @@ class Run:
             log(f"no tokenizer ({e}); samples will be printed as token ids")
             self.tokenizer = None
         self.prompt_tokens = self.encode_prompt(args.prompt)
+        self.hellaswag = self.load_hellaswag() if args.hellaswag_every > 0 else None
         self.rng = Rng(args.sampler_seed)
         self.records = []
         self.start_step = 0
@@ -136,6 +137,17 @@ class Run:
         if len(ids) + 1 > self.model.config.max_seq_len:
             raise ValueError(f"--prompt is {len(ids)} tokens, longer than the model's max_seq_len")
         return ids
+
+    def load_hellaswag(self):
+        """--hellaswag-every's examples, rendered and checked now rather than at the first eval."""
+        from . import hellaswag
+        from .tokenizer import Tokenizer
+        a = self.args
+        path = a.hellaswag_file or hellaswag.val_file(a.data_dir, self.log)
+        examples = hellaswag.read_examples(path)[:a.hellaswag_limit or None]
+        rendered = hellaswag.prepare(examples, Tokenizer.tiktoken().encode, self.model.config)
+        self.log(f"HellaSwag: {len(rendered)} examples from {path}")
+        return rendered
 
     # -- pieces of a step
 
@@ -261,6 +273,11 @@ class Run:
             if a.val_every > 0 and (step % a.val_every == 0 or last):
                 record["val_loss"] = self.val_loss()
                 log(f"val loss {record['val_loss']:f}")
+            if a.hellaswag_every > 0 and ((step > 0 and step % a.hellaswag_every == 0) or last):
+                from .hellaswag import score  # as train_gpt2.cu's -h 1: after step 0, and last
+                hs = score(self.model, self.hellaswag)
+                record.update(hellaswag_acc=hs["acc"], hellaswag_acc_norm=hs["acc_norm"])
+                log(f"HellaSwag: acc {hs['acc']:.4f} acc_norm {hs['acc_norm']:.4f} ({hs['n']} examples)")
             if a.sample_every > 0 and ((step > 0 and step % a.sample_every == 0) or last):
                 self.sample()
             if a.checkpoint_every > 0 and step != resumed_at and \
@@ -268,7 +285,7 @@ class Run:
                 path = checkpoint.save(a.output_dir, step, self.model, self.checkpoint_extra())
                 log(f"saved checkpoint {path}")
             if last:
-                if record["val_loss"] is not None:
+                if record["val_loss"] is not None or "hellaswag_acc" in record:
                     self.append_log(record)
                 break
             loss, lr, ms, norm = self.train_step(step)
@@ -339,6 +356,15 @@ def build_parser():
     a("--prompt", default=None, help="text to start the samples from (default: the EOT token alone)")
     a("--temperature", type=float, default=1.0, help="sampling temperature (default: 1.0)")
     a("--top-k", type=int, default=0, help="sample from the k most likely tokens only (default: 0, all)")
+    # llm.c's train_gpt2.cu calls this -h, which argparse keeps for --help
+    a("--hellaswag-every", type=int, default=0, metavar="N",
+      help="HellaSwag acc/acc_norm every N steps and at the end, logged (llm.c's -h; -h is --help "
+           "here) (default: 0, off)")
+    a("--hellaswag-file", default=None, metavar="JSONL",
+      help="HellaSwag jsonl for --hellaswag-every (default: <data-dir>/hellaswag/hellaswag_val.jsonl, "
+           "downloaded if missing)")
+    a("--hellaswag-limit", type=int, default=0, metavar="K",
+      help="evaluate the first K examples only (default: 0, all 10,042: slow on a CPU)")
     a("--data-dir", default="data", help="where datasets, the tokenizer and downloads go (default: data)")
     a("--device", default="cpu", choices=["cpu", "cuda"], help="where to train (default: cpu)")
     return p
@@ -348,7 +374,8 @@ def check_args(p, args):
     for name in ("batch_size", "seq_len", "grad_accum", "val_batches"):
         if getattr(args, name) < 1:
             p.error(f"{name} must be >= 1")
-    for name in ("steps", "val_every", "sample_every", "gen_tokens", "checkpoint_every", "warmup", "top_k"):
+    for name in ("steps", "val_every", "sample_every", "gen_tokens", "checkpoint_every", "warmup", "top_k",
+                 "hellaswag_every", "hellaswag_limit"):
         if getattr(args, name) < 0:
             p.error(f"{name} must be >= 0")
     if not args.temperature > 0:
