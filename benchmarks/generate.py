@@ -3,7 +3,8 @@ on the same GPT-2 weights, in one process, on the same number of threads.
 
     python benchmarks/generate.py [--model gpt2_124M.bin] [-g 128] [--threads 2] [--runs 3]
 
-Without --model: a random GPT-2 124M (the speed depends on the shapes only). Each run generates
+llmnb runs twice: float32 weights, and bfloat16 weights (llmnb-sample --dtype bfloat16, half
+the bytes per token). Without --model: a random GPT-2 124M (the speed depends on the shapes only). Each run generates
 -g tokens after the EOT token, sampling from the whole distribution; tokens/s counts the tokens
 after the first (the first also pays for the prompt). Needs the reference extra (torch,
 transformers). Every new token reads all the fp32 weights (~500 MB at 124M), so memory
@@ -19,11 +20,11 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
 
 
-def llmnb_tokens_per_s(config, params, g, seed):
+def llmnb_tokens_per_s(config, params, g, seed, dtype="float32"):
     from llmnb.generate import generate
     from llmnb.sampler import Rng
     times = []
-    generate(config, params, [config.vocab_size - 1], g, Rng(seed),
+    generate(config, params, [config.vocab_size - 1], g, Rng(seed), dtype=dtype,
              on_token=lambda t: times.append(time.perf_counter()))
     return (len(times) - 1) / (times[-1] - times[0])
 
@@ -84,14 +85,17 @@ def main():
         params = init_params(config, seed=0)
     if args.g >= config.max_seq_len:
         p.error(f"-g must be < the model's max_seq_len {config.max_seq_len}")
-    llmnb_tokens_per_s(config, params, 4, 0)  # compile
-    rows = [("llmnb KV cache", [llmnb_tokens_per_s(config, params, args.g, r) for r in range(args.runs)])]
+    rows = []
+    for dtype in ("float32", "bfloat16"):
+        llmnb_tokens_per_s(config, params, 4, 0, dtype)  # compile
+        rows.append((f"llmnb KV cache, {dtype} weights",
+                     [llmnb_tokens_per_s(config, params, args.g, r, dtype) for r in range(args.runs)]))
     if not args.skip_hf:
         import torch
         torch.set_num_threads(args.threads)
         model = hf_model(config, params)
         hf_tokens_per_s(model, config, 4, 0)  # warm up
-        rows.append(("Hugging Face generate", [hf_tokens_per_s(model, config, args.g, r)
+        rows.append(("Hugging Face generate, float32", [hf_tokens_per_s(model, config, args.g, r)
                                                for r in range(args.runs)]))
     print(f"{config.num_layers} layers x {config.channels} channels, {args.g} tokens, {args.threads} threads")
     print("| | best tok/s | median tok/s | runs |\n| --- | --- | --- | --- |")

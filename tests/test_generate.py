@@ -66,3 +66,18 @@ def test_matvec_forward_against_float64(OC, C):
     np.testing.assert_allclose(out, want - b, rtol=1e-5, atol=1e-5 * np.sqrt(C))
     with pytest.raises(ValueError, match="inp"):
         matvec_forward(out, x[:-1], w, None)
+
+
+def test_bfloat16_cache_is_the_model_of_the_rounded_parameters(params):
+    # streaming the matrices as bfloat16 bits == float32 generation on bf16-rounded parameters
+    from llmnb.formats import bf16_to_fp32, fp32_to_bf16
+    rounded = bf16_to_fp32(fp32_to_bf16(params))
+    assert not np.array_equal(rounded, params)
+    tokens = np.random.default_rng(3).integers(0, CFG.vocab_size, CFG.max_seq_len)
+    half, full = KVCache(CFG, params, dtype="bfloat16"), KVCache(CFG, rounded)
+    for tok in tokens:
+        np.testing.assert_allclose(half.step(int(tok)), full.step(int(tok)), rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(half.logits, full.logits, rtol=1e-5, atol=1e-5)
+    assert generate(CFG, params, [1], 8, Rng(3), dtype="bfloat16") == generate(CFG, rounded, [1], 8, Rng(3))
+    with pytest.raises(ValueError, match="dtype"):
+        KVCache(CFG, params, dtype="float16")

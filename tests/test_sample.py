@@ -65,6 +65,14 @@ def test_streams_the_tokens_generate_samples(model_file, tmp_path, tok):
     assert "tokens/s" in err and "10 tokens" in err
 
 
+def test_bfloat16_samples_the_bf16_rounded_model(model_file, tmp_path, tok):
+    from llmnb.formats import bf16_to_fp32, fp32_to_bf16
+    new, _, err = run(model_file, tmp_path, "-g", "8", "--dtype", "bfloat16", "--seed", "9")
+    rounded = bf16_to_fp32(fp32_to_bf16(init_params(CFG, seed=4) * 6))
+    assert new == generate(CFG, rounded, [tok.eot_token], 8, Rng(9))
+    assert "bfloat16 on cpu" in err
+
+
 def test_top_k_1_is_the_argmax_of_the_full_forward(model_file, tmp_path, tok):
     new, _, _ = run(model_file, tmp_path, "-g", "6", "--top-k", "1")
     model = GPT2(CFG, init_params(CFG, seed=4) * 6)
@@ -94,7 +102,7 @@ def test_cuda_device_samples_what_the_cpu_samples(tmp_path):
                             "--device", device, "--data-dir", str(tmp_path)], env=env, capture_output=True,
                            text=True, timeout=600)
         assert r.returncode == 0, r.stderr
-        assert f"8 tokens" in r.stderr and r.stderr.rstrip().endswith(f"{device})")
+        assert "8 tokens" in r.stderr and r.stderr.rstrip().endswith(f"on {device})")
         outs.append(r.stdout)
     assert outs[0] == outs[1] and len(outs[0]) > 1
 

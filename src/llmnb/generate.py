@@ -9,7 +9,10 @@ are the model's own, called on (1, 1, ...) views; attention runs per head as one
 import numpy as np
 
 from .config import Tensors, param_shapes
+from .formats import bf16_to_fp32, fp32_to_bf16
 from . import kernels
+
+MATRICES = ("qkvw", "attprojw", "fcw", "fcprojw", "wte")  # what the one-row matmuls stream
 
 
 class KVCache:
@@ -17,13 +20,27 @@ class KVCache:
 
     Each activation is a (1, 1, n) array for the layer kernels plus a 1-D view of it (name_v)
     for the one-row matmuls (matvec_forward), made once here, not per token.
+
+    dtype "bfloat16" runs the model of the parameters rounded to bfloat16 (as an llm.c version-5
+    checkpoint holds them; lossless for one) and streams its matrices as bfloat16: half the
+    bytes per token of float32.
     """
 
-    def __init__(self, config, params):
+    def __init__(self, config, params, dtype="float32"):
+        if dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {dtype!r}")
         self.config = config
         C, L, NH, maxT, Vp = (config.channels, config.num_layers, config.num_heads,
                               config.max_seq_len, config.padded_vocab_size)
-        self.p = Tensors(np.asarray(params, dtype=np.float32).reshape(-1), param_shapes(config))
+        params = np.asarray(params, dtype=np.float32).reshape(-1)
+        self.bits = None  # bfloat16 bits of MATRICES, by name
+        if dtype == "bfloat16":
+            bits = fp32_to_bf16(params)
+            params = bf16_to_fp32(bits)
+            b = Tensors(bits, param_shapes(config))
+            self.bits = {name: getattr(b, name) for name in MATRICES}
+            self.scratch = kernels.matvec_scratch(max(Vp, 4 * C), 4 * C)
+        self.p = Tensors(params, param_shapes(config))
         self.qkv = np.zeros((L, maxT, 3 * C), dtype=np.float32)
         self.att = np.zeros((NH, maxT), dtype=np.float32)
         z = lambda *shape: np.zeros((1, 1) + shape, dtype=np.float32)  # noqa: E731
@@ -52,30 +69,41 @@ class KVCache:
         k.encoder_forward(x, self.token, p.wte, p.wpe[t:t + 1])
         for l in range(cfg.num_layers):
             k.layernorm_forward(self.ln, self.mean, self.rstd, x, p.ln1w[l], p.ln1b[l])
-            k.matvec_forward(self.qkv[l, t], self.ln_v, p.qkvw[l], p.qkvb[l])  # into the cache
+            self.matvec(self.qkv[l, t], self.ln_v, "qkvw", l, p.qkvb[l])  # into the cache
             k.attention_token(self.atty_v, self.att, self.qkv[l], t)  # over the cached positions
-            k.matvec_forward(self.attproj_v, self.atty_v, p.attprojw[l], p.attprojb[l])
+            self.matvec(self.attproj_v, self.atty_v, "attprojw", l, p.attprojb[l])
             k.residual_forward(self.res2, x, self.attproj)
             k.layernorm_forward(self.ln, self.mean, self.rstd, self.res2, p.ln2w[l], p.ln2b[l])
-            k.matvec_forward(self.fch_v, self.ln_v, p.fcw[l], p.fcb[l])
+            self.matvec(self.fch_v, self.ln_v, "fcw", l, p.fcb[l])
             k.gelu_forward(self.fch_gelu, self.fch)
-            k.matvec_forward(self.fcproj_v, self.fch_gelu_v, p.fcprojw[l], p.fcprojb[l])
+            self.matvec(self.fcproj_v, self.fch_gelu_v, "fcprojw", l, p.fcprojb[l])
             k.residual_forward(x, self.res2, self.fcproj)
         k.layernorm_forward(self.ln, self.mean, self.rstd, x, p.lnfw, p.lnfb)
-        k.matvec_forward(self.logits_v, self.ln_v, p.wte, None)  # the classifier: one pass over wte
+        self.matvec(self.logits_v, self.ln_v, "wte", None, None)  # the classifier: one pass over wte
         k.softmax_forward(self.probs, self.logits, cfg.vocab_size)
         self.pos += 1
         return self.probs[0, 0]
 
+    def matvec(self, out, inp, name, l, bias):
+        """out = the matrix `name` (of layer l; None: not per layer) . inp + bias, from its
+        float32 or its bfloat16 copy."""
+        if self.bits is None:
+            w = getattr(self.p, name)
+            kernels.matvec_forward(out, inp, w if l is None else w[l], bias)
+        else:
+            w = self.bits[name]
+            kernels.matvec_forward_bf16(out, inp, w if l is None else w[l], bias, self.scratch)
 
-def generate(config, params, prompt, max_new_tokens, rng, temperature=1.0, top_k=0, on_token=None):
+
+def generate(config, params, prompt, max_new_tokens, rng, temperature=1.0, top_k=0, on_token=None,
+             dtype="float32"):
     """Sample up to max_new_tokens after the prompt (a non-empty list of token ids), stopping at
     max_seq_len. rng is a sampler.Rng (one f32 coin per token, as llm.c). Calls on_token(id) for
-    each new token; returns the list of new tokens."""
+    each new token; returns the list of new tokens. dtype: the KVCache's."""
     from .sampler import sample
     if len(prompt) == 0:
         raise ValueError("generation needs a prompt of at least one token (e.g. the EOT token)")
-    cache = KVCache(config, params)
+    cache = KVCache(config, params, dtype)
     probs = None
     for tok in prompt[:config.max_seq_len]:
         probs = cache.step(int(tok))

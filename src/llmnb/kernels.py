@@ -17,7 +17,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .matmul import matmul_forward, matmul_backward, matvec_forward  # noqa: F401  (re-exported, see matmul.py)
+from .matmul import (matmul_forward, matmul_backward, matvec_forward,  # noqa: F401  (re-exported,
+                     matvec_forward_bf16, matvec_scratch)  # see matmul.py)
 
 F32 = np.float32
 GELU_SCALING_FACTOR = F32(math.sqrt(2.0 / math.pi))

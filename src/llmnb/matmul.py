@@ -316,6 +316,22 @@ def _matvec_forward(out, inp, weight, bias, has_bias):
             out[r] = s + bias[r] if has_bias else s
 
 
+@njit(parallel=True, fastmath=True, cache=True)
+def _matvec_forward_bf16(out, inp, weight, bias, has_bias, scratch):
+    # _matvec_forward with weight (OC,C) held as bfloat16 bit patterns (uint16): half the bytes
+    # to stream. Each row is widened into the task's row of scratch (ntasks, >= C) uint32 (a
+    # bfloat16 is the top half of a float32), then dotted as float32.
+    OC, C = weight.shape
+    for task in prange((OC + MV_ROWS - 1) // MV_ROWS):
+        bits = scratch[task, :C]
+        row = bits.view(np.float32)
+        for r in range(task * MV_ROWS, min((task + 1) * MV_ROWS, OC)):
+            for k in range(C):
+                bits[k] = np.uint32(weight[r, k]) << np.uint32(16)
+            s = _dot(inp, row, C)
+            out[r] = s + bias[r] if has_bias else s
+
+
 def _check(name, arr, shape):
     # arr must be a C-contiguous float32 array of exactly this shape
     if not isinstance(arr, np.ndarray) or arr.dtype != F32:
@@ -414,3 +430,25 @@ def matvec_forward(out, inp, weight, bias):
     if has_bias:
         _check("bias", bias, (OC,))
     _matvec_forward(out, inp, weight, bias if has_bias else NO_BIAS, has_bias)
+
+
+def matvec_scratch(OC, C):
+    """The uint32 scratch matvec_forward_bf16 needs for a weight of up to (OC, C)."""
+    return np.zeros(((OC + MV_ROWS - 1) // MV_ROWS, C), dtype=np.uint32)
+
+
+def matvec_forward_bf16(out, inp, weight_bits, bias, scratch):
+    """matvec_forward with weight_bits (OC,C) uint16: bfloat16 bit patterns (formats.fp32_to_bf16);
+    scratch from matvec_scratch(>= OC, >= C)."""
+    if not isinstance(weight_bits, np.ndarray) or weight_bits.dtype != np.uint16 or weight_bits.ndim != 2 \
+            or not weight_bits.flags.c_contiguous:
+        raise ValueError("matmul: weight_bits must be a C-contiguous (OC, C) uint16 array of bfloat16 bits")
+    OC, C = weight_bits.shape
+    _check("inp", inp, (C,))
+    _check("out", out, (OC,))
+    if scratch.dtype != np.uint32 or scratch.shape[0] < (OC + MV_ROWS - 1) // MV_ROWS or scratch.shape[1] < C:
+        raise ValueError(f"matmul: scratch {scratch.shape} too small for a ({OC}, {C}) weight")
+    has_bias = bias is not None
+    if has_bias:
+        _check("bias", bias, (OC,))
+    _matvec_forward_bf16(out, inp, weight_bits, bias if has_bias else NO_BIAS, has_bias, scratch)

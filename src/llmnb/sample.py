@@ -82,6 +82,10 @@ def build_parser():
     a("--seed", type=int, default=1337, help="seed of the xorshift sampler (default: 1337, as llm.c)")
     a("--device", default="cpu", choices=["cpu", "cuda"],
       help="cpu: KV-cache generation (default); cuda: the full forward per token on the GPU")
+    a("--dtype", default="float32", choices=["float32", "bfloat16"],
+      help="precision of the weights the CPU streams per token: bfloat16 reads half the bytes, so "
+           "runs up to ~2x faster, with the weights rounded to bfloat16 (lossless for llm.c's bf16 "
+           "checkpoints) (default: float32)")
     a("--data-dir", default="data",
       help="where to look for llm.c's gpt2_tokenizer.bin (default: data; else tiktoken's gpt2)")
     return p
@@ -96,6 +100,8 @@ def check_args(p, args):
         p.error("--top-k must be >= 0")
     if not 0 <= args.seed < 2**64:
         p.error("--seed must be in [0, 2**64)")
+    if args.dtype != "float32" and args.device != "cpu":
+        p.error("--dtype bfloat16 is for the CPU's KV-cache generation")
 
 
 def run(args, out=sys.stdout, err=sys.stderr):
@@ -131,7 +137,7 @@ def run(args, out=sys.stdout, err=sys.stderr):
     kw = dict(temperature=args.temperature, top_k=args.top_k, on_token=show)
     t0 = time.perf_counter()
     if args.device == "cpu":
-        new = generate(config, params, prompt, args.gen_tokens, Rng(args.seed), **kw)
+        new = generate(config, params, prompt, args.gen_tokens, Rng(args.seed), dtype=args.dtype, **kw)
     else:
         new = generate_on_device(config, params, prompt, args.gen_tokens, Rng(args.seed), args.device, **kw)
     out.write((dec.flush() if tok is not None else "") + "\n")
@@ -140,7 +146,7 @@ def run(args, out=sys.stdout, err=sys.stderr):
     first = times[0] - t0
     rate = f"{(len(times) - 1) / (times[-1] - times[0]):.1f} tokens/s" if len(times) > 1 else "n/a"
     log(f"--- {len(new)} tokens ({len(prompt)} prompt tokens with EOT in {first:.2f} s, then "
-        f"{rate}, {config.num_layers} layers x {config.channels} channels, {args.device})")
+        f"{rate}, {config.num_layers} layers x {config.channels} channels, {args.dtype} on {args.device})")
     if len(new) < args.gen_tokens:
         log(f"stopped at the model's max_seq_len {config.max_seq_len}")
     return new
