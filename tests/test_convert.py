@@ -181,3 +181,30 @@ def test_train_e_gpt2_offline_is_one_line_then_a_fresh_d12(tmp_path, monkeypatch
     lines = [line for line in out.splitlines() if "gpt2-medium" in line]
     assert len(lines) == 1 and "no network" in lines[0] and "fresh d12" in lines[0]
     assert read_checkpoint(tmp_path / "out" / "model.bin")[0] == tiny
+
+
+def test_the_hubs_gpt2_layout_converts_too(hf_dir, tmp_path):
+    # HF's own gpt2 files name tensors without "transformer." and carry the causal-mask buffers
+    from safetensors.numpy import load_file, save_file
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    (hub / "config.json").write_text((hf_dir / "config.json").read_text())
+    tensors = {k.removeprefix("transformer."): v for k, v in load_file(hf_dir / "model.safetensors").items()}
+    for l in range(2):
+        tensors[f"h.{l}.attn.bias"] = np.tril(np.ones((1, 1, 16, 16), dtype=np.float32))
+    save_file(tensors, hub / "model.safetensors", metadata={"format": "pt"})
+    assert convert.read_hf(str(hub))[1].tolist() == convert.read_hf(str(hf_dir))[1].tolist()
+    tensors["h.0.mlp.c_extra.weight"] = np.zeros((2, 2), dtype=np.float32)
+    save_file(tensors, hub / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(convert.ConvertError, match="no place for: h.0.mlp.c_extra.weight"):
+        convert.read_hf(str(hub))
+
+
+def test_a_bfloat16_hf_model_converts_exactly(tmp_path):
+    # llm.c's export_hf.py writes bfloat16 by default; NumPy has no bfloat16, so these are read apart
+    model = hf_model(V=100, seed=3).to(torch.bfloat16)
+    model.save_pretrained(tmp_path / "bf16")
+    config, params = convert.read_hf(str(tmp_path / "bf16"))
+    model32 = model.to(torch.float32)
+    model32.save_pretrained(tmp_path / "f32")
+    assert np.array_equal(params, convert.read_hf(str(tmp_path / "f32"))[1])

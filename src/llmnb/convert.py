@@ -20,7 +20,7 @@ import sys
 import numpy as np
 
 from .config import GPT2Config, Tensors, param_shapes
-from .formats import FormatError, atomic_write, read_checkpoint, write_checkpoint
+from .formats import FormatError, atomic_write, bf16_to_fp32, read_checkpoint, write_checkpoint
 
 # the hub's GPT-2 sizes and the file names llm.c's train_gpt2.py gives them
 HF_GPT2_FILES = {"gpt2": "gpt2_124M.bin", "gpt2-medium": "gpt2_350M.bin",
@@ -133,14 +133,44 @@ def _safetensors_files(folder):
                        "only safetensors weights are read")
 
 
+def _read_bf16_safetensors(path):
+    """{name: float32 array} of a safetensors file holding bfloat16 tensors (llm.c's export_hf.py
+    writes bfloat16 by default), which safetensors' NumPy API cannot load: NumPy has no bfloat16.
+    The format: a little-endian u64 header length, a JSON header (dtype, shape, data_offsets of
+    each tensor), then the data."""
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+        data = f.read()
+    dtypes = {"BF16": "<u2", "F16": "<f2", "F32": "<f4"}
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if info["dtype"] not in dtypes:
+            raise ConvertError(f"{path}: tensor '{name}' has dtype {info['dtype']} (readable: BF16, F16, F32)")
+        begin, end = info["data_offsets"]
+        a = np.frombuffer(data[begin:end], dtype=dtypes[info["dtype"]])
+        a = bf16_to_fp32(a) if info["dtype"] == "BF16" else a.astype(np.float32)
+        out[name] = a.reshape(info["shape"])
+    return out
+
+
 def read_hf_tensors(folder):
     """{name without 'transformer.': float32 array} of an HF folder's safetensors files."""
     st = _need("safetensors.numpy")
     tensors = {}
     for path in _safetensors_files(folder):
         try:
-            loaded = st.load_file(path)
-        except Exception as e:  # truncated or not safetensors; bf16, which NumPy has no dtype for
+            try:
+                loaded = st.load_file(path)
+            except TypeError as e:  # "data type 'bfloat16' not understood"
+                if "bfloat16" not in str(e):
+                    raise
+                loaded = _read_bf16_safetensors(path)
+        except ConvertError:
+            raise
+        except Exception as e:  # truncated, or not safetensors
             msg = " ".join(str(e).split())[:200] or type(e).__name__
             raise ConvertError(f"{path}: cannot read as safetensors with NumPy: {msg}") from None
         for name, array in loaded.items():
