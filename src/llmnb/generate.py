@@ -6,13 +6,35 @@ step t runs the layers on one token and attends over the t+1 cached positions. T
 are the model's own, called on (1, 1, ...) views; attention runs per head as one query
 (kernels.attention_query, the body of attention_forward) over the cache.
 """
+import types
+
 import numpy as np
+from numba import njit
 
 from .config import Tensors, param_shapes
 from .formats import bf16_to_fp32, fp32_to_bf16
 from . import kernels
 
 MATRICES = ("qkvw", "attprojw", "fcw", "fcprojw", "wte")  # what the one-row matmuls stream
+
+
+def _serial(kernel):
+    """A serial build of a parallel layer kernel (its prange runs as a plain range), for one
+    token's row: a parallel region costs more than a row's layernorm, and far more when another
+    process holds a core (every region then waits for a descheduled thread). Same code and
+    fastmath flags, so the same results (parallel == serial is tested for every kernel); its own
+    name, so Numba's on-disk cache keeps it apart from the parallel build."""
+    f = kernel.py_func
+    name = f.__name__ + "_serial"
+    g = types.FunctionType(f.__code__, f.__globals__, name, f.__defaults__, f.__closure__)
+    g.__qualname__ = name
+    return njit(fastmath=kernel.targetoptions.get("fastmath", False), cache=True)(g)
+
+
+# the row kernels of a generation step (the matmuls and attention stay parallel)
+encoder_forward, layernorm_forward, residual_forward, gelu_forward, softmax_forward = (
+    _serial(k) for k in (kernels.encoder_forward, kernels.layernorm_forward, kernels.residual_forward,
+                         kernels.gelu_forward, kernels.softmax_forward))
 
 
 class KVCache:
@@ -65,22 +87,22 @@ class KVCache:
         if not 0 <= token < cfg.vocab_size:
             raise ValueError(f"token {token} is not a token id in [0, {cfg.vocab_size})")
         self.token[0, 0] = token
-        x = self.x
-        k.encoder_forward(x, self.token, p.wte, p.wpe[t:t + 1])
+        x = self.x  # the row kernels are this module's serial builds; matmuls, attention parallel
+        encoder_forward(x, self.token, p.wte, p.wpe[t:t + 1])
         for l in range(cfg.num_layers):
-            k.layernorm_forward(self.ln, self.mean, self.rstd, x, p.ln1w[l], p.ln1b[l])
+            layernorm_forward(self.ln, self.mean, self.rstd, x, p.ln1w[l], p.ln1b[l])
             self.matvec(self.qkv[l, t], self.ln_v, "qkvw", l, p.qkvb[l])  # into the cache
             k.attention_token(self.atty_v, self.att, self.qkv[l], t)  # over the cached positions
             self.matvec(self.attproj_v, self.atty_v, "attprojw", l, p.attprojb[l])
-            k.residual_forward(self.res2, x, self.attproj)
-            k.layernorm_forward(self.ln, self.mean, self.rstd, self.res2, p.ln2w[l], p.ln2b[l])
+            residual_forward(self.res2, x, self.attproj)
+            layernorm_forward(self.ln, self.mean, self.rstd, self.res2, p.ln2w[l], p.ln2b[l])
             self.matvec(self.fch_v, self.ln_v, "fcw", l, p.fcb[l])
-            k.gelu_forward(self.fch_gelu, self.fch)
+            gelu_forward(self.fch_gelu, self.fch)
             self.matvec(self.fcproj_v, self.fch_gelu_v, "fcprojw", l, p.fcprojb[l])
-            k.residual_forward(x, self.res2, self.fcproj)
-        k.layernorm_forward(self.ln, self.mean, self.rstd, x, p.lnfw, p.lnfb)
+            residual_forward(x, self.res2, self.fcproj)
+        layernorm_forward(self.ln, self.mean, self.rstd, x, p.lnfw, p.lnfb)
         self.matvec(self.logits_v, self.ln_v, "wte", None, None)  # the classifier: one pass over wte
-        k.softmax_forward(self.probs, self.logits, cfg.vocab_size)
+        softmax_forward(self.probs, self.logits, cfg.vocab_size)
         self.pos += 1
         return self.probs[0, 0]
 
