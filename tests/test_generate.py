@@ -48,3 +48,36 @@ def test_generate_stops_at_max_seq_len_and_checks_tokens(params):
     assert len(out) == CFG.max_seq_len - 3 + 1  # the last sample needs no further forward
     with pytest.raises(ValueError, match="not a token id"):
         generate(CFG, params, [CFG.vocab_size], 3, Rng(5))
+
+
+@pytest.mark.parametrize("OC,C", [(1, 5), (257, 33), (1000, 64)])
+def test_matvec_forward_against_float64(OC, C):
+    # one token's matmul: every row, with and without bias, rows past a block of MV_ROWS too
+    from llmnb.kernels import matvec_forward
+    rng = np.random.default_rng(OC)
+    w = rng.standard_normal((OC, C), dtype=np.float32)
+    x = rng.standard_normal(C, dtype=np.float32)
+    b = rng.standard_normal(OC, dtype=np.float32)
+    out = np.full(OC, np.nan, dtype=np.float32)
+    matvec_forward(out, x, w, b)
+    want = w.astype(np.float64) @ x + b
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5 * np.sqrt(C))
+    matvec_forward(out, x, w, None)
+    np.testing.assert_allclose(out, want - b, rtol=1e-5, atol=1e-5 * np.sqrt(C))
+    with pytest.raises(ValueError, match="inp"):
+        matvec_forward(out, x[:-1], w, None)
+
+
+def test_bfloat16_cache_is_the_model_of_the_rounded_parameters(params):
+    # streaming the matrices as bfloat16 bits == float32 generation on bf16-rounded parameters
+    from llmnb.formats import bf16_to_fp32, fp32_to_bf16
+    rounded = bf16_to_fp32(fp32_to_bf16(params))
+    assert not np.array_equal(rounded, params)
+    tokens = np.random.default_rng(3).integers(0, CFG.vocab_size, CFG.max_seq_len)
+    half, full = KVCache(CFG, params, dtype="bfloat16"), KVCache(CFG, rounded)
+    for tok in tokens:
+        np.testing.assert_allclose(half.step(int(tok)), full.step(int(tok)), rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(half.logits, full.logits, rtol=1e-5, atol=1e-5)
+    assert generate(CFG, params, [1], 8, Rng(3), dtype="bfloat16") == generate(CFG, rounded, [1], 8, Rng(3))
+    with pytest.raises(ValueError, match="dtype"):
+        KVCache(CFG, params, dtype="float16")

@@ -17,7 +17,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .matmul import matmul_forward, matmul_backward  # noqa: F401  (re-exported, see matmul.py)
+from .matmul import (matmul_forward, matmul_backward, matvec_forward,  # noqa: F401  (re-exported,
+                     matvec_forward_bf16, matvec_scratch)  # see matmul.py)
 
 F32 = np.float32
 GELU_SCALING_FACTOR = F32(math.sqrt(2.0 / math.pi))
@@ -173,6 +174,17 @@ def attention_query(out_h, preatt_row, att_row, qkv, t, h):
         a = att_row[t2]
         for i in range(hs):
             out_h[i] += a * v[i]
+
+
+@njit(parallel=True, fastmath=REDUCE_FASTMATH, cache=True)
+def attention_token(out, att, qkv, t):
+    # one token's attention, for KV-cache generation: out (C,) = every head's query at position t
+    # over the keys/values of positions 0..t in qkv (maxT,3C); att (NH,maxT) is scratch for the
+    # scores. One task per head.
+    NH = att.shape[0]
+    hs = out.shape[0] // NH
+    for h in prange(NH):
+        attention_query(out[h * hs:(h + 1) * hs], att[h], att[h], qkv, t, h)
 
 
 @njit(parallel=True, fastmath=REDUCE_FASTMATH, cache=True)

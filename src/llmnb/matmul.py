@@ -299,6 +299,45 @@ def _matmul_backward_dweight(dweight, dbias, dout, inpT, o0, o1, doutT, has_bias
                 dbias[o] += _sum(a[o - r0])
 
 
+MV_ROWS = 256  # matvec_forward: rows of weight per parallel task (768 KB at C = 768)
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _matvec_forward(out, inp, weight, bias, has_bias):
+    # out (OC,) = weight (OC,C) . inp (C,) + bias (OC): matmul_forward for one token (a GEMV).
+    # Generation reads every weight once per token, so this is bound by memory bandwidth: each
+    # task streams a contiguous block of MV_ROWS rows front to back, one row's dot product at a
+    # time (a single stream the prefetcher follows; inp stays in L1), and prange hands each
+    # thread one contiguous run of tasks.
+    # (The dot product is written out here: through _dot on the row view weight[r] it runs at
+    # half the speed.)
+    OC, C = weight.shape
+    for task in prange((OC + MV_ROWS - 1) // MV_ROWS):
+        for r in range(task * MV_ROWS, min((task + 1) * MV_ROWS, OC)):
+            s = F32(0.0)
+            for k in range(C):
+                s += inp[k] * weight[r, k]
+            out[r] = s + bias[r] if has_bias else s
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _matvec_forward_bf16(out, inp, weight, bias, has_bias, scratch):
+    # _matvec_forward with weight (OC,C) held as bfloat16 bit patterns (uint16): half the bytes
+    # to stream. Each row is widened into the task's row of scratch (ntasks, >= C) uint32 (a
+    # bfloat16 is the top half of a float32), then dotted as float32.
+    OC, C = weight.shape
+    for task in prange((OC + MV_ROWS - 1) // MV_ROWS):
+        bits = scratch[task, :C]
+        row = bits.view(np.float32)
+        for r in range(task * MV_ROWS, min((task + 1) * MV_ROWS, OC)):
+            for k in range(C):
+                bits[k] = np.uint32(weight[r, k]) << np.uint32(16)
+            s = F32(0.0)
+            for k in range(C):
+                s += inp[k] * row[k]
+            out[r] = s + bias[r] if has_bias else s
+
+
 def _check(name, arr, shape):
     # arr must be a C-contiguous float32 array of exactly this shape
     if not isinstance(arr, np.ndarray) or arr.dtype != F32:
@@ -386,3 +425,36 @@ def backward_dweight(dweight, dbias, dout, inp, scratch):
         o1 = min(o0 + och, OC)
         _matmul_backward_dweight(dweight, dbias if has_bias else NO_BIAS, dout, inpT, o0, o1,
                                  scratch.get("doutT", (o1 - o0, N)), has_bias)
+
+
+def matvec_forward(out, inp, weight, bias):
+    """out (OC,) = weight (OC,C) @ inp (C,) + bias (OC): one token's matmul_forward; bias may be None."""
+    OC, C = _weight_shape(weight)
+    _check("inp", inp, (C,))
+    _check("out", out, (OC,))
+    has_bias = bias is not None
+    if has_bias:
+        _check("bias", bias, (OC,))
+    _matvec_forward(out, inp, weight, bias if has_bias else NO_BIAS, has_bias)
+
+
+def matvec_scratch(OC, C):
+    """The uint32 scratch matvec_forward_bf16 needs for a weight of up to (OC, C)."""
+    return np.zeros(((OC + MV_ROWS - 1) // MV_ROWS, C), dtype=np.uint32)
+
+
+def matvec_forward_bf16(out, inp, weight_bits, bias, scratch):
+    """matvec_forward with weight_bits (OC,C) uint16: bfloat16 bit patterns (formats.fp32_to_bf16);
+    scratch from matvec_scratch(>= OC, >= C)."""
+    if not isinstance(weight_bits, np.ndarray) or weight_bits.dtype != np.uint16 or weight_bits.ndim != 2 \
+            or not weight_bits.flags.c_contiguous:
+        raise ValueError("matmul: weight_bits must be a C-contiguous (OC, C) uint16 array of bfloat16 bits")
+    OC, C = weight_bits.shape
+    _check("inp", inp, (C,))
+    _check("out", out, (OC,))
+    if scratch.dtype != np.uint32 or scratch.shape[0] < (OC + MV_ROWS - 1) // MV_ROWS or scratch.shape[1] < C:
+        raise ValueError(f"matmul: scratch {scratch.shape} too small for a ({OC}, {C}) weight")
+    has_bias = bias is not None
+    if has_bias:
+        _check("bias", bias, (OC,))
+    _matvec_forward_bf16(out, inp, weight_bits, bias if has_bias else NO_BIAS, has_bias, scratch)

@@ -52,6 +52,14 @@ def build_model(args, log):
         check_memory(args, config, log)
         return GPT2(config, init_params(config, seed=args.seed), device=args.device, copy=False)
     path = args.init
+    from .convert import HF_GPT2_FILES, ConvertError, pretrained_checkpoint
+    if args.init in HF_GPT2_FILES:  # gpt2, gpt2-medium...: llm.c's file in --data-dir, else from HF
+        try:
+            path = pretrained_checkpoint(args.init, args.data_dir, log)
+        except ConvertError as e:
+            log(f"could not get {args.init} ({e}); training a fresh d12 model instead")
+            args.init = "d12"
+            return build_model(args, log)
     if not os.path.exists(path) and args.init_is_default:
         path = os.path.join(args.data_dir, DEFAULT_INIT)
         if not os.path.exists(path):
@@ -130,6 +138,7 @@ class Run:
             log(f"no tokenizer ({e}); samples will be printed as token ids")
             self.tokenizer = None
         self.prompt_tokens = self.encode_prompt(args.prompt)
+        self.hellaswag = self.load_hellaswag() if args.hellaswag_every > 0 else None
         self.rng = Rng(args.sampler_seed)
         self.loss_outliers, self.norm_outliers = OutlierDetector(), OutlierDetector()
         self.rng_at_step = self.rng.state  # the sampler's state as the current step began
@@ -157,6 +166,17 @@ class Run:
         if len(ids) + 1 > self.model.config.max_seq_len:
             raise ValueError(f"--prompt is {len(ids)} tokens, longer than the model's max_seq_len")
         return ids
+
+    def load_hellaswag(self):
+        """--hellaswag-every's examples, rendered and checked now rather than at the first eval."""
+        from . import hellaswag
+        from .tokenizer import Tokenizer
+        a = self.args
+        path = a.hellaswag_file or hellaswag.val_file(a.data_dir, self.log)
+        examples = hellaswag.read_examples(path)[:a.hellaswag_limit or None]
+        rendered = hellaswag.prepare(examples, Tokenizer.tiktoken().encode, self.model.config)
+        self.log(f"HellaSwag: {len(rendered)} examples from {path}")
+        return rendered
 
     # -- pieces of a step
 
@@ -328,6 +348,12 @@ class Run:
                     self.append_log(record)
                     raise Diverged(f"training diverged by step {step}: val loss {record['val_loss']}; "
                                    "no checkpoint written from this state (lower -l, or try --grad-clip)")
+            if a.hellaswag_every > 0 and ((step > 0 and step % a.hellaswag_every == 0) or last) \
+                    and world.rank == 0:
+                from .hellaswag import score  # as train_gpt2.cu's -h 1: after step 0, and last
+                hs = score(self.model, self.hellaswag)
+                record.update(hellaswag_acc=hs["acc"], hellaswag_acc_norm=hs["acc_norm"])
+                log(f"HellaSwag: acc {hs['acc']:.4f} acc_norm {hs['acc_norm']:.4f} ({hs['n']} examples)")
             if a.sample_every > 0 and ((step > 0 and step % a.sample_every == 0) or last) and world.rank == 0:
                 self.sample()
             if a.checkpoint_every > 0 and step != resumed_at and \
@@ -337,7 +363,7 @@ class Run:
                                        shuffle_tail=self.train_loader.llmc_state_tail(), world=world)
                 log(f"saved checkpoint {path}")
             if last:
-                if record["val_loss"] is not None:
+                if record["val_loss"] is not None or "hellaswag_acc" in record:
                     self.append_log(record)
                 break
             comm0 = world.comm_seconds
@@ -417,7 +443,9 @@ def build_parser():
     a("-i", dest="train", default=None, help="train data pattern (default: data/tinyshakespeare/tiny_shakespeare_train.bin, prepared if missing)")
     a("-j", dest="val", default=None, help="val data pattern (default: data/tinyshakespeare/tiny_shakespeare_val.bin)")
     a("-e", dest="init", default=None,
-      help=f"llm.c model file to start from, or d6/d12/d24/... for a fresh GPT-2 of that depth "
+      help=f"llm.c model file to start from, d6/d12/d24/... for a fresh GPT-2 of that depth, or "
+           f"gpt2/gpt2-medium/gpt2-large/gpt2-xl: --data-dir's {DEFAULT_INIT}/gpt2_350M.bin/..., converted "
+           f"from Hugging Face if missing (needs the hf extra) "
            f"(default: {DEFAULT_INIT}, fetched from llm.c's starter pack if missing, else d12)")
     a("-o", dest="output_dir", default="out", help="output dir for the log, checkpoints, model and loss curve (default: out)")
     a("-b", dest="batch_size", type=int, default=4, help="batch size B (default: 4)")
@@ -447,6 +475,15 @@ def build_parser():
     a("--prompt", default=None, help="text to start the samples from (default: the EOT token alone)")
     a("--temperature", type=float, default=1.0, help="sampling temperature (default: 1.0)")
     a("--top-k", type=int, default=0, help="sample from the k most likely tokens only (default: 0, all)")
+    # llm.c's train_gpt2.cu calls this -h, which argparse keeps for --help
+    a("--hellaswag-every", type=int, default=0, metavar="N",
+      help="HellaSwag acc/acc_norm every N steps and at the end, logged (llm.c's -h; -h is --help "
+           "here) (default: 0, off)")
+    a("--hellaswag-file", default=None, metavar="JSONL",
+      help="HellaSwag jsonl for --hellaswag-every (default: <data-dir>/hellaswag/hellaswag_val.jsonl, "
+           "downloaded if missing)")
+    a("--hellaswag-limit", type=int, default=0, metavar="K",
+      help="evaluate the first K examples only (default: 0, all 10,042: slow on a CPU)")
     a("--data-dir", default="data", help="where datasets, the tokenizer and downloads go (default: data)")
     a("--device", default="cpu", choices=["cpu", "cuda"], help="where to train (default: cpu)")
     a("-z", dest="zero_stage", type=int, default=0, choices=[0, 1],
@@ -459,7 +496,8 @@ def check_args(p, args):
     for name in ("batch_size", "seq_len", "grad_accum", "val_batches"):
         if getattr(args, name) < 1:
             p.error(f"{name} must be >= 1")
-    for name in ("steps", "val_every", "sample_every", "gen_tokens", "checkpoint_every", "warmup", "top_k"):
+    for name in ("steps", "val_every", "sample_every", "gen_tokens", "checkpoint_every", "warmup", "top_k",
+                 "hellaswag_every", "hellaswag_limit"):
         if getattr(args, name) < 0:
             p.error(f"{name} must be >= 0")
     if not (args.temperature > 0 and math.isfinite(args.temperature)):

@@ -1,0 +1,172 @@
+"""llmnb-sample: text from a checkpoint, streamed token by token, like the sampling of llm.c's
+train_gpt2.c (from the EOT token, one xorshift coin per token) with a prompt, a temperature and
+top-k.
+
+On the CPU it generates with the KV cache (generate.py): each token runs the layers on that token
+only, reading every weight once. With --device cuda it runs llm.c's CUDA way: the whole forward
+over the sequence so far for every token (the KV cache is CPU code).
+"""
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+
+def load_model(path, log):
+    """An llm.c checkpoint, or a Hugging Face GPT-2 folder (converted on the fly) -> (config, params)."""
+    if os.path.isdir(path):
+        from .convert import read_hf
+        log(f"{path}: a folder: reading it as a Hugging Face GPT-2")
+        return read_hf(path, log)
+    from .formats import read_checkpoint
+    return read_checkpoint(path)
+
+
+def prompt_tokens(text, tokenizer, config):
+    """[EOT] + the prompt's tokens, checked against the model (EOT: the model's last token when
+    GPT-2's is not in its vocabulary, as llmnb-train's samples)."""
+    V = config.vocab_size
+    eot = tokenizer.eot_token if tokenizer is not None and tokenizer.eot_token < V else V - 1
+    ids = []
+    if text:
+        if tokenizer is None or not tokenizer.can_encode:
+            raise ValueError("--prompt needs tiktoken's gpt2 encoding to encode the prompt")
+        ids = tokenizer.encode(text)
+        if ids and max(ids) >= V:
+            raise ValueError(f"--prompt encodes to token {max(ids)}, outside the model's vocabulary [0, {V})")
+    if 1 + len(ids) >= config.max_seq_len:
+        raise ValueError(f"--prompt is {len(ids)} tokens: with the EOT token that leaves no room in the "
+                         f"model's max_seq_len {config.max_seq_len}")
+    return [eot] + ids
+
+
+def generate_on_device(config, params, prompt, max_new_tokens, rng, device, temperature, top_k, on_token):
+    """llm.c's sampling loop on a backend: the full forward of (1, T) for every new token, T fixed
+    to the longest sequence of the run (the positions past the end hold token 0 and are causally
+    invisible to the earlier ones)."""
+    from .model import GPT2
+    from .sampler import sample
+    model = GPT2(config, params, device=device, copy=False)
+    T = min(config.max_seq_len, len(prompt) + max_new_tokens)
+    tokens = np.zeros((1, T), dtype=np.int32)
+    tokens[0, :len(prompt)] = prompt
+    n, out = len(prompt), []
+    while len(out) < max_new_tokens and n <= T:
+        model.forward(tokens)
+        probs = model.backend.to_host(model.acts.probs)[0, n - 1]
+        nxt = int(sample(probs, config.vocab_size, rng.f32(), temperature=temperature, top_k=top_k))
+        out.append(nxt)
+        on_token(nxt)
+        if n == T:
+            break
+        tokens[0, n] = nxt
+        n += 1
+    return out
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="llmnb-sample",
+        description="Generate text from a GPT-2 checkpoint, printing tokens as they are sampled and "
+                    "then the speed in tokens/s.",
+        epilog="example: llmnb-sample --model gpt2_124M.bin --prompt 'The meaning of life is' -g 64 --top-k 40")
+    a = p.add_argument
+    a("--model", required=True, metavar="FILE",
+      help="an llm.c checkpoint (e.g. gpt2_124M.bin, out/model.bin), or a Hugging Face GPT-2 folder")
+    a("--prompt", default="", help="text to continue (default: none, start from the EOT token)")
+    a("-g", dest="gen_tokens", type=int, default=128, help="tokens to generate (default: 128)")
+    a("--temperature", type=float, default=1.0, help="sampling temperature (default: 1.0)")
+    a("--top-k", type=int, default=0, help="sample from the k most likely tokens only (default: 0, all)")
+    a("--seed", type=int, default=1337, help="seed of the xorshift sampler (default: 1337, as llm.c)")
+    a("--device", default="cpu", choices=["cpu", "cuda"],
+      help="cpu: KV-cache generation (default); cuda: the full forward per token on the GPU")
+    a("--dtype", default="float32", choices=["float32", "bfloat16"],
+      help="precision of the weights the CPU streams per token: bfloat16 reads half the bytes, so "
+           "runs up to ~2x faster, with the weights rounded to bfloat16 (lossless for llm.c's bf16 "
+           "checkpoints) (default: float32)")
+    a("--data-dir", default="data",
+      help="where to look for llm.c's gpt2_tokenizer.bin (default: data; else tiktoken's gpt2)")
+    return p
+
+
+def check_args(p, args):
+    if args.gen_tokens < 1:
+        p.error("-g must be >= 1")
+    if not args.temperature > 0:
+        p.error("--temperature must be > 0")
+    if args.top_k < 0:
+        p.error("--top-k must be >= 0")
+    if not 0 <= args.seed < 2**64:
+        p.error("--seed must be in [0, 2**64)")
+    if args.dtype != "float32" and args.device != "cpu":
+        p.error("--dtype bfloat16 is for the CPU's KV-cache generation")
+
+
+def run(args, out=sys.stdout, err=sys.stderr):
+    from .generate import generate
+    from .sampler import Rng
+    from .tokenizer import StreamDecoder, Tokenizer, load_tokenizer
+
+    def log(msg):
+        print(msg, file=err, flush=True)
+    config, params = load_model(args.model, log)
+    try:
+        tok = load_tokenizer(args.data_dir)
+    except RuntimeError as e:  # offline without tiktoken's files
+        if args.prompt:
+            raise
+        log(f"no tokenizer ({e}); printing token ids")
+        tok = None
+    if args.prompt and not tok.can_encode:  # llm.c's gpt2_tokenizer.bin only decodes
+        tok = Tokenizer.tiktoken()
+    prompt = prompt_tokens(args.prompt, tok, config)
+    if tok is not None and tok.vocab_size < config.vocab_size:
+        log(f"the tokenizer has {tok.vocab_size} tokens, the model {config.vocab_size}: printing token ids")
+        tok = None
+    dec = StreamDecoder()
+    out.write(args.prompt)
+    out.flush()
+    times = []
+
+    def show(t):
+        times.append(time.perf_counter())
+        out.write(dec.feed(tok.decode(t)) if tok is not None else f"{t} ")
+        out.flush()
+    kw = dict(temperature=args.temperature, top_k=args.top_k, on_token=show)
+    t0 = time.perf_counter()
+    if args.device == "cpu":
+        new = generate(config, params, prompt, args.gen_tokens, Rng(args.seed), dtype=args.dtype, **kw)
+    else:
+        new = generate_on_device(config, params, prompt, args.gen_tokens, Rng(args.seed), args.device, **kw)
+    out.write((dec.flush() if tok is not None else "") + "\n")
+    out.flush()
+    # the first token comes after the prompt's forward; the speed is that of the ones after it
+    first = times[0] - t0
+    rate = f"{(len(times) - 1) / (times[-1] - times[0]):.1f} tokens/s" if len(times) > 1 else "n/a"
+    log(f"--- {len(new)} tokens ({len(prompt)} prompt tokens with EOT in {first:.2f} s, then "
+        f"{rate}, {config.num_layers} layers x {config.channels} channels, {args.dtype} on {args.device})")
+    if len(new) < args.gen_tokens:
+        log(f"stopped at the model's max_seq_len {config.max_seq_len}")
+    return new
+
+
+def main(argv=None):
+    from .formats import FormatError
+    p = build_parser()
+    args = p.parse_args(argv)
+    check_args(p, args)
+    try:
+        run(args)
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    except (FormatError, ValueError, RuntimeError, OSError) as e:
+        print(f"llmnb-sample: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

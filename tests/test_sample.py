@@ -1,0 +1,121 @@
+"""llmnb-sample: streams the tokens generate() samples (same seed, same tokens), greedy top-k 1
+equals the argmax of the full forward, the CUDA path samples what the CPU path does, bad input
+is one clear line."""
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from llmnb import sample
+from llmnb.config import GPT2Config
+from llmnb.formats import write_checkpoint
+from llmnb.generate import generate
+from llmnb.model import GPT2, init_params
+from llmnb.sampler import Rng
+from llmnb.tokenizer import Tokenizer
+
+ROOT = Path(__file__).resolve().parent.parent
+CFG = GPT2Config(max_seq_len=24, vocab_size=50257, padded_vocab_size=50304, num_layers=2, num_heads=2,
+                 channels=16)
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("sample") / "m.bin"
+    write_checkpoint(path, CFG, init_params(CFG, seed=4) * 6)  # sharp enough to say something
+    return path
+
+
+@pytest.fixture(scope="module")
+def tok():
+    try:
+        return Tokenizer.tiktoken()
+    except RuntimeError as e:
+        pytest.skip(str(e))
+
+
+class Recorder(io.StringIO):
+    """stdout that counts its flushes: streaming means one flush per token."""
+    flushes = 0
+
+    def flush(self):
+        self.flushes += 1
+
+
+def run(model_file, tmp_path, *argv):
+    out, err = Recorder(), io.StringIO()
+    args = sample.build_parser().parse_args(["--model", str(model_file), "--data-dir", str(tmp_path), *argv])
+    new = sample.run(args, out=out, err=err)
+    return new, out, err.getvalue()
+
+
+def test_streams_the_tokens_generate_samples(model_file, tmp_path, tok):
+    prompt = "The king said"
+    new, out, err = run(model_file, tmp_path, "--prompt", prompt, "-g", "10", "--seed", "42", "--top-k", "50",
+                        "--temperature", "0.8")
+    ids = [tok.eot_token] + tok.encode(prompt)
+    want = generate(CFG, init_params(CFG, seed=4) * 6, ids, 10, Rng(42), temperature=0.8, top_k=50)
+    assert new == want
+    assert out.getvalue() == prompt + tok.decode_str(want) + "\n"
+    assert out.flushes >= 10 + 1  # the prompt, then every token as it comes
+    assert "tokens/s" in err and "10 tokens" in err
+
+
+def test_bfloat16_samples_the_bf16_rounded_model(model_file, tmp_path, tok):
+    from llmnb.formats import bf16_to_fp32, fp32_to_bf16
+    new, _, err = run(model_file, tmp_path, "-g", "8", "--dtype", "bfloat16", "--seed", "9")
+    rounded = bf16_to_fp32(fp32_to_bf16(init_params(CFG, seed=4) * 6))
+    assert new == generate(CFG, rounded, [tok.eot_token], 8, Rng(9))
+    assert "bfloat16 on cpu" in err
+
+
+def test_top_k_1_is_the_argmax_of_the_full_forward(model_file, tmp_path, tok):
+    new, _, _ = run(model_file, tmp_path, "-g", "6", "--top-k", "1")
+    model = GPT2(CFG, init_params(CFG, seed=4) * 6)
+    seq = [tok.eot_token]
+    for _ in range(6):
+        model.forward(np.array([seq]))
+        seq.append(int(np.argmax(model.acts.logits[0, -1, :CFG.vocab_size])))
+    assert new == seq[1:]
+
+
+def test_stops_at_max_seq_len(model_file, tmp_path, tok):
+    new, _, err = run(model_file, tmp_path, "-g", "100")
+    assert len(new) == CFG.max_seq_len  # EOT + 23 forwards, the last sample needs no forward
+    assert "max_seq_len 24" in err
+
+
+def test_cuda_device_samples_what_the_cpu_samples(tmp_path):
+    # on Numba's CUDA simulator (a small vocabulary keeps it fast)
+    small = GPT2Config(max_seq_len=12, vocab_size=64, padded_vocab_size=128, num_layers=1, num_heads=2,
+                       channels=16)
+    write_checkpoint(tmp_path / "s.bin", small, init_params(small, seed=1) * 8)
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1",
+               PYTHONPATH=os.pathsep.join([str(ROOT / "src")] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    outs = []
+    for device in ("cpu", "cuda"):
+        r = subprocess.run([sys.executable, "-m", "llmnb.sample", "--model", str(tmp_path / "s.bin"), "-g", "8",
+                            "--device", device, "--data-dir", str(tmp_path)], env=env, capture_output=True,
+                           text=True, timeout=600)
+        assert r.returncode == 0, r.stderr
+        assert "8 tokens" in r.stderr and r.stderr.rstrip().endswith(f"on {device})")
+        outs.append(r.stdout)
+    assert outs[0] == outs[1] and len(outs[0]) > 1
+
+
+def test_bad_input_is_one_clear_line(model_file, tmp_path, capsys, tok):
+    def error(*argv):
+        assert sample.main(list(argv) + ["--data-dir", str(tmp_path)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and "Traceback" not in err
+        return err
+    assert "nope.bin: no such file" in error("--model", str(tmp_path / "nope.bin"))
+    (tmp_path / "bad.bin").write_bytes(b"\0" * 100)
+    assert "bad.bin: too short" in error("--model", str(tmp_path / "bad.bin"))
+    assert "max_seq_len" in error("--model", str(model_file), "--prompt", "word " * 40)
+    with pytest.raises(SystemExit):
+        sample.main(["--model", str(model_file), "--temperature", "0"])
