@@ -14,12 +14,17 @@ PARAM_NAMES = (
     "ln2w", "ln2b", "fcw", "fcb", "fcprojw", "fcprojb", "lnfw", "lnfb",
 )
 
-# the 23 activation tensors, in llm.c's order
+# the 22 activation tensors, in llm.c's order, except that attention keeps per query row the
+# log-sum-exp of its scores (lse, as llm.c's cuDNN path keeps its softmax statistics) in place of
+# the CPU trainer's (B, NH, T, T) preatt and att: the kernels recompute att from it (kernels.py)
 ACT_NAMES = (
-    "encoded", "ln1", "ln1_mean", "ln1_rstd", "qkv", "atty", "preatt", "att", "attproj",
+    "encoded", "ln1", "ln1_mean", "ln1_rstd", "qkv", "atty", "lse", "attproj",
     "residual2", "ln2", "ln2_mean", "ln2_rstd", "fch", "fch_gelu", "fcproj", "residual3",
     "lnf", "lnf_mean", "lnf_rstd", "logits", "probs", "losses",
 )
+
+# the activations that get no gradient buffer (see GPT2.backward)
+NO_GRAD_ACTS = ("probs", "lse")
 
 
 @dataclass(frozen=True)
@@ -71,13 +76,13 @@ def param_shapes(config):
 
 
 def act_shapes(config, B, T):
-    """The 23 activation shapes, as fill_in_activation_sizes."""
+    """The 22 activation shapes, as fill_in_activation_sizes (lse for preatt and att)."""
     C, NH, L, Vp = config.channels, config.num_heads, config.num_layers, config.padded_vocab_size
     return {
         "encoded": (B, T, C),
         "ln1": (L, B, T, C), "ln1_mean": (L, B, T), "ln1_rstd": (L, B, T),
         "qkv": (L, B, T, 3 * C), "atty": (L, B, T, C),
-        "preatt": (L, B, NH, T, T), "att": (L, B, NH, T, T),
+        "lse": (L, B, NH, T),
         "attproj": (L, B, T, C), "residual2": (L, B, T, C),
         "ln2": (L, B, T, C), "ln2_mean": (L, B, T), "ln2_rstd": (L, B, T),
         "fch": (L, B, T, 4 * C), "fch_gelu": (L, B, T, 4 * C),
@@ -100,7 +105,7 @@ def param_sizes(config):
 
 
 def act_sizes(config, B, T):
-    """The 23 sizes of fill_in_activation_sizes, in order."""
+    """The 22 sizes of fill_in_activation_sizes, in order."""
     return [_size(s) for s in act_shapes(config, B, T).values()]
 
 

@@ -10,7 +10,7 @@ import math
 import numpy as np
 
 from .backend import get_backend
-from .config import GPT2Config, Tensors, act_shapes, param_shapes
+from .config import NO_GRAD_ACTS, GPT2Config, Tensors, act_shapes, param_shapes
 
 
 def init_params(config, seed=0):
@@ -139,7 +139,7 @@ class GPT2:
             residual = a.encoded if l == 0 else a.residual3[l - 1]
             k.layernorm_forward(a.ln1[l], a.ln1_mean[l], a.ln1_rstd[l], residual, p.ln1w[l], p.ln1b[l])
             k.matmul_forward(a.qkv[l], a.ln1[l], p.qkvw[l], p.qkvb[l])
-            k.attention_forward(a.atty[l], a.preatt[l], a.att[l], a.qkv[l])
+            k.attention_forward(a.atty[l], a.lse[l], a.qkv[l])
             k.matmul_forward(a.attproj[l], a.atty[l], p.attprojw[l], p.attprojb[l])
             k.residual_forward(a.residual2[l], residual, a.attproj[l])
             k.layernorm_forward(a.ln2[l], a.ln2_mean[l], a.ln2_rstd[l], a.residual2[l], p.ln2w[l], p.ln2b[l])
@@ -186,9 +186,10 @@ class GPT2:
         if self.grads is None:
             self.grads = Tensors(k.zeros(self.num_parameters), param_shapes(self.config))
         if self.grads_acts is None:
-            # every activation but probs has a gradient: crossentropy_softmax_backward goes from the
-            # losses straight to the logits (llm.c allocates dprobs and never touches it)
-            shapes = {n: s for n, s in self.acts.shapes.items() if n != "probs"}
+            # every activation but probs and lse has a gradient: crossentropy_softmax_backward goes
+            # from the losses straight to the logits (llm.c allocates dprobs and never touches it),
+            # and lse is a statistic that attention_backward reads, not a function of the loss
+            shapes = {n: s for n, s in self.acts.shapes.items() if n not in NO_GRAD_ACTS}
             self.grads_acts = Tensors(k.zeros(Tensors.count(shapes)), shapes)
         B, T = self.batch_size, self.seq_len
         L = self.config.num_layers
@@ -214,7 +215,7 @@ class GPT2:
                                  a.ln2_mean[l], a.ln2_rstd[l])
             k.residual_backward(dresidual, ga.attproj[l], ga.residual2[l])
             k.matmul_backward(ga.atty[l], g.attprojw[l], g.attprojb[l], ga.attproj[l], a.atty[l], p.attprojw[l])
-            k.attention_backward(ga.qkv[l], ga.preatt[l], ga.att[l], ga.atty[l], a.qkv[l], a.att[l])
+            k.attention_backward(ga.qkv[l], ga.atty[l], a.qkv[l], a.atty[l], a.lse[l])
             k.matmul_backward(ga.ln1[l], g.qkvw[l], g.qkvb[l], ga.qkv[l], a.ln1[l], p.qkvw[l])
             k.layernorm_backward(dresidual, g.ln1w[l], g.ln1b[l], ga.ln1[l], residual, p.ln1w[l],
                                  a.ln1_mean[l], a.ln1_rstd[l])
