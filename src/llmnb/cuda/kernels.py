@@ -21,8 +21,8 @@ import numpy as np
 from numba import cuda, float32, float64
 
 from ..kernels import bias_corrections as cpu_bias_corrections  # the host-side scalars, shared
-from .launch import (ATT_HS_MAX, ATT_ROWS, COL_ROWS, COL_WIDTH, ELEM_THREADS, ROW_THREADS, cdiv, check,
-                     elementwise_grid, last_dim, size)
+from .launch import (ATT_HS_MAX, ATT_HS_PAD, ATT_ROWS, COL_ROWS, COL_WIDTH, ELEM_THREADS, ROW_THREADS,
+                     cdiv, check, elementwise_grid, last_dim, size)
 from .matmul import matmul_backward, matmul_forward  # noqa: F401 (re-exported)
 
 F32 = np.float32
@@ -270,12 +270,12 @@ def attention_forward_kernel(out, lse, inp, scale):
     # out (B,T,C), lse (B,NH,T) = attention of the queries t0..t0+ATT_ROWS-1 of head (b, h) =
     # blockIdx.y, one per thread: an online softmax over the key tiles 0..t0 (running max m, sum l,
     # output o rescaled by exp(m_old - m_new) when the max grows); inp (B,T,3C). Each thread's q
-    # and o are a row of shared memory (rows of ATT_HS_MAX + 1 floats: no bank conflicts), not
+    # and o are a row of shared memory (rows of ATT_HS_PAD floats: no bank conflicts), not
     # local arrays (local memory)
     ks = cuda.shared.array((ATT_ROWS, ATT_HS_MAX), float32)
     vs = cuda.shared.array((ATT_ROWS, ATT_HS_MAX), float32)
-    qsh = cuda.shared.array((ATT_ROWS, ATT_HS_MAX + 1), float32)
-    osh = cuda.shared.array((ATT_ROWS, ATT_HS_MAX + 1), float32)
+    qsh = cuda.shared.array((ATT_ROWS, ATT_HS_PAD), float32)
+    osh = cuda.shared.array((ATT_ROWS, ATT_HS_PAD), float32)
     NH = lse.shape[1]
     T = lse.shape[2]
     C = out.shape[2]
@@ -331,9 +331,9 @@ def attention_dquery_kernel(dinp, dout, inp, out, lse, scale):
     # with att = exp(scale q.k - lse[t]) and dS = att (dout[t].v[t2] - dout[t].out[t])
     ks = cuda.shared.array((ATT_ROWS, ATT_HS_MAX), float32)
     vs = cuda.shared.array((ATT_ROWS, ATT_HS_MAX), float32)
-    qsh = cuda.shared.array((ATT_ROWS, ATT_HS_MAX + 1), float32)
-    dosh = cuda.shared.array((ATT_ROWS, ATT_HS_MAX + 1), float32)
-    dqsh = cuda.shared.array((ATT_ROWS, ATT_HS_MAX + 1), float32)
+    qsh = cuda.shared.array((ATT_ROWS, ATT_HS_PAD), float32)
+    dosh = cuda.shared.array((ATT_ROWS, ATT_HS_PAD), float32)
+    dqsh = cuda.shared.array((ATT_ROWS, ATT_HS_PAD), float32)
     NH = lse.shape[1]
     T = lse.shape[2]
     C = dout.shape[2]
@@ -389,8 +389,8 @@ def attention_dkey_value_kernel(dinp, dout, inp, out, lse, scale):
     dos = cuda.shared.array((ATT_ROWS, ATT_HS_MAX), float32)
     lses = cuda.shared.array(ATT_ROWS, float32)
     dds = cuda.shared.array(ATT_ROWS, float32)
-    dksh = cuda.shared.array((ATT_ROWS, ATT_HS_MAX + 1), float32)
-    dvsh = cuda.shared.array((ATT_ROWS, ATT_HS_MAX + 1), float32)
+    dksh = cuda.shared.array((ATT_ROWS, ATT_HS_PAD), float32)
+    dvsh = cuda.shared.array((ATT_ROWS, ATT_HS_PAD), float32)
     NH = lse.shape[1]
     T = lse.shape[2]
     C = dout.shape[2]

@@ -64,6 +64,7 @@ TILE_BLOCK = (TX, TY)
 # floats (41 KB on a GPU, under the 48 KB of static shared memory)
 ATT_ROWS = {"gpu": 32, "sim": 8}[GEOMETRY]
 ATT_HS_MAX = 64    # the largest head size: GPT-2's at every size (and the d-family's)
+ATT_HS_PAD = ATT_HS_MAX + 1   # a thread's own row in shared memory: 65 floats, no bank conflicts
 
 
 def cdiv(a, b):
