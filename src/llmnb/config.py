@@ -23,8 +23,8 @@ ACT_NAMES = (
     "lnf", "lnf_mean", "lnf_rstd", "logits", "probs", "losses",
 )
 
-# the activations that get no gradient buffer (see GPT2.backward)
-NO_GRAD_ACTS = ("probs", "lse")
+# the per-layer activation gradients: one layer's worth, reused by every layer (grad_act_shapes)
+LAYER_GRAD_NAMES = ("ln1", "qkv", "atty", "ln2", "fch", "fch_gelu")
 
 
 @dataclass(frozen=True)
@@ -89,6 +89,19 @@ def act_shapes(config, B, T):
         "fcproj": (L, B, T, C), "residual3": (L, B, T, C),
         "lnf": (B, T, C), "lnf_mean": (B, T), "lnf_rstd": (B, T),
         "logits": (B, T, Vp), "probs": (B, T, Vp), "losses": (B, T),
+    }
+
+
+def grad_act_shapes(config, B, T):
+    """The activation gradients backward keeps, as llm.c's CUDA trainer does (not its CPU one,
+    which keeps a gradient for each of the L layers' activations): the residual stream's gradient
+    (one (B,T,C) buffer that every layer adds its branches into, on its way down to the encoder),
+    the classifier's, and one layer's worth of LAYER_GRAD_NAMES, last, reused by every layer."""
+    C, Vp = config.channels, config.padded_vocab_size
+    return {
+        "dresidual": (B, T, C), "lnf": (B, T, C), "logits": (B, T, Vp), "losses": (B, T),
+        "ln1": (B, T, C), "qkv": (B, T, 3 * C), "atty": (B, T, C),
+        "ln2": (B, T, C), "fch": (B, T, 4 * C), "fch_gelu": (B, T, 4 * C),
     }
 
 
