@@ -4,9 +4,13 @@ Versions, from the straight port of llm.c upward:
   v1  llm.c's attention_forward / attention_backward: one task per (b, t, h) query in forward,
       per (b, h) in backward, through (B, NH, T, T) buffers preatt and att (and their gradients)
   v2  llmnb.kernels.attention_forward / attention_backward (the package's): flash-style, tiles of
-      64 queries against tiles of 64 keys through matmul.py's 6x4 NT micro-kernel, an online
+      ATT_TILE = 128 queries against tiles of 128 keys through matmul.py's 6x4 NT micro-kernel, an online
       softmax, causal tiles skipped; forward keeps only the per-row log-sum-exp (B, NH, T) and
       backward recomputes att from it, tile by tile. No T x T buffer.
+  v3  v2's forward with a backward one query row at a time (v1's loops, att recomputed from lse):
+      kept as the measured alternative; at T = 1024 it was ~2x slower than v2's tiles (the k and
+      v gradient rows of every earlier key are read and written once per query), at T <= 256 on
+      par with v2 and v1
 
 `python kernels/attention.py` checks both against a float64 NumPy reference (odd shapes, T not a
 multiple of the tile, T = 1) and prints the time of one layer's forward and backward at GPT-2
@@ -124,8 +128,61 @@ class V2:
         kernels.attention_backward(dinp, dout, inp, out, self.lse)
 
 
-VERSIONS = {"v1": V1(), "v2": V2()}
-CHECK_SHAPES = ((2, 7, 15, 3), (1, 1, 4, 1), (2, 65, 36, 4), (1, 130, 128, 2))  # B, T, C, NH
+# ------------------------------------------------------------------------------------------------
+# v3: v2's forward; backward one query row at a time (v1's loops) with att recomputed from lse
+
+@njit(parallel=True, fastmath=REDUCE_FASTMATH, cache=True)
+def _v3_backward(dinp, dout, inp, out, lse):
+    # dinp (B,T,3C) += ; dout, out (B,T,C); inp (B,T,3C); lse (B,NH,T). Per (b, h), per query t,
+    # per key t2 <= t: att = exp(scale q.k - lse), dS = att (dout.v - dout.out), then
+    # dv[t2] += att dout, dk[t2] += scale dS q, dq += scale dS k: two dot products and three row
+    # updates of hs floats, all in L1/L2, no T x T buffer
+    B, T, C3 = inp.shape
+    C = C3 // 3
+    NH = lse.shape[1]
+    hs = C // NH
+    scale = F32(1.0 / math.sqrt(hs))
+    for bh in prange(B * NH):
+        b = bh // NH
+        h = bh % NH
+        q0, k0, v0 = h * hs, C + h * hs, 2 * C + h * hs
+        for t in range(T):
+            q = inp[b, t, q0:q0 + hs]
+            do = dout[b, t, q0:q0 + hs]
+            o = out[b, t, q0:q0 + hs]
+            dq = dinp[b, t, q0:q0 + hs]
+            dd = F32(0.0)
+            for i in range(hs):
+                dd += do[i] * o[i]
+            lse_t = lse[b, h, t]
+            for t2 in range(t + 1):
+                k = inp[b, t2, k0:k0 + hs]
+                v = inp[b, t2, v0:v0 + hs]
+                s = F32(0.0)
+                dp = F32(0.0)
+                for i in range(hs):
+                    s += q[i] * k[i]
+                    dp += do[i] * v[i]
+                p = np.exp(s * scale - lse_t)
+                ds = p * (dp - dd) * scale
+                dk = dinp[b, t2, k0:k0 + hs]
+                dv = dinp[b, t2, v0:v0 + hs]
+                for i in range(hs):
+                    dv[i] += p * do[i]
+                    dk[i] += ds * q[i]
+                    dq[i] += ds * k[i]
+
+
+class V3(V2):
+    """v2's forward, a row-by-row backward."""
+    label = "v2 fwd, row backward"
+
+    def backward(self, dinp, dout, inp, out):
+        _v3_backward(dinp, dout, inp, out, self.lse)
+
+
+VERSIONS = {"v1": V1(), "v2": V2(), "v3": V3()}
+CHECK_SHAPES = ((2, 7, 15, 3), (1, 1, 4, 1), (2, 129, 36, 4), (1, 300, 128, 2))  # B, T, C, NH
 
 
 def reference(inp, dout, NH):

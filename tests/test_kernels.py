@@ -207,15 +207,15 @@ def test_matmul_is_the_kernels_one():
 # ----------------------------------------------------------------------------------------------
 # attention
 
-ATTENTION_SHAPES = [  # B, T, C, NH, scale of the inputs (the kernels' tiles are kernels.ATT_TILE = 64)
+ATTENTION_SHAPES = [  # B, T, C, NH, scale of the inputs (the kernels' tiles: kernels.ATT_TILE = 128)
     (3, 5, 36, 4, 1.0),      # hs = 9, one partial tile
     (3, 5, 36, 4, 6.0),      # scores ~ +-100: exp overflows unless the row max is subtracted
     (2, 7, 15, 3, 1.0),      # hs = 5
     (1, 1, 4, 1, 1.0),       # T = 1
-    (2, 64, 768, 12, 1.0),   # GPT-2 small, hs = 64, exactly one tile
-    (1, 130, 96, 2, 1.0),    # T = 2 tiles + 2: a partial last tile, three diagonal tiles
+    (2, 128, 768, 12, 1.0),  # GPT-2 small, hs = 64, exactly one tile
+    (1, 258, 96, 2, 1.0),    # T = 2 tiles + 2: a partial last tile, three diagonal tiles
     (2, 200, 48, 3, 4.0),    # T not a multiple of the tile, large scores across tiles
-    (1, 1024, 64, 2, 1.0),   # T = max_seq_len of GPT-2: 16 x 16 tiles, 136 of them computed
+    (1, 1024, 64, 2, 1.0),   # T = max_seq_len of GPT-2: 8 x 8 tiles, 36 of them computed
 ]
 
 
@@ -270,10 +270,10 @@ def test_attention_backward_matches_torch_autograd(B, T, C, NH, scale):
 def test_attention_reads_only_the_causal_past():
     # changing the keys and values of positions > t must leave out[:, :t+1] and the gradients of
     # positions <= t from dout[:, :t+1] unchanged: the skipped tiles and the mask really mask
-    B, T, C, NH = 1, 150, 32, 2
+    B, T, C, NH = 1, 300, 32, 2
     rng = np.random.default_rng(7)
     inp = randn(rng, B, T, 3 * C)
-    t = 70   # inside the second tile
+    t = kernels.ATT_TILE + 12   # inside the second tile
     outs = []
     for trial in range(2):
         x = inp.copy()
@@ -287,14 +287,14 @@ def test_attention_reads_only_the_causal_past():
 
 def test_attention_query_is_attention_forward():
     # generation's one-query kernel (over a KV cache) and training's tiled kernel agree
-    B, T, C, NH = 1, 100, 48, 3
+    B, T, C, NH = 1, 200, 48, 3
     hs = C // NH
     rng = np.random.default_rng(8)
     inp = randn(rng, B, T, 3 * C)
     out, lse = np.zeros((B, T, C), F32), np.zeros((B, NH, T), F32)
     kernels.attention_forward(out, lse, inp)
     row = np.zeros(T, F32)
-    for t in (0, 63, 64, 99):
+    for t in (0, kernels.ATT_TILE - 1, kernels.ATT_TILE, T - 1):
         for h in range(NH):
             o = np.zeros(hs, F32)
             kernels.attention_query(o, row, row, inp[0], t, h)
