@@ -205,7 +205,8 @@ class GPT2:
         # attproj, so fcproj's gradient is dresidual as the layer receives it, attproj's is
         # dresidual once the MLP branch has added in, and the layer's input gets both branches.
         dresidual = ga.dresidual
-        k.layernorm_backward(dresidual, g.lnfw, g.lnfb, ga.lnf, a.residual3[L - 1], p.lnfw, a.lnf_mean, a.lnf_rstd)
+        k.layernorm_backward(dresidual, g.lnfw, g.lnfb, ga.lnf, a.residual3[L - 1], p.lnfw,
+                             a.lnf_mean, a.lnf_rstd)
 
         for l in range(L - 1, -1, -1):
             residual = a.encoded if l == 0 else a.residual3[l - 1]
