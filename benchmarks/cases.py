@@ -40,8 +40,10 @@ def memory_bound_cases(rng=None):
     mean, rstd = _randn(rng, B, T), np.abs(_randn(rng, B, T)) + 1
     h, dh = _randn(rng, B, T, 4 * C), _randn(rng, B, T, 4 * C)
     qkv = _randn(rng, B, T, 3 * C)
-    att = np.abs(_randn(rng, B, NH, T, T))
-    att /= att.sum(-1, keepdims=True)
+    e = lambda *s: np.empty(s, F32)  # noqa: E731
+    z = lambda *s: np.zeros(s, F32)  # noqa: E731
+    atty, lse = e(B, T, C), e(B, NH, T)
+    kernels.attention_forward(atty, lse, qkv)  # backward reads forward's out and lse
     logits = _randn(rng, B, T, Vp)
     probs = np.abs(_randn(rng, B, T, Vp))
     probs /= probs.sum(-1, keepdims=True)
@@ -49,8 +51,6 @@ def memory_bound_cases(rng=None):
     P = Tensors.count(param_shapes(CONFIG))  # 124,475,904
     params, grads = _randn(rng, P, scale=0.02), _randn(rng, P, scale=1e-3)
     m, v = np.zeros(P, F32), np.zeros(P, F32)
-    e = lambda *s: np.empty(s, F32)  # noqa: E731
-    z = lambda *s: np.zeros(s, F32)  # noqa: E731
     return [
         ("encoder_forward", kernels.encoder_forward, (e(B, T, C), tokens, wte, wpe), 3 * BTC * f),
         ("encoder_backward", kernels.encoder_backward, (z(Vp, C), z(maxT, C), d, tokens),
@@ -63,11 +63,13 @@ def memory_bound_cases(rng=None):
         ("residual_backward", kernels.residual_backward, (z(B, T, C), z(B, T, C), d), 5 * BTC * f),
         ("gelu_forward", kernels.gelu_forward, (e(B, T, 4 * C), h), 2 * 4 * BTC * f),
         ("gelu_backward", kernels.gelu_backward, (z(B, T, 4 * C), h, dh), 4 * 4 * BTC * f),
+        # attention (flash-style: no T x T buffer): qkv in, out and lse out; backward reads dout,
+        # qkv, out, lse and accumulates into dqkv
         ("attention_forward", kernels.attention_forward,
-         (e(B, T, C), e(B, NH, T, T), e(B, NH, T, T), qkv), (3 * BTC + BTC + 2 * B * NH * T * T) * f),
+         (e(B, T, C), e(B, NH, T), qkv), (3 * BTC + BTC + B * NH * T) * f),
         ("attention_backward", kernels.attention_backward,
-         (z(B, T, 3 * C), z(B, NH, T, T), z(B, NH, T, T), d, qkv, att),
-         (2 * 3 * BTC + 2 * 2 * B * NH * T * T + BTC + 3 * BTC + B * NH * T * T) * f),
+         (z(B, T, 3 * C), d, qkv, atty, lse),
+         (2 * 3 * BTC + BTC + 3 * BTC + BTC + B * NH * T) * f),
         ("softmax_forward", kernels.softmax_forward, (e(B, T, Vp), logits, V), 2 * B * T * Vp * f),
         ("crossentropy_forward", kernels.crossentropy_forward, (e(B, T), probs, tokens),
          2 * B * T * f),

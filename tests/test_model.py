@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from llmnb.config import GPT2Config, param_shapes, param_sizes, act_sizes
+from llmnb.config import GPT2Config, Tensors, act_sizes, grad_act_shapes, param_shapes, param_sizes
 from llmnb.model import GPT2, init_params
 
 TINY = GPT2Config(max_seq_len=16, vocab_size=50, padded_vocab_size=64, num_layers=2, num_heads=2, channels=16)
@@ -24,8 +24,22 @@ def test_sizes_match_llmc_fill_in_functions():
     cfg = GPT2Config()
     assert sum(param_sizes(cfg)) == 124475904
     assert len(param_sizes(cfg)) == 16
-    assert len(act_sizes(cfg, 4, 64)) == 23
-    assert sum(act_sizes(cfg, 4, 64)) == 73347840
+    # llm.c's CPU trainer: 23 tensors, 73,347,840 floats; here its preatt and att (2 x L*B*NH*T*T)
+    # are replaced by lse (L*B*NH*T), as its cuDNN trainer keeps its softmax statistics
+    assert len(act_sizes(cfg, 4, 64)) == 22
+    assert sum(act_sizes(cfg, 4, 64)) == 73347840 - 2 * 12 * 4 * 12 * 64 * 64 + 12 * 4 * 12 * 64
+
+
+def test_activation_gradients_are_one_layers_worth():
+    # llm.c's CUDA trainer, not its CPU one: the activation gradients do not grow with the depth
+    # (a buffer per layer would be ~18 B*T*C floats for each of the L layers)
+    B, T = 2, 64
+    counts = [Tensors.count(grad_act_shapes(GPT2Config.depth(L), B, T)) for L in (2, 12, 24)]
+    C12 = GPT2Config.depth(12).channels
+    assert counts[1] == 2 * B * T * C12 + B * T * 50304 + B * T + 14 * B * T * C12
+    assert counts[0] < counts[1] < counts[2]  # through C = 64 L only
+    assert Tensors.count(grad_act_shapes(GPT2Config(num_layers=2), B, T)) == \
+        Tensors.count(grad_act_shapes(GPT2Config(num_layers=48), B, T))
 
 
 def test_views_share_the_flat_buffer(model):

@@ -14,12 +14,17 @@ PARAM_NAMES = (
     "ln2w", "ln2b", "fcw", "fcb", "fcprojw", "fcprojb", "lnfw", "lnfb",
 )
 
-# the 23 activation tensors, in llm.c's order
+# the 22 activation tensors, in llm.c's order, except that attention keeps per query row the
+# log-sum-exp of its scores (lse, as llm.c's cuDNN path keeps its softmax statistics) in place of
+# the CPU trainer's (B, NH, T, T) preatt and att: the kernels recompute att from it (kernels.py)
 ACT_NAMES = (
-    "encoded", "ln1", "ln1_mean", "ln1_rstd", "qkv", "atty", "preatt", "att", "attproj",
+    "encoded", "ln1", "ln1_mean", "ln1_rstd", "qkv", "atty", "lse", "attproj",
     "residual2", "ln2", "ln2_mean", "ln2_rstd", "fch", "fch_gelu", "fcproj", "residual3",
     "lnf", "lnf_mean", "lnf_rstd", "logits", "probs", "losses",
 )
+
+# the per-layer activation gradients: one layer's worth, reused by every layer (grad_act_shapes)
+LAYER_GRAD_NAMES = ("ln1", "qkv", "atty", "ln2", "fch", "fch_gelu")
 
 
 @dataclass(frozen=True)
@@ -71,19 +76,32 @@ def param_shapes(config):
 
 
 def act_shapes(config, B, T):
-    """The 23 activation shapes, as fill_in_activation_sizes."""
+    """The 22 activation shapes, as fill_in_activation_sizes (lse for preatt and att)."""
     C, NH, L, Vp = config.channels, config.num_heads, config.num_layers, config.padded_vocab_size
     return {
         "encoded": (B, T, C),
         "ln1": (L, B, T, C), "ln1_mean": (L, B, T), "ln1_rstd": (L, B, T),
         "qkv": (L, B, T, 3 * C), "atty": (L, B, T, C),
-        "preatt": (L, B, NH, T, T), "att": (L, B, NH, T, T),
+        "lse": (L, B, NH, T),
         "attproj": (L, B, T, C), "residual2": (L, B, T, C),
         "ln2": (L, B, T, C), "ln2_mean": (L, B, T), "ln2_rstd": (L, B, T),
         "fch": (L, B, T, 4 * C), "fch_gelu": (L, B, T, 4 * C),
         "fcproj": (L, B, T, C), "residual3": (L, B, T, C),
         "lnf": (B, T, C), "lnf_mean": (B, T), "lnf_rstd": (B, T),
         "logits": (B, T, Vp), "probs": (B, T, Vp), "losses": (B, T),
+    }
+
+
+def grad_act_shapes(config, B, T):
+    """The activation gradients backward keeps, as llm.c's CUDA trainer does (not its CPU one,
+    which keeps a gradient for each of the L layers' activations): the residual stream's gradient
+    (one (B,T,C) buffer that every layer adds its branches into, on its way down to the encoder),
+    the classifier's, and one layer's worth of LAYER_GRAD_NAMES, last, reused by every layer."""
+    C, Vp = config.channels, config.padded_vocab_size
+    return {
+        "dresidual": (B, T, C), "lnf": (B, T, C), "logits": (B, T, Vp), "losses": (B, T),
+        "ln1": (B, T, C), "qkv": (B, T, 3 * C), "atty": (B, T, C),
+        "ln2": (B, T, C), "fch": (B, T, 4 * C), "fch_gelu": (B, T, 4 * C),
     }
 
 
@@ -100,7 +118,7 @@ def param_sizes(config):
 
 
 def act_sizes(config, B, T):
-    """The 23 sizes of fill_in_activation_sizes, in order."""
+    """The 22 sizes of fill_in_activation_sizes, in order."""
     return [_size(s) for s in act_shapes(config, B, T).values()]
 
 

@@ -43,13 +43,15 @@ class Backend:
         from dout (B,T,OC), inp (B,T,C), weight (OC,C)."""
         raise NotImplementedError
 
-    def attention_forward(self, out, preatt, att, inp):
-        """out (B,T,C) = causal softmax(q k^T / sqrt(C/NH)) v per head, the (B,NH,T,T) scores left
-        in preatt and their softmax in att; inp (B,T,3C) holds q, k, v side by side."""
+    def attention_forward(self, out, lse, inp):
+        """out (B,T,C) = causal softmax(q k^T / sqrt(C/NH)) v per head, flash-style (no (T,T)
+        buffer); lse (B,NH,T) gets each query row's log-sum-exp of its scaled scores, for the
+        backward; inp (B,T,3C) holds q, k, v side by side."""
         raise NotImplementedError
 
-    def attention_backward(self, dinp, dpreatt, datt, dout, inp, att):
-        """dinp (B,T,3C), dpreatt, datt (B,NH,T,T) += from dout (B,T,C), inp (B,T,3C), att."""
+    def attention_backward(self, dinp, dout, inp, out, lse):
+        """dinp (B,T,3C) += from dout (B,T,C), given inp (B,T,3C) and what forward left: out
+        (B,T,C) and lse (B,NH,T) (the attention is recomputed from them)."""
         raise NotImplementedError
 
     def gelu_forward(self, out, inp):

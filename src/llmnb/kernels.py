@@ -19,6 +19,7 @@ from numba import njit, prange
 
 from .matmul import (matmul_forward, matmul_backward, matvec_forward,  # noqa: F401  (re-exported,
                      matvec_forward_bf16, matvec_scratch)  # see matmul.py)
+from .matmul import NO_BIAS, _nt_tile  # the register-blocked NT tile product, for attention's tiles
 
 F32 = np.float32
 GELU_SCALING_FACTOR = F32(math.sqrt(2.0 / math.pi))
@@ -140,7 +141,7 @@ def attention_query(out_h, preatt_row, att_row, qkv, t, h):
     # one query: position t, head h. qkv (T',3C) holds the query, key and value vectors of one
     # sequence (rows 0..t are read); preatt_row, att_row (>= t+1) get the scaled scores and their
     # causal softmax over positions 0..t (they may be the same array); out_h (hs) = the
-    # attention-weighted sum of the values. Used by attention_forward and by KV-cache generation.
+    # attention-weighted sum of the values. Used by KV-cache generation (one query at a time).
     C = qkv.shape[1] // 3
     hs = out_h.shape[0]
     scale = F32(1.0 / math.sqrt(hs))
@@ -187,75 +188,191 @@ def attention_token(out, att, qkv, t):
         attention_query(out[h * hs:(h + 1) * hs], att[h], att[h], qkv, t, h)
 
 
-@njit(parallel=True, fastmath=REDUCE_FASTMATH, cache=True)
-def attention_forward(out, preatt, att, inp):
-    # out (B,T,C); preatt, att (B,NH,T,T); inp (B,T,3C) holding the query, key, value vectors
-    # one task per (b, t, h) query; the causal mask leaves zeros in att above the diagonal
-    B, T, C3 = inp.shape
-    C = C3 // 3
-    NH = att.shape[1]
-    hs = C // NH
-    for bth in prange(B * T * NH):
-        b = bth // (T * NH)
-        t = (bth // NH) % T
-        h = bth % NH
-        attention_query(out[b, t, h * hs:(h + 1) * hs], preatt[b, h, t], att[b, h, t], inp[b], t, h)
-        for t2 in range(t + 1, T):
-            att[b, h, t, t2] = F32(0.0)
+# Training attention is flash-style (Dao et al., FlashAttention): per (b, h), tiles of ATT_TILE
+# queries against tiles of ATT_TILE keys, with the softmax computed online (a running max and sum
+# per query row, the output rescaled when the max grows) and key tiles above the diagonal skipped.
+# No (T, T) buffer exists: forward keeps per query row the log of its softmax denominator,
+# lse = max + log(sum exp(s - max)), and backward recomputes att = exp(s - lse) tile by tile.
+# The tile products go through matmul.py's register-blocked NT micro-kernel on packed tiles.
+# kernels/attention.py holds llm.c's literal version (preatt/att buffers) and the ladder to this.
+
+ATT_TILE = 128  # queries per query tile and keys per key tile (128 was faster than 64 at T = 1024:
+                # the products that sum over a tile's keys or queries get longer sums, see
+                # kernels/attention.py; a task's tiles, ~0.3 MB, stay in L2)
+
+
+@njit(cache=True)
+def _pack_rows(dst, src, t0, t1, c0):
+    # dst (n,hs)[r] = src (T,3C)[t0 + r, c0:c0+hs] for r < t1 - t0; zero rows after
+    n, hs = dst.shape
+    for r in range(n):
+        if t0 + r < t1:
+            for i in range(hs):
+                dst[r, i] = src[t0 + r, c0 + i]
+        else:
+            for i in range(hs):
+                dst[r, i] = F32(0.0)
+
+
+@njit(cache=True)
+def _pack_cols(dst, src, t0, t1, c0, scale):
+    # dst (hs,n)[:, r] = scale * src (T,3C)[t0 + r, c0:c0+hs] for r < t1 - t0; zero columns after
+    hs, n = dst.shape
+    for r in range(n):
+        if t0 + r < t1:
+            for i in range(hs):
+                dst[i, r] = scale * src[t0 + r, c0 + i]
+        else:
+            for i in range(hs):
+                dst[i, r] = F32(0.0)
+
+
+@njit(cache=True)
+def _transpose_tile(dst, src):
+    # dst (n,m) = src (m,n)^T
+    m, n = src.shape
+    for r in range(m):
+        for j in range(n):
+            dst[j, r] = src[r, j]
 
 
 @njit(parallel=True, fastmath=REDUCE_FASTMATH, cache=True)
-def attention_backward(dinp, dpreatt, datt, dout, inp, att):
-    # dinp (B,T,3C), dpreatt, datt (B,NH,T,T) += ; dout (B,T,C); inp (B,T,3C); att (B,NH,T,T)
-    # A query at t sends gradient to the keys and values of every t2 <= t, so the work for one
-    # (b,h) cannot be split over t; it is split over (b,h), whose slices of dinp are disjoint.
-    # Each inner loop over the head's hs channels is either one dot product (a sum: vector
-    # accumulators under fastmath) or one row update y += a * x (no sum), so all of them vectorise;
-    # every element still receives its terms in the C's order (t, then t2).
+def attention_forward(out, lse, inp):
+    # out (B,T,C); lse (B,NH,T) the log-sum-exp of each query's scaled scores; inp (B,T,3C)
+    # holding the query, key, value vectors. One task per (b, h, query tile).
     B, T, C3 = inp.shape
     C = C3 // 3
-    NH = att.shape[1]
+    NH = lse.shape[1]
     hs = C // NH
     scale = F32(1.0 / math.sqrt(hs))
+    TT = min(ATT_TILE, T)   # short sequences: one tile of exactly T, no padding
+    nqt = (T + TT - 1) // TT
+    for task in prange(B * NH * nqt):
+        b = task // (NH * nqt)
+        h = (task // nqt) % NH
+        t0 = (task % nqt) * TT
+        t1 = min(t0 + TT, T)
+        nq = t1 - t0
+        q0, k0, v0 = h * hs, C + h * hs, 2 * C + h * hs
+        # per-task tiles (TT*TT + 3*TT*hs floats), allocated once per task, not per key tile
+        qp = np.empty((TT, hs), F32)
+        kp = np.empty((TT, hs), F32)
+        vt = np.empty((hs, TT), F32)
+        s = np.empty((TT, TT), F32)
+        o = np.zeros((TT, hs), F32)
+        m = np.empty(TT, F32)
+        lsum = np.zeros(TT, F32)
+        m[:] = -np.inf
+        _pack_rows(qp, inp[b], t0, t1, q0)
+        for j0 in range(0, t1, TT):   # key tiles up to the diagonal: the causal rest is skipped
+            j1 = min(j0 + TT, t1)
+            _pack_rows(kp, inp[b], j0, j1, k0)
+            _pack_cols(vt, inp[b], j0, j1, v0, F32(1.0))
+            _nt_tile(s, qp, 0, kp, 0, j1 - j0, NO_BIAS, False, False)   # s = q . k
+            for r in range(nq):
+                jend = min(j1, t0 + r + 1) - j0   # keys j0 .. t of this row (>= 1 of them)
+                row = s[r]
+                mx = m[r]
+                for j in range(jend):
+                    x = row[j] * scale
+                    row[j] = x
+                    mx = max(mx, x)
+                ssum = F32(0.0)
+                for j in range(jend):
+                    p = np.exp(row[j] - mx)
+                    row[j] = p
+                    ssum += p
+                for j in range(jend, TT):
+                    row[j] = F32(0.0)
+                corr = np.exp(m[r] - mx)   # 0 on the first tile (m = -inf)
+                lsum[r] = lsum[r] * corr + ssum
+                m[r] = mx
+                for i in range(hs):
+                    o[r, i] *= corr
+            _nt_tile(o[:nq], s, 0, vt, 0, hs, NO_BIAS, False, True)   # o += p . v
+        for r in range(nq):
+            inv = F32(1.0) / lsum[r]
+            for i in range(hs):
+                out[b, t0 + r, q0 + i] = o[r, i] * inv
+            lse[b, h, t0 + r] = m[r] + np.log(lsum[r])
+
+
+@njit(parallel=True, fastmath=REDUCE_FASTMATH, cache=True)
+def attention_backward(dinp, dout, inp, out, lse):
+    # dinp (B,T,3C) += the gradient of attention_forward, from dout (B,T,C), inp (B,T,3C) and
+    # what forward left: out (B,T,C) and lse (B,NH,T). att = exp(scale q.k - lse) is recomputed per
+    # (query tile, key tile); with dS = att * (dout.v - dout.out) (the softmax backward, since
+    # sum_t2 att dout.v = dout.out):
+    #     dv += att^T dout,  dq += scale dS k,  dk += scale dS^T q.
+    # One task per (b, h): a key receives from every later query, so (b, h)'s slices of dinp are
+    # the unit that no two tasks share. Key tiles outer, so dk and dv of a tile stay in scratch.
+    B, T, C3 = inp.shape
+    C = C3 // 3
+    NH = lse.shape[1]
+    hs = C // NH
+    scale = F32(1.0 / math.sqrt(hs))
+    TT = min(ATT_TILE, T)   # short sequences: one tile of exactly T, no padding
     for bh in prange(B * NH):
         b = bh // NH
         h = bh % NH
         q0, k0, v0 = h * hs, C + h * hs, 2 * C + h * hs
-        for t in range(T):
-            att_bth = att[b, h, t]
-            datt_bth = datt[b, h, t]
-            dpreatt_bth = dpreatt[b, h, t]
-            dout_bt = dout[b, t, q0:q0 + hs]
-            # backward through the value accumulation: datt[t2] += v[t2] . dout[t]; dv[t2] += att[t2] dout[t]
-            for t2 in range(t + 1):
-                v = inp[b, t2, v0:v0 + hs]
-                acc = F32(0.0)
+        qp = np.empty((TT, hs), F32)    # the query tile's q, and its dout
+        dop = np.empty((TT, hs), F32)
+        qt = np.empty((hs, TT), F32)    # the same, transposed
+        dot_ = np.empty((hs, TT), F32)
+        kp = np.empty((TT, hs), F32)    # the key tile's k and v, and k transposed
+        vp = np.empty((TT, hs), F32)
+        kt = np.empty((hs, TT), F32)
+        s = np.empty((TT, TT), F32)     # scores, then att
+        dp = np.empty((TT, TT), F32)    # dout . v, then dS
+        st = np.empty((TT, TT), F32)    # att^T, then (scale dS)^T
+        dk = np.empty((TT, hs), F32)
+        dv = np.empty((TT, hs), F32)
+        dq = np.empty((TT, hs), F32)
+        dd = np.empty(TT, F32)          # dout . out per query row
+        for j0 in range(0, T, TT):
+            j1 = min(j0 + TT, T)
+            nk = j1 - j0
+            _pack_rows(kp, inp[b], j0, j1, k0)
+            _pack_rows(vp, inp[b], j0, j1, v0)
+            _pack_cols(kt, inp[b], j0, j1, k0, F32(1.0))
+            dk[:] = F32(0.0)
+            dv[:] = F32(0.0)
+            for t0 in range(j0, T, TT):   # query tiles on and below the diagonal
+                t1 = min(t0 + TT, T)
+                nq = t1 - t0
+                _pack_rows(qp, inp[b], t0, t1, q0)
+                _pack_rows(dop, dout[b], t0, t1, q0)
+                _pack_cols(qt, inp[b], t0, t1, q0, scale)
+                _pack_cols(dot_, dout[b], t0, t1, q0, F32(1.0))
+                for r in range(nq):
+                    acc = F32(0.0)
+                    for i in range(hs):
+                        acc += dop[r, i] * out[b, t0 + r, q0 + i]
+                    dd[r] = acc
+                _nt_tile(s, qp, 0, kp, 0, nk, NO_BIAS, False, False)    # q . k
+                _nt_tile(dp, dop, 0, vp, 0, nk, NO_BIAS, False, False)  # dout . v
+                for r in range(TT):   # rows past nq become zeros too: they are summed over below
+                    jend = min(j1, t0 + r + 1) - j0 if r < nq else 0
+                    for j in range(jend):
+                        p = np.exp(s[r, j] * scale - lse[b, h, t0 + r])
+                        s[r, j] = p
+                        dp[r, j] = p * (dp[r, j] - dd[r])
+                    for j in range(jend, TT):
+                        s[r, j] = F32(0.0)
+                        dp[r, j] = F32(0.0)
+                _transpose_tile(st, s)
+                _nt_tile(dv[:nk], st, 0, dot_, 0, hs, NO_BIAS, False, True)   # dv += att^T dout
+                _transpose_tile(st, dp)
+                _nt_tile(dk[:nk], st, 0, qt, 0, hs, NO_BIAS, False, True)     # dk += dS^T (scale q)
+                _nt_tile(dq[:nq], dp, 0, kt, 0, hs, NO_BIAS, False, False)    # dS k
+                for r in range(nq):
+                    for i in range(hs):
+                        dinp[b, t0 + r, q0 + i] += scale * dq[r, i]
+            for j in range(nk):
                 for i in range(hs):
-                    acc += v[i] * dout_bt[i]
-                datt_bth[t2] += acc
-            for t2 in range(t + 1):
-                a = att_bth[t2]
-                dv = dinp[b, t2, v0:v0 + hs]
-                for i in range(hs):
-                    dv[i] += a * dout_bt[i]
-            # backward through the softmax: dpre[t3] = att[t3] * (datt[t3] - sum_t2 att[t2] datt[t2])
-            # (the C's double loop over (t2, t3) with an indicator, in closed form)
-            dot = F32(0.0)
-            for t2 in range(t + 1):
-                dot += att_bth[t2] * datt_bth[t2]
-            for t3 in range(t + 1):
-                dpreatt_bth[t3] += att_bth[t3] * (datt_bth[t3] - dot)
-            # backward through query . key: dq[t] += g k[t2]; dk[t2] += g q[t]
-            q = inp[b, t, q0:q0 + hs]
-            dq = dinp[b, t, q0:q0 + hs]
-            for t2 in range(t + 1):
-                g = dpreatt_bth[t2] * scale
-                k = inp[b, t2, k0:k0 + hs]
-                dk = dinp[b, t2, k0:k0 + hs]
-                for i in range(hs):
-                    dq[i] += k[i] * g
-                for i in range(hs):
-                    dk[i] += q[i] * g
+                    dinp[b, j0 + j, k0 + i] += dk[j, i]
+                    dinp[b, j0 + j, v0 + i] += dv[j, i]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ alone (config.param_shapes, config.act_shapes), so a run too big for the machine
 instead of failing in an allocation minutes later.
 """
 
-from .config import Tensors, act_shapes, param_shapes
+from .config import Tensors, act_shapes, grad_act_shapes, param_shapes
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -15,15 +15,16 @@ def run_memory(config, B, T):
     """Bytes of each float32 buffer a training step of (B, T) allocates -> {what: bytes}.
 
     As model.GPT2 allocates them: parameters, their gradients, AdamW's m and v, the activations,
-    the activations' gradients (all but probs, see GPT2.backward), and the sampler's KV cache.
+    the activations' gradients (config.grad_act_shapes: one layer's worth), and the sampler's KV
+    cache.
     """
     N = Tensors.count(param_shapes(config))
     acts = act_shapes(config, B, T)
     nacts = Tensors.count(acts)
-    probs = B * T * config.padded_vocab_size
+    ngrads = Tensors.count(grad_act_shapes(config, B, T))
     L, C, maxT = config.num_layers, config.channels, config.max_seq_len
     return {"parameters": 4 * N, "gradients": 4 * N, "AdamW m and v": 8 * N,
-            "activations": 4 * nacts, "activation gradients": 4 * (nacts - probs),
+            "activations": 4 * nacts, "activation gradients": 4 * ngrads,
             "sampler KV cache": 4 * L * maxT * 3 * C}
 
 

@@ -10,7 +10,7 @@ import math
 import numpy as np
 
 from .backend import get_backend
-from .config import GPT2Config, Tensors, act_shapes, param_shapes
+from .config import LAYER_GRAD_NAMES, GPT2Config, Tensors, act_shapes, grad_act_shapes, param_shapes
 
 
 def init_params(config, seed=0):
@@ -61,6 +61,7 @@ class GPT2:
         self.v_memory = None
         self.acts = None            # allocated lazily on the first forward
         self.grads_acts = None
+        self.layer_grads = None     # the per-layer part of grads_acts' buffer (one fill per layer)
         self.batch_size = 0
         self.seq_len = 0
         self.inputs = None
@@ -139,7 +140,7 @@ class GPT2:
             residual = a.encoded if l == 0 else a.residual3[l - 1]
             k.layernorm_forward(a.ln1[l], a.ln1_mean[l], a.ln1_rstd[l], residual, p.ln1w[l], p.ln1b[l])
             k.matmul_forward(a.qkv[l], a.ln1[l], p.qkvw[l], p.qkvb[l])
-            k.attention_forward(a.atty[l], a.preatt[l], a.att[l], a.qkv[l])
+            k.attention_forward(a.atty[l], a.lse[l], a.qkv[l])
             k.matmul_forward(a.attproj[l], a.atty[l], p.attprojw[l], p.attprojb[l])
             k.residual_forward(a.residual2[l], residual, a.attproj[l])
             k.layernorm_forward(a.ln2[l], a.ln2_mean[l], a.ln2_rstd[l], a.residual2[l], p.ln2w[l], p.ln2b[l])
@@ -186,10 +187,10 @@ class GPT2:
         if self.grads is None:
             self.grads = Tensors(k.zeros(self.num_parameters), param_shapes(self.config))
         if self.grads_acts is None:
-            # every activation but probs has a gradient: crossentropy_softmax_backward goes from the
-            # losses straight to the logits (llm.c allocates dprobs and never touches it)
-            shapes = {n: s for n, s in self.acts.shapes.items() if n != "probs"}
+            shapes = grad_act_shapes(self.config, self.batch_size, self.seq_len)
             self.grads_acts = Tensors(k.zeros(Tensors.count(shapes)), shapes)
+            nlayer = Tensors.count({n: shapes[n] for n in LAYER_GRAD_NAMES})
+            self.layer_grads = self.grads_acts.memory[Tensors.count(shapes) - nlayer:]
         B, T = self.batch_size, self.seq_len
         L = self.config.num_layers
         V = self.config.vocab_size
@@ -199,26 +200,29 @@ class GPT2:
         k.fill(ga.losses, grad_scale / (B * T))
         k.crossentropy_softmax_backward(ga.logits, ga.losses, a.probs, self.targets, V)
         k.matmul_backward(ga.lnf, g.wte, None, ga.logits, a.lnf, p.wte)
-        residual = a.residual3[L - 1]
-        dresidual = ga.residual3[L - 1]
-        k.layernorm_backward(dresidual, g.lnfw, g.lnfb, ga.lnf, residual, p.lnfw, a.lnf_mean, a.lnf_rstd)
+        # dresidual: the gradient of the residual stream, from the last layer's output down to the
+        # encoder's. Each layer's output is residual3 = residual2 + fcproj, residual2 = residual +
+        # attproj, so fcproj's gradient is dresidual as the layer receives it, attproj's is
+        # dresidual once the MLP branch has added in, and the layer's input gets both branches.
+        dresidual = ga.dresidual
+        k.layernorm_backward(dresidual, g.lnfw, g.lnfb, ga.lnf, a.residual3[L - 1], p.lnfw,
+                             a.lnf_mean, a.lnf_rstd)
 
         for l in range(L - 1, -1, -1):
             residual = a.encoded if l == 0 else a.residual3[l - 1]
-            dresidual = ga.encoded if l == 0 else ga.residual3[l - 1]
-            k.residual_backward(ga.residual2[l], ga.fcproj[l], ga.residual3[l])
-            k.matmul_backward(ga.fch_gelu[l], g.fcprojw[l], g.fcprojb[l], ga.fcproj[l], a.fch_gelu[l], p.fcprojw[l])
-            k.gelu_backward(ga.fch[l], a.fch[l], ga.fch_gelu[l])
-            k.matmul_backward(ga.ln2[l], g.fcw[l], g.fcb[l], ga.fch[l], a.ln2[l], p.fcw[l])
-            k.layernorm_backward(ga.residual2[l], g.ln2w[l], g.ln2b[l], ga.ln2[l], a.residual2[l], p.ln2w[l],
+            if l < L - 1:
+                k.fill(self.layer_grads, 0.0)  # the layer above used this scratch (zero_grad did the first)
+            k.matmul_backward(ga.fch_gelu, g.fcprojw[l], g.fcprojb[l], dresidual, a.fch_gelu[l], p.fcprojw[l])
+            k.gelu_backward(ga.fch, a.fch[l], ga.fch_gelu)
+            k.matmul_backward(ga.ln2, g.fcw[l], g.fcb[l], ga.fch, a.ln2[l], p.fcw[l])
+            k.layernorm_backward(dresidual, g.ln2w[l], g.ln2b[l], ga.ln2, a.residual2[l], p.ln2w[l],
                                  a.ln2_mean[l], a.ln2_rstd[l])
-            k.residual_backward(dresidual, ga.attproj[l], ga.residual2[l])
-            k.matmul_backward(ga.atty[l], g.attprojw[l], g.attprojb[l], ga.attproj[l], a.atty[l], p.attprojw[l])
-            k.attention_backward(ga.qkv[l], ga.preatt[l], ga.att[l], ga.atty[l], a.qkv[l], a.att[l])
-            k.matmul_backward(ga.ln1[l], g.qkvw[l], g.qkvb[l], ga.qkv[l], a.ln1[l], p.qkvw[l])
-            k.layernorm_backward(dresidual, g.ln1w[l], g.ln1b[l], ga.ln1[l], residual, p.ln1w[l],
+            k.matmul_backward(ga.atty, g.attprojw[l], g.attprojb[l], dresidual, a.atty[l], p.attprojw[l])
+            k.attention_backward(ga.qkv, ga.atty, a.qkv[l], a.atty[l], a.lse[l])
+            k.matmul_backward(ga.ln1, g.qkvw[l], g.qkvb[l], ga.qkv, a.ln1[l], p.qkvw[l])
+            k.layernorm_backward(dresidual, g.ln1w[l], g.ln1b[l], ga.ln1, residual, p.ln1w[l],
                                  a.ln1_mean[l], a.ln1_rstd[l])
-        k.encoder_backward(g.wte, g.wpe, ga.encoded, self.inputs)
+        k.encoder_backward(g.wte, g.wpe, dresidual, self.inputs)
 
     # ------------------------------------------------------------------------------------------
     # gpt2_update

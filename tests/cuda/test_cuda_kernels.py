@@ -7,7 +7,7 @@ Each test
   Tensors do, with NaN in the slack around it (-7 for token ids): a read out of bounds poisons
   the result, a write out of bounds is caught,
 - starts gradient and output buffers from random values, not zeros, so that accumulation (+=) and
-  what a kernel must leave alone (preatt above the diagonal, padded vocab columns) are checked,
+  what a kernel must leave alone (padded vocab columns) are checked,
 - runs the CPU kernel on host copies of the same arguments and compares every argument after the
   call: |cuda - cpu| <= 1e-5 * (|cpu| + max|cpu|) (the float32 sums run in another order).
 The tests marked gpu_geometry also run with launch.py's GPU geometry (128x128 tiles, 8x8 outputs
@@ -152,8 +152,11 @@ def test_bad_shapes_raise_a_clear_error(be, rng):
     with pytest.raises(ValueError, match="llmnb/cuda/matmul.py: matmul_forward"):
         be.matmul_forward(out, be.asarray(randn(rng, 2, 3, 4)), be.asarray(randn(rng, 5, 7)), None)
     with pytest.raises(ValueError, match="llmnb/cuda/kernels.py: attention_forward"):
-        att = be.zeros(2 * 2 * 3 * 3).reshape(2, 2, 3, 3)
-        be.attention_forward(out, att, att, be.asarray(randn(rng, 2, 3, 16)))
+        lse = be.zeros(2 * 2 * 4).reshape(2, 2, 4)   # T = 4, inp's T = 3
+        be.attention_forward(out, lse, be.asarray(randn(rng, 2, 3, 15)))
+    with pytest.raises(ValueError, match="head size 80 > 64"):
+        be.attention_forward(be.zeros(1 * 2 * 80).reshape(1, 2, 80), be.zeros(2).reshape(1, 1, 2),
+                             be.asarray(randn(rng, 1, 2, 240)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -229,37 +232,29 @@ def test_layernorm_backward(be, rng):
 # ----------------------------------------------------------------------------------------------
 # attention
 
-ATTENTION_SHAPES = [
-    pytest.param(2, 7, 2, 16, marks=pytest.mark.gpu_geometry),   # one tile per head
-    (1, 35, 2, 24),                                               # 2 x 2 tiles per head (sim), hs 12
+ATTENTION_SHAPES = [  # sim geometry: ATT_ROWS = 8 queries / keys per block
+    pytest.param(2, 7, 2, 16, marks=pytest.mark.gpu_geometry),   # one partial tile per head
+    (1, 35, 2, 24),                                               # 4 tiles + 3 per head, hs 12
+    (1, 1, 1, 4),                                                 # T = 1
 ]
-
-
-def attention_inputs(rng, B, T, NH, C):
-    qkv = randn(rng, B, T, 3 * C)
-    # preatt and att start as garbage: the kernels must fill them exactly as the CPU does
-    return qkv, randn(rng, B, NH, T, T), randn(rng, B, NH, T, T)
 
 
 @pytest.mark.parametrize("B,T,NH,C", ATTENTION_SHAPES)
 def test_attention_forward(be, rng, B, T, NH, C):
-    qkv, preatt, att = attention_inputs(rng, B, T, NH, C)
-    args = [randn(rng, B, T, C), preatt, att, qkv]
+    # out and lse start as garbage: the kernel must fill them as the CPU does
+    args = [randn(rng, B, T, C), randn(rng, B, NH, T), randn(rng, B, T, 3 * C)]
     host, got = run_both(be, "attention_forward", args)
-    assert_all_close(host, got, ["out", "preatt", "att", "inp"])
-    upper = np.triu(np.ones((T, T), bool), 1)
-    assert np.array_equal(got[1][..., upper], preatt[..., upper]), "preatt above the diagonal changed"
-    assert (got[2][..., upper] == 0).all(), "att above the diagonal is not zero"
+    assert_all_close(host, got, ["out", "lse", "inp"])
 
 
 @pytest.mark.parametrize("B,T,NH,C", ATTENTION_SHAPES)
 def test_attention_backward(be, rng, B, T, NH, C):
-    qkv, preatt, att = attention_inputs(rng, B, T, NH, C)
-    cpu.attention_forward(np.zeros((B, T, C), F32), preatt, att, qkv)  # a real att
-    args = [randn(rng, B, T, 3 * C), randn(rng, B, NH, T, T), randn(rng, B, NH, T, T),
-            randn(rng, B, T, C), qkv, att]
+    qkv = randn(rng, B, T, 3 * C)
+    out, lse = np.zeros((B, T, C), F32), np.zeros((B, NH, T), F32)
+    cpu.attention_forward(out, lse, qkv)   # a real out and lse
+    args = [randn(rng, B, T, 3 * C), randn(rng, B, T, C), qkv, out, lse]
     host, got = run_both(be, "attention_backward", args)
-    assert_all_close(host, got, ["dinp", "dpreatt", "datt", "dout", "inp", "att"])
+    assert_all_close(host, got, ["dinp", "dout", "inp", "out", "lse"])
 
 
 # ----------------------------------------------------------------------------------------------

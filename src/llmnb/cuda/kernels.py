@@ -4,13 +4,12 @@ Each layer has its kernel(s) (`*_kernel`, device code) and a launcher under llm.
 CPU kernel's exact arguments (natural-shape views of device buffers; ints and floats as on the
 CPU; `bias`/`dbias` may be None; token arrays int32), which picks the grid and launches,
 asynchronously. The launchers compute the same thing as the CPU kernels, incl. what they leave
-alone: backward kernels accumulate (+=) into their gradients, preatt is written on and below the
-diagonal only, att gets zeros above it, the padded vocabulary columns get probability 0 and no
-gradient.
+alone: backward kernels accumulate (+=) into their gradients, the padded vocabulary columns get
+probability 0 and no gradient.
 
-As in llm.c's train_gpt2_fp32.cu, the attention is matmuls and a softmax: QK^T into preatt, the
-causal softmax into att, att @ V; here the matmuls are the tiled kernels of matmul.py run on
-per-head views of qkv (no permute buffers), skipping the tiles above the diagonal.
+The attention is the CPU's flash-style algorithm (as llm.c's cuDNN path, not its fp32 file's
+preatt/att matmuls): an online softmax over tiles of keys staged in shared memory, per-row
+log-sum-exp statistics kept for backward, which recomputes the attention from them.
 
 Reductions never race: a reduction over a row is a tree in shared memory within one block, a
 reduction over rows (dweight, dbias, dwte, dwpe) belongs to the threads of its columns. No
@@ -22,9 +21,9 @@ import numpy as np
 from numba import cuda, float32, float64
 
 from ..kernels import bias_corrections as cpu_bias_corrections  # the host-side scalars, shared
-from .launch import (BK, COL_ROWS, COL_WIDTH, ELEM_THREADS, ROW_THREADS, TILE, TILE_BLOCK, TX, TY,
+from .launch import (ATT_HS_MAX, ATT_HS_PAD, ATT_ROWS, COL_ROWS, COL_WIDTH, ELEM_THREADS, ROW_THREADS,
                      cdiv, check, elementwise_grid, last_dim, size)
-from .matmul import TILE_P, TM, TN, gemm_block, matmul_backward, matmul_forward  # noqa: F401 (re-exported)
+from .matmul import matmul_backward, matmul_forward  # noqa: F401 (re-exported)
 
 F32 = np.float32
 ZERO = F32(0.0)
@@ -32,6 +31,7 @@ ONE = F32(1.0)
 HALF = F32(0.5)
 THREE = F32(3.0)
 NEG_BIG = F32(-10000.0)  # the running max's start in the softmaxes, as in the C
+NEG_INF = F32(-np.inf)   # the running max's start in attention's online softmax
 LN_EPS = F32(1e-5)
 GELU_SCALING_FACTOR = F32(math.sqrt(2.0 / math.pi))
 GELU_CUBE = F32(0.044715)
@@ -247,266 +247,229 @@ def layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd):
 
 # ----------------------------------------------------------------------------------------------
 # attention: per head h, q, k, v are the columns [h*hs, (h+1)*hs) of the thirds of qkv (B,T,3C).
-# The matmul kernels run on a grid (tiles of columns, tiles of rows, B*NH); block z is (b, h).
+# The attention is the CPU's algorithm (llmnb/kernels.py), flash-style: no (T, T) buffer; forward
+# keeps per query row the log-sum-exp of its scores, lse (B,NH,T), and backward recomputes att from
+# it. One thread per query (forward, dquery) or per key (dkey, dvalue), ATT_ROWS of them per block;
+# the block stages the key (query) tiles it sweeps in shared memory, and tiles wholly above the
+# diagonal are never visited. hs <= ATT_HS_MAX.
 
 @cuda.jit(device=True)
-def causal_k_end(m0, T):
-    # the rows t < m0 + TILE of a tile attend to t2 <= t only: the sum over t2 can stop there
-    # (not builtin min: it does not compile in numba 0.68's CUDA target)
-    k_end = m0 + TILE
-    if k_end > T:
-        k_end = T
-    return k_end
-
-
-@cuda.jit(cache=True)
-def attention_query_key_kernel(preatt, inp, scale):
-    # preatt (B,NH,T,T): preatt[b,h,t,t2] = scale * q(b,t,h) . k(b,t2,h) for t2 <= t, the rest
-    # untouched; inp (B,T,3C). Tiles wholly above the diagonal exit at once.
-    As = cuda.shared.array((BK, TILE_P), float32)
-    Bs = cuda.shared.array((BK, TILE_P), float32)
-    acc = cuda.local.array((TM, TN), float32)
-    m0 = cuda.blockIdx.y * TILE
-    n0 = cuda.blockIdx.x * TILE
-    if n0 >= m0 + TILE:
-        return
-    NH = preatt.shape[1]
-    T = preatt.shape[2]
-    C = inp.shape[2] // 3
-    hs = C // NH
-    b = cuda.blockIdx.z // NH
-    h = cuda.blockIdx.z % NH
-    q = inp[b, :, h * hs:(h + 1) * hs]
-    k = inp[b, :, C + h * hs:C + (h + 1) * hs]
-    gemm_block(acc, As, Bs, q, False, False, k, False, False, m0, n0, 0, hs)
-    out = preatt[b, h]
-    for i in range(TM):
-        t = m0 + cuda.threadIdx.y + i * TY
-        for j in range(TN):
-            t2 = n0 + cuda.threadIdx.x + j * TX
-            if t < T and t2 <= t:
-                out[t, t2] = acc[i, j] * scale
-
-
-@cuda.jit(cache=True)
-def attention_softmax_kernel(att, preatt):
-    # att, preatt (B,NH,T,T); one block per row (b,h,t): att[b,h,t,:t+1] = softmax of
-    # preatt[b,h,t,:t+1], zeros after (the causal mask)
-    buf = cuda.shared.array(ROW_THREADS, float32)
-    NH = att.shape[1]
-    T = att.shape[2]
-    row = cuda.blockIdx.x
-    b = row // (NH * T)
-    h = (row // T) % NH
-    t = row % T
+def _stage_rows(dst, src, t0, T, c0, hs):
+    # dst (ATT_ROWS, ATT_HS_MAX)[r, :hs] = src (T, .)[t0 + r, c0:c0+hs] for t0 + r < T, by the
+    # block's ATT_ROWS threads together (consecutive threads read consecutive floats)
     tid = cuda.threadIdx.x
-    x = preatt[b, h, t]
-    y = att[b, h, t]
-    maxval = NEG_BIG
-    for t2 in range(tid, t + 1, ROW_THREADS):
-        if x[t2] > maxval:
-            maxval = x[t2]
-    maxval = block_max(buf, maxval)
-    s = ZERO
-    for t2 in range(tid, t + 1, ROW_THREADS):
-        expv = math.exp(x[t2] - maxval)
-        y[t2] = expv
-        s += expv
-    expsum = block_sum(buf, s)
-    expsum_inv = ZERO if expsum == ZERO else ONE / expsum
-    for t2 in range(tid, T, ROW_THREADS):
-        y[t2] = y[t2] * expsum_inv if t2 <= t else ZERO
+    for idx in range(tid, ATT_ROWS * hs, ATT_ROWS):
+        r = idx // hs
+        i = idx % hs
+        if t0 + r < T:
+            dst[r, i] = src[t0 + r, c0 + i]
 
 
 @cuda.jit(cache=True)
-def attention_value_kernel(out, att, inp):
-    # out (B,T,C): out[b,t,h*hs+i] = sum_{t2<=t} att[b,h,t,t2] v(b,t2,h)[i]; att (B,NH,T,T); inp (B,T,3C)
-    As = cuda.shared.array((BK, TILE_P), float32)
-    Bs = cuda.shared.array((BK, TILE_P), float32)
-    acc = cuda.local.array((TM, TN), float32)
-    m0 = cuda.blockIdx.y * TILE
-    n0 = cuda.blockIdx.x * TILE
-    NH = att.shape[1]
-    T = att.shape[2]
+def attention_forward_kernel(out, lse, inp, scale):
+    # out (B,T,C), lse (B,NH,T) = attention of the queries t0..t0+ATT_ROWS-1 of head (b, h) =
+    # blockIdx.y, one per thread: an online softmax over the key tiles 0..t0 (running max m, sum l,
+    # output o rescaled by exp(m_old - m_new) when the max grows); inp (B,T,3C). Each thread's q
+    # and o are a row of shared memory (rows of ATT_HS_PAD floats: no bank conflicts), not
+    # local arrays (local memory)
+    ks = cuda.shared.array((ATT_ROWS, ATT_HS_MAX), float32)
+    vs = cuda.shared.array((ATT_ROWS, ATT_HS_MAX), float32)
+    qsh = cuda.shared.array((ATT_ROWS, ATT_HS_PAD), float32)
+    osh = cuda.shared.array((ATT_ROWS, ATT_HS_PAD), float32)
+    NH = lse.shape[1]
+    T = lse.shape[2]
     C = out.shape[2]
     hs = C // NH
-    b = cuda.blockIdx.z // NH
-    h = cuda.blockIdx.z % NH
-    v = inp[b, :, 2 * C + h * hs:2 * C + (h + 1) * hs]
-    k_end = causal_k_end(m0, T)
-    gemm_block(acc, As, Bs, att[b, h], False, True, v, True, False, m0, n0, 0, k_end)
-    o = out[b, :, h * hs:(h + 1) * hs]
-    for i in range(TM):
-        t = m0 + cuda.threadIdx.y + i * TY
-        for j in range(TN):
-            c = n0 + cuda.threadIdx.x + j * TX
-            if t < T and c < hs:
-                o[t, c] = acc[i, j]
-
-
-@cuda.jit(cache=True)
-def attention_datt_kernel(datt, dout, inp):
-    # datt (B,NH,T,T) += for t2 <= t: dout(b,t,h) . v(b,t2,h); dout (B,T,C); inp (B,T,3C)
-    As = cuda.shared.array((BK, TILE_P), float32)
-    Bs = cuda.shared.array((BK, TILE_P), float32)
-    acc = cuda.local.array((TM, TN), float32)
-    m0 = cuda.blockIdx.y * TILE
-    n0 = cuda.blockIdx.x * TILE
-    if n0 >= m0 + TILE:
-        return
-    NH = datt.shape[1]
-    T = datt.shape[2]
-    C = dout.shape[2]
-    hs = C // NH
-    b = cuda.blockIdx.z // NH
-    h = cuda.blockIdx.z % NH
-    d = dout[b, :, h * hs:(h + 1) * hs]
-    v = inp[b, :, 2 * C + h * hs:2 * C + (h + 1) * hs]
-    gemm_block(acc, As, Bs, d, False, False, v, False, False, m0, n0, 0, hs)
-    g = datt[b, h]
-    for i in range(TM):
-        t = m0 + cuda.threadIdx.y + i * TY
-        for j in range(TN):
-            t2 = n0 + cuda.threadIdx.x + j * TX
-            if t < T and t2 <= t:
-                g[t, t2] += acc[i, j]
-
-
-@cuda.jit(cache=True)
-def attention_dvalue_kernel(dinp, att, dout):
-    # dinp (B,T,3C) value thirds += for each t2: sum_{t>=t2} att[b,h,t,t2] dout(b,t,h); att (B,NH,T,T)
-    As = cuda.shared.array((BK, TILE_P), float32)
-    Bs = cuda.shared.array((BK, TILE_P), float32)
-    acc = cuda.local.array((TM, TN), float32)
-    m0 = cuda.blockIdx.y * TILE
-    n0 = cuda.blockIdx.x * TILE
-    NH = att.shape[1]
-    T = att.shape[2]
-    C = dout.shape[2]
-    hs = C // NH
-    b = cuda.blockIdx.z // NH
-    h = cuda.blockIdx.z % NH
-    d = dout[b, :, h * hs:(h + 1) * hs]
-    gemm_block(acc, As, Bs, att[b, h], True, True, d, True, False, m0, n0, m0, T)
-    dv = dinp[b, :, 2 * C + h * hs:2 * C + (h + 1) * hs]
-    for i in range(TM):
-        t2 = m0 + cuda.threadIdx.y + i * TY
-        for j in range(TN):
-            c = n0 + cuda.threadIdx.x + j * TX
-            if t2 < T and c < hs:
-                dv[t2, c] += acc[i, j]
-
-
-@cuda.jit(cache=True)
-def attention_softmax_backward_kernel(dpreatt, datt, att):
-    # dpreatt, datt, att (B,NH,T,T); one block per row (b,h,t), for t3 <= t:
-    # dpreatt[t3] += att[t3] * (datt[t3] - sum_{t2<=t} att[t2] datt[t2])
-    buf = cuda.shared.array(ROW_THREADS, float32)
-    NH = att.shape[1]
-    T = att.shape[2]
-    row = cuda.blockIdx.x
-    b = row // (NH * T)
-    h = (row // T) % NH
-    t = row % T
+    b = cuda.blockIdx.y // NH
+    h = cuda.blockIdx.y % NH
     tid = cuda.threadIdx.x
-    a = att[b, h, t]
-    g = datt[b, h, t]
-    dp = dpreatt[b, h, t]
-    s = ZERO
-    for t2 in range(tid, t + 1, ROW_THREADS):
-        s += a[t2] * g[t2]
-    dot = block_sum(buf, s)
-    for t3 in range(tid, t + 1, ROW_THREADS):
-        dp[t3] += a[t3] * (g[t3] - dot)
+    t0 = cuda.blockIdx.x * ATT_ROWS
+    t = t0 + tid
+    q = qsh[tid]
+    o = osh[tid]
+    if t < T:
+        for i in range(hs):
+            q[i] = inp[b, t, h * hs + i]
+            o[i] = ZERO
+    m = NEG_INF
+    l = ZERO
+    for j0 in range(0, t0 + ATT_ROWS, ATT_ROWS):
+        if j0 >= T:
+            break
+        cuda.syncthreads()   # the previous tile is no longer read
+        _stage_rows(ks, inp[b], j0, T, C + h * hs, hs)
+        _stage_rows(vs, inp[b], j0, T, 2 * C + h * hs, hs)
+        cuda.syncthreads()
+        if t < T:
+            for j in range(ATT_ROWS):
+                if j0 + j > t:
+                    break
+                s = ZERO
+                for i in range(hs):
+                    s += q[i] * ks[j, i]
+                s *= scale
+                if s > m:
+                    corr = math.exp(m - s)
+                    l *= corr
+                    for i in range(hs):
+                        o[i] *= corr
+                    m = s
+                p = math.exp(s - m)
+                l += p
+                for i in range(hs):
+                    o[i] += p * vs[j, i]
+    if t < T:
+        inv = ONE / l
+        for i in range(hs):
+            out[b, t, h * hs + i] = o[i] * inv
+        lse[b, h, t] = m + math.log(l)
 
 
 @cuda.jit(cache=True)
-def attention_dquery_kernel(dinp, dpreatt, inp, scale):
-    # dinp (B,T,3C) query thirds += scale * sum_{t2<=t} dpreatt[b,h,t,t2] k(b,t2,h); inp (B,T,3C)
-    As = cuda.shared.array((BK, TILE_P), float32)
-    Bs = cuda.shared.array((BK, TILE_P), float32)
-    acc = cuda.local.array((TM, TN), float32)
-    m0 = cuda.blockIdx.y * TILE
-    n0 = cuda.blockIdx.x * TILE
-    NH = dpreatt.shape[1]
-    T = dpreatt.shape[2]
-    C = inp.shape[2] // 3
+def attention_dquery_kernel(dinp, dout, inp, out, lse, scale):
+    # dinp (B,T,3C) query thirds += scale * sum_{t2<=t} dS[t,t2] k[t2], one query t per thread,
+    # with att = exp(scale q.k - lse[t]) and dS = att (dout[t].v[t2] - dout[t].out[t])
+    ks = cuda.shared.array((ATT_ROWS, ATT_HS_MAX), float32)
+    vs = cuda.shared.array((ATT_ROWS, ATT_HS_MAX), float32)
+    qsh = cuda.shared.array((ATT_ROWS, ATT_HS_PAD), float32)
+    dosh = cuda.shared.array((ATT_ROWS, ATT_HS_PAD), float32)
+    dqsh = cuda.shared.array((ATT_ROWS, ATT_HS_PAD), float32)
+    NH = lse.shape[1]
+    T = lse.shape[2]
+    C = dout.shape[2]
     hs = C // NH
-    b = cuda.blockIdx.z // NH
-    h = cuda.blockIdx.z % NH
-    k = inp[b, :, C + h * hs:C + (h + 1) * hs]
-    k_end = causal_k_end(m0, T)
-    gemm_block(acc, As, Bs, dpreatt[b, h], False, True, k, True, False, m0, n0, 0, k_end)
-    dq = dinp[b, :, h * hs:(h + 1) * hs]
-    for i in range(TM):
-        t = m0 + cuda.threadIdx.y + i * TY
-        for j in range(TN):
-            c = n0 + cuda.threadIdx.x + j * TX
-            if t < T and c < hs:
-                dq[t, c] += acc[i, j] * scale
+    b = cuda.blockIdx.y // NH
+    h = cuda.blockIdx.y % NH
+    tid = cuda.threadIdx.x
+    t0 = cuda.blockIdx.x * ATT_ROWS
+    t = t0 + tid
+    q = qsh[tid]
+    do = dosh[tid]
+    dq = dqsh[tid]
+    dd = ZERO
+    lse_t = ZERO
+    if t < T:
+        for i in range(hs):
+            q[i] = inp[b, t, h * hs + i]
+            do[i] = dout[b, t, h * hs + i]
+            dq[i] = ZERO
+            dd += do[i] * out[b, t, h * hs + i]
+        lse_t = lse[b, h, t]
+    for j0 in range(0, t0 + ATT_ROWS, ATT_ROWS):
+        if j0 >= T:
+            break
+        cuda.syncthreads()
+        _stage_rows(ks, inp[b], j0, T, C + h * hs, hs)
+        _stage_rows(vs, inp[b], j0, T, 2 * C + h * hs, hs)
+        cuda.syncthreads()
+        if t < T:
+            for j in range(ATT_ROWS):
+                if j0 + j > t:
+                    break
+                s = ZERO
+                dp = ZERO
+                for i in range(hs):
+                    s += q[i] * ks[j, i]
+                    dp += do[i] * vs[j, i]
+                ds = math.exp(s * scale - lse_t) * (dp - dd)
+                for i in range(hs):
+                    dq[i] += ds * ks[j, i]
+    if t < T:
+        for i in range(hs):
+            dinp[b, t, h * hs + i] += scale * dq[i]
 
 
 @cuda.jit(cache=True)
-def attention_dkey_kernel(dinp, dpreatt, inp, scale):
-    # dinp (B,T,3C) key thirds += for each t2: scale * sum_{t>=t2} dpreatt[b,h,t,t2] q(b,t,h)
-    As = cuda.shared.array((BK, TILE_P), float32)
-    Bs = cuda.shared.array((BK, TILE_P), float32)
-    acc = cuda.local.array((TM, TN), float32)
-    m0 = cuda.blockIdx.y * TILE
-    n0 = cuda.blockIdx.x * TILE
-    NH = dpreatt.shape[1]
-    T = dpreatt.shape[2]
-    C = inp.shape[2] // 3
+def attention_dkey_value_kernel(dinp, dout, inp, out, lse, scale):
+    # dinp (B,T,3C) key and value thirds += for each key t2 (one per thread), over the queries
+    # t >= t2: dk += scale * dS[t,t2] q[t], dv += att[t,t2] dout[t] (att, dS as in dquery); the
+    # block stages the query tiles from t2's tile to T-1: q, dout, lse and dout.out per row. The
+    # thread's own k and v are read from global memory (cached), its dk and dv are shared rows.
+    qs = cuda.shared.array((ATT_ROWS, ATT_HS_MAX), float32)
+    dos = cuda.shared.array((ATT_ROWS, ATT_HS_MAX), float32)
+    lses = cuda.shared.array(ATT_ROWS, float32)
+    dds = cuda.shared.array(ATT_ROWS, float32)
+    dksh = cuda.shared.array((ATT_ROWS, ATT_HS_PAD), float32)
+    dvsh = cuda.shared.array((ATT_ROWS, ATT_HS_PAD), float32)
+    NH = lse.shape[1]
+    T = lse.shape[2]
+    C = dout.shape[2]
     hs = C // NH
-    b = cuda.blockIdx.z // NH
-    h = cuda.blockIdx.z % NH
-    q = inp[b, :, h * hs:(h + 1) * hs]
-    gemm_block(acc, As, Bs, dpreatt[b, h], True, True, q, True, False, m0, n0, m0, T)
-    dk = dinp[b, :, C + h * hs:C + (h + 1) * hs]
-    for i in range(TM):
-        t2 = m0 + cuda.threadIdx.y + i * TY
-        for j in range(TN):
-            c = n0 + cuda.threadIdx.x + j * TX
-            if t2 < T and c < hs:
-                dk[t2, c] += acc[i, j] * scale
+    b = cuda.blockIdx.y // NH
+    h = cuda.blockIdx.y % NH
+    j0 = cuda.blockIdx.x * ATT_ROWS
+    tid = cuda.threadIdx.x
+    t2 = j0 + tid
+    dk = dksh[tid]
+    dv = dvsh[tid]
+    for i in range(hs):
+        dk[i] = ZERO
+        dv[i] = ZERO
+    k = inp[b, t2 if t2 < T else T - 1, C + h * hs:C + (h + 1) * hs]
+    v = inp[b, t2 if t2 < T else T - 1, 2 * C + h * hs:2 * C + (h + 1) * hs]
+    for t0 in range(j0, T, ATT_ROWS):
+        cuda.syncthreads()
+        _stage_rows(qs, inp[b], t0, T, h * hs, hs)
+        _stage_rows(dos, dout[b], t0, T, h * hs, hs)
+        t = t0 + tid
+        if t < T:
+            dd = ZERO
+            for i in range(hs):
+                dd += dout[b, t, h * hs + i] * out[b, t, h * hs + i]
+            dds[tid] = dd
+            lses[tid] = lse[b, h, t]
+        cuda.syncthreads()
+        if t2 < T:
+            for r in range(ATT_ROWS):
+                if t0 + r >= T:
+                    break
+                if t0 + r >= t2:
+                    s = ZERO
+                    dp = ZERO
+                    for i in range(hs):
+                        s += qs[r, i] * k[i]
+                        dp += dos[r, i] * v[i]
+                    p = math.exp(s * scale - lses[r])
+                    ds = p * (dp - dds[r])
+                    for i in range(hs):
+                        dv[i] += p * dos[r, i]
+                        dk[i] += ds * qs[r, i]
+    if t2 < T:
+        for i in range(hs):
+            dinp[b, t2, C + h * hs + i] += scale * dk[i]
+            dinp[b, t2, 2 * C + h * hs + i] += dv[i]
 
 
-def _attention_shapes(name, inp, att, out):
+def _attention_shapes(name, inp, lse, out):
     B, T, C3 = inp.shape
-    NH = att.shape[1]
+    NH = lse.shape[1]
     check(C3 % 3 == 0, WHERE, f"{name}: inp {inp.shape} does not end in 3*C")
     C = C3 // 3
     check(C % NH == 0, WHERE, f"{name}: C={C} is not divisible by NH={NH}")
-    check(att.shape == (B, NH, T, T), WHERE, f"{name}: att {att.shape} is not (B,NH,T,T) = {(B, NH, T, T)}")
+    check(C // NH <= ATT_HS_MAX, WHERE, f"{name}: head size {C // NH} > {ATT_HS_MAX} (launch.ATT_HS_MAX)")
+    check(lse.shape == (B, NH, T), WHERE, f"{name}: lse {lse.shape} is not (B,NH,T) = {(B, NH, T)}")
     check(out.shape == (B, T, C), WHERE, f"{name}: (d)out {out.shape} is not (B,T,C) = {(B, T, C)}")
     return B, T, C, NH, C // NH
 
 
-def attention_forward(out, preatt, att, inp):
-    """out (B,T,C), preatt, att (B,NH,T,T) = causal self-attention of inp (B,T,3C) = q,k,v."""
-    B, T, C, NH, hs = _attention_shapes("attention_forward", inp, att, out)
-    check(preatt.shape == att.shape, WHERE, f"attention_forward: preatt {preatt.shape} is not att's {att.shape}")
+def attention_forward(out, lse, inp):
+    """out (B,T,C), lse (B,NH,T) = causal self-attention of inp (B,T,3C) = q,k,v, and the
+    log-sum-exp of each query's scaled scores."""
+    B, T, C, NH, hs = _attention_shapes("attention_forward", inp, lse, out)
     scale = F32(1.0 / math.sqrt(hs))
-    attention_query_key_kernel[(cdiv(T, TILE), cdiv(T, TILE), B * NH), TILE_BLOCK](preatt, inp, scale)
-    attention_softmax_kernel[B * NH * T, ROW_THREADS](att, preatt)
-    attention_value_kernel[(cdiv(hs, TILE), cdiv(T, TILE), B * NH), TILE_BLOCK](out, att, inp)
+    attention_forward_kernel[(cdiv(T, ATT_ROWS), B * NH), ATT_ROWS](out, lse, inp, scale)
 
 
-def attention_backward(dinp, dpreatt, datt, dout, inp, att):
-    """dinp (B,T,3C), dpreatt, datt (B,NH,T,T) += the gradients of attention_forward, from
-    dout (B,T,C), inp (B,T,3C), att (B,NH,T,T)."""
-    B, T, C, NH, hs = _attention_shapes("attention_backward", inp, att, dout)
+def attention_backward(dinp, dout, inp, out, lse):
+    """dinp (B,T,3C) += the gradient of attention_forward, from dout (B,T,C), inp (B,T,3C) and
+    forward's out (B,T,C) and lse (B,NH,T)."""
+    B, T, C, NH, hs = _attention_shapes("attention_backward", inp, lse, dout)
     check(dinp.shape == inp.shape, WHERE, f"attention_backward: dinp {dinp.shape} is not inp's {inp.shape}")
-    check(dpreatt.shape == att.shape and datt.shape == att.shape, WHERE,
-          f"attention_backward: dpreatt {dpreatt.shape} / datt {datt.shape} are not att's {att.shape}")
+    check(out.shape == dout.shape, WHERE, f"attention_backward: out {out.shape} is not dout's {dout.shape}")
     scale = F32(1.0 / math.sqrt(hs))
-    square = (cdiv(T, TILE), cdiv(T, TILE), B * NH)
-    head = (cdiv(hs, TILE), cdiv(T, TILE), B * NH)
-    attention_datt_kernel[square, TILE_BLOCK](datt, dout, inp)
-    attention_dvalue_kernel[head, TILE_BLOCK](dinp, att, dout)
-    attention_softmax_backward_kernel[B * NH * T, ROW_THREADS](dpreatt, datt, att)
-    attention_dquery_kernel[head, TILE_BLOCK](dinp, dpreatt, inp, scale)
-    attention_dkey_kernel[head, TILE_BLOCK](dinp, dpreatt, inp, scale)
+    grid = (cdiv(T, ATT_ROWS), B * NH)
+    attention_dquery_kernel[grid, ATT_ROWS](dinp, dout, inp, out, lse, scale)
+    attention_dkey_value_kernel[grid, ATT_ROWS](dinp, dout, inp, out, lse, scale)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -59,6 +59,12 @@ GEOMETRY = _geometry_name()
  GEMM_BK,          # K columns per shared-memory slab in the training matmuls
  ) = GEOMETRIES[GEOMETRY]
 TILE_BLOCK = (TX, TY)
+# attention (flash-style): queries (or keys) per block, one per thread; the key (query) tiles they
+# sweep and each thread's own vectors live in shared memory, at most 5 x ATT_ROWS x ATT_HS_MAX
+# floats (41 KB on a GPU, under the 48 KB of static shared memory)
+ATT_ROWS = {"gpu": 32, "sim": 8}[GEOMETRY]
+ATT_HS_MAX = 64    # the largest head size: GPT-2's at every size (and the d-family's)
+ATT_HS_PAD = ATT_HS_MAX + 1   # a thread's own row in shared memory: 65 floats, no bank conflicts
 
 
 def cdiv(a, b):
