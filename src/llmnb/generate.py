@@ -4,7 +4,8 @@ llm.c's CPU main re-runs the full (B, T) forward for every generated token. Here
 values of earlier positions stay in a cache (the qkv vectors of every layer and position), so
 step t runs the layers on one token and attends over the t+1 cached positions. The layer kernels
 are the model's own, called on (1, 1, ...) views; attention runs per head as one query
-(kernels.attention_query, the body of attention_forward) over the cache.
+(kernels.attention_query, one query against the cached keys and values; kernels.attention_token
+runs it for every head) over the cache.
 """
 import types
 
