@@ -188,3 +188,32 @@ def test_twenty_adamw_steps_track_pytorch_within_2e_6():
         ours.backward()
         ours.update(lr, 0.9, 0.999, 1e-8, wd, step + 1)
         assert math.isclose(loss, loss_ref.item(), rel_tol=2e-6), f"step {step}: {loss} vs {loss_ref.item()}"
+
+
+def test_training_is_bit_for_bit_reproducible_whatever_the_thread_count():
+    # the same steps give the same bits run to run and with 1 or 2 Numba threads: every reduction
+    # has one owner and a fixed order (T=200 spans two attention tiles, the last one partial)
+    import numba
+    config = GPT2Config(max_seq_len=256, vocab_size=300, padded_vocab_size=384, num_layers=2, num_heads=4,
+                        channels=64)
+    tokens = np.random.default_rng(0).integers(0, 300, (2, 201))
+    x, y = tokens[:, :200], tokens[:, 1:]
+
+    def train(threads):
+        before = numba.get_num_threads()
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+        try:
+            m = GPT2(config, init_params(config, seed=1), copy=False)
+            losses = []
+            for t in range(1, 4):
+                losses.append(m.forward(x, y))
+                m.zero_grad()
+                m.backward()
+                m.update(3e-3, 0.9, 0.999, 1e-8, 0.1, t)
+            return losses, m.params_host().copy()
+        finally:
+            numba.set_num_threads(before)
+    first, again, serial = train(2), train(2), train(1)
+    assert first[0] == again[0] == serial[0]
+    assert np.array_equal(first[1], again[1]) and np.array_equal(first[1], serial[1])
+    assert first[0][2] < first[0][0]  # it trained
