@@ -7,8 +7,9 @@ tiled GEMM family, to pick tile shapes and pipelining on a real card.
     dweight:  out=dweight (OC,C), A=dout stored (N_tok,OC) = A^T, B=inp stored (N_tok,C) = B^T
 
 Versions:
-  v3   the package's kernel today (llmnb.cuda.matmul): 128x128 tile, 16x16 threads, 8x8 outputs
-       each, BK=16, loads and compute in turn (the SM idles while a tile loads)
+  v3   the package's kernel before 2026-11-26 (128x128 tile, 16x16 threads, 8x8 outputs each,
+       BK=16, loads and compute in turn: the SM idles while a tile loads); its timings are in
+       benchmarks/gpu/2026-11-26-h200/cuda_gemm.txt, and the "package" row is now v4s-64x64
   v4   the same tile with register prefetch: the next K slab is loaded into registers while the
        current one is multiplied out of shared memory, and whole tiles skip the bounds checks
   v4s  v4 with split-K for grids smaller than two blocks per SM (dweight: K = B*T is long and the
@@ -249,17 +250,14 @@ def operands(kind, M, N, K, rng):
 LAYOUT = {"forward": (False, False, False), "dinp": (False, True, True), "dweight": (True, True, True)}
 
 
-def package_call(kind, out, a, b):
-    """v3: the package's kernels on the same operands."""
-    if kind == "forward":
-        pkg.matmul_forward_kernel[(launch.cdiv(out.shape[1], pkg.TILE), launch.cdiv(out.shape[0], pkg.TILE)),
-                                  launch.TILE_BLOCK](out, a, b, b[0], False)
-    elif kind == "dinp":
-        pkg.matmul_backward_dinp_kernel[(launch.cdiv(out.shape[1], pkg.TILE), launch.cdiv(out.shape[0], pkg.TILE)),
-                                        launch.TILE_BLOCK](out, a, b)
-    else:
-        pkg.matmul_backward_dweight_kernel[(launch.cdiv(out.shape[1], pkg.TILE), launch.cdiv(out.shape[0], pkg.TILE)),
-                                           launch.TILE_BLOCK](out, a, b)
+def package_call(kind, out, a, b, matmuls):
+    """The package's kernels (llmnb.cuda.matmul.Matmuls, v4s-64x64 since 2026-11-26) on the same
+    operands, through its launcher's gemm (out, A, B^T in the layout of `kind`)."""
+    M, N = out.shape
+    K = a.shape[0] if kind == "dweight" else a.shape[1]
+    kernel = {"forward": pkg.matmul_forward_kernel, "dinp": pkg.matmul_backward_dinp_kernel,
+              "dweight": pkg.matmul_backward_dweight_kernel}[kind]
+    matmuls._gemm(kernel, out, a, b, None, kind != "forward", M, N, K)
 
 
 def check(versions, shapes, sms):
@@ -290,12 +288,13 @@ def bench(versions, ntoks, runs, sms, peak):
             out, a, b, _ = operands(kind, M, N, K, rng)
             d_out, d_a, d_b = cuda.to_device(out), cuda.to_device(a), cuda.to_device(b)
             flops = 2.0 * M * N * K
-            calls = {"v3-package": lambda: package_call(kind, d_out, d_a, d_b)}
+            matmuls = pkg.Matmuls()
+            calls = {"package": lambda: package_call(kind, d_out, d_a, d_b, matmuls)}
             for vname, (TM, TN, BK, split, kw) in versions.items():
                 a_kr, b_kr, accum = LAYOUT[kind]
                 calls[vname] = Gemm(TM, TN, BK, a_kr, b_kr, accum, split_k=split, sms=sms, **kw)
             for vname, fn in calls.items():
-                f = fn if vname == "v3-package" else (lambda fn=fn: fn(d_out, d_a, d_b))
+                f = fn if vname == "package" else (lambda fn=fn: fn(d_out, d_a, d_b))
                 f()
                 cuda.synchronize()
                 e0, e1 = cuda.event(), cuda.event()

@@ -6,8 +6,8 @@ hand-written numba.cuda kernels):
   v2  shared-memory tiling: a 16x16 block stages 16x16 slabs of inp and weight in shared memory,
       one output per thread
   v3  tiled + register blocking: llmnb.cuda.matmul (the package's kernel): a block of 16x16
-      threads computes a 128x128 tile, 8x8 outputs per thread held in registers, K staged 16 at a
-      time (the simulator runs it as 32x32 tiles on 4x4 threads: see llmnb/cuda/launch.py)
+      threads computes a 64x64 tile, 4x4 outputs per thread held in registers, K staged 16 at a
+      time with register prefetch, split-K for small grids (kernels/cuda_gemm.py has its ladder)
 
 `python kernels/cuda_matmul_forward.py` checks every version against a float64 NumPy reference and,
 on a GPU, times each at the GPT-2 124M shapes (N = B*T = 256 and 8192; C = 768; OC = 2304, 768,

@@ -7,84 +7,17 @@ at a time with register prefetch (the next slab's global loads overlap this slab
 of fewer than two blocks per SM split K (Matmuls). kernels/cuda_gemm.py times the alternatives on
 a card: on an H200 this is 1.9x the 128 x 128 version below at B*T = 8192, and 6x at B*T = 256.
 
-Attention's matmuls (kernels.py) use the older generic tile machinery here (load_tile, tile_fma,
-gemm_block: 128 x 128 tiles, 8 x 8 outputs per thread, no prefetch), which takes per-head strided
-views of qkv and a causal mask. Loads outside the matrices read as zero everywhere, so any shape
-works, not only multiples of the tile.
+Loads outside the matrices read as zero, so any shape works, not only multiples of the tile.
 """
 import numpy as np
 from numba import cuda, float32
 
-from .launch import (BK, COL_ROWS, COL_WIDTH, ELEM_THREADS, GEMM_BK, GEMM_TM, SIMULATOR, TILE, TILE_BLOCK, TX,
+from .launch import (COL_ROWS, COL_WIDTH, ELEM_THREADS, GEMM_BK, GEMM_TM, SIMULATOR, TILE_BLOCK, TX,
                      TY, cdiv, check, elementwise_grid, last_dim)
 
-TM = TILE // TY     # output rows per thread
-TN = TILE // TX     # output columns per thread
 NTHREADS = TX * TY
-PAD = 1             # shared tiles are (BK, TILE + PAD): spreads the transposing stores over banks
-TILE_P = TILE + PAD  # (shared array shapes must be plain constants)
+PAD = 1             # shared slabs are (BK, tile + PAD): spreads the transposing stores over banks
 ZERO = np.float32(0.0)
-
-
-# ----------------------------------------------------------------------------------------------
-# the tile machinery (device functions)
-
-@cuda.jit(device=True)
-def load_tile(tile, x, r0, k0, kr, mask_upper):
-    # tile (BK, TILE+PAD) <- tile[kk, rr] = X[r0 + rr, k0 + kk], zero outside X, where the
-    # operand X is x itself (kr False: x is (R,K), K contiguous) or its transpose (kr True: x is
-    # (K,R)). mask_upper: read x[i, j] as zero when j > i (the causal mask of a (T,T) matrix).
-    # Consecutive threads read consecutive addresses of x in both layouts.
-    tid = cuda.threadIdx.y * TX + cuda.threadIdx.x
-    for l in range(tid, TILE * BK, NTHREADS):
-        if kr:
-            rr = l % TILE
-            kk = l // TILE
-            i = k0 + kk
-            j = r0 + rr
-        else:
-            kk = l % BK
-            rr = l // BK
-            i = r0 + rr
-            j = k0 + kk
-        val = ZERO
-        if i < x.shape[0] and j < x.shape[1]:
-            if not (mask_upper and j > i):
-                val = x[i, j]
-        tile[kk, rr] = val
-
-
-@cuda.jit(device=True)
-def tile_fma(acc, As, Bs):
-    # acc (TM,TN) += this thread's 8x8 share of As^T @ Bs, As and Bs (BK, TILE+PAD) in shared memory
-    tx = cuda.threadIdx.x
-    ty = cuda.threadIdx.y
-    a = cuda.local.array(TM, float32)
-    b = cuda.local.array(TN, float32)
-    for kk in range(BK):
-        for i in range(TM):
-            a[i] = As[kk, ty + i * TY]
-        for j in range(TN):
-            b[j] = Bs[kk, tx + j * TX]
-        for i in range(TM):
-            for j in range(TN):
-                acc[i, j] += a[i] * b[j]
-
-
-@cuda.jit(device=True)
-def gemm_block(acc, As, Bs, a, a_kr, a_mask, b, b_kr, b_mask, m0, n0, k_start, k_end):
-    # acc (TM,TN) = this thread's outputs of the block tile at (m0, n0) of A @ B^T, summing
-    # k over [k_start, k_end): A[m,k] from a, B[n,k] from b, each with its layout and mask
-    # (see load_tile). Every thread of the block must call this (it synchronises).
-    for i in range(TM):
-        for j in range(TN):
-            acc[i, j] = ZERO
-    for k0 in range(k_start, k_end, BK):
-        load_tile(As, a, m0, k0, a_kr, a_mask)
-        load_tile(Bs, b, n0, k0, b_kr, b_mask)
-        cuda.syncthreads()
-        tile_fma(acc, As, Bs)
-        cuda.syncthreads()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -105,6 +38,13 @@ def _slab_functions(KR):
     and consecutive threads read consecutive k; True, x is (K, R) and they read consecutive r."""
 
     @INLINE
+    def slab_index(l):
+        # (row, k) within the slab of the l-th element a block loads
+        if KR:
+            return l % GEMM_TILE, l // GEMM_TILE
+        return l // GEMM_BK, l % GEMM_BK
+
+    @INLINE
     def load(regs, x, r0, k0, k_end):
         # regs[i] = X[r0 + rr, k0 + kk] for this thread's i-th slab element, zero outside X;
         # a slab wholly inside X skips the bounds checks
@@ -112,13 +52,7 @@ def _slab_functions(KR):
         R = x.shape[1] if KR else x.shape[0]
         full = r0 + GEMM_TILE <= R and k0 + GEMM_BK <= k_end
         for i in range(GEMM_LOADS):
-            l = tid + i * NTHREADS
-            if KR:
-                rr = l % GEMM_TILE
-                kk = l // GEMM_TILE
-            else:
-                kk = l % GEMM_BK
-                rr = l // GEMM_BK
+            rr, kk = slab_index(tid + i * NTHREADS)
             r = r0 + rr
             k = k0 + kk
             if full:
@@ -134,13 +68,7 @@ def _slab_functions(KR):
         # tile (GEMM_BK, GEMM_TILE_P) in shared memory <- the registers of load
         tid = cuda.threadIdx.y * TX + cuda.threadIdx.x
         for i in range(GEMM_LOADS):
-            l = tid + i * NTHREADS
-            if KR:
-                rr = l % GEMM_TILE
-                kk = l // GEMM_TILE
-            else:
-                kk = l % GEMM_BK
-                rr = l // GEMM_BK
+            rr, kk = slab_index(tid + i * NTHREADS)
             tile[kk, rr] = regs[i]
     return load, store
 
@@ -333,5 +261,4 @@ def matmul_backward(dinp, dweight, dbias, dout, inp, weight):
     Matmuls().matmul_backward(dinp, dweight, dbias, dout, inp, weight)
 
 
-__all__ = ["Matmuls", "matmul_forward", "matmul_backward", "gemm_block", "load_tile", "tile_fma",
-           "TM", "TN", "PAD", "ZERO"]
+__all__ = ["Matmuls", "matmul_forward", "matmul_backward"]
