@@ -9,6 +9,7 @@ from numba import cuda
 
 from ..contract import Backend
 from . import kernels
+from .attention import Attention
 from .matmul import Matmuls
 
 
@@ -20,8 +21,6 @@ class CUDABackend(Backend):
     encoder_backward = staticmethod(kernels.encoder_backward)
     layernorm_forward = staticmethod(kernels.layernorm_forward)
     layernorm_backward = staticmethod(kernels.layernorm_backward)
-    attention_forward = staticmethod(kernels.attention_forward)
-    attention_backward = staticmethod(kernels.attention_backward)
     gelu_forward = staticmethod(kernels.gelu_forward)
     gelu_backward = staticmethod(kernels.gelu_backward)
     residual_forward = staticmethod(kernels.residual_forward)
@@ -38,12 +37,19 @@ class CUDABackend(Backend):
             raise RuntimeError("llmnb/cuda/backend.py: no CUDA GPU found by numba.cuda "
                                "(set NUMBA_ENABLE_CUDASIM=1 to run the kernels on the simulator)")
         self.matmuls = Matmuls()  # the matmuls keep their split-K scratch here, for this backend
+        self.attention = Attention()  # and attention its backward's dd scratch
 
     def matmul_forward(self, out, inp, weight, bias):
         self.matmuls.matmul_forward(out, inp, weight, bias)
 
     def matmul_backward(self, dinp, dweight, dbias, dout, inp, weight):
         self.matmuls.matmul_backward(dinp, dweight, dbias, dout, inp, weight)
+
+    def attention_forward(self, out, lse, inp):
+        self.attention.attention_forward(out, lse, inp)
+
+    def attention_backward(self, dinp, dout, inp, out, lse):
+        self.attention.attention_backward(dinp, dout, inp, out, lse)
 
     def zeros(self, n, dtype=np.float32):
         arr = cuda.device_array(n, dtype=dtype)

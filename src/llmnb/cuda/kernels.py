@@ -7,9 +7,7 @@ asynchronously. The launchers compute the same thing as the CPU kernels, incl. w
 alone: backward kernels accumulate (+=) into their gradients, the padded vocabulary columns get
 probability 0 and no gradient.
 
-The attention is the CPU's flash-style algorithm (as llm.c's cuDNN path, not its fp32 file's
-preatt/att matmuls): an online softmax over tiles of keys staged in shared memory, per-row
-log-sum-exp statistics kept for backward, which recomputes the attention from them.
+The attention (flash-style, as the CPU's) is in attention.py, the matmuls in matmul.py.
 
 Reductions never race: a reduction over a row is a tree in shared memory within one block, a
 reduction over rows (dweight, dbias, dwte, dwpe) belongs to the threads of its columns. No
@@ -21,9 +19,8 @@ import numpy as np
 from numba import cuda, float32, float64
 
 from ..kernels import bias_corrections as cpu_bias_corrections  # the host-side scalars, shared
-from .launch import (ATT_HS_MAX, ATT_HS_PAD, ATT_ROWS, COL_ROWS, COL_WIDTH, ELEM_THREADS, ROW_THREADS,
+from .launch import (COL_ROWS, COL_WIDTH, ELEM_THREADS, ROW_THREADS,
                      cdiv, check, elementwise_grid, last_dim, size)
-from .matmul import matmul_backward, matmul_forward  # noqa: F401 (re-exported)
 
 F32 = np.float32
 ZERO = F32(0.0)
@@ -31,7 +28,6 @@ ONE = F32(1.0)
 HALF = F32(0.5)
 THREE = F32(3.0)
 NEG_BIG = F32(-10000.0)  # the running max's start in the softmaxes, as in the C
-NEG_INF = F32(-np.inf)   # the running max's start in attention's online softmax
 LN_EPS = F32(1e-5)
 GELU_SCALING_FACTOR = F32(math.sqrt(2.0 / math.pi))
 GELU_CUBE = F32(0.044715)
@@ -243,233 +239,6 @@ def layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd):
     check(dweight.shape == (C,) and dbias.shape == (C,), WHERE, f"layernorm_backward: dweight/dbias are not ({C},)")
     layernorm_backward_dinp_kernel[B * T, ROW_THREADS](dinp, dout, inp, weight, mean, rstd)
     layernorm_backward_params_kernel[cdiv(C, COL_WIDTH), (COL_WIDTH, COL_ROWS)](dweight, dbias, dout, inp, mean, rstd)
-
-
-# ----------------------------------------------------------------------------------------------
-# attention: per head h, q, k, v are the columns [h*hs, (h+1)*hs) of the thirds of qkv (B,T,3C).
-# The attention is the CPU's algorithm (llmnb/kernels.py), flash-style: no (T, T) buffer; forward
-# keeps per query row the log-sum-exp of its scores, lse (B,NH,T), and backward recomputes att from
-# it. One thread per query (forward, dquery) or per key (dkey, dvalue), ATT_ROWS of them per block;
-# the block stages the key (query) tiles it sweeps in shared memory, and tiles wholly above the
-# diagonal are never visited. hs <= ATT_HS_MAX.
-
-@cuda.jit(device=True)
-def _stage_rows(dst, src, t0, T, c0, hs):
-    # dst (ATT_ROWS, ATT_HS_MAX)[r, :hs] = src (T, .)[t0 + r, c0:c0+hs] for t0 + r < T, by the
-    # block's ATT_ROWS threads together (consecutive threads read consecutive floats)
-    tid = cuda.threadIdx.x
-    for idx in range(tid, ATT_ROWS * hs, ATT_ROWS):
-        r = idx // hs
-        i = idx % hs
-        if t0 + r < T:
-            dst[r, i] = src[t0 + r, c0 + i]
-
-
-@cuda.jit(cache=True)
-def attention_forward_kernel(out, lse, inp, scale):
-    # out (B,T,C), lse (B,NH,T) = attention of the queries t0..t0+ATT_ROWS-1 of head (b, h) =
-    # blockIdx.y, one per thread: an online softmax over the key tiles 0..t0 (running max m, sum l,
-    # output o rescaled by exp(m_old - m_new) when the max grows); inp (B,T,3C). Each thread's q
-    # and o are a row of shared memory (rows of ATT_HS_PAD floats: no bank conflicts), not
-    # local arrays (local memory)
-    ks = cuda.shared.array((ATT_ROWS, ATT_HS_MAX), float32)
-    vs = cuda.shared.array((ATT_ROWS, ATT_HS_MAX), float32)
-    qsh = cuda.shared.array((ATT_ROWS, ATT_HS_PAD), float32)
-    osh = cuda.shared.array((ATT_ROWS, ATT_HS_PAD), float32)
-    NH = lse.shape[1]
-    T = lse.shape[2]
-    C = out.shape[2]
-    hs = C // NH
-    b = cuda.blockIdx.y // NH
-    h = cuda.blockIdx.y % NH
-    tid = cuda.threadIdx.x
-    t0 = cuda.blockIdx.x * ATT_ROWS
-    t = t0 + tid
-    q = qsh[tid]
-    o = osh[tid]
-    if t < T:
-        for i in range(hs):
-            q[i] = inp[b, t, h * hs + i]
-            o[i] = ZERO
-    m = NEG_INF
-    l = ZERO
-    for j0 in range(0, t0 + ATT_ROWS, ATT_ROWS):
-        if j0 >= T:
-            break
-        cuda.syncthreads()   # the previous tile is no longer read
-        _stage_rows(ks, inp[b], j0, T, C + h * hs, hs)
-        _stage_rows(vs, inp[b], j0, T, 2 * C + h * hs, hs)
-        cuda.syncthreads()
-        if t < T:
-            for j in range(ATT_ROWS):
-                if j0 + j > t:
-                    break
-                s = ZERO
-                for i in range(hs):
-                    s += q[i] * ks[j, i]
-                s *= scale
-                if s > m:
-                    corr = math.exp(m - s)
-                    l *= corr
-                    for i in range(hs):
-                        o[i] *= corr
-                    m = s
-                p = math.exp(s - m)
-                l += p
-                for i in range(hs):
-                    o[i] += p * vs[j, i]
-    if t < T:
-        inv = ONE / l
-        for i in range(hs):
-            out[b, t, h * hs + i] = o[i] * inv
-        lse[b, h, t] = m + math.log(l)
-
-
-@cuda.jit(cache=True)
-def attention_dquery_kernel(dinp, dout, inp, out, lse, scale):
-    # dinp (B,T,3C) query thirds += scale * sum_{t2<=t} dS[t,t2] k[t2], one query t per thread,
-    # with att = exp(scale q.k - lse[t]) and dS = att (dout[t].v[t2] - dout[t].out[t])
-    ks = cuda.shared.array((ATT_ROWS, ATT_HS_MAX), float32)
-    vs = cuda.shared.array((ATT_ROWS, ATT_HS_MAX), float32)
-    qsh = cuda.shared.array((ATT_ROWS, ATT_HS_PAD), float32)
-    dosh = cuda.shared.array((ATT_ROWS, ATT_HS_PAD), float32)
-    dqsh = cuda.shared.array((ATT_ROWS, ATT_HS_PAD), float32)
-    NH = lse.shape[1]
-    T = lse.shape[2]
-    C = dout.shape[2]
-    hs = C // NH
-    b = cuda.blockIdx.y // NH
-    h = cuda.blockIdx.y % NH
-    tid = cuda.threadIdx.x
-    t0 = cuda.blockIdx.x * ATT_ROWS
-    t = t0 + tid
-    q = qsh[tid]
-    do = dosh[tid]
-    dq = dqsh[tid]
-    dd = ZERO
-    lse_t = ZERO
-    if t < T:
-        for i in range(hs):
-            q[i] = inp[b, t, h * hs + i]
-            do[i] = dout[b, t, h * hs + i]
-            dq[i] = ZERO
-            dd += do[i] * out[b, t, h * hs + i]
-        lse_t = lse[b, h, t]
-    for j0 in range(0, t0 + ATT_ROWS, ATT_ROWS):
-        if j0 >= T:
-            break
-        cuda.syncthreads()
-        _stage_rows(ks, inp[b], j0, T, C + h * hs, hs)
-        _stage_rows(vs, inp[b], j0, T, 2 * C + h * hs, hs)
-        cuda.syncthreads()
-        if t < T:
-            for j in range(ATT_ROWS):
-                if j0 + j > t:
-                    break
-                s = ZERO
-                dp = ZERO
-                for i in range(hs):
-                    s += q[i] * ks[j, i]
-                    dp += do[i] * vs[j, i]
-                ds = math.exp(s * scale - lse_t) * (dp - dd)
-                for i in range(hs):
-                    dq[i] += ds * ks[j, i]
-    if t < T:
-        for i in range(hs):
-            dinp[b, t, h * hs + i] += scale * dq[i]
-
-
-@cuda.jit(cache=True)
-def attention_dkey_value_kernel(dinp, dout, inp, out, lse, scale):
-    # dinp (B,T,3C) key and value thirds += for each key t2 (one per thread), over the queries
-    # t >= t2: dk += scale * dS[t,t2] q[t], dv += att[t,t2] dout[t] (att, dS as in dquery); the
-    # block stages the query tiles from t2's tile to T-1: q, dout, lse and dout.out per row. The
-    # thread's own k and v are read from global memory (cached), its dk and dv are shared rows.
-    qs = cuda.shared.array((ATT_ROWS, ATT_HS_MAX), float32)
-    dos = cuda.shared.array((ATT_ROWS, ATT_HS_MAX), float32)
-    lses = cuda.shared.array(ATT_ROWS, float32)
-    dds = cuda.shared.array(ATT_ROWS, float32)
-    dksh = cuda.shared.array((ATT_ROWS, ATT_HS_PAD), float32)
-    dvsh = cuda.shared.array((ATT_ROWS, ATT_HS_PAD), float32)
-    NH = lse.shape[1]
-    T = lse.shape[2]
-    C = dout.shape[2]
-    hs = C // NH
-    b = cuda.blockIdx.y // NH
-    h = cuda.blockIdx.y % NH
-    j0 = cuda.blockIdx.x * ATT_ROWS
-    tid = cuda.threadIdx.x
-    t2 = j0 + tid
-    dk = dksh[tid]
-    dv = dvsh[tid]
-    for i in range(hs):
-        dk[i] = ZERO
-        dv[i] = ZERO
-    k = inp[b, t2 if t2 < T else T - 1, C + h * hs:C + (h + 1) * hs]
-    v = inp[b, t2 if t2 < T else T - 1, 2 * C + h * hs:2 * C + (h + 1) * hs]
-    for t0 in range(j0, T, ATT_ROWS):
-        cuda.syncthreads()
-        _stage_rows(qs, inp[b], t0, T, h * hs, hs)
-        _stage_rows(dos, dout[b], t0, T, h * hs, hs)
-        t = t0 + tid
-        if t < T:
-            dd = ZERO
-            for i in range(hs):
-                dd += dout[b, t, h * hs + i] * out[b, t, h * hs + i]
-            dds[tid] = dd
-            lses[tid] = lse[b, h, t]
-        cuda.syncthreads()
-        if t2 < T:
-            for r in range(ATT_ROWS):
-                if t0 + r >= T:
-                    break
-                if t0 + r >= t2:
-                    s = ZERO
-                    dp = ZERO
-                    for i in range(hs):
-                        s += qs[r, i] * k[i]
-                        dp += dos[r, i] * v[i]
-                    p = math.exp(s * scale - lses[r])
-                    ds = p * (dp - dds[r])
-                    for i in range(hs):
-                        dv[i] += p * dos[r, i]
-                        dk[i] += ds * qs[r, i]
-    if t2 < T:
-        for i in range(hs):
-            dinp[b, t2, C + h * hs + i] += scale * dk[i]
-            dinp[b, t2, 2 * C + h * hs + i] += dv[i]
-
-
-def _attention_shapes(name, inp, lse, out):
-    B, T, C3 = inp.shape
-    NH = lse.shape[1]
-    check(C3 % 3 == 0, WHERE, f"{name}: inp {inp.shape} does not end in 3*C")
-    C = C3 // 3
-    check(C % NH == 0, WHERE, f"{name}: C={C} is not divisible by NH={NH}")
-    check(C // NH <= ATT_HS_MAX, WHERE, f"{name}: head size {C // NH} > {ATT_HS_MAX} (launch.ATT_HS_MAX)")
-    check(lse.shape == (B, NH, T), WHERE, f"{name}: lse {lse.shape} is not (B,NH,T) = {(B, NH, T)}")
-    check(out.shape == (B, T, C), WHERE, f"{name}: (d)out {out.shape} is not (B,T,C) = {(B, T, C)}")
-    return B, T, C, NH, C // NH
-
-
-def attention_forward(out, lse, inp):
-    """out (B,T,C), lse (B,NH,T) = causal self-attention of inp (B,T,3C) = q,k,v, and the
-    log-sum-exp of each query's scaled scores."""
-    B, T, C, NH, hs = _attention_shapes("attention_forward", inp, lse, out)
-    scale = F32(1.0 / math.sqrt(hs))
-    attention_forward_kernel[(cdiv(T, ATT_ROWS), B * NH), ATT_ROWS](out, lse, inp, scale)
-
-
-def attention_backward(dinp, dout, inp, out, lse):
-    """dinp (B,T,3C) += the gradient of attention_forward, from dout (B,T,C), inp (B,T,3C) and
-    forward's out (B,T,C) and lse (B,NH,T)."""
-    B, T, C, NH, hs = _attention_shapes("attention_backward", inp, lse, dout)
-    check(dinp.shape == inp.shape, WHERE, f"attention_backward: dinp {dinp.shape} is not inp's {inp.shape}")
-    check(out.shape == dout.shape, WHERE, f"attention_backward: out {out.shape} is not dout's {dout.shape}")
-    scale = F32(1.0 / math.sqrt(hs))
-    grid = (cdiv(T, ATT_ROWS), B * NH)
-    attention_dquery_kernel[grid, ATT_ROWS](dinp, dout, inp, out, lse, scale)
-    attention_dkey_value_kernel[grid, ATT_ROWS](dinp, dout, inp, out, lse, scale)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -30,6 +30,8 @@ warnings.filterwarnings("ignore", message="Grid size", category=NumbaPerformance
 # numba.cuda (built into numba, or NVIDIA's numba-cuda) swaps in its simulator at import when
 # NUMBA_ENABLE_CUDASIM=1; its is_available then comes from simulator_init
 SIMULATOR = cuda.is_available.__module__.endswith("simulator_init")
+# device functions inlined at the NVVM level (the simulator's jit takes no such option)
+INLINE = cuda.jit(device=True) if SIMULATOR else cuda.jit(device=True, forceinline=True)
 
 GEOMETRIES = {
     #         TILE  TX  TY  BK  ROW_THREADS  COL_WIDTH  COL_ROWS  ELEM_THREADS  MAX_ELEM_BLOCKS  GEMM_TM  GEMM_BK
@@ -59,12 +61,22 @@ GEOMETRY = _geometry_name()
  GEMM_BK,          # K columns per shared-memory slab in the training matmuls
  ) = GEOMETRIES[GEOMETRY]
 TILE_BLOCK = (TX, TY)
-# attention (flash-style): queries (or keys) per block, one per thread; the key (query) tiles they
-# sweep and each thread's own vectors live in shared memory, at most 5 x ATT_ROWS x ATT_HS_MAX
-# floats (41 KB on a GPU, under the 48 KB of static shared memory)
-ATT_ROWS = {"gpu": 32, "sim": 8}[GEOMETRY]
+# attention (flash-style, attention.py): register tiles as the matmuls'. A block of ATT_TX x ATT_TY
+# threads (ATT_TY_BWD in backward) holds ATT_RM rows per thread, ATT_CN score columns and ATT_DN head
+# channels per thread: ATT_BQ queries per forward block, ATT_BR rows (queries or keys) per backward
+# block, ATT_BK columns (keys or queries) per tile. Shared memory: at most 46 KB (under 48 KB static)
 ATT_HS_MAX = 64    # the largest head size: GPT-2's at every size (and the d-family's)
-ATT_HS_PAD = ATT_HS_MAX + 1   # a thread's own row in shared memory: 65 floats, no bank conflicts
+ATT_TX = {"gpu": 16, "sim": 4}[GEOMETRY]
+ATT_TY = {"gpu": 16, "sim": 2}[GEOMETRY]
+ATT_TY_BWD = {"gpu": 8, "sim": 2}[GEOMETRY]
+ATT_RM = {"gpu": 4, "sim": 2}[GEOMETRY]
+ATT_CN = 2
+ATT_DN = ATT_HS_MAX // ATT_TX
+ATT_BQ = ATT_TY * ATT_RM
+ATT_BR = ATT_TY_BWD * ATT_RM
+ATT_BK = ATT_TX * ATT_CN
+ATT_BQ_P, ATT_BR_P, ATT_BK_P = ATT_BQ + 1, ATT_BR + 1, ATT_BK + 1   # shared tiles' padded rows
+assert ATT_DN * ATT_TX == ATT_HS_MAX and ATT_CN <= ATT_DN and ATT_BK <= ATT_TX * ATT_TY_BWD
 
 
 def cdiv(a, b):

@@ -12,8 +12,8 @@ Loads outside the matrices read as zero, so any shape works, not only multiples 
 import numpy as np
 from numba import cuda, float32
 
-from .launch import (COL_ROWS, COL_WIDTH, ELEM_THREADS, GEMM_BK, GEMM_TM, SIMULATOR, TILE_BLOCK, TX,
-                     TY, cdiv, check, elementwise_grid, last_dim)
+from .launch import (COL_ROWS, COL_WIDTH, ELEM_THREADS, GEMM_BK, GEMM_TM, INLINE, SIMULATOR, TILE_BLOCK,
+                     TX, TY, cdiv, check, elementwise_grid, last_dim)
 
 NTHREADS = TX * TY
 PAD = 1             # shared slabs are (BK, tile + PAD): spreads the transposing stores over banks
@@ -29,8 +29,6 @@ ZERO = np.float32(0.0)
 GEMM_TILE = GEMM_TM * TY
 GEMM_LOADS = GEMM_TILE * GEMM_BK // NTHREADS  # elements of each operand's slab per thread
 GEMM_TILE_P = GEMM_TILE + PAD
-# device functions inlined at the NVVM level (the simulator's jit takes no such option)
-INLINE = cuda.jit(device=True) if SIMULATOR else cuda.jit(device=True, forceinline=True)
 
 
 def _slab_functions(KR):

@@ -23,12 +23,13 @@ EXPECTED_FP64 = {"global_norm_squared_kernel"}
 
 
 def kernel_signatures():
-    """{kernel dispatcher: [argument types]} for every launch of kernels.py and matmul.py."""
+    """{kernel dispatcher: [argument types]} for every launch of kernels.py, attention.py and matmul.py."""
     from numba import boolean, float32, float64, int32, int64
 
+    from . import attention as A
     from . import kernels as K
     from . import matmul as M
-    f1, f2, f3, f4 = float32[::1], float32[:, ::1], float32[:, :, ::1], float32[:, :, :, ::1]
+    f1, f2, f3 = float32[::1], float32[:, ::1], float32[:, :, ::1]
     i2 = int32[:, ::1]
     return {
         M.matmul_forward_kernel: [(f3, f2, f2, f1, boolean, int64, boolean)],
@@ -42,9 +43,10 @@ def kernel_signatures():
         K.layernorm_forward_kernel: [(f3, f2, f2, f3, f1, f1)],
         K.layernorm_backward_dinp_kernel: [(f3, f3, f3, f1, f2, f2)],
         K.layernorm_backward_params_kernel: [(f1, f1, f3, f3, f2, f2)],
-        K.attention_forward_kernel: [(f3, f3, f3, float32)],
-        K.attention_dquery_kernel: [(f3, f3, f3, f3, f3, float32)],
-        K.attention_dkey_value_kernel: [(f3, f3, f3, f3, f3, float32)],
+        A.attention_forward_kernel: [(f3, f3, f3, float32)],
+        A.attention_backward_dd_kernel: [(f3, f3, f3)],
+        A.attention_dquery_kernel: [(f3, f3, f3, f3, f3, float32)],
+        A.attention_dkey_value_kernel: [(f3, f3, f3, f3, f3, float32)],
         K.gelu_forward_kernel: [(f1, f1)],
         K.gelu_backward_kernel: [(f1, f1, f1)],
         K.residual_forward_kernel: [(f1, f1, f1)],
@@ -95,11 +97,12 @@ def check_all(cc, out=sys.stdout):
     """Compile every kernel; returns the number of problems."""
     from numba import cuda
 
+    from . import attention as A
     from . import kernels as K
     from . import matmul as M
     sigs = kernel_signatures()
     problems = 0
-    launched = [v for mod in (K, M) for n, v in vars(mod).items()
+    launched = [v for mod in (K, A, M) for n, v in vars(mod).items()
                 if n.endswith("_kernel") and getattr(v, "__module__", "").startswith("llmnb.cuda")]
     for k in launched:
         if k not in sigs:
