@@ -4,7 +4,7 @@ Versions (both compute what llmnb.kernels.attention_forward / attention_backward
   v1   2026-11-26's package kernels: one thread per query (forward, dquery) or per key (dkey/dvalue),
        32 per block, each thread's q, o, dq... rows in shared memory; two shared-memory reads per
        multiply-add. On an H200 at B=8 T=1024 (124M) it took 194 ms forward + 802 ms backward a step
-       (benchmarks/gpu/2026-11-26-h200-2/bench.txt): 71% of the step.
+       (benchmarks/gpu/2026-11-26b-h200/bench.txt): 71% of the step.
   v2   the package's (llmnb/cuda/attention.py): register tiles as in the matmuls, 64 queries (32 rows
        in backward) per block against tiles of 32 keys, 4 x 2 scores and 4 x 4 outputs per thread.
 The check compares each with the CPU kernels (float32, the package's tolerance); the timing gives ms
