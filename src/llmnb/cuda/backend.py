@@ -22,6 +22,7 @@ class CUDABackend(Backend):
     layernorm_backward = staticmethod(kernels.layernorm_backward)
     attention_forward = staticmethod(kernels.attention_forward)
     attention_backward = staticmethod(kernels.attention_backward)
+    attention_query = staticmethod(kernels.attention_query)
     gelu_forward = staticmethod(kernels.gelu_forward)
     gelu_backward = staticmethod(kernels.gelu_backward)
     residual_forward = staticmethod(kernels.residual_forward)
