@@ -68,6 +68,12 @@ class GPT2:
         self.targets = None
         self.has_targets = False
         self.mean_loss = None
+        self.kv_cache = None        # generation's state, allocated by the first begin_sequence()
+        self.att_scratch = None
+        self.step_acts = None
+        self.step_token = None
+        self.step_weights = None
+        self.pos = 0
 
     # ------------------------------------------------------------------------------------------
     # construction helpers
@@ -130,28 +136,13 @@ class GPT2:
             targets = self._check_tokens("targets", targets, inputs.shape)
         B, T = inputs.shape
         self._ensure_activations(B, T)
-        L = self.config.num_layers
-        V = self.config.vocab_size
         k, p, a = self.backend, self.params, self.acts
         k.copy_(self.inputs, inputs)
 
         k.encoder_forward(a.encoded, self.inputs, p.wte, p.wpe)
-        for l in range(L):
-            residual = a.encoded if l == 0 else a.residual3[l - 1]
-            k.layernorm_forward(a.ln1[l], a.ln1_mean[l], a.ln1_rstd[l], residual, p.ln1w[l], p.ln1b[l])
-            k.matmul_forward(a.qkv[l], a.ln1[l], p.qkvw[l], p.qkvb[l])
-            k.attention_forward(a.atty[l], a.lse[l], a.qkv[l])
-            k.matmul_forward(a.attproj[l], a.atty[l], p.attprojw[l], p.attprojb[l])
-            k.residual_forward(a.residual2[l], residual, a.attproj[l])
-            k.layernorm_forward(a.ln2[l], a.ln2_mean[l], a.ln2_rstd[l], a.residual2[l], p.ln2w[l], p.ln2b[l])
-            k.matmul_forward(a.fch[l], a.ln2[l], p.fcw[l], p.fcb[l])
-            k.gelu_forward(a.fch_gelu[l], a.fch[l])
-            k.matmul_forward(a.fcproj[l], a.fch_gelu[l], p.fcprojw[l], p.fcprojb[l])
-            k.residual_forward(a.residual3[l], a.residual2[l], a.fcproj[l])
-        residual = a.residual3[L - 1]
-        k.layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, residual, p.lnfw, p.lnfb)
-        k.matmul_forward(a.logits, a.lnf, p.wte, None)
-        k.softmax_forward(a.probs, a.logits, V)
+        for l in range(self.config.num_layers):
+            self._block(l, a, p)
+        self._head(a, p)
 
         if targets is None:
             self.has_targets = False
@@ -162,6 +153,85 @@ class GPT2:
         self.has_targets = True
         self.mean_loss = float(k.to_host(a.losses).astype(np.float64).mean())
         return self.mean_loss
+
+    def _block(self, l, a, w, pos=None):
+        """Layer l of the forward: a's layer-l activations from the residual stream (the encoder's
+        output for l = 0, else layer l-1's residual3). w holds the matrices: self.params, or for
+        the one-token step maybe their bfloat16 bits. pos None: every position of a's (B, T)
+        attends causally over a.qkv[l]. pos t: the one-token step (B = T = 1) at position t,
+        whose qkv goes into row t of the KV cache and attends over its rows 0..t."""
+        k, p = self.backend, self.params
+        residual = a.encoded if l == 0 else a.residual3[l - 1]
+        qkv = a.qkv[l] if pos is None else self.kv_cache[l:l + 1, pos:pos + 1]  # (B, T, 3C)
+        k.layernorm_forward(a.ln1[l], a.ln1_mean[l], a.ln1_rstd[l], residual, p.ln1w[l], p.ln1b[l])
+        k.matmul_forward(qkv, a.ln1[l], w.qkvw[l], p.qkvb[l])
+        if pos is None:
+            k.attention_forward(a.atty[l], a.lse[l], qkv)
+        else:
+            k.attention_query(a.atty[l][0, 0], self.att_scratch, self.kv_cache[l], pos)
+        k.matmul_forward(a.attproj[l], a.atty[l], w.attprojw[l], p.attprojb[l])
+        k.residual_forward(a.residual2[l], residual, a.attproj[l])
+        k.layernorm_forward(a.ln2[l], a.ln2_mean[l], a.ln2_rstd[l], a.residual2[l], p.ln2w[l], p.ln2b[l])
+        k.matmul_forward(a.fch[l], a.ln2[l], w.fcw[l], p.fcb[l])
+        k.gelu_forward(a.fch_gelu[l], a.fch[l])
+        k.matmul_forward(a.fcproj[l], a.fch_gelu[l], w.fcprojw[l], p.fcprojb[l])
+        k.residual_forward(a.residual3[l], a.residual2[l], a.fcproj[l])
+
+    def _head(self, a, w):
+        """The final layernorm, the logits (the classifier is wte, from w) and their softmax."""
+        k, p = self.backend, self.params
+        k.layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, a.residual3[self.config.num_layers - 1],
+                            p.lnfw, p.lnfb)
+        k.matmul_forward(a.logits, a.lnf, w.wte, None)
+        k.softmax_forward(a.probs, a.logits, self.config.vocab_size)
+
+    # ------------------------------------------------------------------------------------------
+    # generation: one token at a time over a KV cache (llm.c re-runs the whole forward instead)
+
+    def begin_sequence(self, dtype="float32"):
+        """Start a sequence for step() at position 0. The KV cache (every layer's qkv rows, (L,
+        maxT, 3C)) and the one token's activations live on the backend, allocated by the first
+        call and reused. dtype "bfloat16" (CPU): step() streams the matrices as bfloat16 bits,
+        half the bytes per token; the parameters are first rounded to bfloat16 in place, so the
+        model is that of its bf16-rounded parameters (lossless for an llm.c bf16 checkpoint)."""
+        if dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {dtype!r}")
+        k, cfg = self.backend, self.config
+        if dtype == "bfloat16":
+            if k.name != "cpu":
+                raise ValueError("dtype 'bfloat16' generation is for the CPU backend")
+            from .formats import bf16_to_fp32, fp32_to_bf16
+            bits = fp32_to_bf16(self.params.memory)
+            self.params.memory[...] = bf16_to_fp32(bits)
+            self.step_weights = Tensors(bits, self.params.shapes)
+        else:
+            self.step_weights = self.params
+        if self.kv_cache is None:
+            L, maxT, C = cfg.num_layers, cfg.max_seq_len, cfg.channels
+            self.kv_cache = k.zeros(L * maxT * 3 * C).reshape(L, maxT, 3 * C)
+            self.att_scratch = k.zeros(cfg.num_heads * maxT).reshape(cfg.num_heads, maxT)
+            shapes = act_shapes(cfg, 1, 1)
+            self.step_acts = Tensors(k.zeros(Tensors.count(shapes)), shapes)
+            self.step_token = k.zeros(1, dtype=np.int32).reshape(1, 1)
+        self.pos = 0
+
+    def step(self, token):
+        """Run one token at the sequence's next position (self.pos) through the layers (its qkv
+        joins the KV cache; it attends over the positions before it and itself). Returns the
+        probabilities of the next token, (Vp,) on the host: the one copy back per token."""
+        cfg, k, a = self.config, self.backend, self.step_acts
+        t = self.pos
+        if t >= cfg.max_seq_len:
+            raise ValueError(f"generation reached max_seq_len={cfg.max_seq_len}")
+        if not 0 <= token < cfg.vocab_size:
+            raise ValueError(f"token {token} is not a token id in [0, {cfg.vocab_size})")
+        k.copy_(self.step_token, np.full((1, 1), token, dtype=np.int32))
+        k.encoder_forward(a.encoded, self.step_token, self.params.wte, self.params.wpe[t:t + 1])
+        for l in range(cfg.num_layers):
+            self._block(l, a, self.step_weights, pos=t)
+        self._head(a, self.step_weights)
+        self.pos += 1
+        return k.to_host(a.probs).reshape(-1)
 
     # ------------------------------------------------------------------------------------------
     # gpt2_zero_grad

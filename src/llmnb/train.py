@@ -216,7 +216,7 @@ class Run:
             out.write(dec.feed(tok.decode(t)) if tok is not None else f"{t} ")
             out.flush()
         # -g counts the start token, as llm.c's genT: -g 64 samples 63 new tokens
-        generate(cfg, self.model.params_host(), prompt, max(a.gen_tokens - 1, 0), self.rng,
+        generate(self.model, prompt, max(a.gen_tokens - 1, 0), self.rng,
                  temperature=a.temperature, top_k=a.top_k, on_token=show)
         out.write(dec.flush() if tok is not None else "")
         print("\n---", flush=True)
