@@ -297,27 +297,63 @@ class GPT2:
     # ------------------------------------------------------------------------------------------
     # gpt2_update
 
-    def update(self, learning_rate, beta1, beta2, eps, weight_decay, t, decay=None):
+    def update(self, learning_rate, beta1, beta2, eps, weight_decay, t, decay=None, shard=None):
         """One AdamW step (t is the 1-based step). decay=None applies weight_decay to every
         parameter in one pass over the flat buffers, as llm.c's gpt2_update; a tuple of tensor
-        names applies it to those only (one pass per tensor view; the others get none)."""
-        if self.grads is None:
-            raise RuntimeError("update() needs a backward() first")
+        names applies it to those only (one pass per tensor, or per piece of one in the shard; the
+        others get none). shard (lo, hi, grads), ZeRO-1 (dist.py): update params[lo:hi] only, from
+        this rank's reduced gradient grads (hi - lo floats); m and v then hold that range."""
+        if shard is None:
+            if self.grads is None:
+                raise RuntimeError("update() needs a backward() first")
+            shard = (0, self.num_parameters, self.grads.memory)
+        lo, hi, grads = shard
         k = self.backend
         if self.m_memory is None:
-            self.m_memory = k.zeros(self.num_parameters)
-            self.v_memory = k.zeros(self.num_parameters)
+            self.m_memory, self.v_memory = k.zeros(hi - lo), k.zeros(hi - lo)
+        p, m, v = self.params.memory, self.m_memory, self.v_memory
         hyper = (float(learning_rate), float(beta1), float(beta2), float(eps))
         if decay is None:
-            k.adamw_update(self.params.memory, self.grads.memory, self.m_memory, self.v_memory,
-                           *hyper, float(weight_decay), int(t))
+            k.adamw_update(p[lo:hi], grads, m, v, *hyper, float(weight_decay), int(t))
             return
-        shapes = self.params.shapes
-        m, v = Tensors(self.m_memory, shapes), Tensors(self.v_memory, shapes)
-        for name in self.params.names:
-            wd = float(weight_decay) if name in decay else 0.0
-            k.adamw_update(getattr(self.params, name).reshape(-1), getattr(self.grads, name).reshape(-1),
-                           getattr(m, name).reshape(-1), getattr(v, name).reshape(-1), *hyper, wd, int(t))
+        offset = 0
+        for name, shape in self.params.shapes.items():
+            n = int(np.prod(shape))
+            a, b = max(lo, offset), min(hi, offset + n)  # the tensor's part of [lo, hi)
+            if a < b:
+                wd = float(weight_decay) if name in decay else 0.0
+                k.adamw_update(p[a:b], grads[a - lo:b - lo], m[a - lo:b - lo], v[a - lo:b - lo],
+                               *hyper, wd, int(t))
+            offset += n
+
+    # ------------------------------------------------------------------------------------------
+    # what the optimizer, gradient clipping and checkpoints read and write
+
+    def optimizer_state(self):
+        """AdamW's (m, v) as host float32 arrays (under ZeRO-1, this rank's shard), or None
+        before the first update."""
+        if self.m_memory is None:
+            return None
+        return self.backend.to_host(self.m_memory), self.backend.to_host(self.v_memory)
+
+    def load_optimizer_state(self, m, v):
+        """Set AdamW's m and v to copies of host arrays (a checkpoint's; under ZeRO-1 a shard)."""
+        if np.shape(m) != np.shape(v) or np.ndim(m) != 1:
+            raise ValueError(f"AdamW's m {np.shape(m)} and v {np.shape(v)} must be flat and of one length")
+        k = self.backend
+        self.m_memory, self.v_memory = (k.asarray(np.array(x, dtype=np.float32)) for x in (m, v))
+
+    def grad_norm_squared(self):
+        """The sum of squares of the gradient (float64 accumulation) as a Python float."""
+        return self.backend.global_norm_squared(self.grads.memory)
+
+    def scale_grads(self, factor):
+        """The gradient *= factor, in place (gradient clipping)."""
+        self.backend.scale_(self.grads.memory, factor)
+
+    def params_finite(self):
+        """False when a parameter is NaN or inf (one pass: their sum of squares is not finite)."""
+        return math.isfinite(self.backend.global_norm_squared(self.params.memory))
 
 
 __all__ = ["GPT2", "GPT2Config", "init_params"]
