@@ -4,6 +4,9 @@ The model owns four flat float32 buffers, as the C does: parameters, their gradi
 and the activations' gradients (plus AdamW's m and v). Every named tensor is a view into one of
 them (see config.Tensors); per-layer tensors are views of those views (`params.qkvw[l]`), so the
 loops below pass views, never copies, to the kernels of a backend (CPU or CUDA).
+
+One layer routine (_block) serves the training forward over (B, T) and generation's one-token
+step, which keeps every layer's qkv rows in a KV cache on the backend (as llama2.c's RunState).
 """
 import math
 
@@ -40,7 +43,8 @@ class GPT2:
 
     Activations are allocated for a (B, T) on the first forward and reused. A forward with a
     different (B, T) re-allocates them (and their gradients) for the new shape; that drops the
-    state of the previous forward, so call backward() before changing shape.
+    state of the previous forward, so call backward() before changing shape. Generation
+    (begin_sequence, step) has activations and a KV cache of its own: it leaves those alone.
     """
 
     def __init__(self, config, params=None, device="cpu", backend=None, copy=True):
