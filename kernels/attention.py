@@ -31,7 +31,7 @@ import labutil  # noqa: E402  (puts src/ on sys.path)
 from labutil import F32  # noqa: E402
 
 from llmnb import kernels  # noqa: E402
-from llmnb.kernels import REDUCE_FASTMATH, attention_query  # noqa: E402
+from llmnb.kernels import REDUCE_FASTMATH, attention_query_head  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------------
@@ -48,7 +48,7 @@ def _v1_forward(out, preatt, att, inp):
         b = bth // (T * NH)
         t = (bth // NH) % T
         h = bth % NH
-        attention_query(out[b, t, h * hs:(h + 1) * hs], preatt[b, h, t], att[b, h, t], inp[b], t, h)
+        attention_query_head(out[b, t, h * hs:(h + 1) * hs], preatt[b, h, t], att[b, h, t], inp[b], t, h)
         for t2 in range(t + 1, T):
             att[b, h, t, t2] = F32(0.0)
 

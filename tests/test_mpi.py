@@ -63,17 +63,23 @@ def test_adamw_on_three_shards_equals_the_whole_update(decay):
     m0, v0 = rng.standard_normal(n).astype(np.float32), rng.random(n).astype(np.float32)
     whole = GPT2(TINY, params)
     whole.grads = type(whole.params)(grads.copy(), whole.params.shapes)
-    whole.m_memory, whole.v_memory = m0.copy(), v0.copy()
+    whole.load_optimizer_state(m0, v0)
     whole.update(1e-3, 0.9, 0.999, 1e-8, 0.1, 3, decay=decay)
-    sharded = GPT2(TINY, params)
-    m, v = m0.copy(), v0.copy()
+    m_whole, v_whole = whole.optimizer_state()
+    p, m, v = np.empty(n, np.float32), np.empty(n, np.float32), np.empty(n, np.float32)
     for r in range(3):
         lo, hi = dist.shard_range(n, r, 3)
-        dist.adamw_shard(sharded, lo, hi, grads[lo:hi].copy(), m[lo:hi], v[lo:hi],
-                         1e-3, 0.9, 0.999, 1e-8, 0.1, 3, decay)
-    np.testing.assert_array_equal(sharded.params.memory, whole.params.memory)
-    np.testing.assert_array_equal(m, whole.m_memory)
-    np.testing.assert_array_equal(v, whole.v_memory)
+        rank = GPT2(TINY, params)  # every rank holds all the parameters, updates its shard
+        rank.load_optimizer_state(m0[lo:hi], v0[lo:hi])
+        rank.update(1e-3, 0.9, 0.999, 1e-8, 0.1, 3, decay=decay, shard=(lo, hi, grads[lo:hi].copy()))
+        outside = np.r_[0:lo, hi:n]
+        np.testing.assert_array_equal(rank.params.memory[outside], params[outside])
+        p[lo:hi] = rank.params.memory[lo:hi]
+        m[lo:hi], v[lo:hi] = (x.copy() for x in rank.optimizer_state())
+    assert not np.array_equal(p, params)
+    np.testing.assert_array_equal(p, whole.params.memory)
+    np.testing.assert_array_equal(m, m_whole)
+    np.testing.assert_array_equal(v, v_whole)
 
 
 def test_plain_llmnb_train_never_imports_mpi4py():

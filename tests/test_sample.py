@@ -58,7 +58,7 @@ def test_streams_the_tokens_generate_samples(model_file, tmp_path, tok):
     new, out, err = run(model_file, tmp_path, "--prompt", prompt, "-g", "10", "--seed", "42", "--top-k", "50",
                         "--temperature", "0.8")
     ids = [tok.eot_token] + tok.encode(prompt)
-    want = generate(CFG, init_params(CFG, seed=4) * 6, ids, 10, Rng(42), temperature=0.8, top_k=50)
+    want = generate(GPT2(CFG, init_params(CFG, seed=4) * 6), ids, 10, Rng(42), temperature=0.8, top_k=50)
     assert new == want
     assert out.getvalue() == prompt + tok.decode_str(want) + "\n"
     assert out.flushes >= 10 + 1  # the prompt, then every token as it comes
@@ -69,7 +69,7 @@ def test_bfloat16_samples_the_bf16_rounded_model(model_file, tmp_path, tok):
     from llmnb.formats import bf16_to_fp32, fp32_to_bf16
     new, _, err = run(model_file, tmp_path, "-g", "8", "--dtype", "bfloat16", "--seed", "9")
     rounded = bf16_to_fp32(fp32_to_bf16(init_params(CFG, seed=4) * 6))
-    assert new == generate(CFG, rounded, [tok.eot_token], 8, Rng(9))
+    assert new == generate(GPT2(CFG, rounded), [tok.eot_token], 8, Rng(9))
     assert "bfloat16 on cpu" in err
 
 

@@ -4,27 +4,50 @@ A backend implements llmnb.contract.Backend: every layer kernel under llm.c's na
 memory helpers. The model never touches array memory itself, so the same gpt2 forward/backward
 drives the CPU (NumPy arrays) or a GPU (device arrays, llmnb.cuda.backend).
 """
+import types
+
 import numpy as np
+from numba import njit
 
 from . import kernels, matmul, optim
 from .contract import KERNEL_NAMES, Backend  # noqa: F401  (KERNEL_NAMES: re-exported for the timers)
 
+
+def _serial(kernel):
+    """A serial build of a parallel layer kernel (its prange runs as a plain range), for one
+    token's row: a parallel region costs more than a row's layernorm, and far more when another
+    process holds a core (every region then waits for a descheduled thread). Same code and
+    fastmath flags, so the same results (parallel == serial is tested for every kernel); its own
+    name, so Numba's on-disk cache keeps it apart from the parallel build."""
+    f = kernel.py_func
+    name = f.__name__ + "_serial"
+    g = types.FunctionType(f.__code__, f.__globals__, name, f.__defaults__, f.__closure__)
+    g.__qualname__ = name
+    return njit(fastmath=kernel.targetoptions.get("fastmath", False), cache=True)(g)
+
+
+# the row kernels of generation's one-token step, serial (compiled on first use)
+ROW = types.SimpleNamespace(**{n: _serial(getattr(kernels, n)) for n in (
+    "encoder_forward", "layernorm_forward", "residual_forward", "gelu_forward", "softmax_forward")})
+
+
+def _one_row(out):
+    """True for generation's one-token step: out holds a single row (B = T = 1)."""
+    return out.size == out.shape[-1]
+
+
 class CPUBackend(Backend):
-    """Numba CPU kernels over NumPy arrays (the contract's docstrings give the shapes)."""
+    """Numba CPU kernels over NumPy arrays (the contract's docstrings give the shapes). One row
+    (generation's step) runs the row kernels' serial builds and the matmuls as a GEMV."""
     name = "cpu"
 
-    encoder_forward = staticmethod(kernels.encoder_forward)
     encoder_backward = staticmethod(kernels.encoder_backward)
-    layernorm_forward = staticmethod(kernels.layernorm_forward)
     layernorm_backward = staticmethod(kernels.layernorm_backward)
-    matmul_forward = staticmethod(matmul.matmul_forward)
     attention_forward = staticmethod(kernels.attention_forward)
     attention_backward = staticmethod(kernels.attention_backward)
-    gelu_forward = staticmethod(kernels.gelu_forward)
+    attention_query = staticmethod(kernels.attention_query)
     gelu_backward = staticmethod(kernels.gelu_backward)
-    residual_forward = staticmethod(kernels.residual_forward)
     residual_backward = staticmethod(kernels.residual_backward)
-    softmax_forward = staticmethod(kernels.softmax_forward)
     crossentropy_forward = staticmethod(kernels.crossentropy_forward)
     crossentropy_softmax_backward = staticmethod(kernels.crossentropy_softmax_backward)
     adamw_update = staticmethod(kernels.adamw_update)
@@ -33,6 +56,41 @@ class CPUBackend(Backend):
 
     def __init__(self):
         self.scratch = matmul.MatmulScratch()  # the backward's transposes, reused step after step
+        self.bf16_scratch = None               # matvec_forward_bf16's widened rows
+
+    def encoder_forward(self, out, inp, wte, wpe):
+        (ROW if _one_row(out) else kernels).encoder_forward(out, inp, wte, wpe)
+
+    def layernorm_forward(self, out, mean, rstd, inp, weight, bias):
+        (ROW if _one_row(out) else kernels).layernorm_forward(out, mean, rstd, inp, weight, bias)
+
+    def gelu_forward(self, out, inp):
+        (ROW if _one_row(out) else kernels).gelu_forward(out, inp)
+
+    def residual_forward(self, out, inp1, inp2):
+        (ROW if _one_row(out) else kernels).residual_forward(out, inp1, inp2)
+
+    def softmax_forward(self, probs, logits, V):
+        (ROW if _one_row(probs) else kernels).softmax_forward(probs, logits, V)
+
+    def matmul_forward(self, out, inp, weight, bias):
+        """(one row: a GEMV, which streams the weight once; from bfloat16 bits for a uint16 weight)"""
+        if not _one_row(out):
+            matmul.matmul_forward(out, inp, weight, bias)
+        elif weight.dtype == np.uint16:
+            matmul.matvec_forward_bf16(out.reshape(-1), inp.reshape(-1), weight, bias,
+                                       self._bf16_scratch(*weight.shape))
+        else:
+            matmul.matvec_forward(out.reshape(-1), inp.reshape(-1), weight, bias)
+
+    def _bf16_scratch(self, OC, C):
+        """matvec_forward_bf16's scratch, grown to the largest weight seen (allocated once per size)."""
+        s = self.bf16_scratch
+        if s is None or s.shape[0] * matmul.MV_ROWS < OC or s.shape[1] < C:
+            if s is not None:
+                OC, C = max(OC, s.shape[0] * matmul.MV_ROWS), max(C, s.shape[1])
+            s = self.bf16_scratch = matmul.matvec_scratch(OC, C)
+        return s
 
     def matmul_backward(self, dinp, dweight, dbias, dout, inp, weight):
         matmul.matmul_backward(dinp, dweight, dbias, dout, inp, weight, scratch=self.scratch)

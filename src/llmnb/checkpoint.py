@@ -127,10 +127,8 @@ def save(out_dir, step, model, extra, shuffle_tail=b"", world=None):
     model_path, state_path, json_path, done_path = paths(out_dir, step, rank)
     if rank == 0:
         model.save_checkpoint(model_path)
-    k = model.backend
     lo, hi = world.shard(model.num_parameters) if world is not None else (0, model.num_parameters)
-    m = k.to_host(model.m_memory) if model.m_memory is not None else np.zeros(hi - lo, np.float32)
-    v = k.to_host(model.v_memory) if model.v_memory is not None else np.zeros(hi - lo, np.float32)
+    m, v = model.optimizer_state() or (np.zeros(hi - lo, np.float32), np.zeros(hi - lo, np.float32))
     loader = extra.get("train_loader", {})
     write_state(state_path, step, m, v, rng_state=extra.get("rng_state", 0),
                 shard=loader.get("shard", 0), sample=loader.get("sample", 0),

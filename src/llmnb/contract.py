@@ -35,7 +35,8 @@ class Backend:
         raise NotImplementedError
 
     def matmul_forward(self, out, inp, weight, bias):
-        """out (B,T,OC) = inp (B,T,C) @ weight (OC,C)^T + bias (OC); bias may be None."""
+        """out (B,T,OC) = inp (B,T,C) @ weight (OC,C)^T + bias (OC); bias may be None. (The CPU
+        backend also takes, for one row (B = T = 1), a weight of bfloat16 bits: uint16 (OC,C).)"""
         raise NotImplementedError
 
     def matmul_backward(self, dinp, dweight, dbias, dout, inp, weight):
@@ -52,6 +53,12 @@ class Backend:
     def attention_backward(self, dinp, dout, inp, out, lse):
         """dinp (B,T,3C) += from dout (B,T,C), given inp (B,T,3C) and what forward left: out
         (B,T,C) and lse (B,NH,T) (the attention is recomputed from them)."""
+        raise NotImplementedError
+
+    def attention_query(self, out, att, qkv, t):
+        """out (C) = the attention of one query, every head: position t's query against the keys
+        and values of positions 0..t of one sequence's qkv (maxT,3C) (a KV cache; rows past t are
+        not read); att (NH,maxT) is scratch for the scores. The one-token step of generation."""
         raise NotImplementedError
 
     def gelu_forward(self, out, inp):

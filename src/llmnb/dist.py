@@ -61,25 +61,6 @@ def buckets(lo, hi, bucket=None):
     return [(a, min(a + bucket, hi)) for a in range(lo, hi, bucket)]
 
 
-def adamw_shard(model, lo, hi, grads, m, v, learning_rate, beta1, beta2, eps, weight_decay, t, decay=None):
-    """AdamW on params[lo:hi] with the gradient `grads` and state m, v of that range (each hi-lo
-    floats). decay=None: weight_decay on every parameter (one pass); a tuple of names: only on the
-    parts of those tensors that fall in the range (one pass per tensor piece)."""
-    k, p = model.backend, model.params.memory
-    hyper = (float(learning_rate), float(beta1), float(beta2), float(eps))
-    if decay is None:
-        k.adamw_update(p[lo:hi], grads, m, v, *hyper, float(weight_decay), int(t))
-        return
-    offset = 0
-    for name, shape in model.params.shapes.items():
-        n = int(np.prod(shape))
-        a, b = max(lo, offset), min(hi, offset + n)
-        if a < b:
-            wd = float(weight_decay) if name in decay else 0.0
-            k.adamw_update(p[a:b], grads[a - lo:b - lo], m[a - lo:b - lo], v[a - lo:b - lo], *hyper, wd, int(t))
-        offset += n
-
-
 class Single:
     """One process: every collective is the identity."""
     rank, size = 0, 1
@@ -196,10 +177,8 @@ class MPIWorld(Single):
             return model.update(learning_rate, beta1, beta2, eps, weight_decay, t, decay=decay)
         n = model.num_parameters
         lo, hi = self.shard(n)
-        if model.m_memory is None:
-            model.m_memory, model.v_memory = model.backend.zeros(hi - lo), model.backend.zeros(hi - lo)
-        adamw_shard(model, lo, hi, self.grad_shard, model.m_memory, model.v_memory,
-                    learning_rate, beta1, beta2, eps, weight_decay, t, decay)
+        model.update(learning_rate, beta1, beta2, eps, weight_decay, t, decay=decay,
+                     shard=(lo, hi, self.grad_shard))
         params = model.params.memory
         MPI, comm = self.MPI, self.comm
         ranges = [shard_range(n, r, self.size) for r in range(self.size)]

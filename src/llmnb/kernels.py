@@ -137,11 +137,11 @@ def layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd):
 # attention
 
 @njit(fastmath=REDUCE_FASTMATH, cache=True)
-def attention_query(out_h, preatt_row, att_row, qkv, t, h):
+def attention_query_head(out_h, preatt_row, att_row, qkv, t, h):
     # one query: position t, head h. qkv (T',3C) holds the query, key and value vectors of one
     # sequence (rows 0..t are read); preatt_row, att_row (>= t+1) get the scaled scores and their
     # causal softmax over positions 0..t (they may be the same array); out_h (hs) = the
-    # attention-weighted sum of the values. Used by KV-cache generation (one query at a time).
+    # attention-weighted sum of the values. attention_query runs it for every head.
     C = qkv.shape[1] // 3
     hs = out_h.shape[0]
     scale = F32(1.0 / math.sqrt(hs))
@@ -178,14 +178,14 @@ def attention_query(out_h, preatt_row, att_row, qkv, t, h):
 
 
 @njit(parallel=True, fastmath=REDUCE_FASTMATH, cache=True)
-def attention_token(out, att, qkv, t):
-    # one token's attention, for KV-cache generation: out (C,) = every head's query at position t
-    # over the keys/values of positions 0..t in qkv (maxT,3C); att (NH,maxT) is scratch for the
-    # scores. One task per head.
+def attention_query(out, att, qkv, t):
+    # one token's attention, the one-token step of generation: out (C,) = every head's query at
+    # position t over the keys/values of positions 0..t in qkv (maxT,3C) (the KV cache); att
+    # (NH,maxT) is scratch for the scores. One task per head.
     NH = att.shape[0]
     hs = out.shape[0] // NH
     for h in prange(NH):
-        attention_query(out[h * hs:(h + 1) * hs], att[h], att[h], qkv, t, h)
+        attention_query_head(out[h * hs:(h + 1) * hs], att[h], att[h], qkv, t, h)
 
 
 # Training attention is flash-style (Dao et al., FlashAttention): per (b, h), tiles of ATT_TILE

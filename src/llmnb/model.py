@@ -4,6 +4,9 @@ The model owns four flat float32 buffers, as the C does: parameters, their gradi
 and the activations' gradients (plus AdamW's m and v). Every named tensor is a view into one of
 them (see config.Tensors); per-layer tensors are views of those views (`params.qkvw[l]`), so the
 loops below pass views, never copies, to the kernels of a backend (CPU or CUDA).
+
+One layer routine (_block) serves the training forward over (B, T) and generation's one-token
+step, which keeps every layer's qkv rows in a KV cache on the backend (as llama2.c's RunState).
 """
 import math
 
@@ -40,7 +43,8 @@ class GPT2:
 
     Activations are allocated for a (B, T) on the first forward and reused. A forward with a
     different (B, T) re-allocates them (and their gradients) for the new shape; that drops the
-    state of the previous forward, so call backward() before changing shape.
+    state of the previous forward, so call backward() before changing shape. Generation
+    (begin_sequence, step) has activations and a KV cache of its own: it leaves those alone.
     """
 
     def __init__(self, config, params=None, device="cpu", backend=None, copy=True):
@@ -68,6 +72,12 @@ class GPT2:
         self.targets = None
         self.has_targets = False
         self.mean_loss = None
+        self.kv_cache = None        # generation's state, allocated by the first begin_sequence()
+        self.att_scratch = None
+        self.step_acts = None
+        self.step_token = None
+        self.step_weights = None
+        self.pos = 0
 
     # ------------------------------------------------------------------------------------------
     # construction helpers
@@ -130,28 +140,13 @@ class GPT2:
             targets = self._check_tokens("targets", targets, inputs.shape)
         B, T = inputs.shape
         self._ensure_activations(B, T)
-        L = self.config.num_layers
-        V = self.config.vocab_size
         k, p, a = self.backend, self.params, self.acts
         k.copy_(self.inputs, inputs)
 
         k.encoder_forward(a.encoded, self.inputs, p.wte, p.wpe)
-        for l in range(L):
-            residual = a.encoded if l == 0 else a.residual3[l - 1]
-            k.layernorm_forward(a.ln1[l], a.ln1_mean[l], a.ln1_rstd[l], residual, p.ln1w[l], p.ln1b[l])
-            k.matmul_forward(a.qkv[l], a.ln1[l], p.qkvw[l], p.qkvb[l])
-            k.attention_forward(a.atty[l], a.lse[l], a.qkv[l])
-            k.matmul_forward(a.attproj[l], a.atty[l], p.attprojw[l], p.attprojb[l])
-            k.residual_forward(a.residual2[l], residual, a.attproj[l])
-            k.layernorm_forward(a.ln2[l], a.ln2_mean[l], a.ln2_rstd[l], a.residual2[l], p.ln2w[l], p.ln2b[l])
-            k.matmul_forward(a.fch[l], a.ln2[l], p.fcw[l], p.fcb[l])
-            k.gelu_forward(a.fch_gelu[l], a.fch[l])
-            k.matmul_forward(a.fcproj[l], a.fch_gelu[l], p.fcprojw[l], p.fcprojb[l])
-            k.residual_forward(a.residual3[l], a.residual2[l], a.fcproj[l])
-        residual = a.residual3[L - 1]
-        k.layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, residual, p.lnfw, p.lnfb)
-        k.matmul_forward(a.logits, a.lnf, p.wte, None)
-        k.softmax_forward(a.probs, a.logits, V)
+        for l in range(self.config.num_layers):
+            self._block(l, a, p)
+        self._head(a, p)
 
         if targets is None:
             self.has_targets = False
@@ -162,6 +157,85 @@ class GPT2:
         self.has_targets = True
         self.mean_loss = float(k.to_host(a.losses).astype(np.float64).mean())
         return self.mean_loss
+
+    def _block(self, l, a, w, pos=None):
+        """Layer l of the forward: a's layer-l activations from the residual stream (the encoder's
+        output for l = 0, else layer l-1's residual3). w holds the matrices: self.params, or for
+        the one-token step maybe their bfloat16 bits. pos None: every position of a's (B, T)
+        attends causally over a.qkv[l]. pos t: the one-token step (B = T = 1) at position t,
+        whose qkv goes into row t of the KV cache and attends over its rows 0..t."""
+        k, p = self.backend, self.params
+        residual = a.encoded if l == 0 else a.residual3[l - 1]
+        qkv = a.qkv[l] if pos is None else self.kv_cache[l:l + 1, pos:pos + 1]  # (B, T, 3C)
+        k.layernorm_forward(a.ln1[l], a.ln1_mean[l], a.ln1_rstd[l], residual, p.ln1w[l], p.ln1b[l])
+        k.matmul_forward(qkv, a.ln1[l], w.qkvw[l], p.qkvb[l])
+        if pos is None:
+            k.attention_forward(a.atty[l], a.lse[l], qkv)
+        else:
+            k.attention_query(a.atty[l][0, 0], self.att_scratch, self.kv_cache[l], pos)
+        k.matmul_forward(a.attproj[l], a.atty[l], w.attprojw[l], p.attprojb[l])
+        k.residual_forward(a.residual2[l], residual, a.attproj[l])
+        k.layernorm_forward(a.ln2[l], a.ln2_mean[l], a.ln2_rstd[l], a.residual2[l], p.ln2w[l], p.ln2b[l])
+        k.matmul_forward(a.fch[l], a.ln2[l], w.fcw[l], p.fcb[l])
+        k.gelu_forward(a.fch_gelu[l], a.fch[l])
+        k.matmul_forward(a.fcproj[l], a.fch_gelu[l], w.fcprojw[l], p.fcprojb[l])
+        k.residual_forward(a.residual3[l], a.residual2[l], a.fcproj[l])
+
+    def _head(self, a, w):
+        """The final layernorm, the logits (the classifier is wte, from w) and their softmax."""
+        k, p = self.backend, self.params
+        k.layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, a.residual3[self.config.num_layers - 1],
+                            p.lnfw, p.lnfb)
+        k.matmul_forward(a.logits, a.lnf, w.wte, None)
+        k.softmax_forward(a.probs, a.logits, self.config.vocab_size)
+
+    # ------------------------------------------------------------------------------------------
+    # generation: one token at a time over a KV cache (llm.c re-runs the whole forward instead)
+
+    def begin_sequence(self, dtype="float32"):
+        """Start a sequence for step() at position 0. The KV cache (every layer's qkv rows, (L,
+        maxT, 3C)) and the one token's activations live on the backend, allocated by the first
+        call and reused. dtype "bfloat16" (CPU): step() streams the matrices as bfloat16 bits,
+        half the bytes per token; the parameters are first rounded to bfloat16 in place, so the
+        model is that of its bf16-rounded parameters (lossless for an llm.c bf16 checkpoint)."""
+        if dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {dtype!r}")
+        k, cfg = self.backend, self.config
+        if dtype == "bfloat16":
+            if k.name != "cpu":
+                raise ValueError("dtype 'bfloat16' generation is for the CPU backend")
+            from .formats import bf16_to_fp32, fp32_to_bf16
+            bits = fp32_to_bf16(self.params.memory)
+            self.params.memory[...] = bf16_to_fp32(bits)
+            self.step_weights = Tensors(bits, self.params.shapes)
+        else:
+            self.step_weights = self.params
+        if self.kv_cache is None:
+            L, maxT, C = cfg.num_layers, cfg.max_seq_len, cfg.channels
+            self.kv_cache = k.zeros(L * maxT * 3 * C).reshape(L, maxT, 3 * C)
+            self.att_scratch = k.zeros(cfg.num_heads * maxT).reshape(cfg.num_heads, maxT)
+            shapes = act_shapes(cfg, 1, 1)
+            self.step_acts = Tensors(k.zeros(Tensors.count(shapes)), shapes)
+            self.step_token = k.zeros(1, dtype=np.int32).reshape(1, 1)
+        self.pos = 0
+
+    def step(self, token):
+        """Run one token at the sequence's next position (self.pos) through the layers (its qkv
+        joins the KV cache; it attends over the positions before it and itself). Returns the
+        probabilities of the next token, (Vp,) on the host: the one copy back per token."""
+        cfg, k, a = self.config, self.backend, self.step_acts
+        t = self.pos
+        if t >= cfg.max_seq_len:
+            raise ValueError(f"generation reached max_seq_len={cfg.max_seq_len}")
+        if not 0 <= token < cfg.vocab_size:
+            raise ValueError(f"token {token} is not a token id in [0, {cfg.vocab_size})")
+        k.copy_(self.step_token, np.full((1, 1), token, dtype=np.int32))
+        k.encoder_forward(a.encoded, self.step_token, self.params.wte, self.params.wpe[t:t + 1])
+        for l in range(cfg.num_layers):
+            self._block(l, a, self.step_weights, pos=t)
+        self._head(a, self.step_weights)
+        self.pos += 1
+        return k.to_host(a.probs).reshape(-1)
 
     # ------------------------------------------------------------------------------------------
     # gpt2_zero_grad
@@ -227,27 +301,63 @@ class GPT2:
     # ------------------------------------------------------------------------------------------
     # gpt2_update
 
-    def update(self, learning_rate, beta1, beta2, eps, weight_decay, t, decay=None):
+    def update(self, learning_rate, beta1, beta2, eps, weight_decay, t, decay=None, shard=None):
         """One AdamW step (t is the 1-based step). decay=None applies weight_decay to every
         parameter in one pass over the flat buffers, as llm.c's gpt2_update; a tuple of tensor
-        names applies it to those only (one pass per tensor view; the others get none)."""
-        if self.grads is None:
-            raise RuntimeError("update() needs a backward() first")
+        names applies it to those only (one pass per tensor, or per piece of one in the shard; the
+        others get none). shard (lo, hi, grads), ZeRO-1 (dist.py): update params[lo:hi] only, from
+        this rank's reduced gradient grads (hi - lo floats); m and v then hold that range."""
+        if shard is None:
+            if self.grads is None:
+                raise RuntimeError("update() needs a backward() first")
+            shard = (0, self.num_parameters, self.grads.memory)
+        lo, hi, grads = shard
         k = self.backend
         if self.m_memory is None:
-            self.m_memory = k.zeros(self.num_parameters)
-            self.v_memory = k.zeros(self.num_parameters)
+            self.m_memory, self.v_memory = k.zeros(hi - lo), k.zeros(hi - lo)
+        p, m, v = self.params.memory, self.m_memory, self.v_memory
         hyper = (float(learning_rate), float(beta1), float(beta2), float(eps))
         if decay is None:
-            k.adamw_update(self.params.memory, self.grads.memory, self.m_memory, self.v_memory,
-                           *hyper, float(weight_decay), int(t))
+            k.adamw_update(p[lo:hi], grads, m, v, *hyper, float(weight_decay), int(t))
             return
-        shapes = self.params.shapes
-        m, v = Tensors(self.m_memory, shapes), Tensors(self.v_memory, shapes)
-        for name in self.params.names:
-            wd = float(weight_decay) if name in decay else 0.0
-            k.adamw_update(getattr(self.params, name).reshape(-1), getattr(self.grads, name).reshape(-1),
-                           getattr(m, name).reshape(-1), getattr(v, name).reshape(-1), *hyper, wd, int(t))
+        offset = 0
+        for name, shape in self.params.shapes.items():
+            n = int(np.prod(shape))
+            a, b = max(lo, offset), min(hi, offset + n)  # the tensor's part of [lo, hi)
+            if a < b:
+                wd = float(weight_decay) if name in decay else 0.0
+                k.adamw_update(p[a:b], grads[a - lo:b - lo], m[a - lo:b - lo], v[a - lo:b - lo],
+                               *hyper, wd, int(t))
+            offset += n
+
+    # ------------------------------------------------------------------------------------------
+    # what the optimizer, gradient clipping and checkpoints read and write
+
+    def optimizer_state(self):
+        """AdamW's (m, v) as host float32 arrays (under ZeRO-1, this rank's shard), or None
+        before the first update."""
+        if self.m_memory is None:
+            return None
+        return self.backend.to_host(self.m_memory), self.backend.to_host(self.v_memory)
+
+    def load_optimizer_state(self, m, v):
+        """Set AdamW's m and v to copies of host arrays (a checkpoint's; under ZeRO-1 a shard)."""
+        if np.shape(m) != np.shape(v) or np.ndim(m) != 1:
+            raise ValueError(f"AdamW's m {np.shape(m)} and v {np.shape(v)} must be flat and of one length")
+        k = self.backend
+        self.m_memory, self.v_memory = (k.asarray(np.array(x, dtype=np.float32)) for x in (m, v))
+
+    def grad_norm_squared(self):
+        """The sum of squares of the gradient (float64 accumulation) as a Python float."""
+        return self.backend.global_norm_squared(self.grads.memory)
+
+    def scale_grads(self, factor):
+        """The gradient *= factor, in place (gradient clipping)."""
+        self.backend.scale_(self.grads.memory, factor)
+
+    def params_finite(self):
+        """False when a parameter is NaN or inf (one pass: their sum of squares is not finite)."""
+        return math.isfinite(self.backend.global_norm_squared(self.params.memory))
 
 
 __all__ = ["GPT2", "GPT2Config", "init_params"]

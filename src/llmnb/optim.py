@@ -47,8 +47,7 @@ def scale_(x, factor):
 def clip_grad_norm(model, max_norm):
     """Scale the flat gradient buffer so its global L2 norm is at most max_norm; returns the
     norm before clipping. max_norm <= 0 only measures."""
-    k, g = model.backend, model.grads.memory
-    norm = math.sqrt(k.global_norm_squared(g))
+    norm = math.sqrt(model.grad_norm_squared())
     if max_norm > 0 and norm > max_norm:
-        k.scale_(g, max_norm / (norm + 1e-6))
+        model.scale_grads(max_norm / (norm + 1e-6))
     return norm

@@ -2,16 +2,14 @@
 train_gpt2.c (from the EOT token, one xorshift coin per token) with a prompt, a temperature and
 top-k.
 
-On the CPU it generates with the KV cache (generate.py): each token runs the layers on that token
-only, reading every weight once. With --device cuda it runs llm.c's CUDA way: the whole forward
-over the sequence so far for every token (the KV cache is CPU code).
+It generates with the model's KV cache (generate.py), on the CPU or the GPU (--device cuda): each
+token runs the layers on that token only, reading every weight once; only the next token's
+probabilities come back from the GPU.
 """
 import argparse
 import os
 import sys
 import time
-
-import numpy as np
 
 
 def load_model(path, log):
@@ -42,30 +40,6 @@ def prompt_tokens(text, tokenizer, config):
     return [eot] + ids
 
 
-def generate_on_device(config, params, prompt, max_new_tokens, rng, device, temperature, top_k, on_token):
-    """llm.c's sampling loop on a backend: the full forward of (1, T) for every new token, T fixed
-    to the longest sequence of the run (the positions past the end hold token 0 and are causally
-    invisible to the earlier ones)."""
-    from .model import GPT2
-    from .sampler import sample
-    model = GPT2(config, params, device=device, copy=False)
-    T = min(config.max_seq_len, len(prompt) + max_new_tokens)
-    tokens = np.zeros((1, T), dtype=np.int32)
-    tokens[0, :len(prompt)] = prompt
-    n, out = len(prompt), []
-    while len(out) < max_new_tokens and n <= T:
-        model.forward(tokens)
-        probs = model.backend.to_host(model.acts.probs)[0, n - 1]
-        nxt = int(sample(probs, config.vocab_size, rng.f32(), temperature=temperature, top_k=top_k))
-        out.append(nxt)
-        on_token(nxt)
-        if n == T:
-            break
-        tokens[0, n] = nxt
-        n += 1
-    return out
-
-
 def build_parser():
     p = argparse.ArgumentParser(
         prog="llmnb-sample",
@@ -81,7 +55,7 @@ def build_parser():
     a("--top-k", type=int, default=0, help="sample from the k most likely tokens only (default: 0, all)")
     a("--seed", type=int, default=1337, help="seed of the xorshift sampler (default: 1337, as llm.c)")
     a("--device", default="cpu", choices=["cpu", "cuda"],
-      help="cpu: KV-cache generation (default); cuda: the full forward per token on the GPU")
+      help="where the model runs: cpu (default) or cuda (a GPU)")
     a("--dtype", default="float32", choices=["float32", "bfloat16"],
       help="precision of the weights the CPU streams per token: bfloat16 reads half the bytes, so "
            "runs up to ~2x faster, with the weights rounded to bfloat16 (lossless for llm.c's bf16 "
@@ -101,11 +75,12 @@ def check_args(p, args):
     if not 0 <= args.seed < 2**64:
         p.error("--seed must be in [0, 2**64)")
     if args.dtype != "float32" and args.device != "cpu":
-        p.error("--dtype bfloat16 is for the CPU's KV-cache generation")
+        p.error("--dtype bfloat16 is for --device cpu")
 
 
 def run(args, out=sys.stdout, err=sys.stderr):
     from .generate import generate
+    from .model import GPT2
     from .sampler import Rng
     from .tokenizer import StreamDecoder, Tokenizer, load_tokenizer
 
@@ -135,11 +110,9 @@ def run(args, out=sys.stdout, err=sys.stderr):
         out.write(dec.feed(tok.decode(t)) if tok is not None else f"{t} ")
         out.flush()
     kw = dict(temperature=args.temperature, top_k=args.top_k, on_token=show)
+    model = GPT2(config, params, device=args.device, copy=False)
     t0 = time.perf_counter()
-    if args.device == "cpu":
-        new = generate(config, params, prompt, args.gen_tokens, Rng(args.seed), dtype=args.dtype, **kw)
-    else:
-        new = generate_on_device(config, params, prompt, args.gen_tokens, Rng(args.seed), args.device, **kw)
+    new = generate(model, prompt, args.gen_tokens, Rng(args.seed), dtype=args.dtype, **kw)
     out.write((dec.flush() if tok is not None else "") + "\n")
     out.flush()
     # the first token comes after the prompt's forward; the speed is that of the ones after it

@@ -216,7 +216,7 @@ class Run:
             out.write(dec.feed(tok.decode(t)) if tok is not None else f"{t} ")
             out.flush()
         # -g counts the start token, as llm.c's genT: -g 64 samples 63 new tokens
-        generate(cfg, self.model.params_host(), prompt, max(a.gen_tokens - 1, 0), self.rng,
+        generate(self.model, prompt, max(a.gen_tokens - 1, 0), self.rng,
                  temperature=a.temperature, top_k=a.top_k, on_token=show)
         out.write(dec.flush() if tok is not None else "")
         print("\n---", flush=True)
@@ -275,8 +275,7 @@ class Run:
             raise ValueError(f"{model_path}: its model shape {model.config} differs from -e's {self.model.config}")
         lo, hi = world.shard(model.num_parameters)  # -z 1: this rank's m and v shard
         state = read_state(state_path, hi - lo, step=step)
-        k = model.backend
-        model.m_memory, model.v_memory = k.asarray(state["m"]), k.asarray(state["v"])
+        model.load_optimizer_state(state["m"], state["v"])
         self.model = model
         try:
             self.train_loader.load_state(dict(extra["train_loader"], process_rank=world.rank),
@@ -295,8 +294,7 @@ class Run:
 
     def check_finite(self, step, what):
         """Stop before `what` (a checkpoint, the final model) when the parameters hold NaN or inf."""
-        k = self.model.backend
-        if not math.isfinite(k.global_norm_squared(self.model.params.memory)):
+        if not self.model.params_finite():
             raise Diverged(f"training diverged by step {step}: the parameters hold NaN or inf; "
                            f"{what} not written (lower -l, or try --grad-clip)")
 
