@@ -14,6 +14,10 @@ Versions:
        current one is multiplied out of shared memory, and whole tiles skip the bounds checks
   v4s  v4 with split-K for grids smaller than two blocks per SM (dweight: K = B*T is long and the
        output small): each split writes its partial sum, a second kernel adds them in order
+  v5s  v4s with the slab's k loop written four at a time over unsigned indices: numba's loop over k
+       is not unrolled and each index pays a negative-index wraparound; on sm_90 (ptxas + cuobjdump
+       here) the loop goes from 16 multiply-adds in 39 instructions to 64 in 110. The package's since
+       2026-11-26 (second session); -r80 caps registers at 80 (3 blocks per SM instead of 2)
 Each version is built by make_gemm(TM, TN, BK, ...) for its tile; the table shows TFLOP/s and the
 share of the card's fp32 peak at the GPT-2 124M shapes, B*T = 256 and 8192.
 
@@ -43,7 +47,7 @@ ZERO = F32(0.0)
 DEVICE = cuda.jit(device=True) if launch.SIMULATOR else cuda.jit(device=True, forceinline=True)
 
 
-def make_gemm(TM, TN, BK, A_KR, B_KR, TX=16, TY=16, ACCUM=False, max_registers=None):
+def make_gemm(TM, TN, BK, A_KR, B_KR, TX=16, TY=16, ACCUM=False, max_registers=None, unroll4=False):
     """A kernel computing out[m, n] (+)= sum_k A[m,k] B[n,k] (+ bias[n]) over the K range of its
     blockIdx.z: splits[z] = out tile partial when SPLIT (out is (S,M,N)), else out (M,N).
     Block (TX, TY); grid (cdiv(N, TN*TX), cdiv(M, TM*TY), S)."""
@@ -124,14 +128,26 @@ def make_gemm(TM, TN, BK, A_KR, B_KR, TX=16, TY=16, ACCUM=False, max_registers=N
             if k0 + BK < k_end:  # the next slab's loads fly while this one is multiplied
                 load_a(ra, a, m0, k0 + BK, k_end)
                 load_b(rb, b, n0, k0 + BK, k_end)
-            for kk in range(BK):
-                for i in range(TM):
-                    av[i] = As[kk, ty + i * TY]
-                for j in range(TN):
-                    bv[j] = Bs[kk, tx + j * TX]
-                for i in range(TM):
+            if unroll4:  # v5: four k at a time, unsigned indices (what the package does)
+                for kq in range(np.uint32(BK // 4)):
+                    for u in range(4):
+                        kk = kq * np.uint32(4) + np.uint32(u)
+                        for i in range(TM):
+                            av[i] = As[kk, np.uint32(ty) + np.uint32(i * TY)]
+                        for j in range(TN):
+                            bv[j] = Bs[kk, np.uint32(tx) + np.uint32(j * TX)]
+                        for i in range(TM):
+                            for j in range(TN):
+                                acc[i, j] += av[i] * bv[j]
+            else:
+                for kk in range(BK):
+                    for i in range(TM):
+                        av[i] = As[kk, ty + i * TY]
                     for j in range(TN):
-                        acc[i, j] += av[i] * bv[j]
+                        bv[j] = Bs[kk, tx + j * TX]
+                    for i in range(TM):
+                        for j in range(TN):
+                            acc[i, j] += av[i] * bv[j]
             cuda.syncthreads()
         M = a.shape[1] if A_KR else a.shape[0]
         N = b.shape[1] if B_KR else b.shape[0]
@@ -214,8 +230,11 @@ VERSIONS = {
     "v4-128x64-bk16": (8, 4, 16, False, {}),
     "v4s-128x128-bk8": (8, 8, 8, True, {}),
     "v4s-64x64-bk16": (4, 4, 16, True, {}),
+    "v5s-64x64-bk16": (4, 4, 16, True, {"unroll4": True}),
+    "v5s-64x64-bk16-r80": (4, 4, 16, True, {"unroll4": True, "max_registers": 80}),
 }
-SIM_VERSIONS = {"v4-sim": (2, 2, 4, False, {"TX": 4, "TY": 4}), "v4s-sim": (2, 2, 4, True, {"TX": 4, "TY": 4})}
+SIM_VERSIONS = {"v4-sim": (2, 2, 4, False, {"TX": 4, "TY": 4}), "v4s-sim": (2, 2, 4, True, {"TX": 4, "TY": 4}),
+                "v5s-sim": (2, 2, 4, True, {"TX": 4, "TY": 4, "unroll4": True})}
 
 
 def problems(Ntok):
@@ -317,6 +336,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--check", action="store_true", help="correctness only (CUDA simulator, tiny tiles)")
     ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--versions", default="", help="comma-separated names of VERSIONS (default: all)")
+    ap.add_argument("--ntok", default="8192,256", help="comma-separated B*T values to time")
     args = ap.parse_args()
     if args.check:
         bad = check(SIM_VERSIONS, [(9, 13, 11), (16, 8, 40), (16, 8, 200)], sms=4)
@@ -327,9 +348,10 @@ def main():
     sms = cuda.get_current_device().MULTIPROCESSOR_COUNT
     print(f"peak {peak / 1e12:.1f} TFLOP/s = {how}")
     t0 = time.perf_counter()
-    bad = check(VERSIONS, [(300, 200, 136), (128, 256, 1000)], sms)
+    versions = {n: VERSIONS[n] for n in args.versions.split(",")} if args.versions else VERSIONS
+    bad = check(versions, [(300, 200, 136), (128, 256, 1000)], sms)
     print(f"check: {bad} bad ({time.perf_counter() - t0:.1f} s incl. compiles)")
-    bench(VERSIONS, (8192, 256), args.runs, sms, peak)
+    bench(versions, [int(n) for n in args.ntok.split(",")], args.runs, sms, peak)
     return 1 if bad else 0
 
 

@@ -154,6 +154,9 @@ def test_bad_shapes_raise_a_clear_error(be, rng):
     with pytest.raises(ValueError, match="llmnb/cuda/attention.py: attention_forward"):
         lse = be.zeros(2 * 2 * 4).reshape(2, 2, 4)   # T = 4, inp's T = 3
         be.attention_forward(out, lse, be.asarray(randn(rng, 2, 3, 15)))
+    with pytest.raises(ValueError, match="head size 6 is not a multiple of 4"):
+        be.attention_forward(be.zeros(1 * 2 * 12).reshape(1, 2, 12), be.zeros(4).reshape(1, 2, 2),
+                             be.asarray(randn(rng, 1, 2, 36)))
     with pytest.raises(ValueError, match="head size 80 > 64"):
         be.attention_forward(be.zeros(1 * 2 * 80).reshape(1, 2, 80), be.zeros(2).reshape(1, 1, 2),
                              be.asarray(randn(rng, 1, 2, 240)))

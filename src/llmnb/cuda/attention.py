@@ -30,6 +30,7 @@ from .launch import (ATT_BK, ATT_BK_P, ATT_BQ, ATT_BQ_P, ATT_BR, ATT_BR_P, ATT_C
 
 F32 = np.float32
 ZERO = F32(0.0)
+U32 = np.uint32   # unsigned loop indices: no negative-index wraparound (see matmul.py)
 ONE = F32(1.0)
 NEG_INF = F32(-np.inf)   # a masked score, and the running max's start in the online softmax
 WHERE = "attention.py"
@@ -99,14 +100,16 @@ def attention_forward_kernel(out, lse, inp, scale):
         for i in range(ATT_RM):
             for j in range(ATT_CN):
                 s[i, j] = ZERO
-        for d in range(hs):
-            for i in range(ATT_RM):
-                av[i] = Qs[d, ty + ATT_TY * i]
-            for j in range(ATT_CN):
-                bv[j] = Ks[d, tx + ATT_TX * j]
-            for i in range(ATT_RM):
+        for dq4 in range(U32(hs // 4)):
+            for u in range(4):
+                d = dq4 * U32(4) + U32(u)
+                for i in range(ATT_RM):
+                    av[i] = Qs[d, ty + ATT_TY * i]
                 for j in range(ATT_CN):
-                    s[i, j] += av[i] * bv[j]
+                    bv[j] = Ks[d, tx + ATT_TX * j]
+                for i in range(ATT_RM):
+                    for j in range(ATT_CN):
+                        s[i, j] += av[i] * bv[j]
         for i in range(ATT_RM):
             t = q0 + ty + ATT_TY * i
             for j in range(ATT_CN):
@@ -120,8 +123,10 @@ def attention_forward_kernel(out, lse, inp, scale):
         for i in range(ATT_RM):   # the new row max (finite from the first tile on: key 0 is visible)
             r = ty + ATT_TY * i
             mx = m[i]
-            for c in range(ATT_BK):
-                mx = max(mx, Ps[r, c])
+            for cq4 in range(U32(ATT_BK // 4)):
+                for u in range(4):
+                    c = cq4 * U32(4) + U32(u)
+                    mx = max(mx, Ps[r, c])
             corr = math.exp(m[i] - mx)
             m[i] = mx
             l[i] *= corr
@@ -136,14 +141,16 @@ def attention_forward_kernel(out, lse, inp, scale):
             for j in range(ATT_CN):
                 Ps[ty + ATT_TY * i, tx + ATT_TX * j] = s[i, j]
         cuda.syncthreads()
-        for c in range(ATT_BK):
-            for i in range(ATT_RM):
-                av[i] = Ps[ty + ATT_TY * i, c]
-            for j in range(ATT_DN):
-                bv[j] = Vs[c, tx + ATT_TX * j]
-            for i in range(ATT_RM):
+        for cq4 in range(U32(ATT_BK // 4)):
+            for u in range(4):
+                c = cq4 * U32(4) + U32(u)
+                for i in range(ATT_RM):
+                    av[i] = Ps[ty + ATT_TY * i, c]
                 for j in range(ATT_DN):
-                    o[i, j] += av[i] * bv[j]
+                    bv[j] = Vs[c, tx + ATT_TX * j]
+                for i in range(ATT_RM):
+                    for j in range(ATT_DN):
+                        o[i, j] += av[i] * bv[j]
     # the row sums: each thread's l over its key columns, added up in the order of tx
     cuda.syncthreads()
     for i in range(ATT_RM):
@@ -227,17 +234,19 @@ def attention_dquery_kernel(dinp, dout, inp, lse, dd, scale):
             for j in range(ATT_CN):
                 s[i, j] = ZERO
                 dp[i, j] = ZERO
-        for d in range(hs):
-            for i in range(ATT_RM):
-                qa[i] = Qs[d, ty + ATT_TY_BWD * i]
-                ga[i] = dOs[d, ty + ATT_TY_BWD * i]
-            for j in range(ATT_CN):
-                kb[j] = Ks[d, tx + ATT_TX * j]
-                vb[j] = Vts[d, tx + ATT_TX * j]
-            for i in range(ATT_RM):
+        for dq4 in range(U32(hs // 4)):
+            for u in range(4):
+                d = dq4 * U32(4) + U32(u)
+                for i in range(ATT_RM):
+                    qa[i] = Qs[d, ty + ATT_TY_BWD * i]
+                    ga[i] = dOs[d, ty + ATT_TY_BWD * i]
                 for j in range(ATT_CN):
-                    s[i, j] += qa[i] * kb[j]
-                    dp[i, j] += ga[i] * vb[j]
+                    kb[j] = Ks[d, tx + ATT_TX * j]
+                    vb[j] = Vts[d, tx + ATT_TX * j]
+                for i in range(ATT_RM):
+                    for j in range(ATT_CN):
+                        s[i, j] += qa[i] * kb[j]
+                        dp[i, j] += ga[i] * vb[j]
         for i in range(ATT_RM):
             t = q0 + ty + ATT_TY_BWD * i
             for j in range(ATT_CN):
@@ -247,14 +256,16 @@ def attention_dquery_kernel(dinp, dout, inp, lse, dd, scale):
                     ds = math.exp(s[i, j] * scale - lse_r[i]) * (dp[i, j] - dd_r[i])
                 dSs[ty + ATT_TY_BWD * i, tx + ATT_TX * j] = ds
         cuda.syncthreads()
-        for c in range(ATT_BK):
-            for i in range(ATT_RM):
-                qa[i] = dSs[ty + ATT_TY_BWD * i, c]
-            for j in range(ATT_DN):
-                kb[j] = Ks[tx + ATT_TX * j, c]   # k[k0 + c, d] for this thread's channels d
-            for i in range(ATT_RM):
+        for cq4 in range(U32(ATT_BK // 4)):
+            for u in range(4):
+                c = cq4 * U32(4) + U32(u)
+                for i in range(ATT_RM):
+                    qa[i] = dSs[ty + ATT_TY_BWD * i, c]
                 for j in range(ATT_DN):
-                    dq[i, j] += qa[i] * kb[j]
+                    kb[j] = Ks[tx + ATT_TX * j, c]   # k[k0 + c, d] for this thread's channels d
+                for i in range(ATT_RM):
+                    for j in range(ATT_DN):
+                        dq[i, j] += qa[i] * kb[j]
     for i in range(ATT_RM):
         t = q0 + ty + ATT_TY_BWD * i
         if t < T:
@@ -314,17 +325,19 @@ def attention_dkey_value_kernel(dinp, dout, inp, lse, dd, scale):
             for j in range(ATT_CN):
                 s[i, j] = ZERO
                 dp[i, j] = ZERO
-        for d in range(hs):
-            for i in range(ATT_RM):
-                ka[i] = Ks[d, ty + ATT_TY_BWD * i]
-                va[i] = Vts[d, ty + ATT_TY_BWD * i]
-            for j in range(ATT_CN):
-                qb[j] = Qs[d, tx + ATT_TX * j]
-                gb[j] = dOs[d, tx + ATT_TX * j]
-            for i in range(ATT_RM):
+        for dq4 in range(U32(hs // 4)):
+            for u in range(4):
+                d = dq4 * U32(4) + U32(u)
+                for i in range(ATT_RM):
+                    ka[i] = Ks[d, ty + ATT_TY_BWD * i]
+                    va[i] = Vts[d, ty + ATT_TY_BWD * i]
                 for j in range(ATT_CN):
-                    s[i, j] += ka[i] * qb[j]
-                    dp[i, j] += va[i] * gb[j]
+                    qb[j] = Qs[d, tx + ATT_TX * j]
+                    gb[j] = dOs[d, tx + ATT_TX * j]
+                for i in range(ATT_RM):
+                    for j in range(ATT_CN):
+                        s[i, j] += ka[i] * qb[j]
+                        dp[i, j] += va[i] * gb[j]
         for i in range(ATT_RM):
             t2 = k0 + ty + ATT_TY_BWD * i
             for j in range(ATT_CN):
@@ -338,27 +351,31 @@ def attention_dkey_value_kernel(dinp, dout, inp, lse, dd, scale):
                 dp[i, j] = ds
                 Ps[ty + ATT_TY_BWD * i, c] = p
         cuda.syncthreads()
-        for c in range(ATT_BK):   # dv += att dout
-            for i in range(ATT_RM):
-                ka[i] = Ps[ty + ATT_TY_BWD * i, c]
-            for j in range(ATT_DN):
-                qb[j] = dOs[tx + ATT_TX * j, c]
-            for i in range(ATT_RM):
+        for cq4 in range(U32(ATT_BK // 4)):   # dv += att dout
+            for u in range(4):
+                c = cq4 * U32(4) + U32(u)
+                for i in range(ATT_RM):
+                    ka[i] = Ps[ty + ATT_TY_BWD * i, c]
                 for j in range(ATT_DN):
-                    dv[i, j] += ka[i] * qb[j]
+                    qb[j] = dOs[tx + ATT_TX * j, c]
+                for i in range(ATT_RM):
+                    for j in range(ATT_DN):
+                        dv[i, j] += ka[i] * qb[j]
         cuda.syncthreads()
         for i in range(ATT_RM):
             for j in range(ATT_CN):
                 Ps[ty + ATT_TY_BWD * i, tx + ATT_TX * j] = dp[i, j]
         cuda.syncthreads()
-        for c in range(ATT_BK):   # dk += dS q
-            for i in range(ATT_RM):
-                ka[i] = Ps[ty + ATT_TY_BWD * i, c]
-            for j in range(ATT_DN):
-                qb[j] = Qs[tx + ATT_TX * j, c]
-            for i in range(ATT_RM):
+        for cq4 in range(U32(ATT_BK // 4)):   # dk += dS q
+            for u in range(4):
+                c = cq4 * U32(4) + U32(u)
+                for i in range(ATT_RM):
+                    ka[i] = Ps[ty + ATT_TY_BWD * i, c]
                 for j in range(ATT_DN):
-                    dk[i, j] += ka[i] * qb[j]
+                    qb[j] = Qs[tx + ATT_TX * j, c]
+                for i in range(ATT_RM):
+                    for j in range(ATT_DN):
+                        dk[i, j] += ka[i] * qb[j]
     for i in range(ATT_RM):
         t2 = k0 + ty + ATT_TY_BWD * i
         if t2 < T:
@@ -379,6 +396,7 @@ def _attention_shapes(name, inp, lse, out):
     C = C3 // 3
     check(C % NH == 0, WHERE, f"{name}: C={C} is not divisible by NH={NH}")
     check(C // NH <= ATT_HS_MAX, WHERE, f"{name}: head size {C // NH} > {ATT_HS_MAX} (launch.ATT_HS_MAX)")
+    check(C // NH % 4 == 0, WHERE, f"{name}: head size {C // NH} is not a multiple of 4 (the kernels' unrolling)")
     check(lse.shape == (B, NH, T), WHERE, f"{name}: lse {lse.shape} is not (B,NH,T) = {(B, NH, T)}")
     check(out.shape == (B, T, C), WHERE, f"{name}: (d)out {out.shape} is not (B,T,C) = {(B, T, C)}")
     return B, T, C, NH, C // NH

@@ -75,6 +75,7 @@ ATT_DN = ATT_HS_MAX // ATT_TX
 ATT_BQ = ATT_TY * ATT_RM
 ATT_BR = ATT_TY_BWD * ATT_RM
 ATT_BK = ATT_TX * ATT_CN
+assert GEMM_BK % 4 == 0   # matmul.py walks a slab four k at a time
 ATT_BQ_P, ATT_BR_P, ATT_BK_P = ATT_BQ + 1, ATT_BR + 1, ATT_BK + 1   # shared tiles' padded rows
 assert ATT_DN * ATT_TX == ATT_HS_MAX and ATT_CN <= ATT_DN and ATT_BK <= ATT_TX * ATT_TY_BWD
 
