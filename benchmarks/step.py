@@ -124,11 +124,11 @@ def kernel_table(model, x, y, t):
 # PyTorch eager on the same model and batch
 
 def torch_steps(params, config, x, y, warmup, steps, threads):
-    """Step times (s) of PyTorch eager with llmnb.reference's GPT-2 using F.scaled_dot_product_attention
+    """Step times (s) of PyTorch eager with llmnb.reference_torch's GPT-2 using F.scaled_dot_product_attention
     (the attention nanoGPT and llm.c's train_gpt2.py use: what a user would run), or None without torch."""
     try:
         import torch
-        from llmnb.reference import define_gpt2, load_llmc_
+        from llmnb.reference_torch import define_gpt2, load_llmc_
     except ImportError:
         return None
     torch.set_num_threads(threads)

@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 
 from llmnb.config import PARAM_NAMES, GPT2Config, Tensors, param_shapes  # noqa: E402
 from llmnb.formats import read_checkpoint, read_debug_state, write_checkpoint, write_shard  # noqa: E402
-from llmnb.reference import NO_TORCH, main  # noqa: E402
+from llmnb.reference_torch import NO_TORCH, main  # noqa: E402
 
 L, NH, C, V, MAXT, B, T = 1, 2, 32, 100, 16, 2, 8
 STEPS = 5
