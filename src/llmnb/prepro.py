@@ -16,7 +16,7 @@ import sys
 import numpy as np
 
 from . import formats
-from .data import DownloadError, download
+from .download import DownloadError, download
 from .tokenizer import TOKENIZER_FILENAME, Tokenizer, get_tiktoken_encoding
 
 TINYSHAKESPEARE_URL = ("https://raw.githubusercontent.com/karpathy/char-rnn/master/"
