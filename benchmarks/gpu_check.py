@@ -29,6 +29,8 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SRC = os.path.join(ROOT, "src")
+# the one place that runs the checkout's src/ rather than the installed llmnb: a GPU machine is lent
+# bare (no install, no network) for minutes, so this script and its children put src/ first
 if SRC not in sys.path:
     sys.path.insert(0, SRC)
 
