@@ -1,5 +1,6 @@
 """llm.c's file formats: round trips, byte layouts, bfloat16, and every bad-file error."""
 import os
+import re
 import struct
 
 import numpy as np
@@ -221,6 +222,13 @@ def test_checkpoint_nonsense_header(tmp_path, index, value, what):
     h[index] = value
     path = write_raw(tmp_path / "model.bin", h)
     with pytest.raises(FormatError, match=rf"model\.bin: nonsense header: .*{what}"):
+        read_checkpoint(path)
+    # the one check of a model shape is GPT2Config's: the header's error is its message
+    fields = dict(zip(["max_seq_len", "vocab_size", "num_layers", "num_heads", "channels",
+                       "padded_vocab_size"], h[2:8]))
+    with pytest.raises(ValueError) as e:
+        GPT2Config(**fields)
+    with pytest.raises(FormatError, match=re.escape(str(e.value))):
         read_checkpoint(path)
 
 

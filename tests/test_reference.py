@@ -216,6 +216,7 @@ def test_errors(tmp_path, capsys):
     fails_with(capsys, out + ["--model", str(tmp_path / "nope.bin")], "nope.bin: no such file")
     fails_with(capsys, out + ["--model", str(tmp_path / "x.bin"), "--layers", "2"], "drop --layers")
     fails_with(capsys, out + TINY[:-4] + ["--channels", "33"], "not divisible")
+    fails_with(capsys, out + TINY + ["--heads", "0"], "num_heads = 0 (must be positive)")  # GPT2Config's words
     fails_with(capsys, out + TINY + ["--steps", "0"], "--steps must be at least 1")
     assert not (tmp_path / "out").exists()
 

@@ -229,19 +229,11 @@ def num_parameters(config):
 
 def _config_from_header(path, header):
     maxT, V, L, NH, C, Vp = (int(v) for v in header[2:8])
-    fields = {"max_seq_len (header[2])": maxT, "vocab_size (header[3])": V,
-              "num_layers (header[4])": L, "num_heads (header[5])": NH,
-              "channels (header[6])": C, "padded_vocab_size (header[7])": Vp}
-    for name, value in fields.items():
-        if value <= 0:
-            raise FormatError(f"{path}: nonsense header: {name} = {value} (must be positive)")
-    if Vp < V:
-        raise FormatError(f"{path}: nonsense header: padded_vocab_size {Vp} < vocab_size {V}")
-    if C % NH != 0:
-        raise FormatError(f"{path}: nonsense header: channels {C} not divisible by "
-                          f"num_heads {NH}")
-    return GPT2Config(max_seq_len=maxT, vocab_size=V, padded_vocab_size=Vp, num_layers=L,
-                      num_heads=NH, channels=C)
+    try:
+        return GPT2Config(max_seq_len=maxT, vocab_size=V, padded_vocab_size=Vp, num_layers=L,
+                          num_heads=NH, channels=C)
+    except ValueError as e:
+        raise FormatError(f"{path}: nonsense header: {e} (header[2:8] = maxT V L NH C Vp)") from None
 
 
 def read_checkpoint_config(path):
