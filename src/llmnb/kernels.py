@@ -22,8 +22,10 @@ from .matmul import (matmul_forward, matmul_backward, matvec_forward,  # noqa: F
 from .matmul import NO_BIAS, nt_tile  # the register-blocked NT tile product, for attention's tiles
 
 F32 = np.float32
+# the model's constants, defined here once (convert.py checks HF configs against LAYERNORM_EPS)
 GELU_SCALING_FACTOR = F32(math.sqrt(2.0 / math.pi))
 GELU_CUBE = F32(0.044715)
+LAYERNORM_EPS = 1e-5  # inside the square root, as llm.c and PyTorch
 CHUNK = 16  # channels per task in the kernels that reduce over B*T (one cache line of floats)
 # fastmath for the kernels whose cost is float sums (attention's dot products, softmax's and
 # layernorm's row sums): 'reassoc' lets LLVM keep vector accumulators, 'contract' fuses
@@ -74,7 +76,7 @@ def encoder_backward(dwte, dwpe, dout, inp):
 def layernorm_forward(out, mean, rstd, inp, weight, bias):
     # out (B,T,C), mean (B,T), rstd (B,T); inp (B,T,C); weight (C), bias (C)
     B, T, C = inp.shape
-    eps = F32(1e-5)
+    eps = F32(LAYERNORM_EPS)
     for bt in prange(B * T):
         b, t = bt // T, bt % T
         x = inp[b, t]
