@@ -262,6 +262,8 @@ def test_prepro_input(tmp_path, capsys):
     rc = prepro.main(["--input", str(src), "--data-dir", str(tmp_path / "data"),
                       "--val-tokens", "100"])
     assert rc == 0
+    err = capsys.readouterr().err
+    assert "tokenizing" in err and "100%" in err  # tqdm's bar, in characters of text
     out_dir = tmp_path / "data" / "mine"
     v = formats.read_shard(out_dir / "mine_val.bin")
     t = formats.read_shard(out_dir / "mine_train.bin")
