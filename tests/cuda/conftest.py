@@ -6,8 +6,8 @@ whole process. So these tests have a pytest run of their own (.ci/run and the RE
     NUMBA_ENABLE_CUDASIM=1 python -m pytest tests/cuda
     NUMBA_ENABLE_CUDASIM=1 LLMNB_CUDA_GEOMETRY=gpu python -m pytest tests/cuda -m gpu_geometry -k "not nobias"
 
-the second with launch.py's GPU geometry (128x128 tiles, 16x16 threads), for the tests marked
-gpu_geometry only (the simulator is slow at that size). A run started on tests/cuda alone turns
+the second with launch.py's GPU geometry (the tile and block sizes a GPU runs), for the tests
+marked gpu_geometry only (the simulator is slow at those sizes). A run started on tests/cuda alone turns
 the simulator on by itself (this conftest is loaded before any test module is imported); a run
 with other tests in it (`python -m pytest`) collects nothing here, so the other tests see no
 simulator. On a machine with a GPU, LLMNB_TEST_CUDA_DEVICE=1 runs these tests on it instead.
