@@ -6,17 +6,12 @@ into (+=) counts twice (read and write). That is the least traffic the kernel co
 bytes / time is the kernel's effective bandwidth, comparable with np.copyto's (2 bytes moved per
 byte copied).
 """
-import os
-import sys
-
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "kernels"))
-import labutil  # noqa: E402,F401  (puts src/ on sys.path)
+from llmnb import kernels
+from llmnb.config import GPT2Config, Tensors, param_shapes
 
-from llmnb import kernels  # noqa: E402
-from llmnb.config import GPT2Config, Tensors, param_shapes  # noqa: E402
+from dev import common
 
 F32 = np.float32
 B, T = 4, 64
@@ -84,7 +79,7 @@ def matmul_cases(rng=None):
     """[(name, C, OC, inp, weight, bias, dout)] for the matmuls of one layer and the classifier."""
     rng = rng or np.random.default_rng(0)
     cases = []
-    for name, C, OC in labutil.MATMUL_SHAPES:
+    for name, C, OC in common.MATMUL_SHAPES:
         inp = _randn(rng, B, T, C)
         weight = _randn(rng, OC, C, scale=0.02)
         bias = None if name == "classifier" else _randn(rng, OC)

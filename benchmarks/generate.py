@@ -11,13 +11,9 @@ transformers). Every new token reads all the fp32 weights (~500 MB at 124M), so 
 bandwidth bounds both.
 """
 import argparse
-import os
-import sys
 import time
 
 import numpy as np
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
 
 
 def llmnb_tokens_per_s(config, params, g, seed, dtype="float32"):

@@ -29,6 +29,8 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SRC = os.path.join(ROOT, "src")
+# the one place that runs the checkout's src/ rather than the installed llmnb: a GPU machine is lent
+# bare (no install, no network) for minutes, so this script and its children put src/ first
 if SRC not in sys.path:
     sys.path.insert(0, SRC)
 
@@ -61,8 +63,8 @@ def plan(work):
                         os.path.join(ROOT, "tests", "cuda")], "tests.txt", 200,
                        env={"LLMNB_TEST_CUDA_DEVICE": "1"}, background=True)]),
         ("parity", [
-            Cmd([py, "-m", "llmnb.reference", "--out", ref, "--threads", "8"], "parity.txt", 120),
-            Cmd([py, "-m", "llmnb.check", "--device", "cuda", "--model", os.path.join(ref, "model.bin"),
+            Cmd([py, "-m", "llmnb.reference_torch", "--out", ref, "--threads", "8"], "parity.txt", 120),
+            Cmd([py, "-m", "llmnb.test_gpt2", "--device", "cuda", "--model", os.path.join(ref, "model.bin"),
                  "--state", os.path.join(ref, "debug_state.bin"),
                  "--losses", os.path.join(ref, "expected_losses.json")], "parity.txt", 150)]),
         ("bench", [Cmd([py, me, "--bench", system, f"{B}x{T}"], "bench.txt", 150)
@@ -369,7 +371,7 @@ def bench_torch(B, T, steps=10, warmup=3):
     import torch
     from llmnb.mfu import flops_per_step, gpu_peak_flops
     from llmnb.model import init_params
-    from llmnb.reference import define_gpt2, load_llmc_
+    from llmnb.reference_torch import define_gpt2, load_llmc_
     config = bench_config()
     peak, _ = gpu_peak_flops()
     flops = flops_per_step(config, B, T)

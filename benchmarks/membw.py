@@ -1,7 +1,7 @@
 """Effective bandwidth of the memory-bound kernels of a GPT-2 124M step (B=4, T=64), against the
 machine's copy bandwidth.
 
-    python benchmarks/membw.py [--runs 10]
+    python -m benchmarks.membw [--runs 10]
 
 For each kernel: min/median/max time of one call, GB/s (benchmarks/cases.py's least bytes over
 the min time), and that as a fraction of copying an array of the same traffic (in cache, for
@@ -9,15 +9,12 @@ the small ones) with np.copyto (one thread, as NumPy copies) and with a 2-thread
 The large-array copies (256 MB, DRAM) are printed first.
 """
 import argparse
-import os
-import sys
 
 import numpy as np
 from numba import njit, prange
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cases import memory_bound_cases  # noqa: E402
-import labutil  # noqa: E402
+from benchmarks.cases import memory_bound_cases
+from dev import common
 
 F32 = np.float32
 
@@ -38,8 +35,8 @@ def copy_gbs(nbytes, runs):
     n = max(1024, nbytes // 8)
     src = np.random.default_rng(0).standard_normal(n).astype(F32)
     dst = np.empty_like(src)
-    t_np = min(labutil.time_runs(lambda: np.copyto(dst, src), runs=runs))
-    t_nb = min(labutil.time_runs(lambda: parallel_copy(dst, src), runs=runs))
+    t_np = min(common.time_runs(lambda: np.copyto(dst, src), runs=runs))
+    t_nb = min(common.time_runs(lambda: parallel_copy(dst, src), runs=runs))
     return 8 * n / t_np / 1e9, 8 * n / t_nb / 1e9
 
 
@@ -52,14 +49,14 @@ def main(argv=None):
           f"Numba 2-thread copy {big_nb:.1f} GB/s (bytes read + written)")
     rows = []
     for name, kernel, kargs, nbytes in memory_bound_cases():
-        ts = labutil.time_runs(lambda: kernel(*kargs), runs=args.runs)
-        tmin, tmed, tmax = labutil.min_med_max(ts)
+        ts = common.time_runs(lambda: kernel(*kargs), runs=args.runs)
+        tmin, tmed, tmax = common.min_med_max(ts)
         gbs = nbytes / tmin / 1e9
         c_np, c_nb = copy_gbs(nbytes, args.runs)
         rows.append([name, f"{nbytes / 2**20:.1f}", f"{1e3 * tmin:.3f}", f"{1e3 * tmed:.3f}",
                      f"{1e3 * tmax:.3f}", f"{gbs:.1f}", f"{c_np:.0f}", f"{100 * gbs / c_np:.0f}%",
                      f"{c_nb:.0f}", f"{100 * gbs / c_nb:.0f}%"])
-    print(labutil.format_table(
+    print(common.format_table(
         ["kernel", "MB moved", "min ms", "median ms", "max ms", "GB/s", "copyto GB/s", "of copyto",
          "2-thr copy GB/s", "of 2-thr copy"], rows))
     print("copies of the same traffic as the kernel (so in the same cache level); kernel GB/s "

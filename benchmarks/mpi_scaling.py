@@ -22,13 +22,9 @@ import time
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-SRC = os.path.join(os.path.dirname(HERE), "src")
-sys.path.insert(0, SRC)
-
-from llmnb.config import GPT2Config, Tensors, param_shapes  # noqa: E402
-from llmnb.formats import write_shard  # noqa: E402
-from llmnb.mfu import flops_per_step  # noqa: E402
+from llmnb.config import GPT2Config, Tensors, param_shapes
+from llmnb.formats import write_shard
+from llmnb.mfu import flops_per_step
 
 NETWORK_BYTES_PER_S = 100e9 / 8   # a 100 Gb/s cluster network
 LATENCY_S = 5e-6                  # per message, a typical MPI latency on such a network
@@ -37,7 +33,7 @@ LATENCY_S = 5e-6                  # per message, a typical MPI latency on such a
 def run_train(tmp, name, ranks, threads, B, args):
     """One llmnb-train run -> list of (ms, comm_ms) per step."""
     out = os.path.join(tmp, name)
-    env = dict(os.environ, PYTHONPATH=SRC, NUMBA_NUM_THREADS=str(threads))
+    env = dict(os.environ, NUMBA_NUM_THREADS=str(threads))
     cmd = [sys.executable, "-m", "llmnb.train", "-i", os.path.join(tmp, "train.bin"),
            "-j", os.path.join(tmp, "train.bin"), "-e", args.init,
            "-o", out, "-b", str(B), "-t", str(args.T), "-x", str(args.steps), "-v", "0", "-s", "0",
@@ -107,7 +103,7 @@ def main():
         write_shard(os.path.join(tmp, "train.bin"), rng.integers(0, 50257, args.B * args.T * (args.steps + 2) + 1))
         one = run_train(tmp, "1 rank x 2 threads", 1, 2, args.B, args)
         two = run_train(tmp, "2 ranks x 1 thread", 2, 1, args.B // 2, args)
-        env = dict(os.environ, PYTHONPATH=SRC, NUMBA_NUM_THREADS="1")
+        env = dict(os.environ, NUMBA_NUM_THREADS="1")
         ar = subprocess.run([shutil.which("mpiexec"), "-n", "2", sys.executable, os.path.abspath(__file__),
                              "--allreduce", str(n)], env=env, capture_output=True, text=True, timeout=600)
         if ar.returncode != 0:

@@ -1,12 +1,12 @@
 """Time llmnb's GPT-2 training step (forward, zero_grad, backward, AdamW update) and, when PyTorch is
 installed, PyTorch eager on the same model and batch in the same run.
 
-    python benchmarks/step.py                 # 124M, B=4, T=64: step times, per-kernel table
-    python benchmarks/step.py --startup       # cold and warm time to the first finished step
-    python benchmarks/step.py --no-torch --steps 20
+    python -m benchmarks.step                 # 124M, B=4, T=64: step times, per-kernel table
+    python -m benchmarks.step --startup       # cold and warm time to the first finished step
+    python -m benchmarks.step --no-torch --steps 20
 
 Reports min/median/max over --steps steps after --warmup steps, tokens/s, MFU (model FLOPs per
-second over the machine's peak, see kernels/labutil.py), the PyTorch/llmnb
+second over the machine's peak, see dev/common.py), the PyTorch/llmnb
 ratio, llmnb's peak RSS, and the time of each kernel in one step.
 """
 import argparse
@@ -19,14 +19,12 @@ import time
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "kernels"))
-import labutil  # noqa: E402  (puts src/ on sys.path)
+from llmnb.backend import KERNEL_NAMES
+from llmnb.config import GPT2Config
+from llmnb.mfu import flops_per_step
+from llmnb.model import GPT2, init_params
 
-from llmnb.backend import KERNEL_NAMES  # noqa: E402
-from llmnb.config import GPT2Config  # noqa: E402
-from llmnb.mfu import flops_per_step  # noqa: E402
-from llmnb.model import GPT2, init_params  # noqa: E402
+from dev import common
 
 # AdamW hyperparameters of llm.c's train_gpt2.c
 LR, BETA1, BETA2, EPS, WEIGHT_DECAY = 1e-4, 0.9, 0.999, 1e-8, 0.0
@@ -117,18 +115,18 @@ def kernel_table(model, x, y, t):
     rows.append(["other (Python, checks)", "", f"{rest * 1e3:.1f}", f"{100 * rest / total:.1f}%", ""])
     rows.append(["step", "", f"{total * 1e3:.1f}", "100%",
                  f"fwd {1e3 * (t1 - t0):.0f} ms, bwd {1e3 * (t3 - t2):.0f} ms, update {1e3 * (t4 - t3):.0f} ms"])
-    return labutil.format_table(["kernel", "calls", "ms", "share", "rate"], rows)
+    return common.format_table(["kernel", "calls", "ms", "share", "rate"], rows)
 
 
 # ------------------------------------------------------------------------------------------------
 # PyTorch eager on the same model and batch
 
 def torch_steps(params, config, x, y, warmup, steps, threads):
-    """Step times (s) of PyTorch eager with llmnb.reference's GPT-2 using F.scaled_dot_product_attention
+    """Step times (s) of PyTorch eager with llmnb.reference_torch's GPT-2 using F.scaled_dot_product_attention
     (the attention nanoGPT and llm.c's train_gpt2.py use: what a user would run), or None without torch."""
     try:
         import torch
-        from llmnb.reference import define_gpt2, load_llmc_
+        from llmnb.reference_torch import define_gpt2, load_llmc_
     except ImportError:
         return None
     torch.set_num_threads(threads)
@@ -145,7 +143,7 @@ def torch_steps(params, config, x, y, warmup, steps, threads):
         opt.step()
         return loss.item()
 
-    return labutil.time_runs(step, runs=steps, warmup=warmup)
+    return common.time_runs(step, runs=steps, warmup=warmup)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -167,12 +165,11 @@ def first_step_main():
 
 def startup(runs):
     env = dict(os.environ)
-    env.setdefault("PYTHONPATH", os.path.join(labutil.ROOT, "src"))
     with tempfile.TemporaryDirectory(prefix="llmnb-numba-cache-") as cache:
         env["NUMBA_CACHE_DIR"] = cache
         for label in ["cold (empty Numba cache)"] + ["warm"] * runs:
             t0 = time.perf_counter()
-            out = subprocess.run([sys.executable, os.path.abspath(__file__), "--first-step"],
+            out = subprocess.run([sys.executable, "-m", "benchmarks.step", "--first-step"],
                                  env=env, capture_output=True, text=True, check=True).stdout
             wall = time.perf_counter() - t0
             inner = [l.split()[1] for l in out.splitlines() if l.startswith("FIRST_STEP_SECONDS")]
@@ -204,7 +201,7 @@ def main(argv=None):
     B, T = args.batch, args.seq_len
     flops = flops_per_step(config, B, T)
     x, y = make_batch(config, B, T)
-    peak, peak_line = labutil.machine_peaks()
+    peak, peak_line = common.machine_peaks()
     print(f"GPT-2 124M, B={B} T={T}: {flops / 1e9:.1f} GFLOP per step; {threads} Numba threads")
     print(peak_line)
 
@@ -215,13 +212,13 @@ def main(argv=None):
         t[0] += 1
         return llmnb_step(model, x, y, t[0])
 
-    times = labutil.time_runs(step, runs=args.steps, warmup=args.warmup)
+    times = common.time_runs(step, runs=args.steps, warmup=args.warmup)
     rss = peak_rss_mb()
     print(kernel_table(model, x, y, t[0] + 1))
     print("  * GB/s: bytes of the kernel's array arguments (each read or written once) per second")
 
     def report(name, ts):
-        tmin, tmed, tmax = labutil.min_med_max(ts)
+        tmin, tmed, tmax = common.min_med_max(ts)
         print(f"{name:8s} step ms min/median/max {1e3 * tmin:7.0f} {1e3 * tmed:7.0f} {1e3 * tmax:7.0f}"
               f"   {B * T / tmed:6.0f} tok/s   {flops / tmed / 1e9:5.0f} GFLOP/s   "
               f"MFU {100 * flops / tmed / 1e9 / peak:4.1f}% (median)")

@@ -3,15 +3,11 @@
 Forward and backward of every matmul shape of one layer and of the classifier, 10 rounds after
 one warm-up round each; extra_info holds the FLOPs and GFLOP/s (from the min round).
 """
-import os
-import sys
-
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cases import matmul_cases  # noqa: E402
+from llmnb import matmul
 
-from llmnb import matmul  # noqa: E402
+from benchmarks.cases import matmul_cases
 
 CASES = {case[0]: case for case in matmul_cases()}
 

@@ -1,15 +1,12 @@
 """pytest-benchmark suite: the memory-bound kernels of GPT-2 124M at B=4, T=64, and the copy they
 are measured against (`pytest benchmarks/`). extra_info holds the bytes each call must move and
 GB/s from the min round; benchmarks/membw.py prints them as a table against copy bandwidth."""
-import os
-import sys
-
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cases import memory_bound_cases  # noqa: E402
-from membw import parallel_copy  # noqa: E402
+from benchmarks.cases import memory_bound_cases
+from benchmarks.membw import parallel_copy
+
 
 @pytest.fixture(scope="module")
 def cases():

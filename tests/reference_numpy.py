@@ -228,3 +228,26 @@ def adamw_update(params, grads, m, v, learning_rate, beta1, beta2, eps, weight_d
     v_hat = v / (1.0 - beta2 ** t)
     params = params - learning_rate * (m_hat / (np.sqrt(v_hat) + eps) + weight_decay * params)
     return params, m, v
+
+
+# ----------------------------------------------------------------------------------------------
+# the whole model: gpt2_forward of train_gpt2.c, from the layers above
+
+def gpt2_forward(config, params, inp, targets):
+    """config: llmnb's GPT2Config; params: llm.c's flat parameter buffer; inp, targets (B,T) int
+    -> logits (B,T,V) and the mean cross-entropy loss, all in float64."""
+    from llmnb.config import Tensors, param_shapes  # the flat buffer's layout, no arithmetic
+    p = Tensors(np.asarray(params, dtype=np.float64), param_shapes(config))
+    NH, V = config.num_heads, config.vocab_size
+    residual = encoder_forward(inp, p.wte, p.wpe)
+    for l in range(config.num_layers):
+        ln1 = layernorm_forward(residual, p.ln1w[l], p.ln1b[l])[0]
+        atty = attention_forward(matmul_forward(ln1, p.qkvw[l], p.qkvb[l]), NH)[0]
+        residual = residual_forward(residual, matmul_forward(atty, p.attprojw[l], p.attprojb[l]))
+        ln2 = layernorm_forward(residual, p.ln2w[l], p.ln2b[l])[0]
+        fch_gelu = gelu_forward(matmul_forward(ln2, p.fcw[l], p.fcb[l]))
+        residual = residual_forward(residual, matmul_forward(fch_gelu, p.fcprojw[l], p.fcprojb[l]))
+    lnf = layernorm_forward(residual, p.lnfw, p.lnfb)[0]
+    logits = matmul_forward(lnf, p.wte)[..., :V]
+    loss = crossentropy_forward(softmax_forward(logits, V), targets).mean()
+    return logits, loss

@@ -1,5 +1,6 @@
 """llm.c's file formats: round trips, byte layouts, bfloat16, and every bad-file error."""
 import os
+import re
 import struct
 
 import numpy as np
@@ -8,7 +9,8 @@ import pytest
 from llmnb.config import GPT2Config, param_sizes
 from llmnb.formats import (
     FormatError, atomic_write, bf16_to_fp32, fp32_to_bf16, read_checkpoint, read_debug_state,
-    read_shard, read_tokenizer, write_checkpoint, write_debug_state, write_shard, write_tokenizer,
+    read_optimizer_state, read_shard, read_tokenizer, write_checkpoint, write_debug_state,
+    write_optimizer_state, write_shard, write_tokenizer,
 )
 
 CONFIG = GPT2Config(max_seq_len=16, vocab_size=100, padded_vocab_size=128, num_layers=2,
@@ -220,6 +222,13 @@ def test_checkpoint_nonsense_header(tmp_path, index, value, what):
     h[index] = value
     path = write_raw(tmp_path / "model.bin", h)
     with pytest.raises(FormatError, match=rf"model\.bin: nonsense header: .*{what}"):
+        read_checkpoint(path)
+    # the one check of a model shape is GPT2Config's: the header's error is its message
+    fields = dict(zip(["max_seq_len", "vocab_size", "num_layers", "num_heads", "channels",
+                       "padded_vocab_size"], h[2:8]))
+    with pytest.raises(ValueError) as e:
+        GPT2Config(**fields)
+    with pytest.raises(FormatError, match=re.escape(str(e.value))):
         read_checkpoint(path)
 
 
@@ -595,3 +604,49 @@ def test_shard_count_mismatch(tmp_path):
 
 def test_format_error_is_value_error():
     assert issubclass(FormatError, ValueError)
+
+
+# ----------------------------------------------------------------------------------------------
+# optimizer state (train_gpt2.cu's save_state): header, m, v
+
+def test_optimizer_state_round_trip_and_layout_bytes(tmp_path, rng):
+    n = 37
+    m, v = rng.standard_normal(n).astype(np.float32), rng.random(n).astype(np.float32)
+    path = tmp_path / "state.bin"
+    write_optimizer_state(path, 12, m, v, rng_state=2**40 + 3, shard=2, sample=5, num_processes=4,
+                          process_rank=3)
+    h = header_ints(path)
+    assert h[:6] == (20240527, 1, 4, 3, 0, 0) and h[10] == 12
+    assert struct.unpack("<3Q", struct.pack("<6i", *h[20:22], *h[30:34])) == (2**40 + 3, 2, 5)
+    raw = path.read_bytes()
+    assert len(raw) == 1024 + 8 * n
+    assert raw[1024:1024 + 4 * n] == m.tobytes() and raw[1024 + 4 * n:] == v.tobytes()
+    st = read_optimizer_state(path, n, step=12)
+    assert st["step"] == 12 and st["rng_state"] == 2**40 + 3 and not st["shuffle"]
+    np.testing.assert_array_equal(st["m"], m)
+    np.testing.assert_array_equal(st["v"], v)
+
+
+def test_optimizer_state_is_told_from_a_debug_state(tmp_path, rng, good_state):
+    # llm.c has two state files with two magics (20240327 debug, 20240527 optimizer): one reader
+    # each, and each names the other when handed it
+    with pytest.raises(FormatError, match="expected 20240527.*looks like an llm.c debug state"):
+        read_optimizer_state(good_state, NPARAMS)
+    path = tmp_path / "state.bin"
+    write_optimizer_state(path, 1, np.zeros(NPARAMS, np.float32), np.zeros(NPARAMS, np.float32))
+    with pytest.raises(FormatError, match="expected 20240327.*looks like an llm.c optimizer state"):
+        read_debug_state(path, CONFIG)
+
+
+def test_optimizer_state_errors(tmp_path):
+    path = tmp_path / "state.bin"
+    write_optimizer_state(path, 3, np.zeros(10, np.float32), np.ones(10, np.float32))
+    with pytest.raises(FormatError, match="truncated"):
+        read_optimizer_state(path, 11)
+    with pytest.raises(FormatError, match="8 bytes too many"):
+        read_optimizer_state(path, 9)
+    with pytest.raises(FormatError, match="says step 3.*step 4"):
+        read_optimizer_state(path, 10, step=4)
+    write_raw(path, [20240527, 2])
+    with pytest.raises(FormatError, match="unknown version 2"):
+        read_optimizer_state(path, 0)

@@ -25,7 +25,7 @@ def test_dry_run_plans_every_phase_into_at_most_8_files(tmp_path):
     summary = (out / "summary.txt").read_text()
     for phase in ("env", "tests", "parity", "bench", "train"):
         assert f"\n{phase} " in summary, summary
-    assert "llmnb.check --device cuda" in summary and "-b 8 -t 1024" in summary
+    assert "llmnb.test_gpt2 --device cuda" in summary and "-b 8 -t 1024" in summary
     assert "arguments parse: ok" in summary
     gc = load_script()
     assert len(gc.OUT_FILES) <= 8

@@ -22,7 +22,7 @@ from llmnb import matmul
 
 F32 = np.float32
 PARALLEL_KERNELS = ("_matmul_forward_2d", "_matmul_backward_dinp", "_matmul_backward_dweight",
-                    "_transpose")
+                    "transpose")
 
 
 def randn(rng, *shape, scale=1.0):

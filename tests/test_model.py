@@ -167,14 +167,14 @@ def test_twenty_adamw_steps_track_pytorch_within_2e_6():
     # float32 noise (~3e-7 here). At lr 1e-2 the loss falls fast enough that an update 6e-6 too
     # large (bias corrections from double betas, moments from float32 ones) drifts to ~7e-6.
     torch = pytest.importorskip("torch")
-    from llmnb import reference
+    from llmnb import reference_torch
     lr, wd = 1e-2, 0.01
     params = init_params(TINY, seed=1)
     rng = np.random.default_rng(0)
     x, y = (a.astype(np.int32) for a in batch(rng, 4, 16))
     torch.manual_seed(0)
-    ref = reference.define_gpt2(torch)(TINY)
-    reference.load_llmc_(torch, ref, params.copy())
+    ref = reference_torch.define_gpt2(torch)(TINY)
+    reference_torch.load_llmc_(torch, ref, params.copy())
     opt = torch.optim.AdamW(ref.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=wd)
     ours = GPT2(TINY, params.copy(), copy=False)
     tx, ty = torch.from_numpy(x).long(), torch.from_numpy(y).long()

@@ -17,9 +17,9 @@ def cli(module, *args):
 
 
 def reference_then_test(out, *shape):
-    ref = cli("llmnb.reference", "--out", str(out), *shape)
+    ref = cli("llmnb.reference_torch", "--out", str(out), *shape)
     assert ref.returncode == 0, ref.stderr
-    res = cli("llmnb.check", "--model", str(out / "model.bin"), "--state", str(out / "debug_state.bin"),
+    res = cli("llmnb.test_gpt2", "--model", str(out / "model.bin"), "--state", str(out / "debug_state.bin"),
               "--losses", str(out / "expected_losses.json"))
     return res
 
@@ -55,11 +55,11 @@ def test_gpt2_124M_parity(tmp_path):
 
 def test_a_mismatch_is_reported_and_fails(tmp_path):
     # a wrong expected loss list must turn the verdict to 0 and the exit code to 1
-    ref = cli("llmnb.reference", "--out", str(tmp_path), "--layers", "1", "--heads", "2", "--channels", "32",
+    ref = cli("llmnb.reference_torch", "--out", str(tmp_path), "--layers", "1", "--heads", "2", "--channels", "32",
               "--vocab", "50257", "--max-seq-len", "16", "--batch", "2", "--seq-len", "8", "--steps", "3")
     assert ref.returncode == 0, ref.stderr
     (tmp_path / "wrong.json").write_text("[1.0, 2.0, 3.0]")
-    res = cli("llmnb.check", "--model", str(tmp_path / "model.bin"), "--state", str(tmp_path / "debug_state.bin"),
+    res = cli("llmnb.test_gpt2", "--model", str(tmp_path / "model.bin"), "--state", str(tmp_path / "debug_state.bin"),
               "--losses", str(tmp_path / "wrong.json"))
     assert res.returncode == 1 and "overall okay: 0" in res.stdout
 
@@ -67,6 +67,6 @@ def test_a_mismatch_is_reported_and_fails(tmp_path):
 def test_bad_files_are_one_clear_line(tmp_path):
     bad = tmp_path / "model.bin"
     bad.write_bytes(b"\x01" * 2048)
-    res = cli("llmnb.check", "--model", str(bad), "--state", str(tmp_path / "missing.bin"))
+    res = cli("llmnb.test_gpt2", "--model", str(bad), "--state", str(tmp_path / "missing.bin"))
     assert res.returncode == 2
     assert res.stderr.count("\n") == 1 and "model.bin" in res.stderr and "Traceback" not in res.stderr

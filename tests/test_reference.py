@@ -1,4 +1,4 @@
-"""llmnb-reference: the files it writes parse, and agree with an independent float64 NumPy GPT-2."""
+"""llmnb-reference: its files parse, and agree with the float64 GPT-2 of tests/reference_numpy.py."""
 import json
 import math
 import sys
@@ -10,7 +10,8 @@ torch = pytest.importorskip("torch")
 
 from llmnb.config import PARAM_NAMES, GPT2Config, Tensors, param_shapes  # noqa: E402
 from llmnb.formats import read_checkpoint, read_debug_state, write_checkpoint, write_shard  # noqa: E402
-from llmnb.reference import NO_TORCH, main  # noqa: E402
+from llmnb.reference_torch import NO_TORCH, main  # noqa: E402
+from reference_numpy import gpt2_forward  # noqa: E402  (tests/reference_numpy.py)
 
 L, NH, C, V, MAXT, B, T = 1, 2, 32, 100, 16, 2, 8
 STEPS = 5
@@ -43,45 +44,6 @@ def strong(tmp_path_factory, reference):
     Tensors(params, param_shapes(config)).wte[V:] = 0.0
     write_checkpoint(out / "in.bin", config, params)
     return (out, *run_reference(out / "out", "--model", str(out / "in.bin"), shape=[]))
-
-
-# ----------------------------------------------------------------------------------------------
-# an independent float64 NumPy GPT-2 forward over llm.c's flat parameters
-
-def layernorm(x, w, b):
-    mean = x.mean(-1, keepdims=True)
-    var = ((x - mean) ** 2).mean(-1, keepdims=True)
-    return (x - mean) / np.sqrt(var + 1e-5) * w + b
-
-
-def gelu(x):
-    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
-
-
-def numpy_forward(config, params, x, y):
-    """logits (B,T,V) and mean cross-entropy loss, all in float64."""
-    p = Tensors(params.astype(np.float64), param_shapes(config))
-    Bx, Tx = x.shape
-    nh, c = config.num_heads, config.channels
-    hs = c // nh
-    h = p.wte[x] + p.wpe[:Tx]
-    future = np.triu(np.ones((Tx, Tx), dtype=bool), k=1)
-    for l in range(config.num_layers):
-        qkv = layernorm(h, p.ln1w[l], p.ln1b[l]) @ p.qkvw[l].T + p.qkvb[l]
-        q, k, v = (a.reshape(Bx, Tx, nh, hs).transpose(0, 2, 1, 3) for a in np.split(qkv, 3, -1))
-        att = q @ k.transpose(0, 1, 3, 2) / math.sqrt(hs)
-        att[:, :, future] = -np.inf
-        att = np.exp(att - att.max(-1, keepdims=True))
-        att /= att.sum(-1, keepdims=True)
-        heads = (att @ v).transpose(0, 2, 1, 3).reshape(Bx, Tx, c)
-        h = h + heads @ p.attprojw[l].T + p.attprojb[l]
-        fch = gelu(layernorm(h, p.ln2w[l], p.ln2b[l]) @ p.fcw[l].T + p.fcb[l])
-        h = h + fch @ p.fcprojw[l].T + p.fcprojb[l]
-    logits = layernorm(h, p.lnfw, p.lnfb) @ p.wte[:config.vocab_size].T
-    m = logits.max(-1, keepdims=True)
-    logprobs = logits - m - np.log(np.exp(logits - m).sum(-1, keepdims=True))
-    loss = -np.take_along_axis(logprobs, y[..., None], -1).mean()
-    return logits, loss
 
 
 # ----------------------------------------------------------------------------------------------
@@ -124,7 +86,7 @@ def test_padded_rows_are_zero(reference):
 @pytest.mark.parametrize("run", ["reference", "strong"])
 def test_logits_and_loss_match_numpy_float64(run, request):
     _, config, params, state, losses = request.getfixturevalue(run)
-    logits, loss = numpy_forward(config, params, state["x"], state["y"])
+    logits, loss = gpt2_forward(config, params, state["x"], state["y"])
     np.testing.assert_allclose(state["logits"], logits, rtol=1e-4, atol=1e-4)
     assert abs(state["loss"] - loss) < 1e-5 * max(1.0, loss)
     assert losses[0] == pytest.approx(state["loss"], rel=1e-7)  # the same step-0 forward
@@ -148,8 +110,8 @@ def test_grads_match_numpy_finite_differences(run, request):
             plus, minus = base.copy(), base.copy()
             plus[offset + i] += h
             minus[offset + i] -= h
-            numeric = (numpy_forward(config, plus, state["x"], state["y"])[1]
-                       - numpy_forward(config, minus, state["x"], state["y"])[1]) / (2 * h)
+            numeric = (gpt2_forward(config, plus, state["x"], state["y"])[1]
+                       - gpt2_forward(config, minus, state["x"], state["y"])[1]) / (2 * h)
             stored = getattr(grads, name).ravel()[i]
             assert abs(stored - numeric) < 1e-5 + 1e-3 * abs(numeric), (name, i, stored, numeric)
         offset += n
@@ -183,7 +145,7 @@ def test_model_option_uses_the_checkpoint_weights(reference, tmp_path):
     expected = changed.copy()
     Tensors(expected, param_shapes(config)).wte[V:] = 0.0
     np.testing.assert_array_equal(params2, expected)
-    logits, _ = numpy_forward(config, params2, state2["x"], state2["y"])
+    logits, _ = gpt2_forward(config, params2, state2["x"], state2["y"])
     np.testing.assert_allclose(state2["logits"], logits, rtol=0, atol=1e-4)
 
 
@@ -216,6 +178,7 @@ def test_errors(tmp_path, capsys):
     fails_with(capsys, out + ["--model", str(tmp_path / "nope.bin")], "nope.bin: no such file")
     fails_with(capsys, out + ["--model", str(tmp_path / "x.bin"), "--layers", "2"], "drop --layers")
     fails_with(capsys, out + TINY[:-4] + ["--channels", "33"], "not divisible")
+    fails_with(capsys, out + TINY + ["--heads", "0"], "num_heads = 0 (must be positive)")  # GPT2Config's words
     fails_with(capsys, out + TINY + ["--steps", "0"], "--steps must be at least 1")
     assert not (tmp_path / "out").exists()
 

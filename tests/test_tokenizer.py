@@ -1,4 +1,4 @@
-"""The GPT-2 tokenizer: llm.c's gpt2_tokenizer.bin against tiktoken, and safe_printf's filter."""
+"""The GPT-2 tokenizer: llm.c's gpt2_tokenizer.bin against tiktoken, and printing tokens as safe_printf."""
 import os
 from pathlib import Path
 
@@ -11,8 +11,12 @@ import pytest  # noqa: E402
 
 from llmnb import formats  # noqa: E402
 from llmnb.prepro import ensure_tokenizer_file  # noqa: E402
-from llmnb.tokenizer import (StreamDecoder, Tokenizer, load_tokenizer,  # noqa: E402
-                             safe_printable)
+from llmnb.tokenizer import StreamDecoder, Tokenizer, load_tokenizer  # noqa: E402
+
+
+def text(tok, ids):
+    """The text of a sequence of ids (invalid UTF-8 replaced with U+FFFD)."""
+    return b"".join(tok.decode(int(i)) for i in ids).decode("utf-8", errors="replace")
 
 
 @pytest.fixture(scope="module")
@@ -47,17 +51,17 @@ def test_file_decode_equals_tiktoken(tokenizer_file, enc):
     for i in list(ids) + [0, 50255, 50256]:
         assert tok.decode(int(i)) == enc.decode_bytes([int(i)])
     seq = [int(i) for i in ids[:400]]
-    assert tok.decode_str(seq) == enc.decode(seq)  # both replace invalid UTF-8 with U+FFFD
+    assert text(tok, seq) == enc.decode(seq)  # both replace invalid UTF-8 with U+FFFD
 
 
 def test_tiktoken_tokenizer_roundtrip(enc):
     tok = Tokenizer.tiktoken()
     assert tok.vocab_size == 50257 and tok.eot_token == 50256 and tok.can_encode
-    text = "First Citizen:\nBefore we proceed — any further, hear me speak. 日本語 <|endoftext|>"
-    ids = tok.encode(text)
-    assert ids == enc.encode_ordinary(text)
+    text_in = "First Citizen:\nBefore we proceed — any further, hear me speak. 日本語 <|endoftext|>"
+    ids = tok.encode(text_in)
+    assert ids == enc.encode_ordinary(text_in)
     assert 50256 not in ids  # the special token's text is ordinary text
-    assert tok.decode_str(ids) == text
+    assert text(tok, ids) == text_in
     assert tok.decode(50256) == b"<|endoftext|>"
 
 
@@ -84,24 +88,27 @@ def test_load_tokenizer(tokenizer_file, tmp_path, enc):
 def test_small_table():
     tok = Tokenizer([b"a", b"bc", b"\xe2\x80", b"\x99", b"<eot>"], eot_token=4)
     assert tok.vocab_size == 5 and tok.eot_token == 4
-    assert tok.decode_str([1, 0, 2, 3]) == "bca\u2019"
+    assert text(tok, [1, 0, 2, 3]) == "bca\u2019"
     with pytest.raises(ValueError, match="eot token 5"):
         Tokenizer([b"a"] * 5, eot_token=5)
 
 
-def test_safe_printable():
-    assert safe_printable(b"") == ""
-    assert safe_printable(b"a") == "a"
-    assert safe_printable(b" ") == " "
+def test_stream_decoder_filters_single_bytes_as_safe_printf():
+    def printed(piece):
+        d = StreamDecoder()
+        return d.feed(piece) + d.flush()
+    assert printed(b"") == ""
+    assert printed(b"a") == "a"
+    assert printed(b" ") == " "
     for ws in b"\t\n\v\f\r":
-        assert safe_printable(bytes([ws])) == chr(ws)
-    for bad in (0x00, 0x07, 0x08, 0x1B, 0x7F, 0x80, 0xE2, 0xFF):
-        assert safe_printable(bytes([bad])) == "", hex(bad)
+        assert printed(bytes([ws])) == chr(ws)
+    for bad in (0x00, 0x07, 0x08, 0x1B, 0x7F):  # lone unprintable ASCII bytes print nothing
+        assert printed(bytes([bad])) == "", hex(bad)
     # only single bytes are filtered: longer pieces print whole
-    assert safe_printable(b" hello") == " hello"
-    assert safe_printable(b"\x1b[") == "\x1b["
-    assert safe_printable("é".encode()) == "é"
-    assert safe_printable(b"\xe2\x80") == "\ufffd"  # half a character
+    assert printed(b" hello") == " hello"
+    assert printed(b"\x1b[") == "\x1b["
+    assert printed("é".encode()) == "é"
+    assert printed(b"\xe2\x80") == "\ufffd"  # half a character, never completed
 
 
 def test_stream_decoder_joins_split_characters():

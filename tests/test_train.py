@@ -114,10 +114,10 @@ def test_bad_input_is_one_clear_line(workdir, tmp_path, capsys):
 
 
 def test_missing_default_init_falls_back_to_a_fresh_model_offline(workdir, tmp_path, monkeypatch, capsys):
-    from llmnb import data
+    from llmnb import download
     def no_network(url, path, **kw):
-        raise data.DownloadError(f"download of {url} failed: no network")
-    monkeypatch.setattr(data, "download", no_network)
+        raise download.DownloadError(f"download of {url} failed: no network")
+    monkeypatch.setattr(download, "download", no_network)
     monkeypatch.chdir(tmp_path)
     argv = ["-i", str(workdir / "tiny_train_*.bin"), "-j", str(workdir / "tiny_val.bin"), "-o", "o",
             "-b", "1", "-t", "8", "-x", "1", "-v", "0", "-s", "0", "--data-dir", "d"]

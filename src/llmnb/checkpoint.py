@@ -20,9 +20,8 @@ import re
 import numpy as np
 
 from .formats import FormatError, atomic_write, open_regular
-
-STATE_MAGIC = 20240527
-STATE_VERSION = 1
+# the optimizer state file is one of llm.c's formats (formats.py); the names the code below uses
+from .formats import read_optimizer_state as read_state, write_optimizer_state as write_state
 
 
 def paths(out_dir, step, rank=0):
@@ -31,92 +30,6 @@ def paths(out_dir, step, rank=0):
             os.path.join(out_dir, f"state_{step:08d}_{rank:05d}.bin"),
             os.path.join(out_dir, f"state_{step:08d}.json"),
             os.path.join(out_dir, f"DONE_{step:08d}"))
-
-
-def write_state(path, step, m, v, rng_state=0, shard=0, sample=0, shuffle=False, shuffle_tail=b"",
-                num_processes=1, process_rank=0):
-    """llm.c's optimizer state file (train_gpt2.cu's save_state): 256 int32 header, m and v
-    (float32), then with shuffle the loader's shuffle_tail (DataLoader.llmc_state_tail())."""
-    if bool(shuffle) != bool(shuffle_tail):
-        raise ValueError("write_state: a shuffling loader's state needs its shuffle_tail, and only it")
-    header = np.zeros(256, dtype="<i4")
-    header[0], header[1] = STATE_MAGIC, STATE_VERSION
-    header[2], header[3] = num_processes, process_rank
-    header[4] = 0                        # no separate fp32 master weights: the weights are fp32
-    header[5] = int(shuffle)
-    header[10] = step
-    header[20:22] = np.array([rng_state], dtype="<u8").view("<i4")
-    header[30:32] = np.array([shard], dtype="<u8").view("<i4")
-    header[32:34] = np.array([sample], dtype="<u8").view("<i4")
-    with atomic_write(path) as f:
-        f.write(header.tobytes())
-        f.write(np.ascontiguousarray(m, dtype="<f4").tobytes())
-        f.write(np.ascontiguousarray(v, dtype="<f4").tobytes())
-        f.write(shuffle_tail)
-
-
-MT19937_STATE_BYTES = 2520  # llm.c's mt19937_state struct, as data.DataLoader writes it
-
-
-def check_shuffle_tail(path, tail):
-    """The shuffle data after v must be exactly llm.c's layout: size_t shards, int32 shard order,
-    size_t samples, int32 sample order, the generator (whose contents DataLoader.load_state checks)."""
-    pos = 0
-    for what in ("shards", "samples"):
-        if len(tail) < pos + 8:
-            raise FormatError(f"{path}: truncated: the shuffle data after m and v ends before its "
-                              f"number of {what}")
-        n = int(np.frombuffer(tail[pos:pos + 8], "<u8")[0])
-        if n > len(tail):
-            raise FormatError(f"{path}: the shuffle data says {n} {what}, more than the file holds")
-        pos += 8 + 4 * n
-    need = pos + MT19937_STATE_BYTES
-    if len(tail) != need:
-        what = "truncated" if len(tail) < need else f"{len(tail) - need} bytes too many"
-        raise FormatError(f"{path}: {what}: the shuffle data after m and v is {len(tail)} bytes, "
-                          f"its layout needs {need}")
-
-
-def read_state(path, num_parameters, step=None):
-    """-> dict(step, rng_state, m, v, shuffle, shuffle_tail) from an llm.c optimizer state file.
-
-    The file must hold the header and m and v of num_parameters floats, all finite, and nothing
-    more unless the header's shuffle flag is set: then the bytes after v are the loader's shuffle
-    state (shuffle_tail, whose exact layout DataLoader.load_state checks). With step given, the
-    header's step must be that step (the checkpoint's)."""
-    with open_regular(path) as f:
-        size = os.fstat(f.fileno()).st_size
-        header = np.frombuffer(f.read(1024), dtype="<i4")
-        if header.size < 256:
-            raise FormatError(f"{path}: truncated: {size} bytes, too short for the 1024-byte header")
-        if header[0] != STATE_MAGIC:
-            raise FormatError(f"{path}: bad magic {header[0]} (expected {STATE_MAGIC}, an llm.c state file)")
-        if header[1] != STATE_VERSION:
-            raise FormatError(f"{path}: unknown state version {header[1]} (expected {STATE_VERSION})")
-        if header[4] != 0:
-            raise FormatError(f"{path}: holds fp32 master weights (a mixed-precision llm.c run); "
-                              "llmnb trains in fp32 and cannot use them")
-        need = 1024 + 2 * 4 * num_parameters
-        if size < need or (size != need and not header[5]):
-            what = "truncated" if size < need else f"{size - need} bytes too many"
-            raise FormatError(f"{path}: {what}: {size} bytes, the header and m and v of "
-                              f"{num_parameters} parameters are {need}")
-        if step is not None and header[10] != step:
-            raise FormatError(f"{path}: its header says step {header[10]}, but it belongs to the "
-                              f"checkpoint of step {step}")
-        m = np.fromfile(f, dtype="<f4", count=num_parameters)
-        v = np.fromfile(f, dtype="<f4", count=num_parameters)
-        tail = f.read() if header[5] else b""
-    if header[5]:
-        check_shuffle_tail(path, tail)
-    for name, x in (("m", m), ("v", v)):
-        if not np.isfinite(x).all():
-            raise FormatError(f"{path}: AdamW's {name} holds non-finite values (NaN or inf) at "
-                              f"{int(np.count_nonzero(~np.isfinite(x)))} parameters")
-    if (v < 0).any():
-        raise FormatError(f"{path}: AdamW's v holds negative values (a mean of squares cannot be)")
-    return {"step": int(header[10]), "rng_state": int(header[20:22].view("<u8")[0]), "m": m, "v": v,
-            "shuffle": bool(header[5]), "shuffle_tail": tail}
 
 
 def save(out_dir, step, model, extra, shuffle_tail=b"", world=None):

@@ -37,10 +37,12 @@ class GPT2Config:
     channels: int = 768           # C
 
     def __post_init__(self):
+        # the one check of a model shape: file headers (formats), HF configs (convert) and CLI
+        # options (reference_torch) all build a GPT2Config and report its ValueError
         for name in ("max_seq_len", "vocab_size", "padded_vocab_size", "num_layers",
                      "num_heads", "channels"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"GPT2Config.{name} must be positive, got {getattr(self, name)}")
+                raise ValueError(f"{name} = {getattr(self, name)} (must be positive)")
         if self.padded_vocab_size < self.vocab_size:
             raise ValueError(f"padded_vocab_size {self.padded_vocab_size} < vocab_size {self.vocab_size}")
         if self.channels % self.num_heads != 0:

@@ -21,12 +21,12 @@ import numpy as np
 
 from .config import GPT2Config, Tensors, param_shapes
 from .formats import FormatError, atomic_write, bf16_to_fp32, read_checkpoint, write_checkpoint
+from .kernels import LAYERNORM_EPS
 
 # the hub's GPT-2 sizes and the file names llm.c's train_gpt2.py gives them
 HF_GPT2_FILES = {"gpt2": "gpt2_124M.bin", "gpt2-medium": "gpt2_350M.bin",
                  "gpt2-large": "gpt2_774M.bin", "gpt2-xl": "gpt2_1558M.bin"}
 HF_FILES = ["config.json", "model.safetensors", "model.safetensors.index.json", "model-*.safetensors"]
-LAYERNORM_EPS = 1e-5  # llm.c's layernorm
 
 # HF GPT-2 parameter name (without the "transformer." prefix) of each llm.c tensor; per-layer names
 # hold {l}. transpose: HF's Conv1D stores (in, out), llm.c's matmuls (out, in).

@@ -44,7 +44,7 @@ def hellaswag(args):
 
 
 def main(argv=None):
-    from .data import DownloadError
+    from .download import DownloadError
     from .formats import FormatError
     p = build_parser()
     args = p.parse_args(argv)

@@ -9,6 +9,10 @@ number naming the kind of file, header[1] its version. What follows the header:
   debug state        20240327  v2 (train_gpt2.py write_state, read by test_gpt2.c)
                      [2]=B [3]=T, then x (B,T) int32, y (B,T) int32, logits (B,T,V) float32,
                      loss float32, grads float32 in the parameter layout (Vp rows of wte)
+  optimizer state    20240527  v1 (train_gpt2.cu save_state / load_state)
+                     [2]=processes [3]=rank [4]=master weights? [5]=shuffle? [10]=step
+                     [20:22]=sampler rng (u64) [30:32]=shard [32:34]=sample (u64), then AdamW's m
+                     and v (float32), then with shuffle the DataLoader's shuffle state
   tokenizer          20240328  v1/v2 (train_gpt2.py write_tokenizer, llmc/tokenizer.h)
                      [2]=number of tokens [3]=EOT id (v2 only; v1 means GPT-2's 50256), then
                      per token: 1 byte length, then that many bytes
@@ -31,22 +35,25 @@ HEADER_INTS = 256
 HEADER_BYTES = HEADER_INTS * 4
 
 MODEL_MAGIC = 20240326
-STATE_MAGIC = 20240327
+DEBUG_STATE_MAGIC = 20240327
 TOKENIZER_MAGIC = 20240328
 SHARD_MAGIC = 20240520
+OPTIMIZER_STATE_MAGIC = 20240527
 
 MODEL_VERSION_FP32 = 3
 MODEL_VERSION_BF16 = 5
-STATE_VERSION = 2
+DEBUG_STATE_VERSION = 2
+OPTIMIZER_STATE_VERSION = 1
 TOKENIZER_VERSION = 2
 SHARD_VERSION = 1
 
 # what each magic number means, to say what a wrong file looks like
 KNOWN_MAGICS = {
     MODEL_MAGIC: "an llm.c model checkpoint",
-    STATE_MAGIC: "an llm.c debug state",
+    DEBUG_STATE_MAGIC: "an llm.c debug state",
     TOKENIZER_MAGIC: "an llm.c tokenizer",
     SHARD_MAGIC: "an llm.c data shard (GPT-2, uint16 tokens)",
+    OPTIMIZER_STATE_MAGIC: "an llm.c optimizer state",
     20240801: "an llm.c data shard (LLaMA-3, uint32 tokens)",
     20240522: "an llm.c eval file (HellaSwag/MMLU)",
 }
@@ -222,19 +229,11 @@ def num_parameters(config):
 
 def _config_from_header(path, header):
     maxT, V, L, NH, C, Vp = (int(v) for v in header[2:8])
-    fields = {"max_seq_len (header[2])": maxT, "vocab_size (header[3])": V,
-              "num_layers (header[4])": L, "num_heads (header[5])": NH,
-              "channels (header[6])": C, "padded_vocab_size (header[7])": Vp}
-    for name, value in fields.items():
-        if value <= 0:
-            raise FormatError(f"{path}: nonsense header: {name} = {value} (must be positive)")
-    if Vp < V:
-        raise FormatError(f"{path}: nonsense header: padded_vocab_size {Vp} < vocab_size {V}")
-    if C % NH != 0:
-        raise FormatError(f"{path}: nonsense header: channels {C} not divisible by "
-                          f"num_heads {NH}")
-    return GPT2Config(max_seq_len=maxT, vocab_size=V, padded_vocab_size=Vp, num_layers=L,
-                      num_heads=NH, channels=C)
+    try:
+        return GPT2Config(max_seq_len=maxT, vocab_size=V, padded_vocab_size=Vp, num_layers=L,
+                          num_heads=NH, channels=C)
+    except ValueError as e:
+        raise FormatError(f"{path}: nonsense header: {e} (header[2:8] = maxT V L NH C Vp)") from None
 
 
 def read_checkpoint_config(path):
@@ -307,7 +306,7 @@ def read_debug_state(path, config):
     """
     path = os.fspath(path)
     with _open(path) as f:
-        header = _read_header(f, path, STATE_MAGIC, {STATE_VERSION: "padded vocab"})
+        header = _read_header(f, path, DEBUG_STATE_MAGIC, {DEBUG_STATE_VERSION: "padded vocab"})
         B, T = int(header[2]), int(header[3])
         if B <= 0 or T <= 0:
             raise FormatError(f"{path}: nonsense header: B = {B}, T = {T} (must be positive)")
@@ -349,12 +348,97 @@ def write_debug_state(path, config, x, y, logits, loss, grads):
     if grads.ndim != 1 or grads.shape[0] != n:
         raise ValueError(f"grads must be a 1-D array of {n} floats, got shape {grads.shape}")
     with atomic_write(path) as f:
-        f.write(_make_header(STATE_MAGIC, STATE_VERSION, B, T).tobytes())
+        f.write(_make_header(DEBUG_STATE_MAGIC, DEBUG_STATE_VERSION, B, T).tobytes())
         _write_array(f, x, "<i4")
         _write_array(f, y, "<i4")
         _write_array(f, logits, "<f4")
         _write_array(f, np.array([loss]), "<f4")
         _write_array(f, grads, "<f4")
+
+
+# ----------------------------------------------------------------------------------------------
+# optimizer state (train_gpt2.cu's state_*.bin)
+
+MT19937_STATE_BYTES = 2520  # llm.c's mt19937_state struct, as data.DataLoader writes it
+
+
+def write_optimizer_state(path, step, m, v, rng_state=0, shard=0, sample=0, shuffle=False,
+                          shuffle_tail=b"", num_processes=1, process_rank=0):
+    """llm.c's optimizer state file (train_gpt2.cu's save_state): the header, m and v (float32),
+    then with shuffle the loader's shuffle_tail (DataLoader.llmc_state_tail())."""
+    if bool(shuffle) != bool(shuffle_tail):
+        raise ValueError("write_optimizer_state: a shuffling loader's state needs its shuffle_tail, and only it")
+    # [4] = 0: no separate fp32 master weights, the weights are fp32
+    header = _make_header(OPTIMIZER_STATE_MAGIC, OPTIMIZER_STATE_VERSION, num_processes, process_rank,
+                          0, int(shuffle))
+    header[10] = step
+    header[20:22] = np.array([rng_state], dtype="<u8").view("<i4")
+    header[30:32] = np.array([shard], dtype="<u8").view("<i4")
+    header[32:34] = np.array([sample], dtype="<u8").view("<i4")
+    with atomic_write(path) as f:
+        f.write(header.tobytes())
+        _write_array(f, m, "<f4")
+        _write_array(f, v, "<f4")
+        f.write(shuffle_tail)
+
+
+def check_shuffle_tail(path, tail):
+    """The shuffle data after v must be exactly llm.c's layout: size_t shards, int32 shard order,
+    size_t samples, int32 sample order, the generator (whose contents DataLoader.load_state checks)."""
+    pos = 0
+    for what in ("shards", "samples"):
+        if len(tail) < pos + 8:
+            raise FormatError(f"{path}: truncated: the shuffle data after m and v ends before its "
+                              f"number of {what}")
+        n = int(np.frombuffer(tail[pos:pos + 8], "<u8")[0])
+        if n > len(tail):
+            raise FormatError(f"{path}: the shuffle data says {n} {what}, more than the file holds")
+        pos += 8 + 4 * n
+    need = pos + MT19937_STATE_BYTES
+    if len(tail) != need:
+        what = "truncated" if len(tail) < need else f"{len(tail) - need} bytes too many"
+        raise FormatError(f"{path}: {what}: the shuffle data after m and v is {len(tail)} bytes, "
+                          f"its layout needs {need}")
+
+
+def _u64(header, i):
+    return int(np.asarray(header[i:i + 2], dtype="<i4").view("<u8")[0])
+
+
+def read_optimizer_state(path, num_parameters, step=None):
+    """-> dict(step, rng_state, m, v, shuffle, shuffle_tail) from an llm.c optimizer state file.
+
+    The file must hold the header and m and v of num_parameters floats, all finite, and nothing
+    more unless the header's shuffle flag is set: then the bytes after v are the loader's shuffle
+    state (shuffle_tail, whose exact layout DataLoader.load_state checks). With step given, the
+    header's step must be that step (the checkpoint's)."""
+    path = os.fspath(path)
+    with _open(path) as f:
+        header = _read_header(f, path, OPTIMIZER_STATE_MAGIC, {OPTIMIZER_STATE_VERSION: "fp32 m and v"})
+        if header[4] != 0:
+            raise FormatError(f"{path}: holds fp32 master weights (a mixed-precision llm.c run); "
+                              "llmnb trains in fp32 and cannot use them")
+        size, need = _file_size(f), HEADER_BYTES + 2 * 4 * num_parameters
+        if size < need or (size != need and not header[5]):
+            what = "truncated" if size < need else f"{size - need} bytes too many"
+            raise FormatError(f"{path}: {what}: {size} bytes, the header and m and v of "
+                              f"{num_parameters} parameters are {need}")
+        if step is not None and header[10] != step:
+            raise FormatError(f"{path}: its header says step {header[10]}, but it belongs to the "
+                              f"checkpoint of step {step}")
+        m = _read_array(f, "<f4", num_parameters).astype(np.float32, copy=False)
+        v = _read_array(f, "<f4", num_parameters).astype(np.float32, copy=False)
+        tail = f.read() if header[5] else b""
+    if header[5]:
+        check_shuffle_tail(path, tail)
+    for name, x in (("m", m), ("v", v)):
+        if not np.isfinite(x).all():
+            raise FormatError(f"{path}: AdamW's {name} holds non-finite values (NaN or inf) at "
+                              f"{int(np.count_nonzero(~np.isfinite(x)))} parameters")
+    if (v < 0).any():
+        raise FormatError(f"{path}: AdamW's v holds negative values (a mean of squares cannot be)")
+    return {"step": int(header[10]), "rng_state": _u64(header, 20), "m": m, "v": v,
+            "shuffle": bool(header[5]), "shuffle_tail": tail}
 
 
 # ----------------------------------------------------------------------------------------------

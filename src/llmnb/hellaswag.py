@@ -21,7 +21,7 @@ T_MULTIPLE = 32  # rows are padded to a multiple of this: few shapes, so few act
 
 def val_file(data_dir, log=print):
     """<data_dir>/hellaswag/hellaswag_val.jsonl, downloaded from llm.c's URL when missing."""
-    from .data import download
+    from .download import download
     path = os.path.join(data_dir, VAL_FILENAME)
     if not os.path.exists(path):
         log(f"downloading HellaSwag's val set to {path}")

@@ -19,11 +19,13 @@ from numba import njit, prange
 
 from .matmul import (matmul_forward, matmul_backward, matvec_forward,  # noqa: F401  (re-exported,
                      matvec_forward_bf16, matvec_scratch)  # see matmul.py)
-from .matmul import NO_BIAS, _nt_tile  # the register-blocked NT tile product, for attention's tiles
+from .matmul import NO_BIAS, nt_tile  # the register-blocked NT tile product, for attention's tiles
 
 F32 = np.float32
+# the model's constants, defined here once (convert.py checks HF configs against LAYERNORM_EPS)
 GELU_SCALING_FACTOR = F32(math.sqrt(2.0 / math.pi))
 GELU_CUBE = F32(0.044715)
+LAYERNORM_EPS = 1e-5  # inside the square root, as llm.c and PyTorch
 CHUNK = 16  # channels per task in the kernels that reduce over B*T (one cache line of floats)
 # fastmath for the kernels whose cost is float sums (attention's dot products, softmax's and
 # layernorm's row sums): 'reassoc' lets LLVM keep vector accumulators, 'contract' fuses
@@ -74,7 +76,7 @@ def encoder_backward(dwte, dwpe, dout, inp):
 def layernorm_forward(out, mean, rstd, inp, weight, bias):
     # out (B,T,C), mean (B,T), rstd (B,T); inp (B,T,C); weight (C), bias (C)
     B, T, C = inp.shape
-    eps = F32(1e-5)
+    eps = F32(LAYERNORM_EPS)
     for bt in prange(B * T):
         b, t = bt // T, bt % T
         x = inp[b, t]
@@ -194,11 +196,11 @@ def attention_query(out, att, qkv, t):
 # No (T, T) buffer exists: forward keeps per query row the log of its softmax denominator,
 # lse = max + log(sum exp(s - max)), and backward recomputes att = exp(s - lse) tile by tile.
 # The tile products go through matmul.py's register-blocked NT micro-kernel on packed tiles.
-# kernels/attention.py holds llm.c's literal version (preatt/att buffers) and the ladder to this.
+# dev/attention.py holds llm.c's literal version (preatt/att buffers) and the ladder to this.
 
 ATT_TILE = 128  # queries per query tile and keys per key tile (128 was faster than 64 at T = 1024:
                 # the products that sum over a tile's keys or queries get longer sums, see
-                # kernels/attention.py; a task's tiles, ~0.3 MB, stay in L2)
+                # dev/attention.py; a task's tiles, ~0.3 MB, stay in L2)
 
 
 @njit(cache=True)
@@ -268,7 +270,7 @@ def attention_forward(out, lse, inp):
             j1 = min(j0 + TT, t1)
             _pack_rows(kp, inp[b], j0, j1, k0)
             _pack_cols(vt, inp[b], j0, j1, v0, F32(1.0))
-            _nt_tile(s, qp, 0, kp, 0, j1 - j0, NO_BIAS, False, False)   # s = q . k
+            nt_tile(s, qp, 0, kp, 0, j1 - j0, NO_BIAS, False, False)   # s = q . k
             for r in range(nq):
                 jend = min(j1, t0 + r + 1) - j0   # keys j0 .. t of this row (>= 1 of them)
                 row = s[r]
@@ -289,7 +291,7 @@ def attention_forward(out, lse, inp):
                 m[r] = mx
                 for i in range(hs):
                     o[r, i] *= corr
-            _nt_tile(o[:nq], s, 0, vt, 0, hs, NO_BIAS, False, True)   # o += p . v
+            nt_tile(o[:nq], s, 0, vt, 0, hs, NO_BIAS, False, True)   # o += p . v
         for r in range(nq):
             inv = F32(1.0) / lsum[r]
             for i in range(hs):
@@ -350,8 +352,8 @@ def attention_backward(dinp, dout, inp, out, lse):
                     for i in range(hs):
                         acc += dop[r, i] * out[b, t0 + r, q0 + i]
                     dd[r] = acc
-                _nt_tile(s, qp, 0, kp, 0, nk, NO_BIAS, False, False)    # q . k
-                _nt_tile(dp, dop, 0, vp, 0, nk, NO_BIAS, False, False)  # dout . v
+                nt_tile(s, qp, 0, kp, 0, nk, NO_BIAS, False, False)    # q . k
+                nt_tile(dp, dop, 0, vp, 0, nk, NO_BIAS, False, False)  # dout . v
                 for r in range(TT):   # rows past nq become zeros too: they are summed over below
                     jend = min(j1, t0 + r + 1) - j0 if r < nq else 0
                     for j in range(jend):
@@ -362,10 +364,10 @@ def attention_backward(dinp, dout, inp, out, lse):
                         s[r, j] = F32(0.0)
                         dp[r, j] = F32(0.0)
                 _transpose_tile(st, s)
-                _nt_tile(dv[:nk], st, 0, dot_, 0, hs, NO_BIAS, False, True)   # dv += att^T dout
+                nt_tile(dv[:nk], st, 0, dot_, 0, hs, NO_BIAS, False, True)   # dv += att^T dout
                 _transpose_tile(st, dp)
-                _nt_tile(dk[:nk], st, 0, qt, 0, hs, NO_BIAS, False, True)     # dk += dS^T (scale q)
-                _nt_tile(dq[:nq], dp, 0, kt, 0, hs, NO_BIAS, False, False)    # dS k
+                nt_tile(dk[:nk], st, 0, qt, 0, hs, NO_BIAS, False, True)     # dk += dS^T (scale q)
+                nt_tile(dq[:nq], dp, 0, kt, 0, hs, NO_BIAS, False, False)    # dS k
                 for r in range(nq):
                     for i in range(hs):
                         dinp[b, t0 + r, q0 + i] += scale * dq[r, i]

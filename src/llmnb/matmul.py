@@ -16,7 +16,7 @@ transposed into the buffers of a MatmulScratch, allocated once and grown on dema
 call. The classifier (OC = Vp = 50304) goes in chunks of the reduction axis (dinp: DINP_CHUNK
 columns of dout per pass) and of output rows (dweight), so that the scratch stays ~30 MB.
 
-Speed on the 2-core Zen 4 this was tuned on (peak 235 GFLOP/s; kernels/matmul_*.py measure it):
+Speed on the 2-core Zen 4 this was tuned on (peak 235 GFLOP/s; dev/matmul_*.py measure it):
 forward ~81-83% of peak, dinp ~71-77%, dweight ~68% (its reduction axis is only N = B*T long,
 so the horizontal sum that ends each dot product weighs more).
 
@@ -70,11 +70,11 @@ def _put(out, r, c, s, bias, has_bias, accumulate):
         out[r, c] = s
 
 
-# The micro-kernels are inlined into _nt_tile by Numba (inline="always"): as separate functions
+# The micro-kernels are inlined into nt_tile by Numba (inline="always"): as separate functions
 # they cost ~6% (LLVM then keeps the call and its argument set-up in the loop over columns).
 
 @njit(fastmath=True, cache=True, inline="always")
-def _kernel_6x4(out, r, c, x0, x1, x2, x3, x4, x5, b, bias, has_bias, accumulate):
+def kernel_6x4(out, r, c, x0, x1, x2, x3, x4, x5, b, bias, has_bias, accumulate):
     # out[r:r+6, c:c+4] (+)= [x0..x5] (6,K) . b[c:c+4] (4,K)^T; x0..x5 are rows r..r+5 of a
     K = b.shape[1]
     s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = F32(0.0)
@@ -156,7 +156,7 @@ def _kernel_1x4(out, r, c, x, b, bias, has_bias, accumulate):
 
 
 @njit(fastmath=True, cache=True)
-def _nt_tile(out, a, a_off, b, c0, c1, bias, has_bias, accumulate):
+def nt_tile(out, a, a_off, b, c0, c1, bias, has_bias, accumulate):
     # out (M,P)[:, c0:c1] (+)= a (M,.)[:, a_off:a_off+K] . b (P,K)[c0:c1]^T (+ bias[c0:c1])
     # 6x4 blocks, row block by row block; the leftover columns (c1-c0) % 4 one dot product at a
     # time, the leftover rows M % 6 one row at a time
@@ -168,7 +168,7 @@ def _nt_tile(out, a, a_off, b, c0, c1, bias, has_bias, accumulate):
         x0, x1, x2 = a[r, a_off:a_off + K], a[r + 1, a_off:a_off + K], a[r + 2, a_off:a_off + K]
         x3, x4, x5 = a[r + 3, a_off:a_off + K], a[r + 4, a_off:a_off + K], a[r + 5, a_off:a_off + K]
         for c in range(c0, c4, CB):
-            _kernel_6x4(out, r, c, x0, x1, x2, x3, x4, x5, b, bias, has_bias, accumulate)
+            kernel_6x4(out, r, c, x0, x1, x2, x3, x4, x5, b, bias, has_bias, accumulate)
         for c in range(c4, c1):
             for rr in range(r, r + RB):
                 _put(out, rr, c, _dot(a[rr, a_off:a_off + K], b[c], K), bias, has_bias, accumulate)
@@ -211,7 +211,7 @@ def _pack_transposed(dst, d0, e0, src, c0, c1, k0, k1):
 
 
 @njit(parallel=True, cache=True)
-def _transpose(dst, src):
+def transpose(dst, src):
     # dst (P,Q) = src (Q,P)^T, in parallel over tiles of 128 columns of src: 512-byte stretches
     # of each src row (64-column tiles are 1.4x slower, and so are tiles of fewer rows)
     Q, P = src.shape
@@ -266,7 +266,7 @@ def _matmul_forward_2d(out, inp, weight, bias, has_bias):
     ntiles = (OC + width - 1) // width
     for t in prange(ntiles):
         o0 = t * width
-        _nt_tile(out, inp, 0, weight, o0, min(o0 + width, OC), bias, has_bias, False)
+        nt_tile(out, inp, 0, weight, o0, min(o0 + width, OC), bias, has_bias, False)
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -276,7 +276,7 @@ def _matmul_backward_dinp(dinp, dout, o0, weightT):
     width = _tile_width(C, weightT.shape[1])
     for t in prange((C + width - 1) // width):
         c0 = t * width
-        _nt_tile(dinp, dout, o0, weightT, c0, min(c0 + width, C), NO_BIAS, False, True)
+        nt_tile(dinp, dout, o0, weightT, c0, min(c0 + width, C), NO_BIAS, False, True)
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -293,7 +293,7 @@ def _matmul_backward_dweight(dweight, dbias, dout, inpT, o0, o1, doutT, has_bias
         a = doutT[r0 - o0:r1 - o0]
         out = dweight[r0:r1]
         for c0 in range(0, C, width):
-            _nt_tile(out, a, 0, inpT, c0, min(c0 + width, C), NO_BIAS, False, True)
+            nt_tile(out, a, 0, inpT, c0, min(c0 + width, C), NO_BIAS, False, True)
         if has_bias:
             for o in range(r0, r1):
                 dbias[o] += _sum(a[o - r0])
@@ -408,7 +408,7 @@ def backward_dinp(dinp, dout, weight, scratch):
     for o0 in range(0, OC, och):
         o1 = min(o0 + och, OC)
         weightT = scratch.get("weightT", (C, o1 - o0), apart_from=dout)
-        _transpose(weightT, weight[o0:o1])
+        transpose(weightT, weight[o0:o1])
         _matmul_backward_dinp(dinp, dout, o0, weightT)
 
 
@@ -419,7 +419,7 @@ def backward_dweight(dweight, dbias, dout, inp, scratch):
     OC = dweight.shape[0]
     has_bias = dbias is not None
     inpT = scratch.get("inpT", (C, N))
-    _transpose(inpT, inp)
+    transpose(inpT, inp)
     och = max(DW_ROWS, min(OC, DW_CHUNK_FLOATS // max(N, 1)))
     for o0 in range(0, OC, och):
         o1 = min(o0 + och, OC)

@@ -14,9 +14,10 @@ import shutil
 import sys
 
 import numpy as np
+from tqdm import tqdm
 
 from . import formats
-from .data import DownloadError, download
+from .download import DownloadError, download
 from .tokenizer import TOKENIZER_FILENAME, Tokenizer, get_tiktoken_encoding
 
 TINYSHAKESPEARE_URL = ("https://raw.githubusercontent.com/karpathy/char-rnn/master/"
@@ -31,8 +32,9 @@ VAL_TOKENS = 32768
 # ----------------------------------------------------------------------------
 # tokenization
 
-def tokenize_text(text, enc=None):
-    """GPT-2 tokens of text as llm.c's tinyshakespeare.py makes them -> uint16 array."""
+def tokenize_text(text, enc=None, progress=False):
+    """GPT-2 tokens of text as llm.c's tinyshakespeare.py makes them -> uint16 array.
+    progress: a tqdm bar on stderr, in characters of text."""
     enc = enc if enc is not None else get_tiktoken_encoding("gpt2")
     eot = enc.eot_token
     sections = text.split("\n\n")
@@ -40,9 +42,12 @@ def tokenize_text(text, enc=None):
     # llm.c keeps the "\n\n" at the end of every section but the last (for compatibility)
     pieces = [s + "\n\n" if i != last else s for i, s in enumerate(sections)]
     tokens = []
-    for piece in pieces:
-        tokens.append(eot)
-        tokens.extend(enc.encode_ordinary(piece))
+    with tqdm(total=len(text), desc="tokenizing", unit="char", unit_scale=True, file=sys.stderr,
+              disable=not progress) as bar:
+        for piece in pieces:
+            tokens.append(eot)
+            tokens.extend(enc.encode_ordinary(piece))
+            bar.update(len(piece))
     tokens = np.array(tokens, dtype=np.int64)
     assert tokens.max() < 2**16, "GPT-2 token ids fit uint16"
     return tokens.astype(np.uint16)
@@ -83,7 +88,7 @@ def ensure_tokenizer_file(data_dir, log=print):
 
 def tokenize_file(input_path, val_path, train_path, val_tokens=VAL_TOKENS, log=print):
     """Tokenize a text file and write its validation and training splits."""
-    tokens = tokenize_text(read_text(input_path))
+    tokens = tokenize_text(read_text(input_path), progress=True)
     for path in (val_path, train_path):
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     write_splits(tokens, val_path, train_path, val_tokens, log)

@@ -50,13 +50,6 @@ class Tokenizer:
             raise ValueError(f"invalid token id {token_id} (vocab size {len(self.token_table)})")
         return self.token_table[token_id]
 
-    def decode_bytes(self, ids):
-        return b"".join(self.decode(int(i)) for i in ids)
-
-    def decode_str(self, ids):
-        """The text of a sequence of ids (invalid UTF-8 replaced with U+FFFD)."""
-        return self.decode_bytes(ids).decode("utf-8", errors="replace")
-
     def encode(self, text):
         """Token ids of text, with tiktoken's encode_ordinary (special tokens are plain text)."""
         if self._encoding is None:
@@ -105,20 +98,6 @@ def load_tokenizer(data_dir="data", encode=False):
 def _is_print_or_space(byte):
     # C locale isprint(): 0x20..0x7e; isspace(): ' ', \t \n \v \f \r
     return 0x20 <= byte <= 0x7E or 0x09 <= byte <= 0x0D
-
-
-def safe_bytes(piece):
-    """llm.c's safe_printf filter: an empty piece or a lone unprintable byte gives b""."""
-    if len(piece) == 0:
-        return b""
-    if len(piece) == 1 and not _is_print_or_space(piece[0]):
-        return b""
-    return piece
-
-
-def safe_printable(piece):
-    """The text safe_printf would print for one token's bytes (invalid UTF-8 -> U+FFFD)."""
-    return safe_bytes(piece).decode("utf-8", errors="replace")
 
 
 class StreamDecoder:

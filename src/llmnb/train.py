@@ -63,7 +63,7 @@ def build_model(args, log):
     if not os.path.exists(path) and args.init_is_default:
         path = os.path.join(args.data_dir, DEFAULT_INIT)
         if not os.path.exists(path):
-            from .data import DownloadError, download
+            from .download import DownloadError, download
             log(f"{DEFAULT_INIT} not found: fetching llm.c's starter pack to {path}")
             try:
                 download(STARTER_PACK_URL + DEFAULT_INIT, path, retries=1, timeout=20)
@@ -593,7 +593,7 @@ def main(argv=None):
 
 def run_guarded(args, world):
     """The run, with its errors as one line and an exit code."""
-    from .data import DownloadError
+    from .download import DownloadError
     from .formats import FormatError
 
     def log(msg):  # rank 0 speaks for every rank

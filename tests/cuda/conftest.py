@@ -1,12 +1,16 @@
 """tests/cuda: the CUDA kernels against the CPU kernels, on Numba's CUDA simulator.
 
 NUMBA_ENABLE_CUDASIM must be set before numba.cuda is first imported, and it then holds for the
-whole process. So it is confined to the runs that are about this directory only:
-- `pytest tests/cuda` (or a file or test in it): this conftest is loaded before any test module
-  is imported, and turns the simulator on (NUMBA_ENABLE_CUDASIM=1 in the environment works too);
-- `pytest tests/` (a run with other tests in it): nothing here is collected, the other tests see no
-  simulator, and tests/test_cuda_sim.py runs `pytest tests/cuda` in a subprocess instead.
-On a machine with a GPU, LLMNB_TEST_CUDA_DEVICE=1 runs these tests on it instead of the simulator.
+whole process. So these tests have a pytest run of their own (.ci/run and the README run both):
+
+    NUMBA_ENABLE_CUDASIM=1 python -m pytest tests/cuda
+    NUMBA_ENABLE_CUDASIM=1 LLMNB_CUDA_GEOMETRY=gpu python -m pytest tests/cuda -m gpu_geometry -k "not nobias"
+
+the second with launch.py's GPU geometry (the tile and block sizes a GPU runs), for the tests
+marked gpu_geometry only (the simulator is slow at those sizes). A run started on tests/cuda alone turns
+the simulator on by itself (this conftest is loaded before any test module is imported); a run
+with other tests in it (`python -m pytest`) collects nothing here, so the other tests see no
+simulator. On a machine with a GPU, LLMNB_TEST_CUDA_DEVICE=1 runs these tests on it instead.
 """
 import os
 import sys
@@ -45,7 +49,7 @@ def _wanted():
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu_geometry: also run with launch.py's GPU geometry "
-                            "(LLMNB_CUDA_GEOMETRY=gpu) by tests/test_cuda_sim.py")
+                            "(LLMNB_CUDA_GEOMETRY=gpu -m gpu_geometry, see this file's docstring)")
     if not _wanted() and _only_this_directory(config):
         _enable_simulator()
     if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":

@@ -11,7 +11,8 @@ Each test
 - runs the CPU kernel on host copies of the same arguments and compares every argument after the
   call: |cuda - cpu| <= 1e-5 * (|cpu| + max|cpu|) (the float32 sums run in another order).
 The tests marked gpu_geometry also run with launch.py's GPU geometry (64x64 matmul tiles, 4x4
-outputs per thread, attention's 64- and 32-row blocks, 128-thread rows): tests/test_cuda_sim.py does that in a second subprocess.
+outputs per thread, attention's 64- and 32-row blocks, 128-thread rows): a second pytest run does
+that (tests/cuda/conftest.py).
 """
 import numpy as np
 import pytest
@@ -366,7 +367,7 @@ def test_global_norm_squared_and_scale(be, rng):
 
 
 def test_geometry_is_the_one_asked_for():
-    # the subprocesses of tests/test_cuda_sim.py set LLMNB_CUDA_GEOMETRY; default: "sim"
+    # the gpu_geometry run sets LLMNB_CUDA_GEOMETRY=gpu; default: "sim" on the simulator
     import os
     want = os.environ.get("LLMNB_CUDA_GEOMETRY") or ("sim" if launch.SIMULATOR else "gpu")
     assert launch.GEOMETRY == want

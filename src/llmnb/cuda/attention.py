@@ -18,7 +18,7 @@ wholly above the diagonal are never visited, and the blocks with the most tiles 
                   dk and dv. Two kernels, so that no gradient is summed by atomics (same bits every run).
 Shared memory tiles are stored (head channel, row) with one float of padding per row of the tile:
 the transposing stores and the column reads then hit distinct banks. hs <= ATT_HS_MAX.
-kernels/cuda_attention.py keeps the earlier one-thread-per-query version and times both.
+dev/cuda_attention.py keeps the earlier one-thread-per-query version and times both.
 """
 import math
 

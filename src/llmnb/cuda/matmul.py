@@ -4,7 +4,7 @@ Training's matmuls (forward, dinp, dweight): one block of TY x TX = 16 x 16 thre
 64 x 64 output tile, each thread 4 x 4 outputs (rows ty + TY*i, columns tx + TX*j: neighbouring
 threads write neighbouring columns and read shared memory without bank conflicts). K is walked 16
 at a time with register prefetch (the next slab's global loads overlap this slab's FMAs), and grids
-of fewer than two blocks per SM split K (Matmuls). kernels/cuda_gemm.py times the alternatives on
+of fewer than two blocks per SM split K (Matmuls). dev/cuda_gemm.py times the alternatives on
 a card: on an H200 this is 1.9x the 128 x 128 version below at B*T = 8192, and 6x at B*T = 256.
 
 Loads outside the matrices read as zero, so any shape works, not only multiples of the tile.
@@ -25,7 +25,7 @@ U32 = np.uint32
 # the training matmuls: out (M,N) (+)= A (M,K) @ B (N,K)^T, each operand K-contiguous or stored
 # transposed; a GEMM_TILE x GEMM_TILE output tile per block of TY x TX threads, GEMM_TM x GEMM_TM
 # outputs per thread, and register prefetch: the next K slab is loaded into registers while the
-# current one is multiplied out of shared memory (kernels/cuda_gemm.py has the versions and timings)
+# current one is multiplied out of shared memory (dev/cuda_gemm.py has the versions and timings)
 
 GEMM_TILE = GEMM_TM * TY
 GEMM_LOADS = GEMM_TILE * GEMM_BK // NTHREADS  # elements of each operand's slab per thread
@@ -114,7 +114,7 @@ def _make_gemm(A_KR, B_KR, ACCUM):
                 load_b(rb, b, n0, k0 + GEMM_BK, k_end)
             # the slab's outer products, four k at a time (a constant inner loop LLVM unrolls) with
             # unsigned indices (no negative-index wraparound): on sm_90 the loop is then 64
-            # multiply-adds in 110 instructions, not 16 in 39 (kernels/cuda_gemm.py, v5)
+            # multiply-adds in 110 instructions, not 16 in 39 (dev/cuda_gemm.py, v5)
             for kq in range(U32(GEMM_BK // 4)):
                 for u in range(4):
                     kk = kq * U32(4) + U32(u)

@@ -66,7 +66,15 @@ def kernel_signatures():
 def compile_without_a_device(cc):
     """numba compiles a kernel's device functions for "the current device"; with no GPU there is
     none, so pretend one of compute capability cc for the duration (numba's own function is put
-    back afterwards)."""
+    back afterwards).
+
+    Why a patch: in numba-cuda 0.30.4, cuda.compile_ptx(..., cc=cc) compiles the kernel for cc, but
+    the @cuda.jit(device=True) functions it calls are compiled by Dispatcher.compile_device, which
+    asks numba.cuda.dispatcher.get_current_device() for the compute capability and takes no cc
+    argument; no option or environment variable sets it (NUMBA_CUDA_DEFAULT_PTX_CC only picks the
+    kernel's cc when compile_ptx gets none). So there is no supported way to compile a kernel with
+    device functions on a machine without a GPU; this is the smallest override, scoped to the
+    `with` block. Drop it when numba-cuda passes cc down to device functions."""
     import numba.cuda.dispatcher as dispatcher
 
     class _Device:

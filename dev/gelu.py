@@ -14,28 +14,25 @@ Versions:
       overflows), sech^2 = 1 - tanh^2 (no cosh); fastmath; the exp stays a scalar libm call
       (llvmlite's LLVM has no vector math library here), the rest vectorises
   v3  no libm at all: tanh(u) = u P(u^2) / Q(u^2) on |u| < 9 and +-1 beyond (tanh(9) rounds to
-      1 in float32), a rational fit of degree 4/4 made for this lab (kernels/gelu.py --fit refits
+      1 in float32), a rational fit of degree 4/4 made for this lab (dev/gelu.py --fit refits
       it: weighted linearised least squares on [0, 9]); everything vectorises (AVX-512). Its
       ~3e-7 absolute error in tanh near +-1 is multiplied by ~x^3 in the gradient's 1 - tanh^2
       term: ~4e-6 there (v1: 2e-7, v2: 1e-6)
 
-`python kernels/gelu.py` prints each version's max |error| against float64 (typical inputs and
+`python -m dev.gelu` prints each version's max |error| against float64 (typical inputs and
 extremes up to +-1e4, where none may give NaN) and its time per call at the 124M shape.
 v1 (the package) is v2 made exact to a few ulp; v3 is not in the package (4e-6 error).
 """
 import argparse
 import math
-import os
-import sys
 
 import numpy as np
 from numba import njit, prange
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import labutil  # noqa: E402  (puts src/ on sys.path)
-from labutil import F32  # noqa: E402
+from llmnb import kernels
 
-from llmnb import kernels  # noqa: E402
+from dev import common
+from dev.common import F32
 
 S = F32(math.sqrt(2.0 / math.pi))
 CUBE = F32(0.044715)
@@ -194,13 +191,13 @@ def main(argv=None):
     out, dinp = np.empty_like(x), np.zeros_like(x)
     rows = []
     for name, (label, fwd, bwd) in VERSIONS.items():
-        tf = labutil.time_runs(lambda: fwd(out, x), runs=args.runs)
-        tb = labutil.time_runs(lambda: bwd(dinp, x, dout), runs=args.runs)
-        rows.append([name, label] + [f"{1e3 * v:.3f}" for v in labutil.min_med_max(tf)]
-                    + [f"{1e3 * v:.3f}" for v in labutil.min_med_max(tb)]
+        tf = common.time_runs(lambda: fwd(out, x), runs=args.runs)
+        tb = common.time_runs(lambda: bwd(dinp, x, dout), runs=args.runs)
+        rows.append([name, label] + [f"{1e3 * v:.3f}" for v in common.min_med_max(tf)]
+                    + [f"{1e3 * v:.3f}" for v in common.min_med_max(tb)]
                     + [f"{12e3 * (tf[len(tf) // 2] + tb[len(tb) // 2]):.1f}"])
     print(f"\ntime per call at (B,T,4C) = ({B},{T},{C4}), ms min/median/max; per step = 12 x (fwd + bwd)")
-    print(labutil.format_table(["version", "", "fwd min", "fwd med", "fwd max", "bwd min", "bwd med",
+    print(common.format_table(["version", "", "fwd min", "fwd med", "fwd max", "bwd min", "bwd med",
                                 "bwd max", "ms/step"], rows))
 
 

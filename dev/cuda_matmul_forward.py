@@ -7,9 +7,9 @@ hand-written numba.cuda kernels):
       one output per thread
   v3  tiled + register blocking: llmnb.cuda.matmul (the package's kernel): a block of 16x16
       threads computes a 64x64 tile, 4x4 outputs per thread held in registers, K staged 16 at a
-      time with register prefetch, split-K for small grids (kernels/cuda_gemm.py has its ladder)
+      time with register prefetch, split-K for small grids (dev/cuda_gemm.py has its ladder)
 
-`python kernels/cuda_matmul_forward.py` checks every version against a float64 NumPy reference and,
+`python -m dev.cuda_matmul_forward` checks every version against a float64 NumPy reference and,
 on a GPU, times each at the GPT-2 124M shapes (N = B*T = 256 and 8192; C = 768; OC = 2304, 768,
 3072, 50304, and the 3072 -> 768 fcproj) and prints GFLOP/s. Without a GPU it runs itself again on
 Numba's CUDA simulator, checks tiny odd shapes, and says that timing needs a GPU.
@@ -21,14 +21,12 @@ import os
 import sys
 
 import numpy as np
+from numba import cuda, float32
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from labutil import MATMUL_SHAPES, format_table, max_rel_error  # noqa: E402  (puts src/ on sys.path)
+from llmnb.cuda import launch
+from llmnb.cuda.matmul import matmul_forward as v3_package
 
-from numba import cuda, float32  # noqa: E402
-
-from llmnb.cuda import launch  # noqa: E402
-from llmnb.cuda.matmul import matmul_forward as v3_package  # noqa: E402
+from dev.common import MATMUL_SHAPES, format_table, max_rel_error
 
 F32 = np.float32
 ZERO = F32(0.0)
@@ -196,7 +194,7 @@ def _rerun_on_the_simulator():
     numba.cuda is imported)."""
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
     print("no CUDA GPU found: running on Numba's CUDA simulator", flush=True)
-    os.execve(sys.executable, [sys.executable, os.path.abspath(__file__), *sys.argv[1:]], env)
+    os.execve(sys.executable, [sys.executable, "-m", "dev.cuda_matmul_forward", *sys.argv[1:]], env)
 
 
 if __name__ == "__main__":

@@ -11,24 +11,21 @@ Versions, from the straight port of llm.c upward:
       the operand rows it multiplies, just before (they are then still in its L2); dweight in
       48-row tasks; the classifier in chunks that keep the scratch at <= 16 MB
 
-`python kernels/matmul_backward.py` checks every version against float64 NumPy (odd shapes, the
+`python -m dev.matmul_backward` checks every version against float64 NumPy (odd shapes, the
 124M shapes) and prints GFLOP/s (4*N*C*OC FLOPs per call) and the fraction of the
 machine's peak at the GPT-2 124M shapes (N = 256), then v4's two halves (dinp, dweight+dbias) alone.
 Options: --runs R (default 10), --versions v1,v4, --quick (skip the classifier shape).
 """
 import argparse
-import os
-import sys
 
 import numpy as np
 from numba import njit, prange
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import labutil  # noqa: E402  (puts src/ on sys.path)
-from labutil import F32, MATMUL_SHAPES, N_124M  # noqa: E402
+from llmnb import matmul
+from llmnb.matmul import matmul_backward as v4_package
 
-from llmnb import matmul  # noqa: E402
-from llmnb.matmul import matmul_backward as v4_package  # noqa: E402
+from dev import common
+from dev.common import F32, MATMUL_SHAPES, N_124M
 
 
 # ------------------------------------------------------------------------------------------------
@@ -165,10 +162,10 @@ def check(fn, N, C, OC, with_bias, rng):
     dinp, dweight, dbias = (g.copy() for g in g0)
     fn(dinp, dweight, dbias if with_bias else None, dout, inp, weight)
     x, w, d = (a.astype(np.float64) for a in (inp, weight, dout))
-    errs = [labutil.max_rel_error(dinp - g0[0], d @ w),
-            labutil.max_rel_error(dweight - g0[1], d.T @ x)]
+    errs = [common.max_rel_error(dinp - g0[0], d @ w),
+            common.max_rel_error(dweight - g0[1], d.T @ x)]
     if with_bias:
-        errs.append(labutil.max_rel_error(dbias - g0[2], d.sum(0)))
+        errs.append(common.max_rel_error(dbias - g0[2], d.sum(0)))
     else:
         assert np.array_equal(dbias, g0[2])
     return max(errs)
@@ -183,9 +180,9 @@ def problem(rng, C, OC):
 
 
 def cell(times, flops, peak):
-    tmin, tmed, _ = labutil.min_med_max(times)
-    g = labutil.gflops(flops, tmin)
-    return f"{g:.0f} ({labutil.gflops(flops, tmed):.0f}) {100 * g / peak:.0f}%"
+    tmin, tmed, _ = common.min_med_max(times)
+    g = common.gflops(flops, tmin)
+    return f"{g:.0f} ({common.gflops(flops, tmed):.0f}) {100 * g / peak:.0f}%"
 
 
 def main(argv=None):
@@ -207,7 +204,7 @@ def main(argv=None):
         status = "ok" if max(errs) < 1e-4 else "FAIL"
         print(f"  {name} {VERSIONS[name][0]:24s} max {max(errs):.2e}  {status}")
 
-    peak, line = labutil.machine_peaks()
+    peak, line = common.machine_peaks()
     print("\n" + line)
     print(f"timing: N={N_124M}, up to {args.runs} runs; GFLOP/s from the min time (median in "
           f"brackets); % of peak")
@@ -221,12 +218,12 @@ def main(argv=None):
             else:
                 runs = args.runs
             inp, weight, dout, (dinp, dweight, dbias) = problem(rng, C, OC)
-            ts = labutil.time_runs(lambda: fn(dinp, dweight, dbias, dout, inp, weight),
+            ts = common.time_runs(lambda: fn(dinp, dweight, dbias, dout, inp, weight),
                                    runs=runs, max_seconds=30)
             row.append(cell(ts, 4.0 * N_124M * C * OC, peak))
         rows.append(row)
     headers = ["version"] + [f"{n} {C}->{OC}" for (n, C, OC) in shapes]
-    print(labutil.format_table(headers, rows))
+    print(common.format_table(headers, rows))
 
     print("\nv4's halves (2*N*C*OC FLOPs each): dinp (with its weight^T packing), "
           "dweight+dbias (with the dout^T and inp^T packing)")
@@ -236,11 +233,11 @@ def main(argv=None):
         row = [label]
         for (_, C, OC) in shapes:
             inp, weight, dout, grads = problem(rng, C, OC)
-            ts = labutil.time_runs(lambda: part(grads, dout, inp, weight, scratch),
+            ts = common.time_runs(lambda: part(grads, dout, inp, weight, scratch),
                                    runs=args.runs, max_seconds=30)
             row.append(cell(ts, 2.0 * N_124M * C * OC, peak))
         rows.append(row)
-    print(labutil.format_table(["half"] + [f"{n} {C}->{OC}" for (n, C, OC) in shapes], rows))
+    print(common.format_table(["half"] + [f"{n} {C}->{OC}" for (n, C, OC) in shapes], rows))
 
 
 def _dinp_half(grads, dout, inp, weight, scratch):

@@ -252,16 +252,13 @@ def model_config(args):
         return read_checkpoint(args.model)
     shape = {k: (v if getattr(args, k) is None else getattr(args, k))
              for k, v in INIT_DEFAULTS.items()}
-    for k, v in shape.items():
-        if v < 1:
-            raise UsageError(f"--{k.replace('_', '-')} must be at least 1, got {v}")
-    if shape["channels"] % shape["heads"] != 0:
-        raise UsageError(f"--channels {shape['channels']} is not divisible by "
-                              f"--heads {shape['heads']}")
-    config = GPT2Config(max_seq_len=shape["max_seq_len"], vocab_size=shape["vocab"],
-                        padded_vocab_size=GPT2Config.pad_vocab(shape["vocab"]),
-                        num_layers=shape["layers"], num_heads=shape["heads"],
-                        channels=shape["channels"])
+    try:
+        config = GPT2Config(max_seq_len=shape["max_seq_len"], vocab_size=shape["vocab"],
+                            padded_vocab_size=GPT2Config.pad_vocab(shape["vocab"]),
+                            num_layers=shape["layers"], num_heads=shape["heads"],
+                            channels=shape["channels"])
+    except ValueError as e:  # GPT2Config says what is wrong with the shape
+        raise UsageError(f"the model shape of --layers/--heads/--channels/--vocab/--max-seq-len: {e}") from None
     return config, None
 
 

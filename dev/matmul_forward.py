@@ -8,24 +8,21 @@ Versions, from the straight port of llm.c upward:
   v5  llmnb.matmul.matmul_forward (the package's): v4's micro-kernel, column tiles sized so that a
       task's weight tile fits L2, the whole k of a row in one pass, edge kernels for any shape
 
-`python kernels/matmul_forward.py` checks every version against a float64 NumPy reference (odd
+`python -m dev.matmul_forward` checks every version against a float64 NumPy reference (odd
 shapes and the 124M shapes) and prints GFLOP/s and the fraction of the machine's peak at the
 GPT-2 124M shapes (N = B*T = 256). Options: --runs R (default 10), --versions v1,v5, --quick
 (skip the classifier shape), --numpy (np.matmul as a reference row:
-`env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python kernels/matmul_forward.py --numpy`).
+`env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m dev.matmul_forward --numpy`).
 """
 import argparse
-import os
-import sys
 
 import numpy as np
 from numba import njit, prange
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import labutil  # noqa: E402  (puts src/ on sys.path)
-from labutil import F32, MATMUL_SHAPES, N_124M  # noqa: E402
+from llmnb.matmul import matmul_forward as v5_package
 
-from llmnb.matmul import matmul_forward as v5_package  # noqa: E402
+from dev import common
+from dev.common import F32, MATMUL_SHAPES, N_124M
 
 
 # ------------------------------------------------------------------------------------------------
@@ -253,7 +250,7 @@ def check(fn, N, C, OC, with_bias, rng):
     bias = rng.standard_normal(OC).astype(F32) if with_bias else None
     out = np.full((N, OC), np.nan, F32)
     fn(out, inp, weight, bias)
-    return labutil.max_rel_error(out, reference(inp, weight, bias))
+    return common.max_rel_error(out, reference(inp, weight, bias))
 
 
 def main(argv=None):
@@ -280,7 +277,7 @@ def main(argv=None):
         status = "ok" if max(errs) < 1e-5 else "FAIL"
         print(f"  {name} {VERSIONS[name][0]:28s} max {max(errs):.2e}  {status}")
 
-    peak, line = labutil.machine_peaks()
+    peak, line = common.machine_peaks()
     print("\n" + line)
     print(f"timing: N={N_124M}, min/median/max of up to {args.runs} runs; GFLOP/s from the min "
           f"(median in brackets); % of peak")
@@ -293,14 +290,14 @@ def main(argv=None):
             weight = (rng.standard_normal((OC, C)) * 0.02).astype(F32)
             bias = rng.standard_normal(OC).astype(F32)
             out = np.empty((N_124M, OC), F32)
-            ts = labutil.time_runs(lambda: fn(out, inp, weight, bias), runs=args.runs, max_seconds=20)
-            tmin, tmed, _ = labutil.min_med_max(ts)
+            ts = common.time_runs(lambda: fn(out, inp, weight, bias), runs=args.runs, max_seconds=20)
+            tmin, tmed, _ = common.min_med_max(ts)
             flops = 2.0 * N_124M * C * OC
-            g = labutil.gflops(flops, tmin)
-            row.append(f"{g:.0f} ({labutil.gflops(flops, tmed):.0f}) {100 * g / peak:.0f}%")
+            g = common.gflops(flops, tmin)
+            row.append(f"{g:.0f} ({common.gflops(flops, tmed):.0f}) {100 * g / peak:.0f}%")
         rows.append(row)
     headers = ["version"] + [f"{n} {C}->{OC}" for (n, C, OC) in shapes]
-    print(labutil.format_table(headers, rows))
+    print(common.format_table(headers, rows))
 
 
 if __name__ == "__main__":

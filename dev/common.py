@@ -1,23 +1,17 @@
-"""Helpers shared by the kernel lab (kernels/*.py) and the benchmarks (benchmarks/*.py):
-the GPT-2 124M shapes, timing with min/median/max, the machine's FMA ceiling, tables.
+"""Helpers shared by the kernel lab (dev/*.py) and the benchmarks (benchmarks/*.py), like llm.c's
+dev/cuda/common.h: the GPT-2 124M matmul shapes, timing with min/median/max, the machine's peak
+(llmnb.mfu's estimate) and FMA ceiling, tables, errors.
 
-Importing this module puts the repository's src/ on sys.path, so the lab runs from a checkout
-without installing llmnb.
+The lab and the benchmarks time the installed llmnb; run them from the repository root as modules
+(`python -m dev.matmul_forward`, `python -m benchmarks.step`), which is what lets them import this.
 """
-import os
-import sys
 import time
 
 import numpy as np
+from numba import get_num_threads, njit, prange
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if os.path.join(ROOT, "src") not in sys.path:
-    sys.path.insert(0, os.path.join(ROOT, "src"))
-
-from numba import njit, prange, get_num_threads  # noqa: E402
-
-from llmnb import matmul  # noqa: E402
-from llmnb.mfu import CPU_MODELS  # noqa: E402
+from llmnb import matmul
+from llmnb.mfu import estimate_peak_flops
 
 F32 = np.float32
 
@@ -59,8 +53,8 @@ def _ceiling_kernel(out, a, b, reps):
     for t in prange(a.shape[0]):
         for _ in range(reps):
             x = a[t]
-            matmul._kernel_6x4(out[t], 0, 0, x[0], x[1], x[2], x[3], x[4], x[5], b[t],
-                               matmul.NO_BIAS, False, True)
+            matmul.kernel_6x4(out[t], 0, 0, x[0], x[1], x[2], x[3], x[4], x[5], b[t],
+                              matmul.NO_BIAS, False, True)
 
 
 def fma_ceiling(seconds=0.3, K=768, runs=7):
@@ -80,30 +74,13 @@ def fma_ceiling(seconds=0.3, K=768, runs=7):
     return nt * reps * 2.0 * 24 * K / best / 1e9
 
 
-def nominal_peak():
-    """(GFLOP/s, GHz, cpu name) from the package's estimate (llmnb.mfu: FLOPs/cycle x measured
-    clock x Numba threads). None for a CPU that llmnb.mfu.CPU_MODELS does not know."""
-    import llvmlite.binding as ll
-    from llmnb.mfu import measure_clock_ghz
-    name = ll.get_host_cpu_name()
-    if name not in CPU_MODELS:
-        return None, None, name
-    flops_per_cycle, add_latency = CPU_MODELS[name]
-    ghz = measure_clock_ghz(add_latency, n=50_000_000, runs=9)
-    return flops_per_cycle * ghz * get_num_threads(), ghz, name
-
-
 def machine_peaks():
-    """(peak GFLOP/s that percentages refer to, a line describing it and the FMA ceiling)."""
-    peak, ghz, cpu = nominal_peak()
-    ceiling = fma_ceiling()
-    if peak is None:
-        return ceiling, (f"peak: unknown CPU model {cpu}; percentages refer to the measured FMA "
-                         f"ceiling {ceiling:.0f} GFLOP/s (6x4 micro-kernel, L1-resident)")
-    fpc = CPU_MODELS[cpu][0]
-    return peak, (f"peak {peak:.0f} GFLOP/s = {get_num_threads()} threads x {fpc} FLOP/cycle "
-                  f"({cpu}) x {ghz:.2f} GHz (measured now); the 6x4 micro-kernel on L1-resident "
-                  f"data reaches {ceiling:.0f} GFLOP/s ({100 * ceiling / peak:.0f}%) now")
+    """(peak GFLOP/s that percentages refer to: llmnb.mfu's estimate, the one llmnb-train's MFU uses;
+    a line describing it and the FMA ceiling)."""
+    flops, how = estimate_peak_flops(get_num_threads())
+    peak, ceiling = flops / 1e9, fma_ceiling()
+    return peak, (f"peak {peak:.0f} GFLOP/s = {how}; the 6x4 micro-kernel on L1-resident data "
+                  f"reaches {ceiling:.0f} GFLOP/s ({100 * ceiling / peak:.0f}%) now")
 
 
 def gflops(flops, seconds):

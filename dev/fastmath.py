@@ -1,5 +1,5 @@
-"""Kernel lab: the package's non-matmul kernels (llmnb.kernels, as built: REDUCE_FASTMATH on the reductions) against the same
-source compiled with fastmath=True, at the GPT-2 124M shapes (B=4, T=64).
+"""Kernel lab: the package's non-matmul kernels (llmnb.kernels as built: REDUCE_FASTMATH on the
+reductions) against the same source compiled with fastmath=True, at the GPT-2 124M shapes (B=4, T=64).
 
 Without fastmath LLVM may not reorder a float sum, so every reduction (attention's q.k dot
 products and value sums, softmax's max and sum, layernorm's mean and variance) runs one element
@@ -7,7 +7,7 @@ at a time; fastmath lets it use vector accumulators, as llm.c's -Ofast build doe
 but gelu. The sums are still done in one fixed order by one thread, so results stay deterministic;
 they differ from the non-fastmath ones by float32 rounding (printed: max |difference| / max |value|).
 
-    python kernels/fastmath.py [--runs 10]
+    python -m dev.fastmath [--runs 10]
 
 The package now builds attention_forward/backward, softmax_forward and layernorm_forward/backward
 with fastmath={'reassoc', 'contract'} (kernels.REDUCE_FASTMATH), so for those "as is" already has
@@ -15,17 +15,12 @@ the vector sums; this script's fastmath=True adds nnan/ninf/arcp/nsz/afn on top.
 the change: benchmarks/RESULTS.md.
 """
 import argparse
-import os
-import sys
 
 import numba
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "benchmarks"))
-import labutil  # noqa: E402
-from cases import memory_bound_cases  # noqa: E402
+from benchmarks.cases import memory_bound_cases
+from dev import common
 
 KERNELS = ("attention_forward", "attention_backward", "softmax_forward", "layernorm_forward",
            "layernorm_backward", "crossentropy_softmax_backward", "adamw_update")
@@ -54,16 +49,16 @@ def main(argv=None):
         a2 = [a.copy() if isinstance(a, np.ndarray) else a for a in kargs]
         kernel(*a1)
         fast(*a2)
-        diff = max(labutil.max_rel_error(x, y) for x, y in zip(a2, a1)
+        diff = max(common.max_rel_error(x, y) for x, y in zip(a2, a1)
                    if isinstance(x, np.ndarray) and x.dtype == np.float32)
-        t1 = labutil.time_runs(lambda: kernel(*kargs), runs=args.runs)
-        t2 = labutil.time_runs(lambda: fast(*kargs), runs=args.runs)
+        t1 = common.time_runs(lambda: kernel(*kargs), runs=args.runs)
+        t2 = common.time_runs(lambda: fast(*kargs), runs=args.runs)
         m1, m2 = t1[len(t1) // 2], t2[len(t2) // 2]
         n = CALLS_PER_STEP[name]
         rows.append([name, f"{1e3 * t1[0]:.3f}", f"{1e3 * m1:.3f}", f"{1e3 * t2[0]:.3f}",
                      f"{1e3 * m2:.3f}", f"{m1 / m2:.1f}x", f"{1e3 * n * (m1 - m2):.1f}", f"{diff:.1e}"])
     print("ms per call (min, median); saving per step = calls per step x median difference")
-    print(labutil.format_table(["kernel", "as is min", "as is med", "fastmath min", "fastmath med",
+    print(common.format_table(["kernel", "as is min", "as is med", "fastmath min", "fastmath med",
                                 "speed-up", "ms/step saved", "rel diff"], rows))
 
 

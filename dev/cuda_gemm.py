@@ -21,8 +21,8 @@ Versions:
 Each version is built by make_gemm(TM, TN, BK, ...) for its tile; the table shows TFLOP/s and the
 share of the card's fp32 peak at the GPT-2 124M shapes, B*T = 256 and 8192.
 
-    python kernels/cuda_gemm.py            # on a GPU: check + time every version
-    python kernels/cuda_gemm.py --check    # check only (runs on the CUDA simulator, tiny tiles)
+    python -m dev.cuda_gemm            # on a GPU: check + time every version
+    python -m dev.cuda_gemm --check    # check only (runs on the CUDA simulator, tiny tiles)
 """
 import argparse
 import os
@@ -33,8 +33,6 @@ import numpy as np
 
 if "--check" in sys.argv and os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
     os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "src"))
 
 from numba import cuda, float32  # noqa: E402
 

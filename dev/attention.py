@@ -12,7 +12,7 @@ Versions, from the straight port of llm.c upward:
       v gradient rows of every earlier key are read and written once per query), at T <= 256 on
       par with v2 and v1
 
-`python kernels/attention.py` checks both against a float64 NumPy reference (odd shapes, T not a
+`python -m dev.attention` checks both against a float64 NumPy reference (odd shapes, T not a
 multiple of the tile, T = 1) and prints the time of one layer's forward and backward at GPT-2
 124M's heads (C = 768, NH = 12) for B = 1 and T = 64, 256, 1024, with GFLOP/s counted on the
 causal pairs only (4 hs FLOPs per pair forward, 8 hs backward: what the one FLOP count of
@@ -20,18 +20,15 @@ llmnb.mfu counts). Options: --runs R (default 5), --T 64,256,1024.
 """
 import argparse
 import math
-import os
-import sys
 
 import numpy as np
 from numba import njit, prange
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import labutil  # noqa: E402  (puts src/ on sys.path)
-from labutil import F32  # noqa: E402
+from llmnb import kernels
+from llmnb.kernels import REDUCE_FASTMATH, attention_query_head
 
-from llmnb import kernels  # noqa: E402
-from llmnb.kernels import REDUCE_FASTMATH, attention_query_head  # noqa: E402
+from dev import common
+from dev.common import F32
 
 
 # ------------------------------------------------------------------------------------------------
@@ -216,7 +213,7 @@ def check(version, B, T, C, NH, rng):
     version.forward(out, inp)
     version.backward(dinp, dout, inp, out)
     rout, rdinp = reference(inp, dout, NH)
-    return labutil.max_rel_error(out, rout), labutil.max_rel_error(dinp, rdinp)
+    return common.max_rel_error(out, rout), common.max_rel_error(dinp, rdinp)
 
 
 def main(argv=None):
@@ -243,13 +240,13 @@ def main(argv=None):
         pairs = B * NH * T * (T + 1) / 2
         for name, v in VERSIONS.items():
             v.setup(B, T, C, NH)
-            tf = labutil.time_runs(lambda: v.forward(out, inp), runs=args.runs, max_seconds=10)
-            tb = labutil.time_runs(lambda: v.backward(dinp, dout, inp, out), runs=args.runs, max_seconds=10)
-            (fmin, fmed, _), (bmin, bmed, _) = labutil.min_med_max(tf), labutil.min_med_max(tb)
+            tf = common.time_runs(lambda: v.forward(out, inp), runs=args.runs, max_seconds=10)
+            tb = common.time_runs(lambda: v.backward(dinp, dout, inp, out), runs=args.runs, max_seconds=10)
+            (fmin, fmed, _), (bmin, bmed, _) = common.min_med_max(tf), common.min_med_max(tb)
             rows.append([str(T), name, f"{1e3 * fmin:.2f}", f"{1e3 * fmed:.2f}",
-                         f"{labutil.gflops(4 * hs * pairs, fmed):.0f}", f"{1e3 * bmin:.2f}",
-                         f"{1e3 * bmed:.2f}", f"{labutil.gflops(8 * hs * pairs, bmed):.0f}"])
-    print(labutil.format_table(["T", "version", "fwd min", "fwd med", "GFLOP/s", "bwd min", "bwd med",
+                         f"{common.gflops(4 * hs * pairs, fmed):.0f}", f"{1e3 * bmin:.2f}",
+                         f"{1e3 * bmed:.2f}", f"{common.gflops(8 * hs * pairs, bmed):.0f}"])
+    print(common.format_table(["T", "version", "fwd min", "fwd med", "GFLOP/s", "bwd min", "bwd med",
                                 "GFLOP/s"], rows))
 
 

@@ -10,8 +10,8 @@ Versions (both compute what llmnb.kernels.attention_forward / attention_backward
 The check compares each with the CPU kernels (float32, the package's tolerance); the timing gives ms
 and TFLOP/s of the causal work (2 products of T(T+1)/2 x hs per head forward, 5 in backward).
 
-    python kernels/cuda_attention.py            # on a GPU: check + time both
-    python kernels/cuda_attention.py --check    # check only (on the CUDA simulator, tiny shapes)
+    python -m dev.cuda_attention            # on a GPU: check + time both
+    python -m dev.cuda_attention --check    # check only (on the CUDA simulator, tiny shapes)
 """
 import argparse
 import math
@@ -22,10 +22,8 @@ import numpy as np
 
 if "--check" in sys.argv and os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
     os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "src"))
 
-from numba import cuda, float32  # noqa: E402
+from numba import cuda, float32  # noqa: E402  (after the simulator switch above)
 
 from llmnb import kernels as cpu  # noqa: E402
 from llmnb.cuda import attention as pkg  # noqa: E402

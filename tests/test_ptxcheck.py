@@ -1,0 +1,26 @@
+"""Every CUDA kernel compiles to PTX for a GPU (sm_90), with the GPU's launch geometry.
+
+The simulator (tests/cuda, its own pytest run: see .ci/run) runs the kernels as Python; this
+compiles them for a real GPU, where NVVM is installed (a CUDA toolkit, or numba-cuda[cu12]).
+`python -m llmnb.cuda.ptxcheck` runs in a process of its own because it needs numba.cuda without
+the simulator; exit status 2 means there is no NVVM here.
+"""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_cuda_kernels_compile_to_ptx():
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_ENABLE_CUDASIM", "LLMNB_CUDA_GEOMETRY")}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src")] + [p for p in [env.get("PYTHONPATH")] if p])
+    cmd = [sys.executable, "-m", "llmnb.cuda.ptxcheck", "--cc", "9.0", "--geometry", "gpu"]
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    if r.returncode == 2:
+        pytest.skip(f"no NVVM to compile PTX with: {r.stdout.strip()[-300:]}")
+    assert r.returncode == 0, f"$ {' '.join(cmd)}\n{r.stdout[-6000:]}\n{r.stderr[-3000:]}"
+    assert "0 problem(s)" in r.stdout
