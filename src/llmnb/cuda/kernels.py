@@ -18,8 +18,9 @@ import math
 import numpy as np
 from numba import cuda, float32, float64
 
+from ..kernels import GELU_CUBE, GELU_SCALING_FACTOR, LAYERNORM_EPS  # the model's constants, one home
 from ..kernels import bias_corrections as cpu_bias_corrections  # the host-side scalars, shared
-from .launch import (COL_ROWS, COL_WIDTH, ELEM_THREADS, ROW_THREADS,
+from .launch import (COL_ROWS, COL_WIDTH, ELEM_THREADS, INLINE, ROW_THREADS,
                      cdiv, check, elementwise_grid, last_dim, size)
 
 F32 = np.float32
@@ -28,9 +29,7 @@ ONE = F32(1.0)
 HALF = F32(0.5)
 THREE = F32(3.0)
 NEG_BIG = F32(-10000.0)  # the running max's start in the softmaxes, as in the C
-LN_EPS = F32(1e-5)
-GELU_SCALING_FACTOR = F32(math.sqrt(2.0 / math.pi))
-GELU_CUBE = F32(0.044715)
+LN_EPS = F32(LAYERNORM_EPS)
 
 WHERE = "kernels.py"
 
@@ -242,15 +241,25 @@ def layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd):
 
 
 # ----------------------------------------------------------------------------------------------
-# gelu (the tanh approximation, as in llm.c; no fast math)
+# gelu (llm.c's tanh approximation), by the CPU's one-exp identities: one formula on both devices
+
+@INLINE
+def _gelu_one_plus_tanh_half(u):
+    # (0.5 (1 + tanh(u)), sech^2(u)) with one exp: the CPU's identities (llmnb/kernels.py's gelu)
+    e = math.exp(F32(-2.0) * abs(u))
+    r = ONE / (ONE + e)
+    half_one_plus_tanh = r if u >= ZERO else e * r
+    return half_one_plus_tanh, F32(4.0) * e * r * r
+
 
 @cuda.jit(cache=True)
 def gelu_forward_kernel(out, inp):
     # out, inp (N,); grid-stride
     for i in range(cuda.grid(1), inp.shape[0], cuda.gridsize(1)):
         x = inp[i]
-        cube = GELU_CUBE * x * x * x
-        out[i] = HALF * x * (ONE + math.tanh(GELU_SCALING_FACTOR * (x + cube)))
+        u = GELU_SCALING_FACTOR * (x + GELU_CUBE * x * x * x)
+        half_one_plus_tanh, _ = _gelu_one_plus_tanh_half(u)
+        out[i] = x * half_one_plus_tanh
 
 
 @cuda.jit(cache=True)
@@ -258,13 +267,10 @@ def gelu_backward_kernel(dinp, inp, dout):
     # dinp (N,) += ; inp, dout (N,); grid-stride
     for i in range(cuda.grid(1), inp.shape[0], cuda.gridsize(1)):
         x = inp[i]
-        cube = GELU_CUBE * x * x * x
-        tanh_arg = GELU_SCALING_FACTOR * (x + cube)
-        tanh_out = math.tanh(tanh_arg)
-        cosh_out = math.cosh(tanh_arg)
-        sech_out = ONE / (cosh_out * cosh_out)
-        local_grad = HALF * (ONE + tanh_out) + \
-            x * HALF * sech_out * GELU_SCALING_FACTOR * (ONE + THREE * GELU_CUBE * x * x)
+        u = GELU_SCALING_FACTOR * (x + GELU_CUBE * x * x * x)
+        half_one_plus_tanh, sech2 = _gelu_one_plus_tanh_half(u)
+        local_grad = half_one_plus_tanh + \
+            x * HALF * sech2 * GELU_SCALING_FACTOR * (ONE + THREE * GELU_CUBE * x * x)
         dinp[i] += local_grad * dout[i]
 
 
