@@ -13,7 +13,7 @@ import math
 import numpy as np
 
 from .backend import get_backend
-from .config import LAYER_GRAD_NAMES, GPT2Config, Tensors, act_shapes, grad_act_shapes, param_shapes
+from .config import LAYER_GRAD_NAMES, Tensors, act_shapes, grad_act_shapes, param_shapes
 
 
 def init_params(config, seed=0):
@@ -360,4 +360,4 @@ class GPT2:
         return math.isfinite(self.backend.global_norm_squared(self.params.memory))
 
 
-__all__ = ["GPT2", "GPT2Config", "init_params"]
+__all__ = ["GPT2", "init_params"]
