@@ -49,12 +49,15 @@ def min_med_max(times):
 
 @njit(parallel=True, fastmath=True, cache=True)
 def _ceiling_kernel(out, a, b, reps):
-    # each task runs the 6x4 micro-kernel `reps` times on its own L1-resident 6xK and 4xK blocks
+    # each task runs the micro-kernel (6x4 or 4x2: matmul.WIDE) `reps` times on its own L1-resident blocks
     for t in prange(a.shape[0]):
         for _ in range(reps):
             x = a[t]
-            matmul.kernel_6x4(out[t], 0, 0, x[0], x[1], x[2], x[3], x[4], x[5], b[t],
-                              matmul.NO_BIAS, False, True)
+            if matmul.WIDE:
+                matmul.kernel_6x4(out[t], 0, 0, x[0], x[1], x[2], x[3], x[4], x[5], b[t],
+                                  matmul.NO_BIAS, False, True)
+            else:
+                matmul.kernel_4x2(out[t], 0, 0, x[0], x[1], x[2], x[3], b[t], matmul.NO_BIAS, False, True)
 
 
 def fma_ceiling(seconds=0.3, K=768, runs=7):
@@ -63,9 +66,9 @@ def fma_ceiling(seconds=0.3, K=768, runs=7):
     micro-kernel's horizontal sums). Best of `runs` runs of ~`seconds` each."""
     nt = get_num_threads()
     rng = np.random.default_rng(0)
-    a = rng.standard_normal((nt, 6, K)).astype(F32)
-    b = rng.standard_normal((nt, 4, K)).astype(F32) * F32(1e-3)
-    out = np.zeros((nt, 6, 4), F32)
+    a = rng.standard_normal((nt, matmul.RB, K)).astype(F32)
+    b = rng.standard_normal((nt, matmul.CB, K)).astype(F32) * F32(1e-3)
+    out = np.zeros((nt, matmul.RB, matmul.CB), F32)
     _ceiling_kernel(out, a, b, 10)
     t0 = time.perf_counter()
     _ceiling_kernel(out, a, b, 1000)
@@ -79,7 +82,7 @@ def machine_peaks():
     a line describing it and the FMA ceiling)."""
     flops, how = estimate_peak_flops(get_num_threads())
     peak, ceiling = flops / 1e9, fma_ceiling()
-    return peak, (f"peak {peak:.0f} GFLOP/s = {how}; the 6x4 micro-kernel on L1-resident data "
+    return peak, (f"peak {peak:.0f} GFLOP/s = {how}; the {matmul.RB}x{matmul.CB} micro-kernel on L1-resident data "
                   f"reaches {ceiling:.0f} GFLOP/s ({100 * ceiling / peak:.0f}%) now")
 
 

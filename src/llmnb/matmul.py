@@ -4,7 +4,8 @@ They carry ~99% of the FLOPs of a GPT-2 step. All three are written as one "NT" 
     out[r, c] (+)= sum_k a[r, k] * b[c, k]      (a (M,K), b (P,K), both contiguous along k)
 computed by a register-blocked micro-kernel: a block of 6 rows of a times 4 rows of b is 24 dot
 products that share 10 streams along k; with fastmath LLVM turns each dot product into one
-AVX-512 (or AVX2) accumulator, so each step of 16 k's is 24 FMAs for 10 loads.
+AVX-512 accumulator, so each step of 16 k's is 24 FMAs for 10 loads. Without AVX-512 (16 vector
+registers, AVX2) the block is 4x2: 8 dot products on 6 streams (see WIDE).
 
     forward   out  (N,OC) = inp (N,C)  . weight (OC,C)          + bias   a=inp,      b=weight
     dinp      dinp (N,C) += dout (N,OC) . weight^T (C,OC)                a=dout,     b=weight^T
@@ -24,12 +25,37 @@ Each output element is summed by one thread in a fixed order (for the classifier
 pass), so results do not depend on the number of threads: the parallel kernels are bitwise equal
 to their serial copies.
 """
+import os
+
 import numpy as np
 from numba import njit, prange
 
 F32 = np.float32
-RB = 6              # micro-kernel rows (of a: output rows)
-CB = 4              # micro-kernel columns (rows of b: output columns)
+
+
+def _avx512():
+    """Whether Numba compiles for a CPU with AVX-512 (NUMBA_CPU_FEATURES if set, else the host).
+    LLMNB_MATMUL_KERNEL=6x4 or 4x2 picks the micro-kernel instead (both are correct on any x86-64;
+    the tests run the one this machine does not pick; use a fresh NUMBA_CACHE_DIR with it: Numba's
+    cache keys on the CPU, not on this choice)."""
+    from numba.core import config
+    choice = os.environ.get("LLMNB_MATMUL_KERNEL", "")
+    if choice:
+        if choice not in ("6x4", "4x2"):
+            raise ValueError(f"LLMNB_MATMUL_KERNEL={choice!r}: expected 6x4 or 4x2")
+        return choice == "6x4"
+    if config.CPU_FEATURES:
+        return "+avx512f" in config.CPU_FEATURES
+    import llvmlite.binding as ll
+    return bool(ll.get_host_cpu_features().get("avx512f", False))
+
+
+# The micro-kernel's shape follows the vector registers: with AVX-512's 32, the 6x4 kernel's 24
+# accumulators fit (81-83% of peak on Zen 4); with AVX2's 16 they spill, and 4x2 (8 accumulators)
+# is 2x faster (Zen 3, one core, K = 768: 6x4 37 GFLOP/s, 4x4 42, 4x3 76, 4x2 76, 6x2 64 of 92).
+WIDE = _avx512()
+RB = 6 if WIDE else 4   # micro-kernel rows (of a: output rows)
+CB = 4 if WIDE else 2   # micro-kernel columns (rows of b: output columns)
 TILE_BYTES = 192 * 1024   # columns per parallel task: the task's b-tile (cols x K) fits L2
 DINP_CHUNK = 4096   # dinp: columns of dout per pass (a pass's N x 4096 block of dout stays in L3)
 DW_CHUNK_FLOATS = 4 * 1024 * 1024  # dweight: largest dout^T chunk in the scratch (16 MB)
@@ -139,6 +165,49 @@ def kernel_6x4(out, r, c, x0, x1, x2, x3, x4, x5, b, bias, has_bias, accumulate)
 
 
 @njit(fastmath=True, cache=True, inline="always")
+def kernel_4x2(out, r, c, x0, x1, x2, x3, b, bias, has_bias, accumulate):
+    # out[r:r+4, c:c+2] (+)= [x0..x3] (4,K) . b[c:c+2] (2,K)^T: the micro-kernel for AVX2 (WIDE
+    # False), whose 16 vector registers hold its 8 accumulators and the 6 streams' loads
+    K = b.shape[1]
+    s00 = s01 = s10 = s11 = s20 = s21 = s30 = s31 = F32(0.0)
+    for k in range(K):
+        b0, b1 = b[c, k], b[c + 1, k]
+        ak = x0[k]
+        s00 += ak * b0
+        s01 += ak * b1
+        ak = x1[k]
+        s10 += ak * b0
+        s11 += ak * b1
+        ak = x2[k]
+        s20 += ak * b0
+        s21 += ak * b1
+        ak = x3[k]
+        s30 += ak * b0
+        s31 += ak * b1
+    _put(out, r, c, s00, bias, has_bias, accumulate)
+    _put(out, r, c + 1, s01, bias, has_bias, accumulate)
+    _put(out, r + 1, c, s10, bias, has_bias, accumulate)
+    _put(out, r + 1, c + 1, s11, bias, has_bias, accumulate)
+    _put(out, r + 2, c, s20, bias, has_bias, accumulate)
+    _put(out, r + 2, c + 1, s21, bias, has_bias, accumulate)
+    _put(out, r + 3, c, s30, bias, has_bias, accumulate)
+    _put(out, r + 3, c + 1, s31, bias, has_bias, accumulate)
+
+
+@njit(fastmath=True, cache=True, inline="always")
+def _kernel_1x2(out, r, c, x, b, bias, has_bias, accumulate):
+    # out[r, c:c+2] (+)= x (K,) . b[c:c+2] (2,K)^T: the rows left over by the 4x2 blocks
+    K = b.shape[1]
+    s0 = s1 = F32(0.0)
+    for k in range(K):
+        ak = x[k]
+        s0 += ak * b[c, k]
+        s1 += ak * b[c + 1, k]
+    _put(out, r, c, s0, bias, has_bias, accumulate)
+    _put(out, r, c + 1, s1, bias, has_bias, accumulate)
+
+
+@njit(fastmath=True, cache=True, inline="always")
 def _kernel_1x4(out, r, c, x, b, bias, has_bias, accumulate):
     # out[r, c:c+4] (+)= x (K,) . b[c:c+4] (4,K)^T: the rows left over by the 6x4 blocks
     K = b.shape[1]
@@ -158,17 +227,23 @@ def _kernel_1x4(out, r, c, x, b, bias, has_bias, accumulate):
 @njit(fastmath=True, cache=True)
 def nt_tile(out, a, a_off, b, c0, c1, bias, has_bias, accumulate):
     # out (M,P)[:, c0:c1] (+)= a (M,.)[:, a_off:a_off+K] . b (P,K)[c0:c1]^T (+ bias[c0:c1])
-    # 6x4 blocks, row block by row block; the leftover columns (c1-c0) % 4 one dot product at a
-    # time, the leftover rows M % 6 one row at a time
+    # RB x CB blocks (6x4, or 4x2 without AVX-512: WIDE is a compile-time constant), row block by
+    # row block; the leftover columns (c1-c0) % CB one dot product at a time, the leftover rows
+    # M % RB one row at a time
     M = out.shape[0]
     K = b.shape[1]
     c4 = c0 + (c1 - c0) // CB * CB
     r = 0
     while r + RB <= M:
         x0, x1, x2 = a[r, a_off:a_off + K], a[r + 1, a_off:a_off + K], a[r + 2, a_off:a_off + K]
-        x3, x4, x5 = a[r + 3, a_off:a_off + K], a[r + 4, a_off:a_off + K], a[r + 5, a_off:a_off + K]
-        for c in range(c0, c4, CB):
-            kernel_6x4(out, r, c, x0, x1, x2, x3, x4, x5, b, bias, has_bias, accumulate)
+        x3 = a[r + 3, a_off:a_off + K]
+        if WIDE:
+            x4, x5 = a[r + 4, a_off:a_off + K], a[r + 5, a_off:a_off + K]
+            for c in range(c0, c4, CB):
+                kernel_6x4(out, r, c, x0, x1, x2, x3, x4, x5, b, bias, has_bias, accumulate)
+        else:
+            for c in range(c0, c4, CB):
+                kernel_4x2(out, r, c, x0, x1, x2, x3, b, bias, has_bias, accumulate)
         for c in range(c4, c1):
             for rr in range(r, r + RB):
                 _put(out, rr, c, _dot(a[rr, a_off:a_off + K], b[c], K), bias, has_bias, accumulate)
@@ -176,7 +251,10 @@ def nt_tile(out, a, a_off, b, c0, c1, bias, has_bias, accumulate):
     for rr in range(r, M):
         x = a[rr, a_off:a_off + K]
         for c in range(c0, c4, CB):
-            _kernel_1x4(out, rr, c, x, b, bias, has_bias, accumulate)
+            if WIDE:
+                _kernel_1x4(out, rr, c, x, b, bias, has_bias, accumulate)
+            else:
+                _kernel_1x2(out, rr, c, x, b, bias, has_bias, accumulate)
         for c in range(c4, c1):
             _put(out, rr, c, _dot(x, b[c], K), bias, has_bias, accumulate)
 
