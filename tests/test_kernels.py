@@ -507,3 +507,24 @@ def test_reference_backward_matches_torch_autograd(layer):
         want = (tlosses, tl.grad)
     for i, (g, w_) in enumerate(zip(got, want)):
         np.testing.assert_allclose(g, w_.detach().numpy(), rtol=1e-10, atol=1e-12, err_msg=f"{layer} output {i}")
+
+
+def test_exp_f32_is_within_an_ulp_of_exp():
+    # attention's vectorisable exp against float64 exp: < 1 ulp (rel 1.2e-7) on float32's normal
+    # range, 0 below it, inf above 88.72, NaN kept, exact at 0
+    @numba.njit
+    def run(out, x):
+        for i in range(x.shape[0]):
+            out[i] = kernels.exp_f32(x[i])
+
+    x = np.concatenate([np.linspace(-87.3, 88.3, 1_000_001, dtype=np.float32),
+                        np.random.default_rng(0).uniform(-20, 0, 100_000).astype(np.float32)])
+    got = np.empty_like(x)
+    run(got, x)
+    want = np.exp(x.astype(np.float64))
+    assert (np.abs(got - want) / want).max() < 1.2e-7
+    edge = np.array([0.0, -0.0, -87.4, -100.0, -np.inf, 88.8, np.inf, np.nan], np.float32)
+    got = np.empty_like(edge)
+    run(got, edge)
+    assert got[:2].tolist() == [1.0, 1.0] and got[2:5].tolist() == [0.0] * 3
+    assert np.isposinf(got[5:7]).all() and np.isnan(got[7])
