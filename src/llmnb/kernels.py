@@ -200,8 +200,9 @@ def attention_query(out, att, qkv, t):
 # The tile products go through matmul.py's register-blocked NT micro-kernel on packed tiles.
 # dev/attention.py holds llm.c's literal version (preatt/att buffers) and the ladder to this.
 
-# The softmax's exponentials: Numba (without Intel's SVML) calls libm's expf one score at a time
-# (~5.5 ns here), so half of attention_forward's time went to exp. exp_f32 is Cephes' expf: a
+# Exponentials (attention's and the classifier's softmax, gelu): Numba (without Intel's SVML) calls
+# libm's expf one element at a time (~5.5 ns here): a third of attention_forward's time and most of
+# gelu's went to exp. exp_f32 is Cephes' expf: a
 # degree-6 polynomial on x - n ln2 and a scale by 2^n made from its bits, which LLVM vectorizes
 # (~0.6 ns). Error < 1 ulp for x in [-87.3, 88.3] (tests/test_kernels.py); 0 below -87.34 (where
 # exp leaves float32's normal range), inf above 88.72, NaN stays NaN.
@@ -437,7 +438,7 @@ GELU_FASTMATH = {"contract"}
 @njit(fastmath=GELU_FASTMATH, cache=True, inline="always")
 def _gelu_one_plus_tanh_half(u):
     # returns (0.5 (1 + tanh(u)), sech^2(u)) for one float32 u, with one exp
-    e = np.exp(F32(-2.0) * abs(u))
+    e = exp_f32(F32(-2.0) * abs(u))   # (see exp_f32: libm's expf one at a time was most of gelu)
     r = F32(1.0) / (F32(1.0) + e)
     half_one_plus_tanh = r if u >= F32(0.0) else e * r
     return half_one_plus_tanh, F32(4.0) * e * r * r
@@ -512,7 +513,7 @@ def softmax_forward(probs, logits, V):
                 maxval = lg[i]
         s = F32(0.0)
         for i in range(V):
-            p[i] = np.exp(lg[i] - maxval)
+            p[i] = exp_f32(lg[i] - maxval)
             s += p[i]
         for i in range(V):
             p[i] /= s
