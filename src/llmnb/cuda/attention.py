@@ -187,6 +187,51 @@ def attention_backward_dd_kernel(dd, dout, out):
         dd[b, h, t] = acc
 
 
+@INLINE
+def _scores_and_dp(s, dp, A1, B1, A2, B2, hs, av, gv, bv, wv):
+    # backward's two products in registers: s = A1^T B1 and dp = A2^T B2 over the hs channels of
+    # (ATT_HS_MAX, .) shared tiles stored (channel, row), for this thread's ATT_RM rows
+    # (ty + ATT_TY_BWD*i) and ATT_CN columns (tx + ATT_TX*j); av, gv, bv, wv are register scratch
+    tx = cuda.threadIdx.x
+    ty = cuda.threadIdx.y
+    for i in range(ATT_RM):
+        for j in range(ATT_CN):
+            s[i, j] = ZERO
+            dp[i, j] = ZERO
+    for dq4 in range(U32(hs // 4)):
+        for u in range(4):
+            d = dq4 * U32(4) + U32(u)
+            for i in range(ATT_RM):
+                av[i] = A1[d, ty + ATT_TY_BWD * i]
+                gv[i] = A2[d, ty + ATT_TY_BWD * i]
+            for j in range(ATT_CN):
+                bv[j] = B1[d, tx + ATT_TX * j]
+                wv[j] = B2[d, tx + ATT_TX * j]
+            for i in range(ATT_RM):
+                for j in range(ATT_CN):
+                    s[i, j] += av[i] * bv[j]
+                    dp[i, j] += gv[i] * wv[j]
+
+
+@INLINE
+def _accumulate_product(acc, P, Xt, av, bv):
+    # acc (ATT_RM, ATT_DN) += P (ATT_BR, ATT_BK) Xt^T for this thread's rows (ty + ATT_TY_BWD*i)
+    # and channels (tx + ATT_TX*j), Xt a shared tile stored (channel, column): dq = dS k,
+    # dv = att dout, dk = dS q
+    tx = cuda.threadIdx.x
+    ty = cuda.threadIdx.y
+    for cq4 in range(U32(ATT_BK // 4)):
+        for u in range(4):
+            c = cq4 * U32(4) + U32(u)
+            for i in range(ATT_RM):
+                av[i] = P[ty + ATT_TY_BWD * i, c]
+            for j in range(ATT_DN):
+                bv[j] = Xt[tx + ATT_TX * j, c]
+            for i in range(ATT_RM):
+                for j in range(ATT_DN):
+                    acc[i, j] += av[i] * bv[j]
+
+
 @cuda.jit(cache=True)
 def attention_dquery_kernel(dinp, dout, inp, lse, dd, scale):
     # dinp (B,T,3C) query thirds += scale * sum_{t2<=t} dS[t,t2] k[t2] for the ATT_BR queries t of
@@ -230,23 +275,7 @@ def attention_dquery_kernel(dinp, dout, inp, lse, dd, scale):
         _stage_t(Ks, inp[b], k0, ATT_BK, T, C + h * hs, hs, tid, nthreads)
         _stage_t(Vts, inp[b], k0, ATT_BK, T, 2 * C + h * hs, hs, tid, nthreads)
         cuda.syncthreads()
-        for i in range(ATT_RM):
-            for j in range(ATT_CN):
-                s[i, j] = ZERO
-                dp[i, j] = ZERO
-        for dq4 in range(U32(hs // 4)):
-            for u in range(4):
-                d = dq4 * U32(4) + U32(u)
-                for i in range(ATT_RM):
-                    qa[i] = Qs[d, ty + ATT_TY_BWD * i]
-                    ga[i] = dOs[d, ty + ATT_TY_BWD * i]
-                for j in range(ATT_CN):
-                    kb[j] = Ks[d, tx + ATT_TX * j]
-                    vb[j] = Vts[d, tx + ATT_TX * j]
-                for i in range(ATT_RM):
-                    for j in range(ATT_CN):
-                        s[i, j] += qa[i] * kb[j]
-                        dp[i, j] += ga[i] * vb[j]
+        _scores_and_dp(s, dp, Qs, Ks, dOs, Vts, hs, qa, ga, kb, vb)   # q.k, dout.v
         for i in range(ATT_RM):
             t = q0 + ty + ATT_TY_BWD * i
             for j in range(ATT_CN):
@@ -256,16 +285,7 @@ def attention_dquery_kernel(dinp, dout, inp, lse, dd, scale):
                     ds = math.exp(s[i, j] * scale - lse_r[i]) * (dp[i, j] - dd_r[i])
                 dSs[ty + ATT_TY_BWD * i, tx + ATT_TX * j] = ds
         cuda.syncthreads()
-        for cq4 in range(U32(ATT_BK // 4)):
-            for u in range(4):
-                c = cq4 * U32(4) + U32(u)
-                for i in range(ATT_RM):
-                    qa[i] = dSs[ty + ATT_TY_BWD * i, c]
-                for j in range(ATT_DN):
-                    kb[j] = Ks[tx + ATT_TX * j, c]   # k[k0 + c, d] for this thread's channels d
-                for i in range(ATT_RM):
-                    for j in range(ATT_DN):
-                        dq[i, j] += qa[i] * kb[j]
+        _accumulate_product(dq, dSs, Ks, qa, kb)   # dq += dS k
     for i in range(ATT_RM):
         t = q0 + ty + ATT_TY_BWD * i
         if t < T:
@@ -321,23 +341,7 @@ def attention_dkey_value_kernel(dinp, dout, inp, lse, dd, scale):
             lses[tid] = lse[b, h, t] if t < T else ZERO
             dds[tid] = dd[b, h, t] if t < T else ZERO
         cuda.syncthreads()
-        for i in range(ATT_RM):
-            for j in range(ATT_CN):
-                s[i, j] = ZERO
-                dp[i, j] = ZERO
-        for dq4 in range(U32(hs // 4)):
-            for u in range(4):
-                d = dq4 * U32(4) + U32(u)
-                for i in range(ATT_RM):
-                    ka[i] = Ks[d, ty + ATT_TY_BWD * i]
-                    va[i] = Vts[d, ty + ATT_TY_BWD * i]
-                for j in range(ATT_CN):
-                    qb[j] = Qs[d, tx + ATT_TX * j]
-                    gb[j] = dOs[d, tx + ATT_TX * j]
-                for i in range(ATT_RM):
-                    for j in range(ATT_CN):
-                        s[i, j] += ka[i] * qb[j]
-                        dp[i, j] += va[i] * gb[j]
+        _scores_and_dp(s, dp, Ks, Qs, Vts, dOs, hs, ka, va, qb, gb)   # k.q, v.dout
         for i in range(ATT_RM):
             t2 = k0 + ty + ATT_TY_BWD * i
             for j in range(ATT_CN):
@@ -351,31 +355,13 @@ def attention_dkey_value_kernel(dinp, dout, inp, lse, dd, scale):
                 dp[i, j] = ds
                 Ps[ty + ATT_TY_BWD * i, c] = p
         cuda.syncthreads()
-        for cq4 in range(U32(ATT_BK // 4)):   # dv += att dout
-            for u in range(4):
-                c = cq4 * U32(4) + U32(u)
-                for i in range(ATT_RM):
-                    ka[i] = Ps[ty + ATT_TY_BWD * i, c]
-                for j in range(ATT_DN):
-                    qb[j] = dOs[tx + ATT_TX * j, c]
-                for i in range(ATT_RM):
-                    for j in range(ATT_DN):
-                        dv[i, j] += ka[i] * qb[j]
+        _accumulate_product(dv, Ps, dOs, ka, qb)   # dv += att dout
         cuda.syncthreads()
         for i in range(ATT_RM):
             for j in range(ATT_CN):
                 Ps[ty + ATT_TY_BWD * i, tx + ATT_TX * j] = dp[i, j]
         cuda.syncthreads()
-        for cq4 in range(U32(ATT_BK // 4)):   # dk += dS q
-            for u in range(4):
-                c = cq4 * U32(4) + U32(u)
-                for i in range(ATT_RM):
-                    ka[i] = Ps[ty + ATT_TY_BWD * i, c]
-                for j in range(ATT_DN):
-                    qb[j] = Qs[tx + ATT_TX * j, c]
-                for i in range(ATT_RM):
-                    for j in range(ATT_DN):
-                        dk[i, j] += ka[i] * qb[j]
+        _accumulate_product(dk, Ps, Qs, ka, qb)   # dk += dS q
     for i in range(ATT_RM):
         t2 = k0 + ty + ATT_TY_BWD * i
         if t2 < T:
