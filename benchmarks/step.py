@@ -4,6 +4,7 @@ installed, PyTorch eager on the same model and batch in the same run.
     python -m benchmarks.step                 # 124M, B=4, T=64: step times, per-kernel table
     python -m benchmarks.step --startup       # cold and warm time to the first finished step
     python -m benchmarks.step --no-torch --steps 20
+    python -m benchmarks.step -d 6 -B 1 -T 1024   # a fresh d6 model (d6/d12/d24: C = 64 x depth)
 
 Reports min/median/max over --steps steps after --warmup steps, tokens/s, MFU (model FLOPs per
 second over the machine's peak, see dev/common.py), the PyTorch/llmnb
@@ -185,6 +186,8 @@ def main(argv=None):
     ap.add_argument("--seq-len", "-T", type=int, default=64)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--depth", "-d", type=int, default=None,
+                    help="a fresh d6/d12/d24... model (train_gpt2.cu's family: C = 64*L) instead of GPT-2 124M")
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--startup", action="store_true", help="measure cold and warm start-up only")
     ap.add_argument("--startup-runs", type=int, default=3, help="warm runs of --startup")
@@ -197,12 +200,13 @@ def main(argv=None):
 
     from numba import get_num_threads
     threads = get_num_threads()
-    config = GPT2Config()
+    config = GPT2Config() if args.depth is None else GPT2Config.depth(args.depth)
+    name = "GPT-2 124M" if args.depth is None else f"d{args.depth} (C={config.channels}, {config.num_heads} heads)"
     B, T = args.batch, args.seq_len
     flops = flops_per_step(config, B, T)
     x, y = make_batch(config, B, T)
     peak, peak_line = common.machine_peaks()
-    print(f"GPT-2 124M, B={B} T={T}: {flops / 1e9:.1f} GFLOP per step; {threads} Numba threads")
+    print(f"{name}, B={B} T={T}: {flops / 1e9:.1f} GFLOP per step; {threads} Numba threads")
     print(peak_line)
 
     model = GPT2(config, init_params(config))  # (the model keeps its own copy)
