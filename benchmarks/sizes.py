@@ -1,0 +1,96 @@
+"""Step time against model size and context: llmnb and PyTorch (SDPA) for d-models x T, one table and
+one picture (issue 10). Each (depth, T) runs `python -m benchmarks.step` in its own process at the same
+tokens per step (B = TOKENS / T), so the ms per token grow with T only through attention.
+
+    python -m benchmarks.sizes                          # d6, d12 x T = 64, 256, 1024
+    python -m benchmarks.sizes --depths 6,12,24 --steps 2 --out benchmarks/sizes
+
+Writes OUT.md (the table) and OUT.svg (ms per token against T, both systems, a line per depth).
+On 2 cores a d12 step of 1024 tokens takes ~13 s per system, a d24 step about eight times that.
+"""
+import argparse
+import re
+import subprocess
+import sys
+
+from llmnb.formats import atomic_write
+
+TOKENS = 1024
+
+
+def run_step(depth, T, steps, warmup):
+    """(llmnb ms, PyTorch ms or None, llmnb peak RSS MB) medians of one benchmarks.step run."""
+    cmd = [sys.executable, "-m", "benchmarks.step", "-d", str(depth), "-B", str(TOKENS // T), "-T", str(T),
+           "--steps", str(steps), "--warmup", str(warmup)]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"benchmarks/sizes.py: {' '.join(cmd)} failed:\n{r.stderr[-2000:]}")
+    med = {m.group(1): float(m.group(2)) for m in
+           re.finditer(r"^(llmnb|PyTorch)\s+step ms min/median/max\s+\d+\s+(\d+)", r.stdout, re.M)}
+    rss = float(re.search(r"llmnb peak RSS (\d+) MB", r.stdout).group(1))
+    return med["llmnb"], med.get("PyTorch"), rss
+
+
+def svg(rows, Ts):
+    """ms per token against T (log scale), a solid line per depth for llmnb, dashed for PyTorch."""
+    W, H, L, R, TOP, BOT = 640, 400, 70, 130, 40, 50
+    ys = [v for r in rows for v in (r["llmnb"], r["torch"]) if v]
+    ymax = max(ys) / TOKENS * 1.1
+    xs = {T: L + (W - L - R) * i / max(1, len(Ts) - 1) for i, T in enumerate(Ts)}
+
+    def y(ms):
+        return TOP + (H - TOP - BOT) * (1 - ms / TOKENS / ymax)
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" '
+           f'font-size="12"><rect width="{W}" height="{H}" fill="white"/>',
+           f'<text x="{L}" y="24" font-size="14">ms per token, {TOKENS} tokens per step (B = {TOKENS}/T): '
+           f'llmnb (solid) and PyTorch SDPA (dashed)</text>',
+           f'<line x1="{L}" y1="{H - BOT}" x2="{W - R}" y2="{H - BOT}" stroke="black"/>',
+           f'<line x1="{L}" y1="{TOP}" x2="{L}" y2="{H - BOT}" stroke="black"/>']
+    for T, x in xs.items():
+        out.append(f'<text x="{x:.0f}" y="{H - BOT + 18}" text-anchor="middle">T={T}</text>')
+    for i in range(6):
+        v = ymax * i / 5
+        out.append(f'<text x="{L - 6}" y="{y(v * TOKENS) + 4:.0f}" text-anchor="end">{v:.1f}</text>')
+    colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"]
+    for k, depth in enumerate(sorted({r["depth"] for r in rows})):
+        c = colors[k % len(colors)]
+        mine = [r for r in rows if r["depth"] == depth]
+        for key, dash in (("llmnb", ""), ("torch", ' stroke-dasharray="6,4"')):
+            pts = " ".join(f'{xs[r["T"]]:.0f},{y(r[key]):.0f}' for r in mine if r[key])
+            out.append(f'<polyline points="{pts}" fill="none" stroke="{c}" stroke-width="2"{dash}/>')
+        out.append(f'<text x="{W - R + 8}" y="{y(mine[-1]["llmnb"]) + 4:.0f}" fill="{c}">d{depth}</text>')
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--depths", default="6,12")
+    ap.add_argument("--T", default="64,256,1024")
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--out", default="benchmarks/sizes", help="writes OUT.md and OUT.svg")
+    args = ap.parse_args(argv)
+    Ts = [int(t) for t in args.T.split(",")]
+    rows = []
+    for depth in (int(d) for d in args.depths.split(",")):
+        for T in Ts:
+            print(f"d{depth} T={T} B={TOKENS // T} ...", flush=True)
+            ms, tms, rss = run_step(depth, T, args.steps, args.warmup)
+            rows.append({"depth": depth, "T": T, "llmnb": ms, "torch": tms, "rss": rss})
+            print(f"  llmnb {ms:.0f} ms, PyTorch {tms or float('nan'):.0f} ms, RSS {rss:.0f} MB", flush=True)
+    lines = ["| model | T | B | llmnb ms/step | PyTorch (SDPA) ms/step | PyTorch / llmnb | llmnb peak RSS |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ratio = f"{r['torch'] / r['llmnb']:.2f}x" if r["torch"] else "-"
+        lines.append(f"| d{r['depth']} | {r['T']} | {TOKENS // r['T']} | {r['llmnb']:,.0f} | "
+                     f"{r['torch'] or 0:,.0f} | {ratio} | {r['rss'] / 1024:.1f} GB |")
+    for path, text in ((args.out + ".md", "\n".join(lines) + "\n"), (args.out + ".svg", svg(rows, Ts))):
+        with atomic_write(path) as f:
+            f.write(text.encode())
+    print("\n".join(lines))
+    print(f"wrote {args.out}.md and {args.out}.svg")
+
+
+if __name__ == "__main__":
+    main()
