@@ -418,12 +418,3 @@ class Attention:
         attention_dquery_kernel[grid, (ATT_TX, ATT_TY_BWD)](dinp, dout, inp, lse, dd, scale)
         attention_dkey_value_kernel[grid, (ATT_TX, ATT_TY_BWD)](dinp, dout, inp, lse, dd, scale)
 
-
-def attention_forward(out, lse, inp):
-    """Attention().attention_forward (the backend keeps one Attention instead)."""
-    Attention().attention_forward(out, lse, inp)
-
-
-def attention_backward(dinp, dout, inp, out, lse):
-    """Attention().attention_backward with a scratch of its own (the backend keeps one Attention)."""
-    Attention().attention_backward(dinp, dout, inp, out, lse)
