@@ -55,7 +55,7 @@ class CPUBackend(Backend):
     scale_ = staticmethod(optim.scale_)
 
     def __init__(self):
-        self.scratch = matmul.MatmulScratch()  # the backward's transposes, reused step after step
+        self.scratch = matmul.MatmulScratch()  # the matmuls' packed operands, reused step after step
         self.bf16_scratch = None               # matvec_forward_bf16's widened rows
 
     def encoder_forward(self, out, inp, wte, wpe):
@@ -76,7 +76,7 @@ class CPUBackend(Backend):
     def matmul_forward(self, out, inp, weight, bias):
         """(one row: a GEMV, which streams the weight once; from bfloat16 bits for a uint16 weight)"""
         if not _one_row(out):
-            matmul.matmul_forward(out, inp, weight, bias)
+            matmul.matmul_forward(out, inp, weight, bias, scratch=self.scratch)
         elif weight.dtype == np.uint16:
             matmul.matvec_forward_bf16(out.reshape(-1), inp.reshape(-1), weight, bias,
                                        self._bf16_scratch(*weight.shape))

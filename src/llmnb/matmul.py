@@ -1,34 +1,34 @@
 """The matmuls of training: forward (out = inp @ W^T + b) and backward (dinp, dweight, dbias).
 
-They carry ~99% of the FLOPs of a GPT-2 step. All three are written as one "NT" product,
-    out[r, c] (+)= sum_k a[r, k] * b[c, k]      (a (M,K), b (P,K), both contiguous along k)
-computed by a register-blocked micro-kernel: a block of 6 rows of a times 4 rows of b is 24 dot
-products that share 10 streams along k; with fastmath LLVM turns each dot product into one
-AVX-512 accumulator, so each step of 16 k's is 24 FMAs for 10 loads. Without AVX-512 (16 vector
-registers, AVX2) the block is 4x2: 8 dot products on 6 streams (see WIDE).
+They carry ~99% of the FLOPs of a GPT-2 step. All three are one packed GEMM, as BLIS and
+OpenBLAS do it:
+    out (M,P) (+)= A (M,K) . B (K,P)
+    forward   out  (N,OC) = inp (N,C)     . weight^T (C,OC)  + bias   A = inp,     B = weight^T
+    dinp      dinp (N,C) += dout (N,OC)   . weight (OC,C)            A = dout,    B = weight
+    dweight   dW  (OC,C) += dout^T (OC,N) . inp (N,C)                A = dout^T,  B = inp
+    dbias     dbias (OC) += column sums of dout (N,OC)
+A and B are first copied ("packed") into scratch in the order the micro-kernel reads them: panels
+of MR = 6 rows of A and NR = 16 columns of B, each laid out k by k. The micro-kernel, kernel_6x16,
+keeps a 6x16 tile of out in 12 vector registers of 8 floats; each step of k loads 16 floats of B
+(two vectors), broadcasts 6 floats of A and does 12 fused multiply-adds, so it reads 22 floats
+from L1 per 96 FMAs (the dot-product form of nt_tile, below, reads 6 per 8). LLVM does not find
+this form in Python loops (it needs vectors that live across the k loop), so kernel_6x16 is written
+as LLVM vector IR through Numba's @intrinsic: the one place in llmnb below Numba's Python.
+Transposed operands (weight^T, dout^T) cost nothing extra: packing reads them either way.
 
-    forward   out  (N,OC) = inp (N,C)  . weight (OC,C)          + bias   a=inp,      b=weight
-    dinp      dinp (N,C) += dout (N,OC) . weight^T (C,OC)                a=dout,     b=weight^T
-    dweight   dW  (OC,C) += dout^T (OC,N) . inp^T (C,N)                  a=dout^T,   b=inp^T
-    dbias     dbias (OC) += row sums of dout^T
+Speed (2-core Zen 3, AVX2, 183 GFLOP/s peak; dev/matmul_*.py measure it): see benchmarks/RESULTS.md.
 
-The backward operands whose reduction axis is not contiguous (weight^T, dout^T, inp^T) are first
-transposed into the buffers of a MatmulScratch, allocated once and grown on demand, never per
-call. The classifier (OC = Vp = 50304) goes in chunks of the reduction axis (dinp: DINP_CHUNK
-columns of dout per pass) and of output rows (dweight), so that the scratch stays ~30 MB.
-
-Speed on the 2-core Zen 4 this was tuned on (peak 235 GFLOP/s; dev/matmul_*.py measure it):
-forward ~81-83% of peak, dinp ~71-77%, dweight ~68% (its reduction axis is only N = B*T long,
-so the horizontal sum that ends each dot product weighs more).
-
-Each output element is summed by one thread in a fixed order (for the classifier's dinp: pass by
-pass), so results do not depend on the number of threads: the parallel kernels are bitwise equal
-to their serial copies.
+Each output element is summed by one task in a fixed order (k chunk by k chunk), so results do
+not depend on the number of threads: the parallel kernels are bitwise equal to their serial
+copies.
 """
 import os
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 F32 = np.float32
 
@@ -56,15 +56,15 @@ def _avx512():
 WIDE = _avx512()
 RB = 6 if WIDE else 4   # micro-kernel rows (of a: output rows)
 CB = 4 if WIDE else 2   # micro-kernel columns (rows of b: output columns)
-TILE_BYTES = 192 * 1024   # columns per parallel task: the task's b-tile (cols x K) fits L2
-DINP_CHUNK = 4096   # dinp: columns of dout per pass (a pass's N x 4096 block of dout stays in L3)
-DW_CHUNK_FLOATS = 4 * 1024 * 1024  # dweight: largest dout^T chunk in the scratch (16 MB)
-DW_ROWS = 48        # rows of dweight per parallel task of the backward (a multiple of RB)
 NO_BIAS = np.zeros(0, dtype=F32)
 
 
 # ------------------------------------------------------------------------------------------------
-# the NT core
+# the dot-product NT tile, for attention's small tiles (kernels.attention_forward/backward):
+#     out[r, c] (+)= sum_k a[r, k] * b[c, k]      (a (M,K), b (P,K), both contiguous along k)
+# a block of RB rows of a times CB rows of b is RB*CB dot products that share RB+CB streams along
+# k; with fastmath LLVM turns each dot product into one vector accumulator (6x4 with AVX-512's 32
+# registers, 4x2 with AVX2's 16: see WIDE)
 
 @njit(fastmath=True, cache=True, inline="always")
 def _dot(x, w, n):
@@ -259,69 +259,203 @@ def nt_tile(out, a, a_off, b, c0, c1, bias, has_bias, accumulate):
             _put(out, rr, c, _dot(x, b[c], K), bias, has_bias, accumulate)
 
 
-@njit(cache=True, inline="always")
-def _tile_width(P, K):
-    # columns per parallel task: a multiple of CB whose b-tile (width x K floats) is ~TILE_BYTES
-    width = TILE_BYTES // (4 * max(1, K)) // CB * CB
-    return max(CB, min(width, (P + CB - 1) // CB * CB))
-
-
 # ------------------------------------------------------------------------------------------------
-# packing: transposes into scratch
+# the packed GEMM
 
-@njit(fastmath=True, cache=True)
-def _pack_transposed(dst, d0, e0, src, c0, c1, k0, k1):
-    # dst[c - d0, k - e0] = src[k, c] for c in [c0, c1), k in [k0, k1): columns of src become
-    # rows of dst, contiguous along k. Eight rows of src at a time: each dst row gets 8
-    # consecutive floats per pass (~2 G floats/s a core, 2-3x the naive element loop).
-    k8 = k0 + (k1 - k0) // 8 * 8
-    for kb in range(k0, k8, 8):
-        s0, s1, s2, s3 = src[kb], src[kb + 1], src[kb + 2], src[kb + 3]
-        s4, s5, s6, s7 = src[kb + 4], src[kb + 5], src[kb + 6], src[kb + 7]
-        o = kb - e0
-        for c in range(c0, c1):
-            d = dst[c - d0]
-            d[o], d[o + 1], d[o + 2], d[o + 3] = s0[c], s1[c], s2[c], s3[c]
-            d[o + 4], d[o + 5], d[o + 6], d[o + 7] = s4[c], s5[c], s6[c], s7[c]
-    for k in range(k8, k1):
-        for c in range(c0, c1):
-            dst[c - d0, k - e0] = src[k, c]
+MR, NR = 6, 16     # the micro-kernel's tile of out: 6 rows x 16 columns (12 vectors of 8 floats)
+KC = 256           # k per micro-kernel call: its panel of B (KC x 16 floats, 16 KB) stays in L1
+MC, NC = 120, 128  # a parallel task's tile of out (MC x KC floats of packed A, 120 KB, stay in L2)
+KCH = 4096         # k per packed chunk: K <= 4096 (all of GPT-2's but the classifier's dinp) is one
+PCH = 1024         # columns of B per packed chunk
+PACK_FLOATS = 8 << 20  # floats of packed A per chunk (32 MB): rows of A per chunk = this // k
+
+
+@intrinsic
+def kernel_6x16(typingctx, ap, a_off, bp, b_off, kc, out, r0, c0):
+    # out[r0:r0+6, c0:c0+16] += ap[a_off:] (kc,6) . bp[b_off:] (kc,16): a panel of packed A and
+    # one of packed B, both k-major (6 and 16 floats per k). out: 2-D, rows contiguous; no bounds
+    # checks (gemm calls it on full tiles only). The accumulators start as allocas, which LLVM
+    # keeps in registers: 12 <8 x float>, plus 2 for B's 16 floats and 1 for A's broadcast.
+    sig = types.void(ap, a_off, bp, b_off, kc, out, r0, c0)
+
+    def codegen(context, builder, signature, args):
+        apv, aoff, bpv, boff, kcv, outv, r0v, c0v = args
+        a = context.make_array(signature.args[0])(context, builder, apv)
+        b = context.make_array(signature.args[2])(context, builder, bpv)
+        o = context.make_array(signature.args[5])(context, builder, outv)
+        f32, i32, i64 = ir.FloatType(), ir.IntType(32), ir.IntType(64)
+        v8 = ir.VectorType(f32, 8)
+        v8p = v8.as_pointer()
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v8, [v8, v8, v8]),
+                                             "llvm.fma.v8f32")
+        undef = ir.Constant(v8, ir.Undefined)
+        splat = ir.Constant(ir.VectorType(i32, 8), [0] * 8)   # lane 0 to all lanes
+
+        def n(x):
+            return ir.Constant(i64, x)
+
+        acc = [cgutils.alloca_once_value(builder, ir.Constant(v8, [0.0] * 8)) for _ in range(2 * MR)]
+        abase = builder.gep(a.data, [aoff])
+        bbase = builder.gep(b.data, [boff])
+        with cgutils.for_range(builder, kcv) as loop:
+            bk = builder.gep(bbase, [builder.mul(loop.index, n(NR))])
+            b0 = builder.load(builder.bitcast(bk, v8p), align=4)
+            b1 = builder.load(builder.bitcast(builder.gep(bk, [n(8)]), v8p), align=4)
+            ak = builder.gep(abase, [builder.mul(loop.index, n(MR))])
+            for i in range(MR):
+                ai = builder.load(builder.gep(ak, [n(i)]))
+                av = builder.shuffle_vector(builder.insert_element(undef, ai, ir.Constant(i32, 0)), undef, splat)
+                for j, bv in enumerate((b0, b1)):
+                    builder.store(builder.call(fma, [av, bv, builder.load(acc[2 * i + j])]), acc[2 * i + j])
+        row_stride = builder.sdiv(builder.extract_value(o.strides, 0), n(4))
+        for i in range(MR):
+            row = builder.gep(o.data, [builder.add(builder.mul(builder.add(r0v, n(i)), row_stride), c0v)])
+            for j in range(2):
+                ptr = builder.bitcast(builder.gep(row, [n(8 * j)]), v8p)
+                total = builder.fadd(builder.load(ptr, align=4), builder.load(acc[2 * i + j]))
+                builder.store(total, ptr, align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(cache=True)
+def pack_a(ap, a, a_trans, m0, m1, k0, k1):
+    # ap[p*kc*MR + k*MR + i] = A[m0 + p*MR + i, k0 + k] for the panels p of rows m0..m1 (kc = k1-k0);
+    # A = a (M,K), or a^T for a (K,M) (a_trans). Rows past m1 in the last panel are zeros.
+    kc = k1 - k0
+    for p in range((m1 - m0 + MR - 1) // MR):
+        r0 = m0 + p * MR
+        h = min(MR, m1 - r0)
+        for k in range(kc):
+            o = p * kc * MR + k * MR
+            if a_trans:
+                for i in range(h):
+                    ap[o + i] = a[k0 + k, r0 + i]
+            else:
+                for i in range(h):
+                    ap[o + i] = a[r0 + i, k0 + k]
+            for i in range(h, MR):
+                ap[o + i] = F32(0.0)
+
+
+@njit(cache=True)
+def pack_b(bp, b, b_trans, p0, p1, k0, k1):
+    # bp[p*kc*NR + k*NR + j] = B[k0 + k, p0 + p*NR + j] for the panels p of columns p0..p1;
+    # B = b (K,P), or b^T for b (P,K) (b_trans). Columns past p1 in the last panel are zeros.
+    # (k outer, j inner: each k writes 16 consecutive floats, 2.6x faster than j outer for b^T)
+    kc = k1 - k0
+    for p in range((p1 - p0 + NR - 1) // NR):
+        q0 = p0 + p * NR
+        w = min(NR, p1 - q0)
+        for k in range(kc):
+            o = p * kc * NR + k * NR
+            if b_trans:
+                for j in range(w):
+                    bp[o + j] = b[q0 + j, k0 + k]
+            else:
+                for j in range(w):
+                    bp[o + j] = b[k0 + k, q0 + j]
+            for j in range(w, NR):
+                bp[o + j] = F32(0.0)
+
+
+@njit(cache=True)
+def _tile(out, ap, bp, kl, ic, jc, tm0, tm1, tn0, tn1, edge):
+    # out[tm0:tm1, tn0:tn1] += its rows of packed A (rows from ic) . its columns of packed B
+    # (columns from jc), both kl long: KC at a time, each panel of B (in L1) against every panel
+    # of A of the tile (in L2). Partial tiles at the edges of out go through edge (MR,NR).
+    for pc in range(0, kl, KC):
+        kc = min(KC, kl - pc)
+        for j0 in range(tn0, tn1, NR):
+            boff = (j0 - jc) // NR * kl * NR + pc * NR
+            for i0 in range(tm0, tm1, MR):
+                aoff = (i0 - ic) // MR * kl * MR + pc * MR
+                if i0 + MR <= tm1 and j0 + NR <= tn1:
+                    kernel_6x16(ap, aoff, bp, boff, kc, out, i0, j0)
+                else:
+                    edge[:] = F32(0.0)
+                    kernel_6x16(ap, aoff, bp, boff, kc, edge, 0, 0)
+                    for i in range(min(MR, tm1 - i0)):
+                        for j in range(min(NR, tn1 - j0)):
+                            out[i0 + i, j0 + j] += edge[i, j]
 
 
 @njit(parallel=True, cache=True)
-def transpose(dst, src):
-    # dst (P,Q) = src (Q,P)^T, in parallel over tiles of 128 columns of src: 512-byte stretches
-    # of each src row (64-column tiles are 1.4x slower, and so are tiles of fewer rows)
-    Q, P = src.shape
-    for t in prange((P + 127) // 128):
-        _pack_transposed(dst, 0, 0, src, t * 128, min(t * 128 + 128, P), 0, Q)
+def gemm(out, a, a_trans, b, b_trans, bias, has_bias, accumulate, ap, bp, kch, mch, pch):
+    # out (M,P) (+)= A (M,K) . B (K,P) (+ bias (P) when not accumulating); A = a or a^T, B = b or
+    # b^T (pack_a, pack_b). In chunks of kch along k, mch rows and pch columns: each chunk of A
+    # and of B is packed once (in parallel) into ap and bp, then tasks of MC x NC of out run the
+    # micro-kernels over the whole chunk, so that a task's tile of out stays in cache.
+    M, P = out.shape
+    K = a.shape[0] if a_trans else a.shape[1]
+    for k0 in range(0, K, kch):
+        k1 = min(k0 + kch, K)
+        kl = k1 - k0
+        first = k0 == 0 and not accumulate
+        for ic in range(0, M, mch):
+            m1 = min(ic + mch, M)
+            for g in prange((m1 - ic + 8 * MR - 1) // (8 * MR)):   # 8 panels of A per task
+                pack_a(ap[g * 8 * MR * kl:], a, a_trans, ic + g * 8 * MR, min(ic + (g + 1) * 8 * MR, m1), k0, k1)
+            for jc in range(0, P, pch):
+                p1 = min(jc + pch, P)
+                for g in prange((p1 - jc + 4 * NR - 1) // (4 * NR)):   # 4 panels of B per task
+                    pack_b(bp[g * 4 * NR * kl:], b, b_trans, jc + g * 4 * NR, min(jc + (g + 1) * 4 * NR, p1), k0, k1)
+                ntn = (p1 - jc + NC - 1) // NC
+                for task in prange((m1 - ic + MC - 1) // MC * ntn):
+                    tm0 = ic + task // ntn * MC
+                    tn0 = jc + task % ntn * NC
+                    tm1, tn1 = min(tm0 + MC, m1), min(tn0 + NC, p1)
+                    if first:
+                        for r in range(tm0, tm1):
+                            for c in range(tn0, tn1):
+                                out[r, c] = bias[c] if has_bias else F32(0.0)
+                    _tile(out, ap, bp, kl, ic, jc, tm0, tm1, tn0, tn1, np.empty((MR, NR), F32))
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def bias_backward(dbias, dout):
+    # dbias (OC) += the sums over n of dout (N,OC): 16 columns per task, n in order
+    N, OC = dout.shape
+    for t in prange((OC + 15) // 16):
+        c0, c1 = t * 16, min(t * 16 + 16, OC)
+        for n in range(N):
+            for c in range(c0, c1):
+                dbias[c] += dout[n, c]
+
+
+def _gemm(out, a, a_trans, b, b_trans, bias, accumulate, scratch):
+    """gemm with its chunk sizes and its packing scratch (checked arrays only)."""
+    M, P = out.shape
+    K = a.shape[0] if a_trans else a.shape[1]
+    kch = min(K, KCH)
+    mch = max(MC, min(M, PACK_FLOATS // kch // MC * MC))
+    pch = min(P, PCH)
+    ap = scratch.get("packed_a", ((min(M, mch) + 8 * MR) * kch,))
+    bp = scratch.get("packed_b", ((pch + 4 * NR) * kch,))
+    has_bias = bias is not None
+    gemm(out, a, a_trans, b, b_trans, bias if has_bias else NO_BIAS, has_bias, accumulate, ap, bp,
+         kch, mch, pch)
 
 
 class MatmulScratch:
-    """Flat float32 scratch buffers for the backward transposes, by name; each one grows to the
+    """Flat float32 scratch buffers for the packed operands, by name; each one grows to the
     largest size asked for and is then reused, so steady-state calls allocate nothing.
     Not thread-safe: give each Python thread that runs matmuls its own MatmulScratch."""
 
     def __init__(self):
         self._buffers = {}
 
-    def get(self, name, shape, apart_from=None):
-        """A C-contiguous float32 view of the shape, on the buffer of that name (contents
-        undefined). With apart_from (an array), the view starts 2 KB away from that array's start
-        modulo 4 KB. Rows a multiple of 4 KB long (K = 1024, 3072 floats) of two arrays that start
-        at the same offset modulo 4 KB all fall in the same L1 set, and the 6x4 micro-kernel's 10
-        streams then thrash its 8 ways (~8% slower); apart, they use two sets."""
+    def get(self, name, shape):
+        """A C-contiguous float32 view of the shape, on the buffer of that name (contents undefined)."""
         n = 1
         for d in shape:
             n *= d
         buf = self._buffers.get(name)
-        if buf is None or buf.shape[0] < n + 1024:
-            buf = np.empty(n + 1024, dtype=F32)
+        if buf is None or buf.shape[0] < n:
+            buf = np.empty(n, dtype=F32)
             self._buffers[name] = buf
-        start = 0
-        if apart_from is not None:
-            start = (apart_from.ctypes.data + 2048 - buf.ctypes.data) % 4096 // 4
-        return buf[start:start + n].reshape(shape)
+        return buf[:n].reshape(shape)
 
     def nbytes(self):
         return sum(b.nbytes for b in self._buffers.values())
@@ -333,49 +467,7 @@ DEFAULT_SCRATCH = MatmulScratch()
 
 
 # ------------------------------------------------------------------------------------------------
-# the three matmuls (2-D), and the public API
-
-@njit(parallel=True, fastmath=True, cache=True)
-def _matmul_forward_2d(out, inp, weight, bias, has_bias):
-    # out (N,OC) = inp (N,C) . weight (OC,C)^T + bias (OC)
-    C = inp.shape[1]
-    OC = out.shape[1]
-    width = _tile_width(OC, C)
-    ntiles = (OC + width - 1) // width
-    for t in prange(ntiles):
-        o0 = t * width
-        nt_tile(out, inp, 0, weight, o0, min(o0 + width, OC), bias, has_bias, False)
-
-
-@njit(parallel=True, fastmath=True, cache=True)
-def _matmul_backward_dinp(dinp, dout, o0, weightT):
-    # dinp (N,C) += dout (N,OC)[:, o0:o0+K] . weightT (C,K)^T, weightT = weight[o0:o0+K]^T
-    C = dinp.shape[1]
-    width = _tile_width(C, weightT.shape[1])
-    for t in prange((C + width - 1) // width):
-        c0 = t * width
-        nt_tile(dinp, dout, o0, weightT, c0, min(c0 + width, C), NO_BIAS, False, True)
-
-
-@njit(parallel=True, fastmath=True, cache=True)
-def _matmul_backward_dweight(dweight, dbias, dout, inpT, o0, o1, doutT, has_bias):
-    # dweight (OC,C)[o0:o1] += dout (N,OC)[:, o0:o1]^T . inpT (C,N)^T; dbias[o0:o1] += sums over N
-    # each task owns DW_ROWS rows of dweight: it packs their doutT (rows, N) into its part of the
-    # scratch doutT (o1-o0, N), then sweeps the columns of dweight in L2-sized blocks of inpT
-    C, N = inpT.shape
-    width = _tile_width(C, N)
-    for t in prange((o1 - o0 + DW_ROWS - 1) // DW_ROWS):
-        r0 = o0 + t * DW_ROWS
-        r1 = min(r0 + DW_ROWS, o1)
-        _pack_transposed(doutT, o0, 0, dout, r0, r1, 0, N)
-        a = doutT[r0 - o0:r1 - o0]
-        out = dweight[r0:r1]
-        for c0 in range(0, C, width):
-            nt_tile(out, a, 0, inpT, c0, min(c0 + width, C), NO_BIAS, False, True)
-        if has_bias:
-            for o in range(r0, r1):
-                dbias[o] += _sum(a[o - r0])
-
+# one token's matmul (GEMV), and the public API
 
 MV_ROWS = 256  # matvec_forward: rows of weight per parallel task (768 KB at C = 768)
 
@@ -443,22 +535,22 @@ def _weight_shape(weight):
     return weight.shape
 
 
-def matmul_forward(out, inp, weight, bias):
-    """out (B,T,OC) = inp (B,T,C) @ weight (OC,C)^T + bias (OC); bias may be None."""
+def matmul_forward(out, inp, weight, bias, scratch=None):
+    """out (B,T,OC) = inp (B,T,C) @ weight (OC,C)^T + bias (OC); bias may be None. scratch: a
+    MatmulScratch for the packed operands (default: the module's DEFAULT_SCRATCH)."""
     OC, C = _weight_shape(weight)
     inp2 = _rows("inp", inp, C)
     out2 = _rows("out", out, OC)
     if out2.shape[0] != inp2.shape[0]:
         raise ValueError(f"matmul: out {out.shape} and inp {inp.shape} have different B*T")
-    has_bias = bias is not None
-    if has_bias:
+    if bias is not None:
         _check("bias", bias, (OC,))
-    _matmul_forward_2d(out2, inp2, weight, bias if has_bias else NO_BIAS, has_bias)
+    _gemm(out2, inp2, False, weight, True, bias, False, DEFAULT_SCRATCH if scratch is None else scratch)
 
 
 def matmul_backward(dinp, dweight, dbias, dout, inp, weight, scratch=None):
     """dinp (B,T,C), dweight (OC,C), dbias (OC) or None += the gradients of matmul_forward,
-    given dout (B,T,OC), inp (B,T,C), weight (OC,C). scratch: a MatmulScratch for the transposed
+    given dout (B,T,OC), inp (B,T,C), weight (OC,C). scratch: a MatmulScratch for the packed
     operands (default: the module's DEFAULT_SCRATCH)."""
     OC, C = _weight_shape(weight)
     s = DEFAULT_SCRATCH if scratch is None else scratch
@@ -469,40 +561,23 @@ def matmul_backward(dinp, dweight, dbias, dout, inp, weight, scratch=None):
     if inp2.shape[0] != N or dinp2.shape[0] != N:
         raise ValueError(f"matmul: dout {dout.shape}, inp {inp.shape}, dinp {dinp.shape} differ in B*T")
     _check("dweight", dweight, (OC, C))
-    has_bias = dbias is not None
-    if has_bias:
+    if dbias is not None:
         _check("dbias", dbias, (OC,))
-
     backward_dinp(dinp2, dout2, weight, s)
     backward_dweight(dweight, dbias, dout2, inp2, s)
 
 
 def backward_dinp(dinp, dout, weight, scratch):
-    """dinp (N,C) += dout (N,OC) . weight (OC,C), in passes over DINP_CHUNK columns of dout (one
-    pass below the classifier): a pass's block of dout stays in L3, and its transposed weight rows
-    weight[o0:o1]^T fit a small scratch. Checked arrays only."""
-    OC, C = weight.shape
-    och = min(OC, DINP_CHUNK)
-    for o0 in range(0, OC, och):
-        o1 = min(o0 + och, OC)
-        weightT = scratch.get("weightT", (C, o1 - o0), apart_from=dout)
-        transpose(weightT, weight[o0:o1])
-        _matmul_backward_dinp(dinp, dout, o0, weightT)
+    """dinp (N,C) += dout (N,OC) . weight (OC,C). Checked arrays only."""
+    _gemm(dinp, dout, False, weight, False, None, True, scratch)
 
 
 def backward_dweight(dweight, dbias, dout, inp, scratch):
-    """dweight (OC,C) += dout (N,OC)^T . inp (N,C), dbias (OC) or None += dout summed over N, in
-    chunks of the rows of dweight so that dout[:, o0:o1]^T fits the scratch. Checked arrays only."""
-    N, C = inp.shape
-    OC = dweight.shape[0]
-    has_bias = dbias is not None
-    inpT = scratch.get("inpT", (C, N))
-    transpose(inpT, inp)
-    och = max(DW_ROWS, min(OC, DW_CHUNK_FLOATS // max(N, 1)))
-    for o0 in range(0, OC, och):
-        o1 = min(o0 + och, OC)
-        _matmul_backward_dweight(dweight, dbias if has_bias else NO_BIAS, dout, inpT, o0, o1,
-                                 scratch.get("doutT", (o1 - o0, N)), has_bias)
+    """dweight (OC,C) += dout (N,OC)^T . inp (N,C); dbias (OC) or None += dout summed over N.
+    Checked arrays only."""
+    _gemm(dweight, dout, True, inp, False, None, True, scratch)
+    if dbias is not None:
+        bias_backward(dbias, dout)
 
 
 def matvec_forward(out, inp, weight, bias):
