@@ -3,20 +3,24 @@
 Versions, from the straight port of llm.c upward:
   v1  llm.c's attention_forward / attention_backward: one task per (b, t, h) query in forward,
       per (b, h) in backward, through (B, NH, T, T) buffers preatt and att (and their gradients)
-  v2  llmnb.kernels.attention_forward / attention_backward (the package's): flash-style, tiles of
-      ATT_TILE = 128 queries against tiles of 128 keys through matmul.py's 6x4 NT micro-kernel, an online
-      softmax, causal tiles skipped; forward keeps only the per-row log-sum-exp (B, NH, T) and
-      backward recomputes att from it, tile by tile. No T x T buffer.
+  v2  flash-style: tiles of 128 queries against tiles of 128 keys through matmul.nt_tile (the
+      dot-product micro-kernels, 4x2 on AVX2), an online softmax, causal tiles skipped; forward
+      keeps only the per-row log-sum-exp (B, NH, T) and backward recomputes att from it, tile by
+      tile. No T x T buffer.
   v3  v2's forward with a backward one query row at a time (v1's loops, att recomputed from lse):
       kept as the measured alternative; at T = 1024 it was ~2x slower than v2's tiles (the k and
       v gradient rows of every earlier key are read and written once per query), at T <= 256 on
       par with v2 and v1
+  v4  llmnb.kernels.attention_forward / attention_backward (the package's): v2's algorithm with
+      the tile products through matmul.tile_product (the GEMM's 6x16 vector micro-kernel on
+      packed operands: q, p, dout, att^T, dS, dS^T as A; k^T, v, v^T, k, q, dout as B), tiles of
+      96 (keys are rows and columns: multiples of 6 and 16 avoid edge tiles)
 
 `python -m dev.attention` checks both against a float64 NumPy reference (odd shapes, T not a
 multiple of the tile, T = 1) and prints the time of one layer's forward and backward at GPT-2
 124M's heads (C = 768, NH = 12) for B = 1 and T = 64, 256, 1024, with GFLOP/s counted on the
 causal pairs only (4 hs FLOPs per pair forward, 8 hs backward: what the one FLOP count of
-llmnb.mfu counts). Options: --runs R (default 5), --T 64,256,1024.
+llmnb.mfu counts). Options: --runs R (default 5), --T 64,256,1024, --versions v2,v4.
 """
 import argparse
 import math
@@ -26,6 +30,7 @@ from numba import njit, prange
 
 from llmnb import kernels
 from llmnb.kernels import REDUCE_FASTMATH, attention_query_head
+from llmnb.matmul import NO_BIAS, nt_tile
 
 from dev import common
 from dev.common import F32
@@ -111,18 +116,200 @@ class V1:
         _v1_backward(dinp, self.dpreatt, self.datt, dout, inp, self.att)
 
 
+# ------------------------------------------------------------------------------------------------
+# v2: flash-style tiles through the dot-product NT tiles
+
+V2_TILE = 128  # queries per query tile and keys per key tile (128 was faster than 64 at T = 1024:
+                # the products that sum over a tile's keys or queries get longer sums, see
+                # dev/attention.py; a task's tiles, ~0.3 MB, stay in L2)
+
+
+@njit(cache=True)
+def _pack_rows(dst, src, t0, t1, c0):
+    # dst (n,hs)[r] = src (T,3C)[t0 + r, c0:c0+hs] for r < t1 - t0; zero rows after
+    n, hs = dst.shape
+    for r in range(n):
+        if t0 + r < t1:
+            for i in range(hs):
+                dst[r, i] = src[t0 + r, c0 + i]
+        else:
+            for i in range(hs):
+                dst[r, i] = F32(0.0)
+
+
+@njit(cache=True)
+def _pack_cols(dst, src, t0, t1, c0, scale):
+    # dst (hs,n)[:, r] = scale * src (T,3C)[t0 + r, c0:c0+hs] for r < t1 - t0; zero columns after
+    hs, n = dst.shape
+    for r in range(n):
+        if t0 + r < t1:
+            for i in range(hs):
+                dst[i, r] = scale * src[t0 + r, c0 + i]
+        else:
+            for i in range(hs):
+                dst[i, r] = F32(0.0)
+
+
+@njit(cache=True)
+def _transpose_tile(dst, src):
+    # dst (n,m) = src (m,n)^T
+    m, n = src.shape
+    for r in range(m):
+        for j in range(n):
+            dst[j, r] = src[r, j]
+
+
+@njit(parallel=True, fastmath=REDUCE_FASTMATH, cache=True)
+def _v2_forward(out, lse, inp):
+    # out (B,T,C); lse (B,NH,T) the log-sum-exp of each query's scaled scores; inp (B,T,3C)
+    # holding the query, key, value vectors. One task per (b, h, query tile).
+    B, T, C3 = inp.shape
+    C = C3 // 3
+    NH = lse.shape[1]
+    hs = C // NH
+    scale = F32(1.0 / math.sqrt(hs))
+    TT = min(V2_TILE, T)   # short sequences: one tile of exactly T, no padding
+    nqt = (T + TT - 1) // TT
+    for task in prange(B * NH * nqt):
+        b = task // (NH * nqt)
+        h = (task // nqt) % NH
+        t0 = (task % nqt) * TT
+        t1 = min(t0 + TT, T)
+        nq = t1 - t0
+        q0, k0, v0 = h * hs, C + h * hs, 2 * C + h * hs
+        # per-task tiles (TT*TT + 3*TT*hs floats), allocated once per task, not per key tile
+        qp = np.empty((TT, hs), F32)
+        kp = np.empty((TT, hs), F32)
+        vt = np.empty((hs, TT), F32)
+        s = np.empty((TT, TT), F32)
+        o = np.zeros((TT, hs), F32)
+        m = np.empty(TT, F32)
+        lsum = np.zeros(TT, F32)
+        m[:] = -np.inf
+        _pack_rows(qp, inp[b], t0, t1, q0)
+        for j0 in range(0, t1, TT):   # key tiles up to the diagonal: the causal rest is skipped
+            j1 = min(j0 + TT, t1)
+            _pack_rows(kp, inp[b], j0, j1, k0)
+            _pack_cols(vt, inp[b], j0, j1, v0, F32(1.0))
+            nt_tile(s, qp, 0, kp, 0, j1 - j0, NO_BIAS, False, False)   # s = q . k
+            for r in range(nq):
+                jend = min(j1, t0 + r + 1) - j0   # keys j0 .. t of this row (>= 1 of them)
+                row = s[r]
+                mx = m[r]
+                for j in range(jend):
+                    x = row[j] * scale
+                    row[j] = x
+                    mx = max(mx, x)
+                ssum = F32(0.0)
+                for j in range(jend):
+                    p = kernels.exp_f32(row[j] - mx)
+                    row[j] = p
+                    ssum += p
+                for j in range(jend, TT):
+                    row[j] = F32(0.0)
+                corr = np.exp(m[r] - mx)   # 0 on the first tile (m = -inf)
+                lsum[r] = lsum[r] * corr + ssum
+                m[r] = mx
+                for i in range(hs):
+                    o[r, i] *= corr
+            nt_tile(o[:nq], s, 0, vt, 0, hs, NO_BIAS, False, True)   # o += p . v
+        for r in range(nq):
+            inv = F32(1.0) / lsum[r]
+            for i in range(hs):
+                out[b, t0 + r, q0 + i] = o[r, i] * inv
+            lse[b, h, t0 + r] = m[r] + np.log(lsum[r])
+
+
+@njit(parallel=True, fastmath=REDUCE_FASTMATH, cache=True)
+def _v2_backward(dinp, dout, inp, out, lse):
+    # dinp (B,T,3C) += the gradient of attention_forward, from dout (B,T,C), inp (B,T,3C) and
+    # what forward left: out (B,T,C) and lse (B,NH,T). att = exp(scale q.k - lse) is recomputed per
+    # (query tile, key tile); with dS = att * (dout.v - dout.out) (the softmax backward, since
+    # sum_t2 att dout.v = dout.out):
+    #     dv += att^T dout,  dq += scale dS k,  dk += scale dS^T q.
+    # One task per (b, h): a key receives from every later query, so (b, h)'s slices of dinp are
+    # the unit that no two tasks share. Key tiles outer, so dk and dv of a tile stay in scratch.
+    B, T, C3 = inp.shape
+    C = C3 // 3
+    NH = lse.shape[1]
+    hs = C // NH
+    scale = F32(1.0 / math.sqrt(hs))
+    TT = min(V2_TILE, T)   # short sequences: one tile of exactly T, no padding
+    for bh in prange(B * NH):
+        b = bh // NH
+        h = bh % NH
+        q0, k0, v0 = h * hs, C + h * hs, 2 * C + h * hs
+        qp = np.empty((TT, hs), F32)    # the query tile's q, and its dout
+        dop = np.empty((TT, hs), F32)
+        qt = np.empty((hs, TT), F32)    # the same, transposed
+        dot_ = np.empty((hs, TT), F32)
+        kp = np.empty((TT, hs), F32)    # the key tile's k and v, and k transposed
+        vp = np.empty((TT, hs), F32)
+        kt = np.empty((hs, TT), F32)
+        s = np.empty((TT, TT), F32)     # scores, then att
+        dp = np.empty((TT, TT), F32)    # dout . v, then dS
+        st = np.empty((TT, TT), F32)    # att^T, then (scale dS)^T
+        dk = np.empty((TT, hs), F32)
+        dv = np.empty((TT, hs), F32)
+        dq = np.empty((TT, hs), F32)
+        dd = np.empty(TT, F32)          # dout . out per query row
+        for j0 in range(0, T, TT):
+            j1 = min(j0 + TT, T)
+            nk = j1 - j0
+            _pack_rows(kp, inp[b], j0, j1, k0)
+            _pack_rows(vp, inp[b], j0, j1, v0)
+            _pack_cols(kt, inp[b], j0, j1, k0, F32(1.0))
+            dk[:] = F32(0.0)
+            dv[:] = F32(0.0)
+            for t0 in range(j0, T, TT):   # query tiles on and below the diagonal
+                t1 = min(t0 + TT, T)
+                nq = t1 - t0
+                _pack_rows(qp, inp[b], t0, t1, q0)
+                _pack_rows(dop, dout[b], t0, t1, q0)
+                _pack_cols(qt, inp[b], t0, t1, q0, scale)
+                _pack_cols(dot_, dout[b], t0, t1, q0, F32(1.0))
+                for r in range(nq):
+                    acc = F32(0.0)
+                    for i in range(hs):
+                        acc += dop[r, i] * out[b, t0 + r, q0 + i]
+                    dd[r] = acc
+                nt_tile(s, qp, 0, kp, 0, nk, NO_BIAS, False, False)    # q . k
+                nt_tile(dp, dop, 0, vp, 0, nk, NO_BIAS, False, False)  # dout . v
+                for r in range(TT):   # rows past nq become zeros too: they are summed over below
+                    jend = min(j1, t0 + r + 1) - j0 if r < nq else 0
+                    for j in range(jend):
+                        p = kernels.exp_f32(s[r, j] * scale - lse[b, h, t0 + r])
+                        s[r, j] = p
+                        dp[r, j] = p * (dp[r, j] - dd[r])
+                    for j in range(jend, TT):
+                        s[r, j] = F32(0.0)
+                        dp[r, j] = F32(0.0)
+                _transpose_tile(st, s)
+                nt_tile(dv[:nk], st, 0, dot_, 0, hs, NO_BIAS, False, True)   # dv += att^T dout
+                _transpose_tile(st, dp)
+                nt_tile(dk[:nk], st, 0, qt, 0, hs, NO_BIAS, False, True)     # dk += dS^T (scale q)
+                nt_tile(dq[:nq], dp, 0, kt, 0, hs, NO_BIAS, False, False)    # dS k
+                for r in range(nq):
+                    for i in range(hs):
+                        dinp[b, t0 + r, q0 + i] += scale * dq[r, i]
+            for j in range(nk):
+                for i in range(hs):
+                    dinp[b, j0 + j, k0 + i] += dk[j, i]
+                    dinp[b, j0 + j, v0 + i] += dv[j, i]
+
+
 class V2:
-    """The package's flash-style kernels."""
-    label = "flash tiles (package)"
+    """Flash-style tiles, dot-product micro-kernels."""
+    label = "flash tiles, nt_tile"
 
     def setup(self, B, T, C, NH):
         self.lse = np.zeros((B, NH, T), F32)
 
     def forward(self, out, inp):
-        kernels.attention_forward(out, self.lse, inp)
+        _v2_forward(out, self.lse, inp)
 
     def backward(self, dinp, dout, inp, out):
-        kernels.attention_backward(dinp, dout, inp, out, self.lse)
+        _v2_backward(dinp, dout, inp, out, self.lse)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -178,7 +365,18 @@ class V3(V2):
         _v3_backward(dinp, dout, inp, out, self.lse)
 
 
-VERSIONS = {"v1": V1(), "v2": V2(), "v3": V3()}
+class V4(V2):
+    """The package's flash-style kernels."""
+    label = "flash tiles, 6x16 (package)"
+
+    def forward(self, out, inp):
+        kernels.attention_forward(out, self.lse, inp)
+
+    def backward(self, dinp, dout, inp, out):
+        kernels.attention_backward(dinp, dout, inp, out, self.lse)
+
+
+VERSIONS = {"v1": V1(), "v2": V2(), "v3": V3(), "v4": V4()}
 CHECK_SHAPES = ((2, 7, 15, 3), (1, 1, 4, 1), (2, 129, 36, 4), (1, 300, 128, 2))  # B, T, C, NH
 
 
@@ -220,10 +418,12 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--T", default="64,256,1024", help="sequence lengths to time (B = 1)")
+    ap.add_argument("--versions", default=",".join(VERSIONS))
     args = ap.parse_args(argv)
+    versions = {n: VERSIONS[n] for n in args.versions.split(",")}
     rng = np.random.default_rng(0)
     print("correctness vs float64 NumPy (max |err| / max |ref|, tolerance 1e-5):")
-    for name, v in VERSIONS.items():
+    for name, v in versions.items():
         errs = [check(v, *shape, rng) for shape in CHECK_SHAPES]
         worst = max(max(e) for e in errs)
         print(f"  {name} {v.label:28s} max {worst:.2e}  {'ok' if worst < 1e-5 else 'FAIL'}")
@@ -238,7 +438,7 @@ def main(argv=None):
         dout = rng.standard_normal((B, T, C)).astype(F32)
         out, dinp = np.empty((B, T, C), F32), np.zeros((B, T, 3 * C), F32)
         pairs = B * NH * T * (T + 1) / 2
-        for name, v in VERSIONS.items():
+        for name, v in versions.items():
             v.setup(B, T, C, NH)
             tf = common.time_runs(lambda: v.forward(out, inp), runs=args.runs, max_seconds=10)
             tb = common.time_runs(lambda: v.backward(dinp, dout, inp, out), runs=args.runs, max_seconds=10)

@@ -21,7 +21,7 @@ from numba.extending import intrinsic
 
 from .matmul import (matmul_forward, matmul_backward, matvec_forward,  # noqa: F401  (re-exported,
                      matvec_forward_bf16, matvec_scratch)  # see matmul.py)
-from .matmul import NO_BIAS, nt_tile  # the register-blocked NT tile product, for attention's tiles
+from .matmul import MR, NR, pack_a, pack_b, tile_product  # attention's tile products (matmul.py)
 
 F32 = np.float32
 # the model's constants, defined here once (convert.py checks HF configs against LAYERNORM_EPS)
@@ -241,105 +241,112 @@ def exp_f32(x):
     return F32(0.0) if x < F32(-87.33654) else e
 
 
-ATT_TILE = 128  # queries per query tile and keys per key tile (128 was faster than 64 at T = 1024:
-                # the products that sum over a tile's keys or queries get longer sums, see
-                # dev/attention.py; a task's tiles, ~0.3 MB, stay in L2)
+ATT_TILE = 96  # queries per query tile and keys per key tile: a multiple of matmul.py's
+               # micro-tile (6 rows, 16 columns) both ways; at T = 1024 faster than 128 and 48
+
+# how _pack_tiles lays out a (T, hs) slice of qkv or dout for matmul.tile_product
+ROWS_A = 0   # A: rows are positions, k runs over head dims (q, dout in q k^T, dout v^T)
+DIMS_A = 1   # A: rows are head dims, k runs over positions (q^T, dout^T in dk^T, dv^T)
+POS_B = 2    # B: k runs over head dims, columns are positions (k^T, v^T in q k^T, dout v^T)
+DIMS_B = 3   # B: k runs over positions, columns are head dims (v, k in p v, dS k)
+
+
+@njit(cache=True, inline="always")
+def _panels(n, r):
+    # n rounded up to a multiple of r: rows (r = MR) or columns (r = NR) of whole panels
+    return (n + r - 1) // r * r
 
 
 @njit(cache=True)
-def _pack_rows(dst, src, t0, t1, c0):
-    # dst (n,hs)[r] = src (T,3C)[t0 + r, c0:c0+hs] for r < t1 - t0; zero rows after
-    n, hs = dst.shape
-    for r in range(n):
-        if t0 + r < t1:
-            for i in range(hs):
-                dst[r, i] = src[t0 + r, c0 + i]
+def _pack_tiles(dst, stride, x, T, TT, c0, hs, layout):
+    # the (b, h) slice x[:, c0:c0+hs] of qkv (T,3C) or dout (T,C), tile by tile of TT positions,
+    # packed as `layout` for matmul.tile_product at dst[tile * stride:]. Packed once per (b, h):
+    # the tile products then read them in order, where gathering a tile's rows (9 KB apart in
+    # qkv) for each pair of tiles made attention wait on memory.
+    for t in range((T + TT - 1) // TT):
+        t0, t1 = t * TT, min(t * TT + TT, T)
+        d = dst[t * stride:]
+        if layout == ROWS_A:
+            pack_a(d, x, False, t0, t1, c0, c0 + hs)
+        elif layout == DIMS_A:
+            pack_a(d, x, True, c0, c0 + hs, t0, t1)
+        elif layout == POS_B:
+            pack_b(d, x, True, t0, t1, c0, c0 + hs)
         else:
-            for i in range(hs):
-                dst[r, i] = F32(0.0)
-
-
-@njit(cache=True)
-def _pack_cols(dst, src, t0, t1, c0, scale):
-    # dst (hs,n)[:, r] = scale * src (T,3C)[t0 + r, c0:c0+hs] for r < t1 - t0; zero columns after
-    hs, n = dst.shape
-    for r in range(n):
-        if t0 + r < t1:
-            for i in range(hs):
-                dst[i, r] = scale * src[t0 + r, c0 + i]
-        else:
-            for i in range(hs):
-                dst[i, r] = F32(0.0)
-
-
-@njit(cache=True)
-def _transpose_tile(dst, src):
-    # dst (n,m) = src (m,n)^T
-    m, n = src.shape
-    for r in range(m):
-        for j in range(n):
-            dst[j, r] = src[r, j]
+            pack_b(d, x, False, c0, c0 + hs, t0, t1)
 
 
 @njit(parallel=True, fastmath=REDUCE_FASTMATH, cache=True)
 def attention_forward(out, lse, inp):
     # out (B,T,C); lse (B,NH,T) the log-sum-exp of each query's scaled scores; inp (B,T,3C)
-    # holding the query, key, value vectors. One task per (b, h, query tile).
+    # holding the query, key, value vectors. One task per (b, h): its q, k^T and v are packed
+    # once; then per query tile, for each key tile up to the diagonal: s = q k^T, an online
+    # softmax over s's rows, o += p v (p read in place from s). Products: matmul.tile_product.
     B, T, C3 = inp.shape
     C = C3 // 3
     NH = lse.shape[1]
     hs = C // NH
     scale = F32(1.0 / math.sqrt(hs))
-    TT = min(ATT_TILE, T)   # short sequences: one tile of exactly T, no padding
-    nqt = (T + TT - 1) // TT
-    for task in prange(B * NH * nqt):
-        b = task // (NH * nqt)
-        h = (task // nqt) % NH
-        t0 = (task % nqt) * TT
-        t1 = min(t0 + TT, T)
-        nq = t1 - t0
+    TT = min(ATT_TILE, T)   # short sequences: one tile of exactly T
+    nt = (T + TT - 1) // TT
+    sa, sb, sv = _panels(TT, MR) * hs, _panels(TT, NR) * hs, _panels(hs, NR) * TT  # per tile
+    ld = _panels(TT, NR)    # row length of s: whole panels of keys
+    for bh in prange(B * NH):
+        b = bh // NH
+        h = bh % NH
         q0, k0, v0 = h * hs, C + h * hs, 2 * C + h * hs
-        # per-task tiles (TT*TT + 3*TT*hs floats), allocated once per task, not per key tile
-        qp = np.empty((TT, hs), F32)
-        kp = np.empty((TT, hs), F32)
-        vt = np.empty((hs, TT), F32)
-        s = np.empty((TT, TT), F32)
-        o = np.zeros((TT, hs), F32)
+        qa = np.empty(nt * sa, F32)
+        kb = np.empty(nt * sb, F32)
+        vb = np.empty(nt * sv, F32)
+        _pack_tiles(qa, sa, inp[b], T, TT, q0, hs, ROWS_A)
+        _pack_tiles(kb, sb, inp[b], T, TT, k0, hs, POS_B)
+        _pack_tiles(vb, sv, inp[b], T, TT, v0, hs, DIMS_B)
+        s = np.zeros((_panels(TT, MR), ld), F32)   # scores, then p; whole panels of rows too
+        sf = s.reshape(-1)
+        o = np.empty((TT, hs), F32)
+        edge = np.empty((MR, NR), F32)
         m = np.empty(TT, F32)
-        lsum = np.zeros(TT, F32)
-        m[:] = -np.inf
-        _pack_rows(qp, inp[b], t0, t1, q0)
-        for j0 in range(0, t1, TT):   # key tiles up to the diagonal: the causal rest is skipped
-            j1 = min(j0 + TT, t1)
-            _pack_rows(kp, inp[b], j0, j1, k0)
-            _pack_cols(vt, inp[b], j0, j1, v0, F32(1.0))
-            nt_tile(s, qp, 0, kp, 0, j1 - j0, NO_BIAS, False, False)   # s = q . k
+        lsum = np.empty(TT, F32)
+        for qt in range(nt):
+            t0 = qt * TT
+            t1 = min(t0 + TT, T)
+            nq = t1 - t0
+            m[:] = -np.inf
+            lsum[:] = F32(0.0)
+            o[:] = F32(0.0)
+            for kt in range(qt + 1):   # key tiles up to the diagonal: the causal rest is skipped
+                j0 = kt * TT
+                j1 = min(j0 + TT, t1)
+                nk = j1 - j0
+                # s = q . k^T
+                tile_product(s, qa, qt * sa, hs * MR, 1, MR, kb, kt * sb, hs * NR, NR, nq, nk, hs, False, edge)
+                for r in range(nq):
+                    jend = min(j1, t0 + r + 1) - j0   # keys j0 .. t of this row (>= 1 of them)
+                    row = s[r]
+                    mx = m[r]
+                    for j in range(jend):
+                        v = row[j] * scale
+                        row[j] = v
+                        mx = max(mx, v)
+                    ssum = F32(0.0)
+                    for j in range(jend):
+                        p = exp_f32(row[j] - mx)
+                        row[j] = p
+                        ssum += p
+                    for j in range(jend, nk):
+                        row[j] = F32(0.0)
+                    corr = np.exp(m[r] - mx)   # 0 on the first tile (m = -inf)
+                    lsum[r] = lsum[r] * corr + ssum
+                    m[r] = mx
+                    for i in range(hs):
+                        o[r, i] *= corr
+                # o += p . v
+                tile_product(o, sf, 0, MR * ld, ld, 1, vb, kt * sv, nk * NR, NR, nq, hs, nk, True, edge)
             for r in range(nq):
-                jend = min(j1, t0 + r + 1) - j0   # keys j0 .. t of this row (>= 1 of them)
-                row = s[r]
-                mx = m[r]
-                for j in range(jend):
-                    x = row[j] * scale
-                    row[j] = x
-                    mx = max(mx, x)
-                ssum = F32(0.0)
-                for j in range(jend):
-                    p = exp_f32(row[j] - mx)
-                    row[j] = p
-                    ssum += p
-                for j in range(jend, TT):
-                    row[j] = F32(0.0)
-                corr = np.exp(m[r] - mx)   # 0 on the first tile (m = -inf)
-                lsum[r] = lsum[r] * corr + ssum
-                m[r] = mx
+                inv = F32(1.0) / lsum[r]
                 for i in range(hs):
-                    o[r, i] *= corr
-            nt_tile(o[:nq], s, 0, vt, 0, hs, NO_BIAS, False, True)   # o += p . v
-        for r in range(nq):
-            inv = F32(1.0) / lsum[r]
-            for i in range(hs):
-                out[b, t0 + r, q0 + i] = o[r, i] * inv
-            lse[b, h, t0 + r] = m[r] + np.log(lsum[r])
+                    out[b, t0 + r, q0 + i] = o[r, i] * inv
+                lse[b, h, t0 + r] = m[r] + np.log(lsum[r])
 
 
 @njit(parallel=True, fastmath=REDUCE_FASTMATH, cache=True)
@@ -348,76 +355,86 @@ def attention_backward(dinp, dout, inp, out, lse):
     # what forward left: out (B,T,C) and lse (B,NH,T). att = exp(scale q.k - lse) is recomputed per
     # (query tile, key tile); with dS = att * (dout.v - dout.out) (the softmax backward, since
     # sum_t2 att dout.v = dout.out):
-    #     dv += att^T dout,  dq += scale dS k,  dk += scale dS^T q.
+    #     dv^T += dout^T att,  dk^T += scale q^T dS,  dq += scale dS k.
     # One task per (b, h): a key receives from every later query, so (b, h)'s slices of dinp are
-    # the unit that no two tasks share. Key tiles outer, so dk and dv of a tile stay in scratch.
+    # the unit that no two tasks share. Its operands are packed once; att and dS are read in
+    # place; key tiles outer, so dk^T and dv^T of a tile stay in scratch.
     B, T, C3 = inp.shape
     C = C3 // 3
     NH = lse.shape[1]
     hs = C // NH
     scale = F32(1.0 / math.sqrt(hs))
-    TT = min(ATT_TILE, T)   # short sequences: one tile of exactly T, no padding
+    TT = min(ATT_TILE, T)   # short sequences: one tile of exactly T
+    nt = (T + TT - 1) // TT
+    sa, sb, sv, sd = _panels(TT, MR) * hs, _panels(TT, NR) * hs, _panels(hs, NR) * TT, _panels(hs, MR) * TT
+    ld = _panels(TT, NR)    # row length of s and dp: whole panels of keys
     for bh in prange(B * NH):
         b = bh // NH
         h = bh % NH
         q0, k0, v0 = h * hs, C + h * hs, 2 * C + h * hs
-        qp = np.empty((TT, hs), F32)    # the query tile's q, and its dout
-        dop = np.empty((TT, hs), F32)
-        qt = np.empty((hs, TT), F32)    # the same, transposed
-        dot_ = np.empty((hs, TT), F32)
-        kp = np.empty((TT, hs), F32)    # the key tile's k and v, and k transposed
-        vp = np.empty((TT, hs), F32)
-        kt = np.empty((hs, TT), F32)
-        s = np.empty((TT, TT), F32)     # scores, then att
-        dp = np.empty((TT, TT), F32)    # dout . v, then dS
-        st = np.empty((TT, TT), F32)    # att^T, then (scale dS)^T
-        dk = np.empty((TT, hs), F32)
-        dv = np.empty((TT, hs), F32)
+        x, dx = inp[b], dout[b]
+        qa = np.empty(nt * sa, F32)
+        doa = np.empty(nt * sa, F32)
+        kb = np.empty(nt * sb, F32)
+        vbt = np.empty(nt * sb, F32)
+        kbd = np.empty(nt * sv, F32)
+        qta = np.empty(nt * sd, F32)
+        dota = np.empty(nt * sd, F32)
+        _pack_tiles(qa, sa, x, T, TT, q0, hs, ROWS_A)     # q, dout    in q k^T, dout v^T
+        _pack_tiles(doa, sa, dx, T, TT, q0, hs, ROWS_A)
+        _pack_tiles(kb, sb, x, T, TT, k0, hs, POS_B)      # k^T, v^T   in q k^T, dout v^T
+        _pack_tiles(vbt, sb, x, T, TT, v0, hs, POS_B)
+        _pack_tiles(kbd, sv, x, T, TT, k0, hs, DIMS_B)    # k          in dS k
+        _pack_tiles(qta, sd, x, T, TT, q0, hs, DIMS_A)    # q^T, dout^T in q^T dS, dout^T att
+        _pack_tiles(dota, sd, dx, T, TT, q0, hs, DIMS_A)
+        s = np.zeros((_panels(TT, MR), ld), F32)    # scores, then att
+        dp = np.zeros((_panels(TT, MR), ld), F32)   # dout . v, then dS
+        dpf = dp.reshape(-1)
+        dkt = np.empty((hs, ld), F32)
+        dvt = np.empty((hs, ld), F32)
         dq = np.empty((TT, hs), F32)
-        dd = np.empty(TT, F32)          # dout . out per query row
-        for j0 in range(0, T, TT):
+        dd = np.empty(T, F32)          # dout . out per query row
+        edge = np.empty((MR, NR), F32)
+        for t in range(T):
+            acc = F32(0.0)
+            for i in range(hs):
+                acc += dx[t, q0 + i] * out[b, t, q0 + i]
+            dd[t] = acc
+        for kt in range(nt):
+            j0 = kt * TT
             j1 = min(j0 + TT, T)
             nk = j1 - j0
-            _pack_rows(kp, inp[b], j0, j1, k0)
-            _pack_rows(vp, inp[b], j0, j1, v0)
-            _pack_cols(kt, inp[b], j0, j1, k0, F32(1.0))
-            dk[:] = F32(0.0)
-            dv[:] = F32(0.0)
-            for t0 in range(j0, T, TT):   # query tiles on and below the diagonal
+            dkt[:, :nk] = F32(0.0)
+            dvt[:, :nk] = F32(0.0)
+            for qt in range(kt, nt):   # query tiles on and below the diagonal
+                t0 = qt * TT
                 t1 = min(t0 + TT, T)
                 nq = t1 - t0
-                _pack_rows(qp, inp[b], t0, t1, q0)
-                _pack_rows(dop, dout[b], t0, t1, q0)
-                _pack_cols(qt, inp[b], t0, t1, q0, scale)
-                _pack_cols(dot_, dout[b], t0, t1, q0, F32(1.0))
+                tile_product(s, qa, qt * sa, hs * MR, 1, MR, kb, kt * sb, hs * NR, NR, nq, nk, hs, False, edge)
+                tile_product(dp, doa, qt * sa, hs * MR, 1, MR, vbt, kt * sb, hs * NR, NR, nq, nk, hs, False, edge)
                 for r in range(nq):
-                    acc = F32(0.0)
-                    for i in range(hs):
-                        acc += dop[r, i] * out[b, t0 + r, q0 + i]
-                    dd[r] = acc
-                nt_tile(s, qp, 0, kp, 0, nk, NO_BIAS, False, False)    # q . k
-                nt_tile(dp, dop, 0, vp, 0, nk, NO_BIAS, False, False)  # dout . v
-                for r in range(TT):   # rows past nq become zeros too: they are summed over below
-                    jend = min(j1, t0 + r + 1) - j0 if r < nq else 0
+                    jend = min(j1, t0 + r + 1) - j0
+                    lse_r = lse[b, h, t0 + r]
+                    dd_r = dd[t0 + r]
                     for j in range(jend):
-                        p = exp_f32(s[r, j] * scale - lse[b, h, t0 + r])
+                        p = exp_f32(s[r, j] * scale - lse_r)
                         s[r, j] = p
-                        dp[r, j] = p * (dp[r, j] - dd[r])
-                    for j in range(jend, TT):
+                        dp[r, j] = p * (dp[r, j] - dd_r)
+                    for j in range(jend, nk):
                         s[r, j] = F32(0.0)
                         dp[r, j] = F32(0.0)
-                _transpose_tile(st, s)
-                nt_tile(dv[:nk], st, 0, dot_, 0, hs, NO_BIAS, False, True)   # dv += att^T dout
-                _transpose_tile(st, dp)
-                nt_tile(dk[:nk], st, 0, qt, 0, hs, NO_BIAS, False, True)     # dk += dS^T (scale q)
-                nt_tile(dq[:nq], dp, 0, kt, 0, hs, NO_BIAS, False, False)    # dS k
+                # dv^T += dout^T att, dk^T += q^T dS (att and dS as B, in place)
+                tile_product(dvt, dota, qt * sd, nq * MR, 1, MR, s.reshape(-1), 0, NR, ld, hs, nk, nq, True, edge)
+                tile_product(dkt, qta, qt * sd, nq * MR, 1, MR, dpf, 0, NR, ld, hs, nk, nq, True, edge)
+                # dq = dS k (dS as A, in place)
+                tile_product(dq, dpf, 0, MR * ld, ld, 1, kbd, kt * sv, nk * NR, NR, nq, hs, nk, False, edge)
                 for r in range(nq):
                     for i in range(hs):
                         dinp[b, t0 + r, q0 + i] += scale * dq[r, i]
             for j in range(nk):
                 for i in range(hs):
-                    dinp[b, j0 + j, k0 + i] += dk[j, i]
-                    dinp[b, j0 + j, v0 + i] += dv[j, i]
+                    dinp[b, j0 + j, k0 + i] += scale * dkt[i, j]
+                    dinp[b, j0 + j, v0 + i] += dvt[i, j]
 
 
 # ----------------------------------------------------------------------------------------------

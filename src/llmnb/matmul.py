@@ -271,18 +271,20 @@ PACK_FLOATS = 8 << 20  # floats of packed A per chunk (32 MB): rows of A per chu
 
 
 @intrinsic
-def kernel_6x16(typingctx, ap, a_off, bp, b_off, kc, out, r0, c0):
-    # out[r0:r0+6, c0:c0+16] += ap[a_off:] (kc,6) . bp[b_off:] (kc,16): a panel of packed A and
-    # one of packed B, both k-major (6 and 16 floats per k). out: 2-D, rows contiguous; no bounds
-    # checks (gemm calls it on full tiles only). The accumulators start as allocas, which LLVM
-    # keeps in registers: 12 <8 x float>, plus 2 for B's 16 floats and 1 for A's broadcast.
-    sig = types.void(ap, a_off, bp, b_off, kc, out, r0, c0)
+def kernel_6x16(typingctx, a, a_off, a_ms, a_ks, b, b_off, b_ks, kc, out, r0, c0, add):
+    # out[r0:r0+6, c0:c0+16] (+)= A (6,kc) . B (kc,16), A[i, k] = a[a_off + i*a_ms + k*a_ks],
+    # B[k, :] = b[b_off + k*b_ks:][:16] (a, b flat float32 arrays; packed panels have a_ms = 1,
+    # a_ks = MR, b_ks = NR; attention reads its tiles in place with other strides). add False:
+    # out = A . B (out is not read). out: 2-D, rows contiguous. No bounds checks: the callers
+    # pass full tiles. The accumulators start as allocas, which LLVM keeps in registers:
+    # 12 <8 x float>, plus 2 for B's 16 floats and 1 for A's broadcast.
+    sig = types.void(a, a_off, a_ms, a_ks, b, b_off, b_ks, kc, out, r0, c0, add)
 
     def codegen(context, builder, signature, args):
-        apv, aoff, bpv, boff, kcv, outv, r0v, c0v = args
-        a = context.make_array(signature.args[0])(context, builder, apv)
-        b = context.make_array(signature.args[2])(context, builder, bpv)
-        o = context.make_array(signature.args[5])(context, builder, outv)
+        av_, aoff, ams, aks, bv_, boff, bks, kcv, outv, r0v, c0v, addv = args
+        A = context.make_array(signature.args[0])(context, builder, av_)
+        Bm = context.make_array(signature.args[4])(context, builder, bv_)
+        o = context.make_array(signature.args[8])(context, builder, outv)
         f32, i32, i64 = ir.FloatType(), ir.IntType(32), ir.IntType(64)
         v8 = ir.VectorType(f32, 8)
         v8p = v8.as_pointer()
@@ -295,25 +297,31 @@ def kernel_6x16(typingctx, ap, a_off, bp, b_off, kc, out, r0, c0):
             return ir.Constant(i64, x)
 
         acc = [cgutils.alloca_once_value(builder, ir.Constant(v8, [0.0] * 8)) for _ in range(2 * MR)]
-        abase = builder.gep(a.data, [aoff])
-        bbase = builder.gep(b.data, [boff])
+        abase = builder.gep(A.data, [aoff])
+        bbase = builder.gep(Bm.data, [boff])
+        arow = [builder.mul(ams, n(i)) for i in range(MR)]
         with cgutils.for_range(builder, kcv) as loop:
-            bk = builder.gep(bbase, [builder.mul(loop.index, n(NR))])
+            bk = builder.gep(bbase, [builder.mul(loop.index, bks)])
             b0 = builder.load(builder.bitcast(bk, v8p), align=4)
             b1 = builder.load(builder.bitcast(builder.gep(bk, [n(8)]), v8p), align=4)
-            ak = builder.gep(abase, [builder.mul(loop.index, n(MR))])
+            ak = builder.gep(abase, [builder.mul(loop.index, aks)])
             for i in range(MR):
-                ai = builder.load(builder.gep(ak, [n(i)]))
-                av = builder.shuffle_vector(builder.insert_element(undef, ai, ir.Constant(i32, 0)), undef, splat)
-                for j, bv in enumerate((b0, b1)):
-                    builder.store(builder.call(fma, [av, bv, builder.load(acc[2 * i + j])]), acc[2 * i + j])
+                ai = builder.load(builder.gep(ak, [arow[i]]))
+                avec = builder.shuffle_vector(builder.insert_element(undef, ai, ir.Constant(i32, 0)), undef, splat)
+                for j, bvec in enumerate((b0, b1)):
+                    builder.store(builder.call(fma, [avec, bvec, builder.load(acc[2 * i + j])]), acc[2 * i + j])
         row_stride = builder.sdiv(builder.extract_value(o.strides, 0), n(4))
+        add_bit = context.cast(builder, addv, signature.args[11], types.boolean)
+        add_bit = builder.trunc(add_bit, ir.IntType(1)) if add_bit.type != ir.IntType(1) else add_bit
         for i in range(MR):
             row = builder.gep(o.data, [builder.add(builder.mul(builder.add(r0v, n(i)), row_stride), c0v)])
             for j in range(2):
                 ptr = builder.bitcast(builder.gep(row, [n(8 * j)]), v8p)
-                total = builder.fadd(builder.load(ptr, align=4), builder.load(acc[2 * i + j]))
-                builder.store(total, ptr, align=4)
+                total = builder.load(acc[2 * i + j])
+                with builder.if_then(add_bit):
+                    builder.store(builder.fadd(builder.load(ptr, align=4), total), ptr, align=4)
+                with builder.if_then(builder.not_(add_bit)):
+                    builder.store(total, ptr, align=4)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -361,24 +369,37 @@ def pack_b(bp, b, b_trans, p0, p1, k0, k1):
 
 
 @njit(cache=True)
-def _tile(out, ap, bp, kl, ic, jc, tm0, tm1, tn0, tn1, edge):
-    # out[tm0:tm1, tn0:tn1] += its rows of packed A (rows from ic) . its columns of packed B
-    # (columns from jc), both kl long: KC at a time, each panel of B (in L1) against every panel
-    # of A of the tile (in L2). Partial tiles at the edges of out go through edge (MR,NR).
+def tile_product(out, a, a_off, a_ps, a_ms, a_ks, b, b_off, b_ps, b_ks, M, P, K, add, edge):
+    # out[:M, :P] (+)= A (M,K) . B (K,P) through kernel_6x16 on one thread, A and B given as
+    # kernel_6x16 reads them (a_ms, a_ks, b_ks) plus the step from one panel to the next: 6 rows
+    # of A (a_ps) and 16 columns of B (b_ps). Micro-tiles that stick out of out[:M, :P] go
+    # through edge (MR,NR) (their extra rows and columns of A and B must be readable).
+    for j0 in range(0, P, NR):
+        boff = b_off + j0 // NR * b_ps
+        for i0 in range(0, M, MR):
+            aoff = a_off + i0 // MR * a_ps
+            if i0 + MR <= M and j0 + NR <= P:
+                kernel_6x16(a, aoff, a_ms, a_ks, b, boff, b_ks, K, out, i0, j0, add)
+            else:
+                kernel_6x16(a, aoff, a_ms, a_ks, b, boff, b_ks, K, edge, 0, 0, False)
+                for i in range(min(MR, M - i0)):
+                    for j in range(min(NR, P - j0)):
+                        if add:
+                            out[i0 + i, j0 + j] += edge[i, j]
+                        else:
+                            out[i0 + i, j0 + j] = edge[i, j]
+
+
+@njit(cache=True)
+def _gemm_task(out, ap, bp, kl, ic, jc, tm0, tm1, tn0, tn1, first, edge):
+    # gemm's task: out[tm0:tm1, tn0:tn1] (+)= its rows of packed A (rows from ic) . its columns of
+    # packed B (columns from jc), both kl long: KC at a time (a panel of B, in L1, against every
+    # panel of A of the tile, in L2). first: out's tile is overwritten by the first KC.
     for pc in range(0, kl, KC):
         kc = min(KC, kl - pc)
-        for j0 in range(tn0, tn1, NR):
-            boff = (j0 - jc) // NR * kl * NR + pc * NR
-            for i0 in range(tm0, tm1, MR):
-                aoff = (i0 - ic) // MR * kl * MR + pc * MR
-                if i0 + MR <= tm1 and j0 + NR <= tn1:
-                    kernel_6x16(ap, aoff, bp, boff, kc, out, i0, j0)
-                else:
-                    edge[:] = F32(0.0)
-                    kernel_6x16(ap, aoff, bp, boff, kc, edge, 0, 0)
-                    for i in range(min(MR, tm1 - i0)):
-                        for j in range(min(NR, tn1 - j0)):
-                            out[i0 + i, j0 + j] += edge[i, j]
+        add = pc > 0 or not first
+        tile_product(out[tm0:tm1, tn0:tn1], ap, (tm0 - ic) // MR * kl * MR + pc * MR, kl * MR, 1, MR,
+                     bp, (tn0 - jc) // NR * kl * NR + pc * NR, kl * NR, NR, tm1 - tm0, tn1 - tn0, kc, add, edge)
 
 
 @njit(parallel=True, cache=True)
@@ -406,11 +427,11 @@ def gemm(out, a, a_trans, b, b_trans, bias, has_bias, accumulate, ap, bp, kch, m
                     tm0 = ic + task // ntn * MC
                     tn0 = jc + task % ntn * NC
                     tm1, tn1 = min(tm0 + MC, m1), min(tn0 + NC, p1)
-                    if first:
+                    _gemm_task(out, ap, bp, kl, ic, jc, tm0, tm1, tn0, tn1, first, np.empty((MR, NR), F32))
+                    if first and has_bias:
                         for r in range(tm0, tm1):
                             for c in range(tn0, tn1):
-                                out[r, c] = bias[c] if has_bias else F32(0.0)
-                    _tile(out, ap, bp, kl, ic, jc, tm0, tm1, tn0, tn1, np.empty((MR, NR), F32))
+                                out[r, c] += bias[c]
 
 
 @njit(parallel=True, fastmath=True, cache=True)
