@@ -30,10 +30,10 @@ from numba import njit, prange
 
 from llmnb import kernels
 from llmnb.kernels import REDUCE_FASTMATH, attention_query_head
-from llmnb.matmul import NO_BIAS, nt_tile
 
 from dev import common
 from dev.common import F32
+from dev.dot_tiles import NO_BIAS, nt_tile
 
 
 # ------------------------------------------------------------------------------------------------

@@ -47,34 +47,31 @@ def min_med_max(times):
     return times[0], times[len(times) // 2], times[-1]
 
 
-@njit(parallel=True, fastmath=True, cache=True)
+@njit(parallel=True, cache=True)
 def _ceiling_kernel(out, a, b, reps):
-    # each task runs the micro-kernel (6x4 or 4x2: matmul.WIDE) `reps` times on its own L1-resident blocks
+    # each task runs the GEMM's micro-kernel (matmul.kernel_6x16) `reps` times on its own
+    # L1-resident packed panels a[t] (K*6) and b[t] (K*16)
+    K = a.shape[1] // matmul.MR
     for t in prange(a.shape[0]):
         for _ in range(reps):
-            x = a[t]
-            if matmul.WIDE:
-                matmul.kernel_6x4(out[t], 0, 0, x[0], x[1], x[2], x[3], x[4], x[5], b[t],
-                                  matmul.NO_BIAS, False, True)
-            else:
-                matmul.kernel_4x2(out[t], 0, 0, x[0], x[1], x[2], x[3], b[t], matmul.NO_BIAS, False, True)
+            matmul.kernel_6x16(a[t], 0, 1, matmul.MR, b[t], 0, matmul.NR, K, out[t], 0, 0, True)
 
 
-def fma_ceiling(seconds=0.3, K=768, runs=7):
-    """GFLOP/s of the matmul micro-kernel on L1-resident operands, on all Numba threads at once:
-    the most any matmul built on it can reach on this machine (the FMA units' peak less the
-    micro-kernel's horizontal sums). Best of `runs` runs of ~`seconds` each."""
+def fma_ceiling(seconds=0.3, K=256, runs=7):
+    """GFLOP/s of the GEMM's micro-kernel on L1-resident packed panels, on all Numba threads at
+    once: the most any matmul built on it can reach on this machine. Best of `runs` runs of
+    ~`seconds` each."""
     nt = get_num_threads()
     rng = np.random.default_rng(0)
-    a = rng.standard_normal((nt, matmul.RB, K)).astype(F32)
-    b = rng.standard_normal((nt, matmul.CB, K)).astype(F32) * F32(1e-3)
-    out = np.zeros((nt, matmul.RB, matmul.CB), F32)
+    a = rng.standard_normal((nt, K * matmul.MR)).astype(F32)
+    b = rng.standard_normal((nt, K * matmul.NR)).astype(F32) * F32(1e-3)
+    out = np.zeros((nt, matmul.MR, matmul.NR), F32)
     _ceiling_kernel(out, a, b, 10)
     t0 = time.perf_counter()
     _ceiling_kernel(out, a, b, 1000)
     reps = max(1000, int(1000 * seconds / max(time.perf_counter() - t0, 1e-6)))
     best = min(time_runs(lambda: _ceiling_kernel(out, a, b, reps), runs=runs, warmup=0))
-    return nt * reps * 2.0 * 24 * K / best / 1e9
+    return nt * reps * 2.0 * matmul.MR * matmul.NR * K / best / 1e9
 
 
 def machine_peaks():
@@ -82,7 +79,7 @@ def machine_peaks():
     a line describing it and the FMA ceiling)."""
     flops, how = estimate_peak_flops(get_num_threads())
     peak, ceiling = flops / 1e9, fma_ceiling()
-    return peak, (f"peak {peak:.0f} GFLOP/s = {how}; the {matmul.RB}x{matmul.CB} micro-kernel on L1-resident data "
+    return peak, (f"peak {peak:.0f} GFLOP/s = {how}; the {matmul.MR}x{matmul.NR} micro-kernel on L1-resident data "
                   f"reaches {ceiling:.0f} GFLOP/s ({100 * ceiling / peak:.0f}%) now")
 
 

@@ -5,12 +5,16 @@ Versions, from the straight port of llm.c upward:
   v2  llm.c's matmul_forward: 8 rows share each weight element (LOOP_UNROLL = 8)
   v3  llmnb's first package kernel: 4x4 blocks of dot products, parallel over 64-column tiles
   v4  6x4 blocks of dot products (24 AVX-512 accumulators, 10 loads per 24 FMAs), 64-column tiles
-  v5  llmnb.matmul.matmul_forward (the package's): v4's micro-kernel, column tiles sized so that a
-      task's weight tile fits L2, the whole k of a row in one pass, edge kernels for any shape
+  v5  v4's micro-kernel (4x2 without AVX-512), column tiles sized so that a task's weight tile
+      fits L2, the whole k of a row in one pass, edge kernels for any shape (the package's until
+      the packed GEMM)
+  v6  llmnb.matmul.matmul_forward (the package's): the packed GEMM, BLIS-style: 6-row panels of
+      inp and 16-column panels of weight^T copied k-major into scratch, the 6x16 vector
+      micro-kernel (12 accumulators of 8 floats, 22 loads per 96 FMAs), tasks of 120 x 128
 
 `python -m dev.matmul_forward` checks every version against a float64 NumPy reference (odd
 shapes and the 124M shapes) and prints GFLOP/s and the fraction of the machine's peak at the
-GPT-2 124M shapes (N = B*T = 256). Options: --runs R (default 10), --versions v1,v5, --quick
+GPT-2 124M shapes (N = B*T = 256). Options: --runs R (default 10), --versions v1,v6, --quick
 (skip the classifier shape), --numpy (np.matmul as a reference row:
 `env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m dev.matmul_forward --numpy`).
 """
@@ -19,9 +23,10 @@ import argparse
 import numpy as np
 from numba import njit, prange
 
-from llmnb.matmul import matmul_forward as v5_package
+from llmnb.matmul import matmul_forward as v6_package
 
-from dev import common
+from dev import common, dot_tiles
+from dev.dot_tiles import nt_tile
 from dev.common import F32, MATMUL_SHAPES, N_124M
 
 
@@ -208,6 +213,31 @@ def _v4(out, inp, weight, bias, has_bias):
 # ------------------------------------------------------------------------------------------------
 # the versions, with the public argument convention (bias may be None)
 
+# ------------------------------------------------------------------------------------------------
+# v5: dot-product tiles (matmul.nt_tile), column tiles that fit L2
+
+TILE_BYTES = 192 * 1024   # columns per parallel task: the task's b-tile (cols x K) fits L2
+
+
+@njit(cache=True, inline="always")
+def _tile_width(P, K):
+    # columns per parallel task: a multiple of CB whose b-tile (width x K floats) is ~TILE_BYTES
+    width = TILE_BYTES // (4 * max(1, K)) // dot_tiles.CB * dot_tiles.CB
+    return max(dot_tiles.CB, min(width, (P + dot_tiles.CB - 1) // dot_tiles.CB * dot_tiles.CB))
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _matmul_forward_2d(out, inp, weight, bias, has_bias):
+    # out (N,OC) = inp (N,C) . weight (OC,C)^T + bias (OC)
+    C = inp.shape[1]
+    OC = out.shape[1]
+    width = _tile_width(OC, C)
+    ntiles = (OC + width - 1) // width
+    for t in prange(ntiles):
+        o0 = t * width
+        nt_tile(out, inp, 0, weight, o0, min(o0 + width, OC), bias, has_bias, False)
+
+
 def _with_public_args(kernel, needs_rows_multiple_of=1):
     def run(out, inp, weight, bias):
         C = inp.shape[-1]
@@ -232,7 +262,8 @@ VERSIONS = {
     "v2": ("llm.c 8-row unroll", _with_public_args(_v2, needs_rows_multiple_of=8)),
     "v3": ("4x4 blocks", _with_public_args(_v3)),
     "v4": ("6x4 blocks", _with_public_args(_v4)),
-    "v5": ("package: 6x4, L1/L2 tiling", v5_package),
+    "v5": ("dot tiles, L1/L2 tiling", _with_public_args(_matmul_forward_2d)),
+    "v6": ("package: packed 6x16", v6_package),
 }
 
 CHECK_SHAPES = ((15, 37, 67), (3, 5, 3), (2, 70, 1), (9, 130, 133), (13, 1700, 29))  # (N, C, OC)

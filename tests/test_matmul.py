@@ -237,33 +237,3 @@ def test_bad_arguments_raise_clear_errors():
         matmul.matmul_backward(np.zeros_like(inp), np.zeros((6, 7), F32), None, dout, inp, weight)
     with pytest.raises(ValueError, match="matmul: dout .* differ in B\\*T"):
         matmul.matmul_backward(np.zeros((3, 8), F32), np.zeros_like(weight), None, dout, inp, weight)
-
-
-def test_the_other_micro_kernel(tmp_path):
-    # attention's dot-product tiles (nt_tile) follow the CPU (matmul.WIDE: 6x4 with AVX-512, 4x2
-    # without); run the attention kernels' float64 comparisons with the one this machine does not
-    # pick, in a subprocess with its own Numba cache (the cache keys on the CPU, not on
-    # LLMNB_MATMUL_KERNEL)
-    import os
-    import subprocess
-    import sys
-    other = "4x2" if matmul.WIDE else "6x4"
-    env = dict(os.environ, LLMNB_MATMUL_KERNEL=other, NUMBA_CACHE_DIR=str(tmp_path))
-    probe = "from llmnb import matmul; print(matmul.RB, matmul.CB)"
-    r = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=300)
-    assert r.stdout.split() == other.split("x"), r.stdout + r.stderr
-    kernel_tests = os.path.join(os.path.dirname(__file__), "test_kernels.py")
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", kernel_tests,
-                        "-k", "attention and not query"],
-                       env=env, capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0 and " passed" in r.stdout, r.stdout[-3000:] + r.stderr[-2000:]
-
-
-def test_bad_micro_kernel_choice():
-    import os
-    import subprocess
-    import sys
-    env = dict(os.environ, LLMNB_MATMUL_KERNEL="8x8")
-    r = subprocess.run([sys.executable, "-c", "import llmnb.matmul"], env=env, capture_output=True, text=True,
-                       timeout=300)
-    assert r.returncode != 0 and "LLMNB_MATMUL_KERNEL='8x8': expected 6x4 or 4x2" in r.stderr
