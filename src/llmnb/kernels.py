@@ -501,7 +501,8 @@ def residual_backward(dinp1, dinp2, dout):
 
 @njit(parallel=True, fastmath=REDUCE_FASTMATH, cache=True)
 def softmax_forward(probs, logits, V):
-    # probs, logits (B,T,Vp); columns V..Vp-1 get probability 0
+    # probs, logits (B,T,Vp); columns V..Vp-1 get probability 0. For a forward without targets
+    # and generation's step; training's loss and gradient need no probs (crossentropy_* below)
     B, T, Vp = logits.shape
     for bt in prange(B * T):
         b, t = bt // T, bt % T
@@ -521,27 +522,49 @@ def softmax_forward(probs, logits, V):
             p[i] = F32(0.0)
 
 
-@njit(parallel=True, cache=True)
-def crossentropy_forward(losses, probs, targets):
-    # losses (B,T); probs (B,T,Vp); targets (B,T) int32
-    B, T = losses.shape
+# The classifier fused as in llm.c's CUDA trainer (llmc/fused_classifier.cuh): training keeps no
+# (B,T,Vp) probs and no (B,T,Vp) dlogits. Forward keeps per row the log-sum-exp of its logits
+# (lse, B*T floats) and the loss lse - logit[target]; backward recomputes softmax = exp(logit -
+# lse) and writes the logits' gradient over the logits, in place. (Each row's Vp floats, ~200 KB
+# at GPT-2's vocabulary, are read from memory once per kernel; the second sweep finds them in L2.)
+
+@njit(parallel=True, fastmath=REDUCE_FASTMATH, cache=True)
+def crossentropy_forward(losses, lse, logits, targets, V):
+    # losses, lse (B,T); logits (B,T,Vp), read only; targets (B,T) int32.
+    # lse = log sum_{i<V} exp(logits[i]); losses = lse - logits[target] = -log softmax[target]
+    B, T, Vp = logits.shape
     for bt in prange(B * T):
         b, t = bt // T, bt % T
-        losses[b, t] = -np.log(probs[b, t, targets[b, t]])
+        lg = logits[b, t]
+        maxval = lg[0]
+        for i in range(1, V):
+            if lg[i] > maxval:
+                maxval = lg[i]
+        s = F32(0.0)
+        for i in range(V):
+            s += exp_f32(lg[i] - maxval)
+        row_lse = maxval + np.log(s)
+        lse[b, t] = row_lse
+        losses[b, t] = row_lse - lg[targets[b, t]]
 
 
-@njit(parallel=True, cache=True)
-def crossentropy_softmax_backward(dlogits, dlosses, probs, targets, V):
-    # dlogits (B,T,Vp) += ; dlosses (B,T); probs (B,T,Vp); targets (B,T) int32
-    # the padded columns V..Vp-1 get no gradient
-    B, T, Vp = probs.shape
+@njit(parallel=True, fastmath=REDUCE_FASTMATH, cache=True)
+def crossentropy_softmax_backward(logits, dlosses, lse, targets, V):
+    # logits (B,T,Vp), in place: the logits in, dlogits out; dlosses, lse (B,T); targets (B,T)
+    # int32. dlogits = (exp(logits - lse) - onehot(target)) * dloss over the first V columns, 0 in
+    # the padded columns V..Vp-1 (overwritten, not accumulated: there is no other dlogits)
+    B, T, Vp = logits.shape
     for bt in prange(B * T):
         b, t = bt // T, bt % T
+        lg = logits[b, t]
         dloss = dlosses[b, t]
+        row_lse = lse[b, t]
         ix = targets[b, t]
         for i in range(V):
             indicator = F32(1.0) if i == ix else F32(0.0)
-            dlogits[b, t, i] += (probs[b, t, i] - indicator) * dloss
+            lg[i] = (exp_f32(lg[i] - row_lse) - indicator) * dloss
+        for i in range(V, Vp):
+            lg[i] = F32(0.0)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -45,6 +45,12 @@ class GPT2:
     different (B, T) re-allocates them (and their gradients) for the new shape; that drops the
     state of the previous forward, so call backward() before changing shape. Generation
     (begin_sequence, step) has activations and a KV cache of its own: it leaves those alone.
+
+    The classifier is fused as in llm.c's CUDA trainer: training keeps no (B, T, Vp) probs and no
+    dlogits. forward(inputs, targets) leaves the logits in acts.logits, the losses in acts.losses
+    and each row's log-sum-exp of its logits in acts.lse_logits; backward() then writes the
+    logits' gradient over acts.logits, so after backward acts.logits holds dlogits (read the
+    logits before backward). A forward without targets leaves the probabilities in self.probs.
     """
 
     def __init__(self, config, params=None, device="cpu", backend=None, copy=True):
@@ -71,7 +77,9 @@ class GPT2:
         self.inputs = None
         self.targets = None
         self.has_targets = False
+        self.logits_hold_grads = False  # backward() wrote dlogits over acts.logits
         self.mean_loss = None
+        self.probs = None           # (B, T, Vp): a forward without targets' probabilities
         self.kv_cache = None        # generation's state, allocated by the first begin_sequence()
         self.att_scratch = None
         self.step_acts = None
@@ -125,6 +133,7 @@ class GPT2:
         shapes = act_shapes(self.config, B, T)
         self.acts = Tensors(k.zeros(Tensors.count(shapes)), shapes)
         self.grads_acts = None  # re-allocated with the new shape on the next backward
+        self.probs = None
         self.batch_size, self.seq_len = B, T
         self.inputs = k.zeros(B * T, dtype=np.int32).reshape(B, T)
         self.targets = k.zeros(B * T, dtype=np.int32).reshape(B, T)
@@ -134,7 +143,9 @@ class GPT2:
 
     def forward(self, inputs, targets=None):
         """Forward (B, T) token ids; with targets, also the loss. Returns the mean loss or None.
-        Logits and probs (B, T, Vp) are left in self.acts."""
+        The logits (B, T, Vp) are left in self.acts; with targets the losses (B, T) too (and
+        their log-sum-exps, for backward), without targets the probabilities in self.probs
+        (B, T, Vp, allocated by the first forward without targets of this shape)."""
         inputs = self._check_tokens("inputs", inputs)
         if targets is not None:
             targets = self._check_tokens("targets", targets, inputs.shape)
@@ -147,13 +158,19 @@ class GPT2:
         for l in range(self.config.num_layers):
             self._block(l, a, p)
         self._head(a, p)
+        self.logits_hold_grads = False
+        V = self.config.vocab_size
 
         if targets is None:
             self.has_targets = False
             self.mean_loss = None
+            if self.probs is None:
+                self.probs = k.zeros(a.logits.size).reshape(a.logits.shape)
+            k.softmax_forward(self.probs, a.logits, V)
             return None
+        self.probs = None  # training keeps no probs (the fused classifier needs none)
         k.copy_(self.targets, targets)
-        k.crossentropy_forward(a.losses, a.probs, self.targets)
+        k.crossentropy_forward(a.losses, a.lse_logits, a.logits, self.targets, V)
         self.has_targets = True
         self.mean_loss = float(k.to_host(a.losses).astype(np.float64).mean())
         return self.mean_loss
@@ -182,12 +199,11 @@ class GPT2:
         k.residual_forward(a.residual3[l], a.residual2[l], a.fcproj[l])
 
     def _head(self, a, w):
-        """The final layernorm, the logits (the classifier is wte, from w) and their softmax."""
+        """The final layernorm and the logits (the classifier is wte, from w)."""
         k, p = self.backend, self.params
         k.layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, a.residual3[self.config.num_layers - 1],
                             p.lnfw, p.lnfb)
         k.matmul_forward(a.logits, a.lnf, w.wte, None)
-        k.softmax_forward(a.probs, a.logits, self.config.vocab_size)
 
     # ------------------------------------------------------------------------------------------
     # generation: one token at a time over a KV cache (llm.c re-runs the whole forward instead)
@@ -214,7 +230,7 @@ class GPT2:
             L, maxT, C = cfg.num_layers, cfg.max_seq_len, cfg.channels
             self.kv_cache = k.zeros(L * maxT * 3 * C).reshape(L, maxT, 3 * C)
             self.att_scratch = k.zeros(cfg.num_heads * maxT).reshape(cfg.num_heads, maxT)
-            shapes = act_shapes(cfg, 1, 1)
+            shapes = act_shapes(cfg, 1, 1, probs=True)
             self.step_acts = Tensors(k.zeros(Tensors.count(shapes)), shapes)
             self.step_token = k.zeros(1, dtype=np.int32).reshape(1, 1)
         self.pos = 0
@@ -234,6 +250,7 @@ class GPT2:
         for l in range(cfg.num_layers):
             self._block(l, a, self.step_weights, pos=t)
         self._head(a, self.step_weights)
+        k.softmax_forward(a.probs, a.logits, cfg.vocab_size)
         self.pos += 1
         return k.to_host(a.probs).reshape(-1)
 
@@ -257,6 +274,9 @@ class GPT2:
         accumulated micro-batches); gradients accumulate into self.grads."""
         if not self.has_targets:
             raise RuntimeError("backward() needs a forward(inputs, targets) with targets first")
+        if self.logits_hold_grads:
+            raise RuntimeError("backward() was already called after this forward (it wrote the logits' "
+                               "gradient over the logits): run forward(inputs, targets) again first")
         k = self.backend
         if self.grads is None:
             self.grads = Tensors(k.zeros(self.num_parameters), param_shapes(self.config))
@@ -272,8 +292,10 @@ class GPT2:
 
         # the mean over B*T losses: every position's loss gets gradient 1/(B*T)
         k.fill(ga.losses, grad_scale / (B * T))
-        k.crossentropy_softmax_backward(ga.logits, ga.losses, a.probs, self.targets, V)
-        k.matmul_backward(ga.lnf, g.wte, None, ga.logits, a.lnf, p.wte)
+        # the fused classifier: dlogits over the logits, in place (a.logits is dlogits from here)
+        k.crossentropy_softmax_backward(a.logits, ga.losses, a.lse_logits, self.targets, V)
+        self.logits_hold_grads = True
+        k.matmul_backward(ga.lnf, g.wte, None, a.logits, a.lnf, p.wte)
         # dresidual: the gradient of the residual stream, from the last layer's output down to the
         # encoder's. Each layer's output is residual3 = residual2 + fcproj, residual2 = residual +
         # attproj, so fcproj's gradient is dresidual as the layer receives it, attproj's is

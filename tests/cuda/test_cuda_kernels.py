@@ -296,22 +296,34 @@ def test_softmax_forward_padded_vocab(be, rng):
 
 
 def test_crossentropy_forward(be, rng):
-    B, T, Vp = 2, 5, 16
-    probs = rng.uniform(0.01, 1.0, size=(B, T, Vp)).astype(F32)
-    targets = rng.integers(0, 12, size=(B, T)).astype(np.int32)
-    host, got = run_both(be, "crossentropy_forward", [randn(rng, B, T), probs, targets])
-    assert_all_close(host, got, ["losses", "probs"])
+    # the fused classifier's forward: lse and losses per row, from the first V columns only (the
+    # padded ones hold junk), the logits left alone; rows with large logits too
+    B, T, V, Vp = 2, 5, 45, 64
+    logits = randn(rng, B, T, Vp, scale=3.0)
+    logits[1] += 200.0  # exp(logit) overflows float32 unless the max is subtracted
+    logits[..., V:] = 1e4
+    targets = rng.integers(0, V, size=(B, T)).astype(np.int32)
+    host, got = run_both(be, "crossentropy_forward", [randn(rng, B, T), randn(rng, B, T), logits, targets, V])
+    assert_all_close(host, got, ["losses", "lse", "logits"])
+    assert np.array_equal(got[2], logits), "the logits were written"
+    real = logits[..., :V].astype(np.float64)
+    mx = real.max(-1)
+    want = mx + np.log(np.exp(real - mx[..., None]).sum(-1))
+    assert_close(got[1], want, "lse vs float64")
 
 
 def test_crossentropy_softmax_backward(be, rng):
+    # in place over the logits: (exp(logit - lse) - onehot(target)) * dloss, 0 in the padded columns
     B, T, V, Vp = 2, 5, 45, 64
-    probs = rng.uniform(0.0, 1.0, size=(B, T, Vp)).astype(F32)
+    logits = randn(rng, B, T, Vp, scale=3.0)
+    logits[..., V:] = 1e4
+    real = logits[..., :V].astype(np.float64)
+    lse = np.log(np.exp(real).sum(-1)).astype(F32)
     targets = rng.integers(0, V, size=(B, T)).astype(np.int32)
-    dlogits = randn(rng, B, T, Vp)
-    host, got = run_both(be, "crossentropy_softmax_backward",
-                         [dlogits, randn(rng, B, T), probs, targets, V])
-    assert_all_close(host, got, ["dlogits", "dlosses", "probs"])
-    assert np.array_equal(got[0][..., V:], dlogits[..., V:]), "padded columns got gradient"
+    host, got = run_both(be, "crossentropy_softmax_backward", [logits, randn(rng, B, T), lse, targets, V])
+    assert_all_close(host, got, ["dlogits", "dlosses", "lse"])
+    assert (got[0][..., V:] == 0).all(), "padded columns got a gradient"
+    np.testing.assert_allclose(got[0].astype(np.float64).sum(-1), 0.0, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------------------------
