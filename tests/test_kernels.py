@@ -466,6 +466,23 @@ def test_adamw_three_steps(n):
         assert_close(params[:1], p0 * (1.0 - lr * weight_decay) ** 3, 1e-6, 0, "decayed parameter")
 
 
+@pytest.mark.parametrize("n", [1, 1001])
+def test_adamw_zero_grad_zeroes_the_gradient_and_changes_nothing_else(n):
+    # zero_grad=True: the same params, m, v bit for bit, and every gradient element +0.0 after;
+    # the plain call leaves the gradient as it was
+    rng = np.random.default_rng(12)
+    params, grads = randn(rng, n), randn(rng, n)
+    m, v = randn(rng, n, scale=0.1), np.abs(randn(rng, n, scale=0.1))
+    plain = [a.copy() for a in (params, grads, m, v)]
+    run_checked(kernels.adamw_update, *plain, 1e-3, 0.9, 0.999, 1e-8, 0.1, 3)
+    np.testing.assert_array_equal(plain[1], grads)
+    fused = [a.copy() for a in (params, grads, m, v)]
+    run_checked(kernels.adamw_update, *fused, 1e-3, 0.9, 0.999, 1e-8, 0.1, 3, True)
+    for i in (0, 2, 3):
+        assert_identical(fused[i], plain[i], f"argument {i} with zero_grad")
+    assert np.all(fused[1] == 0) and not np.any(np.signbit(fused[1]))
+
+
 def llmc_gpt2_update(params, grads, m, v, learning_rate, beta1, beta2, eps, weight_decay, t):
     """train_gpt2.c's gpt2_update transcribed in NumPy float32 scalars, element by element order of
     operations kept; powf is NumPy's float32 power (the C library's powf). -> new params, m, v."""

@@ -100,9 +100,11 @@ class Backend:
 
     # -- gpt2_update and gradient clipping -------------------------------------------------------
 
-    def adamw_update(self, params, grads, m, v, learning_rate, beta1, beta2, eps, weight_decay, t):
+    def adamw_update(self, params, grads, m, v, learning_rate, beta1, beta2, eps, weight_decay, t,
+                     zero_grad=False):
         """One AdamW step over flat (num_parameters,) float32 arrays, in llm.c's float32
-        arithmetic; t is the 1-based step."""
+        arithmetic; t is the 1-based step. zero_grad=True also sets each element of grads to 0
+        once read: the next step's gradient fill (gpt2_zero_grad), fused into this pass."""
         raise NotImplementedError
 
     def global_norm_squared(self, grads):

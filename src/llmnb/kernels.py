@@ -581,9 +581,11 @@ def bias_corrections(beta1, beta2, t):
 
 
 @njit(parallel=True, cache=True)
-def adamw_update(params, grads, m, v, learning_rate, beta1, beta2, eps, weight_decay, t):
+def adamw_update(params, grads, m, v, learning_rate, beta1, beta2, eps, weight_decay, t, zero_grad=False):
     # params, grads, m, v: (num_parameters,) flat float32; t is the 1-based step. All in float32
-    # as the C: the bias corrections 1.0f - powf(beta, t) use the same float32 betas as the moments
+    # as the C: the bias corrections 1.0f - powf(beta, t) use the same float32 betas as the moments.
+    # zero_grad: each gradient is set to 0 once read, the next step's gpt2_zero_grad fill done in
+    # this pass (one pass over the gradient instead of two; the model then skips its fill)
     lr = F32(learning_rate)
     b1 = F32(beta1)
     b2 = F32(beta2)
@@ -593,6 +595,8 @@ def adamw_update(params, grads, m, v, learning_rate, beta1, beta2, eps, weight_d
     for i in prange(params.shape[0]):
         param = params[i]
         grad = grads[i]
+        if zero_grad:
+            grads[i] = F32(0.0)
         mi = b1 * m[i] + (F32(1.0) - b1) * grad
         vi = b2 * v[i] + (F32(1.0) - b2) * grad * grad
         m_hat = mi / bc1

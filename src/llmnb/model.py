@@ -67,6 +67,7 @@ class GPT2:
         # the model trains its own copy (copy=False: the caller hands the array over, no copy)
         self.params = Tensors(k.asarray(params.copy() if copy else params), shapes)
         self.grads = None           # allocated lazily on the first backward
+        self.grads_are_zero = False  # True when self.grads is known to hold zeros: zero_grad skips its fill
         self.m_memory = None        # AdamW state, allocated lazily on the first update
         self.v_memory = None
         self.acts = None            # allocated lazily on the first forward
@@ -260,9 +261,13 @@ class GPT2:
     def zero_grad(self, params=True):
         """Zero the parameter gradients and the activation gradients (one fill each).
         params=False zeroes only the activation gradients: between the micro-steps of gradient
-        accumulation, where the parameter gradients must keep adding up."""
-        if params and self.grads is not None:
+        accumulation, where the parameter gradients must keep adding up. The parameter gradients'
+        fill is skipped when they are known to be zero: freshly allocated, or zeroed by update()
+        as AdamW read them (only backward() and update() write them; a caller that writes into
+        self.grads itself sets grads_are_zero = False)."""
+        if params and self.grads is not None and not self.grads_are_zero:
             self.backend.fill(self.grads.memory, 0.0)
+            self.grads_are_zero = True
         if self.grads_acts is not None:
             self.backend.fill(self.grads_acts.memory, 0.0)
 
@@ -280,6 +285,7 @@ class GPT2:
         k = self.backend
         if self.grads is None:
             self.grads = Tensors(k.zeros(self.num_parameters), param_shapes(self.config))
+        self.grads_are_zero = False  # this backward adds into them
         if self.grads_acts is None:
             shapes = grad_act_shapes(self.config, self.batch_size, self.seq_len)
             self.grads_acts = Tensors(k.zeros(Tensors.count(shapes)), shapes)
@@ -328,8 +334,13 @@ class GPT2:
         parameter in one pass over the flat buffers, as llm.c's gpt2_update; a tuple of tensor
         names applies it to those only (one pass per tensor, or per piece of one in the shard; the
         others get none). shard (lo, hi, grads), ZeRO-1 (dist.py): update params[lo:hi] only, from
-        this rank's reduced gradient grads (hi - lo floats); m and v then hold that range."""
-        if shard is None:
+        this rank's reduced gradient grads (hi - lo floats); m and v then hold that range.
+
+        Without shard, AdamW zeroes self.grads as it reads them (the next zero_grad's fill, fused),
+        so after update() the gradient buffer holds zeros. Under ZeRO-1 the reduced gradient is
+        another buffer: self.grads is left as it is and the next zero_grad fills it."""
+        own = shard is None  # the update reads (and zeroes) self.grads
+        if own:
             if self.grads is None:
                 raise RuntimeError("update() needs a backward() first")
             shard = (0, self.num_parameters, self.grads.memory)
@@ -340,17 +351,19 @@ class GPT2:
         p, m, v = self.params.memory, self.m_memory, self.v_memory
         hyper = (float(learning_rate), float(beta1), float(beta2), float(eps))
         if decay is None:
-            k.adamw_update(p[lo:hi], grads, m, v, *hyper, float(weight_decay), int(t))
-            return
-        offset = 0
-        for name, shape in self.params.shapes.items():
-            n = int(np.prod(shape))
-            a, b = max(lo, offset), min(hi, offset + n)  # the tensor's part of [lo, hi)
-            if a < b:
-                wd = float(weight_decay) if name in decay else 0.0
-                k.adamw_update(p[a:b], grads[a - lo:b - lo], m[a - lo:b - lo], v[a - lo:b - lo],
-                               *hyper, wd, int(t))
-            offset += n
+            k.adamw_update(p[lo:hi], grads, m, v, *hyper, float(weight_decay), int(t), own)
+        else:
+            offset = 0
+            for name, shape in self.params.shapes.items():
+                n = int(np.prod(shape))
+                a, b = max(lo, offset), min(hi, offset + n)  # the tensor's part of [lo, hi)
+                if a < b:
+                    wd = float(weight_decay) if name in decay else 0.0
+                    k.adamw_update(p[a:b], grads[a - lo:b - lo], m[a - lo:b - lo], v[a - lo:b - lo],
+                                   *hyper, wd, int(t), own)
+                offset += n
+        if own:
+            self.grads_are_zero = True  # every element of [0, num_parameters) was read and zeroed
 
     # ------------------------------------------------------------------------------------------
     # what the optimizer, gradient clipping and checkpoints read and write

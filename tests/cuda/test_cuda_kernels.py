@@ -19,7 +19,7 @@ import pytest
 
 from llmnb import kernels as cpu
 from llmnb import optim as cpu_optim
-from llmnb.config import GPT2Config
+from llmnb.config import GPT2Config, Tensors
 from llmnb.cuda import launch
 from llmnb.cuda.backend import CUDABackend
 
@@ -339,6 +339,20 @@ def test_adamw_update(be, rng):
         params, grads, m, v = host[:4]
 
 
+def test_adamw_update_zero_grad(be, rng):
+    # zero_grad=True: the update of the plain call, and the gradient zeroed as it is read
+    n = 1000
+    args = [randn(rng, n), randn(rng, n), randn(rng, n, scale=0.1), np.abs(randn(rng, n, scale=0.1)),
+            1e-3, 0.9, 0.999, 1e-8, 0.1, 2]
+    host, got = run_both(be, "adamw_update", args + [True])
+    assert_all_close(host, got, ["params", "grads", "m", "v"])
+    assert np.all(got[1] == 0) and np.all(host[1] == 0)
+    _, plain = run_both(be, "adamw_update", args)
+    assert np.array_equal(plain[1], args[1]), "the plain call wrote the gradient"
+    for i in (0, 2, 3):
+        assert np.array_equal(plain[i], got[i])
+
+
 @pytest.mark.parametrize("t", [1, 10])
 def test_adamw_bias_corrections_use_float32_betas(be, rng, t):
     # params 0, no decay: the new params are minus the update; llm.c's gpt2_update computes
@@ -414,11 +428,13 @@ def test_tiny_gpt2_cuda_matches_cpu():
         out[name] = (loss, grads, acts, model.params_host().copy(), loss2)
     cpu_res, cuda_res = out["cpu"], out["cuda"]
     assert abs(cuda_res[0] - cpu_res[0]) <= 1e-5 * abs(cpu_res[0])
-    assert_close(cuda_res[2], cpu_res[2], "activations")
-    g_cpu = {n: t for n, t in models["cpu"].grads}
-    g_cuda = {n: models["cuda"].backend.to_host(t) for n, t in models["cuda"].grads}
-    for n in g_cpu:
-        assert_close(g_cuda[n], g_cpu[n], f"grad {n}")
+    assert_close(cuda_res[2], cpu_res[2], "activations (after backward: dlogits over the logits)")
+    shapes = models["cpu"].grads.shapes
+    g_cpu, g_cuda = (Tensors(cpu_res[1], shapes), Tensors(cuda_res[1], shapes))  # before the update
+    for n in g_cpu.names:
+        assert_close(getattr(g_cuda, n), getattr(g_cpu, n), f"grad {n}")
+    for model in models.values():  # the update zeroed the gradient as it read it
+        assert model.grads_are_zero and not model.backend.to_host(model.grads.memory).any()
     assert_close(cuda_res[3], cpu_res[3], "params after one AdamW step")
     assert abs(cuda_res[4] - cpu_res[4]) <= 1e-5 * abs(cpu_res[4])
     assert cuda_res[4] < cuda_res[0]

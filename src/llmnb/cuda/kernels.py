@@ -438,12 +438,14 @@ def crossentropy_softmax_backward(logits, dlosses, lse, targets, V):
 # AdamW over the flat buffers (gpt2_update in the C)
 
 @cuda.jit(cache=True)
-def adamw_kernel(params, grads, m, v, learning_rate, beta1, beta2, eps, weight_decay, bc1, bc2):
+def adamw_kernel(params, grads, m, v, learning_rate, beta1, beta2, eps, weight_decay, bc1, bc2, zero_grad):
     # params, grads, m, v (num_parameters,); the hyperparameters float32; bc1, bc2 the bias
-    # corrections 1 - beta^t; grid-stride
+    # corrections 1 - beta^t; zero_grad: set each gradient to 0 once read; grid-stride
     for i in range(cuda.grid(1), params.shape[0], cuda.gridsize(1)):
         param = params[i]
         grad = grads[i]
+        if zero_grad:
+            grads[i] = ZERO
         mi = beta1 * m[i] + (ONE - beta1) * grad
         vi = beta2 * v[i] + (ONE - beta2) * grad * grad
         m_hat = mi / bc1
@@ -453,15 +455,17 @@ def adamw_kernel(params, grads, m, v, learning_rate, beta1, beta2, eps, weight_d
         params[i] = param - learning_rate * (m_hat / (math.sqrt(v_hat) + eps) + weight_decay * param)
 
 
-def adamw_update(params, grads, m, v, learning_rate, beta1, beta2, eps, weight_decay, t):
-    """One AdamW step over flat (num_parameters,) arrays; t is the 1-based step."""
+def adamw_update(params, grads, m, v, learning_rate, beta1, beta2, eps, weight_decay, t, zero_grad=False):
+    """One AdamW step over flat (num_parameters,) arrays; t is the 1-based step; zero_grad: the
+    gradients are set to 0 as they are read."""
     n = params.shape[0]
     check(len(params.shape) == 1 and grads.shape == (n,) and m.shape == (n,) and v.shape == (n,), WHERE,
           f"adamw_update: params {params.shape}, grads {grads.shape}, m {m.shape}, v {v.shape} are not one flat size")
     # the float32 betas in the bias corrections too, as the moments and the C (see kernels.py)
     bc1, bc2 = cpu_bias_corrections(F32(beta1), F32(beta2), int(t))
     adamw_kernel[elementwise_grid(n), ELEM_THREADS](params, grads, m, v, F32(learning_rate), F32(beta1),
-                                                  F32(beta2), F32(eps), F32(weight_decay), bc1, bc2)
+                                                  F32(beta2), F32(eps), F32(weight_decay), bc1, bc2,
+                                                  bool(zero_grad))
 
 
 # ----------------------------------------------------------------------------------------------

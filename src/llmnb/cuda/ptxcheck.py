@@ -54,7 +54,7 @@ def kernel_signatures():
         K.softmax_forward_kernel: [(f3, f3, int64)],
         K.crossentropy_forward_kernel: [(f2, f2, f3, i2, int64)],
         K.crossentropy_softmax_backward_kernel: [(f3, f2, f2, i2, int64)],
-        K.adamw_kernel: [(f1, f1, f1, f1) + (float32,) * 7],
+        K.adamw_kernel: [(f1, f1, f1, f1) + (float32,) * 7 + (boolean,)],
         K.global_norm_squared_kernel: [(float64[::1], f1)],
         K.scale_kernel: [(f1, float32)],
         K.fill_kernel: [(f1, float32), (int32[::1], int32)],
