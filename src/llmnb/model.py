@@ -146,7 +146,8 @@ class GPT2:
         """Forward (B, T) token ids; with targets, also the loss. Returns the mean loss or None.
         The logits (B, T, Vp) are left in self.acts; with targets the losses (B, T) too (and
         their log-sum-exps, for backward), without targets the probabilities in self.probs
-        (B, T, Vp, allocated by the first forward without targets of this shape)."""
+        (B, T, Vp: allocated by a forward without targets, reused by the next ones of its shape,
+        dropped by a forward with targets, so training holds no probs)."""
         inputs = self._check_tokens("inputs", inputs)
         if targets is not None:
             targets = self._check_tokens("targets", targets, inputs.shape)
