@@ -50,14 +50,19 @@ def test_training_buffers_hold_no_vocabulary_sized_probs_or_dlogits():
     # the fused classifier: of the (B, T, Vp) tensors only the logits remain (dlogits is written over
     # them), so a training step's activations and their gradients are 2 B*T*Vp - B*T floats smaller
     # than with probs and dlogits: 402,428 bytes per position at GPT-2's vocabulary
+    from llmnb.memory import run_memory
     cfg, B, T = GPT2Config(), 4, 64
-    Vp = cfg.padded_vocab_size
+    C, Vp = cfg.channels, cfg.padded_vocab_size
     acts, grads = act_shapes(cfg, B, T), grad_act_shapes(cfg, B, T)
     assert [n for n, s in acts.items() if Vp in s] == ["logits"]
     assert not [n for n, s in grads.items() if Vp in s]
-    with_probs = act_shapes(cfg, B, T, probs=True)  # what generation's step keeps (B = T = 1)
-    saved = 4 * (Tensors.count(with_probs) - Tensors.count(acts) + B * T * Vp - B * T)
-    assert saved == 4 * (2 * B * T * Vp - B * T) and saved // (B * T) == 402428
+    # the counts before the fused classifier (this file's numbers then): acts with probs, grads
+    # with dlogits
+    old_acts = 73347840 - 2 * 12 * B * 12 * T * T + 12 * B * 12 * T
+    old_grads = 2 * B * T * C + B * T * Vp + B * T + 14 * B * T * C
+    sizes = run_memory(cfg, B, T)
+    saved = 4 * (old_acts + old_grads) - sizes["activations"] - sizes["activation gradients"]
+    assert saved == 4 * (2 * B * T * Vp - B * T) and saved / (B * T) == 402428
     # and the model allocates exactly those layouts
     m = GPT2(TINY)
     x = np.zeros((2, 5), dtype=np.int32)
