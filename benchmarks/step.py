@@ -111,6 +111,7 @@ def kernel_table(model, x, y, t):
         rate = f"{flops / sec / 1e9:.0f} GFLOP/s" if flops else f"{nbytes / sec / 1e9:.1f} GB/s*"
         rows.append([name, str(calls), f"{sec * 1e3:.1f}", f"{100 * sec / total:.1f}%", rate])
     in_kernels = sum(v[1] for v in kt.times.values())
+    # (after an update only the activation gradients are filled: adamw_update zeroed the parameters')
     rows.append(["zero_grad (fill)", "1", f"{(t2 - t1) * 1e3:.1f}", f"{100 * (t2 - t1) / total:.1f}%", ""])
     rest = total - in_kernels - (t2 - t1)
     rows.append(["other (Python, checks)", "", f"{rest * 1e3:.1f}", f"{100 * rest / total:.1f}%", ""])

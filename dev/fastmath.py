@@ -9,8 +9,8 @@ they differ from the non-fastmath ones by float32 rounding (printed: max |differ
 
     python -m dev.fastmath [--runs 10]
 
-The package now builds attention_forward/backward, softmax_forward and layernorm_forward/backward
-with fastmath={'reassoc', 'contract'} (kernels.REDUCE_FASTMATH), so for those "as is" already has
+The package now builds attention_forward/backward, softmax_forward, the fused classifier
+(crossentropy_forward/crossentropy_softmax_backward) and layernorm_forward/backward with fastmath={'reassoc', 'contract'} (kernels.REDUCE_FASTMATH), so for those "as is" already has
 the vector sums; this script's fastmath=True adds nnan/ninf/arcp/nsz/afn on top. Measured before
 the change: benchmarks/RESULTS.md.
 """
@@ -22,9 +22,9 @@ import numpy as np
 from benchmarks.cases import memory_bound_cases
 from dev import common
 
-KERNELS = ("attention_forward", "attention_backward", "softmax_forward", "layernorm_forward",
+KERNELS = ("attention_forward", "attention_backward", "crossentropy_forward", "layernorm_forward",
            "layernorm_backward", "crossentropy_softmax_backward", "adamw_update")
-CALLS_PER_STEP = {"attention_forward": 12, "attention_backward": 12, "softmax_forward": 1,
+CALLS_PER_STEP = {"attention_forward": 12, "attention_backward": 12, "crossentropy_forward": 1,
                   "layernorm_forward": 25, "layernorm_backward": 25,
                   "crossentropy_softmax_backward": 1, "adamw_update": 1}
 

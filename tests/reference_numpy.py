@@ -199,6 +199,14 @@ def softmax_forward(logits, V):
     return probs
 
 
+def logsumexp(logits, V):
+    # logits (B,T,Vp) -> (B,T): log sum exp over the first V columns (the fused classifier's lse)
+    (logits,) = _f64(logits)
+    real = logits[..., :V]
+    mx = real.max(axis=-1)
+    return mx + np.log(np.exp(real - mx[..., None]).sum(axis=-1))
+
+
 def crossentropy_forward(probs, targets):
     # probs (B,T,Vp); targets (B,T) int -> losses (B,T) = -log probs[target]
     (probs,) = _f64(probs)

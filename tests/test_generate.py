@@ -28,7 +28,7 @@ def test_cached_step_logits_equal_the_full_forward(params, n):
     tokens = np.random.default_rng(n).integers(0, CFG.vocab_size, n)
     model = GPT2(CFG, params)
     model.forward(tokens[None, :])
-    full_logits, full_probs = model.acts.logits[0].copy(), model.acts.probs[0].copy()
+    full_logits, full_probs = model.acts.logits[0].copy(), model.probs[0].copy()
     model.begin_sequence()
     for t, tok in enumerate(tokens):
         probs = model.step(int(tok))
@@ -79,7 +79,7 @@ def test_generate_matches_llmc_style_full_forward_sampling(params):
     tokens = [CFG.vocab_size - 1]
     for t in range(1, CFG.max_seq_len):
         model.forward(np.array([tokens + [0] * (CFG.max_seq_len - len(tokens))]))
-        tokens.append(sample_mult(model.acts.probs[0, t - 1], CFG.vocab_size, rng.f32()))
+        tokens.append(sample_mult(model.probs[0, t - 1], CFG.vocab_size, rng.f32()))
     got = generate(GPT2(CFG, params), [CFG.vocab_size - 1], CFG.max_seq_len - 1, Rng(1337))
     assert got == tokens[1:]
 

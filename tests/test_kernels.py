@@ -362,49 +362,82 @@ def test_residual(shape):
 # ----------------------------------------------------------------------------------------------
 # softmax + cross-entropy over the padded vocabulary
 
-@pytest.mark.parametrize("B,T,V,Vp,scale", [
-    (3, 5, 37, 64, 3.0),
-    (3, 5, 37, 64, 100.0),     # logits ~ +-300: exp overflows unless the max is subtracted
-    (2, 3, 5, 5, 3.0),         # no padding
-    (1, 1, 1, 4, 3.0),         # a single real token: p = 1, loss = 0
-    (2, 3, 50257, 50304, 3.0),  # GPT-2's vocabulary
+@pytest.mark.parametrize("B,T,V,Vp,scale,shift", [
+    (3, 5, 37, 64, 3.0, 0.0),
+    (3, 5, 37, 64, 100.0, 0.0),   # logits ~ +-300: exp overflows unless the max is subtracted
+    (3, 5, 37, 64, 3.0, 200.0),   # logits ~ 200 + 3 N(0,1): exp(logit) is inf in float32
+    (2, 3, 5, 5, 3.0, 0.0),       # no padding
+    (1, 1, 1, 4, 3.0, 0.0),       # a single real token: p = 1, loss = 0
+    (2, 3, 50257, 50304, 3.0, 0.0),  # GPT-2's vocabulary
 ])
-def test_softmax_crossentropy(B, T, V, Vp, scale):
+def test_softmax_and_fused_crossentropy(B, T, V, Vp, scale, shift):
     rng = np.random.default_rng(8)
-    logits = randn(rng, B, T, Vp, scale=scale)
+    logits = randn(rng, B, T, Vp, scale=scale, shift=shift)
     logits[..., V:] = 1e4  # junk in the padded columns must not matter
     targets = rng.integers(0, V, size=(B, T)).astype(np.int32)
 
-    # the kernel sums the V exponentials in one float32 running sum, as llm.c does: over 50257
-    # terms its relative error reaches ~6e-5 (shared by the whole row), hence the looser rtol there;
-    # with logits ~ 300, float32 rounding of logit - max is ~2e-5 absolute, so p's relative error too
+    # the kernels sum the V exponentials in one float32 running sum per row, as llm.c does: over
+    # 50257 terms its relative error reaches ~6e-5 (shared by the whole row), hence the looser rtol
+    # there; float32 rounding of logit - max (or - lse) is ~1e-7 of the logits' size, absolute
+    big = float(np.abs(logits[..., :V]).max())
     rtol = 1e-5 if V < 1000 else 2e-4
-    rtol *= max(1.0, scale / 10.0)
+    rtol *= max(1.0, big / 30.0)
     probs = randn(rng, B, T, Vp)
     run_checked(kernels.softmax_forward, probs, logits, V)
     rprobs = ref.softmax_forward(logits, V)
     assert_close(probs[..., :V], rprobs[..., :V], rtol, 1e-9, "probs")
     assert np.all(probs[..., V:] == 0.0) and not np.any(np.signbit(probs[..., V:])), "padded probs not 0"
 
-    losses = randn(rng, B, T)
-    run_checked(kernels.crossentropy_forward, losses, probs, targets)
+    # the fused classifier's forward: lse per row, losses = lse - logit[target] == the old
+    # formula -log softmax[target] (float64), logits left alone
+    losses, lse = randn(rng, B, T), randn(rng, B, T)
+    before = logits.copy()
+    run_checked(kernels.crossentropy_forward, losses, lse, logits, targets, V)
+    assert np.array_equal(logits, before), "crossentropy_forward wrote the logits"
+    lse_tol = (1e-6 if V < 1000 else 1e-5) + 2e-7 * big  # the sum's rounding + max's ulp
+    assert_close(lse, ref.logsumexp(logits, V), 0, lse_tol, "lse")
     rlosses = ref.crossentropy_forward(rprobs, targets)
-    normal = rlosses < 80.0  # p[target] > 1e-35: not flushed to 0 (loss inf) in float32
-    assert_close(losses[normal], rlosses[normal], 1e-5, rtol, "losses")
-    # and exactly -log of the kernel's own probabilities
-    with np.errstate(divide="ignore"):  # p = 0 in float32 (huge logits): loss inf, as in llm.c
-        own = -np.log(np.take_along_axis(probs.astype(np.float64), targets[..., None], -1)[..., 0])
-    assert_close(losses, own, 1e-6, 1e-7, "losses = -log probs[target]")
+    assert_close(losses, rlosses, 0, lse_tol + 2e-7 * big, "losses = -log probs[target]")
+    assert np.all(np.isfinite(losses)) and np.all(losses > -lse_tol), "losses finite and >= 0"
 
-    # backward: junk in the padded columns of probs too, so that a kernel reading them would show
+    # the fused backward, in place over the logits: dlogits == the old formula (probs -
+    # onehot(target)) * dloss from float64 probs; 0 in the padded columns (where the logits held
+    # junk); from the kernel's own lse
     dlosses = randn(rng, B, T)
-    probs[..., V:] = randn(rng, B, T, Vp - V)
-    dlogits0 = randn(rng, B, T, Vp)
-    dlogits = dlogits0.copy()
-    run_checked(kernels.crossentropy_softmax_backward, dlogits, dlosses, probs, targets, V)
-    rdlogits = ref.crossentropy_softmax_backward(dlosses, probs, targets, V)  # the probs it was given
-    assert_close(dlogits[..., :V], dlogits0[..., :V] + rdlogits[..., :V], 1e-5, 1e-6, "dlogits")
-    assert np.array_equal(dlogits[..., V:], dlogits0[..., V:]), "padded dlogits touched"
+    run_checked(kernels.crossentropy_softmax_backward, logits, dlosses, lse, targets, V)
+    rdlogits = ref.crossentropy_softmax_backward(dlosses, rprobs, targets, V)
+    dl_rtol = (1e-5 if V < 1000 else 2e-5) * max(1.0, big / 30.0)  # exp(logit - lse): lse's error
+    assert_close(logits[..., :V], rdlogits[..., :V], dl_rtol, 1e-9 + 1e-7 * big, "dlogits")
+    assert np.all(logits[..., V:] == 0.0) and not np.any(np.signbit(logits[..., V:])), "padded dlogits not 0"
+    # each row's gradient sums to 0 (the softmax's sum is 1, the onehot's too)
+    np.testing.assert_allclose(logits.astype(np.float64).sum(-1), 0.0, atol=10 * dl_rtol * np.abs(dlosses).max())
+
+
+def test_fused_classifier_gradient_matches_finite_differences():
+    # the pair as one function of the logits: d(sum dlosses * losses)/d logit from the backward
+    # kernel vs central differences of the forward kernel's losses (float64 steps of a float32
+    # function: h = 1e-2, error O(h^2) ~ 1e-4 of the curvature's size)
+    rng = np.random.default_rng(11)
+    B, T, V, Vp = 2, 3, 11, 16
+    logits = randn(rng, B, T, Vp, scale=2.0)
+    targets = rng.integers(0, V, size=(B, T)).astype(np.int32)
+    dlosses = randn(rng, B, T)
+    losses, lse = np.empty((B, T), F32), np.empty((B, T), F32)
+
+    def objective(lg):
+        kernels.crossentropy_forward(losses, lse, lg, targets, V)
+        return float((losses.astype(np.float64) * dlosses).sum())
+
+    objective(logits)
+    grad = logits.copy()
+    kernels.crossentropy_softmax_backward(grad, dlosses, lse, targets, V)
+    h = 1e-2
+    for idx in [(0, 0, 0), (1, 2, int(targets[1, 2])), (0, 1, V - 1), (1, 0, 5)]:
+        up, down = logits.copy(), logits.copy()
+        up[idx] += h
+        down[idx] -= h
+        fd = (objective(up) - objective(down)) / (2 * h)
+        assert math.isclose(grad[idx], fd, rel_tol=2e-3, abs_tol=2e-4), (idx, grad[idx], fd)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -431,6 +464,23 @@ def test_adamw_three_steps(n):
     # weight decay included: a parameter whose gradient is always 0 shrinks by (1 - lr * wd) per step
     if n > 1:
         assert_close(params[:1], p0 * (1.0 - lr * weight_decay) ** 3, 1e-6, 0, "decayed parameter")
+
+
+@pytest.mark.parametrize("n", [1, 1001])
+def test_adamw_zero_grad_zeroes_the_gradient_and_changes_nothing_else(n):
+    # zero_grad=True: the same params, m, v bit for bit, and every gradient element +0.0 after;
+    # the plain call leaves the gradient as it was
+    rng = np.random.default_rng(12)
+    params, grads = randn(rng, n), randn(rng, n)
+    m, v = randn(rng, n, scale=0.1), np.abs(randn(rng, n, scale=0.1))
+    plain = [a.copy() for a in (params, grads, m, v)]
+    run_checked(kernels.adamw_update, *plain, 1e-3, 0.9, 0.999, 1e-8, 0.1, 3)
+    np.testing.assert_array_equal(plain[1], grads)
+    fused = [a.copy() for a in (params, grads, m, v)]
+    run_checked(kernels.adamw_update, *fused, 1e-3, 0.9, 0.999, 1e-8, 0.1, 3, True)
+    for i in (0, 2, 3):
+        assert_identical(fused[i], plain[i], f"argument {i} with zero_grad")
+    assert np.all(fused[1] == 0) and not np.any(np.signbit(fused[1]))
 
 
 def llmc_gpt2_update(params, grads, m, v, learning_rate, beta1, beta2, eps, weight_decay, t):
@@ -503,8 +553,9 @@ def test_reference_backward_matches_torch_autograd(layer):
         tlosses = -logp.gather(-1, torch.from_numpy(targets)[..., None])[..., 0]
         (tlosses * torch.from_numpy(dlosses)).sum().backward()
         probs = ref.softmax_forward(logits, V)
-        got = (ref.crossentropy_forward(probs, targets), ref.crossentropy_softmax_backward(dlosses, probs, targets, V))
-        want = (tlosses, tl.grad)
+        got = (ref.crossentropy_forward(probs, targets), ref.crossentropy_softmax_backward(dlosses, probs, targets, V),
+               ref.logsumexp(logits, V))
+        want = (tlosses, tl.grad, torch.logsumexp(tl[..., :V], dim=-1))
     for i, (g, w_) in enumerate(zip(got, want)):
         np.testing.assert_allclose(g, w_.detach().numpy(), rtol=1e-10, atol=1e-12, err_msg=f"{layer} output {i}")
 

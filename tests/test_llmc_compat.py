@@ -430,13 +430,15 @@ def test_tiny_model_matches_llmc_numbers(tmp_path):
     losses = []
     for step in range(3):
         losses.append(model.forward(x, y))
-        model.zero_grad()
-        model.backward()
-        if step == 0:
+        if step == 0:  # before backward, which writes dlogits over the logits
             logits = model.acts.logits
             np.testing.assert_allclose(logits[0, 0, :3], LLMC_LOGITS_000, rtol=0, atol=1e-5)
             assert abs(logits[-1, -1, V - 1] - LLMC_LOGITS_LAST) < 1e-5
-            assert abs(model.acts.probs[0, 0, 0] - LLMC_PROBS_000) < 1e-7
+            # the C's probs, from the fused classifier's log-sum-exp
+            assert abs(np.exp(logits[0, 0, 0] - model.acts.lse_logits[0, 0]) - LLMC_PROBS_000) < 1e-7
+        model.zero_grad()
+        model.backward()
+        if step == 0:
             np.testing.assert_allclose(model.grads.wte[x[0, 0], :2], LLMC_DWTE, rtol=1e-4, atol=1e-9)
             assert model.grads.qkvw[0, 0, 0] == pytest.approx(LLMC_DQKVW_000, rel=1e-4, abs=1e-9)
             assert model.grads.lnfb[0] == pytest.approx(LLMC_DLNFB_0, rel=1e-4, abs=1e-9)

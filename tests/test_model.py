@@ -4,7 +4,8 @@ import math
 import numpy as np
 import pytest
 
-from llmnb.config import GPT2Config, Tensors, act_sizes, grad_act_shapes, param_shapes, param_sizes
+from llmnb.config import (ACT_NAMES, GPT2Config, Tensors, act_shapes, act_sizes, grad_act_shapes, param_shapes,
+                          param_sizes)
 from llmnb.model import GPT2, init_params
 
 TINY = GPT2Config(max_seq_len=16, vocab_size=50, padded_vocab_size=64, num_layers=2, num_heads=2, channels=16)
@@ -25,9 +26,12 @@ def test_sizes_match_llmc_fill_in_functions():
     assert sum(param_sizes(cfg)) == 124475904
     assert len(param_sizes(cfg)) == 16
     # llm.c's CPU trainer: 23 tensors, 73,347,840 floats; here its preatt and att (2 x L*B*NH*T*T)
-    # are replaced by lse (L*B*NH*T), as its cuDNN trainer keeps its softmax statistics
+    # are replaced by lse (L*B*NH*T), as its cuDNN trainer keeps its softmax statistics, and its
+    # probs (B*T*Vp) by lse_logits (B*T), as its CUDA trainer's fused classifier
     assert len(act_sizes(cfg, 4, 64)) == 22
-    assert sum(act_sizes(cfg, 4, 64)) == 73347840 - 2 * 12 * 4 * 12 * 64 * 64 + 12 * 4 * 12 * 64
+    assert tuple(act_shapes(cfg, 4, 64)) == ACT_NAMES
+    assert sum(act_sizes(cfg, 4, 64)) == (73347840 - 2 * 12 * 4 * 12 * 64 * 64 + 12 * 4 * 12 * 64
+                                          - 4 * 64 * 50304 + 4 * 64)
 
 
 def test_activation_gradients_are_one_layers_worth():
@@ -36,10 +40,38 @@ def test_activation_gradients_are_one_layers_worth():
     B, T = 2, 64
     counts = [Tensors.count(grad_act_shapes(GPT2Config.depth(L), B, T)) for L in (2, 12, 24)]
     C12 = GPT2Config.depth(12).channels
-    assert counts[1] == 2 * B * T * C12 + B * T * 50304 + B * T + 14 * B * T * C12
+    assert counts[1] == 2 * B * T * C12 + B * T + 14 * B * T * C12  # no B*T*Vp dlogits
     assert counts[0] < counts[1] < counts[2]  # through C = 64 L only
     assert Tensors.count(grad_act_shapes(GPT2Config(num_layers=2), B, T)) == \
         Tensors.count(grad_act_shapes(GPT2Config(num_layers=48), B, T))
+
+
+def test_training_buffers_hold_no_vocabulary_sized_probs_or_dlogits():
+    # the fused classifier: of the (B, T, Vp) tensors only the logits remain (dlogits is written over
+    # them), so a training step's activations and their gradients are 2 B*T*Vp - B*T floats smaller
+    # than with probs and dlogits: 402,428 bytes per position at GPT-2's vocabulary
+    from llmnb.memory import run_memory
+    cfg, B, T = GPT2Config(), 4, 64
+    C, Vp = cfg.channels, cfg.padded_vocab_size
+    acts, grads = act_shapes(cfg, B, T), grad_act_shapes(cfg, B, T)
+    assert [n for n, s in acts.items() if Vp in s] == ["logits"]
+    assert not [n for n, s in grads.items() if Vp in s]
+    # the counts before the fused classifier (this file's numbers then): acts with probs, grads
+    # with dlogits
+    old_acts = 73347840 - 2 * 12 * B * 12 * T * T + 12 * B * 12 * T
+    old_grads = 2 * B * T * C + B * T * Vp + B * T + 14 * B * T * C
+    sizes = run_memory(cfg, B, T)
+    saved = 4 * (old_acts + old_grads) - sizes["activations"] - sizes["activation gradients"]
+    assert saved == 4 * (2 * B * T * Vp - B * T) and saved / (B * T) == 402428
+    # and the model allocates exactly those layouts
+    m = GPT2(TINY)
+    x = np.zeros((2, 5), dtype=np.int32)
+    m.forward(x, x)
+    m.zero_grad()
+    m.backward()
+    assert m.acts.memory.size == Tensors.count(act_shapes(TINY, 2, 5))
+    assert m.grads_acts.memory.size == Tensors.count(grad_act_shapes(TINY, 2, 5))
+    assert m.probs is None and not hasattr(m.acts, "probs")
 
 
 def test_views_share_the_flat_buffer(model):
@@ -88,23 +120,56 @@ def test_new_shape_reallocates_and_gives_the_same_answer(model):
     rng = np.random.default_rng(0)
     x, y = batch(rng, 2, 5)
     loss_a = model.forward(x, y)
-    probs_a = model.acts.probs.copy()
+    logits_a = model.acts.logits.copy()
     model.forward(*batch(rng, 3, 9))          # a different (B, T): re-allocated
-    assert model.acts.probs.shape == (3, 9, TINY.padded_vocab_size)
+    assert model.acts.logits.shape == (3, 9, TINY.padded_vocab_size)
     loss_b = model.forward(x, y)             # back again
     assert loss_a == loss_b
-    np.testing.assert_array_equal(model.acts.probs, probs_a)
+    np.testing.assert_array_equal(model.acts.logits, logits_a)
 
 
 def test_probs_rows_sum_to_one_and_padding_is_zero(model):
+    # a forward without targets leaves the softmax in model.probs; one with targets, whose loss is
+    # -log of those probabilities at the targets, leaves the logits intact and keeps no probs
     rng = np.random.default_rng(3)
     x, y = batch(rng, 3, 5)
-    loss = model.forward(x, y)
-    probs = model.acts.probs
+    assert model.forward(x) is None
+    probs = model.probs.copy()
     np.testing.assert_allclose(probs[:, :, :TINY.vocab_size].sum(-1), 1.0, rtol=1e-5)
     assert np.all(probs[:, :, TINY.vocab_size:] == 0)
-    expect = -np.log(np.take_along_axis(probs, y[..., None], axis=-1)).mean()
+    logits = model.acts.logits.copy()
+    loss = model.forward(x, y)
+    assert model.probs is None
+    np.testing.assert_array_equal(model.acts.logits, logits)
+    expect = -np.log(np.take_along_axis(probs.astype(np.float64), y[..., None], axis=-1)).mean()
     assert math.isclose(loss, expect, rel_tol=1e-5)
+    V = TINY.vocab_size
+    lse = np.log(np.exp(logits[..., :V].astype(np.float64)).sum(-1))
+    np.testing.assert_allclose(model.acts.lse_logits, lse, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(model.acts.losses, lse - np.take_along_axis(logits, y[..., None], -1)[..., 0],
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_backward_writes_dlogits_over_the_logits_and_runs_once_per_forward():
+    # after backward acts.logits holds dlogits = (softmax - onehot(target)) / (B*T), 0 in the
+    # padded columns; a second backward of the same forward would read them as logits: refused
+    m = GPT2(TINY, init_params(TINY, seed=1))
+    rng = np.random.default_rng(6)
+    x, y = batch(rng, 2, 7)
+    m.forward(x)
+    probs = m.probs.astype(np.float64)
+    m.forward(x, y)
+    m.zero_grad()
+    m.backward(grad_scale=0.5)
+    onehot = np.zeros_like(probs)
+    np.put_along_axis(onehot, y[..., None], 1.0, axis=-1)
+    want = (probs - onehot) * 0.5 / (2 * 7)
+    np.testing.assert_allclose(m.acts.logits, want, rtol=1e-5, atol=1e-9)
+    assert np.all(m.acts.logits[..., TINY.vocab_size:] == 0)
+    with pytest.raises(RuntimeError, match="already called after this forward"):
+        m.backward()
+    m.forward(x, y)  # a new forward: backward again, accumulating
+    m.backward()
 
 
 def test_padded_rows_get_zero_gradient_and_stay_zero(model):

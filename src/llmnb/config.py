@@ -14,13 +14,15 @@ PARAM_NAMES = (
     "ln2w", "ln2b", "fcw", "fcb", "fcprojw", "fcprojb", "lnfw", "lnfb",
 )
 
-# the 22 activation tensors, in llm.c's order, except that attention keeps per query row the
-# log-sum-exp of its scores (lse, as llm.c's cuDNN path keeps its softmax statistics) in place of
-# the CPU trainer's (B, NH, T, T) preatt and att: the kernels recompute att from it (kernels.py)
+# the 22 activation tensors, in llm.c's order, except for two softmaxes kept as their log-sum-exp
+# (the kernels recompute the softmax from it): attention keeps per query row the lse of its
+# scores (as llm.c's cuDNN path keeps its softmax statistics) in place of the CPU trainer's
+# (B, NH, T, T) preatt and att, and the classifier per row the lse of its logits (lse_logits) in
+# place of the (B, T, Vp) probs, as llm.c's CUDA trainer's fused classifier
 ACT_NAMES = (
     "encoded", "ln1", "ln1_mean", "ln1_rstd", "qkv", "atty", "lse", "attproj",
     "residual2", "ln2", "ln2_mean", "ln2_rstd", "fch", "fch_gelu", "fcproj", "residual3",
-    "lnf", "lnf_mean", "lnf_rstd", "logits", "probs", "losses",
+    "lnf", "lnf_mean", "lnf_rstd", "logits", "lse_logits", "losses",
 )
 
 # the per-layer activation gradients: one layer's worth, reused by every layer (grad_act_shapes)
@@ -77,10 +79,12 @@ def param_shapes(config):
     }
 
 
-def act_shapes(config, B, T):
-    """The 22 activation shapes, as fill_in_activation_sizes (lse for preatt and att)."""
+def act_shapes(config, B, T, probs=False):
+    """The 22 activation shapes, as fill_in_activation_sizes (lse for preatt and att, lse_logits
+    for probs). probs=True adds a (B, T, Vp) probs after the logits: generation's one-token step
+    returns its probabilities (training needs none)."""
     C, NH, L, Vp = config.channels, config.num_heads, config.num_layers, config.padded_vocab_size
-    return {
+    shapes = {
         "encoded": (B, T, C),
         "ln1": (L, B, T, C), "ln1_mean": (L, B, T), "ln1_rstd": (L, B, T),
         "qkv": (L, B, T, 3 * C), "atty": (L, B, T, C),
@@ -90,18 +94,24 @@ def act_shapes(config, B, T):
         "fch": (L, B, T, 4 * C), "fch_gelu": (L, B, T, 4 * C),
         "fcproj": (L, B, T, C), "residual3": (L, B, T, C),
         "lnf": (B, T, C), "lnf_mean": (B, T), "lnf_rstd": (B, T),
-        "logits": (B, T, Vp), "probs": (B, T, Vp), "losses": (B, T),
+        "logits": (B, T, Vp),
     }
+    if probs:
+        shapes["probs"] = (B, T, Vp)
+    shapes.update(lse_logits=(B, T), losses=(B, T))
+    return shapes
 
 
 def grad_act_shapes(config, B, T):
     """The activation gradients backward keeps, as llm.c's CUDA trainer does (not its CPU one,
     which keeps a gradient for each of the L layers' activations): the residual stream's gradient
     (one (B,T,C) buffer that every layer adds its branches into, on its way down to the encoder),
-    the classifier's, and one layer's worth of LAYER_GRAD_NAMES, last, reused by every layer."""
-    C, Vp = config.channels, config.padded_vocab_size
+    the classifier's input's and the losses', and one layer's worth of LAYER_GRAD_NAMES, last,
+    reused by every layer. No dlogits: backward writes it over the activations' logits (the fused
+    classifier, kernels.crossentropy_softmax_backward)."""
+    C = config.channels
     return {
-        "dresidual": (B, T, C), "lnf": (B, T, C), "logits": (B, T, Vp), "losses": (B, T),
+        "dresidual": (B, T, C), "lnf": (B, T, C), "losses": (B, T),
         "ln1": (B, T, C), "qkv": (B, T, 3 * C), "atty": (B, T, C),
         "ln2": (B, T, C), "fch": (B, T, 4 * C), "fch_gelu": (B, T, 4 * C),
     }

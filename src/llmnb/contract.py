@@ -79,22 +79,32 @@ class Backend:
 
     def softmax_forward(self, probs, logits, V):
         """probs (B,T,Vp) = softmax over the first V columns of logits (B,T,Vp); the padded
-        columns V..Vp-1 get probability 0."""
+        columns V..Vp-1 get probability 0. (A forward without targets, generation's step:
+        training needs no probs, see the two below.)"""
         raise NotImplementedError
 
-    def crossentropy_forward(self, losses, probs, targets):
-        """losses (B,T) = -log probs[b, t, targets[b, t]]; targets (B,T) int32."""
+    # the classifier fused as llm.c's CUDA trainer's (llmc/fused_classifier.cuh): no (B,T,Vp) probs
+    # and no (B,T,Vp) dlogits buffer; per row the log-sum-exp of its logits is kept instead
+
+    def crossentropy_forward(self, losses, lse, logits, targets, V):
+        """losses (B,T) = -log softmax(logits)[target] = lse - logits[b, t, targets[b, t]], with
+        lse (B,T) = log sum exp over the first V columns of logits (B,T,Vp), which are not
+        written; targets (B,T) int32 in [0, V)."""
         raise NotImplementedError
 
-    def crossentropy_softmax_backward(self, dlogits, dlosses, probs, targets, V):
-        """dlogits (B,T,Vp) += (probs - onehot(targets)) * dlosses (B,T), columns < V only."""
+    def crossentropy_softmax_backward(self, logits, dlosses, lse, targets, V):
+        """logits (B,T,Vp) in place: the logits in (lse (B,T) theirs, from crossentropy_forward),
+        their gradient out: (exp(logits - lse) - onehot(targets)) * dlosses (B,T) in the first V
+        columns, 0 in the padded ones. Overwritten, not +=: there is no other dlogits."""
         raise NotImplementedError
 
     # -- gpt2_update and gradient clipping -------------------------------------------------------
 
-    def adamw_update(self, params, grads, m, v, learning_rate, beta1, beta2, eps, weight_decay, t):
+    def adamw_update(self, params, grads, m, v, learning_rate, beta1, beta2, eps, weight_decay, t,
+                     zero_grad=False):
         """One AdamW step over flat (num_parameters,) float32 arrays, in llm.c's float32
-        arithmetic; t is the 1-based step."""
+        arithmetic; t is the 1-based step. zero_grad=True also sets each element of grads to 0
+        once read: the next step's gradient fill (gpt2_zero_grad), fused into this pass."""
         raise NotImplementedError
 
     def global_norm_squared(self, grads):

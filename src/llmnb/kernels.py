@@ -518,7 +518,8 @@ def residual_backward(dinp1, dinp2, dout):
 
 @njit(parallel=True, fastmath=REDUCE_FASTMATH, cache=True)
 def softmax_forward(probs, logits, V):
-    # probs, logits (B,T,Vp); columns V..Vp-1 get probability 0
+    # probs, logits (B,T,Vp); columns V..Vp-1 get probability 0. For a forward without targets
+    # and generation's step; training's loss and gradient need no probs (crossentropy_* below)
     B, T, Vp = logits.shape
     for bt in prange(B * T):
         b, t = bt // T, bt % T
@@ -538,27 +539,49 @@ def softmax_forward(probs, logits, V):
             p[i] = F32(0.0)
 
 
-@njit(parallel=True, cache=True)
-def crossentropy_forward(losses, probs, targets):
-    # losses (B,T); probs (B,T,Vp); targets (B,T) int32
-    B, T = losses.shape
+# The classifier fused as in llm.c's CUDA trainer (llmc/fused_classifier.cuh): training keeps no
+# (B,T,Vp) probs and no (B,T,Vp) dlogits. Forward keeps per row the log-sum-exp of its logits
+# (lse, B*T floats) and the loss lse - logit[target]; backward recomputes softmax = exp(logit -
+# lse) and writes the logits' gradient over the logits, in place. (Each row's Vp floats, ~200 KB
+# at GPT-2's vocabulary, are read from memory once per kernel; the second sweep finds them in L2.)
+
+@njit(parallel=True, fastmath=REDUCE_FASTMATH, cache=True)
+def crossentropy_forward(losses, lse, logits, targets, V):
+    # losses, lse (B,T); logits (B,T,Vp), read only; targets (B,T) int32.
+    # lse = log sum_{i<V} exp(logits[i]); losses = lse - logits[target] = -log softmax[target]
+    B, T, Vp = logits.shape
     for bt in prange(B * T):
         b, t = bt // T, bt % T
-        losses[b, t] = -np.log(probs[b, t, targets[b, t]])
+        lg = logits[b, t]
+        maxval = lg[0]
+        for i in range(1, V):
+            if lg[i] > maxval:
+                maxval = lg[i]
+        s = F32(0.0)
+        for i in range(V):
+            s += exp_f32(lg[i] - maxval)
+        row_lse = maxval + np.log(s)
+        lse[b, t] = row_lse
+        losses[b, t] = row_lse - lg[targets[b, t]]
 
 
-@njit(parallel=True, cache=True)
-def crossentropy_softmax_backward(dlogits, dlosses, probs, targets, V):
-    # dlogits (B,T,Vp) += ; dlosses (B,T); probs (B,T,Vp); targets (B,T) int32
-    # the padded columns V..Vp-1 get no gradient
-    B, T, Vp = probs.shape
+@njit(parallel=True, fastmath=REDUCE_FASTMATH, cache=True)
+def crossentropy_softmax_backward(logits, dlosses, lse, targets, V):
+    # logits (B,T,Vp), in place: the logits in, dlogits out; dlosses, lse (B,T); targets (B,T)
+    # int32. dlogits = (exp(logits - lse) - onehot(target)) * dloss over the first V columns, 0 in
+    # the padded columns V..Vp-1 (overwritten, not accumulated: there is no other dlogits)
+    B, T, Vp = logits.shape
     for bt in prange(B * T):
         b, t = bt // T, bt % T
+        lg = logits[b, t]
         dloss = dlosses[b, t]
+        row_lse = lse[b, t]
         ix = targets[b, t]
         for i in range(V):
             indicator = F32(1.0) if i == ix else F32(0.0)
-            dlogits[b, t, i] += (probs[b, t, i] - indicator) * dloss
+            lg[i] = (exp_f32(lg[i] - row_lse) - indicator) * dloss
+        for i in range(V, Vp):
+            lg[i] = F32(0.0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -575,9 +598,11 @@ def bias_corrections(beta1, beta2, t):
 
 
 @njit(parallel=True, cache=True)
-def adamw_update(params, grads, m, v, learning_rate, beta1, beta2, eps, weight_decay, t):
+def adamw_update(params, grads, m, v, learning_rate, beta1, beta2, eps, weight_decay, t, zero_grad=False):
     # params, grads, m, v: (num_parameters,) flat float32; t is the 1-based step. All in float32
-    # as the C: the bias corrections 1.0f - powf(beta, t) use the same float32 betas as the moments
+    # as the C: the bias corrections 1.0f - powf(beta, t) use the same float32 betas as the moments.
+    # zero_grad: each gradient is set to 0 once read, the next step's gpt2_zero_grad fill done in
+    # this pass (one pass over the gradient instead of two; the model then skips its fill)
     lr = F32(learning_rate)
     b1 = F32(beta1)
     b2 = F32(beta2)
@@ -587,6 +612,8 @@ def adamw_update(params, grads, m, v, learning_rate, beta1, beta2, eps, weight_d
     for i in prange(params.shape[0]):
         param = params[i]
         grad = grads[i]
+        if zero_grad:
+            grads[i] = F32(0.0)
         mi = b1 * m[i] + (F32(1.0) - b1) * grad
         vi = b2 * v[i] + (F32(1.0) - b2) * grad * grad
         m_hat = mi / bc1

@@ -14,9 +14,9 @@ GiB = 1 << 30
 def run_memory(config, B, T):
     """Bytes of each float32 buffer a training step of (B, T) allocates -> {what: bytes}.
 
-    As model.GPT2 allocates them: parameters, their gradients, AdamW's m and v, the activations,
-    the activations' gradients (config.grad_act_shapes: one layer's worth), and the sampler's KV
-    cache.
+    As model.GPT2 allocates them: parameters, their gradients, AdamW's m and v, the activations
+    (no (B,T,Vp) probs: the fused classifier), the activations' gradients (config.grad_act_shapes:
+    one layer's worth, no dlogits), and the sampler's KV cache.
     """
     N = Tensors.count(param_shapes(config))
     acts = act_shapes(config, B, T)

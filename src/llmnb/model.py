@@ -45,6 +45,12 @@ class GPT2:
     different (B, T) re-allocates them (and their gradients) for the new shape; that drops the
     state of the previous forward, so call backward() before changing shape. Generation
     (begin_sequence, step) has activations and a KV cache of its own: it leaves those alone.
+
+    The classifier is fused as in llm.c's CUDA trainer: training keeps no (B, T, Vp) probs and no
+    dlogits. forward(inputs, targets) leaves the logits in acts.logits, the losses in acts.losses
+    and each row's log-sum-exp of its logits in acts.lse_logits; backward() then writes the
+    logits' gradient over acts.logits, so after backward acts.logits holds dlogits (read the
+    logits before backward). A forward without targets leaves the probabilities in self.probs.
     """
 
     def __init__(self, config, params=None, device="cpu", backend=None, copy=True):
@@ -61,6 +67,7 @@ class GPT2:
         # the model trains its own copy (copy=False: the caller hands the array over, no copy)
         self.params = Tensors(k.asarray(params.copy() if copy else params), shapes)
         self.grads = None           # allocated lazily on the first backward
+        self.grads_are_zero = False  # True when self.grads is known to hold zeros: zero_grad skips its fill
         self.m_memory = None        # AdamW state, allocated lazily on the first update
         self.v_memory = None
         self.acts = None            # allocated lazily on the first forward
@@ -71,7 +78,9 @@ class GPT2:
         self.inputs = None
         self.targets = None
         self.has_targets = False
+        self.logits_hold_grads = False  # backward() wrote dlogits over acts.logits
         self.mean_loss = None
+        self.probs = None           # (B, T, Vp): a forward without targets' probabilities
         self.kv_cache = None        # generation's state, allocated by the first begin_sequence()
         self.att_scratch = None
         self.step_acts = None
@@ -125,6 +134,7 @@ class GPT2:
         shapes = act_shapes(self.config, B, T)
         self.acts = Tensors(k.zeros(Tensors.count(shapes)), shapes)
         self.grads_acts = None  # re-allocated with the new shape on the next backward
+        self.probs = None
         self.batch_size, self.seq_len = B, T
         self.inputs = k.zeros(B * T, dtype=np.int32).reshape(B, T)
         self.targets = k.zeros(B * T, dtype=np.int32).reshape(B, T)
@@ -134,7 +144,10 @@ class GPT2:
 
     def forward(self, inputs, targets=None):
         """Forward (B, T) token ids; with targets, also the loss. Returns the mean loss or None.
-        Logits and probs (B, T, Vp) are left in self.acts."""
+        The logits (B, T, Vp) are left in self.acts; with targets the losses (B, T) too (and
+        their log-sum-exps, for backward), without targets the probabilities in self.probs
+        (B, T, Vp: allocated by a forward without targets, reused by the next ones of its shape,
+        dropped by a forward with targets, so training holds no probs)."""
         inputs = self._check_tokens("inputs", inputs)
         if targets is not None:
             targets = self._check_tokens("targets", targets, inputs.shape)
@@ -147,13 +160,19 @@ class GPT2:
         for l in range(self.config.num_layers):
             self._block(l, a, p)
         self._head(a, p)
+        self.logits_hold_grads = False
+        V = self.config.vocab_size
 
         if targets is None:
             self.has_targets = False
             self.mean_loss = None
+            if self.probs is None:
+                self.probs = k.zeros(a.logits.size).reshape(a.logits.shape)
+            k.softmax_forward(self.probs, a.logits, V)
             return None
+        self.probs = None  # training keeps no probs (the fused classifier needs none)
         k.copy_(self.targets, targets)
-        k.crossentropy_forward(a.losses, a.probs, self.targets)
+        k.crossentropy_forward(a.losses, a.lse_logits, a.logits, self.targets, V)
         self.has_targets = True
         self.mean_loss = float(k.to_host(a.losses).astype(np.float64).mean())
         return self.mean_loss
@@ -182,12 +201,11 @@ class GPT2:
         k.residual_forward(a.residual3[l], a.residual2[l], a.fcproj[l])
 
     def _head(self, a, w):
-        """The final layernorm, the logits (the classifier is wte, from w) and their softmax."""
+        """The final layernorm and the logits (the classifier is wte, from w)."""
         k, p = self.backend, self.params
         k.layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, a.residual3[self.config.num_layers - 1],
                             p.lnfw, p.lnfb)
         k.matmul_forward(a.logits, a.lnf, w.wte, None)
-        k.softmax_forward(a.probs, a.logits, self.config.vocab_size)
 
     # ------------------------------------------------------------------------------------------
     # generation: one token at a time over a KV cache (llm.c re-runs the whole forward instead)
@@ -214,7 +232,7 @@ class GPT2:
             L, maxT, C = cfg.num_layers, cfg.max_seq_len, cfg.channels
             self.kv_cache = k.zeros(L * maxT * 3 * C).reshape(L, maxT, 3 * C)
             self.att_scratch = k.zeros(cfg.num_heads * maxT).reshape(cfg.num_heads, maxT)
-            shapes = act_shapes(cfg, 1, 1)
+            shapes = act_shapes(cfg, 1, 1, probs=True)
             self.step_acts = Tensors(k.zeros(Tensors.count(shapes)), shapes)
             self.step_token = k.zeros(1, dtype=np.int32).reshape(1, 1)
         self.pos = 0
@@ -234,6 +252,7 @@ class GPT2:
         for l in range(cfg.num_layers):
             self._block(l, a, self.step_weights, pos=t)
         self._head(a, self.step_weights)
+        k.softmax_forward(a.probs, a.logits, cfg.vocab_size)
         self.pos += 1
         return k.to_host(a.probs).reshape(-1)
 
@@ -243,9 +262,13 @@ class GPT2:
     def zero_grad(self, params=True):
         """Zero the parameter gradients and the activation gradients (one fill each).
         params=False zeroes only the activation gradients: between the micro-steps of gradient
-        accumulation, where the parameter gradients must keep adding up."""
-        if params and self.grads is not None:
+        accumulation, where the parameter gradients must keep adding up. The parameter gradients'
+        fill is skipped when they are known to be zero: freshly allocated, or zeroed by update()
+        as AdamW read them (only backward() and update() write them; a caller that writes into
+        self.grads itself sets grads_are_zero = False)."""
+        if params and self.grads is not None and not self.grads_are_zero:
             self.backend.fill(self.grads.memory, 0.0)
+            self.grads_are_zero = True
         if self.grads_acts is not None:
             self.backend.fill(self.grads_acts.memory, 0.0)
 
@@ -257,9 +280,13 @@ class GPT2:
         accumulated micro-batches); gradients accumulate into self.grads."""
         if not self.has_targets:
             raise RuntimeError("backward() needs a forward(inputs, targets) with targets first")
+        if self.logits_hold_grads:
+            raise RuntimeError("backward() was already called after this forward (it wrote the logits' "
+                               "gradient over the logits): run forward(inputs, targets) again first")
         k = self.backend
         if self.grads is None:
             self.grads = Tensors(k.zeros(self.num_parameters), param_shapes(self.config))
+        self.grads_are_zero = False  # this backward adds into them
         if self.grads_acts is None:
             shapes = grad_act_shapes(self.config, self.batch_size, self.seq_len)
             self.grads_acts = Tensors(k.zeros(Tensors.count(shapes)), shapes)
@@ -272,8 +299,10 @@ class GPT2:
 
         # the mean over B*T losses: every position's loss gets gradient 1/(B*T)
         k.fill(ga.losses, grad_scale / (B * T))
-        k.crossentropy_softmax_backward(ga.logits, ga.losses, a.probs, self.targets, V)
-        k.matmul_backward(ga.lnf, g.wte, None, ga.logits, a.lnf, p.wte)
+        # the fused classifier: dlogits over the logits, in place (a.logits is dlogits from here)
+        k.crossentropy_softmax_backward(a.logits, ga.losses, a.lse_logits, self.targets, V)
+        self.logits_hold_grads = True
+        k.matmul_backward(ga.lnf, g.wte, None, a.logits, a.lnf, p.wte)
         # dresidual: the gradient of the residual stream, from the last layer's output down to the
         # encoder's. Each layer's output is residual3 = residual2 + fcproj, residual2 = residual +
         # attproj, so fcproj's gradient is dresidual as the layer receives it, attproj's is
@@ -306,8 +335,13 @@ class GPT2:
         parameter in one pass over the flat buffers, as llm.c's gpt2_update; a tuple of tensor
         names applies it to those only (one pass per tensor, or per piece of one in the shard; the
         others get none). shard (lo, hi, grads), ZeRO-1 (dist.py): update params[lo:hi] only, from
-        this rank's reduced gradient grads (hi - lo floats); m and v then hold that range."""
-        if shard is None:
+        this rank's reduced gradient grads (hi - lo floats); m and v then hold that range.
+
+        Without shard, AdamW zeroes self.grads as it reads them (the next zero_grad's fill, fused),
+        so after update() the gradient buffer holds zeros. Under ZeRO-1 the reduced gradient is
+        another buffer: self.grads is left as it is and the next zero_grad fills it."""
+        own = shard is None  # the update reads (and zeroes) self.grads
+        if own:
             if self.grads is None:
                 raise RuntimeError("update() needs a backward() first")
             shard = (0, self.num_parameters, self.grads.memory)
@@ -318,17 +352,19 @@ class GPT2:
         p, m, v = self.params.memory, self.m_memory, self.v_memory
         hyper = (float(learning_rate), float(beta1), float(beta2), float(eps))
         if decay is None:
-            k.adamw_update(p[lo:hi], grads, m, v, *hyper, float(weight_decay), int(t))
-            return
-        offset = 0
-        for name, shape in self.params.shapes.items():
-            n = int(np.prod(shape))
-            a, b = max(lo, offset), min(hi, offset + n)  # the tensor's part of [lo, hi)
-            if a < b:
-                wd = float(weight_decay) if name in decay else 0.0
-                k.adamw_update(p[a:b], grads[a - lo:b - lo], m[a - lo:b - lo], v[a - lo:b - lo],
-                               *hyper, wd, int(t))
-            offset += n
+            k.adamw_update(p[lo:hi], grads, m, v, *hyper, float(weight_decay), int(t), own)
+        else:
+            offset = 0
+            for name, shape in self.params.shapes.items():
+                n = int(np.prod(shape))
+                a, b = max(lo, offset), min(hi, offset + n)  # the tensor's part of [lo, hi)
+                if a < b:
+                    wd = float(weight_decay) if name in decay else 0.0
+                    k.adamw_update(p[a:b], grads[a - lo:b - lo], m[a - lo:b - lo], v[a - lo:b - lo],
+                                   *hyper, wd, int(t), own)
+                offset += n
+        if own:
+            self.grads_are_zero = True  # every element of [0, num_parameters) was read and zeroed
 
     # ------------------------------------------------------------------------------------------
     # what the optimizer, gradient clipping and checkpoints read and write

@@ -19,7 +19,7 @@ import pytest
 
 from llmnb import kernels as cpu
 from llmnb import optim as cpu_optim
-from llmnb.config import GPT2Config
+from llmnb.config import GPT2Config, Tensors
 from llmnb.cuda import launch
 from llmnb.cuda.backend import CUDABackend
 
@@ -295,23 +295,37 @@ def test_softmax_forward_padded_vocab(be, rng):
     assert (got[0][..., V:] == 0).all()
 
 
+@pytest.mark.gpu_geometry  # GPU rows: 128 threads, V = 45: most have no column
 def test_crossentropy_forward(be, rng):
-    B, T, Vp = 2, 5, 16
-    probs = rng.uniform(0.01, 1.0, size=(B, T, Vp)).astype(F32)
-    targets = rng.integers(0, 12, size=(B, T)).astype(np.int32)
-    host, got = run_both(be, "crossentropy_forward", [randn(rng, B, T), probs, targets])
-    assert_all_close(host, got, ["losses", "probs"])
-
-
-def test_crossentropy_softmax_backward(be, rng):
+    # the fused classifier's forward: lse and losses per row, from the first V columns only (the
+    # padded ones hold junk), the logits left alone; rows with large logits too
     B, T, V, Vp = 2, 5, 45, 64
-    probs = rng.uniform(0.0, 1.0, size=(B, T, Vp)).astype(F32)
+    logits = randn(rng, B, T, Vp, scale=3.0)
+    logits[1] += 200.0  # exp(logit) overflows float32 unless the max is subtracted
+    logits[..., V:] = 1e4
     targets = rng.integers(0, V, size=(B, T)).astype(np.int32)
-    dlogits = randn(rng, B, T, Vp)
-    host, got = run_both(be, "crossentropy_softmax_backward",
-                         [dlogits, randn(rng, B, T), probs, targets, V])
-    assert_all_close(host, got, ["dlogits", "dlosses", "probs"])
-    assert np.array_equal(got[0][..., V:], dlogits[..., V:]), "padded columns got gradient"
+    host, got = run_both(be, "crossentropy_forward", [randn(rng, B, T), randn(rng, B, T), logits, targets, V])
+    assert_all_close(host, got, ["losses", "lse", "logits"])
+    assert np.array_equal(got[2], logits), "the logits were written"
+    real = logits[..., :V].astype(np.float64)
+    mx = real.max(-1)
+    want = mx + np.log(np.exp(real - mx[..., None]).sum(-1))
+    assert_close(got[1], want, "lse vs float64")
+
+
+@pytest.mark.gpu_geometry  # GPU rows: 128 threads, V = 45: most have no column
+def test_crossentropy_softmax_backward(be, rng):
+    # in place over the logits: (exp(logit - lse) - onehot(target)) * dloss, 0 in the padded columns
+    B, T, V, Vp = 2, 5, 45, 64
+    logits = randn(rng, B, T, Vp, scale=3.0)
+    logits[..., V:] = 1e4
+    real = logits[..., :V].astype(np.float64)
+    lse = np.log(np.exp(real).sum(-1)).astype(F32)
+    targets = rng.integers(0, V, size=(B, T)).astype(np.int32)
+    host, got = run_both(be, "crossentropy_softmax_backward", [logits, randn(rng, B, T), lse, targets, V])
+    assert_all_close(host, got, ["dlogits", "dlosses", "lse"])
+    assert (got[0][..., V:] == 0).all(), "padded columns got a gradient"
+    np.testing.assert_allclose(got[0].astype(np.float64).sum(-1), 0.0, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -325,6 +339,20 @@ def test_adamw_update(be, rng):
         host, got = run_both(be, "adamw_update", [params, grads, m, v, 1e-3, 0.9, 0.999, 1e-8, 0.1, t])
         assert_all_close(host, got, ["params", "grads", "m", "v"])
         params, grads, m, v = host[:4]
+
+
+def test_adamw_update_zero_grad(be, rng):
+    # zero_grad=True: the update of the plain call, and the gradient zeroed as it is read
+    n = 1000
+    args = [randn(rng, n), randn(rng, n), randn(rng, n, scale=0.1), np.abs(randn(rng, n, scale=0.1)),
+            1e-3, 0.9, 0.999, 1e-8, 0.1, 2]
+    host, got = run_both(be, "adamw_update", args + [True])
+    assert_all_close(host, got, ["params", "grads", "m", "v"])
+    assert np.all(got[1] == 0) and np.all(host[1] == 0)
+    _, plain = run_both(be, "adamw_update", args)
+    assert np.array_equal(plain[1], args[1]), "the plain call wrote the gradient"
+    for i in (0, 2, 3):
+        assert np.array_equal(plain[i], got[i])
 
 
 @pytest.mark.parametrize("t", [1, 10])
@@ -402,11 +430,13 @@ def test_tiny_gpt2_cuda_matches_cpu():
         out[name] = (loss, grads, acts, model.params_host().copy(), loss2)
     cpu_res, cuda_res = out["cpu"], out["cuda"]
     assert abs(cuda_res[0] - cpu_res[0]) <= 1e-5 * abs(cpu_res[0])
-    assert_close(cuda_res[2], cpu_res[2], "activations")
-    g_cpu = {n: t for n, t in models["cpu"].grads}
-    g_cuda = {n: models["cuda"].backend.to_host(t) for n, t in models["cuda"].grads}
-    for n in g_cpu:
-        assert_close(g_cuda[n], g_cpu[n], f"grad {n}")
+    assert_close(cuda_res[2], cpu_res[2], "activations (after backward: dlogits over the logits)")
+    shapes = models["cpu"].grads.shapes
+    g_cpu, g_cuda = (Tensors(cpu_res[1], shapes), Tensors(cuda_res[1], shapes))  # before the update
+    for n in g_cpu.names:
+        assert_close(getattr(g_cuda, n), getattr(g_cpu, n), f"grad {n}")
+    for model in models.values():  # the update zeroed the gradient as it read it
+        assert model.grads_are_zero and not model.backend.to_host(model.grads.memory).any()
     assert_close(cuda_res[3], cpu_res[3], "params after one AdamW step")
     assert abs(cuda_res[4] - cpu_res[4]) <= 1e-5 * abs(cpu_res[4])
     assert cuda_res[4] < cuda_res[0]

@@ -4,8 +4,9 @@ Each layer has its kernel(s) (`*_kernel`, device code) and a launcher under llm.
 CPU kernel's exact arguments (natural-shape views of device buffers; ints and floats as on the
 CPU; `bias`/`dbias` may be None; token arrays int32), which picks the grid and launches,
 asynchronously. The launchers compute the same thing as the CPU kernels, incl. what they leave
-alone: backward kernels accumulate (+=) into their gradients, the padded vocabulary columns get
-probability 0 and no gradient.
+alone: backward kernels accumulate (+=) into their gradients (except the fused classifier's,
+which writes dlogits over the logits), the padded vocabulary columns get probability 0 and
+gradient 0.
 
 The attention (flash-style, as the CPU's) is in attention.py, the matmuls in matmul.py.
 
@@ -354,28 +355,53 @@ def softmax_forward_kernel(probs, logits, V):
         p[i] = ZERO
 
 
+# the classifier fused as llm.c's CUDA trainer's (llmc/fused_classifier.cuh; see kernels.py): per
+# row the log-sum-exp of its logits, then the logits' gradient written over them
+
 @cuda.jit(cache=True)
-def crossentropy_forward_kernel(losses, probs, targets):
-    # losses (B,T) = -log probs[b,t,targets[b,t]]; probs (B,T,Vp); targets (B,T) int32
-    B, T = losses.shape
-    for bt in range(cuda.grid(1), B * T, cuda.gridsize(1)):
-        b = bt // T
-        t = bt % T
-        losses[b, t] = -math.log(probs[b, t, targets[b, t]])
+def crossentropy_forward_kernel(losses, lse, logits, targets, V):
+    # losses, lse (B,T); logits (B,T,Vp), read only; targets (B,T) int32; one block per row (b,t):
+    # lse = log sum_{i<V} exp(logits[i]), losses = lse - logits[target]
+    buf = cuda.shared.array(ROW_THREADS, float32)
+    B, T, Vp = logits.shape
+    b = cuda.blockIdx.x // T
+    t = cuda.blockIdx.x % T
+    tid = cuda.threadIdx.x
+    lg = logits[b, t]
+    maxval = lg[0]
+    for i in range(tid, V, ROW_THREADS):
+        if lg[i] > maxval:
+            maxval = lg[i]
+    maxval = block_max(buf, maxval)
+    s = ZERO
+    for i in range(tid, V, ROW_THREADS):
+        s += math.exp(lg[i] - maxval)
+    s = block_sum(buf, s)
+    if tid == 0:
+        row_lse = maxval + math.log(s)
+        lse[b, t] = row_lse
+        losses[b, t] = row_lse - lg[targets[b, t]]
 
 
 @cuda.jit(cache=True)
-def crossentropy_softmax_backward_kernel(dlogits, dlosses, probs, targets, V):
-    # dlogits (B,T,Vp) += (probs - onehot(targets)) * dlosses over the first V columns only;
-    # dlosses (B,T); probs (B,T,Vp); targets (B,T) int32; grid-stride over B*T*V
-    B, T, Vp = probs.shape
-    for idx in range(cuda.grid(1), B * T * V, cuda.gridsize(1)):
-        bt = idx // V
-        i = idx % V
-        b = bt // T
-        t = bt % T
-        indicator = ONE if i == targets[b, t] else ZERO
-        dlogits[b, t, i] += (probs[b, t, i] - indicator) * dlosses[b, t]
+def crossentropy_softmax_backward_kernel(logits, dlosses, lse, targets, V):
+    # logits (B,T,Vp) in place: the logits in, dlogits = (exp(logits - lse) - onehot(targets)) *
+    # dlosses out over the first V columns, 0 in the padded ones; dlosses, lse (B,T); targets
+    # (B,T) int32; one block per row (b,t), each thread its own columns (no element read by one
+    # thread and written by another)
+    B, T, Vp = logits.shape
+    b = cuda.blockIdx.x // T
+    t = cuda.blockIdx.x % T
+    tid = cuda.threadIdx.x
+    lg = logits[b, t]
+    dloss = dlosses[b, t]
+    row_lse = lse[b, t]
+    ix = targets[b, t]
+    for i in range(tid, V, ROW_THREADS):
+        indicator = ONE if i == ix else ZERO
+        lg[i] = (math.exp(lg[i] - row_lse) - indicator) * dloss
+    for i in range(V + tid, Vp, ROW_THREADS):
+        lg[i] = ZERO
 
 
 def softmax_forward(probs, logits, V):
@@ -386,36 +412,40 @@ def softmax_forward(probs, logits, V):
     softmax_forward_kernel[B * T, ROW_THREADS](probs, logits, int(V))
 
 
-def crossentropy_forward(losses, probs, targets):
-    """losses (B,T) = -log probs[b, t, targets[b, t]]; targets (B,T) int32."""
-    B, T = losses.shape
-    check(targets.shape == (B, T) and probs.shape[:2] == (B, T), WHERE,
-          f"crossentropy_forward: losses {losses.shape}, probs {probs.shape}, targets {targets.shape} disagree")
-    crossentropy_forward_kernel[elementwise_grid(B * T), ELEM_THREADS](losses, probs, targets)
+def crossentropy_forward(losses, lse, logits, targets, V):
+    """losses (B,T) = lse - logits[b, t, targets[b, t]], lse (B,T) the log-sum-exp of the first V
+    columns of logits (B,T,Vp), which are not written; targets (B,T) int32."""
+    B, T, Vp = logits.shape
+    check(losses.shape == (B, T) and lse.shape == (B, T) and targets.shape == (B, T), WHERE,
+          f"crossentropy_forward: losses {losses.shape}, lse {lse.shape}, logits {logits.shape}, "
+          f"targets {targets.shape} disagree")
+    check(0 < V <= Vp, WHERE, f"crossentropy_forward: V={V} is not in [1, Vp={Vp}]")
+    crossentropy_forward_kernel[B * T, ROW_THREADS](losses, lse, logits, targets, int(V))
 
 
-def crossentropy_softmax_backward(dlogits, dlosses, probs, targets, V):
-    """dlogits (B,T,Vp) += the gradient of the losses through softmax and cross-entropy; the padded
-    columns V..Vp-1 get none."""
-    B, T, Vp = probs.shape
-    check(dlogits.shape == probs.shape and dlosses.shape == (B, T) and targets.shape == (B, T), WHERE,
-          f"crossentropy_softmax_backward: dlogits {dlogits.shape}, dlosses {dlosses.shape}, "
-          f"probs {probs.shape}, targets {targets.shape} disagree")
+def crossentropy_softmax_backward(logits, dlosses, lse, targets, V):
+    """logits (B,T,Vp) in place: their gradient through softmax and cross-entropy, from lse and
+    dlosses (B,T), written over them; 0 in the padded columns V..Vp-1."""
+    B, T, Vp = logits.shape
+    check(dlosses.shape == (B, T) and lse.shape == (B, T) and targets.shape == (B, T), WHERE,
+          f"crossentropy_softmax_backward: logits {logits.shape}, dlosses {dlosses.shape}, "
+          f"lse {lse.shape}, targets {targets.shape} disagree")
     check(0 < V <= Vp, WHERE, f"crossentropy_softmax_backward: V={V} is not in [1, Vp={Vp}]")
-    crossentropy_softmax_backward_kernel[elementwise_grid(B * T * V), ELEM_THREADS](
-        dlogits, dlosses, probs, targets, int(V))
+    crossentropy_softmax_backward_kernel[B * T, ROW_THREADS](logits, dlosses, lse, targets, int(V))
 
 
 # ----------------------------------------------------------------------------------------------
 # AdamW over the flat buffers (gpt2_update in the C)
 
 @cuda.jit(cache=True)
-def adamw_kernel(params, grads, m, v, learning_rate, beta1, beta2, eps, weight_decay, bc1, bc2):
+def adamw_kernel(params, grads, m, v, learning_rate, beta1, beta2, eps, weight_decay, bc1, bc2, zero_grad):
     # params, grads, m, v (num_parameters,); the hyperparameters float32; bc1, bc2 the bias
-    # corrections 1 - beta^t; grid-stride
+    # corrections 1 - beta^t; zero_grad: set each gradient to 0 once read; grid-stride
     for i in range(cuda.grid(1), params.shape[0], cuda.gridsize(1)):
         param = params[i]
         grad = grads[i]
+        if zero_grad:
+            grads[i] = ZERO
         mi = beta1 * m[i] + (ONE - beta1) * grad
         vi = beta2 * v[i] + (ONE - beta2) * grad * grad
         m_hat = mi / bc1
@@ -425,15 +455,17 @@ def adamw_kernel(params, grads, m, v, learning_rate, beta1, beta2, eps, weight_d
         params[i] = param - learning_rate * (m_hat / (math.sqrt(v_hat) + eps) + weight_decay * param)
 
 
-def adamw_update(params, grads, m, v, learning_rate, beta1, beta2, eps, weight_decay, t):
-    """One AdamW step over flat (num_parameters,) arrays; t is the 1-based step."""
+def adamw_update(params, grads, m, v, learning_rate, beta1, beta2, eps, weight_decay, t, zero_grad=False):
+    """One AdamW step over flat (num_parameters,) arrays; t is the 1-based step; zero_grad: the
+    gradients are set to 0 as they are read."""
     n = params.shape[0]
     check(len(params.shape) == 1 and grads.shape == (n,) and m.shape == (n,) and v.shape == (n,), WHERE,
           f"adamw_update: params {params.shape}, grads {grads.shape}, m {m.shape}, v {v.shape} are not one flat size")
     # the float32 betas in the bias corrections too, as the moments and the C (see kernels.py)
     bc1, bc2 = cpu_bias_corrections(F32(beta1), F32(beta2), int(t))
     adamw_kernel[elementwise_grid(n), ELEM_THREADS](params, grads, m, v, F32(learning_rate), F32(beta1),
-                                                  F32(beta2), F32(eps), F32(weight_decay), bc1, bc2)
+                                                  F32(beta2), F32(eps), F32(weight_decay), bc1, bc2,
+                                                  bool(zero_grad))
 
 
 # ----------------------------------------------------------------------------------------------
