@@ -380,19 +380,20 @@ def attention_backward(dinp, dout, inp, out, lse):
         kbd = np.empty(nt * sv, F32)
         qta = np.empty(nt * sd, F32)
         dota = np.empty(nt * sd, F32)
-        _pack_tiles(qa, sa, x, T, TT, q0, hs, ROWS_A)     # q, dout    in q k^T, dout v^T
-        _pack_tiles(doa, sa, dx, T, TT, q0, hs, ROWS_A)
-        _pack_tiles(kb, sb, x, T, TT, k0, hs, POS_B)      # k^T, v^T   in q k^T, dout v^T
-        _pack_tiles(vbt, sb, x, T, TT, v0, hs, POS_B)
-        _pack_tiles(kbd, sv, x, T, TT, k0, hs, DIMS_B)    # k          in dS k
-        _pack_tiles(qta, sd, x, T, TT, q0, hs, DIMS_A)    # q^T, dout^T in q^T dS, dout^T att
-        _pack_tiles(dota, sd, dx, T, TT, q0, hs, DIMS_A)
+        # (one slice after another: a slice's second and third packs read it from L2)
+        _pack_tiles(qa, sa, x, T, TT, q0, hs, ROWS_A)     # q    in q k^T
+        _pack_tiles(qta, sd, x, T, TT, q0, hs, DIMS_A)    # q^T  in q^T dS
+        _pack_tiles(doa, sa, dx, T, TT, q0, hs, ROWS_A)   # dout in dout v^T
+        _pack_tiles(dota, sd, dx, T, TT, q0, hs, DIMS_A)  # dout^T in dout^T att
+        _pack_tiles(kb, sb, x, T, TT, k0, hs, POS_B)      # k^T  in q k^T
+        _pack_tiles(kbd, sv, x, T, TT, k0, hs, DIMS_B)    # k    in dS k
+        _pack_tiles(vbt, sb, x, T, TT, v0, hs, POS_B)     # v^T  in dout v^T
         s = np.zeros((_panels(TT, MR), ld), F32)    # scores, then att
         dp = np.zeros((_panels(TT, MR), ld), F32)   # dout . v, then dS
         dpf = dp.reshape(-1)
         dkt = np.empty((hs, ld), F32)
         dvt = np.empty((hs, ld), F32)
-        dq = np.empty((TT, hs), F32)
+        dq = np.zeros((T, hs), F32)    # dS k, summed over the key tiles
         dd = np.empty(T, F32)          # dout . out per query row
         edge = np.empty((MR, NR), F32)
         for t in range(T):
@@ -426,15 +427,15 @@ def attention_backward(dinp, dout, inp, out, lse):
                 # dv^T += dout^T att, dk^T += q^T dS (att and dS as B, in place)
                 tile_product(dvt, dota, qt * sd, nq * MR, 1, MR, s.reshape(-1), 0, NR, ld, hs, nk, nq, True, edge)
                 tile_product(dkt, qta, qt * sd, nq * MR, 1, MR, dpf, 0, NR, ld, hs, nk, nq, True, edge)
-                # dq = dS k (dS as A, in place)
-                tile_product(dq, dpf, 0, MR * ld, ld, 1, kbd, kt * sv, nk * NR, NR, nq, hs, nk, False, edge)
-                for r in range(nq):
-                    for i in range(hs):
-                        dinp[b, t0 + r, q0 + i] += scale * dq[r, i]
+                # dq += dS k (dS as A, in place)
+                tile_product(dq[t0:t1], dpf, 0, MR * ld, ld, 1, kbd, kt * sv, nk * NR, NR, nq, hs, nk, True, edge)
             for j in range(nk):
                 for i in range(hs):
                     dinp[b, j0 + j, k0 + i] += scale * dkt[i, j]
                     dinp[b, j0 + j, v0 + i] += dvt[i, j]
+        for t in range(T):
+            for i in range(hs):
+                dinp[b, t, q0 + i] += scale * dq[t, i]
 
 
 # ----------------------------------------------------------------------------------------------
