@@ -207,15 +207,15 @@ def test_matmul_is_the_kernels_one():
 # ----------------------------------------------------------------------------------------------
 # attention
 
-ATTENTION_SHAPES = [  # B, T, C, NH, scale of the inputs (the kernels' tiles: kernels.ATT_TILE = 128)
-    (3, 5, 36, 4, 1.0),      # hs = 9, one partial tile
+ATTENTION_SHAPES = [  # B, T, C, NH, scale of the inputs (the kernels' tiles: kernels.ATT_TILE = 96)
+    (3, 5, 36, 4, 1.0),      # hs = 9, one tile of 5: partial micro-tiles everywhere
     (3, 5, 36, 4, 6.0),      # scores ~ +-100: exp overflows unless the row max is subtracted
     (2, 7, 15, 3, 1.0),      # hs = 5
     (1, 1, 4, 1, 1.0),       # T = 1
-    (2, 128, 768, 12, 1.0),  # GPT-2 small, hs = 64, exactly one tile
-    (1, 258, 96, 2, 1.0),    # T = 2 tiles + 2: a partial last tile, three diagonal tiles
+    (2, 96, 768, 12, 1.0),   # GPT-2 small, hs = 64, exactly one tile
+    (1, 194, 96, 2, 1.0),    # T = 2 tiles + 2: a partial last tile, three diagonal tiles
     (2, 200, 48, 3, 4.0),    # T not a multiple of the tile, large scores across tiles
-    (1, 1024, 64, 2, 1.0),   # T = max_seq_len of GPT-2: 8 x 8 tiles, 36 of them computed
+    (1, 1024, 64, 2, 1.0),   # T = max_seq_len of GPT-2: 11 x 11 tiles (the last of 64), 66 computed
 ]
 
 

@@ -241,8 +241,9 @@ def exp_f32(x):
     return F32(0.0) if x < F32(-87.33654) else e
 
 
-ATT_TILE = 96  # queries per query tile and keys per key tile: a multiple of matmul.py's
-               # micro-tile (6 rows, 16 columns) both ways; at T = 1024 faster than 128 and 48
+ATT_TILE = 96  # queries per query tile and keys per key tile: queries are rows of the tile
+               # products and keys columns, so a multiple of the micro-tile's 6 rows and of its
+               # 16 columns keeps every micro-tile whole (48 and 144 not timed)
 
 # how _pack_tiles lays out a (T, hs) slice of qkv or dout for matmul.tile_product
 ROWS_A = 0   # A: rows are positions, k runs over head dims (q, dout in q k^T, dout v^T)
