@@ -4,6 +4,7 @@ tokens per step (B = TOKENS / T), so the ms per token grow with T only through a
 
     python -m benchmarks.sizes                          # d6, d12 x T = 64, 256, 1024
     python -m benchmarks.sizes --depths 6,12,24 --steps 2 --out benchmarks/sizes
+    python -m benchmarks.sizes --depths 24 --add       # d24's rows added to those already in OUT.md
 
 Writes OUT.md (the table) and OUT.svg (ms per token against T, both systems, a line per depth).
 On 2 cores a d12 step of 1024 tokens takes ~13 s per system, a d24 step about eight times that.
@@ -29,6 +30,32 @@ def run_step(depth, T, steps, warmup):
            re.finditer(r"^(llmnb|PyTorch)\s+step ms min/median/max\s+\d+\s+(\d+)", r.stdout, re.M)}
     rss = float(re.search(r"llmnb peak RSS (\d+) MB", r.stdout).group(1))
     return med["llmnb"], med.get("PyTorch"), rss
+
+
+def table(rows):
+    """The markdown table of the rows, as lines."""
+    lines = ["| model | T | B | llmnb ms/step | PyTorch (SDPA) ms/step | PyTorch / llmnb | llmnb peak RSS |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ratio = f"{r['torch'] / r['llmnb']:.2f}x" if r["torch"] else "-"
+        lines.append(f"| d{r['depth']} | {r['T']} | {TOKENS // r['T']} | {r['llmnb']:,.0f} | "
+                     f"{r['torch'] or 0:,.0f} | {ratio} | {r['rss'] / 1024:.1f} GB |")
+    return lines
+
+
+def read_table(path):
+    """The rows of a table this script wrote (for --add); [] if there is none."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except FileNotFoundError:
+        return []
+    rows = []
+    for m in re.finditer(r"^\| d(\d+) \| (\d+) \| \d+ \| ([\d,]+) \| ([\d,]+) \| [^|]+ \| ([\d.]+) GB \|$", text, re.M):
+        torch_ms = float(m.group(4).replace(",", ""))
+        rows.append({"depth": int(m.group(1)), "T": int(m.group(2)), "llmnb": float(m.group(3).replace(",", "")),
+                     "torch": torch_ms or None, "rss": float(m.group(5)) * 1024})
+    return rows
 
 
 def svg(rows, Ts):
@@ -70,21 +97,21 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--out", default="benchmarks/sizes", help="writes OUT.md and OUT.svg")
+    ap.add_argument("--add", action="store_true",
+                    help="keep OUT.md's rows of other depths (run depths in separate sittings)")
     args = ap.parse_args(argv)
     Ts = [int(t) for t in args.T.split(",")]
-    rows = []
-    for depth in (int(d) for d in args.depths.split(",")):
+    depths = [int(d) for d in args.depths.split(",")]
+    rows = [r for r in read_table(args.out + ".md") if r["depth"] not in depths] if args.add else []
+    for depth in depths:
         for T in Ts:
             print(f"d{depth} T={T} B={TOKENS // T} ...", flush=True)
             ms, tms, rss = run_step(depth, T, args.steps, args.warmup)
             rows.append({"depth": depth, "T": T, "llmnb": ms, "torch": tms, "rss": rss})
             print(f"  llmnb {ms:.0f} ms, PyTorch {tms or float('nan'):.0f} ms, RSS {rss:.0f} MB", flush=True)
-    lines = ["| model | T | B | llmnb ms/step | PyTorch (SDPA) ms/step | PyTorch / llmnb | llmnb peak RSS |",
-             "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        ratio = f"{r['torch'] / r['llmnb']:.2f}x" if r["torch"] else "-"
-        lines.append(f"| d{r['depth']} | {r['T']} | {TOKENS // r['T']} | {r['llmnb']:,.0f} | "
-                     f"{r['torch'] or 0:,.0f} | {ratio} | {r['rss'] / 1024:.1f} GB |")
+    rows.sort(key=lambda r: (r["depth"], r["T"]))
+    Ts = sorted({r["T"] for r in rows})
+    lines = table(rows)
     for path, text in ((args.out + ".md", "\n".join(lines) + "\n"), (args.out + ".svg", svg(rows, Ts))):
         with atomic_write(path) as f:
             f.write(text.encode())
