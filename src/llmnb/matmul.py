@@ -87,17 +87,17 @@ def kernel_6x16(typingctx, a, a_off, a_ms, a_ks, b, b_off, b_ks, kc, out, r0, c0
                 for j, bvec in enumerate((b0, b1)):
                     builder.store(builder.call(fma, [avec, bvec, builder.load(acc[2 * i + j])]), acc[2 * i + j])
         row_stride = builder.sdiv(builder.extract_value(o.strides, 0), n(4))
-        add_bit = context.cast(builder, addv, signature.args[11], types.boolean)
-        add_bit = builder.trunc(add_bit, ir.IntType(1)) if add_bit.type != ir.IntType(1) else add_bit
+        add_bit = context.cast(builder, addv, signature.args[11], types.boolean)   # an i1
         for i in range(MR):
             row = builder.gep(o.data, [builder.add(builder.mul(builder.add(r0v, n(i)), row_stride), c0v)])
             for j in range(2):
                 ptr = builder.bitcast(builder.gep(row, [n(8 * j)]), v8p)
                 total = builder.load(acc[2 * i + j])
-                with builder.if_then(add_bit):
-                    builder.store(builder.fadd(builder.load(ptr, align=4), total), ptr, align=4)
-                with builder.if_then(builder.not_(add_bit)):
-                    builder.store(total, ptr, align=4)
+                with builder.if_else(add_bit) as (then, otherwise):
+                    with then:
+                        builder.store(builder.fadd(builder.load(ptr, align=4), total), ptr, align=4)
+                    with otherwise:
+                        builder.store(total, ptr, align=4)
         return context.get_dummy_value()
 
     return sig, codegen
