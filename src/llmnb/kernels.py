@@ -21,7 +21,7 @@ from numba.extending import intrinsic
 
 from .matmul import (matmul_forward, matmul_backward, matvec_forward,  # noqa: F401  (re-exported,
                      matvec_forward_bf16, matvec_scratch)  # see matmul.py)
-from .matmul import MR, NR, pack_a, pack_b, tile_product  # attention's tile products (matmul.py)
+from .matmul import MR, NR, pack, tile_product  # attention's tile products (matmul.py)
 
 F32 = np.float32
 # the model's constants, defined here once (convert.py checks HF configs against LAYERNORM_EPS)
@@ -267,14 +267,14 @@ def _pack_tiles(dst, stride, x, T, TT, c0, hs, layout):
     for t in range((T + TT - 1) // TT):
         t0, t1 = t * TT, min(t * TT + TT, T)
         d = dst[t * stride:]
-        if layout == ROWS_A:
-            pack_a(d, x, False, t0, t1, c0, c0 + hs)
-        elif layout == DIMS_A:
-            pack_a(d, x, True, c0, c0 + hs, t0, t1)
+        if layout == ROWS_A:     # lines: positions (rows of x), k: head dims
+            pack(d, hs * MR, x, MR, True, t0, t1, c0, c0 + hs)
+        elif layout == DIMS_A:   # lines: head dims (columns of x), k: positions
+            pack(d, (t1 - t0) * MR, x, MR, False, c0, c0 + hs, t0, t1)
         elif layout == POS_B:
-            pack_b(d, x, True, t0, t1, c0, c0 + hs)
+            pack(d, hs * NR, x, NR, True, t0, t1, c0, c0 + hs)
         else:
-            pack_b(d, x, False, c0, c0 + hs, t0, t1)
+            pack(d, (t1 - t0) * NR, x, NR, False, c0, c0 + hs, t0, t1)
 
 
 @njit(parallel=True, fastmath=REDUCE_FASTMATH, cache=True)

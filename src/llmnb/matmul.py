@@ -15,7 +15,8 @@ from L1 per 96 FMAs (the dot-product micro-kernels before it, in dev/dot_tiles.p
 LLVM does not find
 this form in Python loops (it needs vectors that live across the k loop), so kernel_6x16 is written
 as LLVM vector IR through Numba's @intrinsic: the one place in llmnb below Numba's Python.
-Transposed operands (weight^T, dout^T) cost nothing extra: packing reads them either way.
+Transposed operands (weight^T, dout^T) cost nothing extra: packing reads them either way
+(weight^T's panels through transpose_8x8, the one other intrinsic).
 
 Speed (2-core Zen 3, AVX2, 183 GFLOP/s peak; dev/matmul_*.py measure it): see benchmarks/RESULTS.md.
 
@@ -103,45 +104,98 @@ def kernel_6x16(typingctx, a, a_off, a_ms, a_ks, b, b_off, b_ks, kc, out, r0, c0
     return sig, codegen
 
 
-@njit(cache=True)
-def pack_a(ap, a, a_trans, m0, m1, k0, k1):
-    # ap[p*kc*MR + k*MR + i] = A[m0 + p*MR + i, k0 + k] for the panels p of rows m0..m1 (kc = k1-k0);
-    # A = a (M,K), or a^T for a (K,M) (a_trans). Rows past m1 in the last panel are zeros.
-    kc = k1 - k0
-    for p in range((m1 - m0 + MR - 1) // MR):
-        r0 = m0 + p * MR
-        h = min(MR, m1 - r0)
-        for k in range(kc):
-            o = p * kc * MR + k * MR
-            if a_trans:
-                for i in range(h):
-                    ap[o + i] = a[k0 + k, r0 + i]
-            else:
-                for i in range(h):
-                    ap[o + i] = a[r0 + i, k0 + k]
-            for i in range(h, MR):
-                ap[o + i] = F32(0.0)
+@intrinsic
+def transpose_8x8(typingctx, x, r0, c0, dst, d_off, d_stride):
+    # dst[d_off + j*d_stride + i] = x[r0 + i, c0 + j] for i, j < 8: an 8x8 block of x (2-D, rows
+    # contiguous) transposed into dst (flat). Eight vector loads, three rounds of shuffles (pairs
+    # of rows interleaved, pairs of pairs, halves swapped), eight vector stores: the shuffles
+    # vunpcklps/vshufps/vperm2f128 that a scalar loop does not turn into. No bounds checks.
+    sig = types.void(x, r0, c0, dst, d_off, d_stride)
+
+    def codegen(context, builder, signature, args):
+        xv, r0v, c0v, dv, doff, dstride = args
+        X = context.make_array(signature.args[0])(context, builder, xv)
+        D = context.make_array(signature.args[3])(context, builder, dv)
+        i32, i64 = ir.IntType(32), ir.IntType(64)
+        v8p = ir.VectorType(ir.FloatType(), 8).as_pointer()
+        row_stride = builder.sdiv(builder.extract_value(X.strides, 0), ir.Constant(i64, 4))
+        src = builder.gep(X.data, [builder.add(builder.mul(r0v, row_stride), c0v)])
+        dst = builder.gep(D.data, [doff])
+
+        def shuffle(u, v, lanes):   # lanes 0-7 pick from u, 8-15 from v
+            return builder.shuffle_vector(u, v, ir.Constant(ir.VectorType(i32, 8), lanes))
+
+        r = [builder.load(builder.bitcast(builder.gep(src, [builder.mul(row_stride, ir.Constant(i64, i))]), v8p),
+                          align=4) for i in range(8)]
+        # t: rows 2i, 2i+1 interleaved (columns 0,1,4,5 | 2,3,6,7); s: four rows (columns j, j+4)
+        t = []
+        for i in range(0, 8, 2):
+            t += [shuffle(r[i], r[i + 1], [0, 8, 1, 9, 4, 12, 5, 13]),
+                  shuffle(r[i], r[i + 1], [2, 10, 3, 11, 6, 14, 7, 15])]
+        even, odd = [0, 1, 8, 9, 4, 5, 12, 13], [2, 3, 10, 11, 6, 7, 14, 15]
+        s = [shuffle(t[0], t[2], even), shuffle(t[0], t[2], odd), shuffle(t[1], t[3], even),
+             shuffle(t[1], t[3], odd), shuffle(t[4], t[6], even), shuffle(t[4], t[6], odd),
+             shuffle(t[5], t[7], even), shuffle(t[5], t[7], odd)]
+        for j in range(4):   # columns j and j+4: the low and high halves of s[j] (rows 0-3), s[j+4] (4-7)
+            for col, lanes in ((j, [0, 1, 2, 3, 8, 9, 10, 11]), (j + 4, [4, 5, 6, 7, 12, 13, 14, 15])):
+                ptr = builder.gep(dst, [builder.mul(dstride, ir.Constant(i64, col))])
+                builder.store(shuffle(s[j], s[j + 4], lanes), builder.bitcast(ptr, v8p), align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
 
 
 @njit(cache=True)
-def pack_b(bp, b, b_trans, p0, p1, k0, k1):
-    # bp[p*kc*NR + k*NR + j] = B[k0 + k, p0 + p*NR + j] for the panels p of columns p0..p1;
-    # B = b (K,P), or b^T for b (P,K) (b_trans). Columns past p1 in the last panel are zeros.
-    # (k outer, j inner: each k writes 16 consecutive floats, 2.6x faster than j outer for b^T)
-    kc = k1 - k0
-    for p in range((p1 - p0 + NR - 1) // NR):
-        q0 = p0 + p * NR
-        w = min(NR, p1 - q0)
-        for k in range(kc):
-            o = p * kc * NR + k * NR
-            if b_trans:
-                for j in range(w):
-                    bp[o + j] = b[q0 + j, k0 + k]
+def pack(dst, ps, x, w, gather, m0, m1, k0, k1):
+    # panels of w (MR or NR) lines of an operand, k-major, for kernel_6x16:
+    #   dst[p*ps + (k - k0)*w + i] = line m0 + p*w + i of the operand at k, for k0 <= k < k1,
+    # where line m at k is x[m, k] (gather: each panel gathers w rows of x, e.g. the weight's rows
+    # for B = weight^T) or x[k, m] (each k copies w consecutive floats of row k of x). Lines past
+    # m1 in the last panel are zeros. ps: the panel stride (>= (k1 - k0)*w; larger when a task
+    # packs a block of k of longer panels). gather with w = 16: 8x8 blocks through transpose_8x8.
+    for p in range((m1 - m0 + w - 1) // w):
+        r0 = m0 + p * w
+        h = min(w, m1 - r0)
+        o = p * ps
+        k = k0
+        if gather and h == w and w % 8 == 0:
+            while k + 8 <= k1:
+                for i in range(0, w, 8):
+                    transpose_8x8(x, r0 + i, k, dst, o + (k - k0) * w + i, w)
+                k += 8
+        for k in range(k, k1):
+            d = o + (k - k0) * w
+            if gather:
+                for i in range(h):
+                    dst[d + i] = x[r0 + i, k]
+            elif h == w:
+                for i in range(w):
+                    dst[d + i] = x[k, r0 + i]
             else:
-                for j in range(w):
-                    bp[o + j] = b[k0 + k, q0 + j]
-            for j in range(w, NR):
-                bp[o + j] = F32(0.0)
+                for i in range(h):
+                    dst[d + i] = x[k, r0 + i]
+            for i in range(h, w):
+                dst[d + i] = F32(0.0)
+
+
+PACK_PANELS, PACK_ROWS = 8, 8   # a packing task: 8 panels (gather), or 8 rows of x into every panel
+
+
+@njit(parallel=True, cache=True)
+def pack_chunk(dst, x, w, gather, m0, m1, k0, k1):
+    # pack (above) of lines m0..m1 and k0..k1 in parallel, panels (k1 - k0)*w long. Gathering
+    # tasks take 8 panels each, over all k; copying tasks take 8 rows of x each (8 k) into
+    # every panel: a task that walked one panel down all k would touch a new page of x at each
+    # k, and packing the weight for dinp that way ran at 0.3 G floats/s instead of ~2.
+    kl = k1 - k0
+    if gather:
+        for g in prange((m1 - m0 + PACK_PANELS * w - 1) // (PACK_PANELS * w)):
+            g0 = m0 + g * PACK_PANELS * w
+            pack(dst[g * PACK_PANELS * w * kl:], kl * w, x, w, True, g0, min(g0 + PACK_PANELS * w, m1), k0, k1)
+    else:
+        for g in prange((kl + PACK_ROWS - 1) // PACK_ROWS):
+            kb = k0 + g * PACK_ROWS
+            pack(dst[g * PACK_ROWS * w:], kl * w, x, w, False, m0, m1, kb, min(kb + PACK_ROWS, k1))
 
 
 @njit(cache=True)
@@ -181,8 +235,8 @@ def _gemm_task(out, ap, bp, kl, ic, jc, tm0, tm1, tn0, tn1, first, edge):
 @njit(parallel=True, cache=True)
 def gemm(out, a, a_trans, b, b_trans, bias, has_bias, accumulate, ap, bp, kch, mch, pch, mc):
     # out (M,P) (+)= A (M,K) . B (K,P) (+ bias (P) when not accumulating); A = a or a^T, B = b or
-    # b^T (pack_a, pack_b). In chunks of kch along k, mch rows and pch columns: each chunk of A
-    # and of B is packed once (in parallel) into ap and bp, then tasks of mc x NC of out run the
+    # b^T. In chunks of kch along k, mch rows and pch columns: each chunk of A and of B is packed
+    # once (pack_chunk, in parallel) into ap and bp, then tasks of mc x NC of out run the
     # micro-kernels over the whole chunk, so that a task's tile of out stays in cache.
     M, P = out.shape
     K = a.shape[0] if a_trans else a.shape[1]
@@ -192,12 +246,10 @@ def gemm(out, a, a_trans, b, b_trans, bias, has_bias, accumulate, ap, bp, kch, m
         first = k0 == 0 and not accumulate
         for ic in range(0, M, mch):
             m1 = min(ic + mch, M)
-            for g in prange((m1 - ic + 8 * MR - 1) // (8 * MR)):   # 8 panels of A per task
-                pack_a(ap[g * 8 * MR * kl:], a, a_trans, ic + g * 8 * MR, min(ic + (g + 1) * 8 * MR, m1), k0, k1)
+            pack_chunk(ap, a, MR, not a_trans, ic, m1, k0, k1)     # A's rows are a's rows, or a's columns
             for jc in range(0, P, pch):
                 p1 = min(jc + pch, P)
-                for g in prange((p1 - jc + 4 * NR - 1) // (4 * NR)):   # 4 panels of B per task
-                    pack_b(bp[g * 4 * NR * kl:], b, b_trans, jc + g * 4 * NR, min(jc + (g + 1) * 4 * NR, p1), k0, k1)
+                pack_chunk(bp, b, NR, b_trans, jc, p1, k0, k1)     # B's columns are b's rows, or its columns
                 ntn = (p1 - jc + NC - 1) // NC
                 for task in prange((m1 - ic + mc - 1) // mc * ntn):
                     tm0 = ic + task // ntn * mc
