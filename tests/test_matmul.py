@@ -23,7 +23,7 @@ import pytest
 from llmnb import matmul
 
 F32 = np.float32
-PARALLEL_KERNELS = ("gemm", "bias_backward")
+PARALLEL_KERNELS = ("pack_chunk", "gemm", "bias_backward")
 
 
 def randn(rng, *shape, scale=1.0):
@@ -165,6 +165,37 @@ def test_chunked(monkeypatch):
     assert_close(dinp, start[0] + rdinp, OC, "dinp")
     assert_close(dweight, start[1] + rdweight, N, "dweight")
     assert_close(dbias, start[2] + rdbias, N, "dbias")
+
+
+# ------------------------------------------------------------------------------------------------
+# packing
+
+def packed_reference(x, w, gather, m0, m1, k0, k1):
+    """pack's layout built with NumPy: (panels, k1 - k0, w), lines past m1 zero."""
+    lines = x[m0:m1, k0:k1] if gather else x[k0:k1, m0:m1].T      # (lines, k)
+    npan = -(-(m1 - m0) // w)
+    full = np.zeros((npan * w, k1 - k0), F32)
+    full[:m1 - m0] = lines
+    return full.reshape(npan, w, k1 - k0).transpose(0, 2, 1)
+
+
+@pytest.mark.parametrize("w", [matmul.MR, matmul.NR])
+@pytest.mark.parametrize("gather", [True, False])
+@pytest.mark.parametrize("m0,m1,k0,k1", [(0, 1, 0, 1), (3, 40, 5, 29), (0, 32, 0, 16), (16, 53, 8, 43)])
+def test_pack_layout(w, gather, m0, m1, k0, k1):
+    # every float of every panel, for full and partial panels, k blocks of 8 (the transposed
+    # 8x8 blocks when gathering 16 lines) and leftovers, and a panel stride longer than k1 - k0
+    rng = np.random.default_rng(m1 * 100 + k1)
+    x = randn(rng, 60, 60)
+    want = packed_reference(x, w, gather, m0, m1, k0, k1)
+    ps = (k1 - k0) * w + 7
+    dst = np.full(want.shape[0] * ps, np.nan, F32)
+    matmul.pack(dst, ps, x, w, gather, m0, m1, k0, k1)
+    got = np.stack([dst[p * ps:p * ps + (k1 - k0) * w].reshape(k1 - k0, w) for p in range(want.shape[0])])
+    assert np.array_equal(got, want)
+    chunk = np.full(want.size, np.nan, F32)   # the parallel tasks (8 panels, or 8 rows of x, each)
+    matmul.pack_chunk(chunk, x, w, gather, m0, m1, k0, k1)
+    assert np.array_equal(chunk.reshape(want.shape), want)
 
 
 # ------------------------------------------------------------------------------------------------
