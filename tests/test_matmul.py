@@ -181,12 +181,13 @@ def packed_reference(x, w, gather, m0, m1, k0, k1):
 
 @pytest.mark.parametrize("w", [matmul.MR, matmul.NR])
 @pytest.mark.parametrize("gather", [True, False])
-@pytest.mark.parametrize("m0,m1,k0,k1", [(0, 1, 0, 1), (3, 40, 5, 29), (0, 32, 0, 16), (16, 53, 8, 43)])
+@pytest.mark.parametrize("m0,m1,k0,k1", [(0, 1, 0, 1), (3, 40, 5, 29), (0, 32, 0, 16), (16, 53, 8, 43),
+                                         (5, 2100, 3, 20)])   # copying: 3 tasks of <= 1024 lines
 def test_pack_layout(w, gather, m0, m1, k0, k1):
     # every float of every panel, for full and partial panels, k blocks of 8 (the transposed
-    # 8x8 blocks when gathering 16 lines) and leftovers, and a panel stride longer than k1 - k0
+    # 8x8 blocks when gathering, spilling for w = 6) and leftovers, and a panel stride longer than k1 - k0
     rng = np.random.default_rng(m1 * 100 + k1)
-    x = randn(rng, 60, 60)
+    x = randn(rng, max(m1, k1) + 7, max(m1, k1) + 7)
     want = packed_reference(x, w, gather, m0, m1, k0, k1)
     ps = (k1 - k0) * w + 7
     dst = np.full(want.shape[0] * ps, np.nan, F32)

@@ -42,7 +42,7 @@ NO_BIAS = np.zeros(0, dtype=F32)
 MR, NR = 6, 16     # the micro-kernel's tile of out: 6 rows x 16 columns (12 vectors of 8 floats)
 KC = 256           # k per micro-kernel call: its panel of B (KC x 16 floats, 16 KB) stays in L1
 MC, NC = 120, 128  # a parallel task's tile of out (MC x KC floats of packed A, 120 KB, stay in L2)
-KCH = 4096         # k per packed chunk: K <= 4096 (all of GPT-2's but the classifier's dinp) is one
+KCH = 1024         # k per packed chunk: at B*T = 1024 the forward's and dinp's chunks of A and B (4 MB each) stay in L3
 PCH = 1024         # columns of B per packed chunk
 PACK_FLOATS = 8 << 20  # floats of packed A per chunk (32 MB): rows of A per chunk = this // k
 
@@ -116,7 +116,8 @@ def kernel_6x16(typingctx, a, a_off, a_ms, a_ks, b, b_off, b_ks, kc, out, r0, c0
 @intrinsic
 def transpose_8x8(typingctx, x, r0, c0, dst, d_off, d_stride):
     # dst[d_off + j*d_stride + i] = x[r0 + i, c0 + j] for i, j < 8: an 8x8 block of x (2-D, rows
-    # contiguous) transposed into dst (flat). Eight vector loads, three rounds of shuffles (pairs
+    # contiguous) transposed into dst (flat); columns j in order, 8 floats each (with d_stride < 8
+    # the last one writes 8 - d_stride floats past d_off + 8*d_stride). Eight vector loads, three rounds of shuffles (pairs
     # of rows interleaved, pairs of pairs, halves swapped), eight vector stores: the shuffles
     # vunpcklps/vshufps/vperm2f128 that a scalar loop does not turn into. No bounds checks.
     sig = types.void(x, r0, c0, dst, d_off, d_stride)
@@ -145,10 +146,12 @@ def transpose_8x8(typingctx, x, r0, c0, dst, d_off, d_stride):
         s = [shuffle(t[0], t[2], even), shuffle(t[0], t[2], odd), shuffle(t[1], t[3], even),
              shuffle(t[1], t[3], odd), shuffle(t[4], t[6], even), shuffle(t[4], t[6], odd),
              shuffle(t[5], t[7], even), shuffle(t[5], t[7], odd)]
-        for j in range(4):   # columns j and j+4: the low and high halves of s[j] (rows 0-3), s[j+4] (4-7)
-            for col, lanes in ((j, [0, 1, 2, 3, 8, 9, 10, 11]), (j + 4, [4, 5, 6, 7, 12, 13, 14, 15])):
-                ptr = builder.gep(dst, [builder.mul(dstride, ir.Constant(i64, col))])
-                builder.store(shuffle(s[j], s[j + 4], lanes), builder.bitcast(ptr, v8p), align=4)
+        # column j: the low (j < 4) or high half of s[j % 4] (rows 0-3) and s[j % 4 + 4] (rows 4-7);
+        # stored in order of j, so that with d_stride < 8 each column overwrites the previous one's spill
+        for j in range(8):
+            lanes = [0, 1, 2, 3, 8, 9, 10, 11] if j < 4 else [4, 5, 6, 7, 12, 13, 14, 15]
+            ptr = builder.gep(dst, [builder.mul(dstride, ir.Constant(i64, j))])
+            builder.store(shuffle(s[j % 4], s[j % 4 + 4], lanes), builder.bitcast(ptr, v8p), align=4)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -161,14 +164,16 @@ def pack(dst, ps, x, w, gather, m0, m1, k0, k1):
     # where line m at k is x[m, k] (gather: each panel gathers w rows of x, e.g. the weight's rows
     # for B = weight^T) or x[k, m] (each k copies w consecutive floats of row k of x). Lines past
     # m1 in the last panel are zeros. ps: the panel stride (>= (k1 - k0)*w; larger when a task
-    # packs a block of k of longer panels). gather with w = 16: 8x8 blocks through transpose_8x8.
+    # packs a block of k of longer panels). Gathering whole panels goes 8 k at a time through
+    # transpose_8x8: w = 16, two blocks of 8 rows; w = 6, one block of 8 rows, each k's 8 floats
+    # spilling 2 into the next k's place, which is written after it (so not at the panel's end).
     for p in range((m1 - m0 + w - 1) // w):
         r0 = m0 + p * w
         h = min(w, m1 - r0)
         o = p * ps
         k = k0
-        if gather and h == w and w % 8 == 0:
-            while k + 8 <= k1:
+        if gather and h == w and r0 + max(w, 8) <= x.shape[0]:
+            while k + 8 < k1 or (w % 8 == 0 and k + 8 == k1):
                 for i in range(0, w, 8):
                     transpose_8x8(x, r0 + i, k, dst, o + (k - k0) * w + i, w)
                 k += 8
@@ -187,24 +192,30 @@ def pack(dst, ps, x, w, gather, m0, m1, k0, k1):
                 dst[d + i] = F32(0.0)
 
 
-PACK_PANELS, PACK_ROWS = 8, 8   # a packing task: 8 panels (gather), or 8 rows of x into every panel
+PACK_PANELS = 8                 # a gathering task: 8 panels
+PACK_ROWS, PACK_LINES = 8, 1024  # a copying task: 8 rows of x, up to 1024 lines (4 KB of each row)
 
 
 @njit(parallel=True, cache=True)
 def pack_chunk(dst, x, w, gather, m0, m1, k0, k1):
     # pack (above) of lines m0..m1 and k0..k1 in parallel, panels (k1 - k0)*w long. Gathering
-    # tasks take 8 panels each, over all k; copying tasks take 8 rows of x each (8 k) into
-    # every panel: a task that walked one panel down all k would touch a new page of x at each
-    # k, and packing the weight for dinp that way ran at 0.3 G floats/s instead of ~2.
+    # tasks take 8 panels each, over all k; copying tasks take 8 rows of x (8 k) and up to
+    # 1024 lines of them: a task that walked one panel down all k would touch a new page of x at
+    # each k (packing the weight for dinp that way ran at 0.3 G floats/s instead of ~2), and one
+    # that wrote 8 k into all of dout^T's 8,000 panels (dweight) a new page at each panel.
     kl = k1 - k0
     if gather:
         for g in prange((m1 - m0 + PACK_PANELS * w - 1) // (PACK_PANELS * w)):
             g0 = m0 + g * PACK_PANELS * w
             pack(dst[g * PACK_PANELS * w * kl:], kl * w, x, w, True, g0, min(g0 + PACK_PANELS * w, m1), k0, k1)
     else:
-        for g in prange((kl + PACK_ROWS - 1) // PACK_ROWS):
-            kb = k0 + g * PACK_ROWS
-            pack(dst[g * PACK_ROWS * w:], kl * w, x, w, False, m0, m1, kb, min(kb + PACK_ROWS, k1))
+        lines = PACK_LINES // w * w
+        nk = (kl + PACK_ROWS - 1) // PACK_ROWS
+        for g in prange((m1 - m0 + lines - 1) // lines * nk):
+            l0 = m0 + g // nk * lines
+            kb = k0 + g % nk * PACK_ROWS
+            pack(dst[(l0 - m0) * kl + (kb - k0) * w:], kl * w, x, w, False, l0, min(l0 + lines, m1),
+                 kb, min(kb + PACK_ROWS, k1))
 
 
 @njit(cache=True)
