@@ -157,6 +157,27 @@ def transpose_8x8(typingctx, x, r0, c0, dst, d_off, d_stride):
     return sig, codegen
 
 
+@intrinsic
+def copy_8(typingctx, x, r, c, dst, d_off):
+    # dst[d_off:d_off + 8] = x[r, c:c + 8] (x 2-D, rows contiguous; dst flat): one vector load
+    # and store, where a loop of 8 stays scalar (LLVM cannot rule out that dst and x overlap).
+    # No bounds checks.
+    sig = types.void(x, r, c, dst, d_off)
+
+    def codegen(context, builder, signature, args):
+        xv, rv, cv, dv, doff = args
+        X = context.make_array(signature.args[0])(context, builder, xv)
+        D = context.make_array(signature.args[3])(context, builder, dv)
+        v8p = ir.VectorType(ir.FloatType(), 8).as_pointer()
+        row_stride = builder.sdiv(builder.extract_value(X.strides, 0), ir.Constant(ir.IntType(64), 4))
+        src = builder.gep(X.data, [builder.add(builder.mul(rv, row_stride), cv)])
+        value = builder.load(builder.bitcast(src, v8p), align=4)
+        builder.store(value, builder.bitcast(builder.gep(D.data, [doff]), v8p), align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 @njit(cache=True)
 def pack(dst, ps, x, w, gather, m0, m1, k0, k1):
     # panels of w (MR or NR) lines of an operand, k-major, for kernel_6x16:
@@ -164,30 +185,29 @@ def pack(dst, ps, x, w, gather, m0, m1, k0, k1):
     # where line m at k is x[m, k] (gather: each panel gathers w rows of x, e.g. the weight's rows
     # for B = weight^T) or x[k, m] (each k copies w consecutive floats of row k of x). Lines past
     # m1 in the last panel are zeros. ps: the panel stride (>= (k1 - k0)*w; larger when a task
-    # packs a block of k of longer panels). Gathering whole panels goes 8 k at a time through
-    # transpose_8x8: w = 16, two blocks of 8 rows; w = 6, one block of 8 rows, each k's 8 floats
-    # spilling 2 into the next k's place, which is written after it (so not at the panel's end).
+    # packs a block of k of longer panels). Whole panels go 8 floats at a time: gathered ones 8 k
+    # at a time through transpose_8x8, copied ones k by k through copy_8; w = 16 in two halves,
+    # w = 6 as 8 lines whose last 2 spill into the next k's place, written after it (so the
+    # panel's last k, and the gathered block that ends there, go the scalar way).
+    nlines = x.shape[0] if gather else x.shape[1]
     for p in range((m1 - m0 + w - 1) // w):
         r0 = m0 + p * w
         h = min(w, m1 - r0)
         o = p * ps
         k = k0
-        if gather and h == w and r0 + max(w, 8) <= x.shape[0]:
-            while k + 8 < k1 or (w % 8 == 0 and k + 8 == k1):
+        if h == w and r0 + max(w, 8) <= nlines:
+            step = 8 if gather else 1
+            while k + step < k1 or (w % 8 == 0 and k + step == k1):
                 for i in range(0, w, 8):
-                    transpose_8x8(x, r0 + i, k, dst, o + (k - k0) * w + i, w)
-                k += 8
+                    if gather:
+                        transpose_8x8(x, r0 + i, k, dst, o + (k - k0) * w + i, w)
+                    else:
+                        copy_8(x, k, r0 + i, dst, o + (k - k0) * w + i)
+                k += step
         for k in range(k, k1):
             d = o + (k - k0) * w
-            if gather:
-                for i in range(h):
-                    dst[d + i] = x[r0 + i, k]
-            elif h == w:
-                for i in range(w):
-                    dst[d + i] = x[k, r0 + i]
-            else:
-                for i in range(h):
-                    dst[d + i] = x[k, r0 + i]
+            for i in range(h):
+                dst[d + i] = x[r0 + i, k] if gather else x[k, r0 + i]
             for i in range(h, w):
                 dst[d + i] = F32(0.0)
 
