@@ -8,7 +8,8 @@ installed, PyTorch eager on the same model and batch in the same run.
 
 Reports min/median/max over --steps steps after --warmup steps, tokens/s, MFU (model FLOPs per
 second over the machine's peak, see dev/common.py), the PyTorch/llmnb
-ratio, llmnb's peak RSS, and the time of each kernel in one step.
+ratio, llmnb's peak RSS, and the time of each kernel in one step, with the matmuls also by weight shape
+(the forward, dinp + dweight of each layer's four weights and the classifier's).
 """
 import argparse
 import os
@@ -54,12 +55,13 @@ def peak_rss_mb():
 
 class KernelTimer:
     """Wraps every kernel of a backend with a timer; `times` maps kernel name -> [calls, seconds,
-    flops, bytes]."""
+    flops, bytes], `matmul_shapes` maps (matmul kernel, weight shape) -> [calls, seconds, flops]."""
 
     def __init__(self, backend):
         self.backend = backend
         self.originals = {name: getattr(backend, name) for name in KERNEL_NAMES}
         self.times = {}
+        self.matmul_shapes = {}
 
     def __enter__(self):
         for name, fn in self.originals.items():
@@ -78,9 +80,19 @@ class KernelTimer:
             rec = self.times.setdefault(name, [0, 0.0, 0.0, 0.0])
             rec[0] += 1
             rec[1] += dt
-            rec[2] += kernel_flops(name, args)
+            flops = kernel_flops(name, args)
+            rec[2] += flops
             rec[3] += sum(a.nbytes for a in args if isinstance(a, np.ndarray))
+            if flops:
+                by_shape = self.matmul_shapes.setdefault((name, matmul_weight(name, args).shape), [0, 0.0, 0.0])
+                by_shape[0] += 1
+                by_shape[1] += dt
+                by_shape[2] += flops
         return timed
+
+
+def matmul_weight(name, args):
+    return args[2] if name == "matmul_forward" else args[5]
 
 
 def kernel_flops(name, args):
@@ -117,7 +129,12 @@ def kernel_table(model, x, y, t):
     rows.append(["other (Python, checks)", "", f"{rest * 1e3:.1f}", f"{100 * rest / total:.1f}%", ""])
     rows.append(["step", "", f"{total * 1e3:.1f}", "100%",
                  f"fwd {1e3 * (t1 - t0):.0f} ms, bwd {1e3 * (t3 - t2):.0f} ms, update {1e3 * (t4 - t3):.0f} ms"])
-    return common.format_table(["kernel", "calls", "ms", "share", "rate"], rows)
+    table = common.format_table(["kernel", "calls", "ms", "share", "rate"], rows)
+    table += "\n  * GB/s: bytes of the kernel's array arguments (each read or written once) per second"
+    shape_rows = [[name, f"{oc} x {c}", str(calls), f"{sec * 1e3:.1f}", f"{flops / sec / 1e9:.0f} GFLOP/s"]
+                  for (name, (oc, c)), (calls, sec, flops) in sorted(kt.matmul_shapes.items(), key=lambda kv: -kv[1][1])]
+    return table + "\n\nthe matmuls by weight shape (OC x C):\n" + common.format_table(
+        ["kernel", "weight", "calls", "ms", "rate"], shape_rows)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -220,7 +237,6 @@ def main(argv=None):
     times = common.time_runs(step, runs=args.steps, warmup=args.warmup)
     rss = peak_rss_mb()
     print(kernel_table(model, x, y, t[0] + 1))
-    print("  * GB/s: bytes of the kernel's array arguments (each read or written once) per second")
 
     def report(name, ts):
         tmin, tmed, tmax = common.min_med_max(ts)
