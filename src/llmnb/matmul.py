@@ -14,9 +14,9 @@ keeps a 6x16 tile of out in 12 vector registers of 8 floats; each step of k load
 from L1 per 96 FMAs (the dot-product micro-kernels before it, in dev/dot_tiles.py, read 6 per 8).
 LLVM does not find
 this form in Python loops (it needs vectors that live across the k loop), so kernel_6x16 is written
-as LLVM vector IR through Numba's @intrinsic: the one place in llmnb below Numba's Python.
-Transposed operands (weight^T, dout^T) cost nothing extra: packing reads them either way
-(weight^T's panels through transpose_8x8, the one other intrinsic).
+as LLVM vector IR through Numba's @intrinsic, as are the two 8-float moves that packing is made of
+(transpose_8x8, copy_8): the places in llmnb below Numba's Python. Transposed operands (weight^T,
+dout^T) cost nothing extra: packing reads them either way.
 
 Speed (2-core Zen 3, AVX2, 183 GFLOP/s peak; dev/matmul_*.py measure it): see benchmarks/RESULTS.md.
 
@@ -42,9 +42,17 @@ NO_BIAS = np.zeros(0, dtype=F32)
 MR, NR = 6, 16     # the micro-kernel's tile of out: 6 rows x 16 columns (12 vectors of 8 floats)
 KC = 256           # k per micro-kernel call: its panel of B (KC x 16 floats, 16 KB) stays in L1
 MC, NC = 120, 128  # a parallel task's tile of out (MC x KC floats of packed A, 120 KB, stay in L2)
-KCH = 1024         # k per packed chunk: at B*T = 1024 the forward's and dinp's chunks of A and B (4 MB each) stay in L3
+KCH = 1024         # k per packed chunk: at B*T = 1024 the forward's and dinp's chunks of A and B
+                   # (4 MB each) stay in L3
 PCH = 1024         # columns of B per packed chunk
 PACK_FLOATS = 8 << 20  # floats of packed A per chunk (32 MB): rows of A per chunk = this // k
+
+
+def _element_ptr(context, builder, arrtype, arr, r, c):
+    # a float* to arr[r, c] of a 2-D float32 array whose rows are contiguous (r, c: int64 values)
+    A = context.make_array(arrtype)(context, builder, arr)
+    row_stride = builder.sdiv(builder.extract_value(A.strides, 0), ir.Constant(ir.IntType(64), 4))
+    return builder.gep(A.data, [builder.add(builder.mul(r, row_stride), c)]), row_stride
 
 
 @intrinsic
@@ -61,7 +69,6 @@ def kernel_6x16(typingctx, a, a_off, a_ms, a_ks, b, b_off, b_ks, kc, out, r0, c0
         av_, aoff, ams, aks, bv_, boff, bks, kcv, outv, r0v, c0v, addv = args
         A = context.make_array(signature.args[0])(context, builder, av_)
         Bm = context.make_array(signature.args[4])(context, builder, bv_)
-        o = context.make_array(signature.args[8])(context, builder, outv)
         f32, i32, i64 = ir.FloatType(), ir.IntType(32), ir.IntType(64)
         v8 = ir.VectorType(f32, 8)
         v8p = v8.as_pointer()
@@ -73,9 +80,8 @@ def kernel_6x16(typingctx, a, a_off, a_ms, a_ks, b, b_off, b_ks, kc, out, r0, c0
         def n(x):
             return ir.Constant(i64, x)
 
-        row_stride = builder.sdiv(builder.extract_value(o.strides, 0), n(4))
-        rows = [builder.gep(o.data, [builder.add(builder.mul(builder.add(r0v, n(i)), row_stride), c0v)])
-                for i in range(MR)]
+        row0, row_stride = _element_ptr(context, builder, signature.args[8], outv, r0v, c0v)
+        rows = [builder.gep(row0, [builder.mul(row_stride, n(i))]) for i in range(MR)]
         # the tile of out is fetched into cache while the k loop runs (its 6 rows are a row of
         # out apart: no prefetcher guesses them; at K = 256 the stalls on them cost ~25%)
         prefetch = cgutils.get_or_insert_function(
@@ -117,19 +123,18 @@ def kernel_6x16(typingctx, a, a_off, a_ms, a_ks, b, b_off, b_ks, kc, out, r0, c0
 def transpose_8x8(typingctx, x, r0, c0, dst, d_off, d_stride):
     # dst[d_off + j*d_stride + i] = x[r0 + i, c0 + j] for i, j < 8: an 8x8 block of x (2-D, rows
     # contiguous) transposed into dst (flat); columns j in order, 8 floats each (with d_stride < 8
-    # the last one writes 8 - d_stride floats past d_off + 8*d_stride). Eight vector loads, three rounds of shuffles (pairs
-    # of rows interleaved, pairs of pairs, halves swapped), eight vector stores: the shuffles
-    # vunpcklps/vshufps/vperm2f128 that a scalar loop does not turn into. No bounds checks.
+    # the last one writes 8 - d_stride floats past d_off + 8*d_stride). Eight vector loads, three
+    # rounds of shuffles (pairs of rows interleaved, pairs of pairs, halves swapped), eight vector
+    # stores: the vunpcklps/vshufps/vperm2f128 that a scalar loop does not turn into. No bounds
+    # checks.
     sig = types.void(x, r0, c0, dst, d_off, d_stride)
 
     def codegen(context, builder, signature, args):
         xv, r0v, c0v, dv, doff, dstride = args
-        X = context.make_array(signature.args[0])(context, builder, xv)
         D = context.make_array(signature.args[3])(context, builder, dv)
         i32, i64 = ir.IntType(32), ir.IntType(64)
         v8p = ir.VectorType(ir.FloatType(), 8).as_pointer()
-        row_stride = builder.sdiv(builder.extract_value(X.strides, 0), ir.Constant(i64, 4))
-        src = builder.gep(X.data, [builder.add(builder.mul(r0v, row_stride), c0v)])
+        src, row_stride = _element_ptr(context, builder, signature.args[0], xv, r0v, c0v)
         dst = builder.gep(D.data, [doff])
 
         def shuffle(u, v, lanes):   # lanes 0-7 pick from u, 8-15 from v
@@ -166,11 +171,9 @@ def copy_8(typingctx, x, r, c, dst, d_off):
 
     def codegen(context, builder, signature, args):
         xv, rv, cv, dv, doff = args
-        X = context.make_array(signature.args[0])(context, builder, xv)
         D = context.make_array(signature.args[3])(context, builder, dv)
         v8p = ir.VectorType(ir.FloatType(), 8).as_pointer()
-        row_stride = builder.sdiv(builder.extract_value(X.strides, 0), ir.Constant(ir.IntType(64), 4))
-        src = builder.gep(X.data, [builder.add(builder.mul(rv, row_stride), cv)])
+        src, _ = _element_ptr(context, builder, signature.args[0], xv, rv, cv)
         value = builder.load(builder.bitcast(src, v8p), align=4)
         builder.store(value, builder.bitcast(builder.gep(D.data, [doff]), v8p), align=4)
         return context.get_dummy_value()
