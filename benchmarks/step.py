@@ -84,7 +84,8 @@ class KernelTimer:
             rec[2] += flops
             rec[3] += sum(a.nbytes for a in args if isinstance(a, np.ndarray))
             if flops:
-                by_shape = self.matmul_shapes.setdefault((name, matmul_weight(name, args).shape), [0, 0.0, 0.0])
+                key = (name, matmul_weight(name, args).shape)
+                by_shape = self.matmul_shapes.setdefault(key, [0, 0.0, 0.0])
                 by_shape[0] += 1
                 by_shape[1] += dt
                 by_shape[2] += flops
@@ -131,8 +132,9 @@ def kernel_table(model, x, y, t):
                  f"fwd {1e3 * (t1 - t0):.0f} ms, bwd {1e3 * (t3 - t2):.0f} ms, update {1e3 * (t4 - t3):.0f} ms"])
     table = common.format_table(["kernel", "calls", "ms", "share", "rate"], rows)
     table += "\n  * GB/s: bytes of the kernel's array arguments (each read or written once) per second"
+    by_time = sorted(kt.matmul_shapes.items(), key=lambda kv: -kv[1][1])
     shape_rows = [[name, f"{oc} x {c}", str(calls), f"{sec * 1e3:.1f}", f"{flops / sec / 1e9:.0f} GFLOP/s"]
-                  for (name, (oc, c)), (calls, sec, flops) in sorted(kt.matmul_shapes.items(), key=lambda kv: -kv[1][1])]
+                  for (name, (oc, c)), (calls, sec, flops) in by_time]
     return table + "\n\nthe matmuls by weight shape (OC x C):\n" + common.format_table(
         ["kernel", "weight", "calls", "ms", "rate"], shape_rows)
 
