@@ -83,8 +83,8 @@ class KernelTimer:
             flops = kernel_flops(name, args)
             rec[2] += flops
             rec[3] += sum(a.nbytes for a in args if isinstance(a, np.ndarray))
-            if flops:
-                key = (name, matmul_weight(name, args).shape)
+            if name in MATMUL_ARGS:
+                key = (name, args[MATMUL_ARGS[name][1]].shape)
                 by_shape = self.matmul_shapes.setdefault(key, [0, 0.0, 0.0])
                 by_shape[0] += 1
                 by_shape[1] += dt
@@ -92,18 +92,17 @@ class KernelTimer:
         return timed
 
 
-def matmul_weight(name, args):
-    return args[2] if name == "matmul_forward" else args[5]
+# the matmul kernels: positions of inp and weight among their arguments, FLOPs per multiply (the
+# backward does two products: dinp and dweight)
+MATMUL_ARGS = {"matmul_forward": (1, 2, 2.0), "matmul_backward": (4, 5, 4.0)}
 
 
 def kernel_flops(name, args):
-    if name == "matmul_forward":
-        out, inp, weight = args[0], args[1], args[2]
-        return 2.0 * (inp.size // inp.shape[-1]) * weight.shape[0] * weight.shape[1]
-    if name == "matmul_backward":
-        inp, weight = args[4], args[5]
-        return 4.0 * (inp.size // inp.shape[-1]) * weight.shape[0] * weight.shape[1]
-    return 0.0
+    if name not in MATMUL_ARGS:
+        return 0.0
+    i, w, flops = MATMUL_ARGS[name]
+    inp, weight = args[i], args[w]
+    return flops * (inp.size // inp.shape[-1]) * weight.shape[0] * weight.shape[1]
 
 
 def kernel_table(model, x, y, t):

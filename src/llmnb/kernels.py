@@ -243,7 +243,8 @@ def exp_f32(x):
 
 ATT_TILE = 96  # queries per query tile and keys per key tile: queries are rows of the tile
                # products and keys columns, so a multiple of the micro-tile's 6 rows and of its
-               # 16 columns keeps every micro-tile whole (48 and 144 not timed)
+               # 16 columns keeps every micro-tile whole (48, 144 and 192: the same
+               # time at T = 1024 within this host's noise)
 
 # how _pack_tiles lays out a (T, hs) slice of qkv or dout for matmul.tile_product
 ROWS_A = 0   # A: rows are positions, k runs over head dims (q, dout in q k^T, dout v^T)

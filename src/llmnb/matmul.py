@@ -15,7 +15,7 @@ from L1 per 96 FMAs (the dot-product micro-kernels before it, in dev/dot_tiles.p
 LLVM does not find
 this form in Python loops (it needs vectors that live across the k loop), so kernel_6x16 is written
 as LLVM vector IR through Numba's @intrinsic, as are the two 8-float moves that packing is made of
-(transpose_8x8, copy_8): the places in llmnb below Numba's Python. Transposed operands (weight^T,
+(transpose_8x8, copy_8): the places in this file below Numba's Python. Transposed operands (weight^T,
 dout^T) cost nothing extra: packing reads them either way.
 
 Speed (2-core Zen 3, AVX2, 183 GFLOP/s peak; dev/matmul_*.py measure it): see benchmarks/RESULTS.md.
@@ -326,8 +326,8 @@ def _gemm(out, a, a_trans, b, b_trans, bias, accumulate, scratch):
     rows = min(M, mch)
     ntasks = (rows + MC - 1) // MC                  # row tasks of <= MC rows, all of one size
     mc = ((rows + ntasks - 1) // ntasks + MR - 1) // MR * MR   # (M = 256: 90, not 120 120 16)
-    ap = scratch.get("packed_a", ((min(M, mch) + 8 * MR) * kch,))
-    bp = scratch.get("packed_b", ((pch + 4 * NR) * kch,))
+    ap = scratch.get("packed_a", ((min(M, mch) + MR) * kch,))   # whole panels: up to MR - 1 rows of zeros
+    bp = scratch.get("packed_b", ((pch + NR) * kch,))
     has_bias = bias is not None
     gemm(out, a, a_trans, b, b_trans, bias if has_bias else NO_BIAS, has_bias, accumulate, ap, bp,
          kch, mch, pch, mc)
