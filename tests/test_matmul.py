@@ -39,7 +39,7 @@ def assert_close(got, want, K, what, scale=None):
         scale = 1.0 + np.abs(want)
     err = np.abs(got.astype(np.float64) - want)
     tol = 1e-5 * np.abs(want) + 4 * math.sqrt(K) * EPS32 * scale
-    bad = err > tol
+    bad = ~(err <= tol)   # (NaN is bad too)
     assert not bad.any(), (f"{what}: {bad.sum()} of {bad.size} beyond tolerance, worst err "
                            f"{err.max():.3g}, at tolerance {tol.reshape(-1)[np.argmax(err)]:.3g}")
 
@@ -197,6 +197,52 @@ def test_pack_layout(w, gather, m0, m1, k0, k1):
     chunk = np.full(want.size, np.nan, F32)   # the parallel tasks (8 panels, or 8 rows of x, each)
     matmul.pack_chunk(chunk, x, w, gather, m0, m1, k0, k1)
     assert np.array_equal(chunk.reshape(want.shape), want)
+
+
+@pytest.mark.parametrize("n", [96, 40, 7])   # attention's tile, a partial one (edges), less than a panel
+def test_tile_product_causal_skips_only_zeros(n):
+    # a diagonal tile of attention: n queries against the same n keys. A is read in place as
+    # attention reads it (rows of a 2-D buffer, or its columns: a_ms = 1), B packed as panels of
+    # 16. What a causal mode may skip is NaN in A: reading any of it would show in out.
+    MR, NR = matmul.MR, matmul.NR
+    rng = np.random.default_rng(n)
+    ld = (n + NR - 1) // NR * NR + NR
+    i, k = np.indices((n, n))
+    b = randn(rng, n, 2 * NR + 3)
+    P = b.shape[1]
+    bp = np.zeros((P + NR - 1) // NR * NR * n, F32)
+    matmul.pack(bp, n * NR, b.T.copy(), NR, True, 0, P, 0, n)   # B's columns are b's columns
+    edge = np.empty((MR, NR), F32)
+    for causal, zero, skip in [(matmul.K_UPTO_ROW, k > i, k >= i // MR * MR + MR),   # p v, dS k
+                               (matmul.K_FROM_ROW, k < i, k < i // MR * MR)]:       # dS^T q, att^T dout
+        a = randn(rng, n, n)
+        a[zero] = 0.0      # what the causal mask zeroes ...
+        a[skip] = np.nan   # ... and of it, what the mode skips
+        buf = np.zeros((n + MR, ld), F32)   # A's rows (or, for K_FROM_ROW, columns), readable past n
+        if causal == matmul.K_FROM_ROW:
+            buf[:n, :n] = a.T
+            a_ps, a_ms, a_ks = MR, 1, ld
+        else:
+            buf[:n, :n] = a
+            a_ps, a_ms, a_ks = MR * ld, ld, 1
+        out = randn(rng, n, P)
+        want = out.astype(np.float64) + np.where(np.isnan(a), 0.0, a).astype(np.float64) @ b
+        matmul.tile_product(out, buf.reshape(-1), 0, a_ps, a_ms, a_ks, bp, 0, n * NR, NR, n, P, n, True, edge,
+                            causal)
+        assert_close(out, want, n, f"tile_product causal={causal}")
+    # s = q k^T: micro-tiles right of the diagonal are left as they were (the caller zeroes them)
+    q, kt = randn(rng, n, 16), randn(rng, 16, n)
+    qbuf = np.zeros((n + MR, 16), F32)
+    qbuf[:n] = q
+    kp = np.zeros(((n + NR - 1) // NR + 1) * NR * 16, F32)
+    matmul.pack(kp, 16 * NR, kt.T.copy(), NR, True, 0, n, 0, 16)
+    s = np.full((n, n), np.inf, F32)
+    matmul.tile_product(s, qbuf.reshape(-1), 0, MR * 16, 16, 1, kp, 0, 16 * NR, NR, n, n, 16, False, edge,
+                        matmul.UPPER_ZERO)
+    want = q.astype(np.float64) @ kt
+    assert_close(np.where(k <= i, s, 0), np.where(k <= i, want, 0), 16, "s on and below the diagonal")
+    skipped = k // NR * NR >= i // MR * MR + MR
+    assert np.isinf(s[skipped]).all() and np.isfinite(s[~skipped]).all()
 
 
 # ------------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from numba.extending import intrinsic
 from .matmul import (matmul_forward, matmul_backward, matvec_forward,  # noqa: F401  (re-exported,
                      matvec_forward_bf16, matvec_scratch)  # see matmul.py)
 from .matmul import MR, NR, pack, tile_product  # attention's tile products (matmul.py)
+from .matmul import DENSE, UPPER_ZERO, K_UPTO_ROW, K_FROM_ROW
 
 F32 = np.float32
 # the model's constants, defined here once (convert.py checks HF configs against LAYERNORM_EPS)
@@ -248,9 +249,9 @@ ATT_TILE = 96  # queries per query tile and keys per key tile: queries are rows 
 
 # how _pack_tiles lays out a (T, hs) slice of qkv or dout for matmul.tile_product
 ROWS_A = 0   # A: rows are positions, k runs over head dims (q, dout in q k^T, dout v^T)
-DIMS_A = 1   # A: rows are head dims, k runs over positions (q^T, dout^T in dk^T, dv^T)
-POS_B = 2    # B: k runs over head dims, columns are positions (k^T, v^T in q k^T, dout v^T)
-DIMS_B = 3   # B: k runs over positions, columns are head dims (v, k in p v, dS k)
+POS_B = 1    # B: k runs over head dims, columns are positions (k^T, v^T in q k^T, dout v^T)
+DIMS_B = 2   # B: k runs over positions, columns are head dims (v, k, q, dout in p v, dS k,
+             # dS^T q, att^T dout)
 
 
 @njit(cache=True, inline="always")
@@ -270,12 +271,24 @@ def _pack_tiles(dst, stride, x, T, TT, c0, hs, layout):
         d = dst[t * stride:]
         if layout == ROWS_A:     # lines: positions (rows of x), k: head dims
             pack(d, hs * MR, x, MR, True, t0, t1, c0, c0 + hs)
-        elif layout == DIMS_A:   # lines: head dims (columns of x), k: positions
-            pack(d, (t1 - t0) * MR, x, MR, False, c0, c0 + hs, t0, t1)
         elif layout == POS_B:
             pack(d, hs * NR, x, NR, True, t0, t1, c0, c0 + hs)
         else:
             pack(d, (t1 - t0) * NR, x, NR, False, c0, c0 + hs, t0, t1)
+
+
+@njit(cache=True, inline="always")
+def _row_max(row, n):
+    # max of row[:n] (n >= 1), kept in 8 lanes: one running max is a chain of dependent compares
+    # that LLVM does not vectorize (~1.6x slower)
+    m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = row[0]
+    n8 = n // 8 * 8
+    for j in range(0, n8, 8):
+        m0, m1, m2, m3 = max(m0, row[j]), max(m1, row[j + 1]), max(m2, row[j + 2]), max(m3, row[j + 3])
+        m4, m5, m6, m7 = max(m4, row[j + 4]), max(m5, row[j + 5]), max(m6, row[j + 6]), max(m7, row[j + 7])
+    for j in range(n8, n):
+        m0 = max(m0, row[j])
+    return max(max(max(m0, m1), max(m2, m3)), max(max(m4, m5), max(m6, m7)))
 
 
 @njit(parallel=True, fastmath=REDUCE_FASTMATH, cache=True)
@@ -320,19 +333,17 @@ def attention_forward(out, lse, inp):
                 j0 = kt * TT
                 j1 = min(j0 + TT, t1)
                 nk = j1 - j0
+                diag = kt == qt        # keys j0 = t0..: masked above the diagonal
                 # s = q . k^T
-                tile_product(s, qa, qt * sa, hs * MR, 1, MR, kb, kt * sb, hs * NR, NR, nq, nk, hs, False, edge)
+                tile_product(s, qa, qt * sa, hs * MR, 1, MR, kb, kt * sb, hs * NR, NR, nq, nk, hs, False, edge,
+                             UPPER_ZERO if diag else DENSE)
                 for r in range(nq):
                     jend = min(j1, t0 + r + 1) - j0   # keys j0 .. t of this row (>= 1 of them)
                     row = s[r]
-                    mx = m[r]
-                    for j in range(jend):
-                        v = row[j] * scale
-                        row[j] = v
-                        mx = max(mx, v)
+                    mx = max(m[r], _row_max(row, jend) * scale)   # (scale > 0: the max of the scaled row)
                     ssum = F32(0.0)
                     for j in range(jend):
-                        p = exp_f32(row[j] - mx)
+                        p = exp_f32(row[j] * scale - mx)
                         row[j] = p
                         ssum += p
                     for j in range(jend, nk):
@@ -343,7 +354,8 @@ def attention_forward(out, lse, inp):
                     for i in range(hs):
                         o[r, i] *= corr
                 # o += p . v
-                tile_product(o, sf, 0, MR * ld, ld, 1, vb, kt * sv, nk * NR, NR, nq, hs, nk, True, edge)
+                tile_product(o, sf, 0, MR * ld, ld, 1, vb, kt * sv, nk * NR, NR, nq, hs, nk, True, edge,
+                             K_UPTO_ROW if diag else DENSE)
             for r in range(nq):
                 inv = F32(1.0) / lsum[r]
                 for i in range(hs):
@@ -355,12 +367,13 @@ def attention_forward(out, lse, inp):
 def attention_backward(dinp, dout, inp, out, lse):
     # dinp (B,T,3C) += the gradient of attention_forward, from dout (B,T,C), inp (B,T,3C) and
     # what forward left: out (B,T,C) and lse (B,NH,T). att = exp(scale q.k - lse) is recomputed per
-    # (query tile, key tile); with dS = att * (dout.v - dout.out) (the softmax backward, since
-    # sum_t2 att dout.v = dout.out):
-    #     dv^T += dout^T att,  dk^T += scale q^T dS,  dq += scale dS k.
+    # (query tile, key tile); with dS = scale att (dout.v - dout.out) (the softmax backward, since
+    # sum_t2 att dout.v = dout.out, times the scale of the scores):
+    #     dv += att^T dout,  dk += dS^T q,  dq += dS k.
     # One task per (b, h): a key receives from every later query, so (b, h)'s slices of dinp are
-    # the unit that no two tasks share. Its operands are packed once; att and dS are read in
-    # place; key tiles outer, so dk^T and dv^T of a tile stay in scratch.
+    # the unit that no two tasks share. Its operands are packed once; att, dS and their
+    # transposes are read in place; key tiles outer, so dk and dv of a tile stay in scratch,
+    # rows of keys as in dinp.
     B, T, C3 = inp.shape
     C = C3 // 3
     NH = lse.shape[1]
@@ -368,8 +381,9 @@ def attention_backward(dinp, dout, inp, out, lse):
     scale = F32(1.0 / math.sqrt(hs))
     TT = min(ATT_TILE, T)   # short sequences: one tile of exactly T
     nt = (T + TT - 1) // TT
-    sa, sb, sv, sd = _panels(TT, MR) * hs, _panels(TT, NR) * hs, _panels(hs, NR) * TT, _panels(hs, MR) * TT
-    ld = _panels(TT, NR)    # row length of s and dp: whole panels of keys
+    sa, sb, sv = _panels(TT, MR) * hs, _panels(TT, NR) * hs, _panels(hs, NR) * TT   # per tile
+    ld = max(_panels(TT, NR), _panels(TT, MR))   # row length of s and dp: whole panels of keys,
+                                                 # as columns of B and as rows of A (transposed)
     for bh in prange(B * NH):
         b = bh // NH
         h = bh % NH
@@ -380,21 +394,21 @@ def attention_backward(dinp, dout, inp, out, lse):
         kb = np.empty(nt * sb, F32)
         vbt = np.empty(nt * sb, F32)
         kbd = np.empty(nt * sv, F32)
-        qta = np.empty(nt * sd, F32)
-        dota = np.empty(nt * sd, F32)
-        # (one slice after another: a slice's second and third packs read it from L2)
+        qbd = np.empty(nt * sv, F32)
+        dobd = np.empty(nt * sv, F32)
+        # (one slice after another: a slice's second pack reads it from L2)
         _pack_tiles(qa, sa, x, T, TT, q0, hs, ROWS_A)     # q    in q k^T
-        _pack_tiles(qta, sd, x, T, TT, q0, hs, DIMS_A)    # q^T  in q^T dS
+        _pack_tiles(qbd, sv, x, T, TT, q0, hs, DIMS_B)    # q    in dS^T q
         _pack_tiles(doa, sa, dx, T, TT, q0, hs, ROWS_A)   # dout in dout v^T
-        _pack_tiles(dota, sd, dx, T, TT, q0, hs, DIMS_A)  # dout^T in dout^T att
+        _pack_tiles(dobd, sv, dx, T, TT, q0, hs, DIMS_B)  # dout in att^T dout
         _pack_tiles(kb, sb, x, T, TT, k0, hs, POS_B)      # k^T  in q k^T
         _pack_tiles(kbd, sv, x, T, TT, k0, hs, DIMS_B)    # k    in dS k
         _pack_tiles(vbt, sb, x, T, TT, v0, hs, POS_B)     # v^T  in dout v^T
         s = np.zeros((_panels(TT, MR), ld), F32)    # scores, then att
         dp = np.zeros((_panels(TT, MR), ld), F32)   # dout . v, then dS
-        dpf = dp.reshape(-1)
-        dkt = np.empty((hs, ld), F32)
-        dvt = np.empty((hs, ld), F32)
+        sf, dpf = s.reshape(-1), dp.reshape(-1)
+        dk = np.empty((TT, hs), F32)
+        dv = np.empty((TT, hs), F32)
         dq = np.zeros((T, hs), F32)    # dS k, summed over the key tiles
         dd = np.empty(T, F32)          # dout . out per query row
         edge = np.empty((MR, NR), F32)
@@ -407,14 +421,17 @@ def attention_backward(dinp, dout, inp, out, lse):
             j0 = kt * TT
             j1 = min(j0 + TT, T)
             nk = j1 - j0
-            dkt[:, :nk] = F32(0.0)
-            dvt[:, :nk] = F32(0.0)
+            dk[:nk] = F32(0.0)
+            dv[:nk] = F32(0.0)
             for qt in range(kt, nt):   # query tiles on and below the diagonal
                 t0 = qt * TT
                 t1 = min(t0 + TT, T)
                 nq = t1 - t0
-                tile_product(s, qa, qt * sa, hs * MR, 1, MR, kb, kt * sb, hs * NR, NR, nq, nk, hs, False, edge)
-                tile_product(dp, doa, qt * sa, hs * MR, 1, MR, vbt, kt * sb, hs * NR, NR, nq, nk, hs, False, edge)
+                diag = qt == kt        # keys j0.. against queries t0 = j0..: masked above the diagonal
+                tile_product(s, qa, qt * sa, hs * MR, 1, MR, kb, kt * sb, hs * NR, NR, nq, nk, hs, False, edge,
+                             UPPER_ZERO if diag else DENSE)
+                tile_product(dp, doa, qt * sa, hs * MR, 1, MR, vbt, kt * sb, hs * NR, NR, nq, nk, hs, False, edge,
+                             UPPER_ZERO if diag else DENSE)
                 for r in range(nq):
                     jend = min(j1, t0 + r + 1) - j0
                     lse_r = lse[b, h, t0 + r]
@@ -422,22 +439,28 @@ def attention_backward(dinp, dout, inp, out, lse):
                     for j in range(jend):
                         p = exp_f32(s[r, j] * scale - lse_r)
                         s[r, j] = p
-                        dp[r, j] = p * (dp[r, j] - dd_r)
+                        dp[r, j] = p * (dp[r, j] - dd_r) * scale
                     for j in range(jend, nk):
                         s[r, j] = F32(0.0)
                         dp[r, j] = F32(0.0)
-                # dv^T += dout^T att, dk^T += q^T dS (att and dS as B, in place)
-                tile_product(dvt, dota, qt * sd, nq * MR, 1, MR, s.reshape(-1), 0, NR, ld, hs, nk, nq, True, edge)
-                tile_product(dkt, qta, qt * sd, nq * MR, 1, MR, dpf, 0, NR, ld, hs, nk, nq, True, edge)
+                # dv += att^T dout, dk += dS^T q (att^T and dS^T as A, in place)
+                tile_product(dv, sf, 0, MR, 1, ld, dobd, qt * sv, nq * NR, NR, nk, hs, nq, True, edge,
+                             K_FROM_ROW if diag else DENSE)
+                tile_product(dk, dpf, 0, MR, 1, ld, qbd, qt * sv, nq * NR, NR, nk, hs, nq, True, edge,
+                             K_FROM_ROW if diag else DENSE)
                 # dq += dS k (dS as A, in place)
-                tile_product(dq[t0:t1], dpf, 0, MR * ld, ld, 1, kbd, kt * sv, nk * NR, NR, nq, hs, nk, True, edge)
-            for j in range(nk):
+                tile_product(dq[t0:t1], dpf, 0, MR * ld, ld, 1, kbd, kt * sv, nk * NR, NR, nq, hs, nk, True, edge,
+                             K_UPTO_ROW if diag else DENSE)
+            for j in range(nk):   # (one slice per loop: two in one loop stay scalar, ~3x slower)
+                dk_row, dv_row = dinp[b, j0 + j, k0:k0 + hs], dinp[b, j0 + j, v0:v0 + hs]
                 for i in range(hs):
-                    dinp[b, j0 + j, k0 + i] += scale * dkt[i, j]
-                    dinp[b, j0 + j, v0 + i] += dvt[i, j]
+                    dk_row[i] += dk[j, i]
+                for i in range(hs):
+                    dv_row[i] += dv[j, i]
         for t in range(T):
+            dq_row = dinp[b, t, q0:q0 + hs]
             for i in range(hs):
-                dinp[b, t, q0 + i] += scale * dq[t, i]
+                dq_row[i] += dq[t, i]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -241,20 +241,37 @@ def pack_chunk(dst, x, w, gather, m0, m1, k0, k1):
                  kb, min(kb + PACK_ROWS, k1))
 
 
+# what tile_product may skip, for attention's tiles on the diagonal (queries t0.., keys t0..: a
+# query row i sees keys j <= i only, the rest of its scores and of their gradients are 0)
+DENSE = 0        # nothing: every micro-tile, all of K
+UPPER_ZERO = 1   # out's micro-tiles right of the diagonal (rows queries, columns keys) are not
+                 # computed: the caller overwrites them (s = q k^T, dout v^T)
+K_UPTO_ROW = 2   # k runs over keys of A's rows of queries: rows i0..i0+5 stop at k = i0+6 (p v, dS k)
+K_FROM_ROW = 3   # k runs over queries of A's rows of keys: rows i0..i0+5 start at k = i0 (dS^T q, att^T dout)
+
+
 @njit(cache=True)
-def tile_product(out, a, a_off, a_ps, a_ms, a_ks, b, b_off, b_ps, b_ks, M, P, K, add, edge):
+def tile_product(out, a, a_off, a_ps, a_ms, a_ks, b, b_off, b_ps, b_ks, M, P, K, add, edge, causal=DENSE):
     # out[:M, :P] (+)= A (M,K) . B (K,P) through kernel_6x16 on one thread, A and B given as
     # kernel_6x16 reads them (a_ms, a_ks, b_ks) plus the step from one panel to the next: 6 rows
     # of A (a_ps) and 16 columns of B (b_ps). Micro-tiles that stick out of out[:M, :P] go
-    # through edge (MR,NR) (their extra rows and columns of A and B must be readable).
+    # through edge (MR,NR) (their extra rows and columns of A and B must be readable). causal:
+    # what of a diagonal tile of attention is zero and skipped (DENSE: nothing).
     for j0 in range(0, P, NR):
         boff = b_off + j0 // NR * b_ps
         for i0 in range(0, M, MR):
             aoff = a_off + i0 // MR * a_ps
+            kb, ke = 0, K
+            if causal == UPPER_ZERO and j0 >= i0 + MR:
+                continue
+            if causal == K_UPTO_ROW:
+                ke = min(K, i0 + MR)
+            elif causal == K_FROM_ROW:
+                kb = i0
             if i0 + MR <= M and j0 + NR <= P:
-                kernel_6x16(a, aoff, a_ms, a_ks, b, boff, b_ks, K, out, i0, j0, add)
+                kernel_6x16(a, aoff + kb * a_ks, a_ms, a_ks, b, boff + kb * b_ks, b_ks, ke - kb, out, i0, j0, add)
             else:
-                kernel_6x16(a, aoff, a_ms, a_ks, b, boff, b_ks, K, edge, 0, 0, False)
+                kernel_6x16(a, aoff + kb * a_ks, a_ms, a_ks, b, boff + kb * b_ks, b_ks, ke - kb, edge, 0, 0, False)
                 for i in range(min(MR, M - i0)):
                     for j in range(min(NR, P - j0)):
                         if add:
