@@ -348,7 +348,7 @@ def attention_forward(out, lse, inp):
                         ssum += p
                     for j in range(jend, nk):
                         row[j] = F32(0.0)
-                    corr = np.exp(m[r] - mx)   # 0 on the first tile (m = -inf)
+                    corr = exp_f32(m[r] - mx)   # 0 on the first tile (m = -inf)
                     lsum[r] = lsum[r] * corr + ssum
                     m[r] = mx
                     for i in range(hs):
