@@ -12,9 +12,11 @@ Versions, from the straight port of llm.c upward:
       v gradient rows of every earlier key are read and written once per query), at T <= 256 on
       par with v2 and v1
   v4  llmnb.kernels.attention_forward / attention_backward (the package's): v2's algorithm with
-      the tile products through matmul.tile_product (the GEMM's 6x16 vector micro-kernel on
-      packed operands: q, p, dout, att^T, dS, dS^T as A; k^T, v, v^T, k, q, dout as B), tiles of
-      96 (keys are rows and columns: multiples of 6 and 16 avoid edge tiles)
+      the tile products through matmul.tile_product (the GEMM's 6x16 vector micro-kernel: q and
+      dout packed as A, p, dS and their transposes att^T, dS^T read in place as A; k^T, v^T, v,
+      k, q, dout packed as B), tiles of 96 (keys are rows and columns: multiples of 6 and 16
+      avoid edge tiles); on a diagonal tile only the micro-tiles and k ranges that the causal
+      mask leaves nonzero (tile_product's causal modes)
 
 `python -m dev.attention` checks both against a float64 NumPy reference (odd shapes, T not a
 multiple of the tile, T = 1) and prints the time of one layer's forward and backward at GPT-2
