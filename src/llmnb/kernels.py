@@ -195,10 +195,12 @@ def attention_query(out, att, qkv, t):
 
 # Training attention is flash-style (Dao et al., FlashAttention): per (b, h), tiles of ATT_TILE
 # queries against tiles of ATT_TILE keys, with the softmax computed online (a running max and sum
-# per query row, the output rescaled when the max grows) and key tiles above the diagonal skipped.
+# per query row, the output rescaled when the max grows) and key tiles above the diagonal skipped
+# (on the diagonal tiles, the micro-tiles and k ranges the mask zeroes: tile_product's causal modes).
 # No (T, T) buffer exists: forward keeps per query row the log of its softmax denominator,
 # lse = max + log(sum exp(s - max)), and backward recomputes att = exp(s - lse) tile by tile.
-# The tile products go through matmul.py's register-blocked NT micro-kernel on packed tiles.
+# The tile products go through matmul.py's register-blocked micro-kernel (kernel_6x16), on tiles
+# packed once per (b, h) or, for p, att, dS and their transposes, read in place.
 # dev/attention.py holds llm.c's literal version (preatt/att buffers) and the ladder to this.
 
 # Exponentials (attention's and the classifier's softmax, gelu): Numba (without Intel's SVML) calls
