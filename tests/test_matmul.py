@@ -211,7 +211,7 @@ def test_tile_product_causal_skips_only_zeros(n):
     b = randn(rng, n, 2 * NR + 3)
     P = b.shape[1]
     bp = np.zeros((P + NR - 1) // NR * NR * n, F32)
-    matmul.pack(bp, n * NR, b.T.copy(), NR, True, 0, P, 0, n)   # B's columns are b's columns
+    matmul.pack(bp, n * NR, b, NR, False, 0, P, 0, n)   # B = b: its columns copied k by k
     edge = np.empty((MR, NR), F32)
     for causal, zero, skip in [(matmul.K_UPTO_ROW, k > i, k >= i // MR * MR + MR),   # p v, dS k
                                (matmul.K_FROM_ROW, k < i, k < i // MR * MR)]:       # dS^T q, att^T dout
@@ -235,7 +235,7 @@ def test_tile_product_causal_skips_only_zeros(n):
     qbuf = np.zeros((n + MR, 16), F32)
     qbuf[:n] = q
     kp = np.zeros(((n + NR - 1) // NR + 1) * NR * 16, F32)
-    matmul.pack(kp, 16 * NR, kt.T.copy(), NR, True, 0, n, 0, 16)
+    matmul.pack(kp, 16 * NR, kt, NR, False, 0, n, 0, 16)
     s = np.full((n, n), np.inf, F32)
     matmul.tile_product(s, qbuf.reshape(-1), 0, MR * 16, 16, 1, kp, 0, 16 * NR, NR, n, n, 16, False, edge,
                         matmul.UPPER_ZERO)

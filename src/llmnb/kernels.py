@@ -336,9 +336,9 @@ def attention_forward(out, lse, inp):
                 j1 = min(j0 + TT, t1)
                 nk = j1 - j0
                 diag = kt == qt        # keys j0 = t0..: masked above the diagonal
+                upper, k_upto = (UPPER_ZERO, K_UPTO_ROW) if diag else (DENSE, DENSE)
                 # s = q . k^T
-                tile_product(s, qa, qt * sa, hs * MR, 1, MR, kb, kt * sb, hs * NR, NR, nq, nk, hs, False, edge,
-                             UPPER_ZERO if diag else DENSE)
+                tile_product(s, qa, qt * sa, hs * MR, 1, MR, kb, kt * sb, hs * NR, NR, nq, nk, hs, False, edge, upper)
                 for r in range(nq):
                     jend = min(j1, t0 + r + 1) - j0   # keys j0 .. t of this row (>= 1 of them)
                     row = s[r]
@@ -356,8 +356,7 @@ def attention_forward(out, lse, inp):
                     for i in range(hs):
                         o[r, i] *= corr
                 # o += p . v
-                tile_product(o, sf, 0, MR * ld, ld, 1, vb, kt * sv, nk * NR, NR, nq, hs, nk, True, edge,
-                             K_UPTO_ROW if diag else DENSE)
+                tile_product(o, sf, 0, MR * ld, ld, 1, vb, kt * sv, nk * NR, NR, nq, hs, nk, True, edge, k_upto)
             for r in range(nq):
                 inv = F32(1.0) / lsum[r]
                 for i in range(hs):
@@ -430,10 +429,9 @@ def attention_backward(dinp, dout, inp, out, lse):
                 t1 = min(t0 + TT, T)
                 nq = t1 - t0
                 diag = qt == kt        # keys j0.. against queries t0 = j0..: masked above the diagonal
-                tile_product(s, qa, qt * sa, hs * MR, 1, MR, kb, kt * sb, hs * NR, NR, nq, nk, hs, False, edge,
-                             UPPER_ZERO if diag else DENSE)
-                tile_product(dp, doa, qt * sa, hs * MR, 1, MR, vbt, kt * sb, hs * NR, NR, nq, nk, hs, False, edge,
-                             UPPER_ZERO if diag else DENSE)
+                upper, k_from, k_upto = (UPPER_ZERO, K_FROM_ROW, K_UPTO_ROW) if diag else (DENSE, DENSE, DENSE)
+                tile_product(s, qa, qt * sa, hs * MR, 1, MR, kb, kt * sb, hs * NR, NR, nq, nk, hs, False, edge, upper)
+                tile_product(dp, doa, qt * sa, hs * MR, 1, MR, vbt, kt * sb, hs * NR, NR, nq, nk, hs, False, edge, upper)
                 for r in range(nq):
                     jend = min(j1, t0 + r + 1) - j0
                     lse_r = lse[b, h, t0 + r]
@@ -446,13 +444,11 @@ def attention_backward(dinp, dout, inp, out, lse):
                         s[r, j] = F32(0.0)
                         dp[r, j] = F32(0.0)
                 # dv += att^T dout, dk += dS^T q (att^T and dS^T as A, in place)
-                tile_product(dv, sf, 0, MR, 1, ld, dobd, qt * sv, nq * NR, NR, nk, hs, nq, True, edge,
-                             K_FROM_ROW if diag else DENSE)
-                tile_product(dk, dpf, 0, MR, 1, ld, qbd, qt * sv, nq * NR, NR, nk, hs, nq, True, edge,
-                             K_FROM_ROW if diag else DENSE)
+                tile_product(dv, sf, 0, MR, 1, ld, dobd, qt * sv, nq * NR, NR, nk, hs, nq, True, edge, k_from)
+                tile_product(dk, dpf, 0, MR, 1, ld, qbd, qt * sv, nq * NR, NR, nk, hs, nq, True, edge, k_from)
                 # dq += dS k (dS as A, in place)
                 tile_product(dq[t0:t1], dpf, 0, MR * ld, ld, 1, kbd, kt * sv, nk * NR, NR, nq, hs, nk, True, edge,
-                             K_UPTO_ROW if diag else DENSE)
+                             k_upto)
             for j in range(nk):   # (one slice per loop: two in one loop stay scalar, ~3x slower)
                 dk_row, dv_row = dinp[b, j0 + j, k0:k0 + hs], dinp[b, j0 + j, v0:v0 + hs]
                 for i in range(hs):

@@ -261,17 +261,15 @@ def tile_product(out, a, a_off, a_ps, a_ms, a_ks, b, b_off, b_ps, b_ks, M, P, K,
         boff = b_off + j0 // NR * b_ps
         for i0 in range(0, M, MR):
             aoff = a_off + i0 // MR * a_ps
-            kb, ke = 0, K
             if causal == UPPER_ZERO and j0 >= i0 + MR:
                 continue
-            if causal == K_UPTO_ROW:
-                ke = min(K, i0 + MR)
-            elif causal == K_FROM_ROW:
-                kb = i0
+            k0 = i0 if causal == K_FROM_ROW else 0
+            k1 = min(K, i0 + MR) if causal == K_UPTO_ROW else K
+            ak, bk = aoff + k0 * a_ks, boff + k0 * b_ks
             if i0 + MR <= M and j0 + NR <= P:
-                kernel_6x16(a, aoff + kb * a_ks, a_ms, a_ks, b, boff + kb * b_ks, b_ks, ke - kb, out, i0, j0, add)
+                kernel_6x16(a, ak, a_ms, a_ks, b, bk, b_ks, k1 - k0, out, i0, j0, add)
             else:
-                kernel_6x16(a, aoff + kb * a_ks, a_ms, a_ks, b, boff + kb * b_ks, b_ks, ke - kb, edge, 0, 0, False)
+                kernel_6x16(a, ak, a_ms, a_ks, b, bk, b_ks, k1 - k0, edge, 0, 0, False)
                 for i in range(min(MR, M - i0)):
                     for j in range(min(NR, P - j0)):
                         if add:
