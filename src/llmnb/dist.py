@@ -27,6 +27,8 @@ import time
 
 import numpy as np
 
+ABORT_DRAIN_S = 0.5  # seconds an aborting rank waits for its last output to be forwarded
+
 # launchers' environment variables that give the world size (MPICH/Intel MPI's Hydra and Slurm's
 # srun --mpi=pmi2; Open MPI; MVAPICH; PMIx where set); any other launcher: LLMNB_MPI=1
 SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE", "PMIX_SIZE")
@@ -209,6 +211,10 @@ class MPIWorld(Single):
     def abort(self, code):
         sys.stdout.flush()
         sys.stderr.flush()
+        # Abort tears the job down at once; what this rank just wrote may still sit in the pipe to
+        # mpiexec's I/O forwarding and be lost with it (seen once in a CI run of tests/test_mpi.py:
+        # the error line of the rank that failed never arrived). A moment lets it drain.
+        time.sleep(ABORT_DRAIN_S)
         self.comm.Abort(code)
 
     def describe(self, model):
