@@ -14,6 +14,8 @@ it needs no install and no network; an installed `llmnb[cuda]` works the same). 
             kernel in one step (CUDA events), then PyTorch eager fp32 (F.scaled_dot_product_attention,
             as nanoGPT) with TF32 off and on, on the same model and batch, each shape in its own process
   train     llmnb-train --device cuda -e d12 -x 20 -v 0 -s 0 at each shape, with its JSONL log
+  lab       dev/cuda_gemm.py: the matmul versions of LAB_GEMMS checked and timed beside the
+            package's (appended to bench.txt)
 Shapes: B=4 T=64 (llm.c's CPU demo) and B=8 T=1024 (GPT-2's context). Every phase has a timeout,
 and the whole run a budget (--budget seconds): a phase that runs out is killed and marked so, and
 the rest still run within what is left. The output folder holds at most these 8 files:
@@ -35,6 +37,8 @@ if SRC not in sys.path:
     sys.path.insert(0, SRC)
 
 SHAPES = ((4, 64), (8, 1024))
+# the kernel lab's matmul versions not yet timed on a card, timed last beside the package's
+LAB_GEMMS = ("v6s-128x128-bk8", "v6s-128x128-bk8-r128", "v6s-128x128-bk16", "v6s-128x64-bk8")
 TRAIN_STEPS = 20
 OUT_FILES = ("summary.txt", "env.txt", "tests.txt", "parity.txt", "bench.txt", "train.txt") + \
     tuple(f"train_B{B}_T{T}.jsonl" for B, T in SHAPES)
@@ -74,6 +78,8 @@ def plan(work):
                         "-i", os.path.join(data, "train.bin"), "-j", os.path.join(data, "val.bin"),
                         "--data-dir", data, "-o", os.path.join(work, f"run_B{B}_T{T}")],
                        "train.txt", 150, label=f"llmnb-train B={B} T={T}") for B, T in SHAPES]),
+        ("lab", [Cmd([py, "-m", "dev.cuda_gemm", "--versions", ",".join(LAB_GEMMS), "--ntok", "8192,256"],
+                     "bench.txt", 120, label="dev.cuda_gemm: matmul versions against the package's")]),
     ]
     return phases
 

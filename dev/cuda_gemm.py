@@ -18,11 +18,19 @@ Versions:
        is not unrolled and each index pays a negative-index wraparound; on sm_90 (ptxas + cuobjdump
        here) the loop goes from 16 multiply-adds in 39 instructions to 64 in 110. The package's since
        2026-11-26 (second session); -r80 caps registers at 80 (3 blocks per SM instead of 2)
+  v6s  v5s with 4 x 4 groups: each thread's rows and columns are groups of 4 neighbours, read from
+       shared memory as one 128-bit load each (load4, an @intrinsic: numba emits four scalar loads
+       for four neighbouring elements), the four k of a step written out as four inline calls
+       (numba leaves the longer loop rolled), and the slab loads on unsigned indices. In the SASS
+       of 128x128-bk8 (sm_90, compiled here without a GPU): the inner loop 256 FFMA in 287
+       instructions (v5s: 64 in 110), 16 LDS.128 per 256 FFMA (v5s: 32 LDS.32 per 64), one slab
+       with its loads ~65% FFMA (v5s ~32%); 126-138 registers. Not yet timed on a card.
 Each version is built by make_gemm(TM, TN, BK, ...) for its tile; the table shows TFLOP/s and the
 share of the card's fp32 peak at the GPT-2 124M shapes, B*T = 256 and 8192.
 
     python -m dev.cuda_gemm            # on a GPU: check + time every version
     python -m dev.cuda_gemm --check    # check only (runs on the CUDA simulator, tiny tiles)
+    python -m dev.cuda_gemm --ptx --versions v5s-64x64-bk16,v6s-128x128-bk8   # PTX load counts, no GPU
 """
 import argparse
 import os
@@ -40,19 +48,68 @@ from llmnb.cuda import launch  # noqa: E402,F401  (NumPy 2.5 shim, warnings filt
 from llmnb.cuda import matmul as pkg  # noqa: E402
 
 F32 = np.float32
+U32 = np.uint32
 ZERO = F32(0.0)
 # device functions inlined at the NVVM level (the simulator's jit takes no such option)
 DEVICE = cuda.jit(device=True) if launch.SIMULATOR else cuda.jit(device=True, forceinline=True)
 
 
-def make_gemm(TM, TN, BK, A_KR, B_KR, TX=16, TY=16, ACCUM=False, max_registers=None, unroll4=False):
+ALIGN = None if launch.SIMULATOR else 16   # shared slabs' alignment (the simulator takes none)
+
+if launch.SIMULATOR:
+    def load4(tile, r, c):
+        """tile[r, c:c+4] (the simulator runs device code as Python)."""
+        return tile[r, c], tile[r, c + 1], tile[r, c + 2], tile[r, c + 3]
+else:
+    from llvmlite import ir
+    from numba import types
+    from numba.cuda.extending import intrinsic
+
+    @intrinsic
+    def load4(typingctx, tile, r, c):
+        """tile[r, c:c+4] of a C-contiguous float32 2-D shared array as one 128-bit load
+        (ld.shared.v4.f32: numba emits four scalar loads for four neighbouring elements). The
+        caller guarantees 16-byte alignment: the array declared with alignment=16, its row length
+        and c multiples of 4."""
+        rt = types.UniTuple(types.float32, 4)
+        sig = rt(tile, r, c)
+
+        def codegen(context, builder, signature, args):
+            arr = context.make_array(signature.args[0])(context, builder, args[0])
+            i64 = ir.IntType(64)
+            rv = context.cast(builder, args[1], signature.args[1], types.int64)
+            cv = context.cast(builder, args[2], signature.args[2], types.int64)
+            row_len = builder.sdiv(builder.extract_value(arr.strides, 0), ir.Constant(i64, 4))
+            ptr = builder.gep(arr.data, [builder.add(builder.mul(rv, row_len), cv)])
+            vec = builder.load(builder.bitcast(ptr, ir.VectorType(ir.FloatType(), 4).as_pointer()), align=16)
+            return context.make_tuple(builder, rt, [builder.extract_element(vec, ir.Constant(ir.IntType(32), j))
+                                                    for j in range(4)])
+        return sig, codegen
+
+
+def make_gemm(TM, TN, BK, A_KR, B_KR, TX=16, TY=16, ACCUM=False, max_registers=None, unroll4=False,
+              vec4=False):
     """A kernel computing out[m, n] (+)= sum_k A[m,k] B[n,k] (+ bias[n]) over the K range of its
     blockIdx.z: splits[z] = out tile partial when SPLIT (out is (S,M,N)), else out (M,N).
-    Block (TX, TY); grid (cdiv(N, TN*TX), cdiv(M, TM*TY), S)."""
+    Block (TX, TY); grid (cdiv(N, TN*TX), cdiv(M, TM*TY), S).
+    Thread (tx, ty) owns rows ty + TY*i and columns tx + TX*j; with vec4 it owns groups of 4
+    neighbouring rows and columns instead, row(i) = (i // 4) * TILE_M / (TM / 4) + 4 ty + i % 4
+    (likewise the columns), read from shared memory 4 at a time by load4."""
     TILE_M, TILE_N, NT = TM * TY, TN * TX, TX * TY
     A_LOADS, B_LOADS = TILE_M * BK // NT, TILE_N * BK // NT
     assert A_LOADS * NT == TILE_M * BK and B_LOADS * NT == TILE_N * BK
-    PM, PN = TILE_M + 1, TILE_N + 1
+    # shared rows padded so that the transposing stores spread over the banks; vec4 pads by 4
+    # floats, which keeps every row 16-byte aligned
+    PM, PN = (TILE_M + 4, TILE_N + 4) if vec4 else (TILE_M + 1, TILE_N + 1)
+    assert not vec4 or (TM % 4 == 0 and TN % 4 == 0 and BK % 4 == 0)
+    GM, GN = TILE_M // max(1, TM // 4), TILE_N // max(1, TN // 4)   # vec4: rows between a thread's groups
+
+    @DEVICE
+    def row_of(t, i, T, G):
+        # the tile row (or column) of a thread's i-th accumulator row (column), t = ty (tx)
+        if vec4:
+            return (i // 4) * G + 4 * t + i % 4
+        return t + i * T
 
     def make_load(KR, TILE_R, LOADS):
         @DEVICE
@@ -62,14 +119,20 @@ def make_gemm(TM, TN, BK, A_KR, B_KR, TX=16, TY=16, ACCUM=False, max_registers=N
             tid = cuda.threadIdx.y * TX + cuda.threadIdx.x
             R = x.shape[1] if KR else x.shape[0]
             full = r0 + TILE_R <= R and k0 + BK <= k_end
+            if vec4:  # v6: unsigned indices (no negative-index wraparound, shifts for / and %)
+                tid = U32(tid)
+                r0 = U32(r0)
+                k0 = U32(k0)
+                R = U32(R)
+                k_end = U32(k_end)
             for i in range(LOADS):
-                l = tid + i * NT
+                l = tid + U32(i * NT) if vec4 else tid + i * NT
                 if KR:
-                    rr = l % TILE_R
-                    kk = l // TILE_R
+                    rr = l % U32(TILE_R) if vec4 else l % TILE_R
+                    kk = l // U32(TILE_R) if vec4 else l // TILE_R
                 else:
-                    kk = l % BK
-                    rr = l // BK
+                    kk = l % U32(BK) if vec4 else l % BK
+                    rr = l // U32(BK) if vec4 else l // BK
                 r = r0 + rr
                 k = k0 + kk
                 if full:
@@ -82,24 +145,45 @@ def make_gemm(TM, TN, BK, A_KR, B_KR, TX=16, TY=16, ACCUM=False, max_registers=N
 
         @DEVICE
         def store(tile, regs):
-            tid = cuda.threadIdx.y * TX + cuda.threadIdx.x
+            tid = U32(cuda.threadIdx.y * TX + cuda.threadIdx.x) if vec4 else cuda.threadIdx.y * TX + cuda.threadIdx.x
             for i in range(LOADS):
-                l = tid + i * NT
+                l = tid + U32(i * NT) if vec4 else tid + i * NT
                 if KR:
-                    rr = l % TILE_R
-                    kk = l // TILE_R
+                    rr = l % U32(TILE_R) if vec4 else l % TILE_R
+                    kk = l // U32(TILE_R) if vec4 else l // TILE_R
                 else:
-                    kk = l % BK
-                    rr = l // BK
+                    kk = l % U32(BK) if vec4 else l % BK
+                    rr = l // U32(BK) if vec4 else l // BK
                 tile[kk, rr] = regs[i]
         return load, store
+
+    @DEVICE
+    def outer4(acc, av, bv, As, Bs, kk, tyu4, txu4):
+        # acc += the outer product of this thread's rows of A and columns of B at slab row kk,
+        # each group of 4 read by one load4 (an inline function called four times in a row:
+        # numba's loop over k is not unrolled when its body is this long)
+        for g in range(TM // 4):
+            a0, a1, a2, a3 = load4(As, kk, tyu4 + np.uint32(g * GM))
+            av[4 * g] = a0
+            av[4 * g + 1] = a1
+            av[4 * g + 2] = a2
+            av[4 * g + 3] = a3
+        for g in range(TN // 4):
+            b0, b1, b2, b3 = load4(Bs, kk, txu4 + np.uint32(g * GN))
+            bv[4 * g] = b0
+            bv[4 * g + 1] = b1
+            bv[4 * g + 2] = b2
+            bv[4 * g + 3] = b3
+        for i in range(TM):
+            for j in range(TN):
+                acc[i, j] += av[i] * bv[j]
 
     load_a, store_a = make_load(A_KR, TILE_M, A_LOADS)
     load_b, store_b = make_load(B_KR, TILE_N, B_LOADS)
 
     def body(out, a, b, bias, has_bias, k_chunk, split):
-        As = cuda.shared.array((BK, PM), float32)
-        Bs = cuda.shared.array((BK, PN), float32)
+        As = cuda.shared.array((BK, PM), float32, alignment=ALIGN)
+        Bs = cuda.shared.array((BK, PN), float32, alignment=ALIGN)
         ra = cuda.local.array(A_LOADS, float32)
         rb = cuda.local.array(B_LOADS, float32)
         acc = cuda.local.array((TM, TN), float32)
@@ -126,7 +210,16 @@ def make_gemm(TM, TN, BK, A_KR, B_KR, TX=16, TY=16, ACCUM=False, max_registers=N
             if k0 + BK < k_end:  # the next slab's loads fly while this one is multiplied
                 load_a(ra, a, m0, k0 + BK, k_end)
                 load_b(rb, b, n0, k0 + BK, k_end)
-            if unroll4:  # v5: four k at a time, unsigned indices (what the package does)
+            if vec4:  # v6: each thread's rows and columns read 4 at a time, four k written out
+                tyu4 = np.uint32(4) * np.uint32(ty)
+                txu4 = np.uint32(4) * np.uint32(tx)
+                for kq in range(np.uint32(BK // 4)):
+                    kk = kq * np.uint32(4)
+                    outer4(acc, av, bv, As, Bs, kk, tyu4, txu4)
+                    outer4(acc, av, bv, As, Bs, kk + np.uint32(1), tyu4, txu4)
+                    outer4(acc, av, bv, As, Bs, kk + np.uint32(2), tyu4, txu4)
+                    outer4(acc, av, bv, As, Bs, kk + np.uint32(3), tyu4, txu4)
+            elif unroll4:  # v5: four k at a time, unsigned indices (what the package does)
                 for kq in range(np.uint32(BK // 4)):
                     for u in range(4):
                         kk = kq * np.uint32(4) + np.uint32(u)
@@ -150,12 +243,12 @@ def make_gemm(TM, TN, BK, A_KR, B_KR, TX=16, TY=16, ACCUM=False, max_registers=N
         M = a.shape[1] if A_KR else a.shape[0]
         N = b.shape[1] if B_KR else b.shape[0]
         for j in range(TN):  # the bias of this thread's columns (a small loop: acc stays in registers)
-            n = n0 + tx + j * TX
+            n = n0 + row_of(tx, j, TX, GN)
             bv[j] = bias[n] if has_bias and n < N and not split else ZERO
         for i in range(TM):
-            m = m0 + ty + i * TY
+            m = m0 + row_of(ty, i, TY, GM)
             for j in range(TN):
-                n = n0 + tx + j * TX
+                n = n0 + row_of(tx, j, TX, GN)
                 if m < M and n < N:
                     if split:
                         out[cuda.blockIdx.z, m, n] = acc[i, j]
@@ -230,9 +323,15 @@ VERSIONS = {
     "v4s-64x64-bk16": (4, 4, 16, True, {}),
     "v5s-64x64-bk16": (4, 4, 16, True, {"unroll4": True}),
     "v5s-64x64-bk16-r80": (4, 4, 16, True, {"unroll4": True, "max_registers": 80}),
+    "v6s-64x64-bk16": (4, 4, 16, True, {"vec4": True}),
+    "v6s-128x64-bk8": (8, 4, 8, True, {"vec4": True}),
+    "v6s-128x128-bk8": (8, 8, 8, True, {"vec4": True}),
+    "v6s-128x128-bk8-r128": (8, 8, 8, True, {"vec4": True, "max_registers": 128}),
+    "v6s-128x128-bk16": (8, 8, 16, True, {"vec4": True}),
 }
 SIM_VERSIONS = {"v4-sim": (2, 2, 4, False, {"TX": 4, "TY": 4}), "v4s-sim": (2, 2, 4, True, {"TX": 4, "TY": 4}),
-                "v5s-sim": (2, 2, 4, True, {"TX": 4, "TY": 4, "unroll4": True})}
+                "v5s-sim": (2, 2, 4, True, {"TX": 4, "TY": 4, "unroll4": True}),
+                "v6s-sim": (8, 4, 4, True, {"TX": 2, "TY": 2, "vec4": True})}
 
 
 def problems(Ntok):
@@ -330,13 +429,56 @@ def bench(versions, ntoks, runs, sms, peak):
         print(f"  B*T={Ntok:5d} {vname:22s} {ms:8.3f}")
 
 
-def main():
+def version_names(text):
+    """--versions: names of VERSIONS, comma-separated (checked, so that a wrong name fails at once)"""
+    names = [n for n in text.split(",") if n]
+    unknown = [n for n in names if n not in VERSIONS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"no version {', '.join(unknown)} (there are: {', '.join(VERSIONS)})")
+    return ",".join(names)
+
+
+def build_parser():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--check", action="store_true", help="correctness only (CUDA simulator, tiny tiles)")
     ap.add_argument("--runs", type=int, default=10)
-    ap.add_argument("--versions", default="", help="comma-separated names of VERSIONS (default: all)")
+    ap.add_argument("--versions", default="", type=version_names,
+                    help="comma-separated names of VERSIONS (default: all)")
     ap.add_argument("--ntok", default="8192,256", help="comma-separated B*T values to time")
+    ap.add_argument("--ptx", action="store_true",
+                    help="no GPU needed: compile --versions for sm_90 and count their shared loads (scalar, "
+                         "128-bit) and local-memory accesses in the PTX")
+    return ap
+
+
+def ptx_counts(versions, cc=(9, 0)):
+    """{(version, layout): {"ld.shared.f32": n, "ld.shared.v4.f32": n, "local": n}} of the PTX."""
+    import re
+
+    from numba import boolean, int64
+
+    from llmnb.cuda.ptxcheck import compile_without_a_device
+    f1, f2, f3 = float32[::1], float32[:, ::1], float32[:, :, ::1]
+    counts = {}
+    with compile_without_a_device(cc):
+        for vname in versions:
+            TM, TN, BK, split, kw = VERSIONS[vname]
+            for kind, (a_kr, b_kr, accum) in LAYOUT.items():
+                k = make_gemm(TM, TN, BK, a_kr, b_kr, ACCUM=accum, **kw)
+                ptx, _ = cuda.compile_ptx(k.py_func, (f3, f2, f2, f1, boolean, int64, boolean), cc=cc)
+                counts[(vname, kind)] = {"ld.shared.f32": len(re.findall(r"\bld\.shared\.f32\b", ptx)),
+                                         "ld.shared.v4.f32": len(re.findall(r"\bld\.shared\.v4\.f32\b", ptx)),
+                                         "local": len(re.findall(r"\b(?:ld|st)\.local\b", ptx))}
+    return counts
+
+
+def main():
+    ap = build_parser()
     args = ap.parse_args()
+    if args.ptx:
+        for (vname, kind), c in ptx_counts([n for n in args.versions.split(",") if n] or VERSIONS).items():
+            print(f"{vname:22s} {kind:8s} " + "  ".join(f"{k} {v}" for k, v in c.items()))
+        return 0
     if args.check:
         bad = check(SIM_VERSIONS, [(9, 13, 11), (16, 8, 40), (16, 8, 200)], sms=4)
         print(f"{bad} bad")

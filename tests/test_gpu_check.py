@@ -23,7 +23,7 @@ def test_dry_run_plans_every_phase_into_at_most_8_files(tmp_path):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     summary = (out / "summary.txt").read_text()
-    for phase in ("env", "tests", "parity", "bench", "train"):
+    for phase in ("env", "tests", "parity", "bench", "train", "lab"):
         assert f"\n{phase} " in summary, summary
     assert "llmnb.test_gpt2 --device cuda" in summary and "-b 8 -t 1024" in summary
     assert "arguments parse: ok" in summary
@@ -52,3 +52,4 @@ def test_inputs_are_llmc_shards_and_a_tokenizer(tmp_path, monkeypatch):
     assert np.array_equal(train[:3001], train[3001:6002]) and len(np.unique(train[:3001])) > 2000
     tokens, eot = read_tokenizer(tmp_path / "data" / "gpt2_tokenizer.bin")
     assert len(tokens) == 50257 and eot == 50256
+

@@ -24,3 +24,20 @@ def test_cuda_kernels_compile_to_ptx():
         pytest.skip(f"no NVVM to compile PTX with: {r.stdout.strip()[-300:]}")
     assert r.returncode == 0, f"$ {' '.join(cmd)}\n{r.stdout[-6000:]}\n{r.stderr[-3000:]}"
     assert "0 problem(s)" in r.stdout
+
+
+def test_lab_gemm_v6_reads_shared_memory_128_bits_at_a_time():
+    # dev/cuda_gemm.py's v6 exists for its 128-bit shared loads (load4); if numba or the intrinsic
+    # fell back to scalar loads, or the tile spilled to local memory, the version would be v5 again
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_ENABLE_CUDASIM", "LLMNB_CUDA_GEOMETRY")}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src")] + [p for p in [env.get("PYTHONPATH")] if p])
+    cmd = [sys.executable, "-m", "dev.cuda_gemm", "--ptx", "--versions", "v5s-64x64-bk16,v6s-128x128-bk8"]
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    if r.returncode != 0 and ("NVVM" in r.stderr or "libdevice" in r.stderr):
+        pytest.skip(f"no NVVM to compile PTX with: {r.stderr.strip()[-300:]}")
+    assert r.returncode == 0, f"$ {' '.join(cmd)}\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    rows = {tuple(line.split()[:2]): line for line in r.stdout.splitlines() if line.strip()}
+    for kind in ("forward", "dinp", "dweight"):
+        v5, v6 = rows[("v5s-64x64-bk16", kind)], rows[("v6s-128x128-bk8", kind)]
+        assert "ld.shared.v4.f32 0" in v5 and "ld.shared.f32 32" in v5  # the baseline: scalar loads
+        assert "ld.shared.f32 0 " in v6 and "ld.shared.v4.f32 16" in v6 and "local 0" in v6, v6

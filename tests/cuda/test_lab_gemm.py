@@ -1,0 +1,30 @@
+"""The kernel lab's GPU matmul versions (dev/cuda_gemm.py) against float64 NumPy.
+
+On the simulator (its small tiles) for the versions the package does not run yet, so that the
+versions benchmarks/gpu_check.py times on a card are known to compute the right thing first.
+"""
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from dev import cuda_gemm as lab  # noqa: E402
+from llmnb.cuda import launch  # noqa: E402
+
+
+# shapes not multiples of any tile (edges), one slab, several slabs, and K split over blocks
+SHAPES = [(9, 13, 11), (16, 8, 40), (37, 21, 200)]
+
+
+@pytest.mark.parametrize("version", ["v6s"])
+def test_lab_gemm_matches_float64_in_every_layout(version):
+    if launch.SIMULATOR:
+        versions = {f"{version}-sim": lab.SIM_VERSIONS[f"{version}-sim"]}
+    else:  # a real card (LLMNB_TEST_CUDA_DEVICE=1): the tiles gpu_check times
+        versions = {n: v for n, v in lab.VERSIONS.items() if n.startswith(version)}
+    # forward, dinp and dweight, each against float64 within 1e-5 of the largest output
+    assert lab.check(versions, SHAPES, sms=4) == 0
