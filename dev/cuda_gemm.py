@@ -158,22 +158,23 @@ def make_gemm(TM, TN, BK, A_KR, B_KR, TX=16, TY=16, ACCUM=False, max_registers=N
         return load, store
 
     @DEVICE
+    def fetch4(regs, g, tile, kk, c):
+        # regs[4g:4g+4] = tile[kk, c:c+4], one 128-bit shared load
+        x0, x1, x2, x3 = load4(tile, kk, c)
+        regs[4 * g] = x0
+        regs[4 * g + 1] = x1
+        regs[4 * g + 2] = x2
+        regs[4 * g + 3] = x3
+
+    @DEVICE
     def outer4(acc, av, bv, As, Bs, kk, tyu4, txu4):
         # acc += the outer product of this thread's rows of A and columns of B at slab row kk,
         # each group of 4 read by one load4 (an inline function called four times in a row:
         # numba's loop over k is not unrolled when its body is this long)
         for g in range(TM // 4):
-            a0, a1, a2, a3 = load4(As, kk, tyu4 + np.uint32(g * GM))
-            av[4 * g] = a0
-            av[4 * g + 1] = a1
-            av[4 * g + 2] = a2
-            av[4 * g + 3] = a3
+            fetch4(av, g, As, kk, tyu4 + U32(g * GM))
         for g in range(TN // 4):
-            b0, b1, b2, b3 = load4(Bs, kk, txu4 + np.uint32(g * GN))
-            bv[4 * g] = b0
-            bv[4 * g + 1] = b1
-            bv[4 * g + 2] = b2
-            bv[4 * g + 3] = b3
+            fetch4(bv, g, Bs, kk, txu4 + U32(g * GN))
         for i in range(TM):
             for j in range(TN):
                 acc[i, j] += av[i] * bv[j]
@@ -211,14 +212,14 @@ def make_gemm(TM, TN, BK, A_KR, B_KR, TX=16, TY=16, ACCUM=False, max_registers=N
                 load_a(ra, a, m0, k0 + BK, k_end)
                 load_b(rb, b, n0, k0 + BK, k_end)
             if vec4:  # v6: each thread's rows and columns read 4 at a time, four k written out
-                tyu4 = np.uint32(4) * np.uint32(ty)
-                txu4 = np.uint32(4) * np.uint32(tx)
-                for kq in range(np.uint32(BK // 4)):
-                    kk = kq * np.uint32(4)
+                tyu4 = U32(4) * U32(ty)
+                txu4 = U32(4) * U32(tx)
+                for kq in range(U32(BK // 4)):
+                    kk = kq * U32(4)
                     outer4(acc, av, bv, As, Bs, kk, tyu4, txu4)
-                    outer4(acc, av, bv, As, Bs, kk + np.uint32(1), tyu4, txu4)
-                    outer4(acc, av, bv, As, Bs, kk + np.uint32(2), tyu4, txu4)
-                    outer4(acc, av, bv, As, Bs, kk + np.uint32(3), tyu4, txu4)
+                    outer4(acc, av, bv, As, Bs, kk + U32(1), tyu4, txu4)
+                    outer4(acc, av, bv, As, Bs, kk + U32(2), tyu4, txu4)
+                    outer4(acc, av, bv, As, Bs, kk + U32(3), tyu4, txu4)
             elif unroll4:  # v5: four k at a time, unsigned indices (what the package does)
                 for kq in range(np.uint32(BK // 4)):
                     for u in range(4):

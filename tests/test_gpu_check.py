@@ -52,4 +52,3 @@ def test_inputs_are_llmc_shards_and_a_tokenizer(tmp_path, monkeypatch):
     assert np.array_equal(train[:3001], train[3001:6002]) and len(np.unique(train[:3001])) > 2000
     tokens, eot = read_tokenizer(tmp_path / "data" / "gpt2_tokenizer.bin")
     assert len(tokens) == 50257 and eot == 50256
-
