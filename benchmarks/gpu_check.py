@@ -12,7 +12,8 @@ it needs no install and no network; an installed `llmnb[cuda]` works the same). 
   parity    llmnb-reference (PyTorch, CPU, GPT-2 124M, B=4 T=64) + llmnb-test --device cuda
   bench     llmnb's step on the card (median of 10 after 2 warm-up steps) and the time of every
             kernel in one step (CUDA events), then PyTorch eager fp32 (F.scaled_dot_product_attention,
-            as nanoGPT) with TF32 off and on, on the same model and batch, each shape in its own process
+            as nanoGPT) with TF32 off and on, on the same model and batch, each shape in its own process;
+            then llmnb's step again with LLMNB_CUDA_GEMM=v6s (the matmul kernel not yet timed on a card)
   train     llmnb-train --device cuda -e d12 -x 20 -v 0 -s 0 at each shape, with its JSONL log
   lab       dev/cuda_gemm.py: the matmul versions of LAB_GEMMS checked and timed beside the
             package's (appended to bench.txt)
@@ -72,7 +73,10 @@ def plan(work):
                  "--state", os.path.join(ref, "debug_state.bin"),
                  "--losses", os.path.join(ref, "expected_losses.json")], "parity.txt", 150)]),
         ("bench", [Cmd([py, me, "--bench", system, f"{B}x{T}"], "bench.txt", 150)
-                   for B, T in SHAPES for system in ("llmnb", "torch")]),
+                   for B, T in SHAPES for system in ("llmnb", "torch")]
+                  # the step again with the matmul kernel not yet timed on a card (launch.py)
+                  + [Cmd([py, me, "--bench", "llmnb", f"{B}x{T}"], "bench.txt", 150, env={"LLMNB_CUDA_GEMM": "v6s"},
+                         label=f"llmnb B={B} T={T} with LLMNB_CUDA_GEMM=v6s") for B, T in SHAPES]),
         ("train", [Cmd([py, "-m", "llmnb.train", "--device", "cuda", "-e", "d12", "-x", str(TRAIN_STEPS),
                         "-v", "0", "-s", "0", "-b", str(B), "-t", str(T),
                         "-i", os.path.join(data, "train.bin"), "-j", os.path.join(data, "val.bin"),
@@ -124,6 +128,7 @@ def child_env(extra):
     env = dict(os.environ)
     env.pop("NUMBA_ENABLE_CUDASIM", None)
     env.pop("LLMNB_CUDA_GEOMETRY", None)
+    env.pop("LLMNB_CUDA_GEMM", None)   # the package's default matmul kernel unless a command names one
     env["PYTHONPATH"] = os.pathsep.join([SRC] + [p for p in [env.get("PYTHONPATH")] if p])
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)
@@ -203,8 +208,9 @@ def dry_run(out_dir, work):
         s.write(prepare_inputs(work) + "\n")
         for phase, cmds in plan(work):
             for cmd in cmds:
+                env = "".join(f"{k}={v} " for k, v in cmd.env.items())
                 s.write(f"{phase:7s} [{cmd.timeout:4d} s{' bg' if cmd.background else ''}] "
-                        f"{' '.join(cmd.argv)} > {cmd.out}\n")
+                        f"{env}{' '.join(cmd.argv)} > {cmd.out}\n")
                 if cmd.out not in OUT_FILES:
                     raise SystemExit(f"gpu_check: {cmd.out} is not one of the planned output files")
                 if "-m" in cmd.argv and "pytest" not in cmd.argv:  # the CLIs parse their arguments
@@ -340,7 +346,9 @@ def bench_llmnb(B, T, steps=10, warmup=2):
         return loss
     t0 = time.perf_counter()
     step(1)
-    print(f"llmnb B={B} T={T}: first step (compiles or loads the kernels) {time.perf_counter() - t0:.1f} s")
+    from llmnb.cuda.launch import GEMM_KERNEL
+    print(f"llmnb B={B} T={T}, matmul kernel {GEMM_KERNEL}: first step (compiles or loads the kernels) "
+          f"{time.perf_counter() - t0:.1f} s")
     for t in range(2, warmup + 1):
         step(t)
     times = []

@@ -24,7 +24,8 @@ Versions:
        (numba leaves the longer loop rolled), and the slab loads on unsigned indices. In the SASS
        of 128x128-bk8 (sm_90, compiled here without a GPU): the inner loop 256 FFMA in 287
        instructions (v5s: 64 in 110), 16 LDS.128 per 256 FFMA (v5s: 32 LDS.32 per 64), one slab
-       with its loads ~65% FFMA (v5s ~32%); 126-138 registers. Not yet timed on a card.
+       with its loads ~65% FFMA (v5s ~32%); 126-138 registers. Not yet timed on a card; the
+       package runs 128x128-bk8 with LLMNB_CUDA_GEMM=v6s (llmnb/cuda/launch.py)
 Each version is built by make_gemm(TM, TN, BK, ...) for its tile; the table shows TFLOP/s and the
 share of the card's fp32 peak at the GPT-2 124M shapes, B*T = 256 and 8192.
 
@@ -52,39 +53,9 @@ U32 = np.uint32
 ZERO = F32(0.0)
 # device functions inlined at the NVVM level (the simulator's jit takes no such option)
 DEVICE = cuda.jit(device=True) if launch.SIMULATOR else cuda.jit(device=True, forceinline=True)
-
-
 ALIGN = None if launch.SIMULATOR else 16   # shared slabs' alignment (the simulator takes none)
-
-if launch.SIMULATOR:
-    def load4(tile, r, c):
-        """tile[r, c:c+4] (the simulator runs device code as Python)."""
-        return tile[r, c], tile[r, c + 1], tile[r, c + 2], tile[r, c + 3]
-else:
-    from llvmlite import ir
-    from numba import types
-    from numba.cuda.extending import intrinsic
-
-    @intrinsic
-    def load4(typingctx, tile, r, c):
-        """tile[r, c:c+4] of a C-contiguous float32 2-D shared array as one 128-bit load
-        (ld.shared.v4.f32: numba emits four scalar loads for four neighbouring elements). The
-        caller guarantees 16-byte alignment: the array declared with alignment=16, its row length
-        and c multiples of 4."""
-        rt = types.UniTuple(types.float32, 4)
-        sig = rt(tile, r, c)
-
-        def codegen(context, builder, signature, args):
-            arr = context.make_array(signature.args[0])(context, builder, args[0])
-            i64 = ir.IntType(64)
-            rv = context.cast(builder, args[1], signature.args[1], types.int64)
-            cv = context.cast(builder, args[2], signature.args[2], types.int64)
-            row_len = builder.sdiv(builder.extract_value(arr.strides, 0), ir.Constant(i64, 4))
-            ptr = builder.gep(arr.data, [builder.add(builder.mul(rv, row_len), cv)])
-            vec = builder.load(builder.bitcast(ptr, ir.VectorType(ir.FloatType(), 4).as_pointer()), align=16)
-            return context.make_tuple(builder, rt, [builder.extract_element(vec, ir.Constant(ir.IntType(32), j))
-                                                    for j in range(4)])
-        return sig, codegen
+# load4 (a 128-bit shared load) and fetch4 are the package's (llmnb/cuda/matmul.py, its v6s)
+load4, fetch4 = pkg.load4, pkg.fetch4
 
 
 def make_gemm(TM, TN, BK, A_KR, B_KR, TX=16, TY=16, ACCUM=False, max_registers=None, unroll4=False,
@@ -156,15 +127,6 @@ def make_gemm(TM, TN, BK, A_KR, B_KR, TX=16, TY=16, ACCUM=False, max_registers=N
                     rr = l // U32(BK) if vec4 else l // BK
                 tile[kk, rr] = regs[i]
         return load, store
-
-    @DEVICE
-    def fetch4(regs, g, tile, kk, c):
-        # regs[4g:4g+4] = tile[kk, c:c+4], one 128-bit shared load
-        x0, x1, x2, x3 = load4(tile, kk, c)
-        regs[4 * g] = x0
-        regs[4 * g + 1] = x1
-        regs[4 * g + 2] = x2
-        regs[4 * g + 3] = x3
 
     @DEVICE
     def outer4(acc, av, bv, As, Bs, kk, tyu4, txu4):

@@ -15,8 +15,10 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_cuda_kernels_compile_to_ptx():
+@pytest.mark.parametrize("gemm", ["v5s", "v6s"])
+def test_cuda_kernels_compile_to_ptx(gemm):
     env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_ENABLE_CUDASIM", "LLMNB_CUDA_GEOMETRY")}
+    env["LLMNB_CUDA_GEMM"] = gemm   # launch.py's two matmul kernels
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src")] + [p for p in [env.get("PYTHONPATH")] if p])
     cmd = [sys.executable, "-m", "llmnb.cuda.ptxcheck", "--cc", "9.0", "--geometry", "gpu"]
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)

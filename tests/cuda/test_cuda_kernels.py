@@ -190,6 +190,25 @@ def test_matmul_backward(be, rng, B, T, C, OC, with_bias):
     assert_all_close(host, got, ["dinp", "dweight", "dbias", "dout", "inp", "weight"])
 
 
+def test_matmuls_with_the_other_gemm_kernel():
+    # launch.py picks the matmul kernel at import (LLMNB_CUDA_GEMM): the two tests above, in a
+    # process of their own with the kernel this process does not use (same simulator or device)
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    other = "v5s" if launch.GEMM_VEC4 else "v6s"
+    env = dict(os.environ, LLMNB_CUDA_GEMM=other)
+    if launch.SIMULATOR:
+        env["NUMBA_ENABLE_CUDASIM"] = "1"
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
+           "-k", "test_matmul_forward or test_matmul_backward"]
+    r = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[2], env=env, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, f"LLMNB_CUDA_GEMM={other} $ {' '.join(cmd)}\n{r.stdout[-4000:]}\n{r.stderr[-2000:]}"
+    assert " passed" in r.stdout and " failed" not in r.stdout
+
+
 # ----------------------------------------------------------------------------------------------
 # encoder
 

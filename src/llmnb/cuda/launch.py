@@ -61,6 +61,16 @@ GEOMETRY = _geometry_name()
  GEMM_BK,          # K columns per shared-memory slab in the training matmuls
  ) = GEOMETRIES[GEOMETRY]
 TILE_BLOCK = (TX, TY)
+# the training matmuls' kernel (matmul.py), picked by LLMNB_CUDA_GEMM (read once, at import):
+#   v5s  4x4 outputs per thread, 64x64 tiles, scalar shared loads: the fastest timed on an H200
+#   v6s  8x8 outputs per thread in groups of 4, 128x128 tiles, 128-bit shared loads (dev/cuda_gemm.py:
+#        twice v5s's share of FMAs per instruction in the SASS; not yet timed on a card)
+GEMM_KERNEL = os.environ.get("LLMNB_CUDA_GEMM", "") or "v5s"
+if GEMM_KERNEL not in ("v5s", "v6s"):
+    raise ValueError(f"llmnb/cuda/launch.py: LLMNB_CUDA_GEMM={GEMM_KERNEL!r}, expected 'v5s' or 'v6s'")
+GEMM_VEC4 = GEMM_KERNEL == "v6s"
+if GEMM_VEC4:
+    GEMM_TM, GEMM_BK = {"gpu": (8, 8), "sim": (4, 4)}[GEOMETRY]
 # attention (flash-style, attention.py): register tiles as the matmuls'. A block of ATT_TX x ATT_TY
 # threads (ATT_TY_BWD in backward) holds ATT_RM rows per thread, ATT_CN score columns and ATT_DN head
 # channels per thread: ATT_BQ queries per forward block, ATT_BR rows (queries or keys) per backward

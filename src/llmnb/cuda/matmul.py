@@ -1,24 +1,64 @@
 """The matmuls on the GPU: shared-memory tiled kernels with register blocking.
 
 Training's matmuls (forward, dinp, dweight): one block of TY x TX = 16 x 16 threads computes a
-64 x 64 output tile, each thread 4 x 4 outputs (rows ty + TY*i, columns tx + TX*j: neighbouring
-threads write neighbouring columns and read shared memory without bank conflicts). K is walked 16
-at a time with register prefetch (the next slab's global loads overlap this slab's FMAs), and grids
-of fewer than two blocks per SM split K (Matmuls). dev/cuda_gemm.py times the alternatives on
-a card: on an H200 this is 1.9x the 128 x 128 version below at B*T = 8192, and 6x at B*T = 256.
+GEMM_TILE x GEMM_TILE output tile, each thread GEMM_TM x GEMM_TM outputs. K is walked a slab at
+a time with register prefetch (the next slab's global loads overlap this slab's FMAs), and grids
+of fewer than two blocks per SM split K (Matmuls). Two kernels of this family (launch.py's
+LLMNB_CUDA_GEMM; dev/cuda_gemm.py times them and their ancestors on a card):
+  v5s  (the default) 64 x 64 tiles, 4 x 4 outputs per thread at rows ty + TY*i and columns
+       tx + TX*j: neighbouring threads write neighbouring columns and read shared memory without
+       bank conflicts. On an H200 1.9x the 128 x 128 version before it at B*T = 8192, 6x at 256.
+  v6s  128 x 128 tiles, 8 x 8 outputs per thread in groups of 4 neighbouring rows and columns,
+       each group read from shared memory in one 128-bit load (load4). Not yet timed on a card.
 
 Loads outside the matrices read as zero, so any shape works, not only multiples of the tile.
 """
 import numpy as np
 from numba import cuda, float32
 
-from .launch import (COL_ROWS, COL_WIDTH, ELEM_THREADS, GEMM_BK, GEMM_TM, INLINE, SIMULATOR, TILE_BLOCK,
-                     TX, TY, cdiv, check, elementwise_grid, last_dim)
+from .launch import (COL_ROWS, COL_WIDTH, ELEM_THREADS, GEMM_BK, GEMM_TM, GEMM_VEC4, INLINE, SIMULATOR,
+                     TILE_BLOCK, TX, TY, cdiv, check, elementwise_grid, last_dim)
 
 NTHREADS = TX * TY
-PAD = 1             # shared slabs are (BK, tile + PAD): spreads the transposing stores over banks
+# shared slabs are (BK, tile + PAD): the padding spreads the transposing stores over the banks;
+# v6s pads by 4 floats, which keeps every row 16-byte aligned for load4
+PAD = 4 if GEMM_VEC4 else 1
 ZERO = np.float32(0.0)
 U32 = np.uint32
+# the slab loads' index type: unsigned in v6s (no negative-index wraparound, shifts for / and %)
+IDX = U32 if GEMM_VEC4 else np.int64
+SHARED_ALIGN = None if SIMULATOR or not GEMM_VEC4 else 16   # (the simulator takes no alignment)
+
+
+if SIMULATOR:
+    def load4(tile, r, c):
+        """tile[r, c:c+4] (the simulator runs device code as Python)."""
+        return tile[r, c], tile[r, c + 1], tile[r, c + 2], tile[r, c + 3]
+else:
+    from llvmlite import ir
+    from numba import types
+    from numba.cuda.extending import intrinsic
+
+    @intrinsic
+    def load4(typingctx, tile, r, c):
+        """tile[r, c:c+4] of a C-contiguous float32 2-D shared array in one 128-bit load
+        (ld.shared.v4.f32; numba emits four scalar loads for four neighbouring elements). The caller
+        guarantees 16-byte alignment: the array declared with alignment=16, its rows and c
+        multiples of 4 floats."""
+        rt = types.UniTuple(types.float32, 4)
+        sig = rt(tile, r, c)
+
+        def codegen(context, builder, signature, args):
+            arr = context.make_array(signature.args[0])(context, builder, args[0])
+            i64 = ir.IntType(64)
+            rv = context.cast(builder, args[1], signature.args[1], types.int64)
+            cv = context.cast(builder, args[2], signature.args[2], types.int64)
+            row_len = builder.sdiv(builder.extract_value(arr.strides, 0), ir.Constant(i64, 4))
+            ptr = builder.gep(arr.data, [builder.add(builder.mul(rv, row_len), cv)])
+            vec = builder.load(builder.bitcast(ptr, ir.VectorType(ir.FloatType(), 4).as_pointer()), align=16)
+            return context.make_tuple(builder, rt, [builder.extract_element(vec, ir.Constant(ir.IntType(32), j))
+                                                    for j in range(4)])
+        return sig, codegen
 
 
 # ----------------------------------------------------------------------------------------------
@@ -30,6 +70,16 @@ U32 = np.uint32
 GEMM_TILE = GEMM_TM * TY
 GEMM_LOADS = GEMM_TILE * GEMM_BK // NTHREADS  # elements of each operand's slab per thread
 GEMM_TILE_P = GEMM_TILE + PAD
+GEMM_GROUP = GEMM_TILE // max(1, GEMM_TM // 4)  # v6s: tile rows from one of a thread's groups to the next
+assert not GEMM_VEC4 or (GEMM_TM % 4 == 0 and GEMM_BK % 4 == 0)
+
+
+@INLINE
+def tile_row(t, i, T):
+    # the tile row (column) of a thread's i-th accumulator row (column); t = ty (tx), T = TY (TX)
+    if GEMM_VEC4:
+        return (i // 4) * GEMM_GROUP + 4 * t + i % 4
+    return t + i * T
 
 
 def _slab_functions(KR):
@@ -40,18 +90,21 @@ def _slab_functions(KR):
     def slab_index(l):
         # (row, k) within the slab of the l-th element a block loads
         if KR:
-            return l % GEMM_TILE, l // GEMM_TILE
-        return l // GEMM_BK, l % GEMM_BK
+            return l % IDX(GEMM_TILE), l // IDX(GEMM_TILE)
+        return l // IDX(GEMM_BK), l % IDX(GEMM_BK)
 
     @INLINE
     def load(regs, x, r0, k0, k_end):
         # regs[i] = X[r0 + rr, k0 + kk] for this thread's i-th slab element, zero outside X;
         # a slab wholly inside X skips the bounds checks
-        tid = cuda.threadIdx.y * TX + cuda.threadIdx.x
-        R = x.shape[1] if KR else x.shape[0]
-        full = r0 + GEMM_TILE <= R and k0 + GEMM_BK <= k_end
+        tid = IDX(cuda.threadIdx.y * TX + cuda.threadIdx.x)
+        R = IDX(x.shape[1] if KR else x.shape[0])
+        r0 = IDX(r0)
+        k0 = IDX(k0)
+        k_end = IDX(k_end)
+        full = r0 + IDX(GEMM_TILE) <= R and k0 + IDX(GEMM_BK) <= k_end
         for i in range(GEMM_LOADS):
-            rr, kk = slab_index(tid + i * NTHREADS)
+            rr, kk = slab_index(tid + IDX(i * NTHREADS))
             r = r0 + rr
             k = k0 + kk
             if full:
@@ -65,11 +118,40 @@ def _slab_functions(KR):
     @INLINE
     def store(tile, regs):
         # tile (GEMM_BK, GEMM_TILE_P) in shared memory <- the registers of load
-        tid = cuda.threadIdx.y * TX + cuda.threadIdx.x
+        tid = IDX(cuda.threadIdx.y * TX + cuda.threadIdx.x)
         for i in range(GEMM_LOADS):
-            rr, kk = slab_index(tid + i * NTHREADS)
+            rr, kk = slab_index(tid + IDX(i * NTHREADS))
             tile[kk, rr] = regs[i]
     return load, store
+
+
+@INLINE
+def fetch4(regs, g, tile, kk, c):
+    # regs[4g:4g+4] = tile[kk, c:c+4], one 128-bit shared load
+    x0, x1, x2, x3 = load4(tile, kk, c)
+    regs[4 * g] = x0
+    regs[4 * g + 1] = x1
+    regs[4 * g + 2] = x2
+    regs[4 * g + 3] = x3
+
+
+@INLINE
+def outer_product(acc, av, bv):
+    # acc (GEMM_TM, GEMM_TM) += av (GEMM_TM) outer bv (GEMM_TM)
+    for i in range(GEMM_TM):
+        for j in range(GEMM_TM):
+            acc[i, j] += av[i] * bv[j]
+
+
+@INLINE
+def outer4(acc, av, bv, As, Bs, kk, ty4, tx4):
+    # v6s: acc += this thread's rows of slab A times its columns of slab B at k = kk, each group of 4
+    # in one load4 (inline and called four times in a row: numba leaves a loop this long rolled)
+    for g in range(GEMM_TM // 4):
+        fetch4(av, g, As, kk, ty4 + U32(g * GEMM_GROUP))
+    for g in range(GEMM_TM // 4):
+        fetch4(bv, g, Bs, kk, tx4 + U32(g * GEMM_GROUP))
+    outer_product(acc, av, bv)
 
 
 def _make_gemm(A_KR, B_KR, ACCUM):
@@ -80,8 +162,8 @@ def _make_gemm(A_KR, B_KR, ACCUM):
     load_b, store_b = _slab_functions(B_KR)
 
     def gemm(out, a, b, bias, has_bias, k_chunk, split):
-        As = cuda.shared.array((GEMM_BK, GEMM_TILE_P), float32)
-        Bs = cuda.shared.array((GEMM_BK, GEMM_TILE_P), float32)
+        As = cuda.shared.array((GEMM_BK, GEMM_TILE_P), float32, alignment=SHARED_ALIGN)
+        Bs = cuda.shared.array((GEMM_BK, GEMM_TILE_P), float32, alignment=SHARED_ALIGN)
         ra = cuda.local.array(GEMM_LOADS, float32)
         rb = cuda.local.array(GEMM_LOADS, float32)
         acc = cuda.local.array((GEMM_TM, GEMM_TM), float32)
@@ -112,27 +194,32 @@ def _make_gemm(A_KR, B_KR, ACCUM):
             if k0 + GEMM_BK < k_end:  # the next slab's loads fly while this one is multiplied
                 load_a(ra, a, m0, k0 + GEMM_BK, k_end)
                 load_b(rb, b, n0, k0 + GEMM_BK, k_end)
-            # the slab's outer products, four k at a time (a constant inner loop LLVM unrolls) with
-            # unsigned indices (no negative-index wraparound): on sm_90 the loop is then 64
-            # multiply-adds in 110 instructions, not 16 in 39 (dev/cuda_gemm.py, v5)
+            # the slab's outer products, four k at a time with unsigned indices (no negative-index
+            # wraparound): on sm_90 v5s's loop is then 64 multiply-adds in 110 instructions, not 16
+            # in 39, and v6s's 256 in 287 (dev/cuda_gemm.py)
             for kq in range(U32(GEMM_BK // 4)):
-                for u in range(4):
-                    kk = kq * U32(4) + U32(u)
-                    for i in range(GEMM_TM):
-                        av[i] = As[kk, tyu + U32(i * TY)]
-                    for j in range(GEMM_TM):
-                        bv[j] = Bs[kk, txu + U32(j * TX)]
-                    for i in range(GEMM_TM):
+                if GEMM_VEC4:
+                    kk = kq * U32(4)
+                    outer4(acc, av, bv, As, Bs, kk, U32(4) * tyu, U32(4) * txu)
+                    outer4(acc, av, bv, As, Bs, kk + U32(1), U32(4) * tyu, U32(4) * txu)
+                    outer4(acc, av, bv, As, Bs, kk + U32(2), U32(4) * tyu, U32(4) * txu)
+                    outer4(acc, av, bv, As, Bs, kk + U32(3), U32(4) * tyu, U32(4) * txu)
+                else:
+                    for u in range(4):
+                        kk = kq * U32(4) + U32(u)
+                        for i in range(GEMM_TM):
+                            av[i] = As[kk, tyu + U32(i * TY)]
                         for j in range(GEMM_TM):
-                            acc[i, j] += av[i] * bv[j]
+                            bv[j] = Bs[kk, txu + U32(j * TX)]
+                        outer_product(acc, av, bv)
             cuda.syncthreads()
         for j in range(GEMM_TM):  # this thread's columns' bias, first (a short loop keeps acc in registers)
-            n = n0 + tx + j * TX
+            n = n0 + tile_row(tx, j, TX)
             bv[j] = bias[n] if has_bias and not split and n < N else ZERO
         for i in range(GEMM_TM):
-            m = m0 + ty + i * TY
+            m = m0 + tile_row(ty, i, TY)
             for j in range(GEMM_TM):
-                n = n0 + tx + j * TX
+                n = n0 + tile_row(tx, j, TX)
                 if m < M and n < N:
                     if split:
                         out[cuda.blockIdx.z, m, n] = acc[i, j]
