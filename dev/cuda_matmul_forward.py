@@ -157,7 +157,7 @@ def main(argv=None):
     device = "CUDA simulator" if launch.SIMULATOR else cuda.get_current_device().name
     device = device.decode() if isinstance(device, bytes) else device
     print(f"device: {device}, "
-          f"geometry {launch.GEOMETRY} (TILE {launch.TILE}, block {launch.TX}x{launch.TY})")
+          f"geometry {launch.GEOMETRY} (matmul {launch.GEMM_KERNEL}, block {launch.TX}x{launch.TY})")
     rows = []
     ok = True
     for v in versions:

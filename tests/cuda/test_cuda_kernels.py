@@ -166,9 +166,9 @@ def test_bad_shapes_raise_a_clear_error(be, rng):
 # ----------------------------------------------------------------------------------------------
 # matmul
 
-MATMUL_SHAPES = [  # tiles for the simulator's geometry: TILE 32, BK 16
-    pytest.param(2, 5, 20, 37, marks=pytest.mark.gpu_geometry),   # 1 x 2 tiles, K in 2 BK steps
-    (3, 13, 9, 70),                                                # 2 x 3 tiles, K < BK
+MATMUL_SHAPES = [  # the simulator geometry's tiles: 16 x 16 (v6s 16 x 16 too), BK 4; the GPU's: 64 or 128
+    pytest.param(2, 5, 20, 37, marks=pytest.mark.gpu_geometry),   # 1 x 3 tiles, K in 5 slabs (GPU: 1 tile, 2 or 3)
+    (3, 13, 9, 70),                                                # 3 x 5 tiles, K in 3 slabs, the last partial
 ]
 
 
@@ -417,7 +417,7 @@ def test_geometry_is_the_one_asked_for():
     import os
     want = os.environ.get("LLMNB_CUDA_GEOMETRY") or ("sim" if launch.SIMULATOR else "gpu")
     assert launch.GEOMETRY == want
-    assert launch.TILE == launch.GEOMETRIES[want][0]
+    assert (launch.TX, launch.TY) == launch.GEOMETRIES[want][:2]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -3,8 +3,9 @@
 Numba's CUDA simulator runs every GPU thread as a Python thread, and each one costs far more
 than the arithmetic it does. So there are two geometries, the same kernels under both:
 - "gpu": 64x64 tiles for the training matmuls (16x16 threads, 4x4 outputs each: the fastest of
-  dev/cuda_gemm.py on an H200), attention's register tiles (attention.py), 128 threads per row, ...
-- "sim": 8x8 and 32x32 tiles on 4x4 threads, 8 threads per row, few blocks, ...
+  dev/cuda_gemm.py on an H200; 128x128 with LLMNB_CUDA_GEMM=v6s), attention's register tiles
+  (attention.py), 128 threads per row, ...
+- "sim": 16x16 matmul tiles on 4x4 threads, 8 threads per row, few blocks, ...
 The simulator uses "sim" and a GPU "gpu"; LLMNB_CUDA_GEOMETRY=gpu|sim overrides that (read once,
 at import: the tests use it to run the GPU's geometry under the simulator too).
 """
@@ -34,9 +35,11 @@ SIMULATOR = cuda.is_available.__module__.endswith("simulator_init")
 INLINE = cuda.jit(device=True) if SIMULATOR else cuda.jit(device=True, forceinline=True)
 
 GEOMETRIES = {
-    #         TILE  TX  TY  BK  ROW_THREADS  COL_WIDTH  COL_ROWS  ELEM_THREADS  MAX_ELEM_BLOCKS  GEMM_TM  GEMM_BK
-    "gpu": (128, 16, 16, 16, 128, 32, 8, 256, 4096, 4, 16),
-    "sim": (32, 4, 4, 16, 8, 8, 2, 32, 4, 2, 4),
+    #       TX  TY  ROW_THREADS  COL_WIDTH  COL_ROWS  ELEM_THREADS  MAX_ELEM_BLOCKS  GEMM_TM  GEMM_BK
+    "gpu": (16, 16, 128, 32, 8, 256, 4096, 4, 16),
+    # (the simulator's cost is mostly the Python threads of its blocks: 4 x 4 outputs per thread, 16 x 16
+    # matmul tiles, run the tiny models' tests in half the time of 2 x 2 on 8 x 8 tiles)
+    "sim": (4, 4, 8, 8, 2, 32, 4, 4, 4),
 }
 
 
@@ -48,10 +51,8 @@ def _geometry_name():
 
 
 GEOMETRY = _geometry_name()
-(TILE,             # output rows and columns per block of the tiled matmuls
- TX,               # threads per tiled block along the output columns (threadIdx.x)
+(TX,               # threads per tiled block along the output columns (threadIdx.x)
  TY,               # threads per tiled block along the output rows (threadIdx.y)
- BK,               # K columns staged in shared memory per step of the tiled matmuls
  ROW_THREADS,      # threads per block in the kernels that give one block to each row (power of 2)
  COL_WIDTH,        # columns per block in the column reductions (a warp wide on a GPU: coalesced)
  COL_ROWS,         # threads per column walking the rows in the column reductions
