@@ -39,7 +39,8 @@ if SRC not in sys.path:
 
 SHAPES = ((4, 64), (8, 1024))
 # the kernel lab's matmul versions not yet timed on a card, timed last beside the package's
-LAB_GEMMS = ("v6s-128x128-bk8", "v6s-128x128-bk8-r128", "v6s-128x128-bk16", "v6s-128x64-bk8")
+LAB_GEMMS = ("v6s-128x128-bk8", "v6s-128x128-bk8-r128", "v6s-128x128-bk16", "v6s-128x64-bk8", "v7s-128x128-bk8",
+             "v7s-128x64-bk16")
 TRAIN_STEPS = 20
 OUT_FILES = ("summary.txt", "env.txt", "tests.txt", "parity.txt", "bench.txt", "train.txt") + \
     tuple(f"train_B{B}_T{T}.jsonl" for B, T in SHAPES)

@@ -26,6 +26,11 @@ Versions:
        instructions (v5s: 64 in 110), 16 LDS.128 per 256 FFMA (v5s: 32 LDS.32 per 64), one slab
        with its loads ~65% FFMA (v5s ~32%); 126-138 registers. Not yet timed on a card; the
        package runs 128x128-bk8 with LLMNB_CUDA_GEMM=v6s (llmnb/cuda/launch.py)
+  v7s  v6s whose slab loads read 4 neighbours along the operand's contiguous dimension in one
+       128-bit global load, when the operands' rows are 16-byte aligned (Gemm then launches this
+       kernel, else its scalar twin; partial slabs at the edges load one by one). SASS of the
+       whole-slab path (sm_90): one slab of 128x128-bk8 with its loads ~616 instructions per 512
+       FFMA (~83%; v6s ~790, ~65%), 128-133 registers. Not yet timed on a card.
 Each version is built by make_gemm(TM, TN, BK, ...) for its tile; the table shows TFLOP/s and the
 share of the card's fp32 peak at the GPT-2 124M shapes, B*T = 256 and 8192.
 
@@ -59,7 +64,7 @@ load4, fetch4 = pkg.load4, pkg.fetch4
 
 
 def make_gemm(TM, TN, BK, A_KR, B_KR, TX=16, TY=16, ACCUM=False, max_registers=None, unroll4=False,
-              vec4=False):
+              vec4=False, vload=False, vector_loads=False):
     """A kernel computing out[m, n] (+)= sum_k A[m,k] B[n,k] (+ bias[n]) over the K range of its
     blockIdx.z: splits[z] = out tile partial when SPLIT (out is (S,M,N)), else out (M,N).
     Block (TX, TY); grid (cdiv(N, TN*TX), cdiv(M, TM*TY), S).
@@ -73,6 +78,11 @@ def make_gemm(TM, TN, BK, A_KR, B_KR, TX=16, TY=16, ACCUM=False, max_registers=N
     # floats, which keeps every row 16-byte aligned
     PM, PN = (TILE_M + 4, TILE_N + 4) if vec4 else (TILE_M + 1, TILE_N + 1)
     assert not vec4 or (TM % 4 == 0 and TN % 4 == 0 and BK % 4 == 0)
+    # vload (v7): a thread's slab elements in groups of 4 along the operand's contiguous dimension;
+    # vector_loads: the kernel that reads them with 128-bit global loads (whole slabs), for operands
+    # whose rows are 16-byte aligned (Gemm picks it per call; the other reads them one by one)
+    assert not vload or (vec4 and A_LOADS % 4 == 0 and B_LOADS % 4 == 0)
+    assert vload or not vector_loads
     GM, GN = TILE_M // max(1, TM // 4), TILE_N // max(1, TN // 4)   # vec4: rows between a thread's groups
 
     @DEVICE
@@ -83,6 +93,25 @@ def make_gemm(TM, TN, BK, A_KR, B_KR, TX=16, TY=16, ACCUM=False, max_registers=N
         return t + i * T
 
     def make_load(KR, TILE_R, LOADS):
+        @DEVICE
+        def slab_elem(tid, i):
+            # (rr, kk): the slab row and k of this thread's i-th element (tid unsigned with vec4).
+            # vload: elements 4g..4g+3 are 4 neighbours along x's contiguous dimension (k for
+            # KR False, r for KR True), one 128-bit global load
+            if vload:
+                l = U32(4) * (tid + U32((i // 4) * NT)) + U32(i % 4)
+            elif vec4:
+                l = tid + U32(i * NT)
+            else:
+                l = tid + i * NT
+            if KR:
+                if vec4:
+                    return l % U32(TILE_R), l // U32(TILE_R)
+                return l % TILE_R, l // TILE_R
+            if vec4:
+                return l // U32(BK), l % U32(BK)
+            return l // BK, l % BK
+
         @DEVICE
         def load(regs, x, r0, k0, k_end):
             # regs[i] = X[r0 + rr, k0 + kk] for this thread's i-th element of the (TILE_R, BK) slab,
@@ -96,14 +125,16 @@ def make_gemm(TM, TN, BK, A_KR, B_KR, TX=16, TY=16, ACCUM=False, max_registers=N
                 k0 = U32(k0)
                 R = U32(R)
                 k_end = U32(k_end)
+            if vector_loads and full:  # v7: whole slab, 16-byte aligned rows (the launcher checked)
+                for g in range(LOADS // 4):
+                    rr, kk = slab_elem(tid, 4 * g)
+                    if KR:
+                        fetch4(regs, g, x, k0 + kk, r0 + rr)
+                    else:
+                        fetch4(regs, g, x, r0 + rr, k0 + kk)
+                return
             for i in range(LOADS):
-                l = tid + U32(i * NT) if vec4 else tid + i * NT
-                if KR:
-                    rr = l % U32(TILE_R) if vec4 else l % TILE_R
-                    kk = l // U32(TILE_R) if vec4 else l // TILE_R
-                else:
-                    kk = l % U32(BK) if vec4 else l % BK
-                    rr = l // U32(BK) if vec4 else l // BK
+                rr, kk = slab_elem(tid, i)
                 r = r0 + rr
                 k = k0 + kk
                 if full:
@@ -118,13 +149,7 @@ def make_gemm(TM, TN, BK, A_KR, B_KR, TX=16, TY=16, ACCUM=False, max_registers=N
         def store(tile, regs):
             tid = U32(cuda.threadIdx.y * TX + cuda.threadIdx.x) if vec4 else cuda.threadIdx.y * TX + cuda.threadIdx.x
             for i in range(LOADS):
-                l = tid + U32(i * NT) if vec4 else tid + i * NT
-                if KR:
-                    rr = l % U32(TILE_R) if vec4 else l % TILE_R
-                    kk = l // U32(TILE_R) if vec4 else l // TILE_R
-                else:
-                    kk = l % U32(BK) if vec4 else l % BK
-                    rr = l // U32(BK) if vec4 else l // BK
+                rr, kk = slab_elem(tid, i)
                 tile[kk, rr] = regs[i]
         return load, store
 
@@ -243,11 +268,20 @@ def reduce_splits(out, parts, accumulate):
             out[m, n] = s
 
 
+def aligned_rows(x):
+    """True when every row of the 2-D float32 device array x starts on a 16-byte boundary."""
+    iface = getattr(x, "__cuda_array_interface__", None) or x.__array_interface__   # (the simulator's)
+    return iface["data"][0] % 16 == 0 and x.shape[1] % 4 == 0 and x.strides[0] == 4 * x.shape[1]
+
+
 class Gemm:
     """Launch one version for one layout: out (M,N) (+)= A @ B^T (+ bias)."""
 
     def __init__(self, TM, TN, BK, A_KR, B_KR, ACCUM, split_k=False, sms=132, **kw):
-        self.k = make_gemm(TM, TN, BK, A_KR, B_KR, ACCUM=ACCUM, **kw)
+        self.scalar = make_gemm(TM, TN, BK, A_KR, B_KR, ACCUM=ACCUM, **kw)
+        # v7: a second kernel with 128-bit global loads, for operands with 16-byte aligned rows
+        self.vector = make_gemm(TM, TN, BK, A_KR, B_KR, ACCUM=ACCUM, vector_loads=True, **kw) \
+            if kw.get("vload") else None
         self.BK, self.A_KR, self.B_KR, self.ACCUM = BK, A_KR, B_KR, ACCUM
         self.split_k, self.sms = split_k, sms
         self.scratch = None
@@ -255,7 +289,8 @@ class Gemm:
     def __call__(self, out, a, b, bias=None):
         M, N = out.shape
         K = a.shape[0] if self.A_KR else a.shape[1]
-        TILE_M, TILE_N = self.k.tile
+        k = self.vector if self.vector is not None and aligned_rows(a) and aligned_rows(b) else self.scalar
+        TILE_M, TILE_N = k.tile
         gx, gy = launch.cdiv(N, TILE_N), launch.cdiv(M, TILE_M)
         S = 1
         if self.split_k:  # enough blocks for two per SM, each split at least 8 slabs of K long
@@ -264,12 +299,11 @@ class Gemm:
         S = launch.cdiv(K, chunk)
         has_bias = bias is not None
         if S == 1:
-            self.k[(gx, gy, 1), self.k.block](out.reshape(1, M, N), a, b, bias if has_bias else out[0],
-                                              has_bias, chunk, False)
+            k[(gx, gy, 1), k.block](out.reshape(1, M, N), a, b, bias if has_bias else out[0], has_bias, chunk, False)
             return
         if self.scratch is None or self.scratch.shape != (S, M, N):
             self.scratch = cuda.device_array((S, M, N), np.float32)
-        self.k[(gx, gy, S), self.k.block](self.scratch, a, b, out[0], False, chunk, True)
+        k[(gx, gy, S), k.block](self.scratch, a, b, out[0], False, chunk, True)
         reduce_splits[launch.elementwise_grid(M * N), launch.ELEM_THREADS](out, self.scratch, self.ACCUM)
 
 
@@ -291,10 +325,13 @@ VERSIONS = {
     "v6s-128x128-bk8": (8, 8, 8, True, {"vec4": True}),
     "v6s-128x128-bk8-r128": (8, 8, 8, True, {"vec4": True, "max_registers": 128}),
     "v6s-128x128-bk16": (8, 8, 16, True, {"vec4": True}),
+    "v7s-128x128-bk8": (8, 8, 8, True, {"vec4": True, "vload": True}),
+    "v7s-128x64-bk16": (8, 4, 16, True, {"vec4": True, "vload": True}),
 }
 SIM_VERSIONS = {"v4-sim": (2, 2, 4, False, {"TX": 4, "TY": 4}), "v4s-sim": (2, 2, 4, True, {"TX": 4, "TY": 4}),
                 "v5s-sim": (2, 2, 4, True, {"TX": 4, "TY": 4, "unroll4": True}),
-                "v6s-sim": (8, 4, 4, True, {"TX": 2, "TY": 2, "vec4": True})}
+                "v6s-sim": (8, 4, 4, True, {"TX": 2, "TY": 2, "vec4": True}),
+                "v7s-sim": (8, 4, 4, True, {"TX": 2, "TY": 2, "vec4": True, "vload": True})}
 
 
 def problems(Ntok):
@@ -415,7 +452,8 @@ def build_parser():
 
 
 def ptx_counts(versions, cc=(9, 0)):
-    """{(version, layout): {"ld.shared.f32": n, "ld.shared.v4.f32": n, "local": n}} of the PTX."""
+    """{(version, layout): {"ld.shared.f32": n, "ld.shared.v4.f32": n, "ld.global.v4": n, "local": n}} of
+    the PTX (v7s: of its kernel with 128-bit global loads)."""
     import re
 
     from numba import boolean, int64
@@ -427,10 +465,11 @@ def ptx_counts(versions, cc=(9, 0)):
         for vname in versions:
             TM, TN, BK, split, kw = VERSIONS[vname]
             for kind, (a_kr, b_kr, accum) in LAYOUT.items():
-                k = make_gemm(TM, TN, BK, a_kr, b_kr, ACCUM=accum, **kw)
+                k = make_gemm(TM, TN, BK, a_kr, b_kr, ACCUM=accum, vector_loads=bool(kw.get("vload")), **kw)
                 ptx, _ = cuda.compile_ptx(k.py_func, (f3, f2, f2, f1, boolean, int64, boolean), cc=cc)
                 counts[(vname, kind)] = {"ld.shared.f32": len(re.findall(r"\bld\.shared\.f32\b", ptx)),
                                          "ld.shared.v4.f32": len(re.findall(r"\bld\.shared\.v4\.f32\b", ptx)),
+                                         "ld.global.v4": len(re.findall(r"\bld\.global(?:\.\w+)*\.v4\.f32\b", ptx)),
                                          "local": len(re.findall(r"\b(?:ld|st)\.local\b", ptx))}
     return counts
 

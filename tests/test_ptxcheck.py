@@ -28,12 +28,13 @@ def test_cuda_kernels_compile_to_ptx(gemm):
     assert "0 problem(s)" in r.stdout
 
 
-def test_lab_gemm_v6_reads_shared_memory_128_bits_at_a_time():
-    # dev/cuda_gemm.py's v6 exists for its 128-bit shared loads (load4); if numba or the intrinsic
-    # fell back to scalar loads, or the tile spilled to local memory, the version would be v5 again
+def test_lab_gemm_v6_and_v7_read_memory_128_bits_at_a_time():
+    # dev/cuda_gemm.py's v6 exists for its 128-bit shared loads (load4), v7 also for its 128-bit
+    # global loads; if numba or the intrinsic fell back to scalar loads, or the tile spilled to local
+    # memory, the version would be the one before it again
     env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_ENABLE_CUDASIM", "LLMNB_CUDA_GEOMETRY")}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src")] + [p for p in [env.get("PYTHONPATH")] if p])
-    cmd = [sys.executable, "-m", "dev.cuda_gemm", "--ptx", "--versions", "v5s-64x64-bk16,v6s-128x128-bk8"]
+    cmd = [sys.executable, "-m", "dev.cuda_gemm", "--ptx", "--versions", "v5s-64x64-bk16,v6s-128x128-bk8,v7s-128x128-bk8"]
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     if r.returncode != 0 and ("NVVM" in r.stderr or "libdevice" in r.stderr):
         pytest.skip(f"no NVVM to compile PTX with: {r.stderr.strip()[-300:]}")
@@ -43,3 +44,8 @@ def test_lab_gemm_v6_reads_shared_memory_128_bits_at_a_time():
         v5, v6 = rows[("v5s-64x64-bk16", kind)], rows[("v6s-128x128-bk8", kind)]
         assert "ld.shared.v4.f32 0" in v5 and "ld.shared.f32 32" in v5  # the baseline: scalar loads
         assert "ld.shared.f32 0 " in v6 and "ld.shared.v4.f32 16" in v6 and "local 0" in v6, v6
+        assert "ld.global.v4 0 " in v6, v6
+        # v7s also loads its slabs from global memory 128 bits at a time: 4 + 4 floats per thread in
+        # 2 loads, for the first slab before the loop and for the next one inside it
+        v7 = rows[("v7s-128x128-bk8", kind)]
+        assert "ld.shared.v4.f32 16" in v7 and "ld.global.v4 4 " in v7 and "local 0" in v7, v7

@@ -6,6 +6,8 @@ versions benchmarks/gpu_check.py times on a card are known to compute the right 
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -19,10 +21,13 @@ from llmnb.cuda import launch  # noqa: E402
 SHAPES = [(9, 13, 11), (16, 8, 200), (37, 21, 200)]
 
 
-def test_lab_gemm_v6s_matches_float64_in_every_layout():
+@pytest.mark.parametrize("version", ["v6s", "v7s"])
+def test_lab_gemm_matches_float64_in_every_layout(version):
+    # v7s: the shapes whose operands have 16-byte aligned rows run its 128-bit global loads, the
+    # others (11 or 21 floats a row) its scalar twin
     if launch.SIMULATOR:
-        versions = {"v6s-sim": lab.SIM_VERSIONS["v6s-sim"]}
+        versions = {f"{version}-sim": lab.SIM_VERSIONS[f"{version}-sim"]}
     else:  # a real card (LLMNB_TEST_CUDA_DEVICE=1): the tiles gpu_check times
-        versions = {n: v for n, v in lab.VERSIONS.items() if n.startswith("v6s")}
+        versions = {n: v for n, v in lab.VERSIONS.items() if n.startswith(version)}
     # forward, dinp and dweight, each against float64 within 1e-5 of the largest output
     assert lab.check(versions, SHAPES, sms=4) == 0
