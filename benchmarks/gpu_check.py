@@ -84,7 +84,7 @@ def plan(work):
                         "--data-dir", data, "-o", os.path.join(work, f"run_B{B}_T{T}")],
                        "train.txt", 150, label=f"llmnb-train B={B} T={T}") for B, T in SHAPES]),
         ("lab", [Cmd([py, "-m", "dev.cuda_gemm", "--versions", ",".join(LAB_GEMMS), "--ntok", "8192,256"],
-                     "bench.txt", 120, label="dev.cuda_gemm: matmul versions against the package's")]),
+                     "bench.txt", 150, label="dev.cuda_gemm: matmul versions against the package's")]),
     ]
     return phases
 

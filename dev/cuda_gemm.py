@@ -376,12 +376,20 @@ def package_call(kind, out, a, b, matmuls):
     matmuls._gemm(kernel, out, a, b, None, kind != "forward", M, N, K)
 
 
-def check(versions, shapes, sms):
+def make_gemms(versions, sms):
+    """{(version, layout): Gemm}: each make_gemm is a new kernel, compiled at its first launch, so
+    check and bench share one per version and layout."""
+    return {(vname, kind): Gemm(TM, TN, BK, *LAYOUT[kind], split_k=split, sms=sms, **kw)
+            for vname, (TM, TN, BK, split, kw) in versions.items() for kind in LAYOUT}
+
+
+def check(versions, shapes, sms, gemms=None):
     rng = np.random.default_rng(0)
+    gemms = gemms or make_gemms(versions, sms)
     bad = 0
-    for vname, (TM, TN, BK, split, kw) in versions.items():
+    for vname in versions:
         for kind, (a_kr, b_kr, accum) in LAYOUT.items():
-            g = Gemm(TM, TN, BK, a_kr, b_kr, accum, split_k=split, sms=sms, **kw)
+            g = gemms[(vname, kind)]
             for M, N, K in shapes:
                 out, a, b, ref = operands(kind, M, N, K, rng)
                 want = ref + (out.astype(np.float64) if accum else 0)
@@ -395,20 +403,20 @@ def check(versions, shapes, sms):
     return bad
 
 
-def bench(versions, ntoks, runs, sms, peak):
+def bench(versions, ntoks, runs, sms, peak, gemms=None):
     rng = np.random.default_rng(0)
+    gemms = gemms or make_gemms(versions, sms)
     print(f"{'version':22s} {'shape':26s} " + " ".join(f"{n:>9s}" for n in ["ms", "TFLOP/s", "% peak"]))
     totals = {}
+    matmuls = pkg.Matmuls()
     for Ntok in ntoks:
         for name, kind, M, N, K in problems(Ntok):
             out, a, b, _ = operands(kind, M, N, K, rng)
             d_out, d_a, d_b = cuda.to_device(out), cuda.to_device(a), cuda.to_device(b)
             flops = 2.0 * M * N * K
-            matmuls = pkg.Matmuls()
             calls = {"package": lambda: package_call(kind, d_out, d_a, d_b, matmuls)}
-            for vname, (TM, TN, BK, split, kw) in versions.items():
-                a_kr, b_kr, accum = LAYOUT[kind]
-                calls[vname] = Gemm(TM, TN, BK, a_kr, b_kr, accum, split_k=split, sms=sms, **kw)
+            for vname in versions:
+                calls[vname] = gemms[(vname, kind)]
             for vname, fn in calls.items():
                 f = fn if vname == "package" else (lambda fn=fn: fn(d_out, d_a, d_b))
                 f()
@@ -491,9 +499,10 @@ def main():
     print(f"peak {peak / 1e12:.1f} TFLOP/s = {how}")
     t0 = time.perf_counter()
     versions = {n: VERSIONS[n] for n in args.versions.split(",")} if args.versions else VERSIONS
-    bad = check(versions, [(300, 200, 136), (128, 256, 1000)], sms)
+    gemms = make_gemms(versions, sms)
+    bad = check(versions, [(300, 200, 136), (128, 256, 1000)], sms, gemms)
     print(f"check: {bad} bad ({time.perf_counter() - t0:.1f} s incl. compiles)")
-    bench(versions, [int(n) for n in args.ntok.split(",")], args.runs, sms, peak)
+    bench(versions, [int(n) for n in args.ntok.split(",")], args.runs, sms, peak, gemms)
     return 1 if bad else 0
 
 
