@@ -35,11 +35,9 @@ SIMULATOR = cuda.is_available.__module__.endswith("simulator_init")
 INLINE = cuda.jit(device=True) if SIMULATOR else cuda.jit(device=True, forceinline=True)
 
 GEOMETRIES = {
-    #       TX  TY  ROW_THREADS  COL_WIDTH  COL_ROWS  ELEM_THREADS  MAX_ELEM_BLOCKS  GEMM_TM  GEMM_BK
-    "gpu": (16, 16, 128, 32, 8, 256, 4096, 4, 16),
-    # (the simulator's cost is mostly the Python threads of its blocks: 4 x 4 outputs per thread, 16 x 16
-    # matmul tiles, run the tiny models' tests in half the time of 2 x 2 on 8 x 8 tiles)
-    "sim": (4, 4, 8, 8, 2, 32, 4, 4, 4),
+    #       TX  TY  ROW_THREADS  COL_WIDTH  COL_ROWS  ELEM_THREADS  MAX_ELEM_BLOCKS
+    "gpu": (16, 16, 128, 32, 8, 256, 4096),
+    "sim": (4, 4, 8, 8, 2, 32, 4),
 }
 
 
@@ -58,20 +56,24 @@ GEOMETRY = _geometry_name()
  COL_ROWS,         # threads per column walking the rows in the column reductions
  ELEM_THREADS,     # threads per block in the elementwise kernels
  MAX_ELEM_BLOCKS,  # elementwise kernels loop (grid-stride) past this many blocks
- GEMM_TM,          # outputs per thread along each side in the training matmuls (tile GEMM_TM*TY)
- GEMM_BK,          # K columns per shared-memory slab in the training matmuls
  ) = GEOMETRIES[GEOMETRY]
 TILE_BLOCK = (TX, TY)
 # the training matmuls' kernel (matmul.py), picked by LLMNB_CUDA_GEMM (read once, at import):
 #   v5s  4x4 outputs per thread, 64x64 tiles, scalar shared loads: the fastest timed on an H200
 #   v6s  8x8 outputs per thread in groups of 4, 128x128 tiles, 128-bit shared loads (dev/cuda_gemm.py:
 #        twice v5s's share of FMAs per instruction in the SASS; not yet timed on a card)
+# GEMM_TM: outputs per thread along each side (tile GEMM_TM * TY); GEMM_BK: K per shared-memory slab.
+# (The simulator's cost is mostly the Python threads of its blocks: 4 x 4 outputs per thread on 16 x 16
+# tiles run the tiny models' tests in half the time of 2 x 2 on 8 x 8.)
+GEMM_SHAPES = {  # kernel: {geometry: (GEMM_TM, GEMM_BK)}
+    "v5s": {"gpu": (4, 16), "sim": (4, 4)},
+    "v6s": {"gpu": (8, 8), "sim": (4, 4)},
+}
 GEMM_KERNEL = os.environ.get("LLMNB_CUDA_GEMM", "") or "v5s"
-if GEMM_KERNEL not in ("v5s", "v6s"):
+if GEMM_KERNEL not in GEMM_SHAPES:
     raise ValueError(f"llmnb/cuda/launch.py: LLMNB_CUDA_GEMM={GEMM_KERNEL!r}, expected 'v5s' or 'v6s'")
+GEMM_TM, GEMM_BK = GEMM_SHAPES[GEMM_KERNEL][GEOMETRY]
 GEMM_VEC4 = GEMM_KERNEL == "v6s"
-if GEMM_VEC4:
-    GEMM_TM, GEMM_BK = {"gpu": (8, 8), "sim": (4, 4)}[GEOMETRY]
 # attention (flash-style, attention.py): register tiles as the matmuls'. A block of ATT_TX x ATT_TY
 # threads (ATT_TY_BWD in backward) holds ATT_RM rows per thread, ATT_CN score columns and ATT_DN head
 # channels per thread: ATT_BQ queries per forward block, ATT_BR rows (queries or keys) per backward

@@ -173,6 +173,8 @@ def _make_gemm(A_KR, B_KR, ACCUM):
         ty = cuda.threadIdx.y
         txu = U32(tx)
         tyu = U32(ty)
+        tx4 = U32(4) * txu   # v6s: the first of this thread's columns (rows) in each group
+        ty4 = U32(4) * tyu
         m0 = cuda.blockIdx.y * GEMM_TILE
         n0 = cuda.blockIdx.x * GEMM_TILE
         M = a.shape[1] if A_KR else a.shape[0]
@@ -200,10 +202,10 @@ def _make_gemm(A_KR, B_KR, ACCUM):
             for kq in range(U32(GEMM_BK // 4)):
                 if GEMM_VEC4:
                     kk = kq * U32(4)
-                    outer4(acc, av, bv, As, Bs, kk, U32(4) * tyu, U32(4) * txu)
-                    outer4(acc, av, bv, As, Bs, kk + U32(1), U32(4) * tyu, U32(4) * txu)
-                    outer4(acc, av, bv, As, Bs, kk + U32(2), U32(4) * tyu, U32(4) * txu)
-                    outer4(acc, av, bv, As, Bs, kk + U32(3), U32(4) * tyu, U32(4) * txu)
+                    outer4(acc, av, bv, As, Bs, kk, ty4, tx4)
+                    outer4(acc, av, bv, As, Bs, kk + U32(1), ty4, tx4)
+                    outer4(acc, av, bv, As, Bs, kk + U32(2), ty4, tx4)
+                    outer4(acc, av, bv, As, Bs, kk + U32(3), ty4, tx4)
                 else:
                     for u in range(4):
                         kk = kq * U32(4) + U32(u)
