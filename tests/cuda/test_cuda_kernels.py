@@ -8,6 +8,8 @@ Each test
   the result, a write out of bounds is caught,
 - starts gradient and output buffers from random values, not zeros, so that accumulation (+=) and
   what a kernel must leave alone (padded vocab columns) are checked,
+- on the simulator, starts every shared and local array at 3e38 with NumPy's overflow warning an
+  error: a product with an element no thread wrote fails the test, even when its result is dropped,
 - runs the CPU kernel on host copies of the same arguments and compares every argument after the
   call: |cuda - cpu| <= 1e-5 * (|cpu| + max|cpu|) (the float32 sums run in another order).
 The tests marked gpu_geometry also run with launch.py's GPU geometry (64x64 matmul tiles, 4x4
@@ -24,6 +26,8 @@ from llmnb.cuda import launch
 from llmnb.cuda.backend import CUDABackend
 
 F32 = np.float32
+# NumPy's overflow and invalid-value warnings fail a test (in the simulator's threads too)
+pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning")
 RTOL = 1e-5
 SLACK = 5          # elements of slack before and after each argument in its flat buffer
 
@@ -31,6 +35,28 @@ SLACK = 5          # elements of slack before and after each argument in its fla
 @pytest.fixture(scope="module")
 def be():
     return CUDABackend()
+
+
+class _StaleNumpy:
+    """numpy, but np.empty's float arrays hold 3e38 in every element."""
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+    def empty(self, shape, dtype=float):
+        if np.issubdtype(np.dtype(dtype), np.floating):
+            return np.full(shape, 3e38, dtype)
+        return np.empty(shape, dtype)
+
+
+@pytest.fixture(autouse=True)
+def stale_memory(monkeypatch):
+    """On the simulator, shared and local arrays (np.empty in its kernelapi) start as 3e38 in every
+    element, not as whatever np.empty gives (often small numbers, which hide a read of memory that
+    no thread wrote)."""
+    if launch.SIMULATOR:
+        from numba.cuda.simulator import kernelapi
+        monkeypatch.setattr(kernelapi, "np", _StaleNumpy())
 
 
 @pytest.fixture

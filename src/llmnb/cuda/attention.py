@@ -38,23 +38,26 @@ WHERE = "attention.py"
 
 @INLINE
 def _stage_t(dst, src, r0, R, T, c0, hs, tid, nthreads):
-    # dst (ATT_HS_MAX, >= R)[d, r] = src (T, .)[r0 + r, c0 + d] for r < R, d < hs; rows past T are 0.
-    # Consecutive threads read consecutive channels of a row (coalesced) and store down a column
-    for idx in range(tid, R * hs, nthreads):
-        r = idx // hs
-        d = idx % hs
+    # dst (ATT_HS_MAX, >= R)[d, r] = src (T, .)[r0 + r, c0 + d] for r < R, d < hs; rows past T and
+    # channels past hs are 0 (the register tiles multiply all ATT_HS_MAX channels and drop the
+    # extra ones: zeros, not whatever shared memory held). Consecutive threads read consecutive
+    # channels of a row (coalesced) and store down a column
+    for idx in range(tid, R * ATT_HS_MAX, nthreads):
+        r = idx // ATT_HS_MAX
+        d = idx % ATT_HS_MAX
         t = r0 + r
-        dst[d, r] = src[t, c0 + d] if t < T else ZERO
+        dst[d, r] = src[t, c0 + d] if t < T and d < hs else ZERO
 
 
 @INLINE
 def _stage(dst, src, r0, R, T, c0, hs, tid, nthreads):
-    # dst (>= R, ATT_HS_MAX)[r, d] = src (T, .)[r0 + r, c0 + d] for r < R, d < hs; rows past T are 0
-    for idx in range(tid, R * hs, nthreads):
-        r = idx // hs
-        d = idx % hs
+    # dst (>= R, ATT_HS_MAX)[r, d] = src (T, .)[r0 + r, c0 + d] for r < R, d < hs; rows past T and
+    # channels past hs are 0, as in _stage_t
+    for idx in range(tid, R * ATT_HS_MAX, nthreads):
+        r = idx // ATT_HS_MAX
+        d = idx % ATT_HS_MAX
         t = r0 + r
-        dst[r, d] = src[t, c0 + d] if t < T else ZERO
+        dst[r, d] = src[t, c0 + d] if t < T and d < hs else ZERO
 
 
 @cuda.jit(cache=True)
