@@ -13,7 +13,8 @@ it needs no install and no network; an installed `llmnb[cuda]` works the same). 
   bench     llmnb's step on the card (median of 10 after 2 warm-up steps) and the time of every
             kernel in one step (CUDA events), then PyTorch eager fp32 (F.scaled_dot_product_attention,
             as nanoGPT) with TF32 off and on, on the same model and batch, each shape in its own process;
-            then llmnb's step again with LLMNB_CUDA_GEMM=v6s (the matmul kernel not yet timed on a card)
+            then llmnb's step again with each matmul kernel of UNTIMED_GEMMS (LLMNB_CUDA_GEMM: not yet
+            timed on a card)
   train     llmnb-train --device cuda -e d12 -x 20 -v 0 -s 0 at each shape, with its JSONL log
   lab       dev/cuda_gemm.py: the matmul versions of LAB_GEMMS checked and timed beside the
             package's (appended to bench.txt)
@@ -38,6 +39,8 @@ if SRC not in sys.path:
     sys.path.insert(0, SRC)
 
 SHAPES = ((4, 64), (8, 1024))
+# the package's matmul kernels (llmnb/cuda/launch.py, LLMNB_CUDA_GEMM) not yet timed on a card
+UNTIMED_GEMMS = ("v6s", "v7s")
 # the kernel lab's matmul versions not yet timed on a card, timed last beside the package's
 LAB_GEMMS = ("v6s-128x128-bk8", "v6s-128x128-bk8-r128", "v6s-128x128-bk16", "v6s-128x64-bk8", "v7s-128x128-bk8",
              "v7s-128x64-bk16")
@@ -75,9 +78,10 @@ def plan(work):
                  "--losses", os.path.join(ref, "expected_losses.json")], "parity.txt", 150)]),
         ("bench", [Cmd([py, me, "--bench", system, f"{B}x{T}"], "bench.txt", 150)
                    for B, T in SHAPES for system in ("llmnb", "torch")]
-                  # the step again with the matmul kernel not yet timed on a card (launch.py)
-                  + [Cmd([py, me, "--bench", "llmnb", f"{B}x{T}"], "bench.txt", 150, env={"LLMNB_CUDA_GEMM": "v6s"},
-                         label=f"llmnb B={B} T={T} with LLMNB_CUDA_GEMM=v6s") for B, T in SHAPES]),
+                  # the step again with each matmul kernel not yet timed on a card (launch.py)
+                  + [Cmd([py, me, "--bench", "llmnb", f"{B}x{T}"], "bench.txt", 150, env={"LLMNB_CUDA_GEMM": g},
+                         label=f"llmnb B={B} T={T} with LLMNB_CUDA_GEMM={g}")
+                     for g in UNTIMED_GEMMS for B, T in SHAPES]),
         ("train", [Cmd([py, "-m", "llmnb.train", "--device", "cuda", "-e", "d12", "-x", str(TRAIN_STEPS),
                         "-v", "0", "-s", "0", "-b", str(B), "-t", str(T),
                         "-i", os.path.join(data, "train.bin"), "-j", os.path.join(data, "val.bin"),

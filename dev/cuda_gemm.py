@@ -59,8 +59,8 @@ ZERO = F32(0.0)
 # device functions inlined at the NVVM level (the simulator's jit takes no such option)
 DEVICE = cuda.jit(device=True) if launch.SIMULATOR else cuda.jit(device=True, forceinline=True)
 ALIGN = None if launch.SIMULATOR else 16   # shared slabs' alignment (the simulator takes none)
-# load4 (a 128-bit shared load) and fetch4 are the package's (llmnb/cuda/matmul.py, its v6s)
-load4, fetch4 = pkg.load4, pkg.fetch4
+# load4 (a 128-bit load), fetch4 and aligned_rows are the package's (llmnb/cuda/matmul.py, its v6s, v7s)
+load4, fetch4, aligned_rows = pkg.load4, pkg.fetch4, pkg.aligned_rows
 
 
 def make_gemm(TM, TN, BK, A_KR, B_KR, TX=16, TY=16, ACCUM=False, max_registers=None, unroll4=False,
@@ -268,12 +268,6 @@ def reduce_splits(out, parts, accumulate):
             out[m, n] = s
 
 
-def aligned_rows(x):
-    """True when every row of the 2-D float32 device array x starts on a 16-byte boundary."""
-    iface = getattr(x, "__cuda_array_interface__", None) or x.__array_interface__   # (the simulator's)
-    return iface["data"][0] % 16 == 0 and x.shape[1] % 4 == 0 and x.strides[0] == 4 * x.shape[1]
-
-
 class Gemm:
     """Launch one version for one layout: out (M,N) (+)= A @ B^T (+ bias)."""
 
@@ -367,13 +361,11 @@ LAYOUT = {"forward": (False, False, False), "dinp": (False, True, True), "dweigh
 
 
 def package_call(kind, out, a, b, matmuls):
-    """The package's kernels (llmnb.cuda.matmul.Matmuls, v4s-64x64 since 2026-11-26) on the same
+    """The package's kernels (llmnb.cuda.matmul.Matmuls: launch.GEMM_KERNEL, v5s unless set) on the same
     operands, through its launcher's gemm (out, A, B^T in the layout of `kind`)."""
     M, N = out.shape
     K = a.shape[0] if kind == "dweight" else a.shape[1]
-    kernel = {"forward": pkg.matmul_forward_kernel, "dinp": pkg.matmul_backward_dinp_kernel,
-              "dweight": pkg.matmul_backward_dweight_kernel}[kind]
-    matmuls._gemm(kernel, out, a, b, None, kind != "forward", M, N, K)
+    matmuls._gemm(kind, out, a, b, None, kind != "forward", M, N, K)
 
 
 def make_gemms(versions, sms):

@@ -6,6 +6,7 @@ compiles them for a real GPU, where NVVM is installed (a CUDA toolkit, or numba-
 the simulator; exit status 2 means there is no NVVM here.
 """
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,10 +16,17 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("gemm", ["v5s", "v6s"])
+def _loads128(stdout, kernel):
+    # (shared, global) 128-bit loads in ptxcheck's line for `kernel`
+    line = next(x for x in stdout.splitlines() if f" {kernel} " in x)
+    shared, glob = re.search(r"128-bit loads shared +(\d+) global +(\d+)", line).groups()
+    return int(shared), int(glob)
+
+
+@pytest.mark.parametrize("gemm", ["v5s", "v6s", "v7s"])
 def test_cuda_kernels_compile_to_ptx(gemm):
     env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_ENABLE_CUDASIM", "LLMNB_CUDA_GEOMETRY")}
-    env["LLMNB_CUDA_GEMM"] = gemm   # launch.py's two matmul kernels
+    env["LLMNB_CUDA_GEMM"] = gemm   # launch.py's matmul kernels
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src")] + [p for p in [env.get("PYTHONPATH")] if p])
     cmd = [sys.executable, "-m", "llmnb.cuda.ptxcheck", "--cc", "9.0", "--geometry", "gpu"]
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
@@ -26,6 +34,16 @@ def test_cuda_kernels_compile_to_ptx(gemm):
         pytest.skip(f"no NVVM to compile PTX with: {r.stdout.strip()[-300:]}")
     assert r.returncode == 0, f"$ {' '.join(cmd)}\n{r.stdout[-6000:]}\n{r.stderr[-3000:]}"
     assert "0 problem(s)" in r.stdout
+    # v6s and v7s read shared memory 128 bits at a time, v5s never; only v7s's twins (the _vload_
+    # kernels, compiled only for v7s) load their slabs from global memory that way
+    for layout in ("forward", "backward_dinp", "backward_dweight"):
+        shared, glob = _loads128(r.stdout, f"matmul_{layout}_kernel")
+        assert (shared > 0) == (gemm != "v5s") and glob == 0, r.stdout
+        if gemm == "v7s":
+            shared, glob = _loads128(r.stdout, f"matmul_{layout}_vload_kernel")
+            assert shared > 0 and glob > 0, r.stdout
+        else:
+            assert f"matmul_{layout}_vload_kernel" not in r.stdout
 
 
 def test_lab_gemm_v6_and_v7_read_memory_128_bits_at_a_time():

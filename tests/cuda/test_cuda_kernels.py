@@ -69,38 +69,42 @@ def randn(rng, *shape, scale=1.0):
 
 
 class Placed:
-    """A device view of `host`'s shape inside a flat device buffer with SLACK on both sides."""
+    """A device view of `host`'s shape inside a flat device buffer with `slack` elements on both
+    sides (SLACK, 5, leaves the view's rows unaligned; 4 floats keep them 16-byte aligned)."""
 
-    def __init__(self, be, host, fill_slack):
+    def __init__(self, be, host, fill_slack, slack=SLACK):
         host = np.ascontiguousarray(host)
         self.n = host.size
-        flat = np.full(self.n + 2 * SLACK, fill_slack, dtype=host.dtype)
-        flat[SLACK:SLACK + self.n] = host.reshape(-1)
+        flat = np.full(self.n + 2 * slack, fill_slack, dtype=host.dtype)
+        flat[slack:slack + self.n] = host.reshape(-1)
         self.flat = be.asarray(flat)
-        self.view = self.flat[SLACK:SLACK + self.n].reshape(host.shape)
+        self.view = self.flat[slack:slack + self.n].reshape(host.shape)
         self.shape = host.shape
         self.fill_slack = fill_slack
+        self.slack = slack
 
     def result(self, be):
         flat = be.to_host(self.flat)
-        slack = np.concatenate([flat[:SLACK], flat[SLACK + self.n:]])
+        k = self.slack
+        slack = np.concatenate([flat[:k], flat[k + self.n:]])
         if np.issubdtype(flat.dtype, np.floating) and np.isnan(self.fill_slack):
             assert np.isnan(slack).all(), "a kernel wrote outside its argument"
         else:
             assert (slack == self.fill_slack).all(), "a kernel wrote outside its argument"
-        return flat[SLACK:SLACK + self.n].reshape(self.shape)
+        return flat[k:k + self.n].reshape(self.shape)
 
 
-def run_both(be, name, args, module=cpu):
+def run_both(be, name, args, module=cpu, slack=SLACK):
     """Run kernel `name` on the CPU (on copies of args) and on the device (args placed in flat
-    buffers). args: host arrays, None or scalars. Returns (cpu_args_after, cuda_args_after)."""
+    buffers, `slack` elements into them). args: host arrays, None or scalars. Returns
+    (cpu_args_after, cuda_args_after)."""
     host = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
     getattr(module, name)(*host)
     placed = []
     dev_args = []
     for a in args:
         if isinstance(a, np.ndarray):
-            p = Placed(be, a, np.nan if a.dtype == F32 else -7)
+            p = Placed(be, a, np.nan if a.dtype == F32 else -7, slack)
             placed.append(p)
             dev_args.append(p.view)
         else:
@@ -216,19 +220,43 @@ def test_matmul_backward(be, rng, B, T, C, OC, with_bias):
     assert_all_close(host, got, ["dinp", "dweight", "dbias", "dout", "inp", "weight"])
 
 
-def test_matmuls_with_the_other_gemm_kernel():
-    # launch.py picks the matmul kernel at import (LLMNB_CUDA_GEMM): the two tests above, in a
-    # process of their own with the kernel this process does not use (same simulator or device)
+ALIGNED_SHAPES = [  # C and OC multiples of 4: every operand's rows 16-byte aligned
+    (2, 9, 24, 40),      # simulator tiles: whole slabs (128-bit loads in v7s) and partial ones
+    (1, 136, 32, 136),   # the GPU's 128 x 128 tiles: the same (on a card only: slow on the simulator)
+]
+
+
+@pytest.mark.parametrize("B,T,C,OC", ALIGNED_SHAPES)
+def test_matmuls_on_aligned_rows(be, rng, B, T, C, OC):
+    # v7s launches its kernels with 128-bit global loads when the operands' rows are 16-byte
+    # aligned (matmul.aligned_rows), as GPT-2's always are: forward and backward on such operands
+    from llmnb.cuda.matmul import aligned_rows
+    if launch.SIMULATOR and T > 9:
+        pytest.skip("the GPU tiles' shape: on a card")
+    placed = Placed(be, randn(rng, B, T, C), np.nan, slack=4)
+    assert aligned_rows(placed.view.reshape(B * T, C)), "the test's operands are not aligned"
+    args = [randn(rng, B, T, OC), randn(rng, B, T, C), randn(rng, OC, C), randn(rng, OC)]
+    host, got = run_both(be, "matmul_forward", args, slack=4)
+    assert_all_close(host, got, ["out", "inp", "weight", "bias"])
+    args = [randn(rng, B, T, C), randn(rng, OC, C), randn(rng, OC),
+            randn(rng, B, T, OC), randn(rng, B, T, C), randn(rng, OC, C)]
+    host, got = run_both(be, "matmul_backward", args, slack=4)
+    assert_all_close(host, got, ["dinp", "dweight", "dbias", "dout", "inp", "weight"])
+
+
+@pytest.mark.parametrize("other", [k for k in launch.GEMM_SHAPES if k != launch.GEMM_KERNEL])
+def test_matmuls_with_the_other_gemm_kernels(other):
+    # launch.py picks the matmul kernel at import (LLMNB_CUDA_GEMM): the matmul tests above, in a
+    # process of their own with a kernel this process does not use (same simulator or device)
     import os
     import subprocess
     import sys
     from pathlib import Path
-    other = "v5s" if launch.GEMM_VEC4 else "v6s"
     env = dict(os.environ, LLMNB_CUDA_GEMM=other)
     if launch.SIMULATOR:
         env["NUMBA_ENABLE_CUDASIM"] = "1"
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
-           "-k", "test_matmul_forward or test_matmul_backward"]
+           "-k", "test_matmul_forward or test_matmul_backward or test_matmuls_on_aligned_rows"]
     r = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[2], env=env, capture_output=True, text=True,
                        timeout=600)
     assert r.returncode == 0, f"LLMNB_CUDA_GEMM={other} $ {' '.join(cmd)}\n{r.stdout[-4000:]}\n{r.stderr[-2000:]}"

@@ -3,7 +3,7 @@
 Numba's CUDA simulator runs every GPU thread as a Python thread, and each one costs far more
 than the arithmetic it does. So there are two geometries, the same kernels under both:
 - "gpu": 64x64 tiles for the training matmuls (16x16 threads, 4x4 outputs each: the fastest of
-  dev/cuda_gemm.py on an H200; 128x128 with LLMNB_CUDA_GEMM=v6s), attention's register tiles
+  dev/cuda_gemm.py on an H200; 128x128 with LLMNB_CUDA_GEMM=v6s or v7s), attention's register tiles
   (attention.py), 128 threads per row, ...
 - "sim": 16x16 matmul tiles on 4x4 threads, 8 threads per row, few blocks, ...
 The simulator uses "sim" and a GPU "gpu"; LLMNB_CUDA_GEOMETRY=gpu|sim overrides that (read once,
@@ -62,18 +62,22 @@ TILE_BLOCK = (TX, TY)
 #   v5s  4x4 outputs per thread, 64x64 tiles, scalar shared loads: the fastest timed on an H200
 #   v6s  8x8 outputs per thread in groups of 4, 128x128 tiles, 128-bit shared loads (dev/cuda_gemm.py:
 #        twice v5s's share of FMAs per instruction in the SASS; not yet timed on a card)
+#   v7s  v6s whose slab loads are 128-bit global loads where both operands' rows are 16-byte aligned
+#        (a scalar twin kernel otherwise); not yet timed on a card
 # GEMM_TM: outputs per thread along each side (tile GEMM_TM * TY); GEMM_BK: K per shared-memory slab.
 # (The simulator's cost is mostly the Python threads of its blocks: 4 x 4 outputs per thread on 16 x 16
 # tiles run the tiny models' tests in half the time of 2 x 2 on 8 x 8.)
 GEMM_SHAPES = {  # kernel: {geometry: (GEMM_TM, GEMM_BK)}
     "v5s": {"gpu": (4, 16), "sim": (4, 4)},
     "v6s": {"gpu": (8, 8), "sim": (4, 4)},
+    "v7s": {"gpu": (8, 8), "sim": (4, 4)},
 }
 GEMM_KERNEL = os.environ.get("LLMNB_CUDA_GEMM", "") or "v5s"
 if GEMM_KERNEL not in GEMM_SHAPES:
-    raise ValueError(f"llmnb/cuda/launch.py: LLMNB_CUDA_GEMM={GEMM_KERNEL!r}, expected 'v5s' or 'v6s'")
+    raise ValueError(f"llmnb/cuda/launch.py: LLMNB_CUDA_GEMM={GEMM_KERNEL!r}, expected one of {', '.join(GEMM_SHAPES)}")
 GEMM_TM, GEMM_BK = GEMM_SHAPES[GEMM_KERNEL][GEOMETRY]
-GEMM_VEC4 = GEMM_KERNEL == "v6s"
+GEMM_VEC4 = GEMM_KERNEL in ("v6s", "v7s")   # groups of 4 rows and columns, 128-bit shared loads
+GEMM_VLOAD = GEMM_KERNEL == "v7s"           # 128-bit global loads of the slabs where rows are aligned
 # attention (flash-style, attention.py): register tiles as the matmuls'. A block of ATT_TX x ATT_TY
 # threads (ATT_TY_BWD in backward) holds ATT_RM rows per thread, ATT_CN score columns and ATT_DN head
 # channels per thread: ATT_BQ queries per forward block, ATT_BR rows (queries or keys) per backward

@@ -10,14 +10,17 @@ LLMNB_CUDA_GEMM; dev/cuda_gemm.py times them and their ancestors on a card):
        bank conflicts. On an H200 1.9x the 128 x 128 version before it at B*T = 8192, 6x at 256.
   v6s  128 x 128 tiles, 8 x 8 outputs per thread in groups of 4 neighbouring rows and columns,
        each group read from shared memory in one 128-bit load (load4). Not yet timed on a card.
+  v7s  v6s whose threads load 4 neighbours of an operand's row with one 128-bit global load, where
+       both operands' rows are 16-byte aligned (aligned_rows: GPT-2's always are); a twin kernel
+       with scalar loads takes the other calls. Not yet timed on a card.
 
 Loads outside the matrices read as zero, so any shape works, not only multiples of the tile.
 """
 import numpy as np
 from numba import cuda, float32
 
-from .launch import (COL_ROWS, COL_WIDTH, ELEM_THREADS, GEMM_BK, GEMM_TM, GEMM_VEC4, INLINE, SIMULATOR,
-                     TILE_BLOCK, TX, TY, cdiv, check, elementwise_grid, last_dim)
+from .launch import (COL_ROWS, COL_WIDTH, ELEM_THREADS, GEMM_BK, GEMM_TM, GEMM_VEC4, GEMM_VLOAD, INLINE,
+                     SIMULATOR, TILE_BLOCK, TX, TY, cdiv, check, elementwise_grid, last_dim)
 
 NTHREADS = TX * TY
 # shared slabs are (BK, tile + PAD): the padding spreads the transposing stores over the banks;
@@ -25,7 +28,7 @@ NTHREADS = TX * TY
 PAD = 4 if GEMM_VEC4 else 1
 ZERO = np.float32(0.0)
 U32 = np.uint32
-# the slab loads' index type: unsigned in v6s (no negative-index wraparound, shifts for / and %)
+# the slab loads' index type: unsigned in v6s and v7s (no negative-index wraparound, shifts for / and %)
 IDX = U32 if GEMM_VEC4 else np.int64
 SHARED_ALIGN = None if SIMULATOR or not GEMM_VEC4 else 16   # (the simulator takes no alignment)
 
@@ -72,6 +75,14 @@ GEMM_LOADS = GEMM_TILE * GEMM_BK // NTHREADS  # elements of each operand's slab 
 GEMM_TILE_P = GEMM_TILE + PAD
 GEMM_GROUP = GEMM_TILE // max(1, GEMM_TM // 4)  # v6s: tile rows from one of a thread's groups to the next
 assert not GEMM_VEC4 or (GEMM_TM % 4 == 0 and GEMM_BK % 4 == 0)
+assert not GEMM_VLOAD or (GEMM_VEC4 and GEMM_LOADS % 4 == 0)
+
+
+def aligned_rows(x):
+    """True when every row of the 2-D float32 device array x starts on a 16-byte boundary (v7s's
+    128-bit global loads need it)."""
+    iface = getattr(x, "__cuda_array_interface__", None) or x.__array_interface__   # (the simulator's)
+    return iface["data"][0] % 16 == 0 and x.shape[1] % 4 == 0 and x.strides[0] == 4 * x.shape[1]
 
 
 @INLINE
@@ -82,13 +93,19 @@ def tile_row(t, i, T):
     return t + i * T
 
 
-def _slab_functions(KR):
+def _slab_functions(KR, VECTOR):
     """(load, store) of one operand's (GEMM_TILE, GEMM_BK) slab for layout KR: False, x is (R, K)
-    and consecutive threads read consecutive k; True, x is (K, R) and they read consecutive r."""
+    and consecutive threads read consecutive k; True, x is (K, R) and they read consecutive r.
+    VECTOR (v7s, for operands whose rows are 16-byte aligned): whole slabs in 128-bit loads."""
 
     @INLINE
-    def slab_index(l):
-        # (row, k) within the slab of the l-th element a block loads
+    def slab_index(tid, i):
+        # (row, k) within the slab of this thread's i-th element. v7s: elements 4g..4g+3 are 4
+        # neighbours along x's contiguous dimension (k when KR is False, r when True)
+        if GEMM_VLOAD:
+            l = IDX(4) * (tid + IDX((i // 4) * NTHREADS)) + IDX(i % 4)
+        else:
+            l = tid + IDX(i * NTHREADS)
         if KR:
             return l % IDX(GEMM_TILE), l // IDX(GEMM_TILE)
         return l // IDX(GEMM_BK), l % IDX(GEMM_BK)
@@ -103,8 +120,16 @@ def _slab_functions(KR):
         k0 = IDX(k0)
         k_end = IDX(k_end)
         full = r0 + IDX(GEMM_TILE) <= R and k0 + IDX(GEMM_BK) <= k_end
+        if VECTOR and full:  # the launcher checked that x's rows are 16-byte aligned
+            for g in range(GEMM_LOADS // 4):
+                rr, kk = slab_index(tid, 4 * g)
+                if KR:
+                    fetch4(regs, g, x, k0 + kk, r0 + rr)
+                else:
+                    fetch4(regs, g, x, r0 + rr, k0 + kk)
+            return
         for i in range(GEMM_LOADS):
-            rr, kk = slab_index(tid + IDX(i * NTHREADS))
+            rr, kk = slab_index(tid, i)
             r = r0 + rr
             k = k0 + kk
             if full:
@@ -120,14 +145,14 @@ def _slab_functions(KR):
         # tile (GEMM_BK, GEMM_TILE_P) in shared memory <- the registers of load
         tid = IDX(cuda.threadIdx.y * TX + cuda.threadIdx.x)
         for i in range(GEMM_LOADS):
-            rr, kk = slab_index(tid + IDX(i * NTHREADS))
+            rr, kk = slab_index(tid, i)
             tile[kk, rr] = regs[i]
     return load, store
 
 
 @INLINE
 def fetch4(regs, g, tile, kk, c):
-    # regs[4g:4g+4] = tile[kk, c:c+4], one 128-bit shared load
+    # regs[4g:4g+4] = tile[kk, c:c+4], one 128-bit load (shared memory, or a global array in v7s)
     x0, x1, x2, x3 = load4(tile, kk, c)
     regs[4 * g] = x0
     regs[4 * g + 1] = x1
@@ -154,12 +179,13 @@ def outer4(acc, av, bv, As, Bs, kk, ty4, tx4):
     outer_product(acc, av, bv)
 
 
-def _make_gemm(A_KR, B_KR, ACCUM):
+def _make_gemm(A_KR, B_KR, ACCUM, VECTOR=False):
     """The kernel for one layout: out (S,M,N) = the partial sums of K slice z = blockIdx.z when
     `split`, else out[0] (+= when ACCUM) the whole sum (+ bias[n] when has_bias).
-    Block TILE_BLOCK, grid (cdiv(N, GEMM_TILE), cdiv(M, GEMM_TILE), S)."""
-    load_a, store_a = _slab_functions(A_KR)
-    load_b, store_b = _slab_functions(B_KR)
+    Block TILE_BLOCK, grid (cdiv(N, GEMM_TILE), cdiv(M, GEMM_TILE), S). VECTOR: v7s's kernel for
+    operands whose rows are 16-byte aligned."""
+    load_a, store_a = _slab_functions(A_KR, VECTOR)
+    load_b, store_b = _slab_functions(B_KR, VECTOR)
 
     def gemm(out, a, b, bias, has_bias, k_chunk, split):
         As = cuda.shared.array((GEMM_BK, GEMM_TILE_P), float32, alignment=SHARED_ALIGN)
@@ -229,8 +255,8 @@ def _make_gemm(A_KR, B_KR, ACCUM):
                         out[0, m, n] += acc[i, j]
                     else:
                         out[0, m, n] = acc[i, j] + bv[j]
-    # not cache=True: the three kernels are closures of one function, which numba's on-disk cache
-    # cannot tell apart
+    # not cache=True: the kernels are closures of one function, which numba's on-disk cache cannot
+    # tell apart
     return cuda.jit(gemm)
 
 
@@ -240,6 +266,14 @@ matmul_forward_kernel = _make_gemm(A_KR=False, B_KR=False, ACCUM=False)
 matmul_backward_dinp_kernel = _make_gemm(A_KR=False, B_KR=True, ACCUM=True)
 # dweight (OC,C) += dout (N,OC)^T @ inp (N,C)
 matmul_backward_dweight_kernel = _make_gemm(A_KR=True, B_KR=True, ACCUM=True)
+# v7s: the same three with 128-bit global loads, for operands whose rows are 16-byte aligned
+matmul_forward_vload_kernel = _make_gemm(False, False, False, VECTOR=True) if GEMM_VLOAD else None
+matmul_backward_dinp_vload_kernel = _make_gemm(False, True, True, VECTOR=True) if GEMM_VLOAD else None
+matmul_backward_dweight_vload_kernel = _make_gemm(True, True, True, VECTOR=True) if GEMM_VLOAD else None
+# each layout's (kernel, its 128-bit-load twin or None), as Matmuls launches them
+GEMMS = {"forward": (matmul_forward_kernel, matmul_forward_vload_kernel),
+         "dinp": (matmul_backward_dinp_kernel, matmul_backward_dinp_vload_kernel),
+         "dweight": (matmul_backward_dweight_kernel, matmul_backward_dweight_vload_kernel)}
 
 
 @cuda.jit(cache=True)
@@ -298,7 +332,11 @@ class Matmuls:
         self.sms = 4 if SIMULATOR else cuda.get_current_device().MULTIPROCESSOR_COUNT
         self.scratch = None
 
-    def _gemm(self, kernel, out, a, b, bias, accumulate, M, N, K):
+    def _gemm(self, layout, out, a, b, bias, accumulate, M, N, K):
+        # out (M,N) (+)= A @ B^T for a GEMMS layout ("forward", "dinp", "dweight")
+        kernel, vload_kernel = GEMMS[layout]
+        if vload_kernel is not None and aligned_rows(a) and aligned_rows(b):
+            kernel = vload_kernel
         gx, gy = cdiv(N, GEMM_TILE), cdiv(M, GEMM_TILE)
         S = max(1, min(cdiv(2 * self.sms, gx * gy), K // (8 * GEMM_BK)))  # slices of >= 8 slabs
         chunk = cdiv(cdiv(K, S), GEMM_BK) * GEMM_BK
@@ -325,7 +363,7 @@ class Matmuls:
         N = inp2.shape[0]
         check(out2.shape[0] == N, where, f"matmul_forward: out {out.shape} and inp {inp.shape} disagree on B*T")
         check(bias is None or bias.shape == (OC,), where, f"matmul_forward: bias is not ({OC},)")
-        self._gemm(matmul_forward_kernel, out2, inp2, weight, bias, False, N, OC, C)
+        self._gemm("forward", out2, inp2, weight, bias, False, N, OC, C)
 
     def matmul_backward(self, dinp, dweight, dbias, dout, inp, weight):
         """dinp (B,T,C), dweight (OC,C), dbias (OC) or None += the gradients of matmul_forward,
@@ -339,8 +377,8 @@ class Matmuls:
         N = dout2.shape[0]
         check(inp2.shape[0] == N and dinp2.shape[0] == N, where,
               f"matmul_backward: dout {dout.shape}, inp {inp.shape}, dinp {dinp.shape} disagree on B*T")
-        self._gemm(matmul_backward_dinp_kernel, dinp2, dout2, weight, None, True, N, C, OC)
-        self._gemm(matmul_backward_dweight_kernel, dweight, dout2, inp2, None, True, OC, C, N)
+        self._gemm("dinp", dinp2, dout2, weight, None, True, N, C, OC)
+        self._gemm("dweight", dweight, dout2, inp2, None, True, OC, C, N)
         if dbias is not None:
             check(dbias.shape == (OC,), where, f"matmul_backward: dbias {dbias.shape} is not ({OC},)")
             matmul_backward_bias_kernel[cdiv(OC, COL_WIDTH), (COL_WIDTH, COL_ROWS)](dbias, dout2)

@@ -5,7 +5,8 @@ them for a GPU (e.g. shared array shapes must be constants; builtin min does not
 0.68's CUDA target). This compiles each kernel for the argument types the launchers pass and
 reports, per kernel, the fp64 instructions in its PTX (all kernels are fp32; only the gradient
 norm accumulates in float64) and its local-memory loads/stores (register spills, or the 8x8
-accumulators of the matmuls not kept in registers).
+accumulators of the matmuls not kept in registers), and its 128-bit loads from shared and global
+memory (the matmuls' v6s and v7s exist for those).
 
     python -m llmnb.cuda.ptxcheck [--cc 9.0] [--geometry gpu|sim]
 
@@ -31,10 +32,9 @@ def kernel_signatures():
     from . import matmul as M
     f1, f2, f3 = float32[::1], float32[:, ::1], float32[:, :, ::1]
     i2 = int32[:, ::1]
+    gemm = [(f3, f2, f2, f1, boolean, int64, boolean)]
     return {
-        M.matmul_forward_kernel: [(f3, f2, f2, f1, boolean, int64, boolean)],
-        M.matmul_backward_dinp_kernel: [(f3, f2, f2, f1, boolean, int64, boolean)],
-        M.matmul_backward_dweight_kernel: [(f3, f2, f2, f1, boolean, int64, boolean)],
+        **{k: gemm for pair in M.GEMMS.values() for k in pair if k is not None},   # (v7s: twins too)
         M.matmul_reduce_splits_kernel: [(f2, f3, f1, boolean, boolean)],
         M.matmul_backward_bias_kernel: [(f1, f2)],
         K.encoder_forward_kernel: [(f3, i2, f2, f2)],
@@ -111,15 +111,16 @@ def check_all(cc, out=sys.stdout):
     from . import matmul as M
     sigs = kernel_signatures()
     problems = 0
-    launched = [v for mod in (K, A, M) for n, v in vars(mod).items()
-                if n.endswith("_kernel") and getattr(v, "__module__", "").startswith("llmnb.cuda")]
-    for k in launched:
+    # {kernel: the module's name for it} (the matmuls' kernels are closures of one function, gemm)
+    launched = {v: n for mod in (K, A, M) for n, v in vars(mod).items()
+                if n.endswith("_kernel") and getattr(v, "__module__", "").startswith("llmnb.cuda")}
+    for k, name in launched.items():
         if k not in sigs:
-            print(f"MISSING  {k.py_func.__name__}: no signature in ptxcheck.kernel_signatures", file=out)
+            print(f"MISSING  {name}: no signature in ptxcheck.kernel_signatures", file=out)
             problems += 1
     with compile_without_a_device(cc):
         for kern, sig_list in sigs.items():
-            name = kern.py_func.__name__
+            name = launched.get(kern, kern.py_func.__name__)
             for sig in sig_list:
                 try:
                     ptx, _ = cuda.compile_ptx(kern.py_func, sig, cc=cc)
@@ -130,10 +131,12 @@ def check_all(cc, out=sys.stdout):
                     continue
                 f64 = len(re.findall(r"\.f64\b", ptx))
                 local = len(re.findall(r"\b(?:ld|st)\.local\b", ptx))
+                v4s = len(re.findall(r"\bld\.shared\.v4\.", ptx))
+                v4g = len(re.findall(r"\bld\.global(?:\.nc)?\.v4\.", ptx))
                 bad = local > 0 or (f64 > 0 and name not in EXPECTED_FP64)
                 problems += bad
                 print(f"{'BAD ' if bad else 'ok  '}     {name:40s} fp64 instructions {f64:3d}   "
-                      f"local loads/stores {local:3d}", file=out)
+                      f"local loads/stores {local:3d}   128-bit loads shared {v4s:3d} global {v4g:3d}", file=out)
     return problems
 
 
