@@ -8,8 +8,8 @@ Each test
   the result, a write out of bounds is caught,
 - starts gradient and output buffers from random values, not zeros, so that accumulation (+=) and
   what a kernel must leave alone (padded vocab columns) are checked,
-- on the simulator, starts every shared and local array at 3e38 with NumPy's overflow warning an
-  error: a product with an element no thread wrote fails the test, even when its result is dropped,
+- on the simulator, starts every shared and local float array at 3e38 with NumPy's overflow warning
+  an error: a product with an element no thread wrote fails the test, even when its result is dropped,
 - runs the CPU kernel on host copies of the same arguments and compares every argument after the
   call: |cuda - cpu| <= 1e-5 * (|cpu| + max|cpu|) (the float32 sums run in another order).
 The tests marked gpu_geometry also run with launch.py's GPU geometry (64x64 matmul tiles, 4x4
@@ -37,26 +37,45 @@ def be():
     return CUDABackend()
 
 
-class _StaleNumpy:
-    """numpy, but np.empty's float arrays hold 3e38 in every element."""
+STALE = 3e38   # what the simulator's shared and local float arrays start as, in these tests
 
-    def __getattr__(self, name):
-        return getattr(np, name)
 
-    def empty(self, shape, dtype=float):
-        if np.issubdtype(np.dtype(dtype), np.floating):
-            return np.full(shape, 3e38, dtype)
-        return np.empty(shape, dtype)
+def _stale_array(shape, dtype):
+    from numba.cuda.simulator import kernelapi   # (its numba types, as its own array functions)
+    if isinstance(dtype, kernelapi.types.Type):
+        dtype = kernelapi.numpy_support.as_dtype(dtype)
+    if np.issubdtype(np.dtype(dtype), np.floating):
+        return np.full(shape, STALE, dtype)
+    return np.empty(shape, dtype)
 
 
 @pytest.fixture(autouse=True)
 def stale_memory(monkeypatch):
-    """On the simulator, shared and local arrays (np.empty in its kernelapi) start as 3e38 in every
-    element, not as whatever np.empty gives (often small numbers, which hide a read of memory that
-    no thread wrote)."""
-    if launch.SIMULATOR:
-        from numba.cuda.simulator import kernelapi
-        monkeypatch.setattr(kernelapi, "np", _StaleNumpy())
+    """On the simulator, shared and local float arrays start as STALE in every element, not as
+    whatever np.empty gives (often small numbers, which hide a read of memory that no thread
+    wrote). Shared arrays are the simulator's: one per block for each line of a kernel that
+    declares one; here their creation holds a lock (the simulator's own can hand two threads two
+    arrays when one is switched out between looking the line up and storing the new array)."""
+    if not launch.SIMULATOR:
+        return
+    import sys
+    import threading
+    import traceback
+
+    from numba.cuda.simulator import kernelapi
+    lock = threading.Lock()
+
+    def shared_array(self, shape, dtype, alignment=None):
+        caller = tuple(traceback.extract_stack(sys._getframe())[-2][0:2])   # (file, line) of the kernel
+        with lock:
+            arr = self._allocations.get(caller)
+            if arr is None:
+                arr = self._allocations[caller] = _stale_array(shape, dtype)
+        return arr
+
+    monkeypatch.setattr(kernelapi.FakeCUDAShared, "array", shared_array)
+    monkeypatch.setattr(kernelapi.FakeCUDALocal, "array", lambda self, shape, dtype, alignment=None:
+                        _stale_array(shape, dtype))
 
 
 @pytest.fixture
