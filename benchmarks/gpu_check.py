@@ -16,8 +16,9 @@ it needs no install and no network; an installed `llmnb[cuda]` works the same). 
             then llmnb's step again with each matmul kernel of UNTIMED_GEMMS (LLMNB_CUDA_GEMM: not yet
             timed on a card)
   train     llmnb-train --device cuda -e d12 -x 20 -v 0 -s 0 at each shape, with its JSONL log
-  lab       dev/cuda_gemm.py: the matmul versions of LAB_GEMMS checked and timed beside the
-            package's (appended to bench.txt)
+  lab       dev/cuda_attention.py: the attention versions (the package's v3 and the lab's v1, v2)
+            checked and timed at both shapes; dev/cuda_gemm.py: the matmul versions of LAB_GEMMS
+            checked and timed beside the package's (both appended to bench.txt)
 Shapes: B=4 T=64 (llm.c's CPU demo) and B=8 T=1024 (GPT-2's context). Every phase has a timeout,
 and the whole run a budget (--budget seconds): a phase that runs out is killed and marked so, and
 the rest still run within what is left. The output folder holds at most these 8 files:
@@ -87,7 +88,9 @@ def plan(work):
                         "-i", os.path.join(data, "train.bin"), "-j", os.path.join(data, "val.bin"),
                         "--data-dir", data, "-o", os.path.join(work, f"run_B{B}_T{T}")],
                        "train.txt", 150, label=f"llmnb-train B={B} T={T}") for B, T in SHAPES]),
-        ("lab", [Cmd([py, "-m", "dev.cuda_gemm", "--versions", ",".join(LAB_GEMMS), "--ntok", "8192,256"],
+        ("lab", [Cmd([py, "-m", "dev.cuda_attention"], "bench.txt", 90,
+                     label="dev.cuda_attention: attention versions (v3 the package's)"),
+                 Cmd([py, "-m", "dev.cuda_gemm", "--versions", ",".join(LAB_GEMMS), "--ntok", "8192,256"],
                      "bench.txt", 150, label="dev.cuda_gemm: matmul versions against the package's")]),
     ]
     return phases

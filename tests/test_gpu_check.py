@@ -26,6 +26,7 @@ def test_dry_run_plans_every_phase_into_at_most_8_files(tmp_path):
     for phase in ("env", "tests", "parity", "bench", "train", "lab"):
         assert f"\n{phase} " in summary, summary
     assert "llmnb.test_gpt2 --device cuda" in summary and "-b 8 -t 1024" in summary
+    assert "dev.cuda_attention" in summary and "dev.cuda_gemm" in summary   # the lab, last
     # the step is timed with the default matmul kernel and again with v6s and v7s, at both shapes
     assert summary.count("--bench llmnb") == 6
     assert summary.count("LLMNB_CUDA_GEMM=v6s ") == 2 and summary.count("LLMNB_CUDA_GEMM=v7s ") == 2

@@ -1,32 +1,39 @@
-"""Causal self-attention on the GPU, flash-style, with register-tiled score and output products.
+"""Causal self-attention on the GPU, flash-style, with register-tiled products read 128 bits at a time.
 
 Per head h, q, k, v are the columns [h*hs, (h+1)*hs) of the thirds of qkv (B,T,3C). The algorithm is
 the CPU's (llmnb/kernels.py; FlashAttention, Dao et al.): no (T, T) buffer; forward runs an online
 softmax over tiles of keys and keeps per query row the log-sum-exp of its scaled scores, lse
 (B,NH,T); backward recomputes att = exp(scale q.k - lse) tile by tile from it.
 
-Each block works as the matmuls do (matmul.py): the tiles it multiplies are staged in shared memory,
-and each thread holds an ATT_RM x ATT_CN piece of the scores and an ATT_RM x ATT_DN piece of the
-output in registers (rows ty + TY*i, columns tx + TX*j: neighbouring threads, neighbouring
-columns). Row-wise steps (the softmax's max, the sum) go through a shared tile of scores. Tiles
-wholly above the diagonal are never visited, and the blocks with the most tiles start first.
+A block stages the rows of q, k, v and dout it needs in shared memory as they lie in memory (row,
+channel: coalesced loads, no transposing stores), and each thread holds a piece of each product in
+registers, as the matmuls do (matmul.py):
+  _scores      s = q.k (backward also dp = dout.v) for ATT_RM rows (ty + TY*i) x ATT_CN columns
+               (tx + ATT_TX*j), over the channels 4 at a time: each row's 4 channels in one 128-bit
+               shared load (load4)
+  _accumulate  o += p v (backward dq += dS k, dk += dS^T q, dv += att^T dout) for ATT_RM rows x
+               ATT_DN channels in groups of 4 neighbours (_channel): per 4 columns c, each row's 4 p
+               in one load and each c's 4 channels of v in one load
+so a multiply-add costs 0.12-0.19 shared loads (the version before, dev/cuda_attention.py's v2: 0.5-0.75).
+Row-wise steps (the softmax's max) read a shared tile of scores, 4 at a time. Tiles wholly above the
+diagonal are never visited, and the blocks with the most tiles start first.
 
   forward         a block of ATT_BQ queries walks the key tiles 0..its last query
   backward        attention_backward_dd_kernel: dd (B,NH,T) = rowsum(dout * out) (FlashAttention-2's D)
                   attention_dquery_kernel: a block of ATT_BR queries walks the key tiles: dq
                   attention_dkey_value_kernel: a block of ATT_BR keys walks the query tiles after it:
                   dk and dv. Two kernels, so that no gradient is summed by atomics (same bits every run).
-Shared memory tiles are stored (head channel, row) with one float of padding per row of the tile:
-the transposing stores and the column reads then hit distinct banks. hs <= ATT_HS_MAX.
-dev/cuda_attention.py keeps the earlier one-thread-per-query version and times both.
+Shared tiles' rows are padded by 4 floats (launch.py: 16-byte aligned rows for load4). hs <= ATT_HS_MAX
+and a multiple of 4.
 """
 import math
 
 import numpy as np
 from numba import cuda, float32
 
-from .launch import (ATT_BK, ATT_BK_P, ATT_BQ, ATT_BQ_P, ATT_BR, ATT_BR_P, ATT_CN, ATT_DN, ATT_HS_MAX, ATT_RM, ATT_TX, ATT_TY,
-                     ATT_TY_BWD, ELEM_THREADS, INLINE, cdiv, check, elementwise_grid)
+from .launch import (ATT_BK, ATT_BK_P, ATT_BQ, ATT_BR, ATT_CN, ATT_DN, ATT_HS4, ATT_HS_MAX, ATT_HS_P, ATT_RM, ATT_TX, ATT_TY,
+                     ATT_TY_BWD, ELEM_THREADS, INLINE, SIMULATOR, cdiv, check, elementwise_grid)
+from .matmul import fetch4, load4, store4
 
 F32 = np.float32
 ZERO = F32(0.0)
@@ -34,30 +41,90 @@ U32 = np.uint32   # unsigned loop indices: no negative-index wraparound (see mat
 ONE = F32(1.0)
 NEG_INF = F32(-np.inf)   # a masked score, and the running max's start in the online softmax
 WHERE = "attention.py"
-
-
-@INLINE
-def _stage_t(dst, src, r0, R, T, c0, hs, tid, nthreads):
-    # dst (ATT_HS_MAX, >= R)[d, r] = src (T, .)[r0 + r, c0 + d] for r < R, d < hs; rows past T and
-    # channels past hs are 0 (the register tiles multiply all ATT_HS_MAX channels and drop the
-    # extra ones: zeros, not whatever shared memory held). Consecutive threads read consecutive
-    # channels of a row (coalesced) and store down a column
-    for idx in range(tid, R * ATT_HS_MAX, nthreads):
-        r = idx // ATT_HS_MAX
-        d = idx % ATT_HS_MAX
-        t = r0 + r
-        dst[d, r] = src[t, c0 + d] if t < T and d < hs else ZERO
+ALIGN = None if SIMULATOR else 16   # the shared tiles' alignment, for load4 (the simulator takes none)
+# register scratch of the products: 4 channels (or columns) of each row, of each column, of each c
+RM4, CN4, DN4 = 4 * ATT_RM, 4 * ATT_CN, 4 * ATT_DN
 
 
 @INLINE
 def _stage(dst, src, r0, R, T, c0, hs, tid, nthreads):
-    # dst (>= R, ATT_HS_MAX)[r, d] = src (T, .)[r0 + r, c0 + d] for r < R, d < hs; rows past T and
-    # channels past hs are 0, as in _stage_t
-    for idx in range(tid, R * ATT_HS_MAX, nthreads):
-        r = idx // ATT_HS_MAX
-        d = idx % ATT_HS_MAX
-        t = r0 + r
-        dst[r, d] = src[t, c0 + d] if t < T and d < hs else ZERO
+    # dst (>= R, ATT_HS_P)[r, d] = src (T, .)[r0 + r, c0 + d] for r < R, d < ATT_HS_MAX; rows past T
+    # and channels past hs are 0 (the products multiply all ATT_HS_MAX channels and drop the extra
+    # ones: zeros, not whatever shared memory held). Each thread takes 4 neighbouring channels of a
+    # row at a time (one 128-bit shared store), consecutive threads the next 4. The element index is
+    # unsigned 32-bit and the trip count a constant (launch.py): / and % are shifts (with int64
+    # indices staging took ~60 instructions a float on sm_90, as many as the multiply-adds).
+    for it in range(R * ATT_HS4 // nthreads):
+        e = U32(tid) + U32(it * nthreads)
+        r = e // U32(ATT_HS4)
+        d = U32(4) * (e % U32(ATT_HS4))
+        t = U32(r0) + r
+        x0 = x1 = x2 = x3 = ZERO
+        if t < U32(T) and d < U32(hs):   # hs is a multiple of 4
+            c = U32(c0) + d
+            x0 = src[t, c]
+            x1 = src[t, c + U32(1)]
+            x2 = src[t, c + U32(2)]
+            x3 = src[t, c + U32(3)]
+        store4(dst, r, d, x0, x1, x2, x3)
+
+
+@INLINE
+def _channel(tx, j):
+    # the head channel of a thread's j-th output column: groups of 4 neighbours, 4*ATT_TX apart
+    return (j // 4) * (4 * ATT_TX) + 4 * tx + j % 4
+
+
+@INLINE
+def _scores(s, A, B, hs, TYS, av, bv):
+    # s (ATT_RM, ATT_CN) = A[rows] . B[columns] over the hs channels, for this thread's rows ty + TYS*i
+    # of A and columns tx + ATT_TX*j of B, both (rows, ATT_HS_P) shared tiles; av (RM4) and
+    # bv (CN4) are register scratch: 4 channels of each row and column per step
+    tx = cuda.threadIdx.x
+    ty = cuda.threadIdx.y
+    for i in range(ATT_RM):
+        for j in range(ATT_CN):
+            s[i, j] = ZERO
+    for dq4 in range(U32(hs // 4)):
+        d = dq4 * U32(4)
+        for i in range(ATT_RM):
+            fetch4(av, i, A, ty + TYS * i, d)
+        for j in range(ATT_CN):
+            fetch4(bv, j, B, tx + ATT_TX * j, d)
+        for u in range(4):
+            for i in range(ATT_RM):
+                for j in range(ATT_CN):
+                    s[i, j] += av[4 * i + u] * bv[4 * j + u]
+
+
+@INLINE
+def _accumulate(acc, P, X, TYS, av, xb):
+    # acc (ATT_RM, ATT_DN) += P[rows, :ATT_BK] . X[:ATT_BK, channels] for this thread's rows
+    # ty + TYS*i of P (rows, ATT_BK_P) and its channels (_channel) of X (ATT_BK, ATT_HS_P): o = p v,
+    # dq = dS k, dk = dS^T q, dv = att^T dout. av (RM4), xb (DN4) are register scratch:
+    # per 4 columns c, each row's 4 values of P and each c's groups of 4 channels of X
+    tx = cuda.threadIdx.x
+    ty = cuda.threadIdx.y
+    for cq4 in range(U32(ATT_BK // 4)):
+        c = cq4 * U32(4)
+        for i in range(ATT_RM):
+            fetch4(av, i, P, ty + TYS * i, c)
+        for u in range(4):
+            for g in range(ATT_DN // 4):
+                fetch4(xb, u * (ATT_DN // 4) + g, X, c + U32(u), g * (4 * ATT_TX) + 4 * tx)
+        for u in range(4):
+            for i in range(ATT_RM):
+                for j in range(ATT_DN):
+                    acc[i, j] += av[4 * i + u] * xb[u * ATT_DN + j]
+
+
+@INLINE
+def _row_max(P, r, mx):
+    # max(mx, P[r, :ATT_BK]), 4 columns per load
+    for cq4 in range(U32(ATT_BK // 4)):
+        x0, x1, x2, x3 = load4(P, r, cq4 * U32(4))
+        mx = max(mx, max(max(x0, x1), max(x2, x3)))
+    return mx
 
 
 @cuda.jit(cache=True)
@@ -66,16 +133,17 @@ def attention_forward_kernel(out, lse, inp, scale):
     # blockIdx.y, inp (B,T,3C). Per key tile: s = scale q.k (masked: -inf), the rows' new max m from
     # the shared score tile, o and l rescaled by exp(m_old - m), p = exp(s - m), o += p v. Each thread
     # keeps l over its own key columns; the row's l is their sum, at the end.
-    Qs = cuda.shared.array((ATT_HS_MAX, ATT_BQ_P), float32)   # Qs[d, r] = q[q0 + r, d]
-    Ks = cuda.shared.array((ATT_HS_MAX, ATT_BK_P), float32)   # Ks[d, c] = k[k0 + c, d]
-    Vs = cuda.shared.array((ATT_BK, ATT_HS_MAX), float32)       # Vs[c, d] = v[k0 + c, d]
-    Ps = cuda.shared.array((ATT_BQ, ATT_BK_P), float32)       # scores, then probabilities
+    Qs = cuda.shared.array((ATT_BQ, ATT_HS_P), float32, alignment=ALIGN)   # Qs[r, d] = q[q0 + r, d]
+    Ks = cuda.shared.array((ATT_BK, ATT_HS_P), float32, alignment=ALIGN)   # Ks[c, d] = k[k0 + c, d]
+    Vs = cuda.shared.array((ATT_BK, ATT_HS_P), float32, alignment=ALIGN)   # Vs[c, d] = v[k0 + c, d]
+    Ps = cuda.shared.array((ATT_BQ, ATT_BK_P), float32, alignment=ALIGN)   # scores, then probabilities
     s = cuda.local.array((ATT_RM, ATT_CN), float32)
     o = cuda.local.array((ATT_RM, ATT_DN), float32)
     m = cuda.local.array(ATT_RM, float32)
     l = cuda.local.array(ATT_RM, float32)
-    av = cuda.local.array(ATT_RM, float32)
-    bv = cuda.local.array(ATT_DN, float32)
+    av = cuda.local.array(RM4, float32)
+    bv = cuda.local.array(CN4, float32)
+    xb = cuda.local.array(DN4, float32)
     NH = lse.shape[1]
     T = lse.shape[2]
     C = out.shape[2]
@@ -88,7 +156,7 @@ def attention_forward_kernel(out, lse, inp, scale):
     nthreads = ATT_TX * ATT_TY
     q0 = (cuda.gridDim.x - 1 - cuda.blockIdx.x) * ATT_BQ   # the last queries (most key tiles) first
     x = inp[b]
-    _stage_t(Qs, x, q0, ATT_BQ, T, h * hs, hs, tid, nthreads)
+    _stage(Qs, x, q0, ATT_BQ, T, h * hs, hs, tid, nthreads)
     for i in range(ATT_RM):
         m[i] = NEG_INF
         l[i] = ZERO
@@ -97,22 +165,10 @@ def attention_forward_kernel(out, lse, inp, scale):
     k_end = min(q0 + ATT_BQ, T)
     for k0 in range(0, k_end, ATT_BK):
         cuda.syncthreads()   # the previous tile is no longer read
-        _stage_t(Ks, x, k0, ATT_BK, T, C + h * hs, hs, tid, nthreads)
+        _stage(Ks, x, k0, ATT_BK, T, C + h * hs, hs, tid, nthreads)
         _stage(Vs, x, k0, ATT_BK, T, 2 * C + h * hs, hs, tid, nthreads)
         cuda.syncthreads()
-        for i in range(ATT_RM):
-            for j in range(ATT_CN):
-                s[i, j] = ZERO
-        for dq4 in range(U32(hs // 4)):
-            for u in range(4):
-                d = dq4 * U32(4) + U32(u)
-                for i in range(ATT_RM):
-                    av[i] = Qs[d, ty + ATT_TY * i]
-                for j in range(ATT_CN):
-                    bv[j] = Ks[d, tx + ATT_TX * j]
-                for i in range(ATT_RM):
-                    for j in range(ATT_CN):
-                        s[i, j] += av[i] * bv[j]
+        _scores(s, Qs, Ks, hs, ATT_TY, av, bv)
         for i in range(ATT_RM):
             t = q0 + ty + ATT_TY * i
             for j in range(ATT_CN):
@@ -124,12 +180,7 @@ def attention_forward_kernel(out, lse, inp, scale):
                 Ps[ty + ATT_TY * i, tx + ATT_TX * j] = val
         cuda.syncthreads()
         for i in range(ATT_RM):   # the new row max (finite from the first tile on: key 0 is visible)
-            r = ty + ATT_TY * i
-            mx = m[i]
-            for cq4 in range(U32(ATT_BK // 4)):
-                for u in range(4):
-                    c = cq4 * U32(4) + U32(u)
-                    mx = max(mx, Ps[r, c])
+            mx = _row_max(Ps, ty + ATT_TY * i, m[i])
             corr = math.exp(m[i] - mx)
             m[i] = mx
             l[i] *= corr
@@ -144,16 +195,7 @@ def attention_forward_kernel(out, lse, inp, scale):
             for j in range(ATT_CN):
                 Ps[ty + ATT_TY * i, tx + ATT_TX * j] = s[i, j]
         cuda.syncthreads()
-        for cq4 in range(U32(ATT_BK // 4)):
-            for u in range(4):
-                c = cq4 * U32(4) + U32(u)
-                for i in range(ATT_RM):
-                    av[i] = Ps[ty + ATT_TY * i, c]
-                for j in range(ATT_DN):
-                    bv[j] = Vs[c, tx + ATT_TX * j]
-                for i in range(ATT_RM):
-                    for j in range(ATT_DN):
-                        o[i, j] += av[i] * bv[j]
+        _accumulate(o, Ps, Vs, ATT_TY, av, xb)
     # the row sums: each thread's l over its key columns, added up in the order of tx
     cuda.syncthreads()
     for i in range(ATT_RM):
@@ -168,7 +210,7 @@ def attention_forward_kernel(out, lse, inp, scale):
         if t < T:
             inv = ONE / total
             for j in range(ATT_DN):
-                d = tx + ATT_TX * j
+                d = _channel(tx, j)
                 if d < hs:
                     out[b, t, h * hs + d] = o[i, j] * inv
             if tx == 0:
@@ -190,69 +232,23 @@ def attention_backward_dd_kernel(dd, dout, out):
         dd[b, h, t] = acc
 
 
-@INLINE
-def _scores_and_dp(s, dp, A1, B1, A2, B2, hs, av, gv, bv, wv):
-    # backward's two products in registers: s = A1^T B1 and dp = A2^T B2 over the hs channels of
-    # (ATT_HS_MAX, .) shared tiles stored (channel, row), for this thread's ATT_RM rows
-    # (ty + ATT_TY_BWD*i) and ATT_CN columns (tx + ATT_TX*j); av, gv, bv, wv are register scratch
-    tx = cuda.threadIdx.x
-    ty = cuda.threadIdx.y
-    for i in range(ATT_RM):
-        for j in range(ATT_CN):
-            s[i, j] = ZERO
-            dp[i, j] = ZERO
-    for dq4 in range(U32(hs // 4)):
-        for u in range(4):
-            d = dq4 * U32(4) + U32(u)
-            for i in range(ATT_RM):
-                av[i] = A1[d, ty + ATT_TY_BWD * i]
-                gv[i] = A2[d, ty + ATT_TY_BWD * i]
-            for j in range(ATT_CN):
-                bv[j] = B1[d, tx + ATT_TX * j]
-                wv[j] = B2[d, tx + ATT_TX * j]
-            for i in range(ATT_RM):
-                for j in range(ATT_CN):
-                    s[i, j] += av[i] * bv[j]
-                    dp[i, j] += gv[i] * wv[j]
-
-
-@INLINE
-def _accumulate_product(acc, P, Xt, av, bv):
-    # acc (ATT_RM, ATT_DN) += P (ATT_BR, ATT_BK) Xt^T for this thread's rows (ty + ATT_TY_BWD*i)
-    # and channels (tx + ATT_TX*j), Xt a shared tile stored (channel, column): dq = dS k,
-    # dv = att dout, dk = dS q
-    tx = cuda.threadIdx.x
-    ty = cuda.threadIdx.y
-    for cq4 in range(U32(ATT_BK // 4)):
-        for u in range(4):
-            c = cq4 * U32(4) + U32(u)
-            for i in range(ATT_RM):
-                av[i] = P[ty + ATT_TY_BWD * i, c]
-            for j in range(ATT_DN):
-                bv[j] = Xt[tx + ATT_TX * j, c]
-            for i in range(ATT_RM):
-                for j in range(ATT_DN):
-                    acc[i, j] += av[i] * bv[j]
-
-
 @cuda.jit(cache=True)
 def attention_dquery_kernel(dinp, dout, inp, lse, dd, scale):
     # dinp (B,T,3C) query thirds += scale * sum_{t2<=t} dS[t,t2] k[t2] for the ATT_BR queries t of
     # this block, with att = exp(scale q.k - lse[t]), dP = dout[t].v[t2], dS = att (dP - dd[t])
-    Qs = cuda.shared.array((ATT_HS_MAX, ATT_BR_P), float32)
-    dOs = cuda.shared.array((ATT_HS_MAX, ATT_BR_P), float32)
-    Ks = cuda.shared.array((ATT_HS_MAX, ATT_BK_P), float32)
-    Vts = cuda.shared.array((ATT_HS_MAX, ATT_BK_P), float32)
-    dSs = cuda.shared.array((ATT_BR, ATT_BK_P), float32)
+    Qs = cuda.shared.array((ATT_BR, ATT_HS_P), float32, alignment=ALIGN)
+    dOs = cuda.shared.array((ATT_BR, ATT_HS_P), float32, alignment=ALIGN)
+    Ks = cuda.shared.array((ATT_BK, ATT_HS_P), float32, alignment=ALIGN)
+    Vs = cuda.shared.array((ATT_BK, ATT_HS_P), float32, alignment=ALIGN)
+    dSs = cuda.shared.array((ATT_BR, ATT_BK_P), float32, alignment=ALIGN)
     s = cuda.local.array((ATT_RM, ATT_CN), float32)
     dp = cuda.local.array((ATT_RM, ATT_CN), float32)
     dq = cuda.local.array((ATT_RM, ATT_DN), float32)
     lse_r = cuda.local.array(ATT_RM, float32)
     dd_r = cuda.local.array(ATT_RM, float32)
-    qa = cuda.local.array(ATT_RM, float32)
-    ga = cuda.local.array(ATT_RM, float32)
-    kb = cuda.local.array(ATT_DN, float32)
-    vb = cuda.local.array(ATT_CN, float32)
+    av = cuda.local.array(RM4, float32)
+    bv = cuda.local.array(CN4, float32)
+    xb = cuda.local.array(DN4, float32)
     NH = lse.shape[1]
     T = lse.shape[2]
     C = dout.shape[2]
@@ -264,8 +260,8 @@ def attention_dquery_kernel(dinp, dout, inp, lse, dd, scale):
     tid = ty * ATT_TX + tx
     nthreads = ATT_TX * ATT_TY_BWD
     q0 = (cuda.gridDim.x - 1 - cuda.blockIdx.x) * ATT_BR
-    _stage_t(Qs, inp[b], q0, ATT_BR, T, h * hs, hs, tid, nthreads)
-    _stage_t(dOs, dout[b], q0, ATT_BR, T, h * hs, hs, tid, nthreads)
+    _stage(Qs, inp[b], q0, ATT_BR, T, h * hs, hs, tid, nthreads)
+    _stage(dOs, dout[b], q0, ATT_BR, T, h * hs, hs, tid, nthreads)
     for i in range(ATT_RM):
         t = q0 + ty + ATT_TY_BWD * i
         lse_r[i] = lse[b, h, t] if t < T else ZERO
@@ -275,10 +271,11 @@ def attention_dquery_kernel(dinp, dout, inp, lse, dd, scale):
     k_end = min(q0 + ATT_BR, T)
     for k0 in range(0, k_end, ATT_BK):
         cuda.syncthreads()
-        _stage_t(Ks, inp[b], k0, ATT_BK, T, C + h * hs, hs, tid, nthreads)
-        _stage_t(Vts, inp[b], k0, ATT_BK, T, 2 * C + h * hs, hs, tid, nthreads)
+        _stage(Ks, inp[b], k0, ATT_BK, T, C + h * hs, hs, tid, nthreads)
+        _stage(Vs, inp[b], k0, ATT_BK, T, 2 * C + h * hs, hs, tid, nthreads)
         cuda.syncthreads()
-        _scores_and_dp(s, dp, Qs, Ks, dOs, Vts, hs, qa, ga, kb, vb)   # q.k, dout.v
+        _scores(s, Qs, Ks, hs, ATT_TY_BWD, av, bv)    # q.k
+        _scores(dp, dOs, Vs, hs, ATT_TY_BWD, av, bv)  # dout.v
         for i in range(ATT_RM):
             t = q0 + ty + ATT_TY_BWD * i
             for j in range(ATT_CN):
@@ -288,12 +285,12 @@ def attention_dquery_kernel(dinp, dout, inp, lse, dd, scale):
                     ds = math.exp(s[i, j] * scale - lse_r[i]) * (dp[i, j] - dd_r[i])
                 dSs[ty + ATT_TY_BWD * i, tx + ATT_TX * j] = ds
         cuda.syncthreads()
-        _accumulate_product(dq, dSs, Ks, qa, kb)   # dq += dS k
+        _accumulate(dq, dSs, Ks, ATT_TY_BWD, av, xb)   # dq += dS k
     for i in range(ATT_RM):
         t = q0 + ty + ATT_TY_BWD * i
         if t < T:
             for j in range(ATT_DN):
-                d = tx + ATT_TX * j
+                d = _channel(tx, j)
                 if d < hs:
                     dinp[b, t, h * hs + d] += scale * dq[i, j]
 
@@ -303,21 +300,21 @@ def attention_dkey_value_kernel(dinp, dout, inp, lse, dd, scale):
     # dinp (B,T,3C) key and value thirds += for the ATT_BR keys t2 of this block, over the queries
     # t >= t2 (in tiles of ATT_BK): dk += scale * dS[t,t2] q[t], dv += att[t,t2] dout[t]; att, dS as
     # in attention_dquery_kernel. Rows of the register tiles are keys here, columns queries.
-    Ks = cuda.shared.array((ATT_HS_MAX, ATT_BR_P), float32)
-    Vts = cuda.shared.array((ATT_HS_MAX, ATT_BR_P), float32)
-    Qs = cuda.shared.array((ATT_HS_MAX, ATT_BK_P), float32)
-    dOs = cuda.shared.array((ATT_HS_MAX, ATT_BK_P), float32)
-    Ps = cuda.shared.array((ATT_BR, ATT_BK_P), float32)   # att, then dS (keys x queries)
+    Ks = cuda.shared.array((ATT_BR, ATT_HS_P), float32, alignment=ALIGN)
+    Vs = cuda.shared.array((ATT_BR, ATT_HS_P), float32, alignment=ALIGN)
+    Qs = cuda.shared.array((ATT_BK, ATT_HS_P), float32, alignment=ALIGN)
+    dOs = cuda.shared.array((ATT_BK, ATT_HS_P), float32, alignment=ALIGN)
+    Ps = cuda.shared.array((ATT_BR, ATT_BK_P), float32, alignment=ALIGN)    # att (keys x queries)
+    dSs = cuda.shared.array((ATT_BR, ATT_BK_P), float32, alignment=ALIGN)   # dS (keys x queries)
     lses = cuda.shared.array(ATT_BK, float32)
     dds = cuda.shared.array(ATT_BK, float32)
     s = cuda.local.array((ATT_RM, ATT_CN), float32)
     dp = cuda.local.array((ATT_RM, ATT_CN), float32)
     dk = cuda.local.array((ATT_RM, ATT_DN), float32)
     dv = cuda.local.array((ATT_RM, ATT_DN), float32)
-    ka = cuda.local.array(ATT_RM, float32)
-    va = cuda.local.array(ATT_RM, float32)
-    qb = cuda.local.array(ATT_DN, float32)
-    gb = cuda.local.array(ATT_CN, float32)
+    av = cuda.local.array(RM4, float32)
+    bv = cuda.local.array(CN4, float32)
+    xb = cuda.local.array(DN4, float32)
     NH = lse.shape[1]
     T = lse.shape[2]
     C = dout.shape[2]
@@ -329,22 +326,23 @@ def attention_dkey_value_kernel(dinp, dout, inp, lse, dd, scale):
     tid = ty * ATT_TX + tx
     nthreads = ATT_TX * ATT_TY_BWD
     k0 = cuda.blockIdx.x * ATT_BR   # the first keys (most query tiles) first
-    _stage_t(Ks, inp[b], k0, ATT_BR, T, C + h * hs, hs, tid, nthreads)
-    _stage_t(Vts, inp[b], k0, ATT_BR, T, 2 * C + h * hs, hs, tid, nthreads)
+    _stage(Ks, inp[b], k0, ATT_BR, T, C + h * hs, hs, tid, nthreads)
+    _stage(Vs, inp[b], k0, ATT_BR, T, 2 * C + h * hs, hs, tid, nthreads)
     for i in range(ATT_RM):
         for j in range(ATT_DN):
             dk[i, j] = ZERO
             dv[i, j] = ZERO
     for t0 in range(k0, T, ATT_BK):
         cuda.syncthreads()
-        _stage_t(Qs, inp[b], t0, ATT_BK, T, h * hs, hs, tid, nthreads)
-        _stage_t(dOs, dout[b], t0, ATT_BK, T, h * hs, hs, tid, nthreads)
+        _stage(Qs, inp[b], t0, ATT_BK, T, h * hs, hs, tid, nthreads)
+        _stage(dOs, dout[b], t0, ATT_BK, T, h * hs, hs, tid, nthreads)
         if tid < ATT_BK:
             t = t0 + tid
             lses[tid] = lse[b, h, t] if t < T else ZERO
             dds[tid] = dd[b, h, t] if t < T else ZERO
         cuda.syncthreads()
-        _scores_and_dp(s, dp, Ks, Qs, Vts, dOs, hs, ka, va, qb, gb)   # k.q, v.dout
+        _scores(s, Ks, Qs, hs, ATT_TY_BWD, av, bv)    # k.q
+        _scores(dp, Vs, dOs, hs, ATT_TY_BWD, av, bv)  # v.dout
         for i in range(ATT_RM):
             t2 = k0 + ty + ATT_TY_BWD * i
             for j in range(ATT_CN):
@@ -355,21 +353,16 @@ def attention_dkey_value_kernel(dinp, dout, inp, lse, dd, scale):
                 if t2 <= t and t < T:
                     p = math.exp(s[i, j] * scale - lses[c])
                     ds = p * (dp[i, j] - dds[c])
-                dp[i, j] = ds
                 Ps[ty + ATT_TY_BWD * i, c] = p
+                dSs[ty + ATT_TY_BWD * i, c] = ds
         cuda.syncthreads()
-        _accumulate_product(dv, Ps, dOs, ka, qb)   # dv += att dout
-        cuda.syncthreads()
-        for i in range(ATT_RM):
-            for j in range(ATT_CN):
-                Ps[ty + ATT_TY_BWD * i, tx + ATT_TX * j] = dp[i, j]
-        cuda.syncthreads()
-        _accumulate_product(dk, Ps, Qs, ka, qb)   # dk += dS q
+        _accumulate(dv, Ps, dOs, ATT_TY_BWD, av, xb)   # dv += att dout
+        _accumulate(dk, dSs, Qs, ATT_TY_BWD, av, xb)   # dk += dS q
     for i in range(ATT_RM):
         t2 = k0 + ty + ATT_TY_BWD * i
         if t2 < T:
             for j in range(ATT_DN):
-                d = tx + ATT_TX * j
+                d = _channel(tx, j)
                 if d < hs:
                     dinp[b, t2, C + h * hs + d] += scale * dk[i, j]
                     dinp[b, t2, 2 * C + h * hs + d] += dv[i, j]

@@ -81,7 +81,7 @@ GEMM_VLOAD = GEMM_KERNEL == "v7s"           # 128-bit global loads of the slabs 
 # attention (flash-style, attention.py): register tiles as the matmuls'. A block of ATT_TX x ATT_TY
 # threads (ATT_TY_BWD in backward) holds ATT_RM rows per thread, ATT_CN score columns and ATT_DN head
 # channels per thread: ATT_BQ queries per forward block, ATT_BR rows (queries or keys) per backward
-# block, ATT_BK columns (keys or queries) per tile. Shared memory: at most 46 KB (under 48 KB static)
+# block, ATT_BK columns (keys or queries) per tile. Shared memory: at most 44 KB (under 48 KB static)
 ATT_HS_MAX = 64    # the largest head size: GPT-2's at every size (and the d-family's)
 ATT_TX = {"gpu": 16, "sim": 4}[GEOMETRY]
 ATT_TY = {"gpu": 16, "sim": 2}[GEOMETRY]
@@ -93,8 +93,13 @@ ATT_BQ = ATT_TY * ATT_RM
 ATT_BR = ATT_TY_BWD * ATT_RM
 ATT_BK = ATT_TX * ATT_CN
 assert GEMM_BK % 4 == 0   # matmul.py walks a slab four k at a time
-ATT_BQ_P, ATT_BR_P, ATT_BK_P = ATT_BQ + 1, ATT_BR + 1, ATT_BK + 1   # shared tiles' padded rows
-assert ATT_DN * ATT_TX == ATT_HS_MAX and ATT_CN <= ATT_DN and ATT_BK <= ATT_TX * ATT_TY_BWD
+# shared tiles' padded rows: 4 floats of padding keep every row 16-byte aligned (128-bit loads) and
+# put the same channel of neighbouring rows 4 banks apart
+ATT_HS_P, ATT_BK_P = ATT_HS_MAX + 4, ATT_BK + 4
+ATT_HS4 = ATT_HS_MAX // 4   # a staged row's groups of 4 channels
+assert ATT_DN * ATT_TX == ATT_HS_MAX and ATT_DN % 4 == 0 and ATT_BK % 4 == 0 and ATT_BK <= ATT_TX * ATT_TY_BWD
+# staging (attention._stage): every tile's groups of 4 channels split evenly over the block's threads
+assert all(R * ATT_HS4 % n == 0 for R in (ATT_BQ, ATT_BR, ATT_BK) for n in (ATT_TX * ATT_TY, ATT_TX * ATT_TY_BWD))
 
 
 def cdiv(a, b):

@@ -37,6 +37,10 @@ if SIMULATOR:
     def load4(tile, r, c):
         """tile[r, c:c+4] (the simulator runs device code as Python)."""
         return tile[r, c], tile[r, c + 1], tile[r, c + 2], tile[r, c + 3]
+
+    def store4(tile, r, c, x0, x1, x2, x3):
+        """tile[r, c:c+4] = x0, x1, x2, x3."""
+        tile[r, c], tile[r, c + 1], tile[r, c + 2], tile[r, c + 3] = x0, x1, x2, x3
 else:
     from llvmlite import ir
     from numba import types
@@ -61,6 +65,28 @@ else:
             vec = builder.load(builder.bitcast(ptr, ir.VectorType(ir.FloatType(), 4).as_pointer()), align=16)
             return context.make_tuple(builder, rt, [builder.extract_element(vec, ir.Constant(ir.IntType(32), j))
                                                     for j in range(4)])
+        return sig, codegen
+
+    @intrinsic
+    def store4(typingctx, tile, r, c, x0, x1, x2, x3):
+        """tile[r, c:c+4] = x0, x1, x2, x3 (float32) in one 128-bit store (st.shared.v4.f32), with
+        load4's alignment contract."""
+        sig = types.void(tile, r, c, x0, x1, x2, x3)
+
+        def codegen(context, builder, signature, args):
+            arr = context.make_array(signature.args[0])(context, builder, args[0])
+            i64 = ir.IntType(64)
+            rv = context.cast(builder, args[1], signature.args[1], types.int64)
+            cv = context.cast(builder, args[2], signature.args[2], types.int64)
+            row_len = builder.sdiv(builder.extract_value(arr.strides, 0), ir.Constant(i64, 4))
+            ptr = builder.gep(arr.data, [builder.add(builder.mul(rv, row_len), cv)])
+            v4 = ir.VectorType(ir.FloatType(), 4)
+            vec = ir.Constant(v4, ir.Undefined)
+            for j in range(4):
+                x = context.cast(builder, args[3 + j], signature.args[3 + j], types.float32)
+                vec = builder.insert_element(vec, x, ir.Constant(ir.IntType(32), j))
+            builder.store(vec, builder.bitcast(ptr, v4.as_pointer()), align=16)
+            return context.get_dummy_value()
         return sig, codegen
 
 
@@ -150,14 +176,18 @@ def _slab_functions(KR, VECTOR):
     return load, store
 
 
-@INLINE
-def fetch4(regs, g, tile, kk, c):
+def _fetch4(regs, g, tile, kk, c):
     # regs[4g:4g+4] = tile[kk, c:c+4], one 128-bit load (shared memory, or a global array in v7s)
     x0, x1, x2, x3 = load4(tile, kk, c)
     regs[4 * g] = x0
     regs[4 * g + 1] = x1
     regs[4 * g + 2] = x2
     regs[4 * g + 3] = x3
+
+
+# (the simulator runs a device function's every call through its own machinery, ~10x the cost of
+# this Python function: attention calls it for every 4 floats it reads)
+fetch4 = _fetch4 if SIMULATOR else INLINE(_fetch4)
 
 
 @INLINE
