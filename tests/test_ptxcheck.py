@@ -44,6 +44,9 @@ def test_cuda_kernels_compile_to_ptx(gemm):
             assert shared > 0 and glob > 0, r.stdout
         else:
             assert f"matmul_{layout}_vload_kernel" not in r.stdout
+    # attention (v3) reads its tiles 4 floats at a time
+    for kernel in ("attention_forward_kernel", "attention_dquery_kernel", "attention_dkey_value_kernel"):
+        assert _loads128(r.stdout, kernel)[0] > 0, r.stdout
 
 
 def test_lab_gemm_v6_and_v7_read_memory_128_bits_at_a_time():
