@@ -46,6 +46,16 @@ else:
     from numba import types
     from numba.cuda.extending import intrinsic
 
+    V4 = ir.VectorType(ir.FloatType(), 4)
+
+    def _vec4_ptr(context, builder, signature, args):
+        # a <4 x float>* to tile[r, c] (args: tile, r, c, ...) of a C-contiguous float32 2-D array
+        arr = context.make_array(signature.args[0])(context, builder, args[0])
+        rv = context.cast(builder, args[1], signature.args[1], types.int64)
+        cv = context.cast(builder, args[2], signature.args[2], types.int64)
+        row_len = builder.sdiv(builder.extract_value(arr.strides, 0), ir.Constant(ir.IntType(64), 4))
+        return builder.bitcast(builder.gep(arr.data, [builder.add(builder.mul(rv, row_len), cv)]), V4.as_pointer())
+
     @intrinsic
     def load4(typingctx, tile, r, c):
         """tile[r, c:c+4] of a C-contiguous float32 2-D shared array in one 128-bit load
@@ -56,13 +66,7 @@ else:
         sig = rt(tile, r, c)
 
         def codegen(context, builder, signature, args):
-            arr = context.make_array(signature.args[0])(context, builder, args[0])
-            i64 = ir.IntType(64)
-            rv = context.cast(builder, args[1], signature.args[1], types.int64)
-            cv = context.cast(builder, args[2], signature.args[2], types.int64)
-            row_len = builder.sdiv(builder.extract_value(arr.strides, 0), ir.Constant(i64, 4))
-            ptr = builder.gep(arr.data, [builder.add(builder.mul(rv, row_len), cv)])
-            vec = builder.load(builder.bitcast(ptr, ir.VectorType(ir.FloatType(), 4).as_pointer()), align=16)
+            vec = builder.load(_vec4_ptr(context, builder, signature, args), align=16)
             return context.make_tuple(builder, rt, [builder.extract_element(vec, ir.Constant(ir.IntType(32), j))
                                                     for j in range(4)])
         return sig, codegen
@@ -74,18 +78,11 @@ else:
         sig = types.void(tile, r, c, x0, x1, x2, x3)
 
         def codegen(context, builder, signature, args):
-            arr = context.make_array(signature.args[0])(context, builder, args[0])
-            i64 = ir.IntType(64)
-            rv = context.cast(builder, args[1], signature.args[1], types.int64)
-            cv = context.cast(builder, args[2], signature.args[2], types.int64)
-            row_len = builder.sdiv(builder.extract_value(arr.strides, 0), ir.Constant(i64, 4))
-            ptr = builder.gep(arr.data, [builder.add(builder.mul(rv, row_len), cv)])
-            v4 = ir.VectorType(ir.FloatType(), 4)
-            vec = ir.Constant(v4, ir.Undefined)
+            vec = ir.Constant(V4, ir.Undefined)
             for j in range(4):
                 x = context.cast(builder, args[3 + j], signature.args[3 + j], types.float32)
                 vec = builder.insert_element(vec, x, ir.Constant(ir.IntType(32), j))
-            builder.store(vec, builder.bitcast(ptr, v4.as_pointer()), align=16)
+            builder.store(vec, _vec4_ptr(context, builder, signature, args), align=16)
             return context.get_dummy_value()
         return sig, codegen
 
