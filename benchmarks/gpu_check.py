@@ -19,6 +19,8 @@ it needs no install and no network; an installed `llmnb[cuda]` works the same). 
   lab       dev/cuda_attention.py: the attention versions (the package's v3 and the lab's v1, v2)
             checked and timed at both shapes; dev/cuda_gemm.py: the matmul versions of LAB_GEMMS
             checked and timed beside the package's (both appended to bench.txt)
+summary.txt ends with `compare` lines read from bench.txt: per shape llmnb's median step with each matmul
+kernel against PyTorch's (TF32 off), and each attention version's time per layer, the fastest named.
 Shapes: B=4 T=64 (llm.c's CPU demo) and B=8 T=1024 (GPT-2's context). Every phase has a timeout,
 and the whole run a budget (--budget seconds): a phase that runs out is killed and marked so, and
 the rest still run within what is left. The output folder holds at most these 8 files:
@@ -26,6 +28,7 @@ the rest still run within what is left. The output folder holds at most these 8 
 """
 import argparse
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -205,8 +208,43 @@ def run_plan(out_dir, work, budget):
         log = os.path.join(work, f"run_B{B}_T{T}", "log.jsonl")
         if os.path.exists(log):
             shutil.copyfile(log, os.path.join(out_dir, f"train_B{B}_T{T}.jsonl"))
+    bench = os.path.join(out_dir, "bench.txt")
+    if os.path.exists(bench):
+        with open(bench) as f:
+            for line in compare(f.read()):
+                note(line)
     note(f"done in {budget - (deadline - time.perf_counter()):.0f} s")
     summary.close()
+
+
+STEP_LINE = re.compile(r"^llmnb\s+B=(\d+) T=(\d+) \(matmul (\w+)\): step ms min/median/max \S+ ([\d.]+)", re.M)
+TORCH_LINE = re.compile(r"^PyTorch B=(\d+) T=(\d+) TF32 off: step ms min/median/max \S+ ([\d.]+)", re.M)
+ATTENTION_LINE = re.compile(r"^(v\d+)\s+B=(\d+) T=(\d+) NH=\d+ hs=\d+\s+([\d.]+)\s+\S+\s+([\d.]+)", re.M)
+
+
+def compare(bench):
+    """Lines for summary.txt from bench.txt's text: per shape, llmnb's median step with each matmul
+    kernel against PyTorch's (TF32 off), and each attention version's forward + backward per layer,
+    the fastest of each named: what decides the package's defaults (launch.GEMM_KERNEL, attention.py)."""
+    steps, torch_ms, attention = {}, {}, {}
+    for B, T, kernel, ms in STEP_LINE.findall(bench):
+        steps.setdefault((int(B), int(T)), {})[kernel] = float(ms)
+    for B, T, ms in TORCH_LINE.findall(bench):
+        torch_ms[(int(B), int(T))] = float(ms)
+    for version, B, T, fwd, bwd in ATTENTION_LINE.findall(bench):
+        attention.setdefault((int(B), int(T)), {})[version] = float(fwd) + float(bwd)
+    lines = []
+    for (B, T), by_kernel in sorted(steps.items()):
+        best = min(by_kernel, key=by_kernel.get)
+        text = ", ".join(f"{k} {ms:.1f}" for k, ms in by_kernel.items())
+        ref = torch_ms.get((B, T))
+        vs = f"; PyTorch fp32 {ref:.1f}: {by_kernel[best] / ref:.2f}x its time" if ref else ""
+        lines.append(f"compare llmnb B={B} T={T} step ms by matmul kernel: {text} (fastest {best}){vs}")
+    for (B, T), by_version in sorted(attention.items()):
+        best = min(by_version, key=by_version.get)
+        text = ", ".join(f"{v} {ms:.3f}" for v, ms in by_version.items())
+        lines.append(f"compare attention B={B} T={T} forward + backward ms per layer: {text} (fastest {best})")
+    return lines
 
 
 def dry_run(out_dir, work):
@@ -366,7 +404,7 @@ def bench_llmnb(B, T, steps=10, warmup=2):
         times.append(time.perf_counter() - t0)
     med = float(np.median(times))
     free, total = cuda.current_context().get_memory_info()
-    print(f"llmnb   B={B} T={T}: step ms min/median/max {1e3 * min(times):.1f} {1e3 * med:.1f} "
+    print(f"llmnb   B={B} T={T} (matmul {GEMM_KERNEL}): step ms min/median/max {1e3 * min(times):.1f} {1e3 * med:.1f} "
           f"{1e3 * max(times):.1f} | {B * T / med:.0f} tok/s | {flops / med / 1e12:.2f} TFLOP/s = "
           f"{100 * flops / med / peak:.1f}% of fp32 peak | loss {loss:.4f} | "
           f"device memory in use {(total - free) / 2**30:.1f} GiB")

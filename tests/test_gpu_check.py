@@ -56,3 +56,22 @@ def test_inputs_are_llmc_shards_and_a_tokenizer(tmp_path, monkeypatch):
     assert np.array_equal(train[:3001], train[3001:6002]) and len(np.unique(train[:3001])) > 2000
     tokens, eot = read_tokenizer(tmp_path / "data" / "gpt2_tokenizer.bin")
     assert len(tokens) == 50257 and eot == 50256
+
+
+def test_compare_names_the_fastest_kernels_and_the_ratio_to_pytorch():
+    gc = load_script()
+    bench = "\n".join([
+        "llmnb   B=8 T=1024 (matmul v5s): step ms min/median/max 469.9 470.1 470.7 | 17428 tok/s",
+        "PyTorch B=8 T=1024 TF32 off: step ms min/median/max 160.6 160.8 161.1 | 50936 tok/s",
+        "PyTorch B=8 T=1024 TF32 on : step ms min/median/max 66.8 67.1 67.2 | 122133 tok/s",
+        "llmnb   B=8 T=1024 (matmul v6s): step ms min/median/max 330.0 331.6 333.0 | 24000 tok/s",
+        "llmnb   B=8 T=1024 (matmul v7s): step ms min/median/max 340.0 345.0 350.0 | 23000 tok/s",
+        "llmnb   B=4 T=64 (matmul v5s): step ms min/median/max 164.9 176.4 182.6 | 1451 tok/s",
+        "version  shape                      fwd ms  TFLOP/s   bwd ms  TFLOP/s",
+        "v2       B=8 T=1024 NH=12 hs=64      2.127     6.06    6.841     4.71",
+        "v3       B=8 T=1024 NH=12 hs=64      1.000    12.90    3.500     9.21",
+    ])
+    lines = gc.compare(bench)
+    assert lines[0].startswith("compare llmnb B=4 T=64") and "(fastest v5s)" in lines[0] and "PyTorch" not in lines[0]
+    assert "v5s 470.1, v6s 331.6, v7s 345.0 (fastest v6s); PyTorch fp32 160.8: 2.06x its time" in lines[1]
+    assert lines[2].endswith("v2 8.968, v3 4.500 (fastest v3)")
