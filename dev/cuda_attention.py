@@ -12,8 +12,8 @@ Versions (each computes what llmnb.kernels.attention_forward / attention_backwar
        (benchmarks/gpu/2026-11-26c-h200/cuda_attention.txt).
   v3   the package's (llmnb/cuda/attention.py): v2's tiles staged as they lie (row, channel) and
        read 4 floats at a time (load4: 0.12-0.19 shared loads per multiply-add), staging on 32-bit
-       indices. In the SASS for sm_90 (ptxas, no GPU): per key tile forward ~2,040 instructions for
-       1,024 FFMA (v2 ~4,100), dquery ~2,680 for 1,536 (v2 ~4,800); no spills. Not yet timed.
+       indices. In the SASS for sm_90 (ptxas, no GPU): per key tile forward ~1,880 instructions for
+       1,024 FFMA (v2 ~4,500-5,000), dquery ~2,700 for 1,536 (v2 ~6,300-6,800); no spills. Not yet timed.
 The check compares each with the CPU kernels (float32, the package's tolerance); the timing gives ms
 and TFLOP/s of the causal work (2 products of T(T+1)/2 x hs per head forward, 5 in backward).
 

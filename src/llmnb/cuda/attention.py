@@ -15,8 +15,9 @@ registers, as the matmuls do (matmul.py):
                ATT_DN channels in groups of 4 neighbours (_channel): per 4 columns c, each row's 4 p
                in one load and each c's 4 channels of v in one load
 so a multiply-add costs 0.12-0.19 shared loads (the version before, dev/cuda_attention.py's v2: 0.5-0.75).
-Row-wise steps (the softmax's max) read a shared tile of scores, 4 at a time. Tiles wholly above the
-diagonal are never visited, and the blocks with the most tiles start first.
+The softmax's row max: each thread's maximum over its own columns goes through a shared tile, and
+each thread reads its rows' ATT_TX partial maxima 4 at a time. Tiles wholly above the diagonal are
+never visited, and the blocks with the most tiles start first.
 
   forward         a block of ATT_BQ queries walks the key tiles 0..its last query
   backward        attention_backward_dd_kernel: dd (B,NH,T) = rowsum(dout * out) (FlashAttention-2's D)
@@ -120,9 +121,9 @@ def _accumulate(acc, P, X, TYS, av, xb):
 
 @INLINE
 def _row_max(P, r, mx):
-    # max(mx, P[r, :ATT_BK]), 4 columns per load
-    for cq4 in range(U32(ATT_BK // 4)):
-        x0, x1, x2, x3 = load4(P, r, cq4 * U32(4))
+    # max(mx, P[r, :ATT_TX]): the row's ATT_TX partial maxima, 4 per load
+    for q in range(U32(ATT_TX // 4)):
+        x0, x1, x2, x3 = load4(P, r, q * U32(4))
         mx = max(mx, max(max(x0, x1), max(x2, x3)))
     return mx
 
@@ -131,8 +132,9 @@ def _row_max(P, r, mx):
 def attention_forward_kernel(out, lse, inp, scale):
     # out (B,T,C), lse (B,NH,T) = the attention of the ATT_BQ queries q0.. of head (b, h) =
     # blockIdx.y, inp (B,T,3C). Per key tile: s = scale q.k (masked: -inf), the rows' new max m from
-    # the shared score tile, o and l rescaled by exp(m_old - m), p = exp(s - m), o += p v. Each thread
-    # keeps l over its own key columns; the row's l is their sum, at the end.
+    # each thread's maximum over its ATT_CN columns (through the shared tile), o and l rescaled by
+    # exp(m_old - m), p = exp(s - m), o += p v. Each thread keeps l over its own key columns; the
+    # row's l is their sum, at the end.
     Qs = cuda.shared.array((ATT_BQ, ATT_HS_P), float32, alignment=ALIGN)   # Qs[r, d] = q[q0 + r, d]
     Ks = cuda.shared.array((ATT_BK, ATT_HS_P), float32, alignment=ALIGN)   # Ks[c, d] = k[k0 + c, d]
     Vs = cuda.shared.array((ATT_BK, ATT_HS_P), float32, alignment=ALIGN)   # Vs[c, d] = v[k0 + c, d]
@@ -171,13 +173,15 @@ def attention_forward_kernel(out, lse, inp, scale):
         _scores(s, Qs, Ks, hs, ATT_TY, av, bv)
         for i in range(ATT_RM):
             t = q0 + ty + ATT_TY * i
+            pm = NEG_INF
             for j in range(ATT_CN):
                 t2 = k0 + tx + ATT_TX * j
                 val = s[i, j] * scale
                 if t2 > t or t2 >= T:
                     val = NEG_INF
                 s[i, j] = val
-                Ps[ty + ATT_TY * i, tx + ATT_TX * j] = val
+                pm = max(pm, val)
+            Ps[ty + ATT_TY * i, tx] = pm   # this thread's part of the row max
         cuda.syncthreads()
         for i in range(ATT_RM):   # the new row max (finite from the first tile on: key 0 is visible)
             mx = _row_max(Ps, ty + ATT_TY * i, m[i])

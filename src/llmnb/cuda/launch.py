@@ -97,7 +97,8 @@ assert GEMM_BK % 4 == 0   # matmul.py walks a slab four k at a time
 # put the same channel of neighbouring rows 4 banks apart
 ATT_HS_P, ATT_BK_P = ATT_HS_MAX + 4, ATT_BK + 4
 ATT_HS4 = ATT_HS_MAX // 4   # a staged row's groups of 4 channels
-assert ATT_DN * ATT_TX == ATT_HS_MAX and ATT_DN % 4 == 0 and ATT_BK % 4 == 0 and ATT_BK <= ATT_TX * ATT_TY_BWD
+assert ATT_DN * ATT_TX == ATT_HS_MAX and ATT_DN % 4 == 0 and ATT_TX % 4 == 0 and ATT_BK % 4 == 0
+assert ATT_BK <= ATT_TX * ATT_TY_BWD
 # staging (attention._stage): every tile's groups of 4 channels split evenly over the block's threads
 assert all(R * ATT_HS4 % n == 0 for R in (ATT_BQ, ATT_BR, ATT_BK) for n in (ATT_TX * ATT_TY, ATT_TX * ATT_TY_BWD))
 
