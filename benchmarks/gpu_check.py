@@ -15,10 +15,11 @@ it needs no install and no network; an installed `llmnb[cuda]` works the same). 
             as nanoGPT) with TF32 off and on, on the same model and batch, each shape in its own process;
             then llmnb's step again with each matmul kernel of UNTIMED_GEMMS (LLMNB_CUDA_GEMM: not yet
             timed on a card)
-  train     llmnb-train --device cuda -e d12 -x 20 -v 0 -s 0 at each shape, with its JSONL log
   lab       dev/cuda_attention.py: the attention versions (the package's v3 and the lab's v1, v2)
-            checked and timed at both shapes; dev/cuda_gemm.py: the matmul versions of LAB_GEMMS
-            checked and timed beside the package's (both appended to bench.txt)
+            checked and timed at both shapes (appended to bench.txt)
+  train     llmnb-train --device cuda -e d12 -x 20 -v 0 -s 0 at each shape, with its JSONL log
+  lab       dev/cuda_gemm.py: the matmul versions of LAB_GEMMS checked and timed beside the
+            package's (appended to bench.txt)
 summary.txt ends with `compare` lines read from bench.txt: per shape llmnb's median step with each matmul
 kernel against PyTorch's (TF32 off), and each attention version's time per layer, the fastest named.
 Shapes: B=4 T=64 (llm.c's CPU demo) and B=8 T=1024 (GPT-2's context). Every phase has a timeout,
@@ -86,14 +87,15 @@ def plan(work):
                   + [Cmd([py, me, "--bench", "llmnb", f"{B}x{T}"], "bench.txt", 150, env={"LLMNB_CUDA_GEMM": g},
                          label=f"llmnb B={B} T={T} with LLMNB_CUDA_GEMM={g}")
                      for g in UNTIMED_GEMMS for B, T in SHAPES]),
+        # the attention versions before train: the only timing of v3 against v2 (dev/cuda_attention.py)
+        ("lab", [Cmd([py, "-m", "dev.cuda_attention"], "bench.txt", 90,
+                     label="dev.cuda_attention: attention versions (v3 the package's)")]),
         ("train", [Cmd([py, "-m", "llmnb.train", "--device", "cuda", "-e", "d12", "-x", str(TRAIN_STEPS),
                         "-v", "0", "-s", "0", "-b", str(B), "-t", str(T),
                         "-i", os.path.join(data, "train.bin"), "-j", os.path.join(data, "val.bin"),
                         "--data-dir", data, "-o", os.path.join(work, f"run_B{B}_T{T}")],
                        "train.txt", 150, label=f"llmnb-train B={B} T={T}") for B, T in SHAPES]),
-        ("lab", [Cmd([py, "-m", "dev.cuda_attention"], "bench.txt", 90,
-                     label="dev.cuda_attention: attention versions (v3 the package's)"),
-                 Cmd([py, "-m", "dev.cuda_gemm", "--versions", ",".join(LAB_GEMMS), "--ntok", "8192,256"],
+        ("lab", [Cmd([py, "-m", "dev.cuda_gemm", "--versions", ",".join(LAB_GEMMS), "--ntok", "8192,256"],
                      "bench.txt", 150, label="dev.cuda_gemm: matmul versions against the package's")]),
     ]
     return phases
@@ -220,17 +222,20 @@ def run_plan(out_dir, work, budget):
 STEP_LINE = re.compile(r"^llmnb\s+B=(\d+) T=(\d+) \(matmul (\w+)\): step ms min/median/max \S+ ([\d.]+)", re.M)
 TORCH_LINE = re.compile(r"^PyTorch B=(\d+) T=(\d+) TF32 off: step ms min/median/max \S+ ([\d.]+)", re.M)
 ATTENTION_LINE = re.compile(r"^(v\d+)\s+B=(\d+) T=(\d+) NH=\d+ hs=\d+\s+([\d.]+)\s+\S+\s+([\d.]+)", re.M)
+FAILED_CHECK = re.compile(r"^BAD (v\d+) ", re.M)   # dev.cuda_attention's check of a version
 
 
 def compare(bench):
     """Lines for summary.txt from bench.txt's text: per shape, llmnb's median step with each matmul
     kernel against PyTorch's (TF32 off), and each attention version's forward + backward per layer,
-    the fastest of each named: what decides the package's defaults (launch.GEMM_KERNEL, attention.py)."""
+    the fastest of each named: what decides the package's defaults (launch.GEMM_KERNEL, attention.py).
+    An attention version that failed its check is listed as such, never as the fastest."""
     steps, torch_ms, attention = {}, {}, {}
     for B, T, kernel, ms in STEP_LINE.findall(bench):
         steps.setdefault((int(B), int(T)), {})[kernel] = float(ms)
     for B, T, ms in TORCH_LINE.findall(bench):
         torch_ms[(int(B), int(T))] = float(ms)
+    failed = set(FAILED_CHECK.findall(bench))
     for version, B, T, fwd, bwd in ATTENTION_LINE.findall(bench):
         attention.setdefault((int(B), int(T)), {})[version] = float(fwd) + float(bwd)
     lines = []
@@ -241,9 +246,10 @@ def compare(bench):
         vs = f"; PyTorch fp32 {ref:.1f}: {by_kernel[best] / ref:.2f}x its time" if ref else ""
         lines.append(f"compare llmnb B={B} T={T} step ms by matmul kernel: {text} (fastest {best}){vs}")
     for (B, T), by_version in sorted(attention.items()):
-        best = min(by_version, key=by_version.get)
-        text = ", ".join(f"{v} {ms:.3f}" for v, ms in by_version.items())
-        lines.append(f"compare attention B={B} T={T} forward + backward ms per layer: {text} (fastest {best})")
+        ok = [v for v in by_version if v not in failed]
+        best = f"fastest {min(ok, key=by_version.get)}" if ok else "every version failed its check"
+        text = ", ".join(f"{v} {ms:.3f}{' (FAILED its check)' if v in failed else ''}" for v, ms in by_version.items())
+        lines.append(f"compare attention B={B} T={T} forward + backward ms per layer: {text} ({best})")
     return lines
 
 

@@ -96,9 +96,10 @@ def make_gemm(TM, TN, BK, A_KR, B_KR, TX=16, TY=16, ACCUM=False, max_registers=N
         @DEVICE
         def slab_elem(tid, i):
             # (rr, kk): the slab row and k of this thread's i-th element (tid unsigned with vec4).
-            # vload: elements 4g..4g+3 are 4 neighbours along x's contiguous dimension (k for
-            # KR False, r for KR True), one 128-bit global load
-            if vload:
+            # vector_loads (v7's kernel for aligned rows): elements 4g..4g+3 are 4 neighbours along
+            # x's contiguous dimension (k for KR False, r for KR True), one 128-bit global load; its
+            # scalar twin keeps consecutive threads on consecutive elements (coalesced scalar loads)
+            if vector_loads:
                 l = U32(4) * (tid + U32((i // 4) * NT)) + U32(i % 4)
             elif vec4:
                 l = tid + U32(i * NT)

@@ -26,7 +26,8 @@ def test_dry_run_plans_every_phase_into_at_most_8_files(tmp_path):
     for phase in ("env", "tests", "parity", "bench", "train", "lab"):
         assert f"\n{phase} " in summary, summary
     assert "llmnb.test_gpt2 --device cuda" in summary and "-b 8 -t 1024" in summary
-    assert "dev.cuda_attention" in summary and "dev.cuda_gemm" in summary   # the lab, last
+    # the lab: attention's versions before train (the only timing of v3 against v2), the matmuls' last
+    assert summary.index("dev.cuda_attention") < summary.index("llmnb.train") < summary.index("dev.cuda_gemm")
     # the step is timed with the default matmul kernel and again with v6s and v7s, at both shapes
     assert summary.count("--bench llmnb") == 6
     assert summary.count("LLMNB_CUDA_GEMM=v6s ") == 2 and summary.count("LLMNB_CUDA_GEMM=v7s ") == 2
@@ -75,3 +76,6 @@ def test_compare_names_the_fastest_kernels_and_the_ratio_to_pytorch():
     assert lines[0].startswith("compare llmnb B=4 T=64") and "(fastest v5s)" in lines[0] and "PyTorch" not in lines[0]
     assert "v5s 470.1, v6s 331.6, v7s 345.0 (fastest v6s); PyTorch fp32 160.8: 2.06x its time" in lines[1]
     assert lines[2].endswith("v2 8.968, v3 4.500 (fastest v3)")
+    # a version that failed dev.cuda_attention's check is never the fastest
+    failed = gc.compare("BAD v3 dinp  B=1 T=200 NH=2 hs=64: max rel err 3.1e-02\n" + bench)
+    assert failed[2].endswith("v2 8.968, v3 4.500 (FAILED its check) (fastest v2)")

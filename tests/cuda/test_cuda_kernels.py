@@ -9,7 +9,8 @@ Each test
 - starts gradient and output buffers from random values, not zeros, so that accumulation (+=) and
   what a kernel must leave alone (padded vocab columns) are checked,
 - on the simulator, starts every shared and local float array at 3e38 with NumPy's overflow warning
-  an error: a product with an element no thread wrote fails the test, even when its result is dropped,
+  an error: arithmetic on an element no thread wrote is likely to overflow (twice 3e38, or 3e38 times
+  more than 1.13) and fail the test, even when the kernel drops its result,
 - runs the CPU kernel on host copies of the same arguments and compares every argument after the
   call: |cuda - cpu| <= 1e-5 * (|cpu| + max|cpu|) (the float32 sums run in another order).
 The tests marked gpu_geometry also run with launch.py's GPU geometry (64x64 matmul tiles, 4x4
@@ -241,19 +242,35 @@ def test_matmul_backward(be, rng, B, T, C, OC, with_bias):
 
 ALIGNED_SHAPES = [  # C and OC multiples of 4: every operand's rows 16-byte aligned
     (2, 9, 24, 40),      # simulator tiles: whole slabs (128-bit loads in v7s) and partial ones
+    (1, 16, 64, 16),     # simulator tiles: one block, K split in 2 (the second slice starts at k = 32)
     (1, 136, 32, 136),   # the GPU's 128 x 128 tiles: the same (on a card only: slow on the simulator)
 ]
 
 
+class _Counted:
+    """A kernel dispatcher that counts its launches (kernel[grid, block](...))."""
+
+    def __init__(self, kernel):
+        self.kernel, self.launches = kernel, 0
+
+    def __getitem__(self, config):
+        self.launches += 1
+        return self.kernel[config]
+
+
 @pytest.mark.parametrize("B,T,C,OC", ALIGNED_SHAPES)
-def test_matmuls_on_aligned_rows(be, rng, B, T, C, OC):
+def test_matmuls_on_aligned_rows(be, rng, monkeypatch, B, T, C, OC):
     # v7s launches its kernels with 128-bit global loads when the operands' rows are 16-byte
-    # aligned (matmul.aligned_rows), as GPT-2's always are: forward and backward on such operands
-    from llmnb.cuda.matmul import aligned_rows
-    if launch.SIMULATOR and T > 9:
+    # aligned (matmul.aligned_rows), as GPT-2's always are: forward and backward on such operands,
+    # and with v7s each layout's launch goes to that kernel
+    from llmnb.cuda import matmul
+    if launch.SIMULATOR and T > 16:
         pytest.skip("the GPU tiles' shape: on a card")
-    placed = Placed(be, randn(rng, B, T, C), np.nan, slack=4)
-    assert aligned_rows(placed.view.reshape(B * T, C)), "the test's operands are not aligned"
+    counted = {}
+    if launch.GEMM_VLOAD:
+        for layout, (kernel, vload_kernel) in matmul.GEMMS.items():
+            counted[layout] = _Counted(vload_kernel)
+            monkeypatch.setitem(matmul.GEMMS, layout, (kernel, counted[layout]))
     args = [randn(rng, B, T, OC), randn(rng, B, T, C), randn(rng, OC, C), randn(rng, OC)]
     host, got = run_both(be, "matmul_forward", args, slack=4)
     assert_all_close(host, got, ["out", "inp", "weight", "bias"])
@@ -261,6 +278,7 @@ def test_matmuls_on_aligned_rows(be, rng, B, T, C, OC):
             randn(rng, B, T, OC), randn(rng, B, T, C), randn(rng, OC, C)]
     host, got = run_both(be, "matmul_backward", args, slack=4)
     assert_all_close(host, got, ["dinp", "dweight", "dbias", "dout", "inp", "weight"])
+    assert all(c.launches >= 1 for c in counted.values()), {k: c.launches for k, c in counted.items()}
 
 
 @pytest.mark.parametrize("other", [k for k in launch.GEMM_SHAPES if k != launch.GEMM_KERNEL])

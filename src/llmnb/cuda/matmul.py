@@ -105,7 +105,8 @@ def aligned_rows(x):
     """True when every row of the 2-D float32 device array x starts on a 16-byte boundary (v7s's
     128-bit global loads need it)."""
     iface = getattr(x, "__cuda_array_interface__", None) or x.__array_interface__   # (the simulator's)
-    return iface["data"][0] % 16 == 0 and x.shape[1] % 4 == 0 and x.strides[0] == 4 * x.shape[1]
+    return (iface["data"][0] % 16 == 0 and x.shape[1] % 4 == 0 and x.strides[1] == 4
+            and x.strides[0] == 4 * x.shape[1])
 
 
 @INLINE
@@ -123,9 +124,10 @@ def _slab_functions(KR, VECTOR):
 
     @INLINE
     def slab_index(tid, i):
-        # (row, k) within the slab of this thread's i-th element. v7s: elements 4g..4g+3 are 4
-        # neighbours along x's contiguous dimension (k when KR is False, r when True)
-        if GEMM_VLOAD:
+        # (row, k) within the slab of this thread's i-th element. VECTOR: elements 4g..4g+3 are 4
+        # neighbours along x's contiguous dimension (k when KR is False, r when True); the scalar
+        # kernels keep consecutive threads on consecutive elements (coalesced scalar loads)
+        if VECTOR:
             l = IDX(4) * (tid + IDX((i // 4) * NTHREADS)) + IDX(i % 4)
         else:
             l = tid + IDX(i * NTHREADS)
