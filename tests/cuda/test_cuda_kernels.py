@@ -41,9 +41,8 @@ def be():
 STALE = 3e38   # what the simulator's shared and local float arrays start as, in these tests
 
 
-def _stale_array(shape, dtype):
-    from numba.cuda.simulator import kernelapi   # (its numba types, as its own array functions)
-    if isinstance(dtype, kernelapi.types.Type):
+def _stale_array(kernelapi, shape, dtype):
+    if isinstance(dtype, kernelapi.types.Type):   # (the simulator's numba types, as its own arrays do)
         dtype = kernelapi.numpy_support.as_dtype(dtype)
     if np.issubdtype(np.dtype(dtype), np.floating):
         return np.full(shape, STALE, dtype)
@@ -71,12 +70,12 @@ def stale_memory(monkeypatch):
         with lock:
             arr = self._allocations.get(caller)
             if arr is None:
-                arr = self._allocations[caller] = _stale_array(shape, dtype)
+                arr = self._allocations[caller] = _stale_array(kernelapi, shape, dtype)
         return arr
 
     monkeypatch.setattr(kernelapi.FakeCUDAShared, "array", shared_array)
     monkeypatch.setattr(kernelapi.FakeCUDALocal, "array", lambda self, shape, dtype, alignment=None:
-                        _stale_array(shape, dtype))
+                        _stale_array(kernelapi, shape, dtype))
 
 
 @pytest.fixture
