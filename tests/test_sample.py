@@ -1,6 +1,7 @@
 """llmnb-sample: streams the tokens generate() samples (same seed, same tokens), greedy top-k 1
 equals the argmax of the full forward, the CUDA path samples what the CPU path does, bad input
 is one clear line."""
+import importlib.util
 import io
 import os
 import subprocess
@@ -17,6 +18,7 @@ from llmnb.generate import generate
 from llmnb.model import GPT2, init_params
 from llmnb.sampler import Rng
 from llmnb.tokenizer import Tokenizer
+from optional import needs_numba_cuda
 
 ROOT = Path(__file__).resolve().parent.parent
 CFG = GPT2Config(max_seq_len=24, vocab_size=50257, padded_vocab_size=50304, num_layers=2, num_heads=2,
@@ -89,6 +91,7 @@ def test_stops_at_max_seq_len(model_file, tmp_path, tok):
     assert "max_seq_len 24" in err
 
 
+@needs_numba_cuda
 def test_cuda_device_samples_what_the_cpu_samples(tmp_path):
     # on Numba's CUDA simulator (a small vocabulary keeps it fast)
     small = GPT2Config(max_seq_len=12, vocab_size=64, padded_vocab_size=128, num_layers=1, num_heads=2,
@@ -105,6 +108,16 @@ def test_cuda_device_samples_what_the_cpu_samples(tmp_path):
         assert "8 tokens" in r.stderr and r.stderr.rstrip().endswith(f"on {device})")
         outs.append(r.stdout)
     assert outs[0] == outs[1] and len(outs[0]) > 1
+
+
+def test_cuda_without_numba_cuda_is_one_clear_line(model_file, tmp_path, capsys, monkeypatch):
+    # numba's built-in CUDA target would import, then fail at the first kernel launch in a traceback
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "numba_cuda" else real(name, *a))
+    assert sample.main(["--model", str(model_file), "--device", "cuda", "--data-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err
+    assert "needs NVIDIA's numba-cuda" in err and "llmnb[cuda]" in err
 
 
 def test_bad_input_is_one_clear_line(model_file, tmp_path, capsys, tok):

@@ -4,6 +4,7 @@ A backend implements llmnb.contract.Backend: every layer kernel under llm.c's na
 memory helpers. The model never touches array memory itself, so the same gpt2 forward/backward
 drives the CPU (NumPy arrays) or a GPU (device arrays, llmnb.cuda.backend).
 """
+import importlib.util
 import types
 
 import numpy as np
@@ -115,11 +116,25 @@ class CPUBackend(Backend):
         pass
 
 
+def numba_cuda_missing():
+    """Why --device cuda cannot run here, or None. llmnb's CUDA kernels need NVIDIA's numba-cuda
+    (the `cuda` extra), which replaces numba.cuda when installed; numba's own, deprecated CUDA target
+    (and its simulator) lacks what they use (aligned shared arrays, for one), so without numba-cuda
+    they would fail at their first launch, deep in a traceback."""
+    if importlib.util.find_spec("numba_cuda") is None:
+        return ("--device cuda needs NVIDIA's numba-cuda, and this Python has only numba's built-in "
+                "CUDA target: pip install 'llmnb[cuda]'")
+    return None
+
+
 def get_backend(device="cpu"):
     """The backend for a --device value: 'cpu' or 'cuda'."""
     if device == "cpu":
         return CPUBackend()
     if device == "cuda":
+        missing = numba_cuda_missing()
+        if missing:
+            raise RuntimeError(missing)
         try:
             from .cuda.backend import CUDABackend
         except ImportError as e:  # numba-cuda not installed, or no CUDA driver/simulator

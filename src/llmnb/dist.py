@@ -198,6 +198,9 @@ class MPIWorld(Single):
             return
         if self.zero_stage == 1:
             raise ValueError("-z 1 with --device cuda is not supported yet (use -z 0)")
+        from .backend import numba_cuda_missing
+        if numba_cuda_missing():
+            raise RuntimeError(numba_cuda_missing())
         from numba import cuda
         gpus = len(cuda.gpus)
         cuda.select_device(self.rank % gpus)
