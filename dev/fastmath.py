@@ -12,7 +12,7 @@ they differ from the non-fastmath ones by float32 rounding (printed: max |differ
 The package now builds attention_forward/backward, softmax_forward, the fused classifier
 (crossentropy_forward/crossentropy_softmax_backward) and layernorm_forward/backward with fastmath={'reassoc', 'contract'} (kernels.REDUCE_FASTMATH), so for those "as is" already has
 the vector sums; this script's fastmath=True adds nnan/ninf/arcp/nsz/afn on top. Measured before
-the change: benchmarks/RESULTS.md.
+the change: `git show b106f80:benchmarks/RESULTS.md` (its issue-4 sections).
 """
 import argparse
 

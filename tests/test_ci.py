@@ -1,4 +1,5 @@
-"""The README's test commands are what CI runs (.ci/run), in the same order."""
+"""The documented test commands are what CI runs (.ci/run), in the same order: the README's first code
+block (the main job, then the tests), then the simulator runs of docs/development.md's Tests section."""
 import re
 from pathlib import Path
 
@@ -15,13 +16,47 @@ def _pytest_commands(lines):
     return cmds
 
 
-def test_readme_test_commands_are_what_ci_runs():
-    readme = (ROOT / "README.md").read_text().split("```")[1].splitlines()  # the first code block
+def _code_blocks(text):
+    """The fenced code blocks of a markdown text, each as its list of lines."""
+    return [block.splitlines()[1:] for block in text.split("```")[1::2]]
+
+
+def _section(text, heading):
+    """The markdown text from `heading` (a whole line) to the next heading of the same level."""
+    level = heading.split(" ")[0]
+    lines = text.splitlines()
+    assert heading in lines, f"no {heading!r} heading"
+    start = lines.index(heading) + 1
+    end = next((i for i in range(start, len(lines)) if lines[i].startswith(level + " ")), len(lines))
+    return "\n".join(lines[start:end])
+
+
+def readme_commands():
+    """The README's first code block: exactly the main job and the tests."""
+    block = [line for line in _code_blocks((ROOT / "README.md").read_text())[0] if line.strip()]
+    assert len(block) == 2, f"the README's first code block holds {len(block)} lines, not the two commands"
+    assert "llmnb-train" in block[0]
+    return _pytest_commands(block)
+
+
+def simulator_commands():
+    """The first code block of docs/development.md's "## Tests" section."""
+    tests = _section((ROOT / "docs" / "development.md").read_text(), "## Tests")
+    return _pytest_commands(_code_blocks(tests)[0])
+
+
+def test_readme_opens_with_the_main_job_and_the_tests():
+    assert readme_commands() == ["python -m pytest"]
+
+
+def test_development_page_holds_the_simulator_runs():
+    cmds = simulator_commands()
+    assert cmds and all(c.startswith("NUMBA_ENABLE_CUDASIM=1 ") and "tests/cuda" in c for c in cmds)
+
+
+def test_documented_test_commands_are_what_ci_runs():
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
-    want = _pytest_commands(readme)
-    assert want and want[0] == "python -m pytest"
-    assert any("tests/cuda" in c for c in want)
-    assert _pytest_commands(ci) == want
+    assert _pytest_commands(ci) == readme_commands() + simulator_commands()
 
 
 def _install_commands(lines):

@@ -1,7 +1,7 @@
 """tests/cuda: the CUDA kernels against the CPU kernels, on Numba's CUDA simulator.
 
 NUMBA_ENABLE_CUDASIM must be set before numba.cuda is first imported, and it then holds for the
-whole process. So these tests have a pytest run of their own (.ci/run and the README run both):
+whole process. So these tests have a pytest run of their own (.ci/run and docs/development.md run both):
 
     NUMBA_ENABLE_CUDASIM=1 python -m pytest tests/cuda
     NUMBA_ENABLE_CUDASIM=1 LLMNB_CUDA_GEOMETRY=gpu python -m pytest tests/cuda -m gpu_geometry -k "not nobias"
