@@ -11,3 +11,20 @@ import pytest
 NUMBA_CUDA = importlib.util.find_spec("numba_cuda") is not None
 needs_numba_cuda = pytest.mark.skipif(
     not NUMBA_CUDA, reason="needs NVIDIA's numba-cuda: pip install -e '.[cuda]'")
+
+
+def _gpt2_encoding_missing():
+    """Why tiktoken's gpt2 encoding cannot be loaded here (offline, no cache), or None."""
+    try:
+        import tiktoken
+        tiktoken.get_encoding("gpt2")
+    except Exception as e:  # no tiktoken, or no network and no TIKTOKEN_CACHE_DIR holding its files
+        return f"{type(e).__name__}: {str(e)[:120]}"
+    return None
+
+
+_GPT2_MISSING = _gpt2_encoding_missing()
+# tiktoken's gpt2 files: downloaded once, or a TIKTOKEN_CACHE_DIR that holds them (CI: ../shared)
+needs_gpt2_encoding = pytest.mark.skipif(
+    _GPT2_MISSING is not None,
+    reason=f"needs tiktoken's gpt2 files (the network once, or TIKTOKEN_CACHE_DIR): {_GPT2_MISSING}")

@@ -427,7 +427,7 @@ def test_prepro_refetches_a_damaged_cached_copy(shakespeare_tokens, tmp_path, ca
     np.testing.assert_array_equal(t, shakespeare_tokens[32768:])
 
 
-def test_prepro_refuses_a_source_that_is_not_tinyshakespeare(tmp_path, capsys):
+def test_prepro_refuses_a_source_that_is_not_tinyshakespeare(tmp_path, capsys, shakespeare_text):
     wrong = tmp_path / "wrong.txt"
     wrong.write_bytes(TINYSHAKESPEARE.read_bytes().replace(b"First Citizen", b"First Citizem", 1))
     assert prepro.main(["tinyshakespeare", "--data-dir", str(tmp_path / "d"), "--source", str(wrong)]) == 1

@@ -11,6 +11,7 @@ from llmnb.config import GPT2Config
 from llmnb.formats import read_checkpoint, write_checkpoint, write_shard
 from llmnb.model import GPT2, init_params
 from llmnb.train import main
+from optional import needs_gpt2_encoding
 
 TINY = GPT2Config(max_seq_len=32, vocab_size=50257, padded_vocab_size=50304, num_layers=1, num_heads=2, channels=32)
 
@@ -127,6 +128,7 @@ def test_missing_default_init_falls_back_to_a_fresh_model_offline(workdir, tmp_p
     assert "training a fresh d12 model instead" in capsys.readouterr().out
 
 
+@needs_gpt2_encoding
 def test_sampling_from_a_model_with_a_small_vocabulary(tmp_path, capsys):
     # GPT-2's EOT (50256) is not a token of a 300-token model: samples start from its last token
     # (its ids are GPT-2 tokens, so they still decode); a --prompt it cannot represent is refused
@@ -406,6 +408,7 @@ def test_memory_is_counted_before_allocating(workdir, tmp_path, capsys, monkeypa
     assert "needs" in err and "0.00 GiB available" in err
 
 
+@needs_gpt2_encoding
 def test_prompt_works_in_the_default_layout(workdir, tmp_path, capsys, monkeypatch):
     # after a first run, data/gpt2_tokenizer.bin exists: --prompt decodes with it, encodes via tiktoken
     pytest.importorskip("tiktoken")
