@@ -49,12 +49,12 @@ def min_med_max(times):
 
 @njit(parallel=True, cache=True)
 def _ceiling_kernel(out, a, b, reps):
-    # each task runs the GEMM's micro-kernel (matmul.kernel_6x16) `reps` times on its own
-    # L1-resident packed panels a[t] (K*6) and b[t] (K*16)
+    # each task runs the GEMM's micro-kernel (matmul.micro_kernel: kernel_6x16 or, on AVX-512,
+    # kernel_6x32) `reps` times on its own L1-resident packed panels a[t] (K*MR) and b[t] (K*NR)
     K = a.shape[1] // matmul.MR
     for t in prange(a.shape[0]):
         for _ in range(reps):
-            matmul.kernel_6x16(a[t], 0, 1, matmul.MR, b[t], 0, matmul.NR, K, out[t], 0, 0, True)
+            matmul.micro_kernel(a[t], 0, 1, matmul.MR, b[t], 0, matmul.NR, K, out[t], 0, 0, True)
 
 
 def fma_ceiling(seconds=0.3, K=256, runs=7):

@@ -12,8 +12,10 @@ of MR = 6 rows of A and NR = 16 columns of B, each laid out k by k. The micro-ke
 keeps a 6x16 tile of out in 12 vector registers of 8 floats; each step of k loads 16 floats of B
 (two vectors), broadcasts 6 floats of A and does 12 fused multiply-adds, so it reads 22 floats
 from L1 per 96 FMAs (the dot-product micro-kernels before it, in dev/dot_tiles.py, read 6 per 8).
+Where the cores run 512-bit FMAs at full rate (Intel's AVX-512), the same kernel on vectors of 16
+floats, kernel_6x32, has NR = 32 and does twice the FLOPs per instruction (_vector_lanes picks).
 LLVM does not find
-this form in Python loops (it needs vectors that live across the k loop), so kernel_6x16 is written
+this form in Python loops (it needs vectors that live across the k loop), so the micro-kernel is written
 as LLVM vector IR through Numba's @intrinsic, as are the two 8-float moves that packing is made of
 (transpose_8x8, copy_8): the places in this file below Numba's Python. Transposed operands (weight^T,
 dout^T) cost nothing extra: packing reads them either way.
@@ -39,8 +41,24 @@ NO_BIAS = np.zeros(0, dtype=F32)
 # ------------------------------------------------------------------------------------------------
 # the packed GEMM
 
-MR, NR = 6, 16     # the micro-kernel's tile of out: 6 rows x 16 columns (12 vectors of 8 floats)
-KC = 256           # k per micro-kernel call: its panel of B (KC x 16 floats, 16 KB) stays in L1
+
+
+def _vector_lanes():
+    """Floats per vector register of the micro-kernel on this host: 16 where the cores run 512-bit
+    FMAs at full rate (Intel's AVX-512 cores, Zen 5: twice the FLOPs per instruction of AVX2),
+    else 8. Zen 4 has AVX-512 on 256-bit units: it keeps the 8-float kernel it was tuned on.
+    Numba's own CPU settings (NUMBA_CPU_NAME / NUMBA_CPU_FEATURES) take precedence over the host's,
+    as they do for the code it generates."""
+    import llvmlite.binding as ll
+    from numba.core import config
+    name = config.CPU_NAME or ll.get_host_cpu_name()
+    features = (config.CPU_FEATURES or "") if config.CPU_NAME else ll.get_host_cpu_features().flatten()
+    return 16 if "+avx512f" in features.split(",") and name != "znver4" else 8
+
+
+LANES = _vector_lanes()  # fixed per host (the compiled and cached code is per host CPU, too)
+MR, NR = 6, 2 * LANES    # the micro-kernel's tile of out: 6 rows x 16 or 32 columns (12 vectors)
+KC = 4096 // NR          # k per micro-kernel call: its panel of B (KC x NR floats, 16 KB) stays in L1
 MC, NC = 120, 128  # a parallel task's tile of out (MC x KC floats of packed A, 120 KB, stay in L2)
 KCH = 1024         # k per packed chunk: at B*T = 1024 the forward's and dinp's chunks of A and B
                    # (4 MB each) stay in L3
@@ -55,68 +73,83 @@ def _element_ptr(context, builder, arrtype, arr, r, c):
     return builder.gep(A.data, [builder.add(builder.mul(r, row_stride), c)]), row_stride
 
 
-@intrinsic
-def kernel_6x16(typingctx, a, a_off, a_ms, a_ks, b, b_off, b_ks, kc, out, r0, c0, add):
-    # out[r0:r0+6, c0:c0+16] (+)= A (6,kc) . B (kc,16), A[i, k] = a[a_off + i*a_ms + k*a_ks],
-    # B[k, :] = b[b_off + k*b_ks:][:16] (a, b flat float32 arrays; packed panels have a_ms = 1,
-    # a_ks = MR, b_ks = NR; attention reads its tiles in place with other strides). add False:
-    # out = A . B (out is not read). out: 2-D, rows contiguous. No bounds checks: the callers
-    # pass full tiles. The accumulators start as allocas, which LLVM keeps in registers:
-    # 12 <8 x float>, plus 2 for B's 16 floats and 1 for A's broadcast.
-    sig = types.void(a, a_off, a_ms, a_ks, b, b_off, b_ks, kc, out, r0, c0, add)
+def _micro_kernel(lanes):
+    """The micro-kernel for vectors of `lanes` floats: 8 (AVX2: kernel_6x16) or 16 (AVX-512:
+    kernel_6x32). Same code, the vector width a parameter; see kernel_6x16 for what it does."""
+    nr = 2 * lanes
 
-    def codegen(context, builder, signature, args):
-        av_, aoff, ams, aks, bv_, boff, bks, kcv, outv, r0v, c0v, addv = args
-        A = context.make_array(signature.args[0])(context, builder, av_)
-        Bm = context.make_array(signature.args[4])(context, builder, bv_)
-        f32, i32, i64 = ir.FloatType(), ir.IntType(32), ir.IntType(64)
-        v8 = ir.VectorType(f32, 8)
-        v8p = v8.as_pointer()
-        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v8, [v8, v8, v8]),
-                                             "llvm.fma.v8f32")
-        undef = ir.Constant(v8, ir.Undefined)
-        splat = ir.Constant(ir.VectorType(i32, 8), [0] * 8)   # lane 0 to all lanes
+    def micro_kernel(typingctx, a, a_off, a_ms, a_ks, b, b_off, b_ks, kc, out, r0, c0, add):
+        sig = types.void(a, a_off, a_ms, a_ks, b, b_off, b_ks, kc, out, r0, c0, add)
 
-        def n(x):
-            return ir.Constant(i64, x)
+        def codegen(context, builder, signature, args):
+            av_, aoff, ams, aks, bv_, boff, bks, kcv, outv, r0v, c0v, addv = args
+            A = context.make_array(signature.args[0])(context, builder, av_)
+            Bm = context.make_array(signature.args[4])(context, builder, bv_)
+            f32, i32, i64 = ir.FloatType(), ir.IntType(32), ir.IntType(64)
+            vec = ir.VectorType(f32, lanes)
+            vecp = vec.as_pointer()
+            fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec, vec, vec]),
+                                                 f"llvm.fma.v{lanes}f32")
+            undef = ir.Constant(vec, ir.Undefined)
+            splat = ir.Constant(ir.VectorType(i32, lanes), [0] * lanes)   # lane 0 to all lanes
 
-        row0, row_stride = _element_ptr(context, builder, signature.args[8], outv, r0v, c0v)
-        rows = [builder.gep(row0, [builder.mul(row_stride, n(i))]) for i in range(MR)]
-        # the tile of out is fetched into cache while the k loop runs (its 6 rows are a row of
-        # out apart: no prefetcher guesses them; at K = 256 the stalls on them cost ~25%)
-        prefetch = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [rows[0].type, i32, i32, i32]), "llvm.prefetch.p0")
-        for row in rows:
-            for j in (0, NR - 1):   # the row's first and last float: its one or two cache lines
-                builder.call(prefetch, [builder.gep(row, [n(j)]), ir.Constant(i32, 1), ir.Constant(i32, 3),
-                                        ir.Constant(i32, 1)])
-        acc = [cgutils.alloca_once_value(builder, ir.Constant(v8, [0.0] * 8)) for _ in range(2 * MR)]
-        abase = builder.gep(A.data, [aoff])
-        bbase = builder.gep(Bm.data, [boff])
-        arow = [builder.mul(ams, n(i)) for i in range(MR)]
-        with cgutils.for_range(builder, kcv) as loop:
-            bk = builder.gep(bbase, [builder.mul(loop.index, bks)])
-            b0 = builder.load(builder.bitcast(bk, v8p), align=4)
-            b1 = builder.load(builder.bitcast(builder.gep(bk, [n(8)]), v8p), align=4)
-            ak = builder.gep(abase, [builder.mul(loop.index, aks)])
-            for i in range(MR):
-                ai = builder.load(builder.gep(ak, [arow[i]]))
-                avec = builder.shuffle_vector(builder.insert_element(undef, ai, ir.Constant(i32, 0)), undef, splat)
-                for j, bvec in enumerate((b0, b1)):
-                    builder.store(builder.call(fma, [avec, bvec, builder.load(acc[2 * i + j])]), acc[2 * i + j])
-        add_bit = context.cast(builder, addv, signature.args[11], types.boolean)   # an i1
-        for i, row in enumerate(rows):
-            for j in range(2):
-                ptr = builder.bitcast(builder.gep(row, [n(8 * j)]), v8p)
-                total = builder.load(acc[2 * i + j])
-                with builder.if_else(add_bit) as (then, otherwise):
-                    with then:
-                        builder.store(builder.fadd(builder.load(ptr, align=4), total), ptr, align=4)
-                    with otherwise:
-                        builder.store(total, ptr, align=4)
-        return context.get_dummy_value()
+            def n(x):
+                return ir.Constant(i64, x)
 
-    return sig, codegen
+            row0, row_stride = _element_ptr(context, builder, signature.args[8], outv, r0v, c0v)
+            rows = [builder.gep(row0, [builder.mul(row_stride, n(i))]) for i in range(MR)]
+            # the tile of out is fetched into cache while the k loop runs (its 6 rows are a row of
+            # out apart: no prefetcher guesses them; at K = 256 the stalls on them cost ~25%)
+            prefetch = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(ir.VoidType(), [rows[0].type, i32, i32, i32]), "llvm.prefetch.p0")
+            for row in rows:
+                for j in range(0, nr + 15, 16):   # every cache line of the row's nr floats
+                    builder.call(prefetch, [builder.gep(row, [n(min(j, nr - 1))]), ir.Constant(i32, 1),
+                                            ir.Constant(i32, 3), ir.Constant(i32, 1)])
+            acc = [cgutils.alloca_once_value(builder, ir.Constant(vec, [0.0] * lanes)) for _ in range(2 * MR)]
+            abase = builder.gep(A.data, [aoff])
+            bbase = builder.gep(Bm.data, [boff])
+            arow = [builder.mul(ams, n(i)) for i in range(MR)]
+            with cgutils.for_range(builder, kcv) as loop:
+                bk = builder.gep(bbase, [builder.mul(loop.index, bks)])
+                b0 = builder.load(builder.bitcast(bk, vecp), align=4)
+                b1 = builder.load(builder.bitcast(builder.gep(bk, [n(lanes)]), vecp), align=4)
+                ak = builder.gep(abase, [builder.mul(loop.index, aks)])
+                for i in range(MR):
+                    ai = builder.load(builder.gep(ak, [arow[i]]))
+                    avec = builder.shuffle_vector(builder.insert_element(undef, ai, ir.Constant(i32, 0)), undef, splat)
+                    for j, bvec in enumerate((b0, b1)):
+                        builder.store(builder.call(fma, [avec, bvec, builder.load(acc[2 * i + j])]), acc[2 * i + j])
+            add_bit = context.cast(builder, addv, signature.args[11], types.boolean)   # an i1
+            for i, row in enumerate(rows):
+                for j in range(2):
+                    ptr = builder.bitcast(builder.gep(row, [n(lanes * j)]), vecp)
+                    total = builder.load(acc[2 * i + j])
+                    with builder.if_else(add_bit) as (then, otherwise):
+                        with then:
+                            builder.store(builder.fadd(builder.load(ptr, align=4), total), ptr, align=4)
+                        with otherwise:
+                            builder.store(total, ptr, align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    micro_kernel.__name__ = f"kernel_6x{nr}"
+    return intrinsic(micro_kernel)
+
+
+# kernel_6x16(a, a_off, a_ms, a_ks, b, b_off, b_ks, kc, out, r0, c0, add):
+#   out[r0:r0+6, c0:c0+16] (+)= A (6,kc) . B (kc,16), A[i, k] = a[a_off + i*a_ms + k*a_ks],
+#   B[k, :] = b[b_off + k*b_ks:][:16] (a, b flat float32 arrays; packed panels have a_ms = 1,
+#   a_ks = MR, b_ks = NR; attention reads its tiles in place with other strides). add False:
+#   out = A . B (out is not read). out: 2-D, rows contiguous. No bounds checks: the callers
+#   pass full tiles. The accumulators start as allocas, which LLVM keeps in registers:
+#   12 <8 x float>, plus 2 for B's 16 floats and 1 for A's broadcast.
+kernel_6x16 = _micro_kernel(8)
+# kernel_6x32: the same with 12 <16 x float> accumulators (zmm registers): 6 x 32 outputs, twice the
+# FLOPs per instruction where the cores have AVX-512 (Intel's run two 512-bit FMAs a cycle)
+kernel_6x32 = _micro_kernel(16)
+micro_kernel = kernel_6x32 if LANES == 16 else kernel_6x16   # the one this host's GEMM runs
 
 
 @intrinsic
@@ -183,13 +216,13 @@ def copy_8(typingctx, x, r, c, dst, d_off):
 
 @njit(cache=True)
 def pack(dst, ps, x, w, gather, m0, m1, k0, k1):
-    # panels of w (MR or NR) lines of an operand, k-major, for kernel_6x16:
+    # panels of w (MR or NR) lines of an operand, k-major, for the micro-kernel:
     #   dst[p*ps + (k - k0)*w + i] = line m0 + p*w + i of the operand at k, for k0 <= k < k1,
     # where line m at k is x[m, k] (gather: each panel gathers w rows of x, e.g. the weight's rows
     # for B = weight^T) or x[k, m] (each k copies w consecutive floats of row k of x). Lines past
     # m1 in the last panel are zeros. ps: the panel stride (>= (k1 - k0)*w; larger when a task
     # packs a block of k of longer panels). Whole panels go 8 floats at a time: gathered ones 8 k
-    # at a time through transpose_8x8, copied ones k by k through copy_8; w = 16 in two halves,
+    # at a time through transpose_8x8, copied ones k by k through copy_8; w = 16 or 32 in halves or quarters,
     # w = 6 as 8 lines whose last 2 spill into the next k's place, written after it (so the
     # panel's last k, and the gathered block that ends there, go the scalar way).
     nlines = x.shape[0] if gather else x.shape[1]
@@ -252,9 +285,9 @@ K_FROM_ROW = 3   # k runs over queries of A's rows of keys: rows i0..i0+5 start 
 
 @njit(cache=True)
 def tile_product(out, a, a_off, a_ps, a_ms, a_ks, b, b_off, b_ps, b_ks, M, P, K, add, edge, causal=DENSE):
-    # out[:M, :P] (+)= A (M,K) . B (K,P) through kernel_6x16 on one thread, A and B given as
-    # kernel_6x16 reads them (a_ms, a_ks, b_ks) plus the step from one panel to the next: 6 rows
-    # of A (a_ps) and 16 columns of B (b_ps). Micro-tiles that stick out of out[:M, :P] go
+    # out[:M, :P] (+)= A (M,K) . B (K,P) through micro_kernel on one thread, A and B given as
+    # the micro-kernel reads them (a_ms, a_ks, b_ks) plus the step from one panel to the next: MR
+    # rows of A (a_ps) and NR columns of B (b_ps). Micro-tiles that stick out of out[:M, :P] go
     # through edge (MR,NR) (their extra rows and columns of A and B must be readable). causal:
     # what of a diagonal tile of attention is zero and skipped (DENSE: nothing).
     for j0 in range(0, P, NR):
@@ -267,9 +300,9 @@ def tile_product(out, a, a_off, a_ps, a_ms, a_ks, b, b_off, b_ps, b_ks, M, P, K,
             k1 = min(K, i0 + MR) if causal == K_UPTO_ROW else K
             ak, bk = aoff + k0 * a_ks, boff + k0 * b_ks
             if i0 + MR <= M and j0 + NR <= P:
-                kernel_6x16(a, ak, a_ms, a_ks, b, bk, b_ks, k1 - k0, out, i0, j0, add)
+                micro_kernel(a, ak, a_ms, a_ks, b, bk, b_ks, k1 - k0, out, i0, j0, add)
             else:
-                kernel_6x16(a, ak, a_ms, a_ks, b, bk, b_ks, k1 - k0, edge, 0, 0, False)
+                micro_kernel(a, ak, a_ms, a_ks, b, bk, b_ks, k1 - k0, edge, 0, 0, False)
                 for i in range(min(MR, M - i0)):
                     for j in range(min(NR, P - j0)):
                         if add:
