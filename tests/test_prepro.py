@@ -269,6 +269,8 @@ def test_fineweb_resumes_after_an_interruption(enc, tmp_path, monkeypatch, capsy
     mtimes = {f: os.stat(out_dir / f).st_mtime_ns for f in done}
 
     # again: the shards there are kept, and tokenizing starts at the document the last one ended in
+    # (and the temporary file of a write that a kill -9 cut short is removed)
+    (out_dir / ".fineweb_train_000009.bin.0123456789ab.tmp").write_bytes(b"half a shard")
     seen.clear()
 
     def counted(text):
@@ -276,8 +278,10 @@ def test_fineweb_resumes_after_an_interruption(enc, tmp_path, monkeypatch, capsy
         return tokenize(text)
     monkeypatch.setattr(prepro, "tokenize_document", counted)
     assert fineweb(tmp_path, tmp_path / "docs.parquet", "--shard-size", "101", "--workers", "1") == 0
-    assert f"{len(done)} shards already written" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"{len(done)} shards already written" in out and "removed 1 temporary file" in out
     assert bins(out_dir) == want
+    assert sorted(os.listdir(out_dir)) == sorted(want) + [prepro.PROGRESS_FILENAME]
     assert {f: os.stat(out_dir / f).st_mtime_ns for f in done} == mtimes
     restart = json.loads((out_dir / prepro.PROGRESS_FILENAME).read_text())["shards"][len(done) - 1][0]
     assert seen == texts[restart:] and 0 < restart < 130
@@ -429,6 +433,11 @@ def test_tinystories_bad_inputs_are_one_line(enc, tmp_path, capsys):
     assert prepro.main(["tinystories", "--source", str(tmp_path / "junk.tar.gz"),
                         "--data-dir", str(tmp_path / "data")]) == 1
     assert "junk.tar.gz: not a readable tar.gz archive" in one_error_line(capsys)
+    write_tinystories_tar(tmp_path / "full.tar.gz", {"data00.json": stories_json(400, 0)})
+    (tmp_path / "cut.tar.gz").write_bytes((tmp_path / "full.tar.gz").read_bytes()[:3000])
+    assert prepro.main(["tinystories", "--source", str(tmp_path / "cut.tar.gz"),
+                        "--data-dir", str(tmp_path / "data")]) == 1
+    assert "cut.tar.gz: not a readable tar.gz archive" in one_error_line(capsys)
     assert not (tmp_path / "data" / "tinystories" / "TinyStories_all_data").exists()
     d = tmp_path / "stories"
     d.mkdir()

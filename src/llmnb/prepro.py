@@ -20,14 +20,17 @@ every file appears only when complete.
 """
 import argparse
 import glob
+import gzip
 import hashlib
 import json
 import multiprocessing
 import os
 import random
+import re
 import shutil
 import sys
 import tarfile
+import zlib
 
 import numpy as np
 from tqdm import tqdm
@@ -108,6 +111,13 @@ def map_in_order(fn, items, workers, chunksize):
         return
     with multiprocessing.Pool(workers) as pool:
         yield from pool.imap(fn, items, chunksize=chunksize)
+
+
+def counted(items, bar):
+    """items, one tqdm bar step each."""
+    for item in items:
+        bar.update(1)
+        yield item
 
 
 def read_text(path):
@@ -321,6 +331,15 @@ def _size(path):
         return -1
 
 
+def remove_stale_temp_files(out_dir, log):
+    """Remove the temporary files of atomic writes that a killed run left in out_dir."""
+    stale = [n for n in os.listdir(out_dir) if re.fullmatch(formats.TEMP_NAME, n)]
+    for n in stale:
+        os.remove(os.path.join(out_dir, n))
+    if stale:
+        log(f"removed {len(stale)} temporary file(s) left in {out_dir} by a stopped run")
+
+
 def write_progress(out_dir, run, shards, done):
     with formats.atomic_write(os.path.join(out_dir, PROGRESS_FILENAME)) as f:
         f.write(json.dumps({"run": run, "done": done, "shards": shards}).encode() + b"\n")
@@ -337,6 +356,7 @@ def write_shards(open_texts, out_dir, name, shard_size, run, workers=1, total=No
     After every shard the stream position is recorded in PROGRESS_FILENAME, so a run that was
     stopped goes on from the first shard missing.
     """
+    remove_stale_temp_files(out_dir, log)
     shards, done = read_progress(out_dir, name, run, log)
     if done:
         log(f"{out_dir}: all {len(shards)} shards already written, skipping")
@@ -355,7 +375,7 @@ def write_shards(open_texts, out_dir, name, shard_size, run, workers=1, total=No
         shards.append([doc, offset, n])
         write_progress(out_dir, run, shards, False)
 
-    with tqdm(total=total, initial=doc, desc=name, unit="doc", unit_scale=True, file=sys.stderr,
+    with tqdm(total=total, initial=doc, desc=name, unit="doc", file=sys.stderr,
               disable=not progress) as bar:
         for tokens in map_in_order(tokenize_document, open_texts(doc), workers, chunksize=16):
             pos, offset = offset, 0  # the first document may have begun in the last shard
@@ -561,13 +581,13 @@ def unpack_json_files(archive, directory, log=print):
                 if member.isfile() and "/" not in name and name.endswith(".json"):
                     with tar.extractfile(member) as src, open(os.path.join(tmp, name), "wb") as dst:
                         shutil.copyfileobj(src, dst)
-    except (tarfile.TarError, EOFError, OSError) as e:
+    except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error) as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, OSError) and e.filename:
-            raise
         raise formats.FormatError(f"{archive}: not a readable tar.gz archive ({_one_line(e)})") from None
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) and e.errno in formats.DISK_ERRNOS and not e.filename:
+            raise formats.disk_error(e, tmp) from None
         raise
     os.replace(tmp, directory)
 
@@ -628,6 +648,7 @@ def prepare_tinystories(data_dir="data", source=None, workers=None, log=print, p
     out_dir = os.path.join(data_dir, "tinystories")
     train_path, val_path = tinystories_paths(data_dir)
     os.makedirs(out_dir, exist_ok=True)
+    remove_stale_temp_files(out_dir, log)
     json_dir = fetch_tinystories(out_dir, source, log)
     files = sorted(glob.glob(os.path.join(glob.escape(json_dir), "*.json")))
     if len(files) < 2:
@@ -641,12 +662,9 @@ def prepare_tinystories(data_dir="data", source=None, workers=None, log=print, p
         log(f"tokenizing the {split} split")
         with tqdm(total=len(split_files), desc=split, unit="file", file=sys.stderr,
                   disable=not progress) as bar:
-            def parts():
-                for tokens in map_in_order(tokenize_stories, enumerate(split_files),
-                                           min(workers or default_workers(), len(split_files)), 1):
-                    bar.update(1)
-                    yield tokens
-            n = formats.write_shard_parts(path, parts())
+            jobs = map_in_order(tokenize_stories, enumerate(split_files),
+                                min(workers or default_workers(), len(split_files)), chunksize=1)
+            n = formats.write_shard_parts(path, counted(jobs, bar))
         log(f"writing {n:,} tokens to {path} ({formats.HEADER_BYTES + 2 * n:,} bytes) "
             f"in the gpt-2 format")
     ensure_tokenizer_file(data_dir, log)
