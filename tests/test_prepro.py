@@ -246,9 +246,15 @@ def test_fineweb_documents_longer_than_a_shard(enc, tmp_path):
         assert data == llmc_datafile(stream[7 * i: 7 * i + 7].tolist())
 
 
-def test_fineweb_resumes_after_an_interruption(enc, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("fmt", ["parquet", "jsonl"])
+def test_fineweb_resumes_after_an_interruption(enc, tmp_path, monkeypatch, capsys, fmt):
     texts = random_texts(200, seed=3)
-    write_parquet(tmp_path / "docs.parquet", texts, row_group_size=11)
+    if fmt == "parquet":  # row groups of 11: the restart skips whole groups, then rows of one
+        write_parquet(tmp_path / "docs.parquet", texts, row_group_size=11)
+    else:  # two files: the restart skips the first, then lines of the second
+        write_jsonl(tmp_path / "a.jsonl", texts[:40])
+        write_jsonl(tmp_path / "b.jsonl", texts[40:])
+    source = tmp_path / ("docs.parquet" if fmt == "parquet" else "")
     want = llmc_fineweb(enc, texts, 101, "fineweb")
     out_dir = tmp_path / "data" / "fineweb10B"
     tokenize = prepro.tokenize_document
@@ -260,7 +266,7 @@ def test_fineweb_resumes_after_an_interruption(enc, tmp_path, monkeypatch, capsy
         seen.append(text)
         return tokenize(text)
     monkeypatch.setattr(prepro, "tokenize_document", stopped_at_130)
-    assert fineweb(tmp_path, tmp_path / "docs.parquet", "--shard-size", "101", "--workers", "1") == 130
+    assert fineweb(tmp_path, source, "--shard-size", "101", "--workers", "1") == 130
     assert "the same command goes on" in capsys.readouterr().err
     done = bins(out_dir)
     # only complete shards (no temporary files), each already what llm.c writes
@@ -277,27 +283,27 @@ def test_fineweb_resumes_after_an_interruption(enc, tmp_path, monkeypatch, capsy
         seen.append(text)
         return tokenize(text)
     monkeypatch.setattr(prepro, "tokenize_document", counted)
-    assert fineweb(tmp_path, tmp_path / "docs.parquet", "--shard-size", "101", "--workers", "1") == 0
+    assert fineweb(tmp_path, source, "--shard-size", "101", "--workers", "1") == 0
     out = capsys.readouterr().out
     assert f"{len(done)} shards already written" in out and "removed 1 temporary file" in out
     assert bins(out_dir) == want
     assert sorted(os.listdir(out_dir)) == sorted(want) + [prepro.PROGRESS_FILENAME]
     assert {f: os.stat(out_dir / f).st_mtime_ns for f in done} == mtimes
     restart = json.loads((out_dir / prepro.PROGRESS_FILENAME).read_text())["shards"][len(done) - 1][0]
-    assert seen == texts[restart:] and 0 < restart < 130
+    assert seen == texts[restart:] and 40 < restart < 130
 
     # all there: nothing is tokenized; a shard lost: written again, from it on
     seen.clear()
-    assert fineweb(tmp_path, tmp_path / "docs.parquet", "--shard-size", "101") == 0
+    assert fineweb(tmp_path, source, "--shard-size", "101") == 0
     assert seen == [] and "already written, skipping" in capsys.readouterr().out
     (out_dir / "fineweb_train_000003.bin").unlink()
-    assert fineweb(tmp_path, tmp_path / "docs.parquet", "--shard-size", "101") == 0
+    assert fineweb(tmp_path, source, "--shard-size", "101") == 0
     assert "fineweb_train_000003.bin is missing" in capsys.readouterr().out
     assert bins(out_dir) == want and os.stat(out_dir / "fineweb_val_000000.bin").st_mtime_ns == \
         mtimes["fineweb_val_000000.bin"]
 
     # another shard size on the same folder: refused, not mixed
-    assert fineweb(tmp_path, tmp_path / "docs.parquet", "--shard-size", "50") == 1
+    assert fineweb(tmp_path, source, "--shard-size", "50") == 1
     assert "shard size 101: pass the same, or remove" in one_error_line(capsys)
     assert bins(out_dir) == want
 

@@ -307,6 +307,8 @@ def read_progress(out_dir, name, run, log):
             record = json.load(f)
         shards, done, before = record["shards"], bool(record["done"]), record["run"]
         source, shard_size = before["source"], before["shard_size"]
+        if not all(len(s) == 3 and all(isinstance(v, int) for v in s) for s in shards):
+            raise ValueError("a shard that is not [document, offset, tokens]")
     except (ValueError, KeyError, TypeError):
         raise formats.FormatError(f"{path}: not a progress record of llmnb-prepro (remove it "
                                   "to start over)") from None
@@ -367,12 +369,12 @@ def write_shards(open_texts, out_dir, name, shard_size, run, workers=1, total=No
     buf = np.empty(shard_size, dtype=np.uint16)
     fill = 0
 
-    def write(n, doc, offset):
+    def write(n, next_doc, next_offset):
         path = shard_path(out_dir, name, len(shards))
         formats.write_shard(path, buf[:n])
         log(f"writing {n:,} tokens to {path} ({formats.HEADER_BYTES + 2 * n:,} bytes) "
             f"in the gpt-2 format")
-        shards.append([doc, offset, n])
+        shards.append([next_doc, next_offset, n])
         write_progress(out_dir, run, shards, False)
 
     with tqdm(total=total, initial=doc, desc=name, unit="doc", file=sys.stderr,
@@ -726,7 +728,7 @@ def _parser():
     p.add_argument("--input", metavar="FILE", help="a UTF-8 text file of your own to tokenize")
     p.add_argument("--out-dir", metavar="DIR",
                    help="where --input's token files go (default: <data-dir>/<input name>)")
-    p.add_argument("--val-tokens", type=int, default=None,
+    p.add_argument("--val-tokens", type=int, default=None, metavar="N",
                    help=f"tokens in --input's validation split (default: {VAL_TOKENS})")
     return p
 
