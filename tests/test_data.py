@@ -273,7 +273,8 @@ def test_prepro_input(tmp_path, capsys):
     # too few tokens for the split: a clear error
     assert prepro.main(["--input", str(src), "--out-dir", str(tmp_path / "o"),
                         "--data-dir", str(tmp_path / "data"), "--val-tokens", "100000"]) == 1
-    assert "cannot be split" in capsys.readouterr().err
+    assert "pass a smaller --val-tokens" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
 
 
 # ----------------------------------------------------------------------------

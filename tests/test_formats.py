@@ -10,7 +10,7 @@ from llmnb.config import GPT2Config, param_sizes
 from llmnb.formats import (
     FormatError, atomic_write, bf16_to_fp32, fp32_to_bf16, read_checkpoint, read_debug_state,
     read_optimizer_state, read_shard, read_tokenizer, write_checkpoint, write_debug_state,
-    write_optimizer_state, write_shard, write_tokenizer,
+    write_optimizer_state, write_shard, write_shard_parts, write_tokenizer,
 )
 
 CONFIG = GPT2Config(max_seq_len=16, vocab_size=100, padded_vocab_size=128, num_layers=2,
@@ -537,6 +537,20 @@ def test_write_shard_rejects_bad_tokens(tmp_path):
     with pytest.raises(ValueError, match="integers"):
         write_shard(tmp_path / "s.bin", [1.5])
     assert os.listdir(tmp_path) == []
+
+
+def test_write_shard_parts_streams_one_shard(tmp_path, rng):
+    tokens = rng.integers(0, 2**16, 1000)
+    parts = (tokens[i:j] for i, j in [(0, 300), (300, 300), (300, 999), (999, 1000)])
+    assert write_shard_parts(tmp_path / "parts.bin", parts) == 1000
+    write_shard(tmp_path / "whole.bin", tokens)
+    assert (tmp_path / "parts.bin").read_bytes() == (tmp_path / "whole.bin").read_bytes()
+    # a bad part, or no tokens at all: nothing written
+    with pytest.raises(ValueError, match="65536"):
+        write_shard_parts(tmp_path / "bad.bin", iter([tokens[:5], np.array([65536])]))
+    with pytest.raises(ValueError, match="no tokens"):
+        write_shard_parts(tmp_path / "none.bin", [np.zeros(0, dtype=np.uint16)])
+    assert sorted(os.listdir(tmp_path)) == ["parts.bin", "whole.bin"]
 
 
 @pytest.fixture

@@ -18,6 +18,9 @@ number naming the kind of file, header[1] its version. What follows the header:
                      per token: 1 byte length, then that many bytes
   data shard         20240520  v1 (dev/data/data_common.py write_datafile, llmc/dataloader.h)
                      [2]=number of tokens, then the tokens as uint16
+  eval file          20240522  v1 (dev/data/data_common.py write_evalfile, llmc/dataloader.h)
+                     [2]=examples [3]=longest example in bytes, then each example as uint16:
+                     65535, its bytes, index, label, 4, context and endings each length-prefixed
 
 Every problem with a file raises FormatError, whose message starts with the file's path.
 """
@@ -39,6 +42,7 @@ DEBUG_STATE_MAGIC = 20240327
 TOKENIZER_MAGIC = 20240328
 SHARD_MAGIC = 20240520
 OPTIMIZER_STATE_MAGIC = 20240527
+EVAL_MAGIC = 20240522
 
 MODEL_VERSION_FP32 = 3
 MODEL_VERSION_BF16 = 5
@@ -46,6 +50,7 @@ DEBUG_STATE_VERSION = 2
 OPTIMIZER_STATE_VERSION = 1
 TOKENIZER_VERSION = 2
 SHARD_VERSION = 1
+EVAL_VERSION = 1
 
 # what each magic number means, to say what a wrong file looks like
 KNOWN_MAGICS = {
@@ -55,7 +60,7 @@ KNOWN_MAGICS = {
     SHARD_MAGIC: "an llm.c data shard (GPT-2, uint16 tokens)",
     OPTIMIZER_STATE_MAGIC: "an llm.c optimizer state",
     20240801: "an llm.c data shard (LLaMA-3, uint32 tokens)",
-    20240522: "an llm.c eval file (HellaSwag/MMLU)",
+    EVAL_MAGIC: "an llm.c eval file (HellaSwag/MMLU)",
 }
 
 
@@ -515,16 +520,79 @@ def read_shard(path):
     return np.memmap(path, dtype="<u2", mode="r", offset=HEADER_BYTES, shape=(ntok,))
 
 
-def write_shard(path, tokens):
-    """Write an llm.c data shard (GPT-2 format: uint16 tokens, so ids must be < 65536)."""
+def _check_shard_tokens(tokens):
+    """tokens as a 1-D integer array whose ids fit uint16 (llm.c's "token dictionary too large")."""
     tokens = np.asarray(tokens)
-    if tokens.ndim != 1 or tokens.size == 0:
-        raise ValueError(f"tokens must be a non-empty 1-D sequence, got shape {tokens.shape}")
+    if tokens.ndim != 1:
+        raise ValueError(f"tokens must be a 1-D sequence, got shape {tokens.shape}")
+    if tokens.size == 0:
+        return tokens
     if not np.issubdtype(tokens.dtype, np.integer):
         raise ValueError(f"tokens must be integers, got {tokens.dtype}")
     if tokens.min() < 0 or tokens.max() >= 2**16:
         bad = tokens.min() if tokens.min() < 0 else tokens.max()
         raise ValueError(f"token id {bad} does not fit the shard's uint16 (0 to 65535)")
+    return tokens
+
+
+def write_shard(path, tokens):
+    """Write an llm.c data shard (GPT-2 format: uint16 tokens, so ids must be < 65536)."""
+    tokens = np.asarray(tokens)
+    if tokens.ndim != 1 or tokens.size == 0:
+        raise ValueError(f"tokens must be a non-empty 1-D sequence, got shape {tokens.shape}")
+    write_shard_parts(path, [tokens])
+
+
+def write_shard_parts(path, parts):
+    """Write an llm.c data shard whose tokens are the arrays of `parts` in turn (an iterable, read
+    once: a split too large for memory streams through) -> the number of tokens. The header's
+    count is written last; the file appears only when complete."""
+    n = 0
     with atomic_write(path) as f:
-        f.write(_make_header(SHARD_MAGIC, SHARD_VERSION, tokens.size).tobytes())
-        _write_array(f, tokens, "<u2")
+        f.write(bytes(HEADER_BYTES))
+        for part in parts:
+            part = _check_shard_tokens(part)
+            _write_array(f, part, "<u2")
+            n += part.size
+        if n == 0:
+            raise ValueError(f"{path}: no tokens to write (a shard holds at least one)")
+        f.seek(0)
+        f.write(_make_header(SHARD_MAGIC, SHARD_VERSION, n).tobytes())
+    return n
+
+
+# ----------------------------------------------------------------------------------------------
+# eval file (multiple-choice examples: HellaSwag)
+
+EVAL_START = 2**16 - 1  # <START_EXAMPLE>: the uint16 that opens every example
+
+
+def write_eval_file(path, examples):
+    """Write llm.c's eval file (dev/data/data_common.py write_evalfile) -> number of examples.
+
+    examples: (label, context tokens, [ending tokens] * 4) each. After the header ([2] = number
+    of examples, [3] = the longest example in bytes) every example is a stream of uint16:
+    EVAL_START, its size in bytes, its index, label, number of endings, then the context and
+    each ending as a length followed by its tokens.
+    """
+    if not 0 < len(examples) < 2**16:
+        raise ValueError(f"{path}: {len(examples)} examples (an eval file holds 1 to 65535)")
+    streams = []
+    for i, (label, ctx, endings) in enumerate(examples):
+        if len(endings) != 4 or not 0 <= label < 4:
+            raise ValueError(f"{path}: example {i} has {len(endings)} endings and label {label} "
+                             "(needs 4 endings, label 0 to 3)")
+        stream = [EVAL_START, 0, i, label, len(endings), len(ctx), *ctx]
+        for end in endings:
+            stream += [len(end), *end]
+        if not all(0 <= t < EVAL_START for t in stream[5:]):
+            raise ValueError(f"{path}: example {i} has a token id outside 0 to {EVAL_START - 1}")
+        stream[1] = 2 * len(stream)
+        if stream[1] >= 2**16:
+            raise ValueError(f"{path}: example {i} is {stream[1]:,} bytes (at most 65,535)")
+        streams.append(stream)
+    longest = max(s[1] for s in streams)
+    with atomic_write(path) as f:
+        f.write(_make_header(EVAL_MAGIC, EVAL_VERSION, len(streams), longest).tobytes())
+        _write_array(f, np.concatenate([np.array(s, dtype=np.int64) for s in streams]), "<u2")
+    return len(streams)
