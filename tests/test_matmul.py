@@ -174,37 +174,37 @@ def test_chunked(monkeypatch):
 @njit(cache=True)
 def _run_micro_kernel(wide, a, a_off, a_ms, a_ks, b, b_off, b_ks, kc, out, r0, c0, add):
     if wide:
-        matmul.kernel_6x32(a, a_off, a_ms, a_ks, b, b_off, b_ks, kc, out, r0, c0, add)
+        matmul.kernel_8x32(a, a_off, a_ms, a_ks, b, b_off, b_ks, kc, out, r0, c0, add)
     else:
         matmul.kernel_6x16(a, a_off, a_ms, a_ks, b, b_off, b_ks, kc, out, r0, c0, add)
 
 
-@pytest.mark.parametrize("lanes", [8, 16])   # AVX2's and AVX-512's: both run on every x86-64 host
+@pytest.mark.parametrize("mr,nr", [(6, 16), (8, 32)])   # AVX2's and AVX-512's: both run on every x86-64
 @pytest.mark.parametrize("add", [False, True])
-def test_micro_kernel_tile_against_float64(lanes, add):
-    # out[r0:r0+6, c0:c0+2*lanes] (+)= A . B with A read through strides (a_ms, a_ks) from an offset
+def test_micro_kernel_tile_against_float64(mr, nr, add):
+    # out[r0:r0+mr, c0:c0+nr] (+)= A . B with A read through strides (a_ms, a_ks) from an offset
     # and B's rows b_ks apart; every other float of out untouched (a lane or row mix-up shows)
-    nr, kc = 2 * lanes, 37
-    rng = np.random.default_rng(lanes + add)
-    a = randn(rng, 5 + 6 * 3 * kc)
+    kc = 37
+    rng = np.random.default_rng(nr + add)
+    a = randn(rng, 5 + mr * 3 * kc)
     b = randn(rng, 2 + kc * (nr + 5))
-    A = np.array([[a[5 + i * 3 + k * 18] for k in range(kc)] for i in range(6)], np.float64)
+    A = np.array([[a[5 + i * 3 + k * 3 * mr] for k in range(kc)] for i in range(mr)], np.float64)
     B = np.array([b[2 + k * (nr + 5):][:nr] for k in range(kc)], np.float64)
-    out = randn(rng, 9, nr + 7)
+    out = randn(rng, mr + 3, nr + 7)
     want = out.astype(np.float64)
-    want[2:8, 3:3 + nr] = (want[2:8, 3:3 + nr] if add else 0) + A @ B
-    _run_micro_kernel(lanes == 16, a, 5, 3, 18, b, 2, nr + 5, kc, out, 2, 3, add)
+    want[2:2 + mr, 3:3 + nr] = (want[2:2 + mr, 3:3 + nr] if add else 0) + A @ B
+    _run_micro_kernel(nr == 32, a, 5, 3, 3 * mr, b, 2, nr + 5, kc, out, 2, 3, add)
     np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5 * np.sqrt(kc))
     untouched = np.ones(out.shape, bool)
-    untouched[2:8, 3:3 + nr] = False
+    untouched[2:2 + mr, 3:3 + nr] = False
     assert np.array_equal(out[untouched], want[untouched].astype(F32))
 
 
 def test_the_host_runs_the_widest_micro_kernel_its_cores_run_at_full_rate():
     import llvmlite.binding as ll
     avx512 = ll.get_host_cpu_features().get("avx512f", False) and ll.get_host_cpu_name() != "znver4"
-    assert (matmul.LANES, matmul.NR) == ((16, 32) if avx512 else (8, 16))
-    assert matmul.micro_kernel is (matmul.kernel_6x32 if avx512 else matmul.kernel_6x16)
+    assert (matmul.LANES, matmul.MR, matmul.NR) == ((16, 8, 32) if avx512 else (8, 6, 16))
+    assert matmul.micro_kernel is (matmul.kernel_8x32 if avx512 else matmul.kernel_6x16)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -219,7 +219,7 @@ def packed_reference(x, w, gather, m0, m1, k0, k1):
     return full.reshape(npan, w, k1 - k0).transpose(0, 2, 1)
 
 
-@pytest.mark.parametrize("w", sorted({matmul.MR, matmul.NR, 16, 32}))   # both micro-kernels' panels
+@pytest.mark.parametrize("w", sorted({matmul.MR, matmul.NR, 6, 8, 16, 32}))   # both micro-kernels' panels
 @pytest.mark.parametrize("gather", [True, False])
 @pytest.mark.parametrize("m0,m1,k0,k1", [(0, 1, 0, 1), (3, 40, 5, 29), (0, 32, 0, 16), (16, 53, 8, 43),
                                          (5, 2100, 3, 20)])   # copying: 3 tasks of <= 1024 lines

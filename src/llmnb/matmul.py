@@ -13,7 +13,8 @@ keeps a 6x16 tile of out in 12 vector registers of 8 floats; each step of k load
 (two vectors), broadcasts 6 floats of A and does 12 fused multiply-adds, so it reads 22 floats
 from L1 per 96 FMAs (the dot-product micro-kernels before it, in dev/dot_tiles.py, read 6 per 8).
 Where the cores run 512-bit FMAs at full rate (Intel's AVX-512), the same kernel on vectors of 16
-floats, kernel_6x32, has NR = 32 and does twice the FLOPs per instruction (_vector_lanes picks).
+floats, kernel_8x32 (MR = 8, NR = 32: 16 of the 32 zmm registers), does twice the FLOPs per
+instruction (_vector_lanes picks).
 LLVM does not find
 this form in Python loops (it needs vectors that live across the k loop), so the micro-kernel is written
 as LLVM vector IR through Numba's @intrinsic, as are the two 8-float moves that packing is made of
@@ -57,7 +58,7 @@ def _vector_lanes():
 
 
 LANES = _vector_lanes()  # fixed per host (the compiled and cached code is per host CPU, too)
-MR, NR = 6, 2 * LANES    # the micro-kernel's tile of out: 6 rows x 16 or 32 columns (12 vectors)
+MR, NR = (8, 32) if LANES == 16 else (6, 16)   # the micro-kernel's tile of out (12 or 16 vectors)
 KC = 4096 // NR          # k per micro-kernel call: its panel of B (KC x NR floats, 16 KB) stays in L1
 MC, NC = 120, 128  # a parallel task's tile of out (MC x KC floats of packed A, 120 KB, stay in L2)
 KCH = 1024         # k per packed chunk: at B*T = 1024 the forward's and dinp's chunks of A and B
@@ -73,9 +74,10 @@ def _element_ptr(context, builder, arrtype, arr, r, c):
     return builder.gep(A.data, [builder.add(builder.mul(r, row_stride), c)]), row_stride
 
 
-def _micro_kernel(lanes):
-    """The micro-kernel for vectors of `lanes` floats: 8 (AVX2: kernel_6x16) or 16 (AVX-512:
-    kernel_6x32). Same code, the vector width a parameter; see kernel_6x16 for what it does."""
+def _micro_kernel(mr, lanes):
+    """The micro-kernel for tiles of mr rows and vectors of `lanes` floats: kernel_6x16 (AVX2's 16
+    vector registers: 12 accumulators) or kernel_8x32 (AVX-512's 32: 16 accumulators of 16 floats).
+    Same code, the shape a parameter; see kernel_6x16 for what it does."""
     nr = 2 * lanes
 
     def micro_kernel(typingctx, a, a_off, a_ms, a_ks, b, b_off, b_ks, kc, out, r0, c0, add):
@@ -97,7 +99,7 @@ def _micro_kernel(lanes):
                 return ir.Constant(i64, x)
 
             row0, row_stride = _element_ptr(context, builder, signature.args[8], outv, r0v, c0v)
-            rows = [builder.gep(row0, [builder.mul(row_stride, n(i))]) for i in range(MR)]
+            rows = [builder.gep(row0, [builder.mul(row_stride, n(i))]) for i in range(mr)]
             # the tile of out is fetched into cache while the k loop runs (its 6 rows are a row of
             # out apart: no prefetcher guesses them; at K = 256 the stalls on them cost ~25%)
             prefetch = cgutils.get_or_insert_function(
@@ -106,16 +108,16 @@ def _micro_kernel(lanes):
                 for j in range(0, nr + 15, 16):   # every cache line of the row's nr floats
                     builder.call(prefetch, [builder.gep(row, [n(min(j, nr - 1))]), ir.Constant(i32, 1),
                                             ir.Constant(i32, 3), ir.Constant(i32, 1)])
-            acc = [cgutils.alloca_once_value(builder, ir.Constant(vec, [0.0] * lanes)) for _ in range(2 * MR)]
+            acc = [cgutils.alloca_once_value(builder, ir.Constant(vec, [0.0] * lanes)) for _ in range(2 * mr)]
             abase = builder.gep(A.data, [aoff])
             bbase = builder.gep(Bm.data, [boff])
-            arow = [builder.mul(ams, n(i)) for i in range(MR)]
+            arow = [builder.mul(ams, n(i)) for i in range(mr)]
             with cgutils.for_range(builder, kcv) as loop:
                 bk = builder.gep(bbase, [builder.mul(loop.index, bks)])
                 b0 = builder.load(builder.bitcast(bk, vecp), align=4)
                 b1 = builder.load(builder.bitcast(builder.gep(bk, [n(lanes)]), vecp), align=4)
                 ak = builder.gep(abase, [builder.mul(loop.index, aks)])
-                for i in range(MR):
+                for i in range(mr):
                     ai = builder.load(builder.gep(ak, [arow[i]]))
                     avec = builder.shuffle_vector(builder.insert_element(undef, ai, ir.Constant(i32, 0)), undef, splat)
                     for j, bvec in enumerate((b0, b1)):
@@ -134,7 +136,7 @@ def _micro_kernel(lanes):
 
         return sig, codegen
 
-    micro_kernel.__name__ = f"kernel_6x{nr}"
+    micro_kernel.__name__ = f"kernel_{mr}x{nr}"
     return intrinsic(micro_kernel)
 
 
@@ -145,11 +147,12 @@ def _micro_kernel(lanes):
 #   out = A . B (out is not read). out: 2-D, rows contiguous. No bounds checks: the callers
 #   pass full tiles. The accumulators start as allocas, which LLVM keeps in registers:
 #   12 <8 x float>, plus 2 for B's 16 floats and 1 for A's broadcast.
-kernel_6x16 = _micro_kernel(8)
-# kernel_6x32: the same with 12 <16 x float> accumulators (zmm registers): 6 x 32 outputs, twice the
-# FLOPs per instruction where the cores have AVX-512 (Intel's run two 512-bit FMAs a cycle)
-kernel_6x32 = _micro_kernel(16)
-micro_kernel = kernel_6x32 if LANES == 16 else kernel_6x16   # the one this host's GEMM runs
+kernel_6x16 = _micro_kernel(6, 8)
+# kernel_8x32: the same on 16 <16 x float> accumulators (zmm registers), 8 x 32 outputs: twice the
+# FLOPs per instruction where the cores run 512-bit FMAs at full rate (8 rows, not 6: on an Intel
+# AVX-512 core 8x32 ran its L1-resident panels at ~97% of the zmm peak, 6x32 at ~82%, 12x32 ~93%)
+kernel_8x32 = _micro_kernel(8, 16)
+micro_kernel = kernel_8x32 if LANES == 16 else kernel_6x16   # the one this host's GEMM runs
 
 
 @intrinsic
