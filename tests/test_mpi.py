@@ -22,7 +22,7 @@ from llmnb.train import main
 
 TINY = GPT2Config(max_seq_len=32, vocab_size=50257, padded_vocab_size=50304, num_layers=1, num_heads=2, channels=32)
 SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
-MPIEXEC = shutil.which("mpiexec")
+MPIEXEC = dist.find_mpiexec()  # beside sys.executable (a venv run by its path), else on PATH
 TIMEOUT = 180  # seconds for one mpiexec run (a few seconds each on 2 cores, but CI is slow)
 
 
