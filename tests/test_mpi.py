@@ -34,8 +34,11 @@ def has_mpi4py():
         return False
 
 
-needs_mpi = pytest.mark.skipif(MPIEXEC is None or not has_mpi4py(),
-                               reason="needs mpiexec and mpi4py: pip install -e '.[mpi]'")
+def needs_mpi(test):
+    """An mpiexec test: slow (a few seconds each), skipped without mpiexec and mpi4py."""
+    skip = pytest.mark.skipif(MPIEXEC is None or not has_mpi4py(),
+                              reason="needs mpiexec and mpi4py: pip install -e '.[mpi]'")
+    return pytest.mark.slow(skip(test))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow  # NVVM compiles every kernel: tens of seconds each
 
 
 def _loads128(stdout, kernel):
