@@ -153,7 +153,8 @@ def torch_argv(args, threads):
 
 def torch_own_process(args, threads):
     """torch_step's results from a process of its own (its lines are printed as they come), with
-    the thread count set for OpenMP and MKL before torch loads; None when PyTorch is missing."""
+    the thread count set for OpenMP and MKL before torch loads; [] when PyTorch is missing (the
+    child says so)."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     cmd = [sys.executable, "-m", "benchmarks.torch_step", *torch_argv(args, threads)]
     results = []
