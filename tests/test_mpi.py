@@ -85,6 +85,21 @@ def test_adamw_on_three_shards_equals_the_whole_update(decay):
     np.testing.assert_array_equal(v, v_whole)
 
 
+def test_mpiexec_is_found_beside_the_python_before_path(tmp_path, monkeypatch):
+    # a venv's python run by its path: its bin is not on PATH, its mpiexec is the one mpi4py matches
+    for d in ("venv", "elsewhere"):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "mpiexec").write_text("#!/bin/sh\n")
+        (tmp_path / d / "mpiexec").chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "venv" / "python"))
+    monkeypatch.setenv("PATH", str(tmp_path / "elsewhere"))
+    assert dist.find_mpiexec() == str(tmp_path / "venv" / "mpiexec")
+    (tmp_path / "venv" / "mpiexec").unlink()
+    assert dist.find_mpiexec() == str(tmp_path / "elsewhere" / "mpiexec")
+    monkeypatch.setenv("PATH", str(tmp_path / "venv"))
+    assert dist.find_mpiexec() is None
+
+
 def test_plain_llmnb_train_never_imports_mpi4py():
     env = {k: v for k, v in os.environ.items() if k not in dist.SIZE_VARIABLES}
     env["PYTHONPATH"] = SRC
