@@ -1,7 +1,8 @@
 """Generation speed: llmnb's KV-cache sampling against Hugging Face's `generate` (with its KV cache)
-on the same GPT-2 weights, in one process, on the same number of threads.
+on the same GPT-2 weights and the same number of threads, Hugging Face in a process of its own
+started after llmnb's runs (as benchmarks.step's PyTorch baseline).
 
-    python benchmarks/generate.py [--model gpt2_124M.bin] [-g 128] [--threads 2] [--runs 3]
+    python -m benchmarks.generate [--model gpt2_124M.bin] [-g 128] [--threads 2] [--runs 3]
 
 llmnb runs twice: float32 weights, and bfloat16 weights (llmnb-sample --dtype bfloat16, half
 the bytes per token). Without --model: a random GPT-2 124M (the speed depends on the shapes only). Each run generates
@@ -11,9 +12,15 @@ transformers). Every new token reads all the fp32 weights (~500 MB at 124M), so 
 bandwidth bounds both.
 """
 import argparse
+import json
+import os
+import subprocess
+import sys
 import time
 
 import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def llmnb_tokens_per_s(config, params, g, seed, dtype="float32"):
@@ -24,17 +31,6 @@ def llmnb_tokens_per_s(config, params, g, seed, dtype="float32"):
     generate(GPT2(config, params), [config.vocab_size - 1], g, Rng(seed), dtype=dtype,
              on_token=lambda t: times.append(time.perf_counter()))
     return (len(times) - 1) / (times[-1] - times[0])
-
-
-def hf_model(config, params):
-    import torch
-    import transformers
-    from llmnb.convert import hf_config, hf_tensors
-    cfg = {k: v for k, v in hf_config(config).items() if k != "architectures"}
-    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**cfg)).eval()
-    model.load_state_dict({k: torch.from_numpy(v) for k, v in hf_tensors(config, params).items()}, strict=False)
-    model.tie_weights()
-    return model
 
 
 class Stamps:
@@ -62,6 +58,39 @@ def hf_tokens_per_s(model, config, g, seed):
     return (len(t) - 1) / (t[-1] - t[0])
 
 
+def load_model(args):
+    from llmnb.config import GPT2Config
+    from llmnb.formats import read_checkpoint
+    from llmnb.model import init_params
+    if args.model:
+        return read_checkpoint(args.model)
+    config = GPT2Config.depth(12)
+    return config, init_params(config, seed=0)
+
+
+def hf_main(args):
+    """Child of main: Hugging Face's tokens/s of each run, as one JSON line."""
+    import torch
+    from benchmarks.torch_step import hf_gpt2
+    torch.set_num_threads(args.threads)
+    config, params = load_model(args)
+    model = hf_gpt2(torch, config, params).eval()
+    hf_tokens_per_s(model, config, 4, 0)  # warm up
+    print(json.dumps({"hf_tokens_per_s": [hf_tokens_per_s(model, config, args.g, r) for r in range(args.runs)]}))
+
+
+def hf_own_process(args):
+    """Hugging Face's rates from a process of its own (OpenMP/MKL threads set before torch loads)."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    cmd = [sys.executable, "-m", "benchmarks.generate", "--hf-only", "-g", str(args.g),
+           "--threads", str(args.threads), "--runs", str(args.runs)] + (["--model", args.model] if args.model else [])
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    found = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    if r.returncode != 0 or not found:
+        raise SystemExit(f"benchmarks/generate.py: {' '.join(cmd)} failed:\n{r.stderr[-2000:]}")
+    return found[-1]["hf_tokens_per_s"]
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default=None, help="llm.c checkpoint (default: a random GPT-2 124M)")
@@ -69,17 +98,13 @@ def main():
     p.add_argument("--threads", type=int, default=2, help="threads for Numba and PyTorch (default: 2)")
     p.add_argument("--runs", type=int, default=3, help="runs of each (default: 3)")
     p.add_argument("--skip-hf", action="store_true", help="llmnb only")
+    p.add_argument("--hf-only", action="store_true", help=argparse.SUPPRESS)  # the child process
     args = p.parse_args()
+    if args.hf_only:
+        return hf_main(args)
     import numba
-    from llmnb.config import GPT2Config
-    from llmnb.formats import read_checkpoint
-    from llmnb.model import init_params
     numba.set_num_threads(args.threads)
-    if args.model:
-        config, params = read_checkpoint(args.model)
-    else:
-        config = GPT2Config.depth(12)
-        params = init_params(config, seed=0)
+    config, params = load_model(args)
     if args.g >= config.max_seq_len:
         p.error(f"-g must be < the model's max_seq_len {config.max_seq_len}")
     rows = []
@@ -88,12 +113,7 @@ def main():
         rows.append((f"llmnb KV cache, {dtype} weights",
                      [llmnb_tokens_per_s(config, params, args.g, r, dtype) for r in range(args.runs)]))
     if not args.skip_hf:
-        import torch
-        torch.set_num_threads(args.threads)
-        model = hf_model(config, params)
-        hf_tokens_per_s(model, config, 4, 0)  # warm up
-        rows.append(("Hugging Face generate, float32", [hf_tokens_per_s(model, config, args.g, r)
-                                               for r in range(args.runs)]))
+        rows.append(("Hugging Face generate, float32 (own process)", hf_own_process(args)))
     print(f"{config.num_layers} layers x {config.channels} channels, {args.g} tokens, {args.threads} threads")
     print("| | best tok/s | median tok/s | runs |\n| --- | --- | --- | --- |")
     for name, rates in rows:

@@ -13,7 +13,6 @@ and mpi4py (pip install -e '.[mpi]'). Run it on an otherwise idle machine.
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -23,6 +22,7 @@ import time
 import numpy as np
 
 from llmnb.config import GPT2Config, Tensors, param_shapes
+from llmnb.dist import find_mpiexec
 from llmnb.formats import write_shard
 from llmnb.mfu import flops_per_step
 
@@ -39,7 +39,7 @@ def run_train(tmp, name, ranks, threads, B, args):
            "-o", out, "-b", str(B), "-t", str(args.T), "-x", str(args.steps), "-v", "0", "-s", "0",
            "--no-shuffle", "--data-dir", os.path.join(tmp, "data")]
     if ranks > 1:
-        cmd = [shutil.which("mpiexec"), "-n", str(ranks), *cmd]
+        cmd = [find_mpiexec(), "-n", str(ranks), *cmd]
     print(f"{name}: {'mpiexec -n 2 ' if ranks > 1 else ''}llmnb-train -e {args.init} -b {B} -t {args.T} "
           f"-x {args.steps} ({threads} Numba thread(s) per rank)", flush=True)
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
@@ -94,7 +94,7 @@ def main():
     args = p.parse_args()
     if args.allreduce:
         return allreduce_main(args.allreduce, 3)
-    if shutil.which("mpiexec") is None:
+    if find_mpiexec() is None:
         sys.exit("mpi_scaling.py needs mpiexec: pip install -e '.[mpi]'")
     print(f"load average before: {os.getloadavg()}")
     n = num_parameters(GPT2Config.depth(int(args.init[1:])))
@@ -104,7 +104,7 @@ def main():
         one = run_train(tmp, "1 rank x 2 threads", 1, 2, args.B, args)
         two = run_train(tmp, "2 ranks x 1 thread", 2, 1, args.B // 2, args)
         env = dict(os.environ, NUMBA_NUM_THREADS="1")
-        ar = subprocess.run([shutil.which("mpiexec"), "-n", "2", sys.executable, os.path.abspath(__file__),
+        ar = subprocess.run([find_mpiexec(), "-n", "2", sys.executable, os.path.abspath(__file__),
                              "--allreduce", str(n)], env=env, capture_output=True, text=True, timeout=600)
         if ar.returncode != 0:
             sys.exit(f"all-reduce timing failed:\n{ar.stderr[-2000:]}")

@@ -1,6 +1,8 @@
-"""Step time against model size and context: llmnb and PyTorch (SDPA) for d-models x T, one table and
-one picture (issue 10). Each (depth, T) runs `python -m benchmarks.step` in its own process at the same
-tokens per step (B = TOKENS / T), so the ms per token grow with T only through attention.
+"""Step time against model size and context: llmnb and PyTorch for d-models x T, one table and one
+picture (issue 10). Each (depth, T) runs `python -m benchmarks.step --no-compile` in its own process at
+the same tokens per step (B = TOKENS / T), so the ms per token grow with T only through attention.
+PyTorch is benchmarks.step's baseline: the faster eager model (nanoGPT-style or Hugging Face's GPT-2,
+both SDPA) timed in a process of its own after llmnb's; the table names which.
 
     python -m benchmarks.sizes                          # d6, d12 x T = 64, 256, 1024
     python -m benchmarks.sizes --depths 6,12,24 --steps 2 --out benchmarks/sizes
@@ -10,6 +12,7 @@ Writes OUT.md (the table) and OUT.svg (ms per token against T, both systems, a l
 On 2 cores a d12 step of 1024 tokens takes ~13 s per system, a d24 step about eight times that.
 """
 import argparse
+import json
 import re
 import subprocess
 import sys
@@ -20,26 +23,25 @@ TOKENS = 1024
 
 
 def run_step(depth, T, steps, warmup):
-    """(llmnb ms, PyTorch ms or None, llmnb peak RSS MB) medians of one benchmarks.step run."""
+    """One benchmarks.step run's summary: llmnb_ms, torch_ms {model: ms}, baseline (the faster
+    eager PyTorch model, or None), llmnb_rss_mb; medians."""
     cmd = [sys.executable, "-m", "benchmarks.step", "-d", str(depth), "-B", str(TOKENS // T), "-T", str(T),
-           "--steps", str(steps), "--warmup", str(warmup)]
+           "--steps", str(steps), "--warmup", str(warmup), "--no-compile"]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         raise SystemExit(f"benchmarks/sizes.py: {' '.join(cmd)} failed:\n{r.stderr[-2000:]}")
-    med = {m.group(1): float(m.group(2)) for m in
-           re.finditer(r"^(llmnb|PyTorch)\s+step ms min/median/max\s+\d+\s+(\d+)", r.stdout, re.M)}
-    rss = float(re.search(r"llmnb peak RSS (\d+) MB", r.stdout).group(1))
-    return med["llmnb"], med.get("PyTorch"), rss
+    last = [line for line in r.stdout.splitlines() if line.startswith('{"step"')]
+    return json.loads(last[-1])["step"]
 
 
 def table(rows):
     """The markdown table of the rows, as lines."""
-    lines = ["| model | T | B | llmnb ms/step | PyTorch (SDPA) ms/step | PyTorch / llmnb | llmnb peak RSS |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| model | T | B | llmnb ms/step | PyTorch ms/step | PyTorch model | PyTorch / llmnb | llmnb peak RSS |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ratio = f"{r['torch'] / r['llmnb']:.2f}x" if r["torch"] else "-"
         lines.append(f"| d{r['depth']} | {r['T']} | {TOKENS // r['T']} | {r['llmnb']:,.0f} | "
-                     f"{r['torch'] or 0:,.0f} | {ratio} | {r['rss'] / 1024:.1f} GB |")
+                     f"{r['torch'] or 0:,.0f} | {r['torch_model'] or '-'} | {ratio} | {r['rss'] / 1024:.1f} GB |")
     return lines
 
 
@@ -51,10 +53,12 @@ def read_table(path):
     except FileNotFoundError:
         return []
     rows = []
-    for m in re.finditer(r"^\| d(\d+) \| (\d+) \| \d+ \| ([\d,]+) \| ([\d,]+) \| [^|]+ \| ([\d.]+) GB \|$", text, re.M):
+    for m in re.finditer(r"^\| d(\d+) \| (\d+) \| \d+ \| ([\d,]+) \| ([\d,]+) \| (\S+) \| [^|]+ \| ([\d.]+) GB \|$",
+                         text, re.M):
         torch_ms = float(m.group(4).replace(",", ""))
         rows.append({"depth": int(m.group(1)), "T": int(m.group(2)), "llmnb": float(m.group(3).replace(",", "")),
-                     "torch": torch_ms or None, "rss": float(m.group(5)) * 1024})
+                     "torch": torch_ms or None, "torch_model": None if m.group(5) == "-" else m.group(5),
+                     "rss": float(m.group(6)) * 1024})
     return rows
 
 
@@ -70,7 +74,7 @@ def svg(rows, Ts):
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" '
            f'font-size="12"><rect width="{W}" height="{H}" fill="white"/>',
            f'<text x="{L}" y="24" font-size="14">ms per token, {TOKENS} tokens per step (B = {TOKENS}/T): '
-           f'llmnb (solid) and PyTorch SDPA (dashed)</text>',
+           f'llmnb (solid) and PyTorch eager (dashed)</text>',
            f'<line x1="{L}" y1="{H - BOT}" x2="{W - R}" y2="{H - BOT}" stroke="black"/>',
            f'<line x1="{L}" y1="{TOP}" x2="{L}" y2="{H - BOT}" stroke="black"/>']
     for T, x in xs.items():
@@ -106,9 +110,13 @@ def main(argv=None):
     for depth in depths:
         for T in Ts:
             print(f"d{depth} T={T} B={TOKENS // T} ...", flush=True)
-            ms, tms, rss = run_step(depth, T, args.steps, args.warmup)
-            rows.append({"depth": depth, "T": T, "llmnb": ms, "torch": tms, "rss": rss})
-            print(f"  llmnb {ms:.0f} ms, PyTorch {tms or float('nan'):.0f} ms, RSS {rss:.0f} MB", flush=True)
+            s = run_step(depth, T, args.steps, args.warmup)
+            base = s["baseline"]
+            rows.append({"depth": depth, "T": T, "llmnb": s["llmnb_ms"], "torch": s["torch_ms"].get(base),
+                         "torch_model": base, "rss": s["llmnb_rss_mb"]})
+            others = ", ".join(f"{k} {v:.0f} ms" for k, v in s["torch_ms"].items())
+            print(f"  llmnb {s['llmnb_ms']:.0f} ms, PyTorch {others or '-'} (baseline {base}), "
+                  f"RSS {s['llmnb_rss_mb']:.0f} MB", flush=True)
     rows.sort(key=lambda r: (r["depth"], r["T"]))
     Ts = sorted({r["T"] for r in rows})
     lines = table(rows)

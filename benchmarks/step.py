@@ -1,17 +1,25 @@
 """Time llmnb's GPT-2 training step (forward, zero_grad, backward, AdamW update) and, when PyTorch is
-installed, PyTorch eager on the same model and batch in the same run.
+installed, PyTorch's on the same model and batch, in a process of its own started after llmnb's timing.
 
-    python -m benchmarks.step                 # 124M, B=4, T=64: step times, per-kernel table
+    python -m benchmarks.step                 # 124M, B=4, T=64: step times, per-kernel table, PyTorch
     python -m benchmarks.step --startup       # cold and warm time to the first finished step
     python -m benchmarks.step --no-torch --steps 20
     python -m benchmarks.step -d 6 -B 1 -T 1024   # a fresh d6 model (d6/d12/d24: C = 64 x depth)
+    python -m benchmarks.step --torch-in-process  # PyTorch in llmnb's process, after Numba's pool ran
 
 Reports min/median/max over --steps steps after --warmup steps, tokens/s, MFU (model FLOPs per
-second over the machine's peak, see dev/common.py), the PyTorch/llmnb
-ratio, llmnb's peak RSS, and the time of each kernel in one step, with the matmuls also by weight shape
-(the forward, dinp + dweight of each layer's four weights and the classifier's).
+second over the machine's peak, see dev/common.py), llmnb's peak RSS, and the time of each kernel in
+one step, with the matmuls also by weight shape (the forward, dinp + dweight of each layer's four
+weights and the classifier's).
+
+PyTorch (benchmarks/torch_step.py) runs with Numba's thread count, on llmnb's initial weights and
+batch, in columns: a nanoGPT-style GPT-2 and Hugging Face's GPT2LMHeadModel, both eager with SDPA
+attention, and torch.compile of the faster one (--no-compile skips it). The PyTorch/llmnb ratio is
+taken against the faster eager model, which the output names. The last line is JSON for scripts
+(benchmarks/sizes.py): {"step": {"llmnb_ms", "torch_ms": {column: median ms}, "baseline", ...}}.
 """
 import argparse
+import json
 import os
 import resource
 import subprocess
@@ -26,16 +34,11 @@ from llmnb.config import GPT2Config
 from llmnb.mfu import flops_per_step
 from llmnb.model import GPT2, init_params
 
+from benchmarks import torch_step
+from benchmarks.torch_step import BETA1, BETA2, EPS, LR, WEIGHT_DECAY, make_batch
 from dev import common
 
-# AdamW hyperparameters of llm.c's train_gpt2.c
-LR, BETA1, BETA2, EPS, WEIGHT_DECAY = 1e-4, 0.9, 0.999, 1e-8, 0.0
-
-
-def make_batch(config, B, T, seed=0):
-    rng = np.random.default_rng(seed)
-    tokens = rng.integers(0, config.vocab_size, size=B * T + 1).astype(np.int32)
-    return tokens[:-1].reshape(B, T), tokens[1:].reshape(B, T)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def llmnb_step(model, x, y, t):
@@ -139,31 +142,41 @@ def kernel_table(model, x, y, t):
 
 
 # ------------------------------------------------------------------------------------------------
-# PyTorch eager on the same model and batch
+# PyTorch on the same model and batch: benchmarks/torch_step.py
 
-def torch_steps(params, config, x, y, warmup, steps, threads):
-    """Step times (s) of PyTorch eager with llmnb.reference_torch's GPT-2 using F.scaled_dot_product_attention
-    (the attention nanoGPT and llm.c's train_gpt2.py use: what a user would run), or None without torch."""
+def torch_argv(args, threads):
+    argv = ["-B", str(args.batch), "-T", str(args.seq_len), "--steps", str(args.steps),
+            "--warmup", str(args.warmup), "--threads", str(threads), "--model", "both"]
+    argv += ["-d", str(args.depth)] if args.depth is not None else []
+    return argv + ([] if args.no_compile else ["--compile"])
+
+
+def torch_own_process(args, threads):
+    """torch_step's results from a process of its own (its lines are printed as they come), with
+    the thread count set for OpenMP and MKL before torch loads; [] when PyTorch is missing (the
+    child says so)."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    cmd = [sys.executable, "-m", "benchmarks.torch_step", *torch_argv(args, threads)]
+    results = []
+    with subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True) as p:
+        for line in p.stdout:
+            if line.startswith("{"):
+                results.append(json.loads(line)[torch_step.JSON_KEY])
+            elif " step ms min/median/max " not in line:  # (main prints those, with MFU)
+                print(line, end="", flush=True)
+    if p.returncode != 0:
+        raise SystemExit(f"benchmarks/step.py: {' '.join(cmd)} failed with status {p.returncode}")
+    return results
+
+
+def torch_in_process(args, threads):
+    """torch_step's results from this process, after Numba's pool ran (the old setup, to measure
+    what it costs); None when PyTorch is missing."""
     try:
-        import torch
-        from llmnb.reference_torch import define_gpt2, load_llmc_
+        import torch  # noqa: F401
     except ImportError:
         return None
-    torch.set_num_threads(threads)
-    model = define_gpt2(torch, sdpa=True)(config)
-    load_llmc_(torch, model, params)
-    opt = torch.optim.AdamW(model.parameters(), lr=LR, betas=(BETA1, BETA2), eps=EPS,
-                            weight_decay=WEIGHT_DECAY)
-    xt, yt = torch.from_numpy(x.astype(np.int64)), torch.from_numpy(y.astype(np.int64))
-
-    def step():
-        _, loss = model(xt, yt)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return loss.item()
-
-    return common.time_runs(step, runs=steps, warmup=warmup)
+    return torch_step.run(torch_step.parse_args(torch_argv(args, threads)), echo=False)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -207,7 +220,10 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--depth", "-d", type=int, default=None,
                     help="a fresh d6/d12/d24... model (train_gpt2.cu's family: C = 64*L) instead of GPT-2 124M")
-    ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--no-torch", action="store_true", help="llmnb only")
+    ap.add_argument("--no-compile", action="store_true", help="no torch.compile column")
+    ap.add_argument("--torch-in-process", action="store_true",
+                    help="time PyTorch in this process after llmnb (the old setup: to measure its cost)")
     ap.add_argument("--startup", action="store_true", help="measure cold and warm start-up only")
     ap.add_argument("--startup-runs", type=int, default=3, help="warm runs of --startup")
     ap.add_argument("--first-step", action="store_true", help=argparse.SUPPRESS)
@@ -229,11 +245,11 @@ def main(argv=None):
     print(peak_line)
 
     model = GPT2(config, init_params(config))  # (the model keeps its own copy)
-    t = [0]
+    t, losses = [0], []
 
     def step():
         t[0] += 1
-        return llmnb_step(model, x, y, t[0])
+        losses.append(llmnb_step(model, x, y, t[0]))
 
     times = common.time_runs(step, runs=args.steps, warmup=args.warmup)
     rss = peak_rss_mb()
@@ -241,22 +257,38 @@ def main(argv=None):
 
     def report(name, ts):
         tmin, tmed, tmax = common.min_med_max(ts)
-        print(f"{name:8s} step ms min/median/max {1e3 * tmin:7.0f} {1e3 * tmed:7.0f} {1e3 * tmax:7.0f}"
+        print(f"{name:13s} step ms min/median/max {1e3 * tmin:7.0f} {1e3 * tmed:7.0f} {1e3 * tmax:7.0f}"
               f"   {B * T / tmed:6.0f} tok/s   {flops / tmed / 1e9:5.0f} GFLOP/s   "
               f"MFU {100 * flops / tmed / 1e9 / peak:4.1f}% (median)")
 
     print(f"\n{len(times)} steps after {args.warmup} warm-up steps:")
     report("llmnb", times)
-    print(f"llmnb peak RSS {rss:.0f} MB")
+    print(f"{'':13s} first step's loss {losses[0]:.4f}; peak RSS {rss:.0f} MB")
+    summary = {"llmnb_ms": 1e3 * common.min_med_max(times)[1], "llmnb_rss_mb": rss, "torch_ms": {},
+               "baseline": None, "torch_process": None}
     if not args.no_torch:
-        del model
-        ttimes = torch_steps(init_params(config), config, x, y, args.warmup, args.steps, threads)
-        if ttimes is None:
-            print("PyTorch: not installed, skipped")
+        del model, step  # (llmnb's buffers go before PyTorch allocates its own)
+        where = "llmnb's process, after Numba's pool ran" if args.torch_in_process else "a process of its own"
+        print(f"\nPyTorch, in {where}, {threads} threads:")
+        results = (torch_in_process if args.torch_in_process else torch_own_process)(args, threads)
+        timed = [r for r in results or [] if "times_s" in r]
+        if not timed:
+            print("PyTorch: not installed, skipped" if results is None else "PyTorch: no model ran")
         else:
-            report("PyTorch", ttimes)
-            print("(PyTorch: eager, fp32, attention by F.scaled_dot_product_attention as nanoGPT)")
-            print(f"PyTorch / llmnb median step time: {np.median(ttimes) / np.median(times):.2f}")
+            for r in timed:
+                report(f"torch {r['model']}", r["times_s"])
+                print(f"{'':13s} first step's loss {r['loss']:.4f}, first step {r['first_step_s']:.1f} s: "
+                      f"{r['describe']}")
+            eager = [r for r in timed if r["model"] != "compile"]
+            base = min(eager, key=lambda r: common.min_med_max(r["times_s"])[1])
+            summary.update(baseline=base["model"], torch_process="in-process" if args.torch_in_process else "own",
+                           torch_ms={r["model"]: 1e3 * common.min_med_max(r["times_s"])[1] for r in timed})
+            print(f"PyTorch baseline: {base['model']}, the faster eager model ({base['describe']})")
+            for r in timed:
+                ratio = common.min_med_max(r["times_s"])[1] / common.min_med_max(times)[1]
+                name = "PyTorch" if r is base else f"torch {r['model']}"
+                print(f"{name} / llmnb median step time: {ratio:.2f}")
+    print(json.dumps({"step": summary}))
 
 
 if __name__ == "__main__":

@@ -73,6 +73,7 @@ def test_render_masks_the_ending_tokens(tok):
     assert mask[1].tolist() == [0] * len(ctx) + [1, 0, 0]
 
 
+@pytest.mark.slow
 def test_the_repeat_model_gets_the_known_answers(files, tok):
     model = GPT2(CFG, repeat_model())
     for ctx, endings, label, pick, pick_norm in EXAMPLES:
@@ -90,6 +91,7 @@ def test_the_repeat_model_gets_the_known_answers(files, tok):
     assert result == {"n": 4, "acc": 2 / 4, "acc_norm": 3 / 4}
 
 
+@pytest.mark.slow
 def test_cli_prints_acc_and_acc_norm(files, capsys):
     argv = ["hellaswag", "--model", str(files / "repeat.bin"), "--file", str(files / "hs.jsonl")]
     assert evaluate.main(argv) == 0
@@ -116,6 +118,7 @@ def test_bad_input_is_one_clear_line(files, tmp_path, capsys):
     assert "max_seq_len 64" in error("--file", str(tmp_path / "long.jsonl"))
 
 
+@pytest.mark.slow
 def test_losses_match_llmc_hellaswag_py_on_transformers(files, tok):
     """llm.c's script scores with HF's GPT2LMHeadModel in PyTorch: the same losses and picks."""
     torch = pytest.importorskip("torch")
@@ -146,6 +149,7 @@ def test_losses_match_llmc_hellaswag_py_on_transformers(files, tok):
         assert np.argmin(total) == int(want_sum.argmin()) and np.argmin(mean) == int(want_avg.argmin())
 
 
+@pytest.mark.slow
 def test_train_logs_hellaswag_every_n_steps(files, tmp_path, capsys):
     from llmnb.formats import write_shard
     from llmnb.train import build_parser, main, read_log

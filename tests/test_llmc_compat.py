@@ -11,8 +11,13 @@ gpt2_backward, gpt2_update, built with gcc -O2, no OpenMP) on the deterministic 
 batch made by tiny_model_and_batch() below; llmnb's model must reproduce them.
 """
 import hashlib
+import os
 import random
+import shutil
 import struct
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -409,7 +414,9 @@ def tiny_model_and_batch():
 
 
 # printed by llm.c's train_gpt2.c code on tiny_model_and_batch() (see the module docstring):
-# forward + backward, then gpt2_update(lr 1e-3, 0.9, 0.999, 1e-8, wd 0.01, t = step + 1), 3 times
+# forward + backward, then gpt2_update(lr 1e-3, 0.9, 0.999, 1e-8, wd 0.01, t = step + 1), 3 times.
+# Rebuild them (and the LLMC_SHUFFLED_* below) with `python tests/llmc/regenerate.py [--llmc DIR]`:
+# it compiles our harness tests/llmc/llmc_constants.c against llm.c's train_gpt2.c at commit f1e2ace
 LLMC_LOGITS_000 = (-0.153217092, 0.171133965, 0.532784939)  # logits[0, 0, 0:3]
 LLMC_LOGITS_LAST = 0.0344310552                             # logits[B-1, T-1, V-1]
 LLMC_PROBS_000 = 0.00321848015                              # probs[0, 0, 0]
@@ -447,8 +454,8 @@ def test_tiny_model_matches_llmc_numbers(tmp_path):
     np.testing.assert_allclose(losses, LLMC_LOSSES, rtol=0, atol=1e-5)
 
 
-# printed by a C program built on llm.c's train_gpt2.c (#define TESTING, #include "train_gpt2.c",
-# gcc -O2, no OpenMP): gpt2_build_from_checkpoint of tiny_model_and_batch()'s model, then
+# printed by tests/llmc/llmc_constants.c, built on llm.c's train_gpt2.c (#define TESTING, #include
+# "train_gpt2.c", gcc -O2, no OpenMP): gpt2_build_from_checkpoint of tiny_model_and_batch()'s model, then
 # dataloader_init(&loader, "shard_*.bin", B=2, T=8, 0, 1, should_shuffle=1) over the three shards of
 # llmc_shuffle_shards(), and 14 times: dataloader_next_batch, forward, zero_grad, backward,
 # gpt2_update(1e-3f, 0.9f, 0.999f, 1e-8f, 0.0f, step + 1); printed inputs[0] and mean_loss
@@ -484,3 +491,17 @@ def test_shuffled_training_matches_llmc_numbers(tmp_path):
     np.testing.assert_allclose(losses, LLMC_SHUFFLED_LOSSES, rtol=0, atol=5e-6)
     in_order = DataLoader(pattern, 2, 8)
     assert [int(in_order.next_batch()[0][0, 0]) for _ in range(14)] != list(LLMC_SHUFFLED_X0)
+
+
+def test_the_llmc_constants_rebuild_from_llmc_itself():
+    # the harness compiled against an llm.c checkout prints exactly the constants above
+    llmc = os.environ.get("LLMNB_LLMC_DIR")
+    if not llmc:
+        pytest.skip("set LLMNB_LLMC_DIR to an llm.c checkout (commit f1e2ace) to rebuild the LLMC_* "
+                    "constants from its C")
+    if shutil.which("gcc") is None:
+        pytest.skip("needs gcc to build tests/llmc/llmc_constants.c")
+    script = Path(__file__).parent / "llmc" / "regenerate.py"
+    r = subprocess.run([sys.executable, str(script), "--llmc", llmc, "--check"], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr

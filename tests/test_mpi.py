@@ -22,7 +22,7 @@ from llmnb.train import main
 
 TINY = GPT2Config(max_seq_len=32, vocab_size=50257, padded_vocab_size=50304, num_layers=1, num_heads=2, channels=32)
 SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
-MPIEXEC = shutil.which("mpiexec")
+MPIEXEC = dist.find_mpiexec()  # beside sys.executable (a venv run by its path), else on PATH
 TIMEOUT = 180  # seconds for one mpiexec run (a few seconds each on 2 cores, but CI is slow)
 
 
@@ -34,8 +34,11 @@ def has_mpi4py():
         return False
 
 
-needs_mpi = pytest.mark.skipif(MPIEXEC is None or not has_mpi4py(),
-                               reason="needs mpiexec and mpi4py: pip install -e '.[mpi]'")
+def needs_mpi(test):
+    """An mpiexec test: slow (a few seconds each), skipped without mpiexec and mpi4py."""
+    skip = pytest.mark.skipif(MPIEXEC is None or not has_mpi4py(),
+                              reason="needs mpiexec and mpi4py: pip install -e '.[mpi]'")
+    return pytest.mark.slow(skip(test))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -80,6 +83,21 @@ def test_adamw_on_three_shards_equals_the_whole_update(decay):
     np.testing.assert_array_equal(p, whole.params.memory)
     np.testing.assert_array_equal(m, m_whole)
     np.testing.assert_array_equal(v, v_whole)
+
+
+def test_mpiexec_is_found_beside_the_python_before_path(tmp_path, monkeypatch):
+    # a venv's python run by its path: its bin is not on PATH, its mpiexec is the one mpi4py matches
+    for d in ("venv", "elsewhere"):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "mpiexec").write_text("#!/bin/sh\n")
+        (tmp_path / d / "mpiexec").chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "venv" / "python"))
+    monkeypatch.setenv("PATH", str(tmp_path / "elsewhere"))
+    assert dist.find_mpiexec() == str(tmp_path / "venv" / "mpiexec")
+    (tmp_path / "venv" / "mpiexec").unlink()
+    assert dist.find_mpiexec() == str(tmp_path / "elsewhere" / "mpiexec")
+    monkeypatch.setenv("PATH", str(tmp_path / "venv"))
+    assert dist.find_mpiexec() is None
 
 
 def test_plain_llmnb_train_never_imports_mpi4py():

@@ -34,6 +34,7 @@ def assert_losses_within(stdout, losses_path, rtol=2e-6):
         assert abs(g - w) <= rtol * abs(w) + 5e-7, f"step {step}: loss {g} vs the reference's {w}"
 
 
+@pytest.mark.slow
 def test_small_model_parity(tmp_path):
     res = reference_then_test(tmp_path, "--layers", "2", "--heads", "4", "--channels", "64",
                               "--vocab", "50257", "--max-seq-len", "64")
@@ -44,6 +45,7 @@ def test_small_model_parity(tmp_path):
     assert_losses_within(res.stdout, tmp_path / "expected_losses.json")
 
 
+@pytest.mark.slow
 def test_gpt2_124M_parity(tmp_path):
     res = reference_then_test(tmp_path)  # the defaults: GPT-2 124M, B=4, T=64
     assert res.returncode == 0, res.stdout + res.stderr
@@ -53,6 +55,7 @@ def test_gpt2_124M_parity(tmp_path):
     assert_losses_within(res.stdout, tmp_path / "expected_losses.json", rtol=5e-6)
 
 
+@pytest.mark.slow
 def test_a_mismatch_is_reported_and_fails(tmp_path):
     # a wrong expected loss list must turn the verdict to 0 and the exit code to 1
     ref = cli("llmnb.reference_torch", "--out", str(tmp_path), "--layers", "1", "--heads", "2", "--channels", "32",

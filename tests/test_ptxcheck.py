@@ -16,6 +16,7 @@ import pytest
 from optional import needs_numba_cuda
 
 ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow  # NVVM compiles every kernel: tens of seconds each
 
 
 def _loads128(stdout, kernel):

@@ -92,6 +92,7 @@ def test_stops_at_max_seq_len(model_file, tmp_path, tok):
 
 
 @needs_numba_cuda
+@pytest.mark.slow
 def test_cuda_device_samples_what_the_cpu_samples(tmp_path):
     # on Numba's CUDA simulator (a small vocabulary keeps it fast)
     small = GPT2Config(max_seq_len=12, vocab_size=64, padded_vocab_size=128, num_layers=1, num_heads=2,

@@ -42,6 +42,7 @@ def read_log(out):
         return [json.loads(line) for line in f]
 
 
+@pytest.mark.slow
 def test_a_short_run_learns_and_writes_its_outputs(workdir, tmp_path, capsys):
     out = tmp_path / "out"
     assert run(workdir, out, "-x", "30", "-v", "10", "-m", "2", "-s", "15", "-g", "8") == 0
@@ -58,6 +59,7 @@ def test_a_short_run_learns_and_writes_its_outputs(workdir, tmp_path, capsys):
     assert (out / "loss.svg").read_text().startswith("<svg")
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly_like_an_uninterrupted_run(workdir, tmp_path, monkeypatch):
     common = ("-x", "8", "-v", "3", "-m", "1", "-s", "0", "--shuffle", "--wd", "0.1", "--warmup", "2",
               "--lr-min", "1e-4", "-n", "5")
@@ -83,6 +85,7 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(workdir, tmp_path, m
     np.testing.assert_array_equal(read_checkpoint(full / "model.bin")[1], read_checkpoint(part / "model.bin")[1])
 
 
+@pytest.mark.slow
 def test_grad_accumulation_equals_the_big_batch():
     rng = np.random.default_rng(1)
     x, y = rng.integers(0, 300, (4, 16)), rng.integers(0, 300, (4, 16))
@@ -114,6 +117,7 @@ def test_bad_input_is_one_clear_line(workdir, tmp_path, capsys):
     assert "bad.bin" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_missing_default_init_falls_back_to_a_fresh_model_offline(workdir, tmp_path, monkeypatch, capsys):
     from llmnb import download
     def no_network(url, path, **kw):
@@ -190,6 +194,7 @@ def test_a_second_run_into_the_same_directory_fails_at_once(workdir, tmp_path, c
     assert run(workdir, out, *QUICK, "-x", "1") == 0  # the lock goes with its holder
 
 
+@pytest.mark.slow
 def test_a_fresh_run_refuses_an_earlier_runs_checkpoints_or_overwrites_them(workdir, tmp_path, capsys):
     out = tmp_path / "out"
     assert run(workdir, out, *QUICK, "-x", "2", "-n", "1") == 0
@@ -232,6 +237,7 @@ def test_divergence_stops_at_once_and_writes_nothing_non_finite(workdir, tmp_pat
     assert any(r["val_loss"] is None and r["train_loss"] is None for r in records)  # the NaN, as null
 
 
+@pytest.mark.slow
 def test_a_non_finite_gradient_stops_before_the_update(workdir, tmp_path, capsys, monkeypatch):
     from llmnb import optim
     real = optim.clip_grad_norm
@@ -267,6 +273,7 @@ def test_outlier_detector_is_a_z_score_over_the_last_64_values():
     assert zs[200] > 7 and max(abs(z) for i, z in enumerate(zs[64:], 64) if i != 200) < 7
 
 
+@pytest.mark.slow
 def test_the_step_line_and_log_carry_the_grad_norm_and_z_scores(workdir, tmp_path, capsys):
     out = tmp_path / "out"
     assert run(workdir, out, "-b", "1", "-t", "4", "-v", "0", "-s", "0", "-x", "66") == 0
@@ -526,6 +533,7 @@ def test_training_shuffles_like_llmc_by_default(workdir, tmp_path, capsys):
         assert state["shuffle"] is (not flags) and state["shuffle_tail"] == loader.llmc_state_tail()
 
 
+@pytest.mark.slow
 def test_a_resumed_run_samples_the_same_text(workdir, tmp_path, monkeypatch, capsys, no_tokenizer):
     # a sample at the checkpoint step: the resumed run draws it again from the sampler state of
     # before it, then goes on like the uninterrupted run

@@ -22,6 +22,7 @@ gradient (CUDA-aware MPI or NCCL could skip it).
 import contextlib
 import math
 import os
+import shutil
 import sys
 import time
 
@@ -42,6 +43,16 @@ def launched_size():
         if value.isdigit():
             return int(value)
     return 1
+
+
+def find_mpiexec():
+    """The mpiexec to launch ranks with: the one beside this Python (the mpi extra's MPICH wheel
+    puts it in the venv's bin, which is not on PATH when the venv's python is run by its path;
+    it matches the libmpi that mpi4py loads), else the first on PATH; None without either."""
+    beside = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    if os.path.isfile(beside) and os.access(beside, os.X_OK):
+        return beside
+    return shutil.which("mpiexec")
 
 
 def world(zero_stage=0):

@@ -59,10 +59,11 @@ class UsageError(Exception):
 # ----------------------------------------------------------------------------------------------
 # the PyTorch model
 
-def define_gpt2(torch, sdpa=False):
+def define_gpt2(torch, sdpa=False, pad_vocab=False):
     """Return the GPT class, built on the given torch module (so llmnb imports without torch).
     sdpa=False: attention as llm.c writes it, a materialised (B, NH, T, T) matrix (the parity
-    reference); sdpa=True: F.scaled_dot_product_attention, as nanoGPT (what a user would run)."""
+    reference); sdpa=True: F.scaled_dot_product_attention, as nanoGPT (what a user would run).
+    pad_vocab=True: wte and the logits have Vp rows (50304 for GPT-2), as nanoGPT's vocab_size."""
     nn, F = torch.nn, torch.nn.functional
 
     class CausalSelfAttention(nn.Module):
@@ -117,7 +118,8 @@ def define_gpt2(torch, sdpa=False):
         def __init__(self, config):
             super().__init__()
             self.config = config
-            V, C = config.vocab_size, config.channels
+            V = config.padded_vocab_size if pad_vocab else config.vocab_size
+            C = config.channels
             self.transformer = nn.ModuleDict(dict(
                 wte=nn.Embedding(V, C),
                 wpe=nn.Embedding(config.max_seq_len, C),
@@ -171,7 +173,8 @@ def torch_params(model, name):
 
 
 def to_llmc(model, grads=False):
-    """The parameters (or their gradients) as llm.c's flat float32 array, wte zero-padded to Vp."""
+    """The parameters (or their gradients) as llm.c's flat float32 array, wte zero-padded to Vp
+    (a pad_vocab model: its own Vp rows)."""
     config = model.config
     out = Tensors.allocate(param_shapes(config))
     for name in PARAM_NAMES:
@@ -180,15 +183,15 @@ def to_llmc(model, grads=False):
         if "{l}" in TORCH_NAMES[name]:
             for l, part in enumerate(parts):
                 dst[l] = part
-        elif name == "wte":
-            dst[:config.vocab_size] = parts[0]
+        elif name == "wte":  # V rows, or Vp (pad_vocab)
+            dst[:parts[0].shape[0]] = parts[0]
         else:
             dst[...] = parts[0]
     return out.memory
 
 
 def load_llmc_(torch, model, params):
-    """Copy llm.c's flat parameters into the model (the first V rows of the padded wte)."""
+    """Copy llm.c's flat parameters into the model (wte: as many rows as the model has, V or Vp)."""
     config = model.config
     src = Tensors(params, param_shapes(config))
     with torch.no_grad():
@@ -199,7 +202,7 @@ def load_llmc_(torch, model, params):
                 for l, p in enumerate(parts):
                     p.copy_(torch.from_numpy(np.ascontiguousarray(value[l])))
             elif name == "wte":
-                parts[0].copy_(torch.from_numpy(np.ascontiguousarray(value[:config.vocab_size])))
+                parts[0].copy_(torch.from_numpy(np.ascontiguousarray(value[:parts[0].shape[0]])))
             else:
                 parts[0].copy_(torch.from_numpy(np.ascontiguousarray(value)))
 

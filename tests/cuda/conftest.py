@@ -10,7 +10,8 @@ the second with launch.py's GPU geometry (the tile and block sizes a GPU runs), 
 marked gpu_geometry only (the simulator is slow at those sizes). A run started on tests/cuda alone turns
 the simulator on by itself (this conftest is loaded before any test module is imported); a run
 with other tests in it (`python -m pytest`) collects nothing here, so the other tests see no
-simulator. On a machine with a GPU, LLMNB_TEST_CUDA_DEVICE=1 runs these tests on it instead.
+simulator; it reports one skipped item, tests/cuda, that says how to run them. On a machine with a
+GPU, LLMNB_TEST_CUDA_DEVICE=1 runs these tests on it instead.
 """
 import importlib.util
 import os
@@ -62,7 +63,31 @@ def pytest_configure(config):
         sys.path.insert(0, str(SRC))
 
 
-def pytest_collection_modifyitems(config, items):
+NOT_COLLECTED = ("tests/cuda not collected: it needs Numba's CUDA simulator in a pytest run of its own "
+                 "(NUMBA_ENABLE_CUDASIM=1 python -m pytest tests/cuda), or LLMNB_TEST_CUDA_DEVICE=1 on a GPU")
+IGNORED = pytest.StashKey[bool]()
+
+
+class NotCollected(pytest.Item):
+    """Stands for this directory's tests in a run that ignored them: one skip with the reason."""
+
+    def runtest(self):
+        pytest.skip(NOT_COLLECTED)
+
+    def reportinfo(self):
+        return self.path, None, "tests/cuda"
+
+
+def pytest_ignore_collect(collection_path, config):
+    if collection_path.name.startswith("test_") and not _wanted():
+        config.stash[IGNORED] = True
+        return True
+    return None
+
+
+def pytest_collection_modifyitems(session, config, items):
+    if config.stash.get(IGNORED, False):
+        items.append(NotCollected.from_parent(session, name="tests/cuda", path=HERE, nodeid="tests/cuda"))
     # llmnb's CUDA kernels need NVIDIA's numba-cuda; numba's own CUDA target (and its simulator)
     # fails them at their first launch: say so once per test instead
     if importlib.util.find_spec("numba_cuda") is None:
@@ -70,9 +95,3 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if HERE in Path(str(item.fspath)).resolve().parents:  # (this hook sees every test)
                 item.add_marker(skip)
-
-
-def pytest_ignore_collect(collection_path, config):
-    if collection_path.name.startswith("test_") and not _wanted():
-        return True
-    return None

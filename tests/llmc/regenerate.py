@@ -1,0 +1,104 @@
+"""Rebuild the LLMC_* constants of tests/test_llmc_compat.py from llm.c's own C.
+
+    python tests/llmc/regenerate.py                    # git clone karpathy/llm.c at the pinned commit
+    python tests/llmc/regenerate.py --llmc ~/llm.c     # an llm.c checkout you already have
+    python tests/llmc/regenerate.py --llmc ~/llm.c --check   # exit 1 unless they equal the committed ones
+
+Writes the tiny model, its batch and three shards (test_llmc_compat's own helpers) into a temporary
+directory, compiles tests/llmc/llmc_constants.c against llm.c's train_gpt2.c with gcc -O2 (no
+OpenMP), runs it and prints the constants as the test file holds them. llm.c is never copied into
+this repository. Needs git (without --llmc), gcc and llmnb.
+"""
+import argparse
+import ast
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TESTS = os.path.dirname(HERE)
+sys.path[:0] = [TESTS, os.path.join(os.path.dirname(TESTS), "src")]
+
+import test_llmc_compat as compat  # noqa: E402  (the model, batch and shards the constants are of)
+from llmnb.formats import write_checkpoint  # noqa: E402
+
+LLMC_URL = "https://github.com/karpathy/llm.c.git"
+LLMC_COMMIT = "f1e2ace651495b74ae22d45d1723443fd00ecd3a"  # master of 2025-05-10; README's `f1e2ace`
+HARNESS = os.path.join(HERE, "llmc_constants.c")
+
+
+def fail(message):
+    print(f"tests/llmc/regenerate.py: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def run(cmd, **kw):
+    r = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    if r.returncode != 0:
+        fail(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stderr.strip()[-2000:]}")
+    return r.stdout
+
+
+def clone_llmc(dest, url, commit):
+    """llm.c at `commit` in dest (a shallow fetch of that one commit from url)."""
+    run(["git", "init", "-q", dest])
+    run(["git", "-C", dest, "fetch", "-q", "--depth", "1", url, commit])
+    run(["git", "-C", dest, "checkout", "-q", "FETCH_HEAD"])
+    return dest
+
+
+def write_inputs(d):
+    """tiny.bin, batch.bin (int32 inputs then targets) and shard_*.bin; returns their paths."""
+    params, x, y = compat.tiny_model_and_batch()
+    write_checkpoint(os.path.join(d, "tiny.bin"), compat.CONFIG, params)
+    np.concatenate([x.ravel(), y.ravel()]).astype("<i4").tofile(os.path.join(d, "batch.bin"))
+    pattern = compat.llmc_shuffle_shards(Path(d))
+    return os.path.join(d, "tiny.bin"), os.path.join(d, "batch.bin"), pattern
+
+
+def constants(llmc, workdir):
+    """{name: value} printed by the harness built against the llm.c checkout `llmc`."""
+    if not os.path.isfile(os.path.join(llmc, "train_gpt2.c")):
+        fail(f"{llmc}: no train_gpt2.c here, not an llm.c checkout")
+    exe = os.path.join(workdir, "llmc_constants")
+    run(["gcc", "-O2", "-I", llmc, "-o", exe, HARNESS, "-lm"])
+    out = run([exe, *write_inputs(workdir)], cwd=workdir)
+    found = dict(re.findall(r"^(LLMC_\w+) = (.+)$", out, re.M))
+    return {name: ast.literal_eval(text) for name, text in found.items()}, found
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--llmc", help="an llm.c checkout (default: git clone it at --commit)")
+    ap.add_argument("--commit", default=LLMC_COMMIT, help="llm.c commit to clone (default: %(default)s)")
+    ap.add_argument("--url", default=LLMC_URL, help="where to clone llm.c from (default: %(default)s)")
+    ap.add_argument("--check", action="store_true",
+                    help="compare with tests/test_llmc_compat.py's constants; exit 1 if any differs")
+    args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="llmc-constants-") as tmp:
+        llmc = args.llmc or clone_llmc(os.path.join(tmp, "llm.c"), args.url, args.commit)
+        if args.llmc is None:
+            print(f"llm.c {args.commit} cloned from {args.url}", file=sys.stderr)
+        values, texts = constants(llmc, tmp)
+    for name, text in texts.items():
+        print(f"{name} = {text}")
+    if args.check:
+        differ = [n for n, v in values.items() if getattr(compat, n, None) != v]
+        missing = [n for n in dir(compat) if n.startswith("LLMC_") and n not in values]
+        for n in differ:
+            print(f"differs: {n}: committed {getattr(compat, n, None)}, llm.c gives {values[n]}", file=sys.stderr)
+        for n in missing:
+            print(f"not printed by the harness: {n}", file=sys.stderr)
+        if differ or missing:
+            return 1
+        print(f"all {len(values)} constants equal tests/test_llmc_compat.py's", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
