@@ -1,15 +1,20 @@
 """MFU's two halves: the FLOPs of a training step (the one count of the project) and the machine's
-fp32 peak: threads x FLOP per cycle per core x the clock (or a GPU's SMs x lanes x 2 x clock).
+fp32 peak (or a GPU's SMs x lanes x 2 x clock).
 
-The clock is measured, not read from /proc/cpuinfo (which shows the base clock, not the boost the
-cores run at): a chain of dependent float32 additions runs at one add per `latency` cycles.
-FLOP per cycle comes from LLVM's name for the host CPU. $LLMNB_PEAK_FLOPS overrides it all.
+The CPU's peak is measured, not computed from a table: every thread runs independent vector FMAs
+for ~0.1 s, so the clock the cores really hold under that load (turbo, AVX-512 licence), the FMA
+units per core and the vector width are all in it. A table keyed by the CPU's name was wrong where
+the name was (a VM reporting an Intel Xeon as "rocketlake" gave 2.3x its peak), and /proc/cpuinfo
+shows the base clock, not the one the cores run at. $LLMNB_PEAK_FLOPS overrides it all.
 """
 import os
 import time
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import get_num_threads, njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 def flops_per_step(config, B, T):
     """FLOPs of one training step of GPT-2 on B x T tokens: 3x the forward (the backward does twice
@@ -23,35 +28,84 @@ def flops_per_step(config, B, T):
     return 3 * (matmuls + attention)
 
 
-# LLVM host CPU name -> (fp32 FLOP per cycle per core, float add latency in cycles)
-# Zen 4 runs AVX-512 on two 256-bit FMA pipes (32 FLOP/cycle); Zen 5 and Intel's AVX-512 cores
-# have two 512-bit FMA units (64).
-CPU_MODELS = {
-    "znver3": (32, 3), "znver4": (32, 3), "znver5": (64, 2),
-    "haswell": (32, 3), "broadwell": (32, 3), "skylake": (32, 4), "alderlake": (32, 3),
-    "skylake-avx512": (64, 4), "cascadelake": (64, 4), "icelake-server": (64, 4),
-    "sapphirerapids": (64, 3),
-}
+def _fma_chains(lanes):
+    """An intrinsic fma_chains(n) -> float32: CHAINS independent chains of n fused multiply-adds on
+    vectors of `lanes` floats (llvm.fma, which LLVM neither folds nor reorders), then one float of
+    their sum so that none is dead. Enough independent chains that the FMA units, not the latency,
+    set the pace (CHAINS >= latency x units on every core we know: 4 x 2, 2 x 4)."""
+    def fma_chains(typingctx, n):
+        sig = types.float32(n)
+
+        def codegen(context, builder, signature, args):
+            f32, i32 = ir.FloatType(), ir.IntType(32)
+            vec = ir.VectorType(f32, lanes)
+            fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec, vec, vec]),
+                                                 f"llvm.fma.v{lanes}f32")
+            x, y = ir.Constant(vec, [0.999999] * lanes), ir.Constant(vec, [1e-7] * lanes)
+            acc = [cgutils.alloca_once_value(builder, ir.Constant(vec, [1e-3 * i] * lanes)) for i in range(CHAINS)]
+            with cgutils.for_range(builder, args[0]):
+                for a in acc:
+                    builder.store(builder.call(fma, [builder.load(a), x, y]), a)
+            total = ir.Constant(f32, 0.0)
+            for a in acc:
+                total = builder.fadd(total, builder.extract_element(builder.load(a), ir.Constant(i32, 0)))
+            return total
+
+        return sig, codegen
+
+    fma_chains.__name__ = f"fma_chains_{lanes}"
+    return intrinsic(fma_chains)
 
 
-@njit(cache=True)
-def _fadd_chain(x, n):
-    # n dependent float32 additions (no fastmath: they must stay in order)
-    s = np.float32(0.0)
-    for _ in range(n):
-        s = s + x
-    return s
+CHAINS = 16
+fma_chains_8, fma_chains_16 = _fma_chains(8), _fma_chains(16)
 
 
-def measure_clock_ghz(add_latency, n=20_000_000, runs=5):
-    x = np.float32(1e-9)
-    _fadd_chain(x, 10)  # compile (or load from cache)
-    best = float("inf")
-    for _ in range(runs):
+@njit(parallel=True, cache=True)
+def _fma_all_threads_8(n, threads):
+    # each of `threads` tasks (one per Numba thread) runs n rounds of CHAINS FMAs on vectors of 8 floats
+    out = np.zeros(threads, np.float32)
+    for t in prange(threads):
+        out[t] = fma_chains_8(n)
+    return out.sum()
+
+
+@njit(parallel=True, cache=True)
+def _fma_all_threads_16(n, threads):
+    # each of `threads` tasks (one per Numba thread) runs n rounds of CHAINS FMAs on vectors of 16 floats
+    out = np.zeros(threads, np.float32)
+    for t in prange(threads):
+        out[t] = fma_chains_16(n)
+    return out.sum()
+
+
+def measure_fma_flops(lanes, seconds=0.05, runs=3):
+    """FLOP/s of fused multiply-adds on vectors of `lanes` floats (8 or 16), on all Numba threads at
+    once: the machine's fp32 peak at the clock the cores hold under that load (a 512-bit load can
+    run at a lower clock than a 256-bit one)."""
+    threads = get_num_threads()
+    fma = _fma_all_threads_16 if lanes == 16 else _fma_all_threads_8
+
+    def run(n):
+        fma(n, threads)
+    run(10)  # compile (or load from cache), and wake the threads
+    n = 100_000
+    while True:  # rounds enough for `seconds` a run, so the parallel region's start is nothing
         t0 = time.perf_counter()
-        _fadd_chain(x, n)
-        best = min(best, time.perf_counter() - t0)
-    return add_latency * n / best / 1e9
+        run(n)
+        dt = time.perf_counter() - t0
+        if dt >= seconds / 4:
+            break
+        n *= 4
+    n = int(n * seconds / dt)
+    best = min(_timed(run, n) for _ in range(runs))
+    return threads * n * CHAINS * lanes * 2 / best
+
+
+def _timed(fn, *args):
+    t0 = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - t0
 
 
 # CUDA compute capability (major, minor) -> fp32 lanes (CUDA cores) per SM; FMA = 2 FLOP per lane
@@ -80,22 +134,22 @@ def gpu_peak_flops():
 
 
 def estimate_peak_flops(threads, device="cpu"):
-    """-> (FLOP/s, a line saying how it was estimated) for the CPU's `threads` or a CUDA device."""
+    """-> (FLOP/s, a line saying how it was estimated) for the CPU's `threads` or a CUDA device.
+    On the CPU the peak is measured, not looked up: every thread runs independent vector FMAs at
+    once, on the widest vectors the cores run at full rate (16 floats with AVX-512 where the matmul
+    uses them, else 8), so the cores' real clock under that load, the number of FMA units and the
+    vector width are all in it, whatever the CPU reports itself as (a VM's CPU model can be made
+    up). $LLMNB_PEAK_FLOPS overrides it."""
     if device == "cuda":
         return gpu_peak_flops()
     env = os.environ.get("LLMNB_PEAK_FLOPS")
     if env:
         return float(env), "from $LLMNB_PEAK_FLOPS"
     import llvmlite.binding as ll
-    cpu = ll.get_host_cpu_name()
-    if cpu in CPU_MODELS:
-        per_cycle, latency = CPU_MODELS[cpu]
-        ghz = measure_clock_ghz(latency)
-        return (threads * per_cycle * ghz * 1e9,
-                f"{threads} threads x {per_cycle} FLOP/cycle ({cpu}) x {ghz:.2f} GHz (clock measured now)")
-    features = ll.get_host_cpu_features()
-    per_cycle = 64 if features.get("avx512f") else 32 if features.get("fma") else 8
-    ghz = measure_clock_ghz(4)  # an unknown core: assume a 4-cycle add, a lower bound on the clock
-    return (threads * per_cycle * ghz * 1e9,
-            f"{threads} threads x {per_cycle} FLOP/cycle (unknown CPU {cpu}, guessed from its vector "
-            f"units) x {ghz:.2f} GHz (clock measured assuming a 4-cycle add)")
+
+    from .matmul import LANES
+    if threads != get_num_threads():
+        raise ValueError(f"estimate_peak_flops: {threads} threads asked for, Numba runs {get_num_threads()}")
+    flops = measure_fma_flops(LANES)
+    return flops, (f"{threads} threads x {flops / threads / 1e9:.0f} GFLOP/s: {LANES}-float vector FMAs on "
+                   f"every thread at once, measured now ({ll.get_host_cpu_name()})")
