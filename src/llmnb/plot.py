@@ -7,7 +7,8 @@ W, H = 720, 420
 LEFT, RIGHT, TOP, BOTTOM = 70, 20, 40, 50
 
 
-def _ticks(lo, hi, n=5):
+def axis_ticks(lo, hi, n=5):
+    """Round tick values (1, 2 or 5 times a power of ten apart) covering [lo, hi]."""
     if hi <= lo:
         hi = lo + 1.0
     raw = (hi - lo) / n
@@ -48,10 +49,10 @@ def loss_svg(records, title="llmnb training"):
            f'font-family="sans-serif" font-size="12">',
            f'<rect width="{W}" height="{H}" fill="white"/>',
            f'<text x="{W / 2}" y="22" text-anchor="middle" font-size="15">{title}</text>']
-    for y in _ticks(ymin, ymax):
+    for y in axis_ticks(ymin, ymax):
         out.append(f'<line x1="{LEFT}" x2="{W - RIGHT}" y1="{sy(y):.1f}" y2="{sy(y):.1f}" stroke="#ddd"/>')
         out.append(f'<text x="{LEFT - 6}" y="{sy(y) + 4:.1f}" text-anchor="end">{y:g}</text>')
-    for x in _ticks(xmin, xmax):
+    for x in axis_ticks(xmin, xmax):
         out.append(f'<text x="{sx(x):.1f}" y="{H - BOTTOM + 18}" text-anchor="middle">{x:g}</text>')
     out.append(f'<rect x="{LEFT}" y="{TOP}" width="{W - LEFT - RIGHT}" height="{H - TOP - BOTTOM}" '
                'fill="none" stroke="#333"/>')

@@ -129,14 +129,17 @@ def define_gpt2(torch, sdpa=False, pad_vocab=False):
             self.lm_head = nn.Linear(C, V, bias=False)
             self.lm_head.weight = self.transformer.wte.weight  # tied
 
-        def forward(self, idx, targets):
-            # idx, targets (B,T) int64 -> logits (B,T,V), mean cross-entropy loss
+        def forward(self, idx, targets=None):
+            # idx, targets (B,T) int64 -> logits (B,T,V), mean cross-entropy loss (None without
+            # targets, as nanoGPT's: for sampling, or a loss of the caller's own)
             B, T = idx.shape
             pos = torch.arange(T, device=idx.device)
             x = self.transformer.wte(idx) + self.transformer.wpe(pos)
             for block in self.transformer.h:
                 x = block(x)
             logits = self.lm_head(self.transformer.ln_f(x))
+            if targets is None:
+                return logits, None
             loss = F.cross_entropy(logits.view(B * T, -1), targets.view(B * T))
             return logits, loss
 
