@@ -458,16 +458,22 @@ def cpu_name():
 
 def orchestrate(args, recipe):
     ensure_tinyshakespeare(args.data_dir)
-    results = []
+    loaders(args.data_dir, recipe, model_config(recipe).vocab_size)  # bad files: one line, here
+    results, failed = [], 0
     for impl in (IMPLS if args.impl == "both" else (args.impl,)):
         print(f"\n=== {impl}: {args.budget:g} s of training, {args.threads} threads ===", flush=True)
-        r = run_child(args, impl)
+        try:
+            r = run_child(args, impl)
+        except RuntimeError as e:  # the other's result is still written
+            print(f"benchmarks.time_to_loss: error: {e}", file=sys.stderr, flush=True)
+            failed = 2
+            continue
         if r is not None:
             r["machine"] = {"cpu": cpu_name(), "cpus": os.cpu_count()}
             results.append(r)
     if not results:
         print("nothing ran")
-        return 0
+        return failed
     compare(results)
     print()
     for line in summary_lines(results):
@@ -484,7 +490,7 @@ def orchestrate(args, recipe):
         with atomic_write(args.svg) as f:
             f.write(val_loss_svg(results, title).encode())
     print(f"wrote {', '.join(p for p in (args.json, args.svg) if p)}")
-    return 0
+    return failed
 
 
 def parse_args(argv=None):
