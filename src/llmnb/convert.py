@@ -20,7 +20,8 @@ import sys
 import numpy as np
 
 from .config import GPT2Config, Tensors, param_shapes
-from .formats import FormatError, atomic_write, bf16_to_fp32, read_checkpoint, write_checkpoint
+from .fileio import FormatError, atomic_write
+from .formats import bf16_to_fp32, read_checkpoint, write_checkpoint
 from .kernels import LAYERNORM_EPS
 
 # the hub's GPT-2 sizes and the file names llm.c's train_gpt2.py gives them

@@ -12,7 +12,7 @@ from requests.adapters import HTTPAdapter
 from tqdm import tqdm
 from urllib3.util.retry import Retry
 
-from . import formats
+from .fileio import atomic_write
 
 
 class DownloadError(RuntimeError):
@@ -67,7 +67,7 @@ def download(url, path, *, timeout=30, retries=3, chunk=1 << 20, progress=True, 
                 raise DownloadError(f"{fail}{tries}: HTTP {resp.status_code} {resp.reason}")
             length = resp.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
-            with formats.atomic_write(path) as f, tqdm(
+            with atomic_write(path) as f, tqdm(
                     total=total, desc=os.path.basename(path), unit="B", unit_scale=True,
                     unit_divisor=1024, file=sys.stderr, disable=not progress) as bar:
                 for data in resp.iter_content(chunk_size=chunk):
