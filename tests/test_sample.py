@@ -15,7 +15,7 @@ from llmnb.config import GPT2Config
 from llmnb.formats import write_checkpoint
 from llmnb.generate import generate
 from llmnb.model import GPT2, init_params
-from llmnb.sampler import Rng
+from llmnb.rand import Rng
 from llmnb.tokenizer import Tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -11,6 +11,8 @@ import os
 import sys
 import time
 
+from .generate import TextStream, decoding_tokenizer, generate, prompt_tokens
+
 
 def load_model(path, log):
     """An llm.c checkpoint, or a Hugging Face GPT-2 folder (converted on the fly) -> (config, params)."""
@@ -20,24 +22,6 @@ def load_model(path, log):
         return read_hf(path, log)
     from .formats import read_checkpoint
     return read_checkpoint(path)
-
-
-def prompt_tokens(text, tokenizer, config):
-    """[EOT] + the prompt's tokens, checked against the model (EOT: the model's last token when
-    GPT-2's is not in its vocabulary, as llmnb-train's samples)."""
-    V = config.vocab_size
-    eot = tokenizer.eot_token if tokenizer is not None and tokenizer.eot_token < V else V - 1
-    ids = []
-    if text:
-        if tokenizer is None or not tokenizer.can_encode:
-            raise ValueError("--prompt needs tiktoken's gpt2 encoding to encode the prompt")
-        ids = tokenizer.encode(text)
-        if ids and max(ids) >= V:
-            raise ValueError(f"--prompt encodes to token {max(ids)}, outside the model's vocabulary [0, {V})")
-    if 1 + len(ids) >= config.max_seq_len:
-        raise ValueError(f"--prompt is {len(ids)} tokens: with the EOT token that leaves no room in the "
-                         f"model's max_seq_len {config.max_seq_len}")
-    return [eot] + ids
 
 
 def build_parser():
@@ -79,10 +63,9 @@ def check_args(p, args):
 
 
 def run(args, out=sys.stdout, err=sys.stderr):
-    from .generate import generate
-    from .model import GPT2
-    from .sampler import Rng
-    from .tokenizer import StreamDecoder, Tokenizer, load_tokenizer
+    from .model import GPT2, Decoder
+    from .rand import Rng
+    from .tokenizer import Tokenizer, load_tokenizer
 
     def log(msg):
         print(msg, file=err, flush=True)
@@ -97,29 +80,22 @@ def run(args, out=sys.stdout, err=sys.stderr):
     if args.prompt and not tok.can_encode:  # llm.c's gpt2_tokenizer.bin only decodes
         tok = Tokenizer.tiktoken()
     prompt = prompt_tokens(args.prompt, tok, config)
-    if tok is not None and tok.vocab_size < config.vocab_size:
+    if decoding_tokenizer(tok, config) is None and tok is not None:
         log(f"the tokenizer has {tok.vocab_size} tokens, the model {config.vocab_size}: printing token ids")
-        tok = None
-    dec = StreamDecoder()
+    stream = TextStream(out, decoding_tokenizer(tok, config))
     out.write(args.prompt)
     out.flush()
-    times = []
-
-    def show(t):
-        times.append(time.perf_counter())
-        out.write(dec.feed(tok.decode(t)) if tok is not None else f"{t} ")
-        out.flush()
-    kw = dict(temperature=args.temperature, top_k=args.top_k, on_token=show)
-    model = GPT2(config, params, device=args.device, copy=False)
+    decoder = Decoder(GPT2(config, params, device=args.device, copy=False), args.dtype)
     t0 = time.perf_counter()
-    new = generate(model, prompt, args.gen_tokens, Rng(args.seed), dtype=args.dtype, **kw)
-    out.write((dec.flush() if tok is not None else "") + "\n")
+    new = generate(decoder, prompt, args.gen_tokens, Rng(args.seed), temperature=args.temperature,
+                   top_k=args.top_k, on_token=stream.write)
+    stream.close()
+    out.write("\n")
     out.flush()
     # the first token comes after the prompt's forward; the speed is that of the ones after it
-    first = times[0] - t0
-    rate = f"{(len(times) - 1) / (times[-1] - times[0]):.1f} tokens/s" if len(times) > 1 else "n/a"
-    log(f"--- {len(new)} tokens ({len(prompt)} prompt tokens with EOT in {first:.2f} s, then "
-        f"{rate}, {config.num_layers} layers x {config.channels} channels, {args.dtype} on {args.device})")
+    log(f"--- {len(new)} tokens ({len(prompt)} prompt tokens with EOT in {stream.times[0] - t0:.2f} s, "
+        f"then {stream.rate()}, {config.num_layers} layers x {config.channels} channels, "
+        f"{args.dtype} on {args.device})")
     if len(new) < args.gen_tokens:
         log(f"stopped at the model's max_seq_len {config.max_seq_len}")
     return new

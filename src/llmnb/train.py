@@ -102,12 +102,14 @@ class Run:
         from .data import DataLoader
         from .dist import Single
         from .outlier import OutlierDetector
-        from .sampler import Rng
+        from .optim import AdamW
+        from .rand import Rng
         from .tokenizer import load_tokenizer
 
         self.args, self.log = args, log
         self.world = world = world if world is not None else Single()
-        with world.rank_zero_first():  # one rank downloads or prepares what is missing
+        from .dist import rank_zero_first
+        with rank_zero_first(world):  # one rank downloads or prepares what is missing
             self.model = build_model(args, log)
             train_pattern, val_pattern = find_data(args, log)
         if world.describe(self.model):
@@ -137,7 +139,10 @@ class Run:
         except Exception as e:  # e.g. no network for tiktoken's files: print token ids instead
             log(f"no tokenizer ({e}); samples will be printed as token ids")
             self.tokenizer = None
-        self.prompt_tokens = self.encode_prompt(args.prompt)
+        from .generate import prompt_tokens
+        self.prompt = prompt_tokens(args.prompt, self.tokenizer, cfg)
+        self.decoder = None
+        self.optimizer = AdamW(world, args.learning_rate, args.warmup, args.steps, args.lr_min, args.weight_decay, args.grad_clip)
         self.hellaswag = self.load_hellaswag() if args.hellaswag_every > 0 else None
         self.rng = Rng(args.sampler_seed)
         self.loss_outliers, self.norm_outliers = OutlierDetector(), OutlierDetector()
@@ -152,21 +157,6 @@ class Run:
         log(f"peak fp32 FLOP/s estimate: {self.peak / 1e9:.0f} GFLOP/s = {how}")
         log(f"FLOP per step (matmuls + causal attention, x3 for the backward): {self.flops / 1e9:.1f} GFLOP")
 
-    def encode_prompt(self, text):
-        """--prompt as token ids, checked now rather than at the first sample."""
-        if not text:
-            return []
-        tok, V = self.tokenizer, self.model.config.vocab_size
-        if tok is None or not tok.can_encode:
-            raise ValueError("--prompt needs tiktoken's gpt2 encoding to encode the prompt "
-                             "(it needs the network once, or TIKTOKEN_CACHE_DIR)")
-        ids = tok.encode(text)
-        if ids and max(ids) >= V:
-            raise ValueError(f"--prompt encodes to token {max(ids)}, outside the model's vocabulary [0, {V})")
-        if len(ids) + 1 > self.model.config.max_seq_len:
-            raise ValueError(f"--prompt is {len(ids)} tokens, longer than the model's max_seq_len")
-        return ids
-
     def load_hellaswag(self):
         """--hellaswag-every's examples, rendered and checked now rather than at the first eval."""
         from . import hellaswag
@@ -180,11 +170,6 @@ class Run:
 
     # -- pieces of a step
 
-    def lr(self, step):
-        from .optim import learning_rate
-        a = self.args
-        return learning_rate(step, a.learning_rate, a.warmup, a.steps, a.lr_min)
-
     def val_loss(self):
         self.val_loader.reset()
         total = 0.0
@@ -195,36 +180,23 @@ class Run:
         return self.world.mean(total / n)
 
     def sample(self):
-        from .generate import generate
-        from .tokenizer import StreamDecoder
-        a, cfg = self.args, self.model.config
-        tok = self.tokenizer
-        if tok is not None and tok.vocab_size < cfg.vocab_size:
-            tok = None  # it cannot decode every token the model can produce: print ids instead
-        # generation starts from the EOT token, as llm.c's; a model with a smaller vocabulary than
-        # GPT-2's uses its last token
-        eot = tok.eot_token if tok is not None and tok.eot_token is not None else None
-        eot = eot if eot is not None and eot < cfg.vocab_size else cfg.vocab_size - 1
-        prompt = [eot] + self.prompt_tokens
-        dec = StreamDecoder()
-        out = sys.stdout
+        from .generate import TextStream, decoding_tokenizer, generate
+        from .model import Decoder
+        a = self.args
+        if self.decoder is None or self.decoder.params is not self.model.params:
+            self.decoder = Decoder(self.model)
+        stream = TextStream(sys.stdout, decoding_tokenizer(self.tokenizer, self.model.config))
         print("generating:\n---", flush=True)
         if a.prompt:
-            out.write(a.prompt)
-
-        def show(t):
-            out.write(dec.feed(tok.decode(t)) if tok is not None else f"{t} ")
-            out.flush()
+            sys.stdout.write(a.prompt)
         # -g counts the start token, as llm.c's genT: -g 64 samples 63 new tokens
-        generate(self.model, prompt, max(a.gen_tokens - 1, 0), self.rng,
-                 temperature=a.temperature, top_k=a.top_k, on_token=show)
-        out.write(dec.flush() if tok is not None else "")
+        generate(self.decoder, self.prompt, max(a.gen_tokens - 1, 0), self.rng,
+                 temperature=a.temperature, top_k=a.top_k, on_token=stream.write)
+        stream.close()
         print("\n---", flush=True)
 
     def train_step(self, step):
-        from .optim import DECAYED
         a, model, world = self.args, self.model, self.world
-        lr = self.lr(step)
         t0 = time.perf_counter()
         loss = 0.0
         for micro in range(a.grad_accum):
@@ -232,15 +204,13 @@ class Run:
             loss += model.forward(x, y) / a.grad_accum
             model.zero_grad(params=(micro == 0))
             model.backward(grad_scale=1.0 / (a.grad_accum * world.size))  # the sum over ranks is the mean
-        world.reduce_grads(model)
+        norm = self.optimizer.reduce_and_clip(model)  # grad_clip 0: measures only
         loss = world.mean(loss)
-        norm = world.clip_grad_norm(model, a.grad_clip)  # grad_clip 0: measures only
         if not (math.isfinite(loss) and math.isfinite(norm)):
             raise Diverged(f"training diverged at step {step + 1}: train loss {loss}, grad norm {norm}; "
                            "stopped before the update, no checkpoint written from it (lower -l, or "
                            "try --grad-clip)")
-        world.update(model, lr, 0.9, 0.999, 1e-8, a.weight_decay, step + 1,
-                     decay=DECAYED if a.weight_decay > 0 else None)
+        lr = self.optimizer.update(model, step)
         model.backend.synchronize()
         ms = (time.perf_counter() - t0) * 1000
         return loss, lr, ms, norm
@@ -304,7 +274,7 @@ class Run:
 
     def start_log(self):
         """Write the records kept so far (none, or those before a resumed step) atomically."""
-        from .formats import atomic_write
+        from .fileio import atomic_write
         if self.world.rank != 0:
             return
         with atomic_write(self.log_path) as f:
@@ -313,7 +283,7 @@ class Run:
 
     def append_log(self, record):
         """One JSON line per step, appended and flushed (read_log skips a line cut by a kill)."""
-        from .formats import disk_error
+        from .fileio import disk_error
         self.records.append(record)
         if self.world.rank != 0:
             return
@@ -405,7 +375,7 @@ def log_line(record):
 def read_log(path):
     """The records of a log.jsonl; a last line cut short by a killed run is skipped. Every other
     line must be a JSON object with an integer "step" (else ValueError naming file and line)."""
-    from .formats import open_regular
+    from .fileio import open_regular
     if not os.path.exists(path):
         return []
     with open_regular(path) as f:
@@ -548,7 +518,7 @@ def prepare_output_dir(args, log):
     """Under the lock: remove temporary files a killed run left, and keep a fresh run from
     mixing with an earlier run's checkpoints (refuse, or delete them under --overwrite)."""
     from . import checkpoint
-    from .formats import TEMP_NAME
+    from .fileio import TEMP_NAME
     out = args.output_dir
     stale = [n for n in os.listdir(out) if re.fullmatch(TEMP_NAME, n)]
     for name in stale:
