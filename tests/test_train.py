@@ -6,9 +6,9 @@ import os
 import numpy as np
 import pytest
 
-from llmnb import checkpoint
+from llmnb import rundir
 from llmnb.config import GPT2Config
-from llmnb.formats import read_checkpoint, write_checkpoint, write_shard
+from llmnb.formats import read_checkpoint, read_optimizer_state, write_checkpoint, write_shard
 from llmnb.model import GPT2, init_params
 from llmnb.train import main
 
@@ -74,7 +74,7 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(workdir, tmp_path, m
     with monkeypatch.context() as m:
         m.setattr(Run, "train_step", interrupted)
         assert run(workdir, part, *common) == 130
-    assert checkpoint.latest(part) == 5
+    assert rundir.latest(part) == 5
     assert run(workdir, part, *common, "-y", "1") == 0
     a = [(r["train_loss"], r["val_loss"]) for r in read_log(full)]
     b = [(r["train_loss"], r["val_loss"]) for r in read_log(part)]
@@ -147,7 +147,7 @@ def test_sampling_from_a_model_with_a_small_vocabulary(tmp_path, capsys):
 
 
 def test_read_log_skips_a_line_cut_by_a_kill(tmp_path):
-    from llmnb.train import read_log
+    from llmnb.rundir import read_log
     path = tmp_path / "log.jsonl"
     path.write_text('{"step": 0, "train_loss": 5.0}\n{"step": 1, "train_lo')
     assert read_log(path) == [{"step": 0, "train_loss": 5.0}]
@@ -175,31 +175,32 @@ def strict_json(line):
 
 
 def test_a_second_run_into_the_same_directory_fails_at_once(workdir, tmp_path, capsys):
-    from llmnb.train import lock_output_dir
+    from llmnb.rundir import RunDir
     out = tmp_path / "out"
-    held = lock_output_dir(str(out))  # as another run holds it (flock: per open file, so in-process too)
+    held = RunDir(str(out))  # as another run holds it (flock: per open file, so in-process too)
+    held.lock()
     try:
         assert run(workdir, out, *QUICK, "-x", "1") == 2
         err = one_error_line(capsys)
         assert str(out) in err and f"pid {os.getpid()}" in err
         assert not (out / "log.jsonl").exists()
     finally:
-        held.close()
+        held.unlock()
     assert run(workdir, out, *QUICK, "-x", "1") == 0  # the lock goes with its holder
 
 
 def test_a_fresh_run_refuses_an_earlier_runs_checkpoints_or_overwrites_them(workdir, tmp_path, capsys):
     out = tmp_path / "out"
     assert run(workdir, out, *QUICK, "-x", "2", "-n", "1") == 0
-    before = checkpoint.files(out)
-    assert len(before) == 8 and checkpoint.latest(out) == 2
+    before = rundir.files(out)
+    assert len(before) == 8 and rundir.latest(out) == 2
     capsys.readouterr()
     assert run(workdir, out, *QUICK, "-x", "1") == 2
     err = one_error_line(capsys)
     assert str(out) in err and "-y 1" in err and "--overwrite" in err
-    assert checkpoint.files(out) == before
+    assert rundir.files(out) == before
     assert run(workdir, out, *QUICK, "-x", "1", "--overwrite") == 0
-    assert checkpoint.files(out) == [] and len(read_log(out)) == 1
+    assert rundir.files(out) == [] and len(read_log(out)) == 1
     with pytest.raises(SystemExit):
         run(workdir, out, *QUICK, "-x", "1", "--overwrite", "-y", "1")
 
@@ -248,7 +249,7 @@ def test_a_non_finite_gradient_stops_before_the_update(workdir, tmp_path, capsys
     assert run(workdir, out, *QUICK, "-x", "5", "-n", "1") == 2
     err = one_error_line(capsys)
     assert "diverged at step 3" in err and "grad norm nan" in err
-    assert len(updates) == 2 and checkpoint.latest(out) == 2
+    assert len(updates) == 2 and rundir.latest(out) == 2
 
 
 def test_outlier_detector_is_a_z_score_over_the_last_64_values():
@@ -377,8 +378,7 @@ def test_a_full_disk_is_one_line_naming_the_file(workdir, tmp_path, capsys, monk
         if str(path).endswith("log.jsonl") and mode == "a":
             raise OSError(errno.ENOSPC, "No space left on device")
         return builtins.open(path, mode, *a, **k)
-    from llmnb import train
-    monkeypatch.setattr(train, "open", full_log, raising=False)
+    monkeypatch.setattr(rundir, "open", full_log, raising=False)
     assert run(workdir, tmp_path / "out2", *QUICK, "-x", "1") == 2
     err = one_error_line(capsys)
     assert "No space left on device" in err and "log.jsonl" in err
@@ -454,7 +454,7 @@ def test_sigterm_is_like_ctrl_c_and_stale_temp_files_go(workdir, tmp_path):
     p = subprocess.run([sys.executable, "-c", code, *argv], env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 143, p.stderr
     assert "terminated (SIGTERM)" in p.stderr and "Traceback" not in p.stderr
-    assert checkpoint.latest(out) == 2
+    assert rundir.latest(out) == 2
     assert not stale.exists() and keep.exists()
     assert not [n for n in os.listdir(out) if n.endswith(".tmp") and n != "notes.tmp"]
 
@@ -506,7 +506,7 @@ def test_printing_is_llmcs_gen_t_and_num_batches(workdir, tmp_path, capsys, no_t
 def test_training_shuffles_like_llmc_by_default(workdir, tmp_path, capsys):
     # the default: llm.c's shuffle (seed 42), written into llm.c's state file with its tail;
     # --no-shuffle reads in order; --shuffle is accepted (the default)
-    from llmnb.train import build_parser
+    from llmnb.settings import build_parser
     assert build_parser().parse_args([]).shuffle is True
     assert build_parser().parse_args(["--shuffle"]).shuffle is True
     assert build_parser().parse_args(["--no-shuffle"]).shuffle is False
@@ -519,7 +519,7 @@ def test_training_shuffles_like_llmc_by_default(workdir, tmp_path, capsys):
         assert run(workdir, out, "-x", "1", "-v", "0", "-s", "0", "-n", "1", *flags) == 0
         first = read_log(out)[0]["train_loss"]
         assert first == pytest.approx(model.forward(*loader.next_batch()), rel=1e-6)
-        state = checkpoint.read_state(out / "state_00000001_00000.bin", model.num_parameters)
+        state = read_optimizer_state(out / "state_00000001_00000.bin", model.num_parameters)
         assert state["shuffle"] is (not flags) and state["shuffle_tail"] == loader.llmc_state_tail()
 
 
@@ -544,3 +544,30 @@ def test_a_resumed_run_samples_the_same_text(workdir, tmp_path, monkeypatch, cap
     after = samples_printed(capsys.readouterr().out)
     assert len(full) == 2 and full[0] != full[1]
     assert before == full[:1] and after == full
+
+
+# ----------------------------------------------------------------------------------------------
+# issue 23: a resume decides what to load before anything is built or downloaded
+
+@pytest.mark.parametrize("init", [None, "d12", "gpt2"])
+def test_a_resumed_run_neither_builds_nor_downloads_the_e_model(workdir, checkpointed, tmp_path, capsys,
+                                                                 monkeypatch, init):
+    import shutil
+    from llmnb import convert, download, loading, memory
+    out = tmp_path / "out"
+    shutil.copytree(checkpointed, out)
+    asked = []
+    monkeypatch.setattr(download, "download", lambda url, path, **kw: asked.append(("download", url)))
+    monkeypatch.setattr(convert, "download_hf", lambda name, log: asked.append(("hub", name)))
+    monkeypatch.setattr(GPT2Config, "depth", classmethod(lambda cls, L, **kw: asked.append(("depth", L))))
+    monkeypatch.setattr(loading, "init_params", lambda *a, **k: asked.append("init"))
+    checked = []
+    real_check = memory.run_memory
+    monkeypatch.setattr(memory, "run_memory", lambda config, B, T: checked.append(config) or real_check(config, B, T))
+    argv = ["-i", str(workdir / "tiny_train_*.bin"), "-j", str(workdir / "tiny_val.bin"), "-o", str(out),
+            *QUICK, "-x", "3", "-y", "1", "--data-dir", str(tmp_path / "empty")]
+    capsys.readouterr()
+    assert main(argv + (["-e", init] if init else [])) == 0
+    assert asked == []  # no starter pack, no hub, no fresh d12
+    assert checked == [TINY]  # the memory check saw the checkpoint's model
+    assert f"resumed from {out / 'model_00000002.bin'} at step 2" in capsys.readouterr().out

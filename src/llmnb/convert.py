@@ -209,9 +209,8 @@ def params_from_hf(folder, config, tensors):
     return p.memory
 
 
-def read_hf(source, log=_log):
-    """An HF GPT-2 (a local folder, or a hub id to download) -> (GPT2Config, flat float32 params)."""
-    folder = source if os.path.isdir(source) else download_hf(source, log)
+def read_hf_config(folder):
+    """The GPT2Config of a local HF GPT-2 folder, from its config.json alone."""
     cfg_path = os.path.join(folder, "config.json")
     try:
         with open(cfg_path) as f:
@@ -220,7 +219,13 @@ def read_hf(source, log=_log):
         raise ConvertError(f"{cfg_path}: no such file (an HF model folder has a config.json)") from None
     except (OSError, json.JSONDecodeError) as e:
         raise ConvertError(f"{cfg_path}: not readable JSON: {e}") from None
-    config = config_from_hf(cfg_path, hf_config)
+    return config_from_hf(cfg_path, hf_config)
+
+
+def read_hf(source, log=_log):
+    """An HF GPT-2 (a local folder, or a hub id to download) -> (GPT2Config, flat float32 params)."""
+    folder = source if os.path.isdir(source) else download_hf(source, log)
+    config = read_hf_config(folder)
     return config, params_from_hf(folder, config, read_hf_tensors(folder))
 
 
@@ -290,21 +295,6 @@ def write_hf(folder, config, params, log=_log):
     for name, data in files.items():
         with atomic_write(os.path.join(folder, name)) as f:
             f.write(data)
-
-
-# ----------------------------------------------------------------------------------------------
-# pretrained GPT-2 for llmnb-train -e gpt2
-
-def pretrained_checkpoint(name, data_dir, log=_log):
-    """The llm.c checkpoint of the hub's `name` (gpt2, gpt2-medium, ...) in data_dir, converted
-    from Hugging Face when absent (llm.c's starter pack holds only gpt2_124M.bin)."""
-    path = os.path.join(data_dir, HF_GPT2_FILES[name])
-    if not os.path.exists(path):
-        config, params = read_hf(name, log)
-        os.makedirs(data_dir, exist_ok=True)
-        write_checkpoint(path, config, params)
-        log(f"converted Hugging Face's {name} to {path}")
-    return path
 
 
 # ----------------------------------------------------------------------------------------------

@@ -7,21 +7,15 @@ token runs the layers on that token only, reading every weight once; only the ne
 probabilities come back from the GPU.
 """
 import argparse
-import os
 import sys
 import time
 
+from . import loading
+from .fileio import FormatError
 from .generate import TextStream, decoding_tokenizer, generate, prompt_tokens
-
-
-def load_model(path, log):
-    """An llm.c checkpoint, or a Hugging Face GPT-2 folder (converted on the fly) -> (config, params)."""
-    if os.path.isdir(path):
-        from .convert import read_hf
-        log(f"{path}: a folder: reading it as a Hugging Face GPT-2")
-        return read_hf(path, log)
-    from .formats import read_checkpoint
-    return read_checkpoint(path)
+from .model import Decoder
+from .rand import Rng
+from .tokenizer import Tokenizer, load_tokenizer
 
 
 def build_parser():
@@ -63,13 +57,10 @@ def check_args(p, args):
 
 
 def run(args, out=sys.stdout, err=sys.stderr):
-    from .model import GPT2, Decoder
-    from .rand import Rng
-    from .tokenizer import Tokenizer, load_tokenizer
-
     def log(msg):
         print(msg, file=err, flush=True)
-    config, params = load_model(args.model, log)
+    source = loading.find_model(args.model, args.data_dir, log)
+    config = source.config
     try:
         tok = load_tokenizer(args.data_dir)
     except RuntimeError as e:  # offline without tiktoken's files
@@ -85,7 +76,7 @@ def run(args, out=sys.stdout, err=sys.stderr):
     stream = TextStream(out, decoding_tokenizer(tok, config))
     out.write(args.prompt)
     out.flush()
-    decoder = Decoder(GPT2(config, params, device=args.device, copy=False), args.dtype)
+    decoder = Decoder(source.load(args.device, log), args.dtype)
     t0 = time.perf_counter()
     new = generate(decoder, prompt, args.gen_tokens, Rng(args.seed), temperature=args.temperature,
                    top_k=args.top_k, on_token=stream.write)
@@ -102,7 +93,6 @@ def run(args, out=sys.stdout, err=sys.stderr):
 
 
 def main(argv=None):
-    from .formats import FormatError
     p = build_parser()
     args = p.parse_args(argv)
     check_args(p, args)
