@@ -16,7 +16,7 @@ import time
 
 import numba
 
-from . import dist, hellaswag, loading, memory, settings
+from . import dist, hellaswag, loading, memory
 from . import tokenizer as tokenizers
 from .data import DataLoader
 from .download import DownloadError
@@ -29,6 +29,7 @@ from .outlier import OutlierDetector
 from .plot import write_loss_svg
 from .rand import Rng
 from .rundir import CheckpointState, RunDir
+from .settings import build_parser, parse  # noqa: F401  (build_parser: the CLI's flags, for tools)
 
 
 class Diverged(RuntimeError):
@@ -39,7 +40,7 @@ class Diverged(RuntimeError):
 # main
 
 def main(argv=None):
-    s = settings.parse(argv)
+    s = parse(argv)
     try:
         world = dist.world(s.zero_stage)
     except RuntimeError as e:

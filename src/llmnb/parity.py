@@ -1,0 +1,141 @@
+"""llmnb-test: parity with a PyTorch reference, exactly like llm.c's test_gpt2.c.
+
+Loads an llm.c model checkpoint and a debug state (inputs, targets, the reference's logits, loss
+and gradients), checks step 0 against them, then trains 10 steps on the same batch comparing each
+step's loss with the reference's. Ends with `overall okay: 1` (exit 0) or `overall okay: 0` (exit 1).
+"""
+import argparse
+import json
+import sys
+import time
+
+import numpy as np
+
+# llm.c's expected losses from test_gpt2.c (PyTorch, gpt2_124M.bin on its debug-state batch)
+LLMC_EXPECTED_LOSSES = [
+    5.270007133483887, 4.059706687927246, 3.3751230239868164, 2.8007826805114746,
+    2.315382242202759, 1.8490285873413086, 1.3946564197540283, 0.9991465210914612,
+    0.6240804195404053, 0.37651097774505615,
+]
+LOGITS_TOL = 1e-2
+LOSS_TOL = 1e-2
+GRAD_TOL = 2e-2
+
+
+def check_tensor(a, b, label, tol=GRAD_TOL, print_upto=5):
+    """Print the first few pairs and the max abs difference; True when all are within tol."""
+    a = np.asarray(a, dtype=np.float32).reshape(-1)
+    b = np.asarray(b, dtype=np.float32).reshape(-1)
+    print(label)
+    diff = np.abs(a - b)
+    for i in range(min(print_upto, a.size)):
+        print(f"{'OK' if diff[i] <= tol else 'NOT OK'} {a[i]:f} {b[i]:f}")
+    maxdiff = float(diff.max()) if diff.size else 0.0
+    ok = bool(np.all(diff <= tol))  # NaN compares False: a NaN fails the check
+    print(f"TENSOR {'OK' if ok else 'NOT OK'}, maxdiff = {maxdiff:e}")
+    return ok
+
+
+def load_losses(path):
+    try:
+        with open(path) as f:
+            losses = json.load(f)
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file")
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})")
+    if not isinstance(losses, list) or not losses or \
+            not all(isinstance(x, (int, float)) for x in losses):
+        raise ValueError(f"{path}: expected a non-empty JSON list of numbers (the per-step losses)")
+    return [float(x) for x in losses]
+
+
+def run(model_path, state_path, expected_losses, device="cpu"):
+    from .formats import read_checkpoint, read_debug_state
+    from .model import GPT2
+    from .config import Tensors, param_shapes
+
+    config, params = read_checkpoint(model_path)
+    C, V, Vp, maxT, L = (config.channels, config.vocab_size, config.padded_vocab_size,
+                         config.max_seq_len, config.num_layers)
+    print("[GPT-2]")
+    print(f"max_seq_len: {maxT}\nvocab_size: {V}\npadded_vocab_size: {Vp}\nnum_layers: {L}\n"
+          f"num_heads: {config.num_heads}\nchannels: {C}")
+    model = GPT2(config, params, device=device, copy=False)
+    print(f"num_parameters: {model.num_parameters}")
+    state = read_debug_state(state_path, config)
+    B, T = state["B"], state["T"]
+    print(f"[State]\nbatch_size: {B}\nseq_len: {T}")
+    expected_grads = Tensors(state["grads"], param_shapes(config))
+    x, y = state["x"], state["y"]
+
+    allok = True
+    for step in range(len(expected_losses)):
+        t0 = time.perf_counter()
+        loss = model.forward(x, y)
+        if step == 0:  # before backward, which writes the logits' gradient over them
+            logits = model.backend.to_host(model.acts.logits)[:, :, :V].copy()
+        model.zero_grad()
+        model.backward()
+        model.backend.synchronize()
+        ms = (time.perf_counter() - t0) * 1000
+
+        if step == 0:
+            expected = state["logits"]
+            print(f"{expected.reshape(-1)[0]:f}, {logits.reshape(-1)[0]:f}")
+            max_diff = float(np.abs(logits - expected).max())
+            logits_ok = max_diff < LOGITS_TOL
+            print(f"{'' if logits_ok else 'NOT '}OK (LOGITS), max_diff = {max_diff:e}")
+            allok = allok and logits_ok
+
+            if abs(loss - state["loss"]) >= LOSS_TOL:
+                print(f"LOSS MISMATCH: {loss:f} {state['loss']:f}")
+                allok = False
+            else:
+                print(f"LOSS OK: {loss:f} {state['loss']:f}")
+
+            grads = Tensors(model.backend.to_host(model.grads.memory), param_shapes(config))
+            for name in grads.names:
+                ours, theirs = getattr(grads, name), getattr(expected_grads, name)
+                if name == "wte":  # only the V real rows, like test_gpt2.c
+                    ours, theirs = ours[:V], theirs[:V]
+                allok = check_tensor(ours, theirs, "d" + name) and allok
+
+        model.update(1e-4, 0.9, 0.999, 1e-8, 0.01, step + 1)
+        step_ok = abs(expected_losses[step] - loss) < LOSS_TOL
+        allok = allok and step_ok
+        print(f"step {step}: loss {loss:f} (took {ms:f} ms) OK = {int(step_ok)}")
+
+    print(f"overall okay: {int(allok)}")
+    return allok
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="llmnb-test",
+        description="Check llmnb against a PyTorch reference, like llm.c's test_gpt2.c: step-0 logits, loss "
+                    "and all 16 gradients, then the losses of 10 AdamW steps on the same batch.")
+    p.add_argument("--model", default="gpt2_124M.bin", help="llm.c model checkpoint (default: %(default)s)")
+    p.add_argument("--state", default="gpt2_124M_debug_state.bin",
+                   help="llm.c debug state: inputs, targets, logits, loss, grads (default: %(default)s)")
+    p.add_argument("--losses", default=None,
+                   help="JSON list of the expected per-step losses (default: llm.c's list from test_gpt2.c, "
+                        "for its gpt2_124M starter-pack files)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to run (default: cpu)")
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    from .formats import FormatError
+    try:
+        losses = load_losses(args.losses) if args.losses else LLMC_EXPECTED_LOSSES
+        ok = run(args.model, args.state, losses, device=args.device)
+    except (FormatError, ValueError, RuntimeError, OSError) as e:
+        print(f"llmnb-test: error: {e}", file=sys.stderr)
+        return 2
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
