@@ -13,6 +13,7 @@
 Needs the `hf` extra (safetensors, huggingface_hub); transformers is not needed to convert.
 """
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -61,7 +62,6 @@ class ConvertError(ValueError):
 
 def _need(module):
     """Import an optional dependency of the `hf` extra, with a clear error when absent."""
-    import importlib
     try:
         return importlib.import_module(module)
     except ImportError:

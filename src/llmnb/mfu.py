@@ -8,8 +8,10 @@ FLOP per cycle comes from LLVM's name for the host CPU. $LLMNB_PEAK_FLOPS overri
 import os
 import time
 
+import llvmlite.binding as ll
 import numpy as np
 from numba import njit
+
 
 def flops_per_step(config, B, T):
     """FLOPs of one training step of GPT-2 on B x T tokens: 3x the forward (the backward does twice
@@ -86,7 +88,6 @@ def estimate_peak_flops(threads, device="cpu"):
     env = os.environ.get("LLMNB_PEAK_FLOPS")
     if env:
         return float(env), "from $LLMNB_PEAK_FLOPS"
-    import llvmlite.binding as ll
     cpu = ll.get_host_cpu_name()
     if cpu in CPU_MODELS:
         per_cycle, latency = CPU_MODELS[cpu]
