@@ -571,3 +571,25 @@ def test_a_resumed_run_neither_builds_nor_downloads_the_e_model(workdir, checkpo
     assert asked == []  # no starter pack, no hub, no fresh d12
     assert checked == [TINY]  # the memory check saw the checkpoint's model
     assert f"resumed from {out / 'model_00000002.bin'} at step 2" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------------------------
+# issue 27: what a user meets first
+
+def test_offline_the_default_model_is_one_line(workdir, tmp_path, monkeypatch, capsys):
+    # the starter pack out of reach (a closed port: the connection is refused, as offline): no
+    # "fetching" line before a server answers, no line per retry, one line saying what happens
+    from llmnb import loading
+    monkeypatch.setattr(loading, "STARTER_PACK_URL", "http://127.0.0.1:9/")
+    monkeypatch.setattr(GPT2Config, "depth", classmethod(lambda cls, L, **kw: TINY))
+    monkeypatch.chdir(tmp_path)
+    argv = ["-i", str(workdir / "tiny_train_*.bin"), "-j", str(workdir / "tiny_val.bin"), "-o", "o",
+            *QUICK, "-x", "1", "--data-dir", "d"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    lines = [l for l in (captured.out + captured.err).splitlines()
+             if "gpt2_124M" in l or "download" in l or "retr" in l or "d12" in l]
+    assert len(lines) == 2, lines  # the fallback, then the fresh model's own line
+    assert "starter pack could not be fetched" in lines[0] and "Connection refused" in lines[0]
+    assert lines[0].endswith("training a fresh d12 model instead")
+    assert lines[1].startswith("initialising a fresh GPT-2 d12")

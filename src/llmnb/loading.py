@@ -117,11 +117,13 @@ def default_checkpoint(data_dir, log=print):
         return DEFAULT_INIT
     path = os.path.join(data_dir, DEFAULT_INIT)
     if not os.path.exists(path):
-        log(f"{DEFAULT_INIT} not found: fetching llm.c's starter pack to {path}")
+        # offline, this is one line (the caller's): no line before the server answers, none per retry
         try:
-            download.download(STARTER_PACK_URL + DEFAULT_INIT, path, retries=1, timeout=20)
+            download.download(STARTER_PACK_URL + DEFAULT_INIT, path, retries=1, timeout=20, quiet=True,
+                              on_start=lambda: log(f"{DEFAULT_INIT} not found: fetching llm.c's starter pack to {path}"))
         except download.DownloadError as e:
-            raise ModelUnavailable(f"could not fetch the pretrained GPT-2 ({e})") from None
+            raise ModelUnavailable(f"{DEFAULT_INIT} not found and llm.c's starter pack could not be fetched "
+                                   f"({e.reason})") from None
     return path
 
 
