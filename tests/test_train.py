@@ -593,3 +593,25 @@ def test_offline_the_default_model_is_one_line(workdir, tmp_path, monkeypatch, c
     assert "starter pack could not be fetched" in lines[0] and "Connection refused" in lines[0]
     assert lines[0].endswith("training a fresh d12 model instead")
     assert lines[1].startswith("initialising a fresh GPT-2 d12")
+
+
+def snapshot(out):
+    """{file name: bytes} of a run directory, its lock file aside."""
+    return {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.name != ".llmnb-train.lock"}
+
+
+def test_resume_with_nothing_to_resume_says_so_and_changes_nothing(workdir, checkpointed, tmp_path, capsys):
+    import shutil
+    plain = tmp_path / "plain"  # the default -n 0: a log and a model, no checkpoint
+    assert run(workdir, plain, *QUICK, "-x", "2") == 0
+    cut = tmp_path / "cut"      # the only checkpoint's save was cut short: no DONE file
+    shutil.copytree(checkpointed, cut)
+    os.remove(cut / "DONE_00000002")
+    for out, says in ((plain, "-n 0"), (cut, "DONE_00000002"), (tmp_path / "none", "leave out -y 1")):
+        before = snapshot(out) if out.exists() else None
+        capsys.readouterr()
+        assert run(workdir, out, *QUICK, "-x", "3", "-y", "1") == 2
+        err = one_error_line(capsys)
+        assert "-y 1" in err and str(out) in err and says in err
+        if before is not None:
+            assert snapshot(out) == before  # not a byte of what survives is touched

@@ -159,6 +159,19 @@ class RunDir:
     def latest(self):
         return latest(self.path)
 
+    def without_checkpoint(self):
+        """What a directory with no complete checkpoint holds, and what to do, in one line."""
+        partial = files(self.path)
+        if partial:
+            step = int(re.search(r"_(\d{8})", os.path.basename(partial[-1])).group(1))
+            return (f"{self.path} holds no complete checkpoint to resume from: the one of step {step} has no "
+                    f"DONE_{step:08d} (its save was cut short); nothing was changed: start a fresh run with "
+                    "--overwrite (it deletes them) or into another -o")
+        if os.path.exists(self.log_path) or os.path.exists(self.model_path):
+            return (f"{self.path} holds a run without checkpoints (-n 0, the default, writes none): nothing to "
+                    f"resume; to train its model further, start from it: -e {self.model_path} -o <another dir>")
+        return f"{self.path} holds no checkpoint to resume from; to start a fresh run, leave out -y 1"
+
     def save(self, step, model, state, shuffle_tail=b"", world=None):
         """Save model + optimizer state at `step` (the number of updates done) with `state` (a
         CheckpointState); shuffle_tail: the train loader's llmc_state_tail(); world: dist's."""

@@ -337,11 +337,11 @@ class Run:
 # helpers of the build and the loop
 
 def find_checkpoint(s, world, rundir, log):
-    """-y 1: the latest complete checkpoint in -o (rundir.Checkpoint), or None to start fresh."""
+    """-y 1: the latest complete checkpoint in -o (rundir.Checkpoint). None there: one line saying
+    what the directory holds instead, and the run stops before it changes anything."""
     step = rundir.latest()
     if step is None:
-        log(f"-y 1: no complete checkpoint in {rundir.path}, starting from step 0")
-        return None
+        raise ValueError(f"-y 1: {rundir.without_checkpoint()}")
     if step > s.steps:
         raise ValueError(f"-y 1: the latest checkpoint in {rundir.path} is at step {step}, past -x {s.steps}: "
                          f"nothing to train (give an -x above {step}, or another -o)")
