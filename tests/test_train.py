@@ -615,3 +615,34 @@ def test_resume_with_nothing_to_resume_says_so_and_changes_nothing(workdir, chec
         assert "-y 1" in err and str(out) in err and says in err
         if before is not None:
             assert snapshot(out) == before  # not a byte of what survives is touched
+
+
+def test_bad_input_leaves_no_output_dir_and_names_the_fix(workdir, tmp_path, capsys):
+    # a run that stops before writing anything leaves no -o folder holding only its lock file
+    out = tmp_path / "new"
+    assert run(workdir, out, *QUICK, "-x", "1", "-e", str(tmp_path / "missing.bin")) == 2
+    assert "missing.bin: no such model file" in one_error_line(capsys)
+    assert not out.exists()
+    out.mkdir()
+    assert run(workdir, out, *QUICK, "-x", "1", "-t", "33") == 2
+    one_error_line(capsys)
+    assert list(out.iterdir()) == []  # an existing empty folder stays (empty)
+    # text given as a shard: the message names the tool that makes shards
+    (tmp_path / "book.txt").write_text("It was a dark and stormy night; the rain fell in torrents.\n" * 40)
+    assert run(workdir, out, *QUICK, "-x", "1", "-i", str(tmp_path / "book.txt")) == 2
+    err = one_error_line(capsys)
+    assert "book.txt: a text file" in err and "llmnb-prepro" in err
+    # -o naming a file
+    (tmp_path / "afile").write_text("mine")
+    assert run(workdir, tmp_path / "afile", *QUICK, "-x", "1") == 2
+    err = one_error_line(capsys)
+    assert "afile: a file, not a directory" in err and "Errno" not in err
+    assert (tmp_path / "afile").read_text() == "mine"
+
+
+def test_a_negative_number_is_a_value_not_a_missing_argument(workdir, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        run(workdir, tmp_path / "o", *QUICK, "-x", "1", "-l", "-1e-4")
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "-l must be a finite number >= 0, got -0.0001" in err
+    assert "expected one argument" not in err

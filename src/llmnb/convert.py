@@ -209,6 +209,13 @@ def params_from_hf(folder, config, tensors):
     return p.memory
 
 
+def is_local_path(source):
+    """Whether source can only be a path, never a hub id (gpt2, user/model): ./x, ../x, /x, ~/x,
+    x/, a/b/c, or an existing file."""
+    return (source.startswith((".", "/", "~", os.sep)) or source.endswith(("/", os.sep))
+            or os.path.exists(source) or source.count("/") > 1)
+
+
 def read_hf_config(folder):
     """The GPT2Config of a local HF GPT-2 folder, from its config.json alone."""
     cfg_path = os.path.join(folder, "config.json")
@@ -224,6 +231,10 @@ def read_hf_config(folder):
 
 def read_hf(source, log=_log):
     """An HF GPT-2 (a local folder, or a hub id to download) -> (GPT2Config, flat float32 params)."""
+    if not os.path.isdir(source) and is_local_path(source):
+        what = "a file, not a folder" if os.path.exists(source) else "no such folder"
+        raise ConvertError(f"{source}: {what} (a Hugging Face GPT-2 folder holds config.json and "
+                           "model.safetensors; a hub id looks like gpt2 or user/model)")
     folder = source if os.path.isdir(source) else download_hf(source, log)
     config = read_hf_config(folder)
     return config, params_from_hf(folder, config, read_hf_tensors(folder))

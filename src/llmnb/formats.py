@@ -426,12 +426,28 @@ def read_shard(path):
     """Read an llm.c data shard -> read-only uint16 array of its tokens (memory-mapped)."""
     path = os.fspath(path)
     with open_regular(path) as f:
+        if _is_text(f.read(HEADER_BYTES)):
+            raise FormatError(f"{path}: a text file, not an llm.c data shard of tokens: make shards of it "
+                              f"with llmnb-prepro --input {path}")
+        f.seek(0)
         header = _read_header(f, path, SHARD_MAGIC, {SHARD_VERSION: "uint16 tokens"})
         ntok = int(header[2])
         if ntok <= 0:
             raise FormatError(f"{path}: header says {ntok} tokens (a shard holds at least one)")
         _check_size(path, _file_size(f), HEADER_BYTES + 2 * ntok, f"{ntok} tokens")
     return np.memmap(path, dtype="<u2", mode="r", offset=HEADER_BYTES, shape=(ntok,))
+
+
+def _is_text(head):
+    """Whether a file's first bytes read as text (UTF-8, no NUL, the last character maybe cut):
+    an llm.c header never does (its unused ints are zero bytes)."""
+    if not head or b"\0" in head:
+        return False
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return e.start >= len(head) - 3  # only a character cut by the end of the read
+    return True
 
 
 def write_shard(path, tokens):

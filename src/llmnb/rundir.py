@@ -95,7 +95,9 @@ class RunDir:
         self.log_path = os.path.join(self.path, "log.jsonl")
         self.model_path = os.path.join(self.path, "model.bin")
         self.loss_svg_path = os.path.join(self.path, "loss.svg")
+        self.lock_path = os.path.join(self.path, LOCK_NAME)
         self._lock = None
+        self._made = []  # what lock() created: removed again if the run leaves nothing else
 
     # -- one run at a time
 
@@ -103,8 +105,11 @@ class RunDir:
         """Take the directory's lock (flock on a file in it, released by the kernel when this
         process ends, however it ends). A directory locked by another run: RuntimeError naming it
         and that run's pid."""
+        if os.path.exists(self.path) and not os.path.isdir(self.path):
+            raise RuntimeError(f"{self.path}: a file, not a directory (-o names the run's output directory)")
+        self._made = [p for p in (self.path, self.lock_path) if not os.path.exists(p)]
         os.makedirs(self.path, exist_ok=True)
-        f = open(os.path.join(self.path, LOCK_NAME), "a+")
+        f = open(self.lock_path, "a+")
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -125,9 +130,17 @@ class RunDir:
         self._lock = f
 
     def unlock(self):
-        if self._lock is not None:
-            self._lock.close()
-            self._lock = None
+        """Release the lock. A run that stopped before writing anything leaves the directory as it
+        found it: the lock file, and the directory itself, go again if lock() made them."""
+        if self._lock is None:
+            return
+        self._lock.close()
+        self._lock = None
+        with contextlib.suppress(OSError):
+            if self.lock_path in self._made and os.listdir(self.path) == [LOCK_NAME]:
+                os.remove(self.lock_path)
+                if self.path in self._made:
+                    os.rmdir(self.path)
 
     def remove_temporaries(self, log):
         """Remove the temporary files a killed run left (atomic_write's, never anyone else's)."""

@@ -10,6 +10,7 @@ ones that wrote its checkpoint.
 import argparse
 import dataclasses
 import math
+import re
 from dataclasses import dataclass
 
 DEFAULT_INIT = "gpt2_124M.bin"  # -e's default (loading.py finds or fetches it)
@@ -90,6 +91,11 @@ class Settings:
         return out
 
 
+# -1e-4 is a number, not an option: argparse (before Python 3.13) takes an argument that starts
+# with "-" for an option unless it looks like -1 or -.5, so "-l -1e-4" failed as a missing value
+NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|nan)$", re.IGNORECASE)
+
+
 def _flags():
     """{Settings field: its flag} from the parser, for messages."""
     return {a.dest: a.option_strings[0] for a in build_parser()._actions if a.option_strings}
@@ -101,6 +107,7 @@ def build_parser():
         prog="llmnb-train",
         description="Train GPT-2 like llm.c's train_gpt2.c: by default fine-tune GPT-2 124M on "
                     "tinyshakespeare for 40 steps of B=4 x T=64 tokens (flags as train_gpt2.cu's).")
+    p._negative_number_matcher = NEGATIVE_NUMBER  # (argparse's own, for the numbers above)
     a = p.add_argument
     a("-i", dest="train", default=D.train, help="train data pattern (default: data/tinyshakespeare/tiny_shakespeare_train.bin, prepared if missing)")
     a("-j", dest="val", default=D.val, help="val data pattern (default: data/tinyshakespeare/tiny_shakespeare_val.bin)")
