@@ -119,3 +119,15 @@ def test_bad_input_is_one_clear_line(model_file, tmp_path, capsys, tok):
     assert "max_seq_len" in error("--model", str(model_file), "--prompt", "word " * 40)
     with pytest.raises(SystemExit):
         sample.main(["--model", str(model_file), "--temperature", "0"])
+
+
+def test_g_says_what_it_counts_here_and_in_llmnb_train(model_file, tmp_path, tok):
+    # one flag, two meanings (llmnb-train keeps llm.c's genT): each help says which, and how the other differs
+    from llmnb.settings import build_parser as train_parser
+
+    def g_help(parser):
+        return " ".join(next(a.help for a in parser._actions if "-g" in a.option_strings).split())
+    assert "new tokens" in g_help(sample.build_parser()) and "llmnb-train's -g counts the start token" in g_help(sample.build_parser())
+    assert "genT" in g_help(train_parser()) and "llmnb-sample's -g counts new tokens" in g_help(train_parser())
+    new, _, err = run(model_file, tmp_path, "-g", "5", "--prompt", "Hello")
+    assert len(new) == 5  # new tokens, whatever the prompt's length

@@ -28,7 +28,9 @@ def build_parser():
     a("--model", required=True, metavar="FILE",
       help="an llm.c checkpoint (e.g. gpt2_124M.bin, out/model.bin), or a Hugging Face GPT-2 folder")
     a("--prompt", default="", help="text to continue (default: none, start from the EOT token)")
-    a("-g", dest="gen_tokens", type=int, default=128, help="tokens to generate (default: 128)")
+    a("-g", dest="gen_tokens", type=int, default=128,
+      help="new tokens to generate, after the EOT token and the prompt (llmnb-train's -g counts the "
+           "start token, as llm.c's genT) (default: 128)")
     a("--temperature", type=float, default=1.0, help="sampling temperature (default: 1.0)")
     a("--top-k", type=int, default=0, help="sample from the k most likely tokens only (default: 0, all)")
     a("--seed", type=int, default=1337, help="seed of the xorshift sampler (default: 1337, as llm.c)")

@@ -125,7 +125,8 @@ def build_parser():
     a("-m", dest="val_batches", type=int, default=D.val_batches, help="val batches per val loss (default: 5)")
     a("-s", dest="sample_every", type=int, default=D.sample_every, help="sample every N steps, 0 = off (default: 20)")
     a("-g", dest="gen_tokens", type=int, default=D.gen_tokens,
-      help="sample length counting the start token, as llm.c's genT: 64 = 63 new tokens (default: 64)")
+      help="sample length counting the start token, as llm.c's genT: 64 = 63 new tokens (llmnb-sample's -g "
+           "counts new tokens only) (default: 64)")
     a("-n", dest="checkpoint_every", type=int, default=D.checkpoint_every, help="save model + optimizer state every N steps (default: 0, off)")
     a("-y", dest="resume", type=int, default=D.resume, choices=[0, 1], help="1 = resume from the latest checkpoint in -o (default: 0)")
     a("--overwrite", action="store_true",
