@@ -646,3 +646,19 @@ def test_a_negative_number_is_a_value_not_a_missing_argument(workdir, tmp_path, 
     err = capsys.readouterr().err
     assert e.value.code == 2 and "-l must be a finite number >= 0, got -0.0001" in err
     assert "expected one argument" not in err
+
+
+@pytest.mark.parametrize("major,kept", [(0, [5, 6]), (2, [2, 4, 5, 6])])
+def test_nk_keeps_the_last_checkpoints_as_llmc_and_the_size_is_printed(workdir, tmp_path, capsys, major, kept):
+    # llm.c's -nk K: after the checkpoint of step s, the one of step s - K*N goes, unless -nm M
+    # makes it a major one (a multiple of M); DONE and every file of it
+    out = tmp_path / "out"
+    assert run(workdir, out, *QUICK, "-x", "6", "-n", "1", "-nk", "2", "-nm", str(major)) == 0
+    text = capsys.readouterr().out
+    assert sorted(int(p.name[5:]) for p in out.glob("DONE_*")) == kept
+    assert len(rundir.files(out)) == 4 * len(kept)  # model, state, json, DONE each
+    assert text.count("deleted the checkpoint of step") == 6 - len(kept)
+    line = next(l for l in text.splitlines() if l.startswith("checkpoints every 1 steps"))
+    model_mb = f"{os.path.getsize(out / 'model_00000006.bin') / 1e6:,.1f} MB"
+    state_mb = f"{os.path.getsize(out / 'state_00000006_00000.bin') / 1e6:,.1f} MB"
+    assert f"model {model_mb} + optimizer state {state_mb} per rank" in line and "last 2 kept" in line

@@ -209,6 +209,23 @@ class RunDir:
             world.barrier()  # and no rank goes on (to fail and abort the world) before DONE is written
         return model_path
 
+    def delete(self, step, world=None):
+        """Delete the checkpoint of step, as train_gpt2.cu's delete_checkpoint (-nk), DONE first: a
+        deletion cut short leaves an incomplete checkpoint, never a complete one with files
+        missing. -> whether there was one."""
+        rank = world.rank if world is not None else 0
+        model_path, state_path, json_path, done_path = self.paths(step, rank)
+        existed = os.path.exists(done_path) or os.path.exists(state_path)
+        if rank == 0:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(done_path)
+        if world is not None:
+            world.barrier()
+        for path in ([model_path, json_path] if rank == 0 else []) + [state_path]:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+        return existed
+
     def load(self, step, num_processes, zero_stage, rank=0):
         """The checkpoint at step, for this rank of a world of num_processes with zero_stage: its
         state_N.json read and checked, and the world checked to be the one that wrote it."""

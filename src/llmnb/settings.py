@@ -31,6 +31,8 @@ class Settings:
     sample_every: int = 20        # -s
     gen_tokens: int = 64          # -g: llm.c's genT, counting the start token
     checkpoint_every: int = 0     # -n
+    checkpoints_keep: int = 0     # -nk: 0 keeps every checkpoint
+    major_checkpoint_every: int = 0  # -nm: checkpoints -nk never deletes
     resume: int = 0               # -y
     overwrite: bool = False
     seed: int = 1337
@@ -55,8 +57,8 @@ class Settings:
         for name in ("batch_size", "seq_len", "grad_accum", "val_batches"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
-        for name in ("steps", "val_every", "sample_every", "gen_tokens", "checkpoint_every", "warmup",
-                     "top_k", "hellaswag_every", "hellaswag_limit"):
+        for name in ("steps", "val_every", "sample_every", "gen_tokens", "checkpoint_every", "checkpoints_keep",
+                     "major_checkpoint_every", "warmup", "top_k", "hellaswag_every", "hellaswag_limit"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
         if not (self.temperature > 0 and math.isfinite(self.temperature)):
@@ -128,6 +130,12 @@ def build_parser():
       help="sample length counting the start token, as llm.c's genT: 64 = 63 new tokens (llmnb-sample's -g "
            "counts new tokens only) (default: 64)")
     a("-n", dest="checkpoint_every", type=int, default=D.checkpoint_every, help="save model + optimizer state every N steps (default: 0, off)")
+    a("-nk", dest="checkpoints_keep", type=int, default=D.checkpoints_keep, metavar="K",
+      help="keep the last K checkpoints: after writing the one of step s, delete that of step s - K*N "
+           "(-n N), as llm.c's -nk (default: 0, keep all)")
+    a("-nm", dest="major_checkpoint_every", type=int, default=D.major_checkpoint_every, metavar="M",
+      help="with -nk: never delete the checkpoints of steps that are multiples of M, as llm.c's -nm "
+           "(default: 0, none)")
     a("-y", dest="resume", type=int, default=D.resume, choices=[0, 1], help="1 = resume from the latest checkpoint in -o (default: 0)")
     a("--overwrite", action="store_true",
       help="a fresh run (no -y 1) into an -o holding an earlier run's checkpoints deletes them first "

@@ -21,6 +21,7 @@ from . import tokenizer as tokenizers
 from .data import DataLoader
 from .download import DownloadError
 from .fileio import FormatError
+from .formats import HEADER_BYTES
 from .generate import TextStream, decoding_tokenizer, generate, prompt_tokens
 from .mfu import estimate_peak_flops, flops_per_step
 from .model import Decoder
@@ -164,6 +165,8 @@ class Run:
         self.flops = flops_per_step(cfg, B, T) * s.grad_accum
         log(f"peak fp32 FLOP/s estimate: {self.peak / 1e9:.0f} GFLOP/s = {how}")
         log(f"FLOP per step (matmuls + causal attention, x3 for the backward): {self.flops / 1e9:.1f} GFLOP")
+        if s.checkpoint_every > 0:
+            log(self.checkpoint_sizes())
         if ckpt is not None:
             self.restore(ckpt)
         self.resumed_at = self.start_step if ckpt is not None else None
@@ -297,6 +300,27 @@ class Run:
         path = self.rundir.save(step, self.model, state, shuffle_tail=self.train_loader.llmc_state_tail(),
                                 world=self.world)
         self.log(f"saved checkpoint {path}")
+        # -nk K: keep the last K, as llm.c: delete the one of step - K*N, unless a major one (-nm)
+        s = self.s
+        old = step - s.checkpoints_keep * s.checkpoint_every
+        if s.checkpoints_keep > 0 and old > 0 and (s.major_checkpoint_every == 0 or old % s.major_checkpoint_every):
+            if self.rundir.delete(old, self.world):
+                self.log(f"deleted the checkpoint of step {old} (-nk {s.checkpoints_keep})")
+
+    def checkpoint_sizes(self):
+        """One line: what a checkpoint takes on disk (llm.c's files: the model, and AdamW's m and v
+        with the data loader's shuffle state for each rank), and how many are kept."""
+        s, world, n = self.s, self.world, self.model.num_parameters
+        lo, hi = world.shard(n)
+        model_bytes = HEADER_BYTES + 4 * n
+        state_bytes = HEADER_BYTES + 8 * (hi - lo) + len(self.train_loader.llmc_state_tail())
+        total = model_bytes + world.size * state_bytes
+        ranks = f" x {world.size} ranks" if world.size > 1 else ""
+        kept = (f"; the last {s.checkpoints_keep} kept (-nk)" if s.checkpoints_keep else "; every one kept (-nk 0)")
+        major = f", and every one at a multiple of {s.major_checkpoint_every} steps (-nm)" if \
+            s.checkpoints_keep and s.major_checkpoint_every else ""
+        return (f"checkpoints every {s.checkpoint_every} steps into {self.rundir.path}: {mb(total)} each "
+                f"(model {mb(model_bytes)} + optimizer state {mb(state_bytes)} per rank{ranks}){kept}{major}")
 
     def restore(self, ckpt):
         """Go on from a checkpoint: AdamW's m and v, the data loader's position, the sampler's rng,
@@ -367,6 +391,10 @@ def due(every, step, last, at_zero=False):
     """Whether something done every `every` steps (0: never) runs at this step: at multiples of
     every (from step 0 when at_zero, as llm.c's val loss; else after it) and at the last step."""
     return every > 0 and ((step % every == 0 and (at_zero or step > 0)) or last)
+
+
+def mb(nbytes):
+    return f"{nbytes / 1e6:,.1f} MB"
 
 
 def z_text(z):
