@@ -662,3 +662,51 @@ def test_nk_keeps_the_last_checkpoints_as_llmc_and_the_size_is_printed(workdir, 
     model_mb = f"{os.path.getsize(out / 'model_00000006.bin') / 1e6:,.1f} MB"
     state_mb = f"{os.path.getsize(out / 'state_00000006_00000.bin') / 1e6:,.1f} MB"
     assert f"model {model_mb} + optimizer state {state_mb} per rank" in line and "last 2 kept" in line
+
+
+def test_the_first_run_says_it_compiles_and_how_long_it_took(workdir, tmp_path, capsys, monkeypatch):
+    from llmnb import backend
+    monkeypatch.setattr(backend, "kernels_cached", lambda: False)  # as on a first run
+    assert run(workdir, tmp_path / "o", *QUICK, "-x", "1") == 0
+    lines = capsys.readouterr().out.splitlines()
+    first = next(i for i, l in enumerate(lines) if l.startswith("compiling the kernels: first run only"))
+    done = next(i for i, l in enumerate(lines) if l.startswith("compiled the kernels in "))
+    step = next(i for i, l in enumerate(lines) if l.startswith("step    1/1"))
+    assert first < done < step
+    monkeypatch.setattr(backend, "kernels_cached", lambda: True)
+    assert run(workdir, tmp_path / "o", *QUICK, "-x", "1") == 0
+    assert "compil" not in capsys.readouterr().out
+
+
+def test_compile_kernels_builds_what_a_real_step_and_sample_call():
+    # in a fresh process (no kernel loaded yet): after compile_kernels, a training step and a sample
+    # of another model size add no build to any kernel, so the first step compiles nothing
+    import subprocess
+    import sys
+    code = """
+import numpy as np
+from numba.core.dispatcher import Dispatcher
+from llmnb import backend, kernels, matmul, optim
+from llmnb.config import GPT2Config
+from llmnb.model import GPT2, Decoder, compile_kernels
+def builds():
+    ds = [d for m in (kernels, matmul, optim) for d in vars(m).values() if isinstance(d, Dispatcher)]
+    return {d.__name__: len(d.signatures) for d in ds + list(vars(backend.ROW).values())}
+be = backend.CPUBackend()
+compile_kernels(be)
+before = builds()
+cfg = GPT2Config(max_seq_len=32, vocab_size=300, padded_vocab_size=384, num_layers=2, num_heads=4, channels=128)
+m = GPT2(cfg, backend=be)
+x = np.random.default_rng(0).integers(0, 300, (4, 32))
+m.forward(x, x); m.zero_grad(); m.backward(); optim.clip_grad_norm(m, 0.1)
+m.update(1e-3, 0.9, 0.999, 1e-8, 0.1, 1, decay=optim.DECAYED); m.params_finite()
+d = Decoder(m)
+for t in range(5): d.step(t)
+after = builds()
+print(sorted(k for k in after if after[k] != before[k]), sum(before.values()) > 20)
+"""
+    src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
+    p = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=src), capture_output=True,
+                       text=True, timeout=900)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split("\n")[0] == "[] True"

@@ -20,7 +20,7 @@ import numpy as np
 
 from . import optim
 from .backend import get_backend
-from .config import LAYER_GRAD_NAMES, Tensors, act_shapes, grad_act_shapes, param_shapes
+from .config import LAYER_GRAD_NAMES, GPT2Config, Tensors, act_shapes, grad_act_shapes, param_shapes
 from .formats import bf16_to_fp32, fp32_to_bf16, read_checkpoint, write_checkpoint
 
 
@@ -383,4 +383,24 @@ class Decoder:
         return k.to_host(a.probs).reshape(-1)
 
 
-__all__ = ["GPT2", "Decoder", "block_forward", "head_forward", "init_params"]
+# ----------------------------------------------------------------------------------------------
+# the first run: every kernel compiled up front
+
+def compile_kernels(backend):
+    """Run every kernel of a training step and of a sample once, on a tiny model (1 layer, 2 heads
+    of 32 channels, B=2, T=4), so that Numba compiles them now, or loads them from its cache.
+    Numba builds a kernel per argument types (dtype, dimensions, layout), not per size: these are
+    the builds a run of any size calls."""
+    cfg = GPT2Config(max_seq_len=8, vocab_size=100, padded_vocab_size=128, num_layers=1, num_heads=2, channels=64)
+    model = GPT2(cfg, backend=backend)
+    x = np.arange(8, dtype=np.int32).reshape(2, 4)
+    model.forward(x, x)
+    model.zero_grad()
+    model.backward()
+    optim.clip_grad_norm(model, 1e-3)  # clips: its scaling kernel too
+    model.update(1e-4, 0.9, 0.999, 1e-8, 0.1, 1, decay=optim.DECAYED)
+    model.params_finite()
+    Decoder(model).step(1)
+
+
+__all__ = ["GPT2", "Decoder", "block_forward", "compile_kernels", "head_forward", "init_params"]

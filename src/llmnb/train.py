@@ -16,6 +16,7 @@ import time
 
 import numba
 
+from . import backend as backends
 from . import dist, hellaswag, loading, memory
 from . import tokenizer as tokenizers
 from .data import DataLoader
@@ -24,7 +25,7 @@ from .fileio import FormatError
 from .formats import HEADER_BYTES
 from .generate import TextStream, decoding_tokenizer, generate, prompt_tokens
 from .mfu import estimate_peak_flops, flops_per_step
-from .model import Decoder
+from .model import Decoder, compile_kernels
 from .optim import AdamW
 from .outlier import OutlierDetector
 from .plot import write_loss_svg
@@ -167,6 +168,11 @@ class Run:
         log(f"FLOP per step (matmuls + causal attention, x3 for the backward): {self.flops / 1e9:.1f} GFLOP")
         if s.checkpoint_every > 0:
             log(self.checkpoint_sizes())
+        if s.device == "cpu" and backends.kernels_cached() is False:  # the first run: say why it waits
+            log("compiling the kernels: first run only (Numba caches them for the next runs), about a minute")
+            t0 = time.perf_counter()
+            compile_kernels(self.model.backend)
+            log(f"compiled the kernels in {time.perf_counter() - t0:.0f} s")
         if ckpt is not None:
             self.restore(ckpt)
         self.resumed_at = self.start_step if ckpt is not None else None
