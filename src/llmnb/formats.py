@@ -156,34 +156,52 @@ def _config_from_header(path, header):
 
 
 def read_checkpoint_config(path):
-    """The GPT2Config in an llm.c model checkpoint's header (the parameters are not read)."""
+    """The GPT2Config in an llm.c model checkpoint's header, checked against the file's size (the
+    parameters are not read): a header that promises more than the file holds is a truncated
+    file, whatever memory its shape would take."""
     path = os.fspath(path)
     with open_regular(path) as f:
         header = _read_header(f, path, MODEL_MAGIC, {MODEL_VERSION_FP32: "float32",
                                                      MODEL_VERSION_BF16: "bfloat16"})
-    return _config_from_header(path, header)
+        config = _config_from_header(path, header)
+        _check_params_size(path, f, header, config)
+    return config
+
+
+def _check_params_size(path, f, header, config):
+    n = num_parameters(config)
+    bf16 = header[1] == MODEL_VERSION_BF16
+    _check_size(path, _file_size(f), HEADER_BYTES + n * (2 if bf16 else 4),
+                f"{n} {'bfloat16' if bf16 else 'floats'} of parameters")
+
+
+def check_finite_params(path, params):
+    """A model's parameters must all be finite (a diverged run's NaN would sample only EOT tokens
+    or train on nothing): FormatError naming path and how many are not. One float64 sum, which
+    no float32 can overflow and any NaN or inf makes non-finite."""
+    if not np.isfinite(np.sum(params, dtype=np.float64)):
+        bad = int(np.count_nonzero(~np.isfinite(params)))
+        raise FormatError(f"{path}: {bad:,} of its {params.size:,} parameters are NaN or inf (the weights of "
+                          "a run that diverged?)")
 
 
 def read_checkpoint(path):
     """Read an llm.c model checkpoint -> (GPT2Config, params: 1-D float32 in llm.c's layout).
 
-    bfloat16 checkpoints (version 5) are upcast to float32 exactly.
+    bfloat16 checkpoints (version 5) are upcast to float32 exactly. Every parameter must be finite.
     """
     path = os.fspath(path)
     with open_regular(path) as f:
         header = _read_header(f, path, MODEL_MAGIC, {MODEL_VERSION_FP32: "float32",
                                                      MODEL_VERSION_BF16: "bfloat16"})
         config = _config_from_header(path, header)
+        _check_params_size(path, f, header, config)
         n = num_parameters(config)
-        bf16 = header[1] == MODEL_VERSION_BF16
-        itemsize = 2 if bf16 else 4
-        kind = "bfloat16" if bf16 else "floats"
-        _check_size(path, _file_size(f), HEADER_BYTES + n * itemsize,
-                    f"{n} {kind} of parameters")
-        if bf16:
+        if header[1] == MODEL_VERSION_BF16:
             params = bf16_to_fp32(_read_array(f, "<u2", n))
         else:
             params = _read_array(f, "<f4", n).astype(np.float32, copy=False)
+    check_finite_params(path, params)
     return config, params
 
 
@@ -325,7 +343,8 @@ def _u64(header, i):
 
 
 def read_optimizer_state(path, num_parameters, step=None):
-    """-> dict(step, rng_state, m, v, shuffle, shuffle_tail) from an llm.c optimizer state file.
+    """-> dict(step, rng_state, m, v, shuffle, shuffle_tail, num_processes, process_rank, shard,
+    sample) from an llm.c optimizer state file.
 
     The file must hold the header and m and v of num_parameters floats, all finite, and nothing
     more unless the header's shuffle flag is set: then the bytes after v are the loader's shuffle
@@ -357,7 +376,8 @@ def read_optimizer_state(path, num_parameters, step=None):
     if (v < 0).any():
         raise FormatError(f"{path}: AdamW's v holds negative values (a mean of squares cannot be)")
     return {"step": int(header[10]), "rng_state": _u64(header, 20), "m": m, "v": v,
-            "shuffle": bool(header[5]), "shuffle_tail": tail}
+            "shuffle": bool(header[5]), "shuffle_tail": tail, "num_processes": int(header[2]),
+            "process_rank": int(header[3]), "shard": _u64(header, 30), "sample": _u64(header, 32)}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from . import convert, download, prepro
 from .config import GPT2Config
-from .formats import read_checkpoint, read_checkpoint_config, write_checkpoint
+from .formats import check_finite_params, read_checkpoint, read_checkpoint_config, write_checkpoint
 from .model import GPT2, init_params
 
 STARTER_PACK_URL = "https://huggingface.co/datasets/karpathy/llmc-starter-pack/resolve/main/"
@@ -63,7 +63,9 @@ class ModelSource:
     def read(self, log=print):
         """-> (config, flat float32 params) on the host."""
         if self.folder is not None:
-            return convert.read_hf(self.folder, log)
+            config, params = convert.read_hf(self.folder, log)
+            check_finite_params(self.folder, params)  # (read_checkpoint checks an llm.c file's)
+            return config, params
         if self.path is not None:
             return read_checkpoint(self.path)
         return self.config, init_params(self.config, seed=self.seed)
