@@ -35,6 +35,12 @@ LOCK_NAME = ".llmnb-train.lock"
 CHECKPOINT_NAME = r"model_\d{8}\.bin|state_\d{8}_\d{5}\.bin|state_\d{8}\.json|DONE_\d{8}"
 
 
+# the data loader's state in state_N.json (data.DataLoader.state()): (key, type, least value)
+LOADER_FIELDS = (("epoch", int, 0), ("shard", int, 0), ("sample", int, 0), ("draws", int, 0),
+                 ("B", int, 1), ("T", int, 1), ("shuffle", bool, None), ("seed", int, 0),
+                 ("num_shards", int, 1), ("process_rank", int, 0), ("num_processes", int, 1))
+
+
 @dataclass(frozen=True)
 class CheckpointState:
     """state_N.json: what resuming needs besides the weights and AdamW's m and v.
@@ -71,10 +77,31 @@ class CheckpointState:
                                   f"found {json.dumps(d[key])[:40]}")
         if "step" in d and d["step"] != step:
             raise FormatError(f"{path}: says step {d['step']!r}, but belongs to the checkpoint of step {step}")
+        if not 0 <= d["rng_state"] < 2 ** 64:
+            raise FormatError(f"{path}: 'rng_state' {d['rng_state']} is not a uint64 (the sampler's xorshift state)")
+        loader = d["train_loader"]
+        for key, kind, low in LOADER_FIELDS:
+            if key not in loader:
+                if key == "draws" and not loader.get("shuffle", True):
+                    continue  # (an unshuffled loader draws nothing)
+                raise FormatError(f"{path}: 'train_loader' is missing {key!r}")
+            v = loader[key]
+            if not isinstance(v, kind) or (kind is int and isinstance(v, bool)) or (low is not None and v < low):
+                want = "true or false" if kind is bool else f"an integer >= {low}"
+                raise FormatError(f"{path}: 'train_loader' {key!r} must be {want}, found {json.dumps(v)[:40]}")
+        if loader["shard"] >= loader["num_shards"] or loader["process_rank"] >= loader["num_processes"]:
+            raise FormatError(f"{path}: 'train_loader' is at shard {loader['shard']} of {loader['num_shards']}, "
+                              f"rank {loader['process_rank']} of {loader['num_processes']}: out of range")
         settings = d.get("args", {})
         if not isinstance(settings, dict):
             raise FormatError(f"{path}: 'args' must be an object, found {json.dumps(settings)[:40]}")
-        return cls(step=step, train_loader=d["train_loader"], rng_state=d["rng_state"], settings=settings)
+        for key, values in (("zero_stage", (0, 1)), ("resume", (0, 1))):
+            if key in settings and (settings[key] not in values or isinstance(settings[key], bool)):
+                raise FormatError(f"{path}: 'args' {key!r} must be one of {values}, found {json.dumps(settings[key])[:40]}")
+        accum = settings.get("grad_accum", 1)
+        if not isinstance(accum, int) or isinstance(accum, bool) or accum < 1:
+            raise FormatError(f"{path}: 'args' 'grad_accum' must be an integer >= 1, found {json.dumps(accum)[:40]}")
+        return cls(step=step, train_loader=loader, rng_state=d["rng_state"], settings=settings)
 
 
 @dataclass(frozen=True)
@@ -247,10 +274,42 @@ class RunDir:
                               f"this run has -z {zero_stage}: resume with -z {saved_zero}")
         return Checkpoint(step, model_path, state_path, json_path, state)
 
-    def read_optimizer(self, ckpt, num_parameters):
-        """-> (m, v, shuffle tail) of this rank's state file (num_parameters: its shard's size)."""
+    def read_optimizer(self, ckpt, num_parameters, rank=0):
+        """This rank's state file (num_parameters: its shard's size) -> formats.read_optimizer_state's
+        dict: AdamW's m and v, and the rank's data loader position (shard, sample) and shuffle state
+        (shuffle_tail), as llm.c's load_state reads them. What its header repeats of state_N.json
+        (rank 0's: the sampler's rng and the loader's position; every rank's: the world) must agree."""
         state = read_optimizer_state(ckpt.state_path, num_parameters, step=ckpt.step)
-        return state["m"], state["v"], state["shuffle_tail"]
+        loader = ckpt.state.train_loader
+        same = [("shuffle", loader["shuffle"]), ("num_processes", loader["num_processes"]), ("process_rank", rank)]
+        if rank == 0:  # (the JSON is rank 0's: the other ranks have their own position, and no sampler)
+            same += [("rng_state", ckpt.state.rng_state), ("shard", loader["shard"]), ("sample", loader["sample"])]
+        for key, saved in same:
+            if state[key] != saved:
+                raise FormatError(f"{ckpt.state_path}: its header says {key} {state[key]}, but "
+                                  f"{'its name' if key == 'process_rank' else ckpt.json_path} says {saved}: "
+                                  "the files of one checkpoint disagree")
+        return state
+
+    def check_log(self, records, step):
+        """-> the log's records before a resumed step, which must be steps 0..step-1, once each,
+        in order, each with its train loss (the spike detectors' windows are rebuilt from them)."""
+        kept = [r for r in records if r["step"] < step]
+        for i, r in enumerate(kept + [None]):
+            if i == step:
+                break
+            if r is None or r["step"] != i:
+                what = f"no record of step {i}" if r is None else f"a record of step {r['step']} where step {i}'s belongs"
+                raise FormatError(f"{self.log_path}: {what} (the records before the resumed step {step} must be "
+                                  f"steps 0 to {step - 1}, once each, in order)")
+            for key in ("train_loss", "grad_norm"):
+                v = r.get(key)
+                if (key == "train_loss" or v is not None) and (not isinstance(v, (int, float)) or isinstance(v, bool)):
+                    raise FormatError(f"{self.log_path}: step {i}'s {key} is {json.dumps(v)[:40]}, not a number")
+        if len(kept) > step:
+            raise FormatError(f"{self.log_path}: repeats a step before the resumed step {step} (its records "
+                              f"before it must be steps 0 to {step - 1}, once each, in order)")
+        return kept
 
     # -- the log
 

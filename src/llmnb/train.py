@@ -330,25 +330,41 @@ class Run:
 
     def restore(self, ckpt):
         """Go on from a checkpoint: AdamW's m and v, the data loader's position, the sampler's rng,
-        the log's records before it (and the spike detectors' windows over them)."""
-        world, state = self.world, ckpt.state
+        the log's records before it (and the spike detectors' windows over them). What they read
+        is checked against what the run can have written: a damaged file is one line naming it."""
+        world, state, step = self.world, ckpt.state, ckpt.step
         lo, hi = world.shard(self.model.num_parameters)  # -z 1: this rank's m and v shard
-        m, v, tail = self.rundir.read_optimizer(ckpt, hi - lo)
-        self.model.load_optimizer_state(m, v)
+        opt = self.rundir.read_optimizer(ckpt, hi - lo, world.rank)
+        self.model.load_optimizer_state(opt["m"], opt["v"])
+        loader = self.train_loader
+        # each rank's position in its own shard order is in its state file, as llm.c's load_state
+        position = dict(state.train_loader, process_rank=world.rank, shard=opt["shard"], sample=opt["sample"])
         try:
-            self.train_loader.load_state(dict(state.train_loader, process_rank=world.rank), llmc_tail=tail or None)
+            loader.load_state(position, llmc_tail=opt["shuffle_tail"] or None)
             self.rng.state = self.rng_at_step = state.rng_state
         except (ValueError, TypeError, KeyError) as e:
             raise FormatError(f"{ckpt.json_path} with {ckpt.state_path}: the data loader's or sampler's "
                               f"state: {e}") from None
-        self.start_step = ckpt.step
-        self.records = [r for r in self.rundir.read_log() if r["step"] < ckpt.step]
+        # every step reads --grad-accum batches (a run that started fresh at that --grad-accum: exactly
+        # step x it), and a shuffling loader has drawn what its position takes
+        served, accum = loader.batches_served(), state.settings.get("grad_accum", 1)
+        exact = state.settings.get("resume") == 0
+        if served < step or (exact and served != step * accum):
+            raise FormatError(f"{ckpt.json_path}: the data loader is {served:,} batches in (epoch "
+                              f"{loader.epoch}), but {step} steps of --grad-accum {accum} read "
+                              f"{'' if exact else 'at least '}{step * accum if exact else step:,}")
+        draws = loader.draws_at_position()
+        if world.rank == 0 and state.train_loader.get("draws", 0) != draws:  # (the JSON's count is rank 0's)
+            raise FormatError(f"{ckpt.json_path}: the data loader's draws {state.train_loader['draws']} are not "
+                              f"the {draws} its position takes")
+        loader.draws = draws
+        self.start_step = step
+        self.records = self.rundir.check_log(self.rundir.read_log(), step)
         for r in self.records:  # the spike detectors see the same window as an uninterrupted run
-            if r.get("train_loss") is not None:
-                self.loss_outliers.update(r["train_loss"])
+            self.loss_outliers.update(r["train_loss"])
             if r.get("grad_norm") is not None:
                 self.norm_outliers.update(r["grad_norm"])
-        self.log(f"resumed from {ckpt.model_path} at step {ckpt.step}")
+        self.log(f"resumed from {ckpt.model_path} at step {step}")
 
     def append_log(self, record):
         """One JSON line per step, appended and flushed (rank 0's)."""
