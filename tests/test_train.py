@@ -710,3 +710,20 @@ print(sorted(k for k in after if after[k] != before[k]), sum(before.values()) > 
                        text=True, timeout=900)
     assert p.returncode == 0, p.stderr
     assert p.stdout.split("\n")[0] == "[] True"
+
+
+def test_settings_are_fixed_once_and_a_resume_names_what_changed(workdir, checkpointed, tmp_path, capsys):
+    import dataclasses
+    import shutil
+    from llmnb.settings import parse
+    s = parse(["-l", "3e-3", "-x", "5"])
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.steps = 6
+    out = tmp_path / "out"
+    shutil.copytree(checkpointed, out)
+    saved = json.loads((out / "state_00000002.json").read_text())["args"]
+    assert saved["learning_rate"] == 3e-3 and saved["init"] == str(workdir / "tiny.bin")
+    capsys.readouterr()
+    assert run(workdir, out, *QUICK, "-x", "3", "-n", "2", "-y", "1", "-l", "1e-3", "--wd", "0.1") == 0
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("resuming with settings"))
+    assert line == "resuming with settings that differ from the checkpoint's: -l 0.001 (was 0.003), --wd 0.1 (was 0.0)"

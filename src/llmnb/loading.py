@@ -53,9 +53,13 @@ class ModelSource:
     folder: str = None
     seed: int = 0
 
+    @property
+    def fresh(self):
+        return self.path is None and self.folder is None
+
     def describe(self):
         c = self.config
-        if self.path is None and self.folder is None:
+        if self.fresh:
             return (f"initialising a fresh GPT-2 {self.name}: {c.num_layers} layers, {c.num_heads} heads, "
                     f"{c.channels} channels (seed {self.seed})")
         return f"loaded {self.path or self.folder}"

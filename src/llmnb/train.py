@@ -13,6 +13,7 @@ import math
 import signal
 import sys
 import time
+import traceback
 
 import numba
 
@@ -85,8 +86,7 @@ def run_guarded(s, world):
     except Exception:
         if world.size == 1:
             raise
-        import traceback  # a bug on one rank: show it, then the caller aborts the world
-        traceback.print_exc()
+        traceback.print_exc()  # a bug on one rank: show it, then the caller aborts the world
         return 1
     finally:
         signal.signal(signal.SIGINT, handlers[0])
@@ -111,16 +111,8 @@ class Run:
         # downloaded, else -e's model
         ckpt = find_checkpoint(s, world, rundir, log) if s.resume else None
         with dist.rank_zero_first(world):  # one rank downloads or prepares what is missing
-            source = loading.find_model(ckpt.model_path if ckpt else s.init, s.data_dir, log, seed=s.seed,
-                                        flag="-e", fresh_instead=None if ckpt else "d12")
-            if source.path is None and source.folder is None:
-                log(source.describe())
-            check_memory(s, source.config, log)
-            self.model = source.load(s.device, log)
-            if source.path is not None or source.folder is not None:
-                log(source.describe())
-            train_pattern, val_pattern = loading.find_data(s.train, s.val, s.data_dir, log)
-        self.init_name = ckpt.state.settings.get("init", source.name) if ckpt else source.name
+            self.model, self.init_name = build_model(s, ckpt, log)
+            patterns = loading.find_data(s.train, s.val, s.data_dir, log)
         if world.describe(self.model):
             log(world.describe(self.model))
         cfg = self.model.config
@@ -130,31 +122,15 @@ class Run:
         log(f"num_parameters: {self.model.num_parameters:,}")
         if s.seq_len > cfg.max_seq_len:
             raise ValueError(f"-t {s.seq_len} exceeds the model's max_seq_len={cfg.max_seq_len}")
+        self.train_loader, self.val_loader = build_loaders(s, world, *patterns, cfg.vocab_size, log)
 
-        # the data: as train_gpt2.c, train batches shuffled by llm.c's mt19937 (seed 42), val in
-        # order; under MPI each rank reads its slice of every global batch of world.size * B rows
-        B, T, V = s.batch_size, s.seq_len, cfg.vocab_size
-        ranks = dict(process_rank=world.rank, num_processes=world.size)
-        self.train_loader = DataLoader(train_pattern, B, T, shuffle=s.shuffle, vocab_size=V, **ranks)
-        self.val_loader = DataLoader(val_pattern, B, T, vocab_size=V, **ranks) if s.val_every > 0 else None
-        # llm.c prints num_tokens / (B*T), which ignores the one extra target token a batch reads:
-        # one more than the batches a shard serves when B*T divides its tokens (val: 128, not 127)
-        BT = B * T * world.size  # the global batch's tokens
-        log(f"train dataset num_batches: {self.train_loader.num_tokens // BT}")
-        if self.val_loader is not None:
-            log(f"val dataset num_batches: {self.val_loader.num_tokens // BT}")
-
-        # the sampler: the tokenizer (--prompt: the file's table plus tiktoken's encoder), the
-        # prompt checked now rather than at the first sample, llm.c's xorshift rng
-        try:
-            self.tokenizer = tokenizers.load_tokenizer(s.data_dir, encode=bool(s.prompt))
-        except Exception as e:  # e.g. no network for tiktoken's files: print token ids instead
-            log(f"no tokenizer ({e}); samples will be printed as token ids")
-            self.tokenizer = None
+        # the sampler: the tokenizer and the prompt (checked now rather than at the first sample),
+        # llm.c's xorshift rng, generation's state (KV cache, made by the first sample)
+        self.tokenizer = load_tokenizer(s, log)
         self.prompt = prompt_tokens(s.prompt, self.tokenizer, cfg)
-        self.decoder = None  # generation's state (KV cache), made by the first sample
         self.rng = Rng(s.sampler_seed)
         self.rng_at_step = self.rng.state  # the sampler's state as the current step began
+        self.decoder = None
         self.hellaswag = self.load_hellaswag() if s.hellaswag_every > 0 else None
 
         self.optimizer = AdamW(world, s.learning_rate, s.warmup, s.steps, s.lr_min, s.weight_decay, s.grad_clip)
@@ -163,7 +139,7 @@ class Run:
         self.start_step = 0
         self.threads = numba.get_num_threads()
         self.peak, how = estimate_peak_flops(self.threads, s.device)
-        self.flops = flops_per_step(cfg, B, T) * s.grad_accum
+        self.flops = flops_per_step(cfg, s.batch_size, s.seq_len) * s.grad_accum
         log(f"peak fp32 FLOP/s estimate: {self.peak / 1e9:.0f} GFLOP/s = {how}")
         log(f"FLOP per step (matmuls + causal attention, x3 for the backward): {self.flops / 1e9:.1f} GFLOP")
         if s.checkpoint_every > 0:
@@ -381,6 +357,47 @@ class Run:
 
 # ----------------------------------------------------------------------------------------------
 # helpers of the build and the loop
+
+def build_model(s, ckpt, log):
+    """gpt2_build_from_checkpoint: the checkpoint's model (-y 1) or -e's, its memory counted before
+    it is read -> (model, the name of what the run started from, which checkpoints keep)."""
+    source = loading.find_model(ckpt.model_path if ckpt else s.init, s.data_dir, log, seed=s.seed, flag="-e",
+                                fresh_instead=None if ckpt else "d12")
+    if source.fresh:
+        log(source.describe())
+    check_memory(s, source.config, log)
+    model = source.load(s.device, log)
+    if not source.fresh:
+        log(source.describe())
+    return model, ckpt.state.settings.get("init", source.name) if ckpt else source.name
+
+
+def build_loaders(s, world, train_pattern, val_pattern, V, log):
+    """The train and val DataLoaders: as train_gpt2.c, train batches shuffled by llm.c's mt19937
+    (seed 42), val in order; under MPI each rank reads its slice of every global batch of
+    world.size * B rows. Every shard's tokens checked to be below V."""
+    B, T = s.batch_size, s.seq_len
+    ranks = dict(process_rank=world.rank, num_processes=world.size)
+    train = DataLoader(train_pattern, B, T, shuffle=s.shuffle, vocab_size=V, **ranks)
+    val = DataLoader(val_pattern, B, T, vocab_size=V, **ranks) if s.val_every > 0 else None
+    # llm.c prints num_tokens / (B*T), which ignores the one extra target token a batch reads:
+    # one more than the batches a shard serves when B*T divides its tokens (val: 128, not 127)
+    BT = B * T * world.size  # the global batch's tokens
+    log(f"train dataset num_batches: {train.num_tokens // BT}")
+    if val is not None:
+        log(f"val dataset num_batches: {val.num_tokens // BT}")
+    return train, val
+
+
+def load_tokenizer(s, log):
+    """The samples' tokenizer (--prompt: the file's table plus tiktoken's encoder), or None, said
+    in one line, when there is none (offline without tiktoken's files): ids are printed then."""
+    try:
+        return tokenizers.load_tokenizer(s.data_dir, encode=bool(s.prompt))
+    except Exception as e:
+        log(f"no tokenizer ({e}); samples will be printed as token ids")
+        return None
+
 
 def find_checkpoint(s, world, rundir, log):
     """-y 1: the latest complete checkpoint in -o (rundir.Checkpoint). None there: one line saying
