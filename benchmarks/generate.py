@@ -26,7 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def llmnb_tokens_per_s(config, params, g, seed, dtype="float32"):
     from llmnb.generate import generate
     from llmnb.model import GPT2
-    from llmnb.sampler import Rng
+    from llmnb.rand import Rng
     times = []
     generate(GPT2(config, params), [config.vocab_size - 1], g, Rng(seed), dtype=dtype,
              on_token=lambda t: times.append(time.perf_counter()))

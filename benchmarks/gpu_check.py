@@ -78,7 +78,7 @@ def plan(work):
                        env={"LLMNB_TEST_CUDA_DEVICE": "1"}, background=True)]),
         ("parity", [
             Cmd([py, "-m", "llmnb.reference_torch", "--out", ref, "--threads", "8"], "parity.txt", 120),
-            Cmd([py, "-m", "llmnb.test_gpt2", "--device", "cuda", "--model", os.path.join(ref, "model.bin"),
+            Cmd([py, "-m", "llmnb.parity", "--device", "cuda", "--model", os.path.join(ref, "model.bin"),
                  "--state", os.path.join(ref, "debug_state.bin"),
                  "--losses", os.path.join(ref, "expected_losses.json")], "parity.txt", 150)]),
         ("bench", [Cmd([py, me, "--bench", system, f"{B}x{T}"], "bench.txt", 150)

@@ -17,7 +17,7 @@ import re
 import subprocess
 import sys
 
-from llmnb.formats import atomic_write
+from llmnb.fileio import atomic_write
 
 TOKENS = 1024
 

@@ -40,7 +40,7 @@ Out: one JSON line per implementation, {"time_to_loss": {...}}, on stdout and in
 (train_s, step, val_loss) points, its final val loss, the training seconds at which it reached the
 other's final val loss (linear between evaluations; null when it never did), and ~100 tokens
 sampled from its final model with llm.c's xorshift rng (seed 1337) from the EOT token (llmnb:
-llmnb.generate; PyTorch: the same multinomial sampling, llmnb.sampler, from the last position's
+llmnb.generate; PyTorch: the same multinomial sampling, llmnb.generate.sample, from the last position's
 logits); and --svg, the val loss of both over training seconds.
 """
 import argparse
@@ -59,12 +59,12 @@ import numba  # (this process reads its configuration only: its thread pool star
 from llmnb.config import GPT2Config
 from llmnb.data import DataLoader
 from llmnb.formats import FormatError, atomic_write
-from llmnb.generate import generate
+from llmnb.generate import generate, sample
 from llmnb.model import GPT2, init_params
 from llmnb.optim import DECAYED, clip_grad_norm, learning_rate
 from llmnb.plot import BOTTOM, H, LEFT, RIGHT, TOP, W, axis_ticks
 from llmnb.prepro import ensure_tinyshakespeare, tinyshakespeare_paths
-from llmnb.sampler import Rng, sample
+from llmnb.rand import Rng
 from llmnb.tokenizer import load_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -177,7 +177,7 @@ class TorchTrainer:
             return self._loss(x, y).item()
 
     def sample(self, prompt, n, rng):
-        """llmnb.generate's sampling (one xorshift coin per token, llmnb.sampler.sample over the
+        """llmnb.generate's sampling (one xorshift coin per token, llmnb.generate.sample over the
         float32 softmax of the V real logits), with the whole sequence run again for each token."""
         torch, V = self.torch, self.config.vocab_size
         tokens = list(prompt)

@@ -208,3 +208,15 @@ def test_a_bfloat16_hf_model_converts_exactly(tmp_path):
     model32 = model.to(torch.float32)
     model32.save_pretrained(tmp_path / "f32")
     assert np.array_equal(params, convert.read_hf(str(tmp_path / "f32"))[1])
+
+
+def test_from_hf_a_missing_folder_is_named_not_looked_up_on_the_hub(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(convert, "download_hf", lambda name, log: pytest.fail(f"asked the hub for {name}"))
+    for source in ("./no_such_folder", str(tmp_path / "nope"), "a/b/c"):
+        assert convert.main(["--from-hf", source, "--out", str(tmp_path / "x.bin")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and f"{source}: no such folder" in err
+    (tmp_path / "f.bin").write_bytes(b"x")
+    assert convert.main(["--from-hf", str(tmp_path / "f.bin"), "--out", str(tmp_path / "x.bin")]) == 2
+    assert "f.bin: a file, not a folder" in capsys.readouterr().err
+

@@ -15,10 +15,10 @@ os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(REPO.parent / "shared" / "tiktok
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from llmnb import checkpoint, formats, prepro  # noqa: E402
+from llmnb import formats, prepro  # noqa: E402
 from llmnb.data import DataLoader  # noqa: E402
 from llmnb.download import DownloadError, download  # noqa: E402
-from llmnb.train import read_log  # noqa: E402
+from llmnb.rundir import read_log  # noqa: E402
 
 TINYSHAKESPEARE = Path(os.environ.get("LLMNB_TINYSHAKESPEARE", "")
                        or REPO.parent / "shared" / "data" / "tinyshakespeare" / "input.txt")
@@ -468,7 +468,7 @@ def test_a_fifo_is_refused_not_waited_on(tmp_path, reader):
           "read_tokenizer": lambda: formats.read_tokenizer(fifo),
           "read_text": lambda: prepro.read_text(fifo),
           "loader": lambda: DataLoader(fifo, 1, 4),
-          "read_state": lambda: checkpoint.read_state(fifo, 10),
+          "read_state": lambda: formats.read_optimizer_state(fifo, 10),
           "read_log": lambda: read_log(fifo)}[reader]
     e = _returns_promptly(fn, fifo)
     assert isinstance(e, formats.FormatError) and str(fifo) in str(e) and "FIFO" in str(e)

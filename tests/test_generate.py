@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 
 from llmnb.config import GPT2Config
-from llmnb.generate import generate
-from llmnb.model import GPT2, init_params
-from llmnb.sampler import Rng, sample_mult
+from llmnb.generate import generate, sample_mult
+from llmnb.model import GPT2, Decoder, init_params
+from llmnb.rand import Rng
 
 CFG = GPT2Config(max_seq_len=12, vocab_size=40, padded_vocab_size=48, num_layers=2, num_heads=3, channels=24)
 
@@ -29,29 +29,29 @@ def test_cached_step_logits_equal_the_full_forward(params, n):
     model = GPT2(CFG, params)
     model.forward(tokens[None, :])
     full_logits, full_probs = model.acts.logits[0].copy(), model.probs[0].copy()
-    model.begin_sequence()
+    dec = Decoder(model)
     for t, tok in enumerate(tokens):
-        probs = model.step(int(tok))
+        probs = dec.step(int(tok))
         assert probs.shape == (CFG.padded_vocab_size,)
-        assert_logits_close(model.step_acts.logits[0, 0], full_logits[t])
+        assert_logits_close(dec.acts.logits[0, 0], full_logits[t])
         np.testing.assert_allclose(probs, full_probs[t], rtol=1e-5, atol=1e-7)
-    assert model.pos == n
+    assert dec.pos == n
     if n == CFG.max_seq_len:
         with pytest.raises(ValueError, match="max_seq_len"):
-            model.step(0)
+            dec.step(0)
 
 
 def test_a_new_sequence_forgets_the_last(params):
-    # begin_sequence reuses the cache: a sequence after a longer one sees none of its rows
+    # begin() reuses the cache: a sequence after a longer one sees none of its rows
     tokens = np.random.default_rng(1).integers(0, CFG.vocab_size, CFG.max_seq_len)
-    fresh = GPT2(CFG, params)
-    fresh.begin_sequence()
+    fresh = Decoder(GPT2(CFG, params))
+    fresh.begin()
     want = [fresh.step(int(t)).copy() for t in tokens[:3]]
-    used = GPT2(CFG, params)
-    used.begin_sequence()
+    used = Decoder(GPT2(CFG, params))
+    used.begin()
     for t in tokens[::-1]:
         used.step(int(t))
-    used.begin_sequence()
+    used.begin()
     for w, t in zip(want, tokens[:3]):
         np.testing.assert_array_equal(used.step(int(t)), w)
 
@@ -117,15 +117,15 @@ def test_bfloat16_step_is_the_model_of_the_rounded_parameters(params):
     rounded = bf16_to_fp32(fp32_to_bf16(params))
     assert not np.array_equal(rounded, params)
     tokens = np.random.default_rng(3).integers(0, CFG.vocab_size, CFG.max_seq_len)
-    half, full = GPT2(CFG, params), GPT2(CFG, rounded)
-    half.begin_sequence("bfloat16")
-    full.begin_sequence()
-    np.testing.assert_array_equal(half.params.memory, rounded)  # rounded in place
-    assert half.step_weights.qkvw.dtype == np.uint16
+    trained = GPT2(CFG, params)
+    half, full = Decoder(trained, "bfloat16"), Decoder(GPT2(CFG, rounded))
+    np.testing.assert_array_equal(half.params.memory, rounded)  # the decoder's rounded copy
+    np.testing.assert_array_equal(trained.params.memory, params)  # the model's weights untouched
+    assert half.weights.qkvw.dtype == np.uint16
     for tok in tokens:
         np.testing.assert_allclose(half.step(int(tok)), full.step(int(tok)), rtol=1e-5, atol=1e-7)
-        assert_logits_close(half.step_acts.logits, full.step_acts.logits)
+        assert_logits_close(half.acts.logits, full.acts.logits)
     assert (generate(GPT2(CFG, params), [1], 8, Rng(3), dtype="bfloat16")
             == generate(GPT2(CFG, rounded), [1], 8, Rng(3)))
     with pytest.raises(ValueError, match="dtype"):
-        GPT2(CFG, params).begin_sequence("float16")
+        Decoder(GPT2(CFG, params), "float16")

@@ -25,7 +25,7 @@ def test_dry_run_plans_every_phase_into_at_most_8_files(tmp_path):
     summary = (out / "summary.txt").read_text()
     for phase in ("env", "tests", "parity", "bench", "train", "lab"):
         assert f"\n{phase} " in summary, summary
-    assert "llmnb.test_gpt2 --device cuda" in summary and "-b 8 -t 1024" in summary
+    assert "llmnb.parity --device cuda" in summary and "-b 8 -t 1024" in summary
     # the lab: attention's versions before train (the only timing of v3 against v2), the matmuls' last
     assert summary.index("dev.cuda_attention") < summary.index("llmnb.train") < summary.index("dev.cuda_gemm")
     # the step is timed with the default matmul kernel and again with v6s and v7s, at both shapes

@@ -152,7 +152,9 @@ def test_losses_match_llmc_hellaswag_py_on_transformers(files, tok):
 @pytest.mark.slow
 def test_train_logs_hellaswag_every_n_steps(files, tmp_path, capsys):
     from llmnb.formats import write_shard
-    from llmnb.train import build_parser, main, read_log
+    from llmnb.rundir import read_log
+    from llmnb.settings import build_parser
+    from llmnb.train import main
     assert "--hellaswag-every" in build_parser().format_help()
     write_shard(tmp_path / "tr.bin", np.random.default_rng(0).integers(0, 1000, 400))
     argv = ["-e", str(files / "repeat.bin"), "-i", str(tmp_path / "tr.bin"), "-j", str(tmp_path / "tr.bin"),

@@ -42,7 +42,7 @@ def test_clip_grad_norm_scales_to_the_max_norm():
 def test_optimizer_state_out_and_in_continues_adamw_bit_for_bit(tmp_path):
     # what a checkpoint saves (optimizer_state) and a resume loads (load_optimizer_state), through
     # llm.c's state file: the next AdamW step is the uninterrupted model's, bit for bit
-    from llmnb.checkpoint import read_state, write_state
+    from llmnb.formats import read_optimizer_state as read_state, write_optimizer_state as write_state
     cfg = GPT2Config(max_seq_len=8, vocab_size=30, padded_vocab_size=32, num_layers=1, num_heads=2, channels=8)
     rng = np.random.default_rng(2)
     x, y = rng.integers(0, 30, (2, 2, 8))

@@ -19,7 +19,7 @@ def cli(module, *args):
 def reference_then_test(out, *shape):
     ref = cli("llmnb.reference_torch", "--out", str(out), *shape)
     assert ref.returncode == 0, ref.stderr
-    res = cli("llmnb.test_gpt2", "--model", str(out / "model.bin"), "--state", str(out / "debug_state.bin"),
+    res = cli("llmnb.parity", "--model", str(out / "model.bin"), "--state", str(out / "debug_state.bin"),
               "--losses", str(out / "expected_losses.json"))
     return res
 
@@ -62,7 +62,7 @@ def test_a_mismatch_is_reported_and_fails(tmp_path):
               "--vocab", "50257", "--max-seq-len", "16", "--batch", "2", "--seq-len", "8", "--steps", "3")
     assert ref.returncode == 0, ref.stderr
     (tmp_path / "wrong.json").write_text("[1.0, 2.0, 3.0]")
-    res = cli("llmnb.test_gpt2", "--model", str(tmp_path / "model.bin"), "--state", str(tmp_path / "debug_state.bin"),
+    res = cli("llmnb.parity", "--model", str(tmp_path / "model.bin"), "--state", str(tmp_path / "debug_state.bin"),
               "--losses", str(tmp_path / "wrong.json"))
     assert res.returncode == 1 and "overall okay: 0" in res.stdout
 
@@ -70,6 +70,6 @@ def test_a_mismatch_is_reported_and_fails(tmp_path):
 def test_bad_files_are_one_clear_line(tmp_path):
     bad = tmp_path / "model.bin"
     bad.write_bytes(b"\x01" * 2048)
-    res = cli("llmnb.test_gpt2", "--model", str(bad), "--state", str(tmp_path / "missing.bin"))
+    res = cli("llmnb.parity", "--model", str(bad), "--state", str(tmp_path / "missing.bin"))
     assert res.returncode == 2
     assert res.stderr.count("\n") == 1 and "model.bin" in res.stderr and "Traceback" not in res.stderr

@@ -16,7 +16,7 @@ from llmnb.config import GPT2Config
 from llmnb.formats import write_checkpoint
 from llmnb.generate import generate
 from llmnb.model import GPT2, init_params
-from llmnb.sampler import Rng
+from llmnb.rand import Rng
 from llmnb.tokenizer import Tokenizer
 from optional import needs_numba_cuda
 
@@ -133,3 +133,46 @@ def test_bad_input_is_one_clear_line(model_file, tmp_path, capsys, tok):
     assert "max_seq_len" in error("--model", str(model_file), "--prompt", "word " * 40)
     with pytest.raises(SystemExit):
         sample.main(["--model", str(model_file), "--temperature", "0"])
+
+
+def test_g_says_what_it_counts_here_and_in_llmnb_train(model_file, tmp_path, tok):
+    # one flag, two meanings (llmnb-train keeps llm.c's genT): each help says which, and how the other differs
+    from llmnb.settings import build_parser as train_parser
+
+    def g_help(parser):
+        return " ".join(next(a.help for a in parser._actions if "-g" in a.option_strings).split())
+    assert "new tokens" in g_help(sample.build_parser()) and "llmnb-train's -g counts the start token" in g_help(sample.build_parser())
+    assert "genT" in g_help(train_parser()) and "llmnb-sample's -g counts new tokens" in g_help(train_parser())
+    new, _, err = run(model_file, tmp_path, "-g", "5", "--prompt", "Hello")
+    assert len(new) == 5  # new tokens, whatever the prompt's length
+
+
+def test_weights_are_checked_as_llmnb_train_checks_them(tmp_path, capsys):
+    # a diverged run's weights: one line, exit 2, in llmnb-sample as in llmnb-train (no EOT tokens)
+    params = init_params(CFG, seed=4)
+    params[[3, 50, 7000]] = [np.nan, np.inf, np.nan]
+    write_checkpoint(tmp_path / "nan.bin", CFG, params)
+    assert sample.main(["--model", str(tmp_path / "nan.bin"), "--data-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "nan.bin: 3 of its" in err and "NaN or inf" in err
+    from llmnb.train import main as train
+    from llmnb.formats import write_shard
+    write_shard(tmp_path / "t.bin", np.arange(200) % 100)
+    assert train(["-e", str(tmp_path / "nan.bin"), "-i", str(tmp_path / "t.bin"), "-j", str(tmp_path / "t.bin"),
+                  "-o", str(tmp_path / "o"), "-b", "1", "-t", "8", "-x", "1", "--data-dir", str(tmp_path)]) == 2
+    assert "nan.bin: 3 of its" in capsys.readouterr().err
+
+
+def test_a_truncated_model_says_truncated_whatever_its_header_claims(tmp_path, capsys):
+    # a header claiming a huge maxT on a cut file: "truncated", not a memory estimate for that shape
+    path = tmp_path / "cut.bin"
+    write_checkpoint(path, CFG, init_params(CFG, seed=4))
+    raw = bytearray(path.read_bytes()[:5000])
+    raw[8:12] = np.int32(10_000_000).tobytes()  # header[2]: maxT
+    path.write_bytes(bytes(raw))
+    from llmnb.train import main as train
+    assert train(["-e", str(path), "-o", str(tmp_path / "o"), "-x", "1", "--data-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "cut.bin: truncated" in err and "GiB" not in err
+    assert sample.main(["--model", str(path), "--data-dir", str(tmp_path)]) == 2
+    assert "cut.bin: truncated" in capsys.readouterr().err

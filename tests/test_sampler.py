@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from llmnb.sampler import Rng, random_f32, random_u32, sample, sample_mult
+from llmnb.generate import sample, sample_mult
+from llmnb.rand import Rng, random_f32, random_u32
 
 # train_gpt2.c's random_u32 compiled with gcc and run from state 1337: (value, state after)
 C_U32_FROM_1337 = [

@@ -6,9 +6,9 @@ import os
 import numpy as np
 import pytest
 
-from llmnb import checkpoint
+from llmnb import rundir
 from llmnb.config import GPT2Config
-from llmnb.formats import read_checkpoint, write_checkpoint, write_shard
+from llmnb.formats import read_checkpoint, read_optimizer_state, write_checkpoint, write_shard
 from llmnb.model import GPT2, init_params
 from llmnb.train import main
 from optional import needs_gpt2_encoding
@@ -77,7 +77,7 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(workdir, tmp_path, m
     with monkeypatch.context() as m:
         m.setattr(Run, "train_step", interrupted)
         assert run(workdir, part, *common) == 130
-    assert checkpoint.latest(part) == 5
+    assert rundir.latest(part) == 5
     assert run(workdir, part, *common, "-y", "1") == 0
     a = [(r["train_loss"], r["val_loss"]) for r in read_log(full)]
     b = [(r["train_loss"], r["val_loss"]) for r in read_log(part)]
@@ -153,7 +153,7 @@ def test_sampling_from_a_model_with_a_small_vocabulary(tmp_path, capsys):
 
 
 def test_read_log_skips_a_line_cut_by_a_kill(tmp_path):
-    from llmnb.train import read_log
+    from llmnb.rundir import read_log
     path = tmp_path / "log.jsonl"
     path.write_text('{"step": 0, "train_loss": 5.0}\n{"step": 1, "train_lo')
     assert read_log(path) == [{"step": 0, "train_loss": 5.0}]
@@ -181,16 +181,17 @@ def strict_json(line):
 
 
 def test_a_second_run_into_the_same_directory_fails_at_once(workdir, tmp_path, capsys):
-    from llmnb.train import lock_output_dir
+    from llmnb.rundir import RunDir
     out = tmp_path / "out"
-    held = lock_output_dir(str(out))  # as another run holds it (flock: per open file, so in-process too)
+    held = RunDir(str(out))  # as another run holds it (flock: per open file, so in-process too)
+    held.lock()
     try:
         assert run(workdir, out, *QUICK, "-x", "1") == 2
         err = one_error_line(capsys)
         assert str(out) in err and f"pid {os.getpid()}" in err
         assert not (out / "log.jsonl").exists()
     finally:
-        held.close()
+        held.unlock()
     assert run(workdir, out, *QUICK, "-x", "1") == 0  # the lock goes with its holder
 
 
@@ -198,15 +199,15 @@ def test_a_second_run_into_the_same_directory_fails_at_once(workdir, tmp_path, c
 def test_a_fresh_run_refuses_an_earlier_runs_checkpoints_or_overwrites_them(workdir, tmp_path, capsys):
     out = tmp_path / "out"
     assert run(workdir, out, *QUICK, "-x", "2", "-n", "1") == 0
-    before = checkpoint.files(out)
-    assert len(before) == 8 and checkpoint.latest(out) == 2
+    before = rundir.files(out)
+    assert len(before) == 8 and rundir.latest(out) == 2
     capsys.readouterr()
     assert run(workdir, out, *QUICK, "-x", "1") == 2
     err = one_error_line(capsys)
     assert str(out) in err and "-y 1" in err and "--overwrite" in err
-    assert checkpoint.files(out) == before
+    assert rundir.files(out) == before
     assert run(workdir, out, *QUICK, "-x", "1", "--overwrite") == 0
-    assert checkpoint.files(out) == [] and len(read_log(out)) == 1
+    assert rundir.files(out) == [] and len(read_log(out)) == 1
     with pytest.raises(SystemExit):
         run(workdir, out, *QUICK, "-x", "1", "--overwrite", "-y", "1")
 
@@ -256,7 +257,7 @@ def test_a_non_finite_gradient_stops_before_the_update(workdir, tmp_path, capsys
     assert run(workdir, out, *QUICK, "-x", "5", "-n", "1") == 2
     err = one_error_line(capsys)
     assert "diverged at step 3" in err and "grad norm nan" in err
-    assert len(updates) == 2 and checkpoint.latest(out) == 2
+    assert len(updates) == 2 and rundir.latest(out) == 2
 
 
 def test_outlier_detector_is_a_z_score_over_the_last_64_values():
@@ -386,8 +387,7 @@ def test_a_full_disk_is_one_line_naming_the_file(workdir, tmp_path, capsys, monk
         if str(path).endswith("log.jsonl") and mode == "a":
             raise OSError(errno.ENOSPC, "No space left on device")
         return builtins.open(path, mode, *a, **k)
-    from llmnb import train
-    monkeypatch.setattr(train, "open", full_log, raising=False)
+    monkeypatch.setattr(rundir, "open", full_log, raising=False)
     assert run(workdir, tmp_path / "out2", *QUICK, "-x", "1") == 2
     err = one_error_line(capsys)
     assert "No space left on device" in err and "log.jsonl" in err
@@ -464,7 +464,7 @@ def test_sigterm_is_like_ctrl_c_and_stale_temp_files_go(workdir, tmp_path):
     p = subprocess.run([sys.executable, "-c", code, *argv], env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 143, p.stderr
     assert "terminated (SIGTERM)" in p.stderr and "Traceback" not in p.stderr
-    assert checkpoint.latest(out) == 2
+    assert rundir.latest(out) == 2
     assert not stale.exists() and keep.exists()
     assert not [n for n in os.listdir(out) if n.endswith(".tmp") and n != "notes.tmp"]
 
@@ -516,7 +516,7 @@ def test_printing_is_llmcs_gen_t_and_num_batches(workdir, tmp_path, capsys, no_t
 def test_training_shuffles_like_llmc_by_default(workdir, tmp_path, capsys):
     # the default: llm.c's shuffle (seed 42), written into llm.c's state file with its tail;
     # --no-shuffle reads in order; --shuffle is accepted (the default)
-    from llmnb.train import build_parser
+    from llmnb.settings import build_parser
     assert build_parser().parse_args([]).shuffle is True
     assert build_parser().parse_args(["--shuffle"]).shuffle is True
     assert build_parser().parse_args(["--no-shuffle"]).shuffle is False
@@ -529,7 +529,7 @@ def test_training_shuffles_like_llmc_by_default(workdir, tmp_path, capsys):
         assert run(workdir, out, "-x", "1", "-v", "0", "-s", "0", "-n", "1", *flags) == 0
         first = read_log(out)[0]["train_loss"]
         assert first == pytest.approx(model.forward(*loader.next_batch()), rel=1e-6)
-        state = checkpoint.read_state(out / "state_00000001_00000.bin", model.num_parameters)
+        state = read_optimizer_state(out / "state_00000001_00000.bin", model.num_parameters)
         assert state["shuffle"] is (not flags) and state["shuffle_tail"] == loader.llmc_state_tail()
 
 
@@ -555,3 +555,186 @@ def test_a_resumed_run_samples_the_same_text(workdir, tmp_path, monkeypatch, cap
     after = samples_printed(capsys.readouterr().out)
     assert len(full) == 2 and full[0] != full[1]
     assert before == full[:1] and after == full
+
+
+# ----------------------------------------------------------------------------------------------
+# issue 23: a resume decides what to load before anything is built or downloaded
+
+@pytest.mark.parametrize("init", [None, "d12", "gpt2"])
+def test_a_resumed_run_neither_builds_nor_downloads_the_e_model(workdir, checkpointed, tmp_path, capsys,
+                                                                 monkeypatch, init):
+    import shutil
+    from llmnb import convert, download, loading, memory
+    out = tmp_path / "out"
+    shutil.copytree(checkpointed, out)
+    asked = []
+    monkeypatch.setattr(download, "download", lambda url, path, **kw: asked.append(("download", url)))
+    monkeypatch.setattr(convert, "download_hf", lambda name, log: asked.append(("hub", name)))
+    monkeypatch.setattr(GPT2Config, "depth", classmethod(lambda cls, L, **kw: asked.append(("depth", L))))
+    monkeypatch.setattr(loading, "init_params", lambda *a, **k: asked.append("init"))
+    checked = []
+    real_check = memory.run_memory
+    monkeypatch.setattr(memory, "run_memory", lambda config, B, T: checked.append(config) or real_check(config, B, T))
+    argv = ["-i", str(workdir / "tiny_train_*.bin"), "-j", str(workdir / "tiny_val.bin"), "-o", str(out),
+            *QUICK, "-x", "3", "-y", "1", "--data-dir", str(tmp_path / "empty")]
+    capsys.readouterr()
+    assert main(argv + (["-e", init] if init else [])) == 0
+    assert asked == []  # no starter pack, no hub, no fresh d12
+    assert checked == [TINY]  # the memory check saw the checkpoint's model
+    assert f"resumed from {out / 'model_00000002.bin'} at step 2" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------------------------
+# issue 27: what a user meets first
+
+def test_offline_the_default_model_is_one_line(workdir, tmp_path, monkeypatch, capsys):
+    # the starter pack out of reach (a closed port: the connection is refused, as offline): no
+    # "fetching" line before a server answers, no line per retry, one line saying what happens
+    from llmnb import loading
+    monkeypatch.setattr(loading, "STARTER_PACK_URL", "http://127.0.0.1:9/")
+    monkeypatch.setattr(GPT2Config, "depth", classmethod(lambda cls, L, **kw: TINY))
+    monkeypatch.chdir(tmp_path)
+    argv = ["-i", str(workdir / "tiny_train_*.bin"), "-j", str(workdir / "tiny_val.bin"), "-o", "o",
+            *QUICK, "-x", "1", "--data-dir", "d"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    lines = [l for l in (captured.out + captured.err).splitlines()
+             if "gpt2_124M" in l or "download" in l or "retr" in l or "d12" in l]
+    assert len(lines) == 2, lines  # the fallback, then the fresh model's own line
+    assert "starter pack could not be fetched" in lines[0] and "Connection refused" in lines[0]
+    assert lines[0].endswith("training a fresh d12 model instead")
+    assert lines[1].startswith("initialising a fresh GPT-2 d12")
+
+
+def snapshot(out):
+    """{file name: bytes} of a run directory, its lock file aside."""
+    return {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.name != ".llmnb-train.lock"}
+
+
+def test_resume_with_nothing_to_resume_says_so_and_changes_nothing(workdir, checkpointed, tmp_path, capsys):
+    import shutil
+    plain = tmp_path / "plain"  # the default -n 0: a log and a model, no checkpoint
+    assert run(workdir, plain, *QUICK, "-x", "2") == 0
+    cut = tmp_path / "cut"      # the only checkpoint's save was cut short: no DONE file
+    shutil.copytree(checkpointed, cut)
+    os.remove(cut / "DONE_00000002")
+    for out, says in ((plain, "-n 0"), (cut, "DONE_00000002"), (tmp_path / "none", "leave out -y 1")):
+        before = snapshot(out) if out.exists() else None
+        capsys.readouterr()
+        assert run(workdir, out, *QUICK, "-x", "3", "-y", "1") == 2
+        err = one_error_line(capsys)
+        assert "-y 1" in err and str(out) in err and says in err
+        if before is not None:
+            assert snapshot(out) == before  # not a byte of what survives is touched
+
+
+def test_bad_input_leaves_no_output_dir_and_names_the_fix(workdir, tmp_path, capsys):
+    # a run that stops before writing anything leaves no -o folder holding only its lock file
+    out = tmp_path / "new"
+    assert run(workdir, out, *QUICK, "-x", "1", "-e", str(tmp_path / "missing.bin")) == 2
+    assert "missing.bin: no such model file" in one_error_line(capsys)
+    assert not out.exists()
+    out.mkdir()
+    assert run(workdir, out, *QUICK, "-x", "1", "-t", "33") == 2
+    one_error_line(capsys)
+    assert list(out.iterdir()) == []  # an existing empty folder stays (empty)
+    # text given as a shard: the message names the tool that makes shards
+    (tmp_path / "book.txt").write_text("It was a dark and stormy night; the rain fell in torrents.\n" * 40)
+    assert run(workdir, out, *QUICK, "-x", "1", "-i", str(tmp_path / "book.txt")) == 2
+    err = one_error_line(capsys)
+    assert "book.txt: a text file" in err and "llmnb-prepro" in err
+    # -o naming a file
+    (tmp_path / "afile").write_text("mine")
+    assert run(workdir, tmp_path / "afile", *QUICK, "-x", "1") == 2
+    err = one_error_line(capsys)
+    assert "afile: a file, not a directory" in err and "Errno" not in err
+    assert (tmp_path / "afile").read_text() == "mine"
+
+
+def test_a_negative_number_is_a_value_not_a_missing_argument(workdir, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        run(workdir, tmp_path / "o", *QUICK, "-x", "1", "-l", "-1e-4")
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "-l must be a finite number >= 0, got -0.0001" in err
+    assert "expected one argument" not in err
+
+
+@pytest.mark.parametrize("major,kept", [(0, [5, 6]), (2, [2, 4, 5, 6])])
+def test_nk_keeps_the_last_checkpoints_as_llmc_and_the_size_is_printed(workdir, tmp_path, capsys, major, kept):
+    # llm.c's -nk K: after the checkpoint of step s, the one of step s - K*N goes, unless -nm M
+    # makes it a major one (a multiple of M); DONE and every file of it
+    out = tmp_path / "out"
+    assert run(workdir, out, *QUICK, "-x", "6", "-n", "1", "-nk", "2", "-nm", str(major)) == 0
+    text = capsys.readouterr().out
+    assert sorted(int(p.name[5:]) for p in out.glob("DONE_*")) == kept
+    assert len(rundir.files(out)) == 4 * len(kept)  # model, state, json, DONE each
+    assert text.count("deleted the checkpoint of step") == 6 - len(kept)
+    line = next(l for l in text.splitlines() if l.startswith("checkpoints every 1 steps"))
+    model_mb = f"{os.path.getsize(out / 'model_00000006.bin') / 1e6:,.1f} MB"
+    state_mb = f"{os.path.getsize(out / 'state_00000006_00000.bin') / 1e6:,.1f} MB"
+    assert f"model {model_mb} + optimizer state {state_mb} per rank" in line and "last 2 kept" in line
+
+
+def test_the_first_run_says_it_compiles_and_how_long_it_took(workdir, tmp_path, capsys, monkeypatch):
+    from llmnb import backend
+    monkeypatch.setattr(backend, "kernels_cached", lambda: False)  # as on a first run
+    assert run(workdir, tmp_path / "o", *QUICK, "-x", "1") == 0
+    lines = capsys.readouterr().out.splitlines()
+    first = next(i for i, l in enumerate(lines) if l.startswith("compiling the kernels: first run only"))
+    done = next(i for i, l in enumerate(lines) if l.startswith("compiled the kernels in "))
+    step = next(i for i, l in enumerate(lines) if l.startswith("step    1/1"))
+    assert first < done < step
+    monkeypatch.setattr(backend, "kernels_cached", lambda: True)
+    assert run(workdir, tmp_path / "o", *QUICK, "-x", "1") == 0
+    assert "compil" not in capsys.readouterr().out
+
+
+def test_compile_kernels_builds_what_a_real_step_and_sample_call():
+    # in a fresh process (no kernel loaded yet): after compile_kernels, a training step and a sample
+    # of another model size add no build to any kernel, so the first step compiles nothing
+    import subprocess
+    import sys
+    code = """
+import numpy as np
+from numba.core.dispatcher import Dispatcher
+from llmnb import backend, kernels, matmul, optim
+from llmnb.config import GPT2Config
+from llmnb.model import GPT2, Decoder, compile_kernels
+def builds():
+    ds = [d for m in (kernels, matmul, optim) for d in vars(m).values() if isinstance(d, Dispatcher)]
+    return {d.__name__: len(d.signatures) for d in ds + list(vars(backend.ROW).values())}
+be = backend.CPUBackend()
+compile_kernels(be)
+before = builds()
+cfg = GPT2Config(max_seq_len=32, vocab_size=300, padded_vocab_size=384, num_layers=2, num_heads=4, channels=128)
+m = GPT2(cfg, backend=be)
+x = np.random.default_rng(0).integers(0, 300, (4, 32))
+m.forward(x, x); m.zero_grad(); m.backward(); optim.clip_grad_norm(m, 0.1)
+m.update(1e-3, 0.9, 0.999, 1e-8, 0.1, 1, decay=optim.DECAYED); m.params_finite()
+d = Decoder(m)
+for t in range(5): d.step(t)
+after = builds()
+print(sorted(k for k in after if after[k] != before[k]), sum(before.values()) > 20)
+"""
+    src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
+    p = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=src), capture_output=True,
+                       text=True, timeout=900)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split("\n")[0] == "[] True"
+
+
+def test_settings_are_fixed_once_and_a_resume_names_what_changed(workdir, checkpointed, tmp_path, capsys):
+    import dataclasses
+    import shutil
+    from llmnb.settings import parse
+    s = parse(["-l", "3e-3", "-x", "5"])
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.steps = 6
+    out = tmp_path / "out"
+    shutil.copytree(checkpointed, out)
+    saved = json.loads((out / "state_00000002.json").read_text())["args"]
+    assert saved["learning_rate"] == 3e-3 and saved["init"] == str(workdir / "tiny.bin")
+    capsys.readouterr()
+    assert run(workdir, out, *QUICK, "-x", "3", "-n", "2", "-y", "1", "-l", "1e-3", "--wd", "0.1") == 0
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("resuming with settings"))
+    assert line == "resuming with settings that differ from the checkpoint's: -l 0.001 (was 0.003), --wd 0.1 (was 0.0)"

@@ -9,6 +9,7 @@ import types
 
 import numpy as np
 from numba import njit
+from numba.core.dispatcher import Dispatcher
 
 from . import kernels, matmul, optim
 from .contract import KERNEL_NAMES, Backend  # noqa: F401  (KERNEL_NAMES: re-exported for the timers)
@@ -125,6 +126,18 @@ def numba_cuda_missing():
         return ("--device cuda needs NVIDIA's numba-cuda, and this Python has only numba's built-in "
                 "CUDA target: pip install 'llmnb[cuda]'")
     return None
+
+
+def kernels_cached():
+    """Whether Numba's on-disk cache holds builds of the CPU kernels a training step calls, for
+    this source (False on a first run: they compile, about a minute; None when it cannot tell)."""
+    names = [n for n in KERNEL_NAMES if n != "residual_backward"]  # (model.py adds the residual gradient in place)
+    entry = ([getattr(kernels, n) for n in names if hasattr(kernels, n)] + list(vars(ROW).values())
+             + [matmul.gemm, matmul.bias_backward, matmul._matvec_forward, optim.global_norm_squared])
+    try:  # Numba's cache index of each: empty when none was built for this source file
+        return all(bool(d._cache._cache_file._load_index()) for d in entry if isinstance(d, Dispatcher))
+    except Exception:  # another Numba's layout: say nothing
+        return None
 
 
 def get_backend(device="cpu"):

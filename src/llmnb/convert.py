@@ -13,6 +13,7 @@
 Needs the `hf` extra (safetensors, huggingface_hub); transformers is not needed to convert.
 """
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -20,7 +21,8 @@ import sys
 import numpy as np
 
 from .config import GPT2Config, Tensors, param_shapes
-from .formats import FormatError, atomic_write, bf16_to_fp32, read_checkpoint, write_checkpoint
+from .fileio import FormatError, atomic_write
+from .formats import bf16_to_fp32, read_checkpoint, write_checkpoint
 from .kernels import LAYERNORM_EPS
 
 # the hub's GPT-2 sizes and the file names llm.c's train_gpt2.py gives them
@@ -60,7 +62,6 @@ class ConvertError(ValueError):
 
 def _need(module):
     """Import an optional dependency of the `hf` extra, with a clear error when absent."""
-    import importlib
     try:
         return importlib.import_module(module)
     except ImportError:
@@ -208,9 +209,15 @@ def params_from_hf(folder, config, tensors):
     return p.memory
 
 
-def read_hf(source, log=_log):
-    """An HF GPT-2 (a local folder, or a hub id to download) -> (GPT2Config, flat float32 params)."""
-    folder = source if os.path.isdir(source) else download_hf(source, log)
+def is_local_path(source):
+    """Whether source can only be a path, never a hub id (gpt2, user/model): ./x, ../x, /x, ~/x,
+    x/, a/b/c, or an existing file."""
+    return (source.startswith((".", "/", "~", os.sep)) or source.endswith(("/", os.sep))
+            or os.path.exists(source) or source.count("/") > 1)
+
+
+def read_hf_config(folder):
+    """The GPT2Config of a local HF GPT-2 folder, from its config.json alone."""
     cfg_path = os.path.join(folder, "config.json")
     try:
         with open(cfg_path) as f:
@@ -219,7 +226,17 @@ def read_hf(source, log=_log):
         raise ConvertError(f"{cfg_path}: no such file (an HF model folder has a config.json)") from None
     except (OSError, json.JSONDecodeError) as e:
         raise ConvertError(f"{cfg_path}: not readable JSON: {e}") from None
-    config = config_from_hf(cfg_path, hf_config)
+    return config_from_hf(cfg_path, hf_config)
+
+
+def read_hf(source, log=_log):
+    """An HF GPT-2 (a local folder, or a hub id to download) -> (GPT2Config, flat float32 params)."""
+    if not os.path.isdir(source) and is_local_path(source):
+        what = "a file, not a folder" if os.path.exists(source) else "no such folder"
+        raise ConvertError(f"{source}: {what} (a Hugging Face GPT-2 folder holds config.json and "
+                           "model.safetensors; a hub id looks like gpt2 or user/model)")
+    folder = source if os.path.isdir(source) else download_hf(source, log)
+    config = read_hf_config(folder)
     return config, params_from_hf(folder, config, read_hf_tensors(folder))
 
 
@@ -289,21 +306,6 @@ def write_hf(folder, config, params, log=_log):
     for name, data in files.items():
         with atomic_write(os.path.join(folder, name)) as f:
             f.write(data)
-
-
-# ----------------------------------------------------------------------------------------------
-# pretrained GPT-2 for llmnb-train -e gpt2
-
-def pretrained_checkpoint(name, data_dir, log=_log):
-    """The llm.c checkpoint of the hub's `name` (gpt2, gpt2-medium, ...) in data_dir, converted
-    from Hugging Face when absent (llm.c's starter pack holds only gpt2_124M.bin)."""
-    path = os.path.join(data_dir, HF_GPT2_FILES[name])
-    if not os.path.exists(path):
-        config, params = read_hf(name, log)
-        os.makedirs(data_dir, exist_ok=True)
-        write_checkpoint(path, config, params)
-        log(f"converted Hugging Face's {name} to {path}")
-    return path
 
 
 # ----------------------------------------------------------------------------------------------

@@ -169,7 +169,12 @@ class DataLoader:
         missing = [k for k in ("epoch", "shard", "sample") if k not in d]
         if missing:
             raise ValueError(f"DataLoader state is missing {', '.join(missing)}")
+        for key in ("epoch", "shard", "sample", "draws"):  # "3" or 3.0 would pass int(): not a position
+            if key in d and (not isinstance(d[key], (int, np.integer)) or isinstance(d[key], bool)):
+                raise ValueError(f"DataLoader state's {key} must be an integer, got {d[key]!r}")
         epoch, shard, sample = int(d["epoch"]), int(d["shard"]), int(d["sample"])
+        if self.shuffle and int(d.get("draws", 0)) < 0:
+            raise ValueError(f"DataLoader state has draws={d['draws']}: a count of draws cannot be negative")
         if epoch < 0 or not 0 <= shard < len(self.files):
             raise ValueError(f"DataLoader state has epoch={epoch}, shard={shard}: out of range "
                              f"for {len(self.files)} shards")
@@ -194,10 +199,29 @@ class DataLoader:
                          np.array([self.shard_num_samples], "<u8").tobytes(),
                          self.intra_shard_indices.astype("<i4").tobytes(), self.shuffle_rng.to_bytes()])
 
+    def batches_served(self):
+        """The batches served since the start (of epoch 0), from the position and the current
+        epoch's shard order: epoch * len(self) + the batches of the shards before this one + sample."""
+        before = sum(self._samples_in(self.shard_tokens[i]) for i in self.shard_indices[:self.current_shard])
+        return self.epoch * self.num_batches + before + self.current_sample
+
+    def draws_at_position(self):
+        """The generator's draws a shuffling loader has made to reach its position without a
+        reset(): a shard order per epoch, and a sample order per shard opened (every shard of the
+        epochs before, this epoch's up to the current one)."""
+        if not self.shuffle:
+            return 0
+        samples = [max(self._samples_in(n) - 1, 0) for n in self.shard_tokens]
+        opened = sum(samples[i] for i in self.shard_indices[:self.current_shard + 1])
+        return (self.epoch + 1) * max(len(self.files) - 1, 0) + self.epoch * sum(samples) + opened
+
     def _replay(self, epoch, shard, draws):
         self._seed_shuffle()
         self.epoch = 0
         self._reset(load=False)
+        if not self.shuffle:  # every epoch is the same order: no need to walk through them
+            self.epoch, self.current_shard = epoch, shard
+            self._open_shard(load=False)
         while (self.epoch, self.current_shard) != (epoch, shard):
             self._advance(load=False)
         if self.shuffle and draws is None:

@@ -1,10 +1,11 @@
 """Many processes: data-parallel training over MPI, as llm.c's train_gpt2.cu with llmc/zero.cuh.
+This module holds the collectives; optim.AdamW says when a step uses them.
 
     world(zero_stage)  -> Single() in a plain process, or MPIWorld under `mpiexec -n N` (N > 1)
-    world.reduce_grads(model)        average the flat gradient buffer over the ranks, in buckets
-    world.clip_grad_norm(model, c)   the global L2 norm of the averaged gradient (over all shards)
-    world.update(model, ...)         AdamW on this rank's part, then (ZeRO-1) all-gather the params
-    world.mean(x), world.barrier(), world.abort(code)
+    world.reduce_grads(model)        sum the flat gradient buffer over the ranks, in buckets
+                                     (ZeRO-1: each rank keeps its shard's sum in world.grad_shard)
+    world.all_gather(params)         ZeRO-1: every rank's updated shard to every rank
+    world.sum(x), world.mean(x), world.barrier(), world.abort(code)
 
 Every rank runs the same model on its own slice of each global batch (data.DataLoader with
 process_rank/num_processes). With -z 0 every rank all-reduces the whole gradient and updates the
@@ -20,7 +21,6 @@ mpi4py is imported only when the job runs under an MPI launcher with more than o
 gradient (CUDA-aware MPI or NCCL could skip it).
 """
 import contextlib
-import math
 import os
 import shutil
 import sys
@@ -74,9 +74,21 @@ def buckets(lo, hi, bucket=None):
     return [(a, min(a + bucket, hi)) for a in range(lo, hi, bucket)]
 
 
+@contextlib.contextmanager
+def rank_zero_first(world):
+    """Rank 0 runs the block (a download, a data preparation) before the others do."""
+    if world.rank != 0:
+        world.barrier()
+    yield
+    if world.rank == 0:
+        world.barrier()
+
+
 class Single:
     """One process: every collective is the identity."""
     rank, size = 0, 1
+    sharded = False  # AdamW's m and v are for the whole buffer (-z 1 needs more than one rank)
+    grad_shard = None
 
     def __init__(self, zero_stage=0):
         self.zero_stage = zero_stage
@@ -88,28 +100,17 @@ class Single:
     def reduce_grads(self, model):
         pass
 
-    def clip_grad_norm(self, model, max_norm):
-        """optim.clip_grad_norm over the whole (averaged) gradient -> the norm before clipping."""
-        from . import optim
-        return optim.clip_grad_norm(model, max_norm)
+    def all_gather(self, params):
+        pass
 
-    def update(self, model, *hyper, decay=None):
-        model.update(*hyper, decay=decay)
+    def sum(self, x):
+        return x
 
     def mean(self, x):
         return x
 
     def barrier(self):
         pass
-
-    @contextlib.contextmanager
-    def rank_zero_first(self):
-        """Rank 0 runs the block (a download, a data preparation) before the others do."""
-        if self.rank != 0:
-            self.barrier()
-        yield
-        if self.rank == 0:
-            self.barrier()
 
     def abort(self, code):
         sys.exit(code)
@@ -121,11 +122,13 @@ class Single:
         pass
 
 
-class MPIWorld(Single):
+class MPIWorld:
     """N ranks over MPI_COMM_WORLD. Collectives on the flat float32 buffers, in buckets."""
 
     def __init__(self, zero_stage=0):
-        super().__init__(zero_stage)
+        self.zero_stage = zero_stage
+        self.sharded = zero_stage == 1
+        self.comm_seconds = 0.0
         try:
             from mpi4py import MPI
         except ImportError as e:
@@ -172,27 +175,10 @@ class MPIWorld(Single):
                 comm.Reduce_scatter(g[a:b], self.grad_shard[mine], recvcounts=counts, op=MPI.SUM)
         self.comm_seconds += time.perf_counter() - t0
 
-    def clip_grad_norm(self, model, max_norm):
-        """-z 1: the global norm is the square root of the sum over ranks of each shard's squared
-        norm; each rank scales its own shard. Returns the norm before clipping."""
-        if self.zero_stage == 0:
-            return super().clip_grad_norm(model, max_norm)
-        k = model.backend
-        norm = math.sqrt(self.comm.allreduce(float(k.global_norm_squared(self.grad_shard)), op=self.MPI.SUM))
-        if max_norm > 0 and norm > max_norm:
-            k.scale_(self.grad_shard, max_norm / (norm + 1e-6))
-        return norm
-
-    def update(self, model, learning_rate, beta1, beta2, eps, weight_decay, t, decay=None):
-        """-z 0: AdamW on the whole buffer (every rank the same). -z 1: AdamW on this rank's shard
-        with its own m, v, then all-gather the parameters, one collective per bucket."""
-        if self.zero_stage == 0:
-            return model.update(learning_rate, beta1, beta2, eps, weight_decay, t, decay=decay)
-        n = model.num_parameters
-        lo, hi = self.shard(n)
-        model.update(learning_rate, beta1, beta2, eps, weight_decay, t, decay=decay,
-                     shard=(lo, hi, self.grad_shard))
-        params = model.params.memory
+    def all_gather(self, params):
+        """ZeRO-1: every rank's shard of the flat params (which it has just updated) to every rank,
+        in place, one collective per bucket."""
+        n = params.shape[0]
         MPI, comm = self.MPI, self.comm
         ranges = [shard_range(n, r, self.size) for r in range(self.size)]
         t0 = time.perf_counter()
@@ -216,8 +202,11 @@ class MPIWorld(Single):
         gpus = len(cuda.gpus)
         cuda.select_device(self.rank % gpus)
 
+    def sum(self, x):
+        return self.comm.allreduce(float(x), op=self.MPI.SUM)
+
     def mean(self, x):
-        return self.comm.allreduce(float(x), op=self.MPI.SUM) / self.size
+        return self.sum(x) / self.size
 
     def barrier(self):
         self.comm.Barrier()

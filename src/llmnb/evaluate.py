@@ -2,6 +2,12 @@
 import argparse
 import sys
 
+from . import hellaswag as hs
+from . import loading
+from .download import DownloadError
+from .fileio import FormatError
+from .tokenizer import Tokenizer
+
 
 def build_parser():
     p = argparse.ArgumentParser(prog="llmnb-eval", description="Evaluate a GPT-2 checkpoint.")
@@ -24,15 +30,9 @@ def build_parser():
 
 
 def hellaswag(args):
-    from . import hellaswag as hs
-    from .model import GPT2
-    from .sample import load_model
-    from .tokenizer import Tokenizer
-
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
-    config, params = load_model(args.model, log)
-    model = GPT2(config, params, device=args.device, copy=False)
+    model = loading.find_model(args.model, args.data_dir, log).load(args.device, log)
     path = args.file or hs.val_file(args.data_dir, log)
     examples = hs.read_examples(path)
     if args.limit:
@@ -44,8 +44,6 @@ def hellaswag(args):
 
 
 def main(argv=None):
-    from .download import DownloadError
-    from .formats import FormatError
     p = build_parser()
     args = p.parse_args(argv)
     if args.limit < 0:

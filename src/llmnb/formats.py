@@ -22,17 +22,14 @@ number naming the kind of file, header[1] its version. What follows the header:
                      [2]=examples [3]=longest example in bytes, then each example as uint16:
                      65535, its bytes, index, label, 4, context and endings each length-prefixed
 
-Every problem with a file raises FormatError, whose message starts with the file's path.
+Every problem with a file raises FormatError (fileio.py), whose message starts with the file's path.
 """
-import contextlib
-import errno
 import os
-import secrets
-import stat
 
 import numpy as np
 
 from .config import GPT2Config, param_sizes
+from .fileio import FormatError, atomic_write, open_regular
 
 HEADER_INTS = 256
 HEADER_BYTES = HEADER_INTS * 4
@@ -64,86 +61,8 @@ KNOWN_MAGICS = {
 }
 
 
-class FormatError(ValueError):
-    """A file that is missing, or not what llm.c would write."""
-
-
-# ----------------------------------------------------------------------------------------------
-# writing files atomically
-
-@contextlib.contextmanager
-def atomic_write(path):
-    """Yield a binary file that replaces `path` only if the with-block finishes without error.
-
-    The data goes to a temporary file in the same directory (so os.replace is atomic), which is
-    flushed to disk and renamed onto `path` on success, and removed on any exception.
-    """
-    path = os.fspath(path)
-    directory, name = os.path.split(path)
-    while True:
-        tmp = os.path.join(directory, f".{name}.{secrets.token_hex(6)}.tmp")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            break
-        except FileExistsError:
-            continue
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        if isinstance(e, OSError) and e.errno in DISK_ERRNOS and not e.filename:
-            raise disk_error(e, path) from None
-        raise
-
-
-# a write that fails for lack of space: named by the file it was writing (f.write's OSError is not)
-DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO)
-
-
-def disk_error(e, path):
-    """An OSError like e that names path: "[Errno 28] No space left on device: 'out/log.jsonl'"."""
-    return OSError(e.errno, f"{e.strerror or e} (while writing)", os.fspath(path))
-
-
-# what a temporary file of atomic_write is called: .<name>.<12 hex digits>.tmp
-TEMP_NAME = r"\..+\.[0-9a-f]{12}\.tmp"
-
-
 # ----------------------------------------------------------------------------------------------
 # headers
-
-def open_regular(path, mode="rb", **kw):
-    """Open a regular file for reading, turning a missing/unreadable file into a FormatError.
-
-    A FIFO, device or directory is refused: opening a FIFO for reading would block until some
-    writer appears (O_NONBLOCK makes the open return at once, fstat then says what it is).
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except FileNotFoundError:
-        raise FormatError(f"{path}: no such file") from None
-    except OSError as e:
-        raise FormatError(f"{path}: cannot open: {e.strerror or e}") from None
-    st = os.fstat(fd)
-    os.close(fd)
-    if not stat.S_ISREG(st.st_mode):
-        kind = ("a FIFO" if stat.S_ISFIFO(st.st_mode) else "a directory" if stat.S_ISDIR(st.st_mode)
-                else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
-                else "a socket" if stat.S_ISSOCK(st.st_mode) else "not a file")
-        raise FormatError(f"{path}: not a regular file ({kind})")
-    try:
-        return open(path, mode, **kw)  # by name again, so f.name is the path for error messages
-    except OSError as e:
-        raise FormatError(f"{path}: cannot open: {e.strerror or e}") from None
-
-
-_open = open_regular
-
 
 def _read_header(f, path, magic, versions):
     """Read and check the 256-int header; return it as an int64 array.
@@ -242,34 +161,52 @@ def _config_from_header(path, header):
 
 
 def read_checkpoint_config(path):
-    """The GPT2Config in an llm.c model checkpoint's header (the parameters are not read)."""
+    """The GPT2Config in an llm.c model checkpoint's header, checked against the file's size (the
+    parameters are not read): a header that promises more than the file holds is a truncated
+    file, whatever memory its shape would take."""
     path = os.fspath(path)
-    with _open(path) as f:
+    with open_regular(path) as f:
         header = _read_header(f, path, MODEL_MAGIC, {MODEL_VERSION_FP32: "float32",
                                                      MODEL_VERSION_BF16: "bfloat16"})
-    return _config_from_header(path, header)
+        config = _config_from_header(path, header)
+        _check_params_size(path, f, header, config)
+    return config
+
+
+def _check_params_size(path, f, header, config):
+    n = num_parameters(config)
+    bf16 = header[1] == MODEL_VERSION_BF16
+    _check_size(path, _file_size(f), HEADER_BYTES + n * (2 if bf16 else 4),
+                f"{n} {'bfloat16' if bf16 else 'floats'} of parameters")
+
+
+def check_finite_params(path, params):
+    """A model's parameters must all be finite (a diverged run's NaN would sample only EOT tokens
+    or train on nothing): FormatError naming path and how many are not. One float64 sum, which
+    no float32 can overflow and any NaN or inf makes non-finite."""
+    if not np.isfinite(np.sum(params, dtype=np.float64)):
+        bad = int(np.count_nonzero(~np.isfinite(params)))
+        raise FormatError(f"{path}: {bad:,} of its {params.size:,} parameters are NaN or inf (the weights of "
+                          "a run that diverged?)")
 
 
 def read_checkpoint(path):
     """Read an llm.c model checkpoint -> (GPT2Config, params: 1-D float32 in llm.c's layout).
 
-    bfloat16 checkpoints (version 5) are upcast to float32 exactly.
+    bfloat16 checkpoints (version 5) are upcast to float32 exactly. Every parameter must be finite.
     """
     path = os.fspath(path)
-    with _open(path) as f:
+    with open_regular(path) as f:
         header = _read_header(f, path, MODEL_MAGIC, {MODEL_VERSION_FP32: "float32",
                                                      MODEL_VERSION_BF16: "bfloat16"})
         config = _config_from_header(path, header)
+        _check_params_size(path, f, header, config)
         n = num_parameters(config)
-        bf16 = header[1] == MODEL_VERSION_BF16
-        itemsize = 2 if bf16 else 4
-        kind = "bfloat16" if bf16 else "floats"
-        _check_size(path, _file_size(f), HEADER_BYTES + n * itemsize,
-                    f"{n} {kind} of parameters")
-        if bf16:
+        if header[1] == MODEL_VERSION_BF16:
             params = bf16_to_fp32(_read_array(f, "<u2", n))
         else:
             params = _read_array(f, "<f4", n).astype(np.float32, copy=False)
+    check_finite_params(path, params)
     return config, params
 
 
@@ -310,7 +247,7 @@ def read_debug_state(path, config):
     grads 1-D float32 in the parameter layout (Vp rows of wte)).
     """
     path = os.fspath(path)
-    with _open(path) as f:
+    with open_regular(path) as f:
         header = _read_header(f, path, DEBUG_STATE_MAGIC, {DEBUG_STATE_VERSION: "padded vocab"})
         B, T = int(header[2]), int(header[3])
         if B <= 0 or T <= 0:
@@ -411,14 +348,15 @@ def _u64(header, i):
 
 
 def read_optimizer_state(path, num_parameters, step=None):
-    """-> dict(step, rng_state, m, v, shuffle, shuffle_tail) from an llm.c optimizer state file.
+    """-> dict(step, rng_state, m, v, shuffle, shuffle_tail, num_processes, process_rank, shard,
+    sample) from an llm.c optimizer state file.
 
     The file must hold the header and m and v of num_parameters floats, all finite, and nothing
     more unless the header's shuffle flag is set: then the bytes after v are the loader's shuffle
     state (shuffle_tail, whose exact layout DataLoader.load_state checks). With step given, the
     header's step must be that step (the checkpoint's)."""
     path = os.fspath(path)
-    with _open(path) as f:
+    with open_regular(path) as f:
         header = _read_header(f, path, OPTIMIZER_STATE_MAGIC, {OPTIMIZER_STATE_VERSION: "fp32 m and v"})
         if header[4] != 0:
             raise FormatError(f"{path}: holds fp32 master weights (a mixed-precision llm.c run); "
@@ -443,7 +381,8 @@ def read_optimizer_state(path, num_parameters, step=None):
     if (v < 0).any():
         raise FormatError(f"{path}: AdamW's v holds negative values (a mean of squares cannot be)")
     return {"step": int(header[10]), "rng_state": _u64(header, 20), "m": m, "v": v,
-            "shuffle": bool(header[5]), "shuffle_tail": tail}
+            "shuffle": bool(header[5]), "shuffle_tail": tail, "num_processes": int(header[2]),
+            "process_rank": int(header[3]), "shard": _u64(header, 30), "sample": _u64(header, 32)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -455,7 +394,7 @@ GPT2_EOT = 50256  # version 1 files carry no EOT id; llm.c assumes GPT-2's
 def read_tokenizer(path):
     """Read an llm.c tokenizer -> (tokens: list of bytes, one per id, eot_token: int)."""
     path = os.fspath(path)
-    with _open(path) as f:
+    with open_regular(path) as f:
         header = _read_header(f, path, TOKENIZER_MAGIC, {1: "no EOT id", 2: "with EOT id"})
         size = _file_size(f)
         body = f.read()
@@ -511,13 +450,29 @@ def write_tokenizer(path, tokens, eot_token):
 def read_shard(path):
     """Read an llm.c data shard -> read-only uint16 array of its tokens (memory-mapped)."""
     path = os.fspath(path)
-    with _open(path) as f:
+    with open_regular(path) as f:
+        if _is_text(f.read(HEADER_BYTES)):
+            raise FormatError(f"{path}: a text file, not an llm.c data shard of tokens: make shards of it "
+                              f"with llmnb-prepro --input {path}")
+        f.seek(0)
         header = _read_header(f, path, SHARD_MAGIC, {SHARD_VERSION: "uint16 tokens"})
         ntok = int(header[2])
         if ntok <= 0:
             raise FormatError(f"{path}: header says {ntok} tokens (a shard holds at least one)")
         _check_size(path, _file_size(f), HEADER_BYTES + 2 * ntok, f"{ntok} tokens")
     return np.memmap(path, dtype="<u2", mode="r", offset=HEADER_BYTES, shape=(ntok,))
+
+
+def _is_text(head):
+    """Whether a file's first bytes read as text (UTF-8, no NUL, the last character maybe cut):
+    an llm.c header never does (its unused ints are zero bytes)."""
+    if not head or b"\0" in head:
+        return False
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return e.start >= len(head) - 3  # only a character cut by the end of the read
+    return True
 
 
 def _check_shard_tokens(tokens):

@@ -12,7 +12,8 @@ import os
 
 import numpy as np
 
-from .formats import FormatError
+from .download import download
+from .fileio import FormatError
 
 VAL_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
 VAL_FILENAME = os.path.join("hellaswag", "hellaswag_val.jsonl")
@@ -21,7 +22,6 @@ T_MULTIPLE = 32  # rows are padded to a multiple of this: few shapes, so few act
 
 def val_file(data_dir, log=print):
     """<data_dir>/hellaswag/hellaswag_val.jsonl, downloaded from llm.c's URL when missing."""
-    from .download import download
     path = os.path.join(data_dir, VAL_FILENAME)
     if not os.path.exists(path):
         log(f"downloading HellaSwag's val set to {path}")

@@ -10,11 +10,15 @@ shows the base clock, not the one the cores run at. $LLMNB_PEAK_FLOPS overrides 
 import os
 import time
 
+import llvmlite.binding as ll
 import numpy as np
 from llvmlite import ir
 from numba import get_num_threads, njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
+
+from .matmul import LANES
+
 
 def flops_per_step(config, B, T):
     """FLOPs of one training step of GPT-2 on B x T tokens: 3x the forward (the backward does twice
@@ -145,9 +149,6 @@ def estimate_peak_flops(threads, device="cpu"):
     env = os.environ.get("LLMNB_PEAK_FLOPS")
     if env:
         return float(env), "from $LLMNB_PEAK_FLOPS"
-    import llvmlite.binding as ll
-
-    from .matmul import LANES
     if threads != get_num_threads():
         raise ValueError(f"estimate_peak_flops: {threads} threads asked for, Numba runs {get_num_threads()}")
     flops = measure_fma_flops(LANES)

@@ -1,19 +1,27 @@
-"""GPT-2 on flat buffers: gpt2_forward, gpt2_zero_grad, gpt2_backward and gpt2_update of llm.c.
+"""GPT-2 on flat buffers: gpt2_forward, gpt2_zero_grad, gpt2_backward and gpt2_update of llm.c,
+and generation's one-token step over a KV cache.
+
+    GPT2      training: the parameters, their gradients, AdamW's m and v, the activations of a
+              (B, T) batch and their gradients; forward, zero_grad, backward, update
+    Decoder   generation (llama2.c's RunState): a KV cache, one token's activations and the weights
+              it streams (the model's own, or a bfloat16 copy); step(token) -> next-token probs
 
 The model owns four flat float32 buffers, as the C does: parameters, their gradients, activations
 and the activations' gradients (plus AdamW's m and v). Every named tensor is a view into one of
 them (see config.Tensors); per-layer tensors are views of those views (`params.qkvw[l]`), so the
 loops below pass views, never copies, to the kernels of a backend (CPU or CUDA).
 
-One layer routine (_block) serves the training forward over (B, T) and generation's one-token
-step, which keeps every layer's qkv rows in a KV cache on the backend (as llama2.c's RunState).
+One layer routine (block_forward) serves the training forward over (B, T) and the Decoder's
+one-token step, which keeps every layer's qkv rows in its KV cache on the backend.
 """
 import math
 
 import numpy as np
 
+from . import optim
 from .backend import get_backend
-from .config import LAYER_GRAD_NAMES, Tensors, act_shapes, grad_act_shapes, param_shapes
+from .config import LAYER_GRAD_NAMES, GPT2Config, Tensors, act_shapes, grad_act_shapes, param_shapes
+from .formats import bf16_to_fp32, fp32_to_bf16, read_checkpoint, write_checkpoint
 
 
 def init_params(config, seed=0):
@@ -38,13 +46,49 @@ def init_params(config, seed=0):
     return p.memory
 
 
+# ----------------------------------------------------------------------------------------------
+# one layer, for the training forward and the one-token step
+
+def block_forward(k, l, a, p, w, cache=None, pos=None):
+    """Layer l of the forward on backend k: a's layer-l activations from the residual stream (the
+    encoder's output for l = 0, else layer l-1's residual3). p holds the parameters, w the matrices
+    (p itself, or their bfloat16 bits for the one-token step). cache None: every position of a's
+    (B, T) attends causally over a.qkv[l]. cache (kv_cache (L, maxT, 3C), att_scratch (NH, maxT))
+    and pos t: the one-token step (B = T = 1) at position t, whose qkv goes into row t of the KV
+    cache and attends over its rows 0..t."""
+    residual = a.encoded if l == 0 else a.residual3[l - 1]
+    qkv = a.qkv[l] if cache is None else cache[0][l:l + 1, pos:pos + 1]  # (B, T, 3C)
+    k.layernorm_forward(a.ln1[l], a.ln1_mean[l], a.ln1_rstd[l], residual, p.ln1w[l], p.ln1b[l])
+    k.matmul_forward(qkv, a.ln1[l], w.qkvw[l], p.qkvb[l])
+    if cache is None:
+        k.attention_forward(a.atty[l], a.lse[l], qkv)
+    else:
+        k.attention_query(a.atty[l][0, 0], cache[1], cache[0][l], pos)
+    k.matmul_forward(a.attproj[l], a.atty[l], w.attprojw[l], p.attprojb[l])
+    k.residual_forward(a.residual2[l], residual, a.attproj[l])
+    k.layernorm_forward(a.ln2[l], a.ln2_mean[l], a.ln2_rstd[l], a.residual2[l], p.ln2w[l], p.ln2b[l])
+    k.matmul_forward(a.fch[l], a.ln2[l], w.fcw[l], p.fcb[l])
+    k.gelu_forward(a.fch_gelu[l], a.fch[l])
+    k.matmul_forward(a.fcproj[l], a.fch_gelu[l], w.fcprojw[l], p.fcprojb[l])
+    k.residual_forward(a.residual3[l], a.residual2[l], a.fcproj[l])
+
+
+def head_forward(k, a, p, w):
+    """The final layernorm and the logits (the classifier is wte, from w)."""
+    k.layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, a.residual3[a.residual3.shape[0] - 1], p.lnfw, p.lnfb)
+    k.matmul_forward(a.logits, a.lnf, w.wte, None)
+
+
+# ----------------------------------------------------------------------------------------------
+# training
+
 class GPT2:
     """GPT-2 as in llm.c's train_gpt2.c.
 
     Activations are allocated for a (B, T) on the first forward and reused. A forward with a
     different (B, T) re-allocates them (and their gradients) for the new shape; that drops the
-    state of the previous forward, so call backward() before changing shape. Generation
-    (begin_sequence, step) has activations and a KV cache of its own: it leaves those alone.
+    state of the previous forward, so call backward() before changing shape. Generation is a
+    Decoder's (below): it reads the parameters and leaves everything here alone.
 
     The classifier is fused as in llm.c's CUDA trainer: training keeps no (B, T, Vp) probs and no
     dlogits. forward(inputs, targets) leaves the logits in acts.logits, the losses in acts.losses
@@ -81,24 +125,16 @@ class GPT2:
         self.logits_hold_grads = False  # backward() wrote dlogits over acts.logits
         self.mean_loss = None
         self.probs = None           # (B, T, Vp): a forward without targets' probabilities
-        self.kv_cache = None        # generation's state, allocated by the first begin_sequence()
-        self.att_scratch = None
-        self.step_acts = None
-        self.step_token = None
-        self.step_weights = None
-        self.pos = 0
 
     # ------------------------------------------------------------------------------------------
     # construction helpers
 
     @classmethod
     def from_checkpoint(cls, path, device="cpu", backend=None):
-        from .formats import read_checkpoint
         config, params = read_checkpoint(path)
         return cls(config, params, device=device, backend=backend, copy=False)
 
     def save_checkpoint(self, path):
-        from .formats import write_checkpoint
         write_checkpoint(path, self.config, self.backend.to_host(self.params.memory))
 
     def params_host(self):
@@ -158,8 +194,8 @@ class GPT2:
 
         k.encoder_forward(a.encoded, self.inputs, p.wte, p.wpe)
         for l in range(self.config.num_layers):
-            self._block(l, a, p)
-        self._head(a, p)
+            block_forward(k, l, a, p, p)
+        head_forward(k, a, p, p)
         self.logits_hold_grads = False
         V = self.config.vocab_size
 
@@ -176,85 +212,6 @@ class GPT2:
         self.has_targets = True
         self.mean_loss = float(k.to_host(a.losses).astype(np.float64).mean())
         return self.mean_loss
-
-    def _block(self, l, a, w, pos=None):
-        """Layer l of the forward: a's layer-l activations from the residual stream (the encoder's
-        output for l = 0, else layer l-1's residual3). w holds the matrices: self.params, or for
-        the one-token step maybe their bfloat16 bits. pos None: every position of a's (B, T)
-        attends causally over a.qkv[l]. pos t: the one-token step (B = T = 1) at position t,
-        whose qkv goes into row t of the KV cache and attends over its rows 0..t."""
-        k, p = self.backend, self.params
-        residual = a.encoded if l == 0 else a.residual3[l - 1]
-        qkv = a.qkv[l] if pos is None else self.kv_cache[l:l + 1, pos:pos + 1]  # (B, T, 3C)
-        k.layernorm_forward(a.ln1[l], a.ln1_mean[l], a.ln1_rstd[l], residual, p.ln1w[l], p.ln1b[l])
-        k.matmul_forward(qkv, a.ln1[l], w.qkvw[l], p.qkvb[l])
-        if pos is None:
-            k.attention_forward(a.atty[l], a.lse[l], qkv)
-        else:
-            k.attention_query(a.atty[l][0, 0], self.att_scratch, self.kv_cache[l], pos)
-        k.matmul_forward(a.attproj[l], a.atty[l], w.attprojw[l], p.attprojb[l])
-        k.residual_forward(a.residual2[l], residual, a.attproj[l])
-        k.layernorm_forward(a.ln2[l], a.ln2_mean[l], a.ln2_rstd[l], a.residual2[l], p.ln2w[l], p.ln2b[l])
-        k.matmul_forward(a.fch[l], a.ln2[l], w.fcw[l], p.fcb[l])
-        k.gelu_forward(a.fch_gelu[l], a.fch[l])
-        k.matmul_forward(a.fcproj[l], a.fch_gelu[l], w.fcprojw[l], p.fcprojb[l])
-        k.residual_forward(a.residual3[l], a.residual2[l], a.fcproj[l])
-
-    def _head(self, a, w):
-        """The final layernorm and the logits (the classifier is wte, from w)."""
-        k, p = self.backend, self.params
-        k.layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, a.residual3[self.config.num_layers - 1],
-                            p.lnfw, p.lnfb)
-        k.matmul_forward(a.logits, a.lnf, w.wte, None)
-
-    # ------------------------------------------------------------------------------------------
-    # generation: one token at a time over a KV cache (llm.c re-runs the whole forward instead)
-
-    def begin_sequence(self, dtype="float32"):
-        """Start a sequence for step() at position 0. The KV cache (every layer's qkv rows, (L,
-        maxT, 3C)) and the one token's activations live on the backend, allocated by the first
-        call and reused. dtype "bfloat16" (CPU): step() streams the matrices as bfloat16 bits,
-        half the bytes per token; the parameters are first rounded to bfloat16 in place, so the
-        model is that of its bf16-rounded parameters (lossless for an llm.c bf16 checkpoint)."""
-        if dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {dtype!r}")
-        k, cfg = self.backend, self.config
-        if dtype == "bfloat16":
-            if k.name != "cpu":
-                raise ValueError("dtype 'bfloat16' generation is for the CPU backend")
-            from .formats import bf16_to_fp32, fp32_to_bf16
-            bits = fp32_to_bf16(self.params.memory)
-            self.params.memory[...] = bf16_to_fp32(bits)
-            self.step_weights = Tensors(bits, self.params.shapes)
-        else:
-            self.step_weights = self.params
-        if self.kv_cache is None:
-            L, maxT, C = cfg.num_layers, cfg.max_seq_len, cfg.channels
-            self.kv_cache = k.zeros(L * maxT * 3 * C).reshape(L, maxT, 3 * C)
-            self.att_scratch = k.zeros(cfg.num_heads * maxT).reshape(cfg.num_heads, maxT)
-            shapes = act_shapes(cfg, 1, 1, probs=True)
-            self.step_acts = Tensors(k.zeros(Tensors.count(shapes)), shapes)
-            self.step_token = k.zeros(1, dtype=np.int32).reshape(1, 1)
-        self.pos = 0
-
-    def step(self, token):
-        """Run one token at the sequence's next position (self.pos) through the layers (its qkv
-        joins the KV cache; it attends over the positions before it and itself). Returns the
-        probabilities of the next token, (Vp,) on the host: the one copy back per token."""
-        cfg, k, a = self.config, self.backend, self.step_acts
-        t = self.pos
-        if t >= cfg.max_seq_len:
-            raise ValueError(f"generation reached max_seq_len={cfg.max_seq_len}")
-        if not 0 <= token < cfg.vocab_size:
-            raise ValueError(f"token {token} is not a token id in [0, {cfg.vocab_size})")
-        k.copy_(self.step_token, np.full((1, 1), token, dtype=np.int32))
-        k.encoder_forward(a.encoded, self.step_token, self.params.wte, self.params.wpe[t:t + 1])
-        for l in range(cfg.num_layers):
-            self._block(l, a, self.step_weights, pos=t)
-        self._head(a, self.step_weights)
-        k.softmax_forward(a.probs, a.logits, cfg.vocab_size)
-        self.pos += 1
-        return k.to_host(a.probs).reshape(-1)
 
     # ------------------------------------------------------------------------------------------
     # gpt2_zero_grad
@@ -331,40 +288,10 @@ class GPT2:
     # gpt2_update
 
     def update(self, learning_rate, beta1, beta2, eps, weight_decay, t, decay=None, shard=None):
-        """One AdamW step (t is the 1-based step). decay=None applies weight_decay to every
-        parameter in one pass over the flat buffers, as llm.c's gpt2_update; a tuple of tensor
-        names applies it to those only (one pass per tensor, or per piece of one in the shard; the
-        others get none). shard (lo, hi, grads), ZeRO-1 (dist.py): update params[lo:hi] only, from
-        this rank's reduced gradient grads (hi - lo floats); m and v then hold that range.
-
-        Without shard, AdamW zeroes self.grads as it reads them (the next zero_grad's fill, fused),
-        so after update() the gradient buffer holds zeros. Under ZeRO-1 the reduced gradient is
-        another buffer: self.grads is left as it is and the next zero_grad fills it."""
-        own = shard is None  # the update reads (and zeroes) self.grads
-        if own:
-            if self.grads is None:
-                raise RuntimeError("update() needs a backward() first")
-            shard = (0, self.num_parameters, self.grads.memory)
-        lo, hi, grads = shard
-        k = self.backend
-        if self.m_memory is None:
-            self.m_memory, self.v_memory = k.zeros(hi - lo), k.zeros(hi - lo)
-        p, m, v = self.params.memory, self.m_memory, self.v_memory
-        hyper = (float(learning_rate), float(beta1), float(beta2), float(eps))
-        if decay is None:
-            k.adamw_update(p[lo:hi], grads, m, v, *hyper, float(weight_decay), int(t), own)
-        else:
-            offset = 0
-            for name, shape in self.params.shapes.items():
-                n = int(np.prod(shape))
-                a, b = max(lo, offset), min(hi, offset + n)  # the tensor's part of [lo, hi)
-                if a < b:
-                    wd = float(weight_decay) if name in decay else 0.0
-                    k.adamw_update(p[a:b], grads[a - lo:b - lo], m[a - lo:b - lo], v[a - lo:b - lo],
-                                   *hyper, wd, int(t), own)
-                offset += n
-        if own:
-            self.grads_are_zero = True  # every element of [0, num_parameters) was read and zeroed
+        """One AdamW step (t is the 1-based step), as llm.c's gpt2_update: optim.adamw_update, which
+        says what decay (the tensors weight decay applies to) and shard (ZeRO-1) do. AdamW zeroes
+        self.grads as it reads them, unless a shard's reduced gradient is read instead."""
+        optim.adamw_update(self, learning_rate, beta1, beta2, eps, weight_decay, t, decay=decay, shard=shard)
 
     # ------------------------------------------------------------------------------------------
     # what the optimizer, gradient clipping and checkpoints read and write
@@ -396,4 +323,84 @@ class GPT2:
         return math.isfinite(self.backend.global_norm_squared(self.params.memory))
 
 
-__all__ = ["GPT2", "init_params"]
+# ----------------------------------------------------------------------------------------------
+# generation: one token at a time over a KV cache (llm.c re-runs the whole forward instead)
+
+class Decoder:
+    """Generation's state, apart from the training model's (llama2.c's RunState): the KV cache
+    (every layer's qkv rows, (L, maxT, 3C)), one token's activations and the weights the step
+    streams, on the model's backend, allocated once and reused by every sequence.
+
+    dtype "float32": the step reads the model's parameters as they are at each step (a sample
+    during training sees the weights trained so far). dtype "bfloat16" (CPU): the matrices are
+    streamed as bfloat16 bits, half the bytes per token, and every parameter is read rounded to
+    bfloat16 from a copy made now, so the decoder is the model of its bf16-rounded parameters
+    (lossless for an llm.c bf16 checkpoint) and the model's own parameters are left as they are.
+    """
+
+    def __init__(self, model, dtype="float32"):
+        if dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {dtype!r}")
+        k, cfg = model.backend, model.config
+        self.config, self.backend, self.dtype = cfg, k, dtype
+        if dtype == "bfloat16":
+            if k.name != "cpu":
+                raise ValueError("dtype 'bfloat16' generation is for the CPU backend")
+            bits = fp32_to_bf16(model.params_host())
+            self.params = Tensors(bf16_to_fp32(bits), model.params.shapes)
+            self.weights = Tensors(bits, model.params.shapes)
+        else:
+            self.params = self.weights = model.params
+        L, maxT, C = cfg.num_layers, cfg.max_seq_len, cfg.channels
+        self.kv_cache = k.zeros(L * maxT * 3 * C).reshape(L, maxT, 3 * C)
+        self.att_scratch = k.zeros(cfg.num_heads * maxT).reshape(cfg.num_heads, maxT)
+        shapes = act_shapes(cfg, 1, 1, probs=True)
+        self.acts = Tensors(k.zeros(Tensors.count(shapes)), shapes)
+        self.token = k.zeros(1, dtype=np.int32).reshape(1, 1)
+        self.pos = 0
+
+    def begin(self):
+        """Start a new sequence at position 0 (the cache's rows are overwritten as it goes)."""
+        self.pos = 0
+
+    def step(self, token):
+        """Run one token at the sequence's next position (self.pos) through the layers (its qkv
+        joins the KV cache; it attends over the positions before it and itself). Returns the
+        probabilities of the next token, (Vp,) on the host: the one copy back per token."""
+        cfg, k, a, p = self.config, self.backend, self.acts, self.params
+        t = self.pos
+        if t >= cfg.max_seq_len:
+            raise ValueError(f"generation reached max_seq_len={cfg.max_seq_len}")
+        if not 0 <= token < cfg.vocab_size:
+            raise ValueError(f"token {token} is not a token id in [0, {cfg.vocab_size})")
+        k.copy_(self.token, np.full((1, 1), token, dtype=np.int32))
+        k.encoder_forward(a.encoded, self.token, p.wte, p.wpe[t:t + 1])
+        for l in range(cfg.num_layers):
+            block_forward(k, l, a, p, self.weights, cache=(self.kv_cache, self.att_scratch), pos=t)
+        head_forward(k, a, p, self.weights)
+        k.softmax_forward(a.probs, a.logits, cfg.vocab_size)
+        self.pos += 1
+        return k.to_host(a.probs).reshape(-1)
+
+
+# ----------------------------------------------------------------------------------------------
+# the first run: every kernel compiled up front
+
+def compile_kernels(backend):
+    """Run every kernel of a training step and of a sample once, on a tiny model (1 layer, 2 heads
+    of 32 channels, B=2, T=4), so that Numba compiles them now, or loads them from its cache.
+    Numba builds a kernel per argument types (dtype, dimensions, layout), not per size: these are
+    the builds a run of any size calls."""
+    cfg = GPT2Config(max_seq_len=8, vocab_size=100, padded_vocab_size=128, num_layers=1, num_heads=2, channels=64)
+    model = GPT2(cfg, backend=backend)
+    x = np.arange(8, dtype=np.int32).reshape(2, 4)
+    model.forward(x, x)
+    model.zero_grad()
+    model.backward()
+    optim.clip_grad_norm(model, 1e-3)  # clips: its scaling kernel too
+    model.update(1e-4, 0.9, 0.999, 1e-8, 0.1, 1, decay=optim.DECAYED)
+    model.params_finite()
+    Decoder(model).step(1)
+
+
+__all__ = ["GPT2", "Decoder", "block_forward", "compile_kernels", "head_forward", "init_params"]

@@ -1,4 +1,15 @@
-"""The optimizer side of a training step: learning-rate schedule, gradient clipping, AdamW groups."""
+"""The optimizer, in one place: llm.c's AdamW over the flat parameter buffer and what a run wraps
+around it.
+
+    learning_rate(step, ...)        the schedule: linear warmup, then constant or cosine to lr_min
+    clip_grad_norm(model, c)        the gradient's global L2 norm, scaled down to c
+    adamw_update(model, ...)        gpt2_update: the AdamW kernel over params[lo:hi] (ZeRO-1: one
+                                    rank's shard), weight decay on the tensors of `decay` only
+    AdamW(...)                      a run's optimizer across the ranks: reduce the gradient, clip
+                                    it, update (the whole buffer, or this rank's shard), gather
+
+The AdamW kernel itself is kernels.adamw_update (the backend's); the collectives are dist.py's.
+"""
 import math
 
 import numpy as np
@@ -51,3 +62,91 @@ def clip_grad_norm(model, max_norm):
     if max_norm > 0 and norm > max_norm:
         model.scale_grads(max_norm / (norm + 1e-6))
     return norm
+
+
+def adamw_update(model, learning_rate, beta1, beta2, eps, weight_decay, t, decay=None, shard=None):
+    """One AdamW step of model (t is the 1-based step), as llm.c's gpt2_update. decay=None applies
+    weight_decay to every parameter in one pass over the flat buffers; a tuple of tensor names
+    applies it to those only (one pass per tensor, or per piece of one in the shard; the others get
+    none). shard (lo, hi, grads), ZeRO-1: update params[lo:hi] only, from this rank's reduced
+    gradient grads (hi - lo floats); m and v then hold that range.
+
+    Without shard, AdamW zeroes model.grads as it reads them (the next zero_grad's fill, fused), so
+    afterwards the gradient buffer holds zeros. Under ZeRO-1 the reduced gradient is another
+    buffer: model.grads is left as it is and the next zero_grad fills it."""
+    own = shard is None  # the update reads (and zeroes) model.grads
+    if own:
+        if model.grads is None:
+            raise RuntimeError("update() needs a backward() first")
+        shard = (0, model.num_parameters, model.grads.memory)
+    lo, hi, grads = shard
+    k = model.backend
+    if model.m_memory is None:
+        model.m_memory, model.v_memory = k.zeros(hi - lo), k.zeros(hi - lo)
+    p, m, v = model.params.memory, model.m_memory, model.v_memory
+    hyper = (float(learning_rate), float(beta1), float(beta2), float(eps))
+    for a, b, decays in _pieces(model.params.shapes, lo, hi, decay):
+        wd = float(weight_decay) if decays else 0.0
+        k.adamw_update(p[a:b], grads[a - lo:b - lo], m[a - lo:b - lo], v[a - lo:b - lo], *hyper, wd, int(t), own)
+    if own:
+        model.grads_are_zero = True  # every element of [0, num_parameters) was read and zeroed
+
+
+def _pieces(shapes, lo, hi, decay):
+    """[(a, b, decays)] covering [lo, hi) of the flat buffer: one piece when decay is None (decays:
+    True), else one per tensor's part of [lo, hi), decays when the tensor is named in decay."""
+    if decay is None:
+        return [(lo, hi, True)]
+    out, offset = [], 0
+    for name, shape in shapes.items():
+        n = int(np.prod(shape))
+        a, b = max(lo, offset), min(hi, offset + n)
+        if a < b:
+            out.append((a, b, name in decay))
+        offset += n
+    return out
+
+
+class AdamW:
+    """A run's optimizer: AdamW with llm.c's betas and eps, the run's schedule, gradient clipping
+    and weight decay (on the 2-D weights, DECAYED), across the world's ranks (dist.Single or
+    dist.MPIWorld). Each step: reduce_and_clip() once the gradient is in (-> its norm), then, if
+    the run goes on, update(step)."""
+    BETA1, BETA2, EPS = 0.9, 0.999, 1e-8
+
+    def __init__(self, world, learning_rate, warmup=0, steps=0, lr_min=None, weight_decay=0.0, grad_clip=0.0):
+        self.world = world
+        self.learning_rate, self.warmup, self.steps, self.lr_min = learning_rate, warmup, steps, lr_min
+        self.weight_decay, self.grad_clip = weight_decay, grad_clip
+
+    def lr(self, step):
+        return learning_rate(step, self.learning_rate, self.warmup, self.steps, self.lr_min)
+
+    def reduce_and_clip(self, model):
+        """The mean of the ranks' gradients (each rank's backward scaled its own by 1/ranks), clipped
+        to the global norm grad_clip (0: measured only) -> the norm before clipping. ZeRO-1: each
+        rank holds the reduced gradient of its shard only; the norm is the root of the sum over the
+        ranks of each shard's squared norm, and each rank scales its own shard."""
+        world = self.world
+        world.reduce_grads(model)
+        if not world.sharded:
+            return clip_grad_norm(model, self.grad_clip)
+        k = model.backend
+        norm = math.sqrt(world.sum(float(k.global_norm_squared(world.grad_shard))))
+        if self.grad_clip > 0 and norm > self.grad_clip:
+            k.scale_(world.grad_shard, self.grad_clip / (norm + 1e-6))
+        return norm
+
+    def update(self, model, step):
+        """AdamW for the update of step (0-based: t = step + 1) -> the learning rate it used. ZeRO-1:
+        this rank's shard, from its reduced gradient, then every rank gathers the others' shards."""
+        world, lr = self.world, self.lr(step)
+        decay = DECAYED if self.weight_decay > 0 else None
+        hyper = (lr, self.BETA1, self.BETA2, self.EPS, self.weight_decay, step + 1)
+        if not world.sharded:
+            model.update(*hyper, decay=decay)
+        else:
+            lo, hi = world.shard(model.num_parameters)
+            model.update(*hyper, decay=decay, shard=(lo, hi, world.grad_shard))
+            world.all_gather(model.params.memory)
+        return lr

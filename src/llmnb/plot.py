@@ -1,7 +1,7 @@
 """A loss-curve picture (SVG, no plotting library needed) from a run's per-step records."""
 import math
 
-from .formats import atomic_write
+from .fileio import atomic_write
 
 W, H = 720, 420
 LEFT, RIGHT, TOP, BOTTOM = 70, 20, 40, 50

@@ -1,9 +1,14 @@
-"""llm.c's Mersenne Twister (llmc/rand.h): mt19937 seeded as torch.manual_seed, its randint32 (the
-numbers torch.randint(0, 0xFFFFFFFF) gives after the same seed) and its random_permutation, which
-the DataLoader uses to shuffle shards and samples.
+"""llm.c's two random number generators.
 
-The generator state is a (624,) int64 array of uint32 values plus `left`/`next`, as the C struct;
-the kernels work in int64 so no step can overflow or mix signednesses.
+    MT19937   llmc/rand.h's Mersenne Twister: seeded as torch.manual_seed, its randint32 (the numbers
+              torch.randint(0, 0xFFFFFFFF) gives after the same seed) and its random_permutation,
+              which the DataLoader uses to shuffle shards and samples
+    Rng       train_gpt2.c's xorshift*: one float32 coin per generated token (generate.py)
+
+The mt19937 state is a (624,) int64 array of uint32 values plus `left`/`next`, as the C struct; its
+kernels work in int64 so no step can overflow or mix signednesses. The xorshift state is a uint64
+held in a Python int; every step is masked to 64 bits, so the wraparound is exactly C's `unsigned
+long long` arithmetic (once per token: plain Python is fast enough).
 """
 import numpy as np
 from numba import njit
@@ -111,3 +116,62 @@ class MT19937:
     def __eq__(self, other):
         return isinstance(other, MT19937) and np.array_equal(self.state, other.state) and \
             np.array_equal(self.pos, other.pos)
+
+
+# ----------------------------------------------------------------------------------------------
+# xorshift*: train_gpt2.c's sampler rng
+
+MASK64 = (1 << 64) - 1
+XORSHIFT_MULT = 0x2545F4914F6CDD1D
+DEFAULT_SEED = 1337  # train_gpt2.c: uint64_t rng_state = 1337;
+
+
+def _check_state(state):
+    if not isinstance(state, (int, np.integer)) or isinstance(state, bool) or not 0 <= state <= MASK64:
+        raise ValueError(f"rng state must be an integer in [0, 2**64), got {state!r}")
+    return int(state)
+
+
+def random_u32(state):
+    """One xorshift* step: uint64 state -> (uint32 value, new uint64 state)."""
+    state = _check_state(state)
+    state ^= state >> 12
+    state ^= (state << 25) & MASK64
+    state ^= state >> 27
+    value = ((state * XORSHIFT_MULT) & MASK64) >> 32
+    return value, state
+
+
+def random_f32(state):
+    """A float32 in [0, 1) from the top 24 bits of random_u32: state -> (value, new state).
+
+    (u32 >> 8) / 2**24 is exact in float32, so the Python float returned equals C's float.
+    """
+    value, state = random_u32(state)
+    return (value >> 8) / 16777216.0, state
+
+
+class Rng:
+    """The xorshift* rng with its state held in .state (an int), so a run can save and restore it."""
+
+    def __init__(self, seed=DEFAULT_SEED):
+        self.state = seed
+
+    @property
+    def state(self):
+        return self._state
+
+    @state.setter
+    def state(self, value):
+        self._state = _check_state(value)
+
+    def u32(self):
+        value, self._state = random_u32(self._state)
+        return value
+
+    def f32(self):
+        value, self._state = random_f32(self._state)
+        return value
+
+    def __repr__(self):
+        return f"Rng(state={self._state})"

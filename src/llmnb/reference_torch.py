@@ -19,9 +19,8 @@ import sys
 import numpy as np
 
 from .config import PARAM_NAMES, GPT2Config, Tensors, param_shapes
-from .formats import (
-    FormatError, atomic_write, read_checkpoint, read_shard, write_checkpoint, write_debug_state,
-)
+from .fileio import FormatError, atomic_write
+from .formats import read_checkpoint, read_shard, write_checkpoint, write_debug_state
 
 PROG = "llmnb-reference"
 NO_TORCH = "llmnb-reference needs PyTorch: pip install 'llmnb[reference]'"

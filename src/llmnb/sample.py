@@ -7,37 +7,15 @@ token runs the layers on that token only, reading every weight once; only the ne
 probabilities come back from the GPU.
 """
 import argparse
-import os
 import sys
 import time
 
-
-def load_model(path, log):
-    """An llm.c checkpoint, or a Hugging Face GPT-2 folder (converted on the fly) -> (config, params)."""
-    if os.path.isdir(path):
-        from .convert import read_hf
-        log(f"{path}: a folder: reading it as a Hugging Face GPT-2")
-        return read_hf(path, log)
-    from .formats import read_checkpoint
-    return read_checkpoint(path)
-
-
-def prompt_tokens(text, tokenizer, config):
-    """[EOT] + the prompt's tokens, checked against the model (EOT: the model's last token when
-    GPT-2's is not in its vocabulary, as llmnb-train's samples)."""
-    V = config.vocab_size
-    eot = tokenizer.eot_token if tokenizer is not None and tokenizer.eot_token < V else V - 1
-    ids = []
-    if text:
-        if tokenizer is None or not tokenizer.can_encode:
-            raise ValueError("--prompt needs tiktoken's gpt2 encoding to encode the prompt")
-        ids = tokenizer.encode(text)
-        if ids and max(ids) >= V:
-            raise ValueError(f"--prompt encodes to token {max(ids)}, outside the model's vocabulary [0, {V})")
-    if 1 + len(ids) >= config.max_seq_len:
-        raise ValueError(f"--prompt is {len(ids)} tokens: with the EOT token that leaves no room in the "
-                         f"model's max_seq_len {config.max_seq_len}")
-    return [eot] + ids
+from . import loading
+from .fileio import FormatError
+from .generate import TextStream, decoding_tokenizer, generate, prompt_tokens
+from .model import Decoder
+from .rand import Rng
+from .tokenizer import Tokenizer, load_tokenizer
 
 
 def build_parser():
@@ -50,7 +28,9 @@ def build_parser():
     a("--model", required=True, metavar="FILE",
       help="an llm.c checkpoint (e.g. gpt2_124M.bin, out/model.bin), or a Hugging Face GPT-2 folder")
     a("--prompt", default="", help="text to continue (default: none, start from the EOT token)")
-    a("-g", dest="gen_tokens", type=int, default=128, help="tokens to generate (default: 128)")
+    a("-g", dest="gen_tokens", type=int, default=128,
+      help="new tokens to generate, after the EOT token and the prompt (llmnb-train's -g counts the "
+           "start token, as llm.c's genT) (default: 128)")
     a("--temperature", type=float, default=1.0, help="sampling temperature (default: 1.0)")
     a("--top-k", type=int, default=0, help="sample from the k most likely tokens only (default: 0, all)")
     a("--seed", type=int, default=1337, help="seed of the xorshift sampler (default: 1337, as llm.c)")
@@ -79,14 +59,10 @@ def check_args(p, args):
 
 
 def run(args, out=sys.stdout, err=sys.stderr):
-    from .generate import generate
-    from .model import GPT2
-    from .sampler import Rng
-    from .tokenizer import StreamDecoder, Tokenizer, load_tokenizer
-
     def log(msg):
         print(msg, file=err, flush=True)
-    config, params = load_model(args.model, log)
+    source = loading.find_model(args.model, args.data_dir, log)
+    config = source.config
     try:
         tok = load_tokenizer(args.data_dir)
     except RuntimeError as e:  # offline without tiktoken's files
@@ -97,36 +73,28 @@ def run(args, out=sys.stdout, err=sys.stderr):
     if args.prompt and not tok.can_encode:  # llm.c's gpt2_tokenizer.bin only decodes
         tok = Tokenizer.tiktoken()
     prompt = prompt_tokens(args.prompt, tok, config)
-    if tok is not None and tok.vocab_size < config.vocab_size:
+    if decoding_tokenizer(tok, config) is None and tok is not None:
         log(f"the tokenizer has {tok.vocab_size} tokens, the model {config.vocab_size}: printing token ids")
-        tok = None
-    dec = StreamDecoder()
+    stream = TextStream(out, decoding_tokenizer(tok, config))
     out.write(args.prompt)
     out.flush()
-    times = []
-
-    def show(t):
-        times.append(time.perf_counter())
-        out.write(dec.feed(tok.decode(t)) if tok is not None else f"{t} ")
-        out.flush()
-    kw = dict(temperature=args.temperature, top_k=args.top_k, on_token=show)
-    model = GPT2(config, params, device=args.device, copy=False)
+    decoder = Decoder(source.load(args.device, log), args.dtype)
     t0 = time.perf_counter()
-    new = generate(model, prompt, args.gen_tokens, Rng(args.seed), dtype=args.dtype, **kw)
-    out.write((dec.flush() if tok is not None else "") + "\n")
+    new = generate(decoder, prompt, args.gen_tokens, Rng(args.seed), temperature=args.temperature,
+                   top_k=args.top_k, on_token=stream.write)
+    stream.close()
+    out.write("\n")
     out.flush()
     # the first token comes after the prompt's forward; the speed is that of the ones after it
-    first = times[0] - t0
-    rate = f"{(len(times) - 1) / (times[-1] - times[0]):.1f} tokens/s" if len(times) > 1 else "n/a"
-    log(f"--- {len(new)} tokens ({len(prompt)} prompt tokens with EOT in {first:.2f} s, then "
-        f"{rate}, {config.num_layers} layers x {config.channels} channels, {args.dtype} on {args.device})")
+    log(f"--- {len(new)} tokens ({len(prompt)} prompt tokens with EOT in {stream.times[0] - t0:.2f} s, "
+        f"then {stream.rate()}, {config.num_layers} layers x {config.channels} channels, "
+        f"{args.dtype} on {args.device})")
     if len(new) < args.gen_tokens:
         log(f"stopped at the model's max_seq_len {config.max_seq_len}")
     return new
 
 
 def main(argv=None):
-    from .formats import FormatError
     p = build_parser()
     args = p.parse_args(argv)
     check_args(p, args)

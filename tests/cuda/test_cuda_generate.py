@@ -9,8 +9,8 @@ from llmnb.backend import CPUBackend
 from llmnb.config import GPT2Config
 from llmnb.cuda.backend import CUDABackend
 from llmnb.generate import generate
-from llmnb.model import GPT2, init_params
-from llmnb.sampler import Rng
+from llmnb.model import GPT2, Decoder, init_params
+from llmnb.rand import Rng
 
 F32 = np.float32
 RTOL = 1e-5
@@ -78,15 +78,13 @@ class Counting(CUDABackend):
 def test_cached_step_on_cuda_matches_the_cpu_and_copies_no_weights():
     params = init_params(CFG, seed=5) * 6
     tokens = np.random.default_rng(4).integers(0, CFG.vocab_size, CFG.max_seq_len)
-    models = [GPT2(CFG, params, backend=CPUBackend()), GPT2(CFG, params, backend=Counting())]
-    for m in models:
-        m.begin_sequence()
+    models = [Decoder(GPT2(CFG, params, backend=CPUBackend())), Decoder(GPT2(CFG, params, backend=Counting()))]
     dev = models[1].backend
     dev.copies.clear()
     for tok in tokens:  # every position, up to max_seq_len
         want, got = (m.step(int(tok)).copy() for m in models)
         np.testing.assert_allclose(got, want, rtol=RTOL, atol=1e-7)
-        logits = [m.backend.to_host(m.step_acts.logits).reshape(-1) for m in models]
+        logits = [m.backend.to_host(m.acts.logits).reshape(-1) for m in models]
         np.testing.assert_allclose(logits[1], logits[0], rtol=RTOL, atol=RTOL * np.abs(logits[0]).max())
     # per step: the token id in, the (Vp,) probabilities out; the logits are the test's own reads
     Vp = CFG.padded_vocab_size

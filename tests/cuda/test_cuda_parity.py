@@ -6,12 +6,12 @@ pytest.importorskip("torch")
 
 
 def test_llmnb_test_device_cuda_passes_on_a_tiny_reference(tmp_path, capsys):
-    from llmnb import reference_torch, test_gpt2
+    from llmnb import parity, reference_torch
     assert reference_torch.main(["--out", str(tmp_path), "--layers", "1", "--heads", "2", "--channels", "32",
                            "--vocab", "60", "--max-seq-len", "16", "--batch", "2", "--seq-len", "8",
                            "--steps", "3", "--seed", "5"]) == 0
     capsys.readouterr()
-    rc = test_gpt2.main(["--model", str(tmp_path / "model.bin"), "--state", str(tmp_path / "debug_state.bin"),
+    rc = parity.main(["--model", str(tmp_path / "model.bin"), "--state", str(tmp_path / "debug_state.bin"),
                      "--losses", str(tmp_path / "expected_losses.json"), "--device", "cuda"])
     out = capsys.readouterr().out
     assert rc == 0, out

@@ -11,6 +11,11 @@ import time
 
 import numpy as np
 
+from .config import Tensors, param_shapes
+from .fileio import FormatError
+from .formats import read_checkpoint, read_debug_state
+from .model import GPT2
+
 # llm.c's expected losses from test_gpt2.c (PyTorch, gpt2_124M.bin on its debug-state batch)
 LLMC_EXPECTED_LOSSES = [
     5.270007133483887, 4.059706687927246, 3.3751230239868164, 2.8007826805114746,
@@ -51,10 +56,6 @@ def load_losses(path):
 
 
 def run(model_path, state_path, expected_losses, device="cpu"):
-    from .formats import read_checkpoint, read_debug_state
-    from .model import GPT2
-    from .config import Tensors, param_shapes
-
     config, params = read_checkpoint(model_path)
     C, V, Vp, maxT, L = (config.channels, config.vocab_size, config.padded_vocab_size,
                          config.max_seq_len, config.num_layers)
@@ -127,7 +128,6 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    from .formats import FormatError
     try:
         losses = load_losses(args.losses) if args.losses else LLMC_EXPECTED_LOSSES
         ok = run(args.model, args.state, losses, device=args.device)
