@@ -58,7 +58,7 @@ import numba  # (this process reads its configuration only: its thread pool star
 
 from llmnb.config import GPT2Config
 from llmnb.data import DataLoader
-from llmnb.formats import FormatError, atomic_write
+from llmnb.fileio import FormatError, atomic_write
 from llmnb.generate import generate, sample
 from llmnb.model import GPT2, init_params
 from llmnb.optim import DECAYED, clip_grad_norm, learning_rate

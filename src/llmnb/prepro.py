@@ -35,7 +35,7 @@ import zlib
 import numpy as np
 from tqdm import tqdm
 
-from . import formats, hellaswag
+from . import fileio, formats, hellaswag
 from .download import DownloadError, download
 from .tokenizer import TOKENIZER_FILENAME, Tokenizer, get_tiktoken_encoding
 
@@ -123,7 +123,7 @@ def counted(items, bar):
 def read_text(path):
     """The text of a file as llm.c reads it: UTF-8, universal newlines."""
     try:
-        with formats.open_regular(path, "r", encoding="utf-8") as f:
+        with fileio.open_regular(path, "r", encoding="utf-8") as f:
             return f.read()
     except UnicodeDecodeError as e:
         raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
@@ -167,7 +167,7 @@ def tokenize_file(input_path, val_path, train_path, val_tokens=VAL_TOKENS, log=p
 def copy_file(source, path):
     """Copy source to path atomically."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with formats.open_regular(source) as src, formats.atomic_write(path) as dst:
+    with fileio.open_regular(source) as src, fileio.atomic_write(path) as dst:
         shutil.copyfileobj(src, dst)
 
 
@@ -177,7 +177,7 @@ def tinyshakespeare_problem(path):
     if size != TINYSHAKESPEARE_SIZE:
         return f"{size:,} bytes, expected {TINYSHAKESPEARE_SIZE:,}"
     h = hashlib.sha256()
-    with formats.open_regular(path) as f:
+    with fileio.open_regular(path) as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     if h.hexdigest() != TINYSHAKESPEARE_SHA256:
@@ -192,7 +192,7 @@ def fetch_tinyshakespeare(data_dir="data", source=None, log=print):
     path = os.path.join(data_dir, "tinyshakespeare", "tiny_shakespeare.txt")
     source = source or os.environ.get(TINYSHAKESPEARE_ENV) or None
     if os.path.exists(path):
-        formats.open_regular(path).close()  # a FIFO or directory there: refused, not read
+        fileio.open_regular(path).close()  # a FIFO or directory there: refused, not read
         problem = tinyshakespeare_problem(path)
         if problem is None:
             log(f"{path} already exists, skipping download")
@@ -303,14 +303,14 @@ def read_progress(out_dir, name, run, log):
     if not os.path.exists(path):
         return [], False
     try:
-        with formats.open_regular(path, "r", encoding="utf-8") as f:
+        with fileio.open_regular(path, "r", encoding="utf-8") as f:
             record = json.load(f)
         shards, done, before = record["shards"], bool(record["done"]), record["run"]
         source, shard_size = before["source"], before["shard_size"]
         if not all(len(s) == 3 and all(isinstance(v, int) for v in s) for s in shards):
             raise ValueError("a shard that is not [document, offset, tokens]")
     except (ValueError, KeyError, TypeError):
-        raise formats.FormatError(f"{path}: not a progress record of llmnb-prepro (remove it "
+        raise fileio.FormatError(f"{path}: not a progress record of llmnb-prepro (remove it "
                                   "to start over)") from None
     if before != run:
         raise ValueError(f"{out_dir} holds shards made from {source} with shard size "
@@ -335,7 +335,7 @@ def _size(path):
 
 def remove_stale_temp_files(out_dir, log):
     """Remove the temporary files of atomic writes that a killed run left in out_dir."""
-    stale = [n for n in os.listdir(out_dir) if re.fullmatch(formats.TEMP_NAME, n)]
+    stale = [n for n in os.listdir(out_dir) if re.fullmatch(fileio.TEMP_NAME, n)]
     for n in stale:
         os.remove(os.path.join(out_dir, n))
     if stale:
@@ -343,7 +343,7 @@ def remove_stale_temp_files(out_dir, log):
 
 
 def write_progress(out_dir, run, shards, done):
-    with formats.atomic_write(os.path.join(out_dir, PROGRESS_FILENAME)) as f:
+    with fileio.atomic_write(os.path.join(out_dir, PROGRESS_FILENAME)) as f:
         f.write(json.dumps({"run": run, "done": done, "shards": shards}).encode() + b"\n")
 
 
@@ -411,11 +411,11 @@ def local_files(source, extensions):
     if os.path.isdir(source):
         files = sorted(os.path.join(source, f) for f in os.listdir(source) if f.endswith(extensions))
         if not files:
-            raise formats.FormatError(f"{source}: no {' or '.join(extensions)} files in it")
+            raise fileio.FormatError(f"{source}: no {' or '.join(extensions)} files in it")
         return files
-    formats.open_regular(source).close()
+    fileio.open_regular(source).close()
     if not source.endswith(extensions):
-        raise formats.FormatError(f"{source}: not a {' or '.join(extensions)} file")
+        raise fileio.FormatError(f"{source}: not a {' or '.join(extensions)} file")
     return [source]
 
 
@@ -433,13 +433,13 @@ def open_parquet(path):
     try:
         f = pq.ParquetFile(path)
     except Exception as e:  # pyarrow's ArrowInvalid, ArrowIOError...
-        raise formats.FormatError(f"{path}: not a parquet file ({_one_line(e)})") from None
+        raise fileio.FormatError(f"{path}: not a parquet file ({_one_line(e)})") from None
     schema = f.schema_arrow
     if "text" not in schema.names:
-        raise formats.FormatError(f"{path}: no \"text\" column (its columns: {', '.join(schema.names)})")
+        raise fileio.FormatError(f"{path}: no \"text\" column (its columns: {', '.join(schema.names)})")
     kind = str(schema.field("text").type)
     if kind not in ("string", "large_string"):
-        raise formats.FormatError(f"{path}: its \"text\" column holds {kind}, not strings")
+        raise fileio.FormatError(f"{path}: its \"text\" column holds {kind}, not strings")
     return f
 
 
@@ -456,7 +456,7 @@ def parquet_texts(path, start=0):
     for batch in f.iter_batches(batch_size=1024, row_groups=groups, columns=["text"]):
         column = batch.column(0)
         if column.null_count:
-            raise formats.FormatError(f"{path}: a row with no text (null)")
+            raise fileio.FormatError(f"{path}: a row with no text (null)")
         texts = column.to_pylist()
         yield from texts[start:]
         start = max(0, start - len(texts))
@@ -464,7 +464,7 @@ def parquet_texts(path, start=0):
 
 def jsonl_texts(path, start=0):
     """The "text" of each line of a JSON-lines file (blank lines skipped), from document start on."""
-    with formats.open_regular(path, "r", encoding="utf-8") as f:
+    with fileio.open_regular(path, "r", encoding="utf-8") as f:
         doc = 0
         try:
             for n, line in enumerate(f, 1):
@@ -478,19 +478,19 @@ def jsonl_texts(path, start=0):
                 except (ValueError, KeyError, TypeError):
                     text = None
                 if not isinstance(text, str):
-                    raise formats.FormatError(f"{path}:{n}: not a JSON object with a \"text\" string")
+                    raise fileio.FormatError(f"{path}:{n}: not a JSON object with a \"text\" string")
                 yield text
         except UnicodeDecodeError as e:
-            raise formats.FormatError(f"{path}: not UTF-8 text ({e.reason})") from None
+            raise fileio.FormatError(f"{path}: not UTF-8 text ({e.reason})") from None
 
 
 def jsonl_count(path):
     """The number of documents (lines that are not blank) of a JSON-lines file."""
     try:
-        with formats.open_regular(path, "r", encoding="utf-8") as f:
+        with fileio.open_regular(path, "r", encoding="utf-8") as f:
             return sum(1 for line in f if line.strip())
     except UnicodeDecodeError as e:
-        raise formats.FormatError(f"{path}: not UTF-8 text ({e.reason})") from None
+        raise fileio.FormatError(f"{path}: not UTF-8 text ({e.reason})") from None
 
 
 def local_documents(source):
@@ -585,11 +585,11 @@ def unpack_json_files(archive, directory, log=print):
                         shutil.copyfileobj(src, dst)
     except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error) as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise formats.FormatError(f"{archive}: not a readable tar.gz archive ({_one_line(e)})") from None
+        raise fileio.FormatError(f"{archive}: not a readable tar.gz archive ({_one_line(e)})") from None
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, OSError) and e.errno in formats.DISK_ERRNOS and not e.filename:
-            raise formats.disk_error(e, tmp) from None
+            raise fileio.disk_error(e, tmp) from None
         raise
     os.replace(tmp, directory)
 
@@ -606,7 +606,7 @@ def fetch_tinystories(out_dir, source=None, log=print):
         return json_dir
     archive = source or os.path.join(out_dir, "TinyStories_all_data.tar.gz")
     if source:
-        formats.open_regular(source).close()
+        fileio.open_regular(source).close()
     elif os.path.exists(archive):
         log(f"{archive} already exists, skipping download")
     else:
@@ -622,13 +622,13 @@ def tokenize_stories(job):
     job: (index of the file within its split, path)."""
     index, path = job
     try:
-        with formats.open_regular(path, "r", encoding="utf-8") as f:
+        with fileio.open_regular(path, "r", encoding="utf-8") as f:
             stories = json.load(f)
     except (ValueError, UnicodeDecodeError) as e:
-        raise formats.FormatError(f"{path}: not JSON ({_one_line(e)})") from None
+        raise fileio.FormatError(f"{path}: not JSON ({_one_line(e)})") from None
     if not isinstance(stories, list) or not all(isinstance(s, dict) and isinstance(s.get("story"), str)
                                                 for s in stories):
-        raise formats.FormatError(f"{path}: not a TinyStories file (a JSON list of objects, "
+        raise fileio.FormatError(f"{path}: not a TinyStories file (a JSON list of objects, "
                                   "each with a \"story\" string)")
     random.Random(TINYSTORIES_SEED + index).shuffle(stories)
     parts = [tokenize_document(s["story"].strip()) for s in stories]
@@ -654,7 +654,7 @@ def prepare_tinystories(data_dir="data", source=None, workers=None, log=print, p
     json_dir = fetch_tinystories(out_dir, source, log)
     files = sorted(glob.glob(os.path.join(glob.escape(json_dir), "*.json")))
     if len(files) < 2:
-        raise formats.FormatError(f"{json_dir}: {len(files)} json files; TinyStories needs two or "
+        raise fileio.FormatError(f"{json_dir}: {len(files)} json files; TinyStories needs two or "
                                   "more (the first is the val split)")
     log(f"number of shards: {len(files)}")
     for split, path, split_files in (("val", val_path, files[:1]), ("train", train_path, files[1:])):
