@@ -588,7 +588,7 @@ def unpack_json_files(archive, directory, log=print):
         raise fileio.FormatError(f"{archive}: not a readable tar.gz archive ({_one_line(e)})") from None
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, OSError) and e.errno in formats.DISK_ERRNOS and not e.filename:
+        if isinstance(e, OSError) and e.errno in fileio.DISK_ERRNOS and not e.filename:
             raise fileio.disk_error(e, tmp) from None
         raise
     os.replace(tmp, directory)
