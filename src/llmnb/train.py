@@ -50,7 +50,8 @@ def build_model(args, log):
         log(f"initialising a fresh GPT-2 {args.init}: {config.num_layers} layers, {config.num_heads} heads, "
             f"{config.channels} channels (seed {args.seed})")
         check_memory(args, config, log)
-        return GPT2(config, init_params(config, seed=args.seed), device=args.device, copy=False)
+        return GPT2(config, init_params(config, seed=args.seed), device=args.device, copy=False,
+                    precision=args.precision)
     path = args.init
     from .convert import HF_GPT2_FILES, ConvertError, pretrained_checkpoint
     if args.init in HF_GPT2_FILES:  # gpt2, gpt2-medium...: llm.c's file in --data-dir, else from HF
@@ -74,7 +75,7 @@ def build_model(args, log):
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such model file (-e takes an llm.c checkpoint or d6/d12/d24...)")
     check_memory(args, read_checkpoint_config(path), log)
-    model = GPT2.from_checkpoint(path, device=args.device)
+    model = GPT2.from_checkpoint(path, device=args.device, precision=args.precision)
     log(f"loaded {path}")
     return model
 
@@ -270,7 +271,7 @@ class Run:
         model_path, state_path, extra = checkpoint.load(out, step, rank=world.rank)
         json_path = checkpoint.paths(out, step)[2]
         checkpoint.check_world(out, step, extra, world.size, self.args.zero_stage, world.rank)
-        model = GPT2.from_checkpoint(model_path, device=self.args.device)
+        model = GPT2.from_checkpoint(model_path, device=self.args.device, precision=self.args.precision)
         if model.config != self.model.config:
             raise ValueError(f"{model_path}: its model shape {model.config} differs from -e's {self.model.config}")
         lo, hi = world.shard(model.num_parameters)  # -z 1: this rank's m and v shard
@@ -484,6 +485,9 @@ def build_parser():
       help="evaluate the first K examples only (default: 0, all 10,042: slow on a CPU)")
     a("--data-dir", default="data", help="where datasets, the tokenizer and downloads go (default: data)")
     a("--device", default="cpu", choices=["cpu", "cuda"], help="where to train (default: cpu)")
+    a("--precision", default="fp32", choices=["fp32", "tf32"],
+      help="--device cuda's matmuls: fp32 (exact, CUDA cores) or tf32 (tensor cores; not yet run on a card) "
+           "(default: fp32)")
     a("-z", dest="zero_stage", type=int, default=0, choices=[0, 1],
       help="under mpiexec: 0 = every rank updates all parameters, 1 = ZeRO stage 1, each rank keeps "
            "AdamW's m and v for its 1/N shard only (default: 0)")

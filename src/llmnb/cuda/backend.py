@@ -11,6 +11,7 @@ from ..contract import Backend
 from . import kernels
 from .attention import Attention
 from .matmul import Matmuls
+from .matmul_tc import MatmulsTF32
 
 
 class CUDABackend(Backend):
@@ -33,11 +34,17 @@ class CUDABackend(Backend):
     global_norm_squared = staticmethod(kernels.global_norm_squared)
     scale_ = staticmethod(kernels.scale_)
 
-    def __init__(self):
+    def __init__(self, precision="fp32"):
+        """precision: "fp32" (the default: FFMA kernels, exact fp32) or "tf32" (the matmuls on tensor
+        cores, matmul_tc.py; attention stays fp32)."""
         if not cuda.is_available():
             raise RuntimeError("llmnb/cuda/backend.py: no CUDA GPU found by numba.cuda "
                                "(set NUMBA_ENABLE_CUDASIM=1 to run the kernels on the simulator)")
-        self.matmuls = Matmuls()  # the matmuls keep their split-K scratch here, for this backend
+        if precision not in ("fp32", "tf32"):
+            raise ValueError(f"llmnb/cuda/backend.py: precision {precision!r}, expected 'fp32' or 'tf32'")
+        self.precision = precision
+        # the matmuls keep their split-K scratch here, for this backend
+        self.matmuls = MatmulsTF32() if precision == "tf32" else Matmuls()
         self.attention = Attention()  # and attention its backward's dd scratch
 
     def matmul_forward(self, out, inp, weight, bias):
