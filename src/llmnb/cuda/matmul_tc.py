@@ -26,7 +26,7 @@ from numba import cuda, float32, uint32
 from . import mma_tiles
 from .launch import ELEM_THREADS, GEOMETRY, INLINE, SIMULATOR, cdiv, elementwise_grid
 from .matmul import Matmuls, aligned_rows, matmul_reduce_splits_kernel
-from .ptx import cp_async4, cp_async16, cp_async_commit, cp_async_wait, cvt_rna_tf32, mma_m16n8k8_tf32
+from .ptx import cp_async4, cp_async16, cp_async_commit, cp_async_wait, cvt_rna_tf32, f32_bits, mma_m16n8k8_tf32
 
 #                BM   BN   BK  WARPS_M  WARPS_N
 TC_SHAPES = {"gpu": (128, 128, 16, 2, 4), "sim": (32, 16, 16, 2, 1)}
@@ -71,10 +71,12 @@ def _slab_copy(KR, at, chunk, elem, n_chunks, n_elems, VECTOR):
     return copy
 
 
-def make_gemm_tc(BM, BN, BK, WARPS_M, WARPS_N, A_KR, B_KR, ACCUM, VECTOR):
+def make_gemm_tc(BM, BN, BK, WARPS_M, WARPS_N, A_KR, B_KR, ACCUM, VECTOR, ROUND=True):
     """The kernel for one layout: out (S,M,N) = the partial sums of K slice z = blockIdx.z when
     `split`, else out[0] (+= when ACCUM) the whole sum (+ bias[n] when has_bias).
-    Block (t.THREADS,), grid (cdiv(N, BN), cdiv(M, BM), S)."""
+    Block (t.THREADS,), grid (cdiv(N, BN), cdiv(M, BM), S). ROUND False (a lab variant): the
+    operands' fp32 bits go to the mma as they are, which reads them as tf32 (truncation toward zero,
+    one fewer instruction per register)."""
     t = mma_tiles.make(BM, BN, BK, WARPS_M, WARPS_N, A_KR, B_KR)
     MI, NI, STAGES = t.MI, t.NI, t.STAGES
     N_ACC, N_AF, N_BF = 4 * MI * NI, 4 * MI, 2 * NI   # a lane's accumulators, A and B registers
@@ -83,6 +85,7 @@ def make_gemm_tc(BM, BN, BK, WARPS_M, WARPS_N, A_KR, B_KR, ACCUM, VECTOR):
     copy_b = _slab_copy(B_KR, t.b_at, t.b_chunk, t.b_elem, t.B_CHUNKS, t.B_ELEMS, VECTOR)
     a_at, b_at = INLINE(t.a_at), INLINE(t.b_at)
     a_frag, b_frag, c_frag = INLINE(t.a_frag), INLINE(t.b_frag), INLINE(t.c_frag)
+    to_tf32 = cvt_rna_tf32 if ROUND else f32_bits
 
     @INLINE
     def multiply_slab(As, Bs, stage, acc, af, bf, warp, lane):
@@ -93,12 +96,12 @@ def make_gemm_tc(BM, BN, BK, WARPS_M, WARPS_N, A_KR, B_KR, ACCUM, VECTOR):
                 for reg in range(4):
                     r, k = a_frag(warp, lane, mi, kk, reg)
                     i, j = a_at(stage, r, k)
-                    af[4 * mi + reg] = cvt_rna_tf32(As[i, j])
+                    af[4 * mi + reg] = to_tf32(As[i, j])
             for ni in range(NI):
                 for reg in range(2):
                     n, k = b_frag(warp, lane, ni, kk, reg)
                     i, j = b_at(stage, n, k)
-                    bf[2 * ni + reg] = cvt_rna_tf32(Bs[i, j])
+                    bf[2 * ni + reg] = to_tf32(Bs[i, j])
             for mi in range(MI):
                 for ni in range(NI):
                     q = 4 * (NI * mi + ni)
@@ -183,10 +186,11 @@ def make_gemm_tc(BM, BN, BK, WARPS_M, WARPS_N, A_KR, B_KR, ACCUM, VECTOR):
     return kernel
 
 
-def make_gemms(BM, BN, BK, WARPS_M, WARPS_N):
+def make_gemms(BM, BN, BK, WARPS_M, WARPS_N, ROUND=True):
     """{layout: (kernel with 4-byte copies, kernel with 16-byte copies)} for matmul.py's layouts."""
     layouts = {"forward": (False, False, False), "dinp": (False, True, True), "dweight": (True, True, True)}
-    return {name: tuple(make_gemm_tc(BM, BN, BK, WARPS_M, WARPS_N, a_kr, b_kr, accum, vector) for vector in (False, True))
+    return {name: tuple(make_gemm_tc(BM, BN, BK, WARPS_M, WARPS_N, a_kr, b_kr, accum, vector, ROUND)
+                        for vector in (False, True))
             for name, (a_kr, b_kr, accum) in layouts.items()}
 
 

@@ -10,6 +10,7 @@ store4, and the one numba-cuda's maintainers describe for inline PTX). Needs sm_
   cp_async_commit(), cp_async_wait(n)                     close a group; wait until <= n groups fly
   cvt_rna_tf32(x) -> b32                                  f32 to tf32, round to nearest, ties away
   cvt_bf16x2(lo, hi) -> b32                               two f32 to packed bf16, round to nearest even
+  f32_bits(x) -> b32                                      x's bits (an mma then reads them as tf32: truncation)
 Registers of tf32/bf16 operands are uint32. Each instruction's per-lane semantics (which element of
 which matrix a lane's register holds) is modelled in NumPy in llmnb/cuda/lanes.py, under the same
 name; the tests check kernels' index math against those models on a CPU (tests/test_lanes.py).
@@ -28,7 +29,7 @@ from .launch import SIMULATOR
 
 __all__ = ["mma_m16n8k8_tf32", "mma_m16n8k16_bf16", "ldmatrix_x1", "ldmatrix_x2", "ldmatrix_x4",
            "ldmatrix_x2_trans", "ldmatrix_x4_trans", "cp_async16", "cp_async4", "cp_async_commit",
-           "cp_async_wait", "cvt_rna_tf32", "cvt_bf16x2"]
+           "cp_async_wait", "cvt_rna_tf32", "cvt_bf16x2", "f32_bits"]
 
 MMA_TF32 = "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32"
 MMA_BF16 = "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"
@@ -91,6 +92,9 @@ if SIMULATOR:
 
     def cvt_bf16x2(lo, hi):
         return np.uint32(lanes.cvt_bf16x2(np.float32(lo), np.float32(hi)))
+
+    def f32_bits(x):
+        return np.float32(x).view(np.uint32)
 
 else:
     from llvmlite import ir
@@ -228,6 +232,13 @@ else:
             vals = [context.cast(builder, v, t, types.float32) for v, t in zip(args, signature.args)]
             return _asm(builder, I32, [vals[1], vals[0]], "cvt.rn.bf16x2.f32 $0, $1, $2;", "=r,f,f")
         return types.uint32(types.float32, types.float32), codegen
+
+    @intrinsic
+    def f32_bits(typingctx, x):
+        """x float32 -> its bits as uint32 (no instruction: an mma reading them as tf32 truncates)"""
+        def codegen(context, builder, signature, args):
+            return builder.bitcast(context.cast(builder, args[0], signature.args[0], types.float32), I32)
+        return types.uint32(types.float32), codegen
 
     _ldmatrix = _make_ldmatrix
 
