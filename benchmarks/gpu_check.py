@@ -56,7 +56,7 @@ UNTIMED_GEMMS = ("v6s", "v7s")
 LAB_GEMMS = ("v6s-128x128-bk8", "v6s-128x128-bk8-r128", "v6s-128x128-bk16", "v6s-128x64-bk8", "v7s-128x128-bk8",
              "v7s-128x64-bk16")
 # the TF32 (tensor-core) versions of the kernel lab, checked against float64 and timed on the card
-LAB_TF32_GEMMS = ("v8t-128x128-bk16", "v8t-128x128-bk16-trunc", "v8t-128x64-bk16", "v8t-64x64-bk32")
+LAB_TF32_GEMMS = ("v8t-128x128-bk16", "v8t-128x128-bk16-trunc", "v8t-128x64-bk16", "v8t-128x128-bk16-w64x64")
 TRAIN_STEPS = 20
 OUT_FILES = ("summary.txt", "env.txt", "tests.txt", "parity.txt", "bench.txt", "train.txt") + \
     tuple(f"train_B{B}_T{T}.jsonl" for B, T in SHAPES)

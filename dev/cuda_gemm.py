@@ -35,10 +35,12 @@ Versions:
        kernels behind --precision tf32): a block of 8 warps, each a 64 x 32 piece of the 128 x 128
        tile as 4 x 4 mma tiles, K slabs of 16 copied by cp.async two in flight, fragments read 32
        bits at a time from shared memory without bank conflicts and rounded by cvt.rna.tf32. SASS
-       (sm_90, python -m llmnb.cuda.sass): 113-118 registers, no spills, 105 instructions per 16 HMMA
-       in the k loop (24 LDS, 24 x 2 for the rounding). -trunc skips the rounding (the mma reads the
-       fp32 bits as tf32: truncation), 128x64 and 64x64-bk32 are other tiles. Checked against float64
-       of the tf32-rounded operands. Not yet run on a card.
+       (sm_90, python -m llmnb.cuda.sass): 120-126 registers, no spills; a slab (2 k steps, with its
+       cp.async copies and barriers) 274-289 instructions per 32 HMMA, of which 48 LDS and 2 x 48 for
+       the rounding (FSETP + IADD per register). -trunc skips the rounding (the mma reads the fp32
+       bits as tf32: truncation), 128x64, 64x64-bk32 and -w64x64 (4 warps of 64 x 64: 1 shared load
+       per HMMA instead of 1.5, twice the accumulators) are other tiles. Checked against float64 of
+       the tf32-rounded operands. Not yet run on a card.
 Each version is built by make_gemm(TM, TN, BK, ...) for its tile (v8t: matmul_tc.make_gemms); the
 table shows TFLOP/s and the share of the card's fp32 peak at the GPT-2 124M shapes, B*T = 256 and
 8192 (v8t against the same fp32 peak: tensor cores are several times above it).
@@ -339,6 +341,7 @@ TC_VERSIONS = {
     "v8t-128x128-bk16-trunc": (128, 128, 16, 2, 4, False),
     "v8t-128x64-bk16": (128, 64, 16, 4, 2, True),
     "v8t-64x64-bk32": (64, 64, 32, 2, 2, True),
+    "v8t-128x128-bk16-w64x64": (128, 128, 16, 2, 2, True),
 }
 SIM_TC_VERSIONS = {"v8t-sim": (32, 16, 16, 2, 1, True), "v8t-sim-trunc": (32, 16, 16, 2, 1, False)}
 SIM_VERSIONS = {"v4-sim": (2, 2, 4, False, {"TX": 4, "TY": 4}), "v4s-sim": (2, 2, 4, True, {"TX": 4, "TY": 4}),

@@ -109,7 +109,8 @@ def test_cp_async_zero_fills_past_src_size():
 # the TF32 GEMM's index math on the emulator (llmnb/cuda/matmul_tc.py's kernels call the same functions)
 
 LAYOUTS = {"forward": (False, False), "dinp": (False, True), "dweight": (True, True)}
-GEOMETRIES = {"gpu": (128, 128, 16, 2, 4), "sim": (32, 16, 16, 2, 1), "128x64": (128, 64, 16, 4, 2)}
+GEOMETRIES = {"gpu": (128, 128, 16, 2, 4), "sim": (32, 16, 16, 2, 1), "128x64": (128, 64, 16, 4, 2),
+              "w64x64": (128, 128, 16, 2, 2), "64x64-bk32": (64, 64, 32, 2, 2)}
 
 
 def _operands(kind, M, N, K, rng):

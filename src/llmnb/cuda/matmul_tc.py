@@ -78,6 +78,7 @@ def make_gemm_tc(BM, BN, BK, WARPS_M, WARPS_N, A_KR, B_KR, ACCUM, VECTOR, ROUND=
     operands' fp32 bits go to the mma as they are, which reads them as tf32 (truncation toward zero,
     one fewer instruction per register)."""
     t = mma_tiles.make(BM, BN, BK, WARPS_M, WARPS_N, A_KR, B_KR)
+    assert BK <= 32, "multiply_slab writes out at most 4 k steps"
     MI, NI, STAGES = t.MI, t.NI, t.STAGES
     N_ACC, N_AF, N_BF = 4 * MI * NI, 4 * MI, 2 * NI   # a lane's accumulators, A and B registers
     A_SHAPE, B_SHAPE = t.A_SHAPE, t.B_SHAPE
@@ -88,30 +89,40 @@ def make_gemm_tc(BM, BN, BK, WARPS_M, WARPS_N, A_KR, B_KR, ACCUM, VECTOR, ROUND=
     to_tf32 = cvt_rna_tf32 if ROUND else f32_bits
 
     @INLINE
-    def multiply_slab(As, Bs, stage, acc, af, bf, warp, lane):
-        # acc += this warp's rows of slab `stage` of A times its columns of B, 8 k at a time
-        for kq in range(BK // 8):
-            kk = U32(8 * kq)
-            for mi in range(MI):
-                for reg in range(4):
-                    r, k = a_frag(warp, lane, mi, kk, reg)
-                    i, j = a_at(stage, r, k)
-                    af[4 * mi + reg] = to_tf32(As[i, j])
+    def multiply_k8(As, Bs, stage, kk, acc, af, bf, warp, lane):
+        # acc += this warp's rows of slab `stage` of A times its columns of B at k = kk..kk+7
+        for mi in range(MI):
+            for reg in range(4):
+                r, k = a_frag(warp, lane, mi, kk, reg)
+                i, j = a_at(stage, r, k)
+                af[4 * mi + reg] = to_tf32(As[i, j])
+        for ni in range(NI):
+            for reg in range(2):
+                n, k = b_frag(warp, lane, ni, kk, reg)
+                i, j = b_at(stage, n, k)
+                bf[2 * ni + reg] = to_tf32(Bs[i, j])
+        for mi in range(MI):
             for ni in range(NI):
-                for reg in range(2):
-                    n, k = b_frag(warp, lane, ni, kk, reg)
-                    i, j = b_at(stage, n, k)
-                    bf[2 * ni + reg] = to_tf32(Bs[i, j])
-            for mi in range(MI):
-                for ni in range(NI):
-                    q = 4 * (NI * mi + ni)
-                    d0, d1, d2, d3 = mma_m16n8k8_tf32(af[4 * mi], af[4 * mi + 1], af[4 * mi + 2], af[4 * mi + 3],
-                                                      bf[2 * ni], bf[2 * ni + 1], acc[q], acc[q + 1], acc[q + 2],
-                                                      acc[q + 3])
-                    acc[q] = d0
-                    acc[q + 1] = d1
-                    acc[q + 2] = d2
-                    acc[q + 3] = d3
+                q = 4 * (NI * mi + ni)
+                d0, d1, d2, d3 = mma_m16n8k8_tf32(af[4 * mi], af[4 * mi + 1], af[4 * mi + 2], af[4 * mi + 3],
+                                                  bf[2 * ni], bf[2 * ni + 1], acc[q], acc[q + 1], acc[q + 2],
+                                                  acc[q + 3])
+                acc[q] = d0
+                acc[q + 1] = d1
+                acc[q + 2] = d2
+                acc[q + 3] = d3
+
+    @INLINE
+    def multiply_slab(As, Bs, stage, acc, af, bf, warp, lane):
+        # the slab's k steps of 8 written out (numba leaves a loop over them rolled: ~10 more
+        # instructions per 16 HMMA); BK <= 32
+        multiply_k8(As, Bs, stage, U32(0), acc, af, bf, warp, lane)
+        if BK > 8:
+            multiply_k8(As, Bs, stage, U32(8), acc, af, bf, warp, lane)
+        if BK > 16:
+            multiply_k8(As, Bs, stage, U32(16), acc, af, bf, warp, lane)
+        if BK > 24:
+            multiply_k8(As, Bs, stage, U32(24), acc, af, bf, warp, lane)
 
     def gemm(out, a, b, bias, has_bias, k_chunk, split):
         As = cuda.shared.array(A_SHAPE, float32, alignment=ALIGN)
