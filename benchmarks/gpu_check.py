@@ -243,8 +243,8 @@ STEP_LINE = re.compile(r"^llmnb\s+B=(\d+) T=(\d+) \(matmul (\w+)\): step ms min/
 TORCH_LINE = re.compile(r"^PyTorch B=(\d+) T=(\d+) TF32 off: step ms min/median/max \S+ ([\d.]+)", re.M)
 TF32_LINE = re.compile(r"^llmnb\s+B=(\d+) T=(\d+) \(precision tf32\): step ms min/median/max \S+ ([\d.]+)", re.M)
 TORCH_TF32_LINE = re.compile(r"^PyTorch B=(\d+) T=(\d+) TF32 on : step ms min/median/max \S+ ([\d.]+)", re.M)
-ATTENTION_LINE = re.compile(r"^(v\d+)\s+B=(\d+) T=(\d+) NH=\d+ hs=\d+\s+([\d.]+)\s+\S+\s+([\d.]+)", re.M)
-FAILED_CHECK = re.compile(r"^BAD (v\d+) ", re.M)   # dev.cuda_attention's check of a version
+ATTENTION_LINE = re.compile(r"^(v\d+\w*)\s+B=(\d+) T=(\d+) NH=\d+ hs=\d+\s+([\d.]+)\s+\S+\s+([\d.]+)", re.M)
+FAILED_CHECK = re.compile(r"^BAD (v\d+\w*) ", re.M)   # dev.cuda_attention's check of a version
 
 
 def compare(bench):

@@ -198,3 +198,16 @@ def test_fragment_reads_are_free_of_shared_memory_bank_conflicts(kind):
                     i, j = (int(v) for v in at(1, *frag(3, lane, tile, 8, reg)))
                     banks.add((i * shape[1] + j) % 32)
                 assert len(banks) == 32, (kind, reg, tile)
+
+
+def test_the_attention_kernels_warp_fragments_are_the_isa_tables():
+    # mma_tiles.frag_a/b/c (a warp's 16-row tile, llmnb's TF32 attention) against lanes' ISA tables
+    for lane in range(32):
+        for reg in range(4):
+            assert tuple(int(v) for v in mma_tiles.frag_a(lane, 8, reg)) == (lanes.TF32_A[lane, reg, 0],
+                                                                              8 + lanes.TF32_A[lane, reg, 1])
+            assert tuple(int(v) for v in mma_tiles.frag_c(lane, 2, reg)) == (lanes.ACC[lane, reg, 0],
+                                                                              16 + lanes.ACC[lane, reg, 1])
+        for reg in range(2):
+            n, k = (int(v) for v in mma_tiles.frag_b(lane, 3, 16, reg))
+            assert (k - 16, n - 24) == tuple(lanes.TF32_B[lane, reg])

@@ -108,3 +108,22 @@ def make(BM, BN, BK, WARPS_M, WARPS_N, A_KR, B_KR, STAGES=2):
         a_chunk=slab_chunk(A_KR, BM), b_chunk=slab_chunk(B_KR, BN),
         a_elem=slab_elem(A_KR, BM), b_elem=slab_elem(B_KR, BN),
         a_frag=a_frag, b_frag=b_frag, c_frag=c_frag)
+
+
+# ------------------------------------------------------------------------------------------------
+# one warp's mma.m16n8k8 .tf32 tile, lane by lane (the attention kernels' products: a warp holds 16
+# rows; tile ni covers columns 8 ni .. 8 ni + 7; kk is the first k of the step)
+
+def frag_a(lane, kk, reg):
+    """(row, k) of A register reg (row groupID, +8 for odd reg; k threadID_in_group, +4 for reg >= 2)."""
+    return U32(lane) // U32(4) + U32(8 * (reg % 2)), U32(kk) + U32(lane) % U32(4) + U32(4 * (reg // 2))
+
+
+def frag_b(lane, ni, kk, reg):
+    """(n, k) of B register reg of tile ni (n groupID; k threadID_in_group, +4 for reg 1)."""
+    return U32(8 * ni) + U32(lane) // U32(4), U32(kk) + U32(lane) % U32(4) + U32(4 * reg)
+
+
+def frag_c(lane, ni, reg):
+    """(row, n) of accumulator reg of tile ni (row groupID, +8 for reg >= 2; n 2 threadID_in_group, +1 for odd reg)."""
+    return U32(lane) // U32(4) + U32(8 * (reg // 2)), U32(8 * ni) + U32(2) * (U32(lane) % U32(4)) + U32(reg % 2)

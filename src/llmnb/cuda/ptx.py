@@ -11,6 +11,7 @@ store4, and the one numba-cuda's maintainers describe for inline PTX). Needs sm_
   cvt_rna_tf32(x) -> b32                                  f32 to tf32, round to nearest, ties away
   cvt_bf16x2(lo, hi) -> b32                               two f32 to packed bf16, round to nearest even
   f32_bits(x) -> b32                                      x's bits (an mma then reads them as tf32: truncation)
+  shfl_xor(x, mask) -> f32, syncwarp()                    the float32 of lane ^ mask; a warp barrier
 Registers of tf32/bf16 operands are uint32. Each instruction's per-lane semantics (which element of
 which matrix a lane's register holds) is modelled in NumPy in llmnb/cuda/lanes.py, under the same
 name; the tests check kernels' index math against those models on a CPU (tests/test_lanes.py).
@@ -29,7 +30,7 @@ from .launch import SIMULATOR
 
 __all__ = ["mma_m16n8k8_tf32", "mma_m16n8k16_bf16", "ldmatrix_x1", "ldmatrix_x2", "ldmatrix_x4",
            "ldmatrix_x2_trans", "ldmatrix_x4_trans", "cp_async16", "cp_async4", "cp_async_commit",
-           "cp_async_wait", "cvt_rna_tf32", "cvt_bf16x2", "f32_bits"]
+           "cp_async_wait", "cvt_rna_tf32", "cvt_bf16x2", "f32_bits", "shfl_xor", "syncwarp"]
 
 MMA_TF32 = "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32"
 MMA_BF16 = "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"
@@ -95,6 +96,12 @@ if SIMULATOR:
 
     def f32_bits(x):
         return np.float32(x).view(np.uint32)
+
+    def shfl_xor(x, mask):
+        return np.float32(_warp_gather(np.float32(x), lambda v: v[lanes.LANES ^ mask]))
+
+    def syncwarp():
+        threading.current_thread().syncthreads()   # (the simulator's only barrier is the block's)
 
 else:
     from llvmlite import ir
@@ -241,6 +248,18 @@ else:
         return types.uint32(types.float32), codegen
 
     _ldmatrix = _make_ldmatrix
+
+    from numba import cuda
+
+    @cuda.jit(device=True, forceinline=True)
+    def shfl_xor(x, mask):
+        """x (float32) of lane (this lane ^ mask), all 32 lanes taking part"""
+        return cuda.shfl_xor_sync(0xFFFFFFFF, x, mask)
+
+    @cuda.jit(device=True, forceinline=True)
+    def syncwarp():
+        """bar.warp.sync: the warp's shared-memory writes before it are seen by its lanes after it"""
+        cuda.syncwarp()
 
 ldmatrix_x1 = _ldmatrix(1, False)
 ldmatrix_x2 = _ldmatrix(2, False)
