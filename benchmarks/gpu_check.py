@@ -19,8 +19,8 @@ it needs no install and no network; an installed `llmnb[cuda]` works the same). 
             and its variants) checked against float64 and timed (appended to bench.txt)
   bench     llmnb's step again with each matmul kernel of UNTIMED_GEMMS (LLMNB_CUDA_GEMM: not yet
             timed on a card)
-  lab       dev/cuda_attention.py: the attention versions (the package's v3 and the lab's v1, v2)
-            checked and timed at both shapes (appended to bench.txt)
+  lab       dev/cuda_attention.py: the attention versions (the package's v3, fp32, and v4t, tf32 on
+            tensor cores; the lab's v1, v2) checked and timed at both shapes (appended to bench.txt)
   train     llmnb-train --device cuda -e d12 -x 20 -v 0 -s 0 at each shape, with its JSONL log
   lab       dev/cuda_gemm.py: the matmul versions of LAB_GEMMS checked and timed beside the
             package's (appended to bench.txt)
@@ -103,8 +103,8 @@ def plan(work):
                        label=f"llmnb B={B} T={T} with LLMNB_CUDA_GEMM={g}")
                    for g in UNTIMED_GEMMS for B, T in SHAPES]),
         # the attention versions before train: the only timing of v3 against v2 (dev/cuda_attention.py)
-        ("lab", [Cmd([py, "-m", "dev.cuda_attention"], "bench.txt", 90,
-                     label="dev.cuda_attention: attention versions (v3 the package's)")]),
+        ("lab", [Cmd([py, "-m", "dev.cuda_attention"], "bench.txt", 110,
+                     label="dev.cuda_attention: attention versions (v3 the package's fp32, v4t its tf32)")]),
         ("train", [Cmd([py, "-m", "llmnb.train", "--device", "cuda", "-e", "d12", "-x", str(TRAIN_STEPS),
                         "-v", "0", "-s", "0", "-b", str(B), "-t", str(T),
                         "-i", os.path.join(data, "train.bin"), "-j", os.path.join(data, "val.bin"),

@@ -14,7 +14,12 @@ Versions (each computes what llmnb.kernels.attention_forward / attention_backwar
        read 4 floats at a time (load4: 0.12-0.19 shared loads per multiply-add), staging on 32-bit
        indices. In the SASS for sm_90 (ptxas, no GPU): per key tile forward ~1,880 instructions for
        1,024 FFMA (v2 ~4,500-5,000), dquery ~2,700 for 1,536 (v2 ~6,300-6,800); no spills. Not yet timed.
-The check compares each with the CPU kernels (float32, the package's tolerance); the timing gives ms
+  v4t  tensor cores in TF32, the package's with --precision tf32 (llmnb/cuda/attention_tc.py): every
+       product (forward 2, backward 5) is mma.sync.m16n8k8; 4 warps of 16 rows against tiles of 32
+       keys; the row statistics on the accumulators by 4-lane shuffles; p and dS through a per-warp
+       shared tile. sm_90 (python -m llmnb.cuda.sass): 128 / 160 / 249 registers (forward, dquery,
+       dkey_value), no spills. Checked within 3e-3 (TF32 operands). Not yet run on a card.
+The check compares each with the CPU kernels (float32, the package's tolerance; TF32's for v4t); the timing gives ms
 and TFLOP/s of the causal work (2 products of T(T+1)/2 x hs per head forward, 5 in backward).
 
     python -m dev.cuda_attention            # on a GPU: check + time each
@@ -30,11 +35,12 @@ import numpy as np
 if "--check" in sys.argv and os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
     os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
 
-from numba import cuda, float32, uint32  # noqa: E402  (after the simulator switch above)
+from numba import cuda, float32  # noqa: E402  (after the simulator switch above)
 
 from llmnb import kernels as cpu  # noqa: E402
 from llmnb.cuda import attention as pkg  # noqa: E402
-from llmnb.cuda import launch, mma_tiles, ptx  # noqa: E402
+from llmnb.cuda import attention_tc as pkg_tc  # noqa: E402
+from llmnb.cuda import launch  # noqa: E402
 
 F32 = np.float32
 ZERO = F32(0.0)
@@ -620,193 +626,12 @@ class V3:
         self.att.attention_backward(dinp, dout, inp, out, lse)
 
 
-# ----------------------------------------------------------------------------------------------
-# v4t: the forward's two products on tensor cores in TF32 (mma.sync.m16n8k8, fp32 accumulate)
-
-TC_WARPS = 2 if launch.SIMULATOR else 4
-TC_THREADS = 32 * TC_WARPS
-TC_BQ = 16 * TC_WARPS                     # queries per block: 16 rows per warp
-TC_BKV = 16 if launch.SIMULATOR else 32   # keys per tile
-TC_HS_P = ATT_HS_MAX + 4    # Q and K tiles (row, channel), read along channels: rows 4 banks apart
-TC_V_P = ATT_HS_MAX + 8     # the V tile (key, channel), read along keys: rows 8 banks apart
-TC_BKV_P = TC_BKV + 4       # P (query, key), read along keys
-NI_S, KS_S = TC_BKV // 8, ATT_HS_MAX // 8   # s = q.k: tiles of 8 keys, k steps of 8 channels
-NI_O, KS_O = ATT_HS_MAX // 8, TC_BKV // 8   # o += p v: tiles of 8 channels, k steps of 8 keys
-N_QF, N_SACC, N_OACC = 4 * KS_S, 4 * NI_S, 4 * NI_O   # a lane's q registers, s and o accumulators
-TC_ALIGN = None if launch.SIMULATOR else 16
-U32 = np.uint32
-frag_a, frag_b, frag_c = DEVICE(mma_tiles.frag_a), DEVICE(mma_tiles.frag_b), DEVICE(mma_tiles.frag_c)
-
-
-@DEVICE
-def _tc_stage(dst, x, r0, R, T, c0, hs, tid):
-    # dst[r, d] = x (T, 3C)[r0 + r, c0 + d] for r < R, d < ATT_HS_MAX, zero past T and hs: 16-byte
-    # cp.async chunks, consecutive threads along a row (x's rows and c0 16-byte aligned, hs % 4 == 0)
-    for it in range(U32(R * (ATT_HS_MAX // 4) // TC_THREADS)):
-        e = tid + it * U32(TC_THREADS)
-        r = e // U32(ATT_HS_MAX // 4)
-        d = U32(4) * (e % U32(ATT_HS_MAX // 4))
-        t = U32(r0) + r
-        ptx.cp_async16(dst, r, d, x, t, U32(c0) + d, (t < U32(T)) & (d < U32(hs)))
-
-
-@cuda.jit
-def v4t_forward_kernel(out, lse, inp, scale):
-    # out (B,T,C), lse (B,NH,T) = the attention of the TC_BQ queries q0.. of head (b, h) = blockIdx.y,
-    # inp (B,T,3C); warp w owns queries q0 + 16 w ... + 15. Per key tile of TC_BKV: s = scale q.k on
-    # tensor cores (q's fragments in registers, k's read from shared memory), masked; the online
-    # softmax on the accumulators (a lane holds 2 rows: the row max and sum over the 4 lanes of its
-    # group by shuffles); p = exp(s - m) through shared memory into A fragments; o += p v on tensor
-    # cores. Operands rounded to tf32 (cvt.rna), sums in fp32.
-    Qs = cuda.shared.array((TC_BQ, TC_HS_P), float32, alignment=TC_ALIGN)
-    Ks = cuda.shared.array((TC_BKV, TC_HS_P), float32, alignment=TC_ALIGN)
-    Vs = cuda.shared.array((TC_BKV, TC_V_P), float32, alignment=TC_ALIGN)
-    Ps = cuda.shared.array((TC_BQ, TC_BKV_P), float32, alignment=TC_ALIGN)
-    qf = cuda.local.array(N_QF, uint32)
-    sacc = cuda.local.array(N_SACC, float32)
-    oacc = cuda.local.array(N_OACC, float32)
-    NH = lse.shape[1]
-    T = lse.shape[2]
-    C = out.shape[2]
-    hs = C // NH
-    b = cuda.blockIdx.y // NH
-    h = cuda.blockIdx.y % NH
-    tid = U32(cuda.threadIdx.x)
-    lane = tid % U32(32)
-    wr = (tid // U32(32)) * U32(16)                            # this warp's first row
-    q0 = (cuda.gridDim.x - 1 - cuda.blockIdx.x) * TC_BQ       # the blocks with the most tiles first
-    x = inp[b]
-    _tc_stage(Qs, x, q0, TC_BQ, T, h * hs, hs, tid)
-    ptx.cp_async_commit()
-    ptx.cp_async_wait(0)
-    cuda.syncthreads()
-    for ks in range(KS_S):
-        for reg in range(4):
-            r, k = frag_a(lane, 8 * ks, reg)
-            qf[4 * ks + reg] = ptx.cvt_rna_tf32(Qs[wr + r, k])
-    for q in range(4 * NI_O):
-        oacc[q] = ZERO
-    m_lo = NEG_INF   # rows wr + groupID (lo) and + 8 (hi): running max and this lane's share of the sum
-    m_hi = NEG_INF
-    l_lo = ZERO
-    l_hi = ZERO
-    q_last = q0 + TC_BQ - 1
-    if q_last >= T:
-        q_last = T - 1
-    for kt in range(q_last // TC_BKV + 1):
-        k0 = kt * TC_BKV
-        cuda.syncthreads()   # every warp is done with the last tile's K and V
-        _tc_stage(Ks, x, k0, TC_BKV, T, C + h * hs, hs, tid)
-        _tc_stage(Vs, x, k0, TC_BKV, T, 2 * C + h * hs, hs, tid)
-        ptx.cp_async_commit()
-        ptx.cp_async_wait(0)
-        cuda.syncthreads()
-        for q in range(4 * NI_S):
-            sacc[q] = ZERO
-        for ks in range(KS_S):
-            for ni in range(NI_S):
-                n, k = frag_b(lane, ni, 8 * ks, 0)
-                b0 = ptx.cvt_rna_tf32(Ks[n, k])
-                n, k = frag_b(lane, ni, 8 * ks, 1)
-                b1 = ptx.cvt_rna_tf32(Ks[n, k])
-                d0, d1, d2, d3 = ptx.mma_m16n8k8_tf32(qf[4 * ks], qf[4 * ks + 1], qf[4 * ks + 2], qf[4 * ks + 3],
-                                                      b0, b1, sacc[4 * ni], sacc[4 * ni + 1], sacc[4 * ni + 2],
-                                                      sacc[4 * ni + 3])
-                sacc[4 * ni] = d0
-                sacc[4 * ni + 1] = d1
-                sacc[4 * ni + 2] = d2
-                sacc[4 * ni + 3] = d3
-        mx_lo = m_lo
-        mx_hi = m_hi
-        for ni in range(NI_S):
-            for reg in range(4):
-                r, c = frag_c(lane, ni, reg)
-                v = sacc[4 * ni + reg] * scale
-                if k0 + c > q0 + wr + r or k0 + c >= T:
-                    v = NEG_INF
-                sacc[4 * ni + reg] = v
-                if reg < 2:
-                    mx_lo = max(mx_lo, v)
-                else:
-                    mx_hi = max(mx_hi, v)
-        mx_lo = max(mx_lo, ptx.shfl_xor(mx_lo, 1))
-        mx_lo = max(mx_lo, ptx.shfl_xor(mx_lo, 2))
-        mx_hi = max(mx_hi, ptx.shfl_xor(mx_hi, 1))
-        mx_hi = max(mx_hi, ptx.shfl_xor(mx_hi, 2))
-        c_lo = math.exp(m_lo - mx_lo)   # (0 at the first tile: m was -inf, the new max is finite)
-        c_hi = math.exp(m_hi - mx_hi)
-        m_lo = mx_lo
-        m_hi = mx_hi
-        l_lo *= c_lo
-        l_hi *= c_hi
-        for ni in range(NI_O):
-            oacc[4 * ni] *= c_lo
-            oacc[4 * ni + 1] *= c_lo
-            oacc[4 * ni + 2] *= c_hi
-            oacc[4 * ni + 3] *= c_hi
-        for ni in range(NI_S):
-            for reg in range(4):
-                r, c = frag_c(lane, ni, reg)
-                p = math.exp(sacc[4 * ni + reg] - (m_lo if reg < 2 else m_hi))
-                if reg < 2:
-                    l_lo += p
-                else:
-                    l_hi += p
-                Ps[wr + r, c] = p
-        ptx.syncwarp()   # the warp's p rows are in shared memory
-        for ks in range(KS_O):
-            r, k = frag_a(lane, 8 * ks, 0)
-            a0 = ptx.cvt_rna_tf32(Ps[wr + r, k])
-            r, k = frag_a(lane, 8 * ks, 1)
-            a1 = ptx.cvt_rna_tf32(Ps[wr + r, k])
-            r, k = frag_a(lane, 8 * ks, 2)
-            a2 = ptx.cvt_rna_tf32(Ps[wr + r, k])
-            r, k = frag_a(lane, 8 * ks, 3)
-            a3 = ptx.cvt_rna_tf32(Ps[wr + r, k])
-            for ni in range(NI_O):
-                n, k = frag_b(lane, ni, 8 * ks, 0)   # V as B: (k = key, n = channel)
-                b0 = ptx.cvt_rna_tf32(Vs[k, n])
-                n, k = frag_b(lane, ni, 8 * ks, 1)
-                b1 = ptx.cvt_rna_tf32(Vs[k, n])
-                d0, d1, d2, d3 = ptx.mma_m16n8k8_tf32(a0, a1, a2, a3, b0, b1, oacc[4 * ni], oacc[4 * ni + 1],
-                                                      oacc[4 * ni + 2], oacc[4 * ni + 3])
-                oacc[4 * ni] = d0
-                oacc[4 * ni + 1] = d1
-                oacc[4 * ni + 2] = d2
-                oacc[4 * ni + 3] = d3
-        ptx.syncwarp()   # p read before the next tile writes it
-    l_lo += ptx.shfl_xor(l_lo, 1)   # the rows' sums over the group's 4 lanes
-    l_lo += ptx.shfl_xor(l_lo, 2)
-    l_hi += ptx.shfl_xor(l_hi, 1)
-    l_hi += ptx.shfl_xor(l_hi, 2)
-    for ni in range(NI_O):
-        for reg in range(4):
-            r, c = frag_c(lane, ni, reg)
-            t = q0 + wr + r
-            if t < T and c < hs:
-                out[b, t, h * hs + c] = oacc[4 * ni + reg] / (l_lo if reg < 2 else l_hi)
-    if lane % U32(4) == U32(0):
-        t = q0 + wr + lane // U32(4)
-        if t < T:
-            lse[b, h, t] = m_lo + math.log(l_lo)
-        if t + 8 < T:
-            lse[b, h, t + 8] = m_hi + math.log(l_hi)
-
-
 class V4T:
-    """v4t: the forward on tensor cores; the backward v3's (the package's, fp32)."""
-
     def __init__(self):
-        self.att = pkg.Attention()
+        self.att = pkg_tc.AttentionTF32()
 
     def forward(self, out, lse, inp):
-        B, T, C3 = inp.shape
-        NH = lse.shape[1]
-        hs = C3 // 3 // NH
-        if hs > ATT_HS_MAX or hs % 4 or C3 % 4:
-            raise ValueError(f"dev/cuda_attention.py: v4t needs hs <= {ATT_HS_MAX}, a multiple of 4 (hs {hs})")
-        scale = F32(1.0 / math.sqrt(hs))
-        v4t_forward_kernel[(launch.cdiv(T, TC_BQ), B * NH), TC_THREADS](out, lse, inp, scale)
+        self.att.attention_forward(out, lse, inp)
 
     def backward(self, dinp, dout, inp, out, lse):
         self.att.attention_backward(dinp, dout, inp, out, lse)

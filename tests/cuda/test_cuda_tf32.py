@@ -49,3 +49,31 @@ def test_tf32_matmul_forward_and_backward_match_float64_of_tf32_operands(N, C, O
     # and the rounding is tf32's: the float64 product of the operands as given is ~1e-3 away
     exact = inp.astype(np.float64) @ weight.astype(np.float64).T + bias
     assert np.abs(got["out"] - exact).max() / np.abs(exact).max() > 1e-5
+
+
+@pytest.mark.parametrize("B, T, NH, hs", [(1, 11, 2, 8), (2, 37, 1, 12)])
+def test_tf32_attention_forward_and_backward_match_the_cpu_within_tf32(B, T, NH, hs):
+    # llmnb/cuda/attention_tc.py: every product on tensor cores (here: the lane models) against the
+    # CPU kernels (fp32). Several query blocks and key tiles, a partial tile, head sizes 8 and 12
+    # (zero-padded to 64): within 3e-3 of the largest value (operands rounded to tf32, ~5e-4 each; a
+    # wrong lane, mask or rescale is O(1)), and not equal to fp32's (the tf32 rounding happened)
+    from llmnb import kernels as cpu
+    from llmnb.cuda.attention_tc import AttentionTF32
+    rng = np.random.default_rng(T)
+    C = NH * hs
+    inp = rng.standard_normal((B, T, 3 * C), dtype=F32)
+    dout = rng.standard_normal((B, T, C), dtype=F32)
+    out, lse = np.zeros((B, T, C), F32), np.zeros((B, NH, T), F32)
+    cpu.attention_forward(out, lse, inp)
+    dinp0 = rng.standard_normal(inp.shape, dtype=F32)
+    dinp = dinp0.copy()
+    cpu.attention_backward(dinp, dout, inp, out, lse)
+    att = AttentionTF32()
+    d_out, d_lse = cuda.to_device(np.zeros_like(out)), cuda.to_device(np.zeros_like(lse))
+    d_inp, d_dinp = cuda.to_device(inp), cuda.to_device(dinp0)
+    att.attention_forward(d_out, d_lse, d_inp)
+    att.attention_backward(d_dinp, cuda.to_device(dout), d_inp, d_out, d_lse)
+    for name, got, want in (("out", d_out, out), ("lse", d_lse, lse), ("dinp", d_dinp, dinp - dinp0)):
+        got = got.copy_to_host() - (dinp0 if name == "dinp" else 0)
+        err = np.abs(got - want).max() / np.abs(want).max()
+        assert 1e-6 < err < 3e-3, (name, err)

@@ -10,6 +10,7 @@ from numba import cuda
 from ..contract import Backend
 from . import kernels
 from .attention import Attention
+from .attention_tc import AttentionTF32
 from .matmul import Matmuls
 from .matmul_tc import MatmulsTF32
 
@@ -35,8 +36,8 @@ class CUDABackend(Backend):
     scale_ = staticmethod(kernels.scale_)
 
     def __init__(self, precision="fp32"):
-        """precision: "fp32" (the default: FFMA kernels, exact fp32) or "tf32" (the matmuls on tensor
-        cores, matmul_tc.py; attention stays fp32)."""
+        """precision: "fp32" (the default: FFMA kernels, exact fp32) or "tf32" (the matmuls and
+        attention's products on tensor cores: matmul_tc.py, attention_tc.py)."""
         if not cuda.is_available():
             raise RuntimeError("llmnb/cuda/backend.py: no CUDA GPU found by numba.cuda "
                                "(set NUMBA_ENABLE_CUDASIM=1 to run the kernels on the simulator)")
@@ -45,7 +46,7 @@ class CUDABackend(Backend):
         self.precision = precision
         # the matmuls keep their split-K scratch here, for this backend
         self.matmuls = MatmulsTF32() if precision == "tf32" else Matmuls()
-        self.attention = Attention()  # and attention its backward's dd scratch
+        self.attention = AttentionTF32() if precision == "tf32" else Attention()  # and its dd scratch
 
     def matmul_forward(self, out, inp, weight, bias):
         self.matmuls.matmul_forward(out, inp, weight, bias)

@@ -7,7 +7,7 @@ reports, per kernel, the fp64 instructions in its PTX (all kernels are fp32; onl
 norm accumulates in float64) and its local-memory loads/stores (register spills, or the 8x8
 accumulators of the matmuls not kept in registers), and its 128-bit loads from shared and global
 memory (the matmuls' v6s and v7s exist for those), and its tensor-core mma.sync instructions (the
-TF32 matmuls of matmul_tc.py have them, no other kernel does).
+TF32 kernels of matmul_tc.py and attention_tc.py have them, no other kernel does).
 
     python -m llmnb.cuda.ptxcheck [--cc 9.0] [--geometry gpu|sim]
 
@@ -30,6 +30,7 @@ def kernel_signatures():
     from numba import boolean, float32, float64, int32, int64
 
     from . import attention as A
+    from . import attention_tc as AT
     from . import kernels as K
     from . import matmul as M
     from . import matmul_tc as TC
@@ -51,6 +52,9 @@ def kernel_signatures():
         A.attention_backward_dd_kernel: [(f3, f3, f3)],
         A.attention_dquery_kernel: [(f3, f3, f3, f3, f3, float32)],
         A.attention_dkey_value_kernel: [(f3, f3, f3, f3, f3, float32)],
+        AT.attention_forward_tf32_kernel: [(f3, f3, f3, float32)],                # --precision tf32
+        AT.attention_dquery_tf32_kernel: [(f3, f3, f3, f3, f3, float32)],
+        AT.attention_dkey_value_tf32_kernel: [(f3, f3, f3, f3, f3, float32)],
         K.gelu_forward_kernel: [(f1, f1)],
         K.gelu_backward_kernel: [(f1, f1, f1)],
         K.residual_forward_kernel: [(f1, f1, f1)],
@@ -111,13 +115,14 @@ def check_all(cc, out=sys.stdout):
     from numba import cuda
 
     from . import attention as A
+    from . import attention_tc as AT
     from . import kernels as K
     from . import matmul as M
     from . import matmul_tc as TC
     sigs = kernel_signatures()
     problems = 0
     # {kernel: the module's name for it} (the matmuls' kernels are closures of one function, gemm)
-    launched = {v: n for mod in (K, A, M, TC) for n, v in vars(mod).items()
+    launched = {v: n for mod in (K, A, M, TC, AT) for n, v in vars(mod).items()
                 if n.endswith("_kernel") and getattr(v, "__module__", "").startswith("llmnb.cuda")}
     for k, name in launched.items():
         if k not in sigs:

@@ -2,7 +2,7 @@
 
     python -m llmnb.cuda.sass [--arch sm_80,sm_90]
 
-For each TF32 kernel (matmul_tc.py) and each architecture: ptxas -v's registers, stack frame and
+For each TF32 kernel (matmul_tc.py, attention_tc.py) and each architecture: ptxas -v's registers, stack frame and
 spill stores/loads, the HMMA instructions in the SASS (nvdisasm), and the kernel's main loop: the
 smallest loop holding HMMA, its instructions per HMMA and its shared loads. One line per kernel,
 "ok" or "BAD" (no HMMA, a stack frame or a spill); exit status 0 all ok, 1 a BAD line, 2 no NVVM,
@@ -86,24 +86,31 @@ def main_loop(sass):
 
 
 def tensor_core_kernels():
-    """{name: kernel} of matmul_tc.py's TF32 kernels."""
+    """{name: (kernel, argument types)} of the TF32 kernels (matmul_tc.py, attention_tc.py)."""
+    from numba import boolean, float32, int64
+
+    from . import attention_tc as AT
     from . import matmul_tc as TC
+    f1, f2, f3 = float32[::1], float32[:, ::1], float32[:, :, ::1]
     ours = {k for pair in TC.TC_GEMMS.values() for k in pair}
-    return {n: v for n, v in vars(TC).items() if n.endswith("_kernel") and v in ours}
+    kernels = {n: (v, (f3, f2, f2, f1, boolean, int64, boolean)) for n, v in vars(TC).items()
+               if n.endswith("_kernel") and v in ours}
+    kernels["attention_forward_tf32_kernel"] = (AT.attention_forward_tf32_kernel, (f3, f3, f3, float32))
+    for n in ("attention_dquery_tf32_kernel", "attention_dkey_value_tf32_kernel"):
+        kernels[n] = (getattr(AT, n), (f3, f3, f3, f3, f3, float32))
+    return kernels
 
 
 def check(archs, out=sys.stdout):
     """Compile, assemble and read every tensor-core kernel for each arch; -> the number of BAD lines."""
-    from numba import boolean, cuda, float32, int64
+    from numba import cuda
 
     from .ptxcheck import compile_without_a_device
     ptxas, nvdisasm = find_tool("ptxas"), find_tool("nvdisasm")
-    f1, f2, f3 = float32[::1], float32[:, ::1], float32[:, :, ::1]
-    sig = (f3, f2, f2, f1, boolean, int64, boolean)
     bad = 0
     for arch in archs:
         cc = (int(arch[3:-1]), int(arch[-1]))
-        for name, kernel in tensor_core_kernels().items():
+        for name, (kernel, sig) in tensor_core_kernels().items():
             with compile_without_a_device(cc):
                 ptx, _ = cuda.compile_ptx(kernel.py_func, sig, cc=cc)
             a = assemble(ptx, arch, ptxas, nvdisasm)
@@ -113,7 +120,7 @@ def check(archs, out=sys.stdout):
             bad += not ok
             where = (f"main loop {loop[0]} instructions for {loop[1]} HMMA ({loop[0] / loop[1]:.1f} per HMMA), "
                      f"LDS {loop[2]} LDSM {loop[3]}" if loop else "no SASS (nvdisasm absent)")
-            print(f"{'ok ' if ok else 'BAD'} {arch} {name:42s} registers {a['registers']:3d} stack {a['stack']} "
+            print(f"{'ok ' if ok else 'BAD'} {arch} {name:44s} registers {a['registers']:3d} stack {a['stack']} "
                   f"spills {a['spill_stores']}/{a['spill_loads']} HMMA {hmma:3d} | {where}", file=out, flush=True)
     return bad
 
