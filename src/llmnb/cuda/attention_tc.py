@@ -27,6 +27,7 @@ from .launch import ATT_HS_MAX, ELEM_THREADS, GEOMETRY, INLINE, SIMULATOR, cdiv,
 
 F32 = np.float32
 U32 = np.uint32
+I64 = np.int64   # row positions compared with T: signed (numba compares uint64 with int64 in float64)
 ZERO = F32(0.0)
 NEG_INF = F32(-np.inf)
 WHERE = "attention_tc.py"
@@ -83,7 +84,7 @@ def attention_forward_tf32_kernel(out, lse, inp, scale):
     tid = U32(cuda.threadIdx.x)
     lane = tid % U32(32)
     wr = (tid // U32(32)) * U32(16)                            # this warp's first row
-    q0 = (cuda.gridDim.x - 1 - cuda.blockIdx.x) * TC_BQ       # the blocks with the most tiles first
+    q0 = I64(cuda.gridDim.x - 1 - cuda.blockIdx.x) * TC_BQ   # the blocks with the most tiles first
     x = inp[b]
     _tc_stage(Qs, x, q0, TC_BQ, T, h * hs, hs, tid)
     ptx.cp_async_commit()
@@ -131,7 +132,7 @@ def attention_forward_tf32_kernel(out, lse, inp, scale):
             for reg in range(4):
                 r, c = frag_c(lane, ni, reg)
                 v = sacc[4 * ni + reg] * scale
-                if k0 + c > q0 + wr + r or k0 + c >= T:
+                if k0 + I64(c) > q0 + I64(wr + r) or k0 + I64(c) >= T:
                     v = NEG_INF
                 sacc[4 * ni + reg] = v
                 if reg < 2:
@@ -191,11 +192,11 @@ def attention_forward_tf32_kernel(out, lse, inp, scale):
     for ni in range(NI_O):
         for reg in range(4):
             r, c = frag_c(lane, ni, reg)
-            t = q0 + wr + r
-            if t < T and c < hs:
+            t = q0 + I64(wr + r)
+            if t < T and I64(c) < hs:
                 out[b, t, h * hs + c] = oacc[4 * ni + reg] / (l_lo if reg < 2 else l_hi)
     if lane % U32(4) == U32(0):
-        t = q0 + wr + lane // U32(4)
+        t = q0 + I64(wr + lane // U32(4))
         if t < T:
             lse[b, h, t] = m_lo + math.log(l_lo)
         if t + 8 < T:
@@ -279,7 +280,7 @@ def attention_dquery_tf32_kernel(dinp, dout, inp, lse, dd, scale):
     tid = U32(cuda.threadIdx.x)
     lane = tid % U32(32)
     wr = (tid // U32(32)) * U32(16)
-    q0 = (cuda.gridDim.x - 1 - cuda.blockIdx.x) * TC_BQ
+    q0 = I64(cuda.gridDim.x - 1 - cuda.blockIdx.x) * TC_BQ
     x = inp[b]
     _tc_stage(Xs, x, q0, TC_BQ, T, h * hs, hs, tid)
     ptx.cp_async_commit()
@@ -292,7 +293,7 @@ def attention_dquery_tf32_kernel(dinp, dout, inp, lse, dd, scale):
     ptx.cp_async_wait(0)
     cuda.syncthreads()
     _load_frags(dof, Xs, wr, lane)
-    t_lo = q0 + wr + lane // U32(4)   # this lane's rows
+    t_lo = q0 + I64(wr + lane // U32(4))   # this lane's rows
     t_hi = t_lo + 8
     lse_lo = lse[b, h, t_lo] if t_lo < T else ZERO
     lse_hi = lse[b, h, t_hi] if t_hi < T else ZERO
@@ -319,7 +320,7 @@ def attention_dquery_tf32_kernel(dinp, dout, inp, lse, dd, scale):
                 r, c = frag_c(lane, ni, reg)
                 t = t_lo if reg < 2 else t_hi
                 ds = ZERO
-                if k0 + c <= t and t < T:
+                if k0 + I64(c) <= t and t < T:
                     ds = math.exp(sacc[4 * ni + reg] * scale - (lse_lo if reg < 2 else lse_hi)) * \
                         (pacc[4 * ni + reg] - (dd_lo if reg < 2 else dd_hi))
                 dSs[wr + r, c] = ds
@@ -329,8 +330,8 @@ def attention_dquery_tf32_kernel(dinp, dout, inp, lse, dd, scale):
     for ni in range(NI_O):
         for reg in range(4):
             r, c = frag_c(lane, ni, reg)
-            t = q0 + wr + r
-            if t < T and c < hs:
+            t = q0 + I64(wr + r)
+            if t < T and I64(c) < hs:
                 dinp[b, t, h * hs + c] += scale * dq[4 * ni + reg]
 
 
@@ -361,7 +362,7 @@ def attention_dkey_value_tf32_kernel(dinp, dout, inp, lse, dd, scale):
     tid = U32(cuda.threadIdx.x)
     lane = tid % U32(32)
     wr = (tid // U32(32)) * U32(16)
-    k0 = cuda.blockIdx.x * TC_BQ   # the first keys (most query tiles) first
+    k0 = I64(cuda.blockIdx.x) * TC_BQ   # the first keys (most query tiles) first
     x = inp[b]
     _tc_stage(Xs, x, k0, TC_BQ, T, C + h * hs, hs, tid)
     ptx.cp_async_commit()
@@ -381,7 +382,7 @@ def attention_dkey_value_tf32_kernel(dinp, dout, inp, lse, dd, scale):
         _tc_stage(Qs, x, t0, TC_BKV, T, h * hs, hs, tid)
         _tc_stage(dOs, dout[b], t0, TC_BKV, T, h * hs, hs, tid)
         if tid < U32(TC_BKV):
-            t = t0 + tid
+            t = t0 + I64(tid)
             lses[tid] = lse[b, h, t] if t < T else ZERO
             dds[tid] = dd[b, h, t] if t < T else ZERO
         ptx.cp_async_commit()
@@ -394,8 +395,8 @@ def attention_dkey_value_tf32_kernel(dinp, dout, inp, lse, dd, scale):
         for ni in range(NI_S):
             for reg in range(4):
                 r, c = frag_c(lane, ni, reg)
-                t2 = k0 + wr + r   # the key (row), t the query (column)
-                t = t0 + c
+                t2 = k0 + I64(wr + r)   # the key (row), t the query (column)
+                t = t0 + I64(c)
                 p = ZERO
                 if t2 <= t and t < T:
                     p = math.exp(sacc[4 * ni + reg] * scale - lses[c])
@@ -414,8 +415,8 @@ def attention_dkey_value_tf32_kernel(dinp, dout, inp, lse, dd, scale):
     for ni in range(NI_O):
         for reg in range(4):
             r, c = frag_c(lane, ni, reg)
-            t2 = k0 + wr + r
-            if t2 < T and c < hs:
+            t2 = k0 + I64(wr + r)
+            if t2 < T and I64(c) < hs:
                 dinp[b, t2, C + h * hs + c] += scale * dk[4 * ni + reg]
                 dinp[b, t2, 2 * C + h * hs + c] += dv[4 * ni + reg]
 

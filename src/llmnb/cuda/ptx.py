@@ -172,9 +172,12 @@ else:
 
             def codegen(context, builder, signature, args):
                 ptr = _item_pointer(context, builder, signature.args[0], args[0], signature.args[1:], args[1:])
-                out = _asm(builder, ir.LiteralStructType([I32] * num), [_shared_address(builder, ptr)], text,
-                           ",".join(["=r"] * num) + ",r,~{memory}", side_effect=True)
-                return context.make_tuple(builder, rt, [builder.extract_value(out, i) for i in range(num)])
+                # (one output: inline asm returns it as such, not as a struct)
+                out = _asm(builder, ir.LiteralStructType([I32] * num) if num > 1 else I32,
+                           [_shared_address(builder, ptr)], text, ",".join(["=r"] * num) + ",r,~{memory}",
+                           side_effect=True)
+                regs = [builder.extract_value(out, i) for i in range(num)] if num > 1 else [out]
+                return context.make_tuple(builder, rt, regs)
             return rt(tile, r, c), codegen
         return ldmatrix
 

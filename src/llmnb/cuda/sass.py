@@ -2,11 +2,12 @@
 
     python -m llmnb.cuda.sass [--arch sm_80,sm_90]
 
-For each TF32 kernel (matmul_tc.py, attention_tc.py) and each architecture: ptxas -v's registers, stack frame and
-spill stores/loads, the HMMA instructions in the SASS (nvdisasm), and the kernel's main loop: the
-smallest loop holding HMMA, its instructions per HMMA and its shared loads. One line per kernel,
-"ok" or "BAD" (no HMMA, a stack frame or a spill); exit status 0 all ok, 1 a BAD line, 2 no NVVM,
-ptxas or nvdisasm here.
+For each TF32 kernel (matmul_tc.py, attention_tc.py) and each architecture: ptxas -v's registers,
+stack frame and spill stores/loads, the HMMA instructions in the SASS (nvdisasm), and the kernel's
+main loop: the smallest loop holding HMMA, its instructions per HMMA and its shared loads. One line
+per kernel, "ok" or "BAD" (no HMMA, a stack frame or a spill); then a probe kernel that calls every
+intrinsic of ptx.py, and the SASS instructions each became ("BAD" if one is missing). Exit status 0
+all ok, 1 a BAD line, 2 no NVVM, ptxas or nvdisasm here.
 
 The tools: ptxas from the nvidia-cuda-nvcc-cu12 wheel that numba-cuda[cu12] installs, nvdisasm
 from the nvidia-cuda-nvdisasm wheel (the `cuda` extra), or either on PATH.
@@ -101,6 +102,60 @@ def tensor_core_kernels():
     return kernels
 
 
+# what each of ptx.py's intrinsics assembles to (the probe's SASS must hold every one)
+PROBE_SASS = {"mma_m16n8k8_tf32": "HMMA.1688.F32.TF32", "mma_m16n8k16_bf16": "HMMA.16816.F32.BF16",
+              "ldmatrix_x4": "LDSM.16.M88.4", "ldmatrix_x2_trans": "LDSM.16.MT88.2", "ldmatrix_x1": "LDSM.16.M88 ",
+              "cp_async16": "LDGSTS.E.BYPASS.128", "cp_async4": "LDGSTS.E ", "cp_async_commit": "LDGDEPBAR",
+              "cp_async_wait": "DEPBAR.LE", "shfl_xor": "SHFL.BFLY"}
+
+
+def probe(archs, out=sys.stdout):
+    """Assemble a kernel calling every intrinsic of ptx.py for each arch; -> the number of intrinsics
+    whose instruction is missing from its SASS (0 without nvdisasm: only ptxas's acceptance is checked)."""
+    from numba import cuda, float32, uint16
+
+    from . import ptx
+    from .ptxcheck import compile_without_a_device
+
+    def intrinsics(out, a, b):
+        sh = cuda.shared.array((16, 8), float32, alignment=16)
+        hs = cuda.shared.array((32, 8), uint16, alignment=16)
+        t = cuda.threadIdx.x
+        ptx.cp_async16(sh, t // 2, (t % 2) * 4, a, t // 2, (t % 2) * 4, t < 30)
+        ptx.cp_async4(sh, t // 2, 0, a, t // 2, 1, t < 30)
+        ptx.cp_async_commit()
+        ptx.cp_async_wait(0)
+        cuda.syncthreads()
+        x = ptx.cvt_rna_tf32(sh[t // 4, t % 4])
+        y = ptx.f32_bits(b[t, 0])
+        d0, d1, d2, d3 = ptx.mma_m16n8k8_tf32(x, x, y, y, x, y, float32(0), float32(1), float32(2), sh[t // 2, t % 8])
+        r0, r1, r2, r3 = ptx.ldmatrix_x4(sh, t % 16, 0)
+        q0, q1 = ptx.ldmatrix_x2_trans(hs, t, 0)
+        (z0,) = ptx.ldmatrix_x1(hs, t % 8, 0)
+        ptx.syncwarp()
+        p = ptx.cvt_bf16x2(d0, ptx.shfl_xor(d1, 1))
+        e0, e1, e2, e3 = ptx.mma_m16n8k16_bf16(p, r0, r1, r2 ^ z0, r3, q0 ^ q1, d0, d1, d2, d3)
+        out[t, 0] = e0 + e1 + e2 + e3
+
+    ptxas, nvdisasm = find_tool("ptxas"), find_tool("nvdisasm")
+    f2 = float32[:, ::1]
+    missing = 0
+    for arch in archs:
+        cc = (int(arch[3:-1]), int(arch[-1]))
+        with compile_without_a_device(cc):
+            text, _ = cuda.compile_ptx(intrinsics, (f2, f2, f2), cc=cc)
+        a = assemble(text, arch, ptxas, nvdisasm)
+        if a["sass"] is None:
+            print(f"ok  {arch} every intrinsic of ptx.py assembles (no nvdisasm: the SASS not read)", file=out)
+            continue
+        absent = [name for name, op in PROBE_SASS.items() if op not in a["sass"]]
+        missing += len(absent)
+        print(f"{'BAD' if absent else 'ok '} {arch} ptx.py's intrinsics in SASS: "
+              + ", ".join(f"{n} {op.strip()}" for n, op in PROBE_SASS.items() if n not in absent)
+              + (f"; MISSING {', '.join(absent)}" if absent else ""), file=out, flush=True)
+    return missing
+
+
 def check(archs, out=sys.stdout):
     """Compile, assemble and read every tensor-core kernel for each arch; -> the number of BAD lines."""
     from numba import cuda
@@ -145,7 +200,7 @@ def main(argv=None):
         return 2
     if find_tool("nvdisasm") is None:
         print("llmnb/cuda/sass.py: no nvdisasm (pip install nvidia-cuda-nvdisasm): registers and spills only")
-    bad = check(archs)
+    bad = check(archs) + probe(archs)
     print(f"{bad} problem(s)")
     return 1 if bad else 0
 
