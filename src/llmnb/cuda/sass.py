@@ -14,6 +14,7 @@ from the nvidia-cuda-nvdisasm wheel (the `cuda` extra), or either on PATH.
 """
 import argparse
 import glob
+import importlib.util
 import os
 import re
 import shutil
@@ -190,6 +191,9 @@ def main(argv=None):
     archs = [a for a in args.arch.split(",") if a]
     if any(not re.fullmatch(r"sm_\d\d", a) for a in archs):
         ap.error(f"--arch {args.arch!r}: expected e.g. sm_80,sm_90")
+    if importlib.util.find_spec("numba_cuda") is None:
+        print("llmnb/cuda/sass.py: needs NVIDIA's numba-cuda (pip install 'llmnb[cuda]')")
+        return 2
     if find_tool("ptxas") is None:
         print("llmnb/cuda/sass.py: no ptxas (pip install 'numba-cuda[cu12]' brings one)")
         return 2
