@@ -7,7 +7,7 @@ mma tiles of 16 x 8, its accumulators in registers (4 floats a tile a lane). K i
 BK at a time, two slabs in flight: cp.async copies the next slab from global to shared memory, as
 it lies (16-byte chunks, no registers on the way), while the warps multiply the current one. Each
 fragment register is one 32-bit shared load (a conflict-free padding: mma_tiles.py) rounded by
-cvt.rna.tf32.f32 (round to nearest, ties away, as cuBLAS's TF32 inputs).
+cvt.rna.tf32.f32 (round to nearest, ties away from zero).
 
 The index math (which lane copies, reads and writes what) is mma_tiles.py's plain functions, which
 the warp emulator (lanes.py, tests/test_lanes.py) runs on a CPU; the kernels wrap them as device
