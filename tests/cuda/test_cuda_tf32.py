@@ -17,8 +17,9 @@ def _tf32(x):
 
 
 # (N_tok, C, OC): edges of every tile and slab; C and OC multiples of 4 (16-byte rows: the kernels
-# with 16-byte copies) or not (the twins with 4-byte copies); a long K for split K
-SHAPES = [(37, 20, 24), (19, 13, 22), (16, 8, 300)]
+# with 16-byte copies) or not (the twins with 4-byte copies); a long K for split K. The first also
+# with the GPU's geometry (128 x 128 tiles of 8 warps; conftest.py's gpu_geometry run)
+SHAPES = [pytest.param(37, 20, 24, marks=pytest.mark.gpu_geometry), (19, 13, 22), (16, 8, 300)]
 
 
 @pytest.mark.parametrize("N, C, OC", SHAPES)
@@ -51,7 +52,7 @@ def test_tf32_matmul_forward_and_backward_match_float64_of_tf32_operands(N, C, O
     assert np.abs(got["out"] - exact).max() / np.abs(exact).max() > 1e-5
 
 
-@pytest.mark.parametrize("B, T, NH, hs", [(1, 11, 2, 8), (2, 37, 1, 12)])
+@pytest.mark.parametrize("B, T, NH, hs", [pytest.param(1, 11, 2, 8, marks=pytest.mark.gpu_geometry), (2, 37, 1, 12)])
 def test_tf32_attention_forward_and_backward_match_the_cpu_within_tf32(B, T, NH, hs):
     # llmnb/cuda/attention_tc.py: every product on tensor cores (here: the lane models) against the
     # CPU kernels (fp32). Several query blocks and key tiles, a partial tile, head sizes 8 and 12
