@@ -9,19 +9,25 @@ it needs no install and no network; an installed `llmnb[cuda]` works the same). 
   env       the card, driver, CUDA runtime, Python, numba, numba-cuda and torch versions, fp32 peak
   tests     pytest tests/cuda on the device (LLMNB_TEST_CUDA_DEVICE=1: no simulator), in the
             background while `parity` runs
-  parity    llmnb-reference (PyTorch, CPU, GPT-2 124M, B=4 T=64) + llmnb-test --device cuda
+  parity    llmnb-reference (PyTorch, CPU, GPT-2 124M, B=4 T=64) + llmnb-test --device cuda, then
+            again with --precision tf32 (the matmuls on tensor cores; llm.c test_gpt2.cu's tolerances)
   bench     llmnb's step on the card (median of 10 after 2 warm-up steps) and the time of every
             kernel in one step (CUDA events), then PyTorch eager fp32 (F.scaled_dot_product_attention,
-            as nanoGPT) with TF32 off and on, on the same model and batch, each shape in its own process;
-            then llmnb's step again with each matmul kernel of UNTIMED_GEMMS (LLMNB_CUDA_GEMM: not yet
+            as nanoGPT) with TF32 off and on, on the same model and batch, then llmnb's step with
+            --precision tf32, each shape in its own process
+  lab       dev/cuda_gemm.py's TF32 versions (LAB_TF32_GEMMS, v8t: the package's --precision tf32 kernel
+            and its variants) checked against float64 and timed (appended to bench.txt)
+  bench     llmnb's step again with each matmul kernel of UNTIMED_GEMMS (LLMNB_CUDA_GEMM: not yet
             timed on a card)
-  lab       dev/cuda_attention.py: the attention versions (the package's v3 and the lab's v1, v2)
-            checked and timed at both shapes (appended to bench.txt)
+  lab       dev/cuda_attention.py: the attention versions (the package's v3, fp32, and v4t, tf32 on
+            tensor cores; the lab's v1, v2) checked and timed at both shapes (appended to bench.txt)
   train     llmnb-train --device cuda -e d12 -x 20 -v 0 -s 0 at each shape, with its JSONL log
   lab       dev/cuda_gemm.py: the matmul versions of LAB_GEMMS checked and timed beside the
             package's (appended to bench.txt)
 summary.txt ends with `compare` lines read from bench.txt: per shape llmnb's median step with each matmul
-kernel against PyTorch's (TF32 off), and each attention version's time per layer, the fastest named.
+kernel against PyTorch's (TF32 off), llmnb's with --precision tf32 against PyTorch's with TF32 on, and
+each attention version's time per layer, the fastest named; and a `parity` line per precision read
+from parity.txt.
 Shapes: B=4 T=64 (llm.c's CPU demo) and B=8 T=1024 (GPT-2's context). Every phase has a timeout,
 and the whole run a budget (--budget seconds): a phase that runs out is killed and marked so, and
 the rest still run within what is left. The output folder holds at most these 8 files:
@@ -49,6 +55,9 @@ UNTIMED_GEMMS = ("v6s", "v7s")
 # the kernel lab's matmul versions not yet timed on a card, timed last beside the package's
 LAB_GEMMS = ("v6s-128x128-bk8", "v6s-128x128-bk8-r128", "v6s-128x128-bk16", "v6s-128x64-bk8", "v7s-128x128-bk8",
              "v7s-128x64-bk16")
+# the TF32 (tensor-core) versions of the kernel lab, checked against float64 and timed on the card
+# (timed at B*T = 8192 only: the budget)
+LAB_TF32_GEMMS = ("v8t-128x128-bk16", "v8t-128x128-bk16-trunc", "v8t-128x128-bk16-w64x64")
 TRAIN_STEPS = 20
 OUT_FILES = ("summary.txt", "env.txt", "tests.txt", "parity.txt", "bench.txt", "train.txt") + \
     tuple(f"train_B{B}_T{T}.jsonl" for B, T in SHAPES)
@@ -80,16 +89,23 @@ def plan(work):
             Cmd([py, "-m", "llmnb.reference_torch", "--out", ref, "--threads", "8"], "parity.txt", 120),
             Cmd([py, "-m", "llmnb.parity", "--device", "cuda", "--model", os.path.join(ref, "model.bin"),
                  "--state", os.path.join(ref, "debug_state.bin"),
-                 "--losses", os.path.join(ref, "expected_losses.json")], "parity.txt", 150)]),
+                 "--losses", os.path.join(ref, "expected_losses.json")], "parity.txt", 150),
+            Cmd([py, "-m", "llmnb.parity", "--device", "cuda", "--precision", "tf32",
+                 "--model", os.path.join(ref, "model.bin"), "--state", os.path.join(ref, "debug_state.bin"),
+                 "--losses", os.path.join(ref, "expected_losses.json")], "parity.txt", 150,
+                label="llmnb-test --device cuda --precision tf32")]),
         ("bench", [Cmd([py, me, "--bench", system, f"{B}x{T}"], "bench.txt", 150)
-                   for B, T in SHAPES for system in ("llmnb", "torch")]
-                  # the step again with each matmul kernel not yet timed on a card (launch.py)
-                  + [Cmd([py, me, "--bench", "llmnb", f"{B}x{T}"], "bench.txt", 150, env={"LLMNB_CUDA_GEMM": g},
-                         label=f"llmnb B={B} T={T} with LLMNB_CUDA_GEMM={g}")
-                     for g in UNTIMED_GEMMS for B, T in SHAPES]),
+                   for B, T in SHAPES for system in ("llmnb", "torch", "llmnb-tf32")]),
+        # the tensor-core matmuls' first check against float64 and timing beside the package's fp32 kernel
+        ("lab", [Cmd([py, "-m", "dev.cuda_gemm", "--versions", ",".join(LAB_TF32_GEMMS), "--ntok", "8192"],
+                     "bench.txt", 90, label="dev.cuda_gemm: the TF32 tensor-core versions (v8t)")]),
+        # the step again with each matmul kernel not yet timed on a card (launch.py)
+        ("bench", [Cmd([py, me, "--bench", "llmnb", f"{B}x{T}"], "bench.txt", 150, env={"LLMNB_CUDA_GEMM": g},
+                       label=f"llmnb B={B} T={T} with LLMNB_CUDA_GEMM={g}")
+                   for g in UNTIMED_GEMMS for B, T in SHAPES]),
         # the attention versions before train: the only timing of v3 against v2 (dev/cuda_attention.py)
-        ("lab", [Cmd([py, "-m", "dev.cuda_attention"], "bench.txt", 90,
-                     label="dev.cuda_attention: attention versions (v3 the package's)")]),
+        ("lab", [Cmd([py, "-m", "dev.cuda_attention"], "bench.txt", 110,
+                     label="dev.cuda_attention: attention versions (v3 the package's fp32, v4t its tf32)")]),
         ("train", [Cmd([py, "-m", "llmnb.train", "--device", "cuda", "-e", "d12", "-x", str(TRAIN_STEPS),
                         "-v", "0", "-s", "0", "-b", str(B), "-t", str(T),
                         "-i", os.path.join(data, "train.bin"), "-j", os.path.join(data, "val.bin"),
@@ -215,14 +231,21 @@ def run_plan(out_dir, work, budget):
         with open(bench) as f:
             for line in compare(f.read()):
                 note(line)
+    parity = os.path.join(out_dir, "parity.txt")
+    if os.path.exists(parity):
+        with open(parity) as f:
+            for line in parity_lines(f.read()):
+                note(line)
     note(f"done in {budget - (deadline - time.perf_counter()):.0f} s")
     summary.close()
 
 
 STEP_LINE = re.compile(r"^llmnb\s+B=(\d+) T=(\d+) \(matmul (\w+)\): step ms min/median/max \S+ ([\d.]+)", re.M)
 TORCH_LINE = re.compile(r"^PyTorch B=(\d+) T=(\d+) TF32 off: step ms min/median/max \S+ ([\d.]+)", re.M)
-ATTENTION_LINE = re.compile(r"^(v\d+)\s+B=(\d+) T=(\d+) NH=\d+ hs=\d+\s+([\d.]+)\s+\S+\s+([\d.]+)", re.M)
-FAILED_CHECK = re.compile(r"^BAD (v\d+) ", re.M)   # dev.cuda_attention's check of a version
+TF32_LINE = re.compile(r"^llmnb\s+B=(\d+) T=(\d+) \(precision tf32\): step ms min/median/max \S+ ([\d.]+)", re.M)
+TORCH_TF32_LINE = re.compile(r"^PyTorch B=(\d+) T=(\d+) TF32 on : step ms min/median/max \S+ ([\d.]+)", re.M)
+ATTENTION_LINE = re.compile(r"^(v\d+\w*)\s+B=(\d+) T=(\d+) NH=\d+ hs=\d+\s+([\d.]+)\s+\S+\s+([\d.]+)", re.M)
+FAILED_CHECK = re.compile(r"^BAD (v\d+\w*) ", re.M)   # dev.cuda_attention's check of a version
 
 
 def compare(bench):
@@ -245,11 +268,39 @@ def compare(bench):
         ref = torch_ms.get((B, T))
         vs = f"; PyTorch fp32 {ref:.1f}: {by_kernel[best] / ref:.2f}x its time" if ref else ""
         lines.append(f"compare llmnb B={B} T={T} step ms by matmul kernel: {text} (fastest {best}){vs}")
+    tf32 = {(int(B), int(T)): float(ms) for B, T, ms in TF32_LINE.findall(bench)}
+    torch_tf32 = {(int(B), int(T)): float(ms) for B, T, ms in TORCH_TF32_LINE.findall(bench)}
+    for (B, T), ms in sorted(tf32.items()):
+        ref = torch_tf32.get((B, T))
+        vs = f"; PyTorch TF32 on {ref:.1f}: {ms / ref:.2f}x its time" if ref else ""
+        fp32 = steps.get((B, T))
+        own = f"; llmnb fp32 {min(fp32.values()):.1f}: {min(fp32.values()) / ms:.2f}x tf32's time" if fp32 else ""
+        lines.append(f"compare tf32 llmnb B={B} T={T} step ms {ms:.1f}{vs}{own}")
     for (B, T), by_version in sorted(attention.items()):
         ok = [v for v in by_version if v not in failed]
         best = f"fastest {min(ok, key=by_version.get)}" if ok else "every version failed its check"
         text = ", ".join(f"{v} {ms:.3f}{' (FAILED its check)' if v in failed else ''}" for v, ms in by_version.items())
         lines.append(f"compare attention B={B} T={T} forward + backward ms per layer: {text} ({best})")
+    return lines
+
+
+def parity_lines(text):
+    """A line per llmnb-test run in parity.txt: its precision, overall okay, the logits' max
+    difference and the steps' largest loss difference (tf32 prints them) or how many steps were OK."""
+    lines = []
+    for run in text.split("\n$ ")[1:]:
+        head = run.splitlines()[0]
+        if "llmnb.parity" not in head:
+            continue
+        precision = "tf32" if "--precision tf32" in head else "fp32"
+        ok = re.search(r"overall okay: (\d)", run)
+        logits = re.search(r"\(LOGITS\), max_diff = (\S+)", run)
+        bad = run.count("TENSOR NOT OK")
+        losses = [float(d) for d in re.findall(r"OK = \d \(diff (\S+)\)", run)]
+        steps = f", steps' largest loss diff {max(losses):.2e}" if losses else \
+            f", {len(re.findall(r'OK = 1', run))} steps OK"
+        lines.append(f"parity {precision}: overall okay {ok.group(1) if ok else '? (no result)'}, logits max diff "
+                     f"{logits.group(1) if logits else '?'}, {bad} gradient tensor(s) NOT OK{steps}")
     return lines
 
 
@@ -374,7 +425,7 @@ def kernel_flops(name, args):
     return 0.0
 
 
-def bench_llmnb(B, T, steps=10, warmup=2):
+def bench_llmnb(B, T, steps=10, warmup=2, precision="fp32"):
     if os.environ.get("LLMNB_GPU_CHECK_TINY") == "1":
         steps, warmup = 1, 1
     import numpy as np
@@ -386,7 +437,7 @@ def bench_llmnb(B, T, steps=10, warmup=2):
     peak, _ = gpu_peak_flops()
     flops = flops_per_step(config, B, T)
     x, y = make_batch(config, B, T)
-    model = GPT2(config, init_params(config), device="cuda", copy=False)
+    model = GPT2(config, init_params(config), device="cuda", copy=False, precision=precision)
     k = model.backend
 
     def step(t):
@@ -399,7 +450,8 @@ def bench_llmnb(B, T, steps=10, warmup=2):
     t0 = time.perf_counter()
     step(1)
     from llmnb.cuda.launch import GEMM_KERNEL
-    print(f"llmnb B={B} T={T}, matmul kernel {GEMM_KERNEL}: first step (compiles or loads the kernels) "
+    what = f"matmul {GEMM_KERNEL}" if precision == "fp32" else f"precision {precision}"
+    print(f"llmnb B={B} T={T}, {what}: first step (compiles or loads the kernels) "
           f"{time.perf_counter() - t0:.1f} s")
     for t in range(2, warmup + 1):
         step(t)
@@ -410,7 +462,7 @@ def bench_llmnb(B, T, steps=10, warmup=2):
         times.append(time.perf_counter() - t0)
     med = float(np.median(times))
     free, total = cuda.current_context().get_memory_info()
-    print(f"llmnb   B={B} T={T} (matmul {GEMM_KERNEL}): step ms min/median/max {1e3 * min(times):.1f} {1e3 * med:.1f} "
+    print(f"llmnb   B={B} T={T} ({what}): step ms min/median/max {1e3 * min(times):.1f} {1e3 * med:.1f} "
           f"{1e3 * max(times):.1f} | {B * T / med:.0f} tok/s | {flops / med / 1e12:.2f} TFLOP/s = "
           f"{100 * flops / med / peak:.1f}% of fp32 peak | loss {loss:.4f} | "
           f"device memory in use {(total - free) / 2**30:.1f} GiB")
@@ -490,7 +542,9 @@ def main(argv=None):
     if args.bench:
         system, shape = args.bench
         B, T = (int(v) for v in shape.split("x"))
-        return bench_llmnb(B, T) if system == "llmnb" else bench_torch(B, T)
+        if system == "torch":
+            return bench_torch(B, T)
+        return bench_llmnb(B, T, precision="tf32" if system == "llmnb-tf32" else "fp32")
     if os.path.exists(args.out) and os.listdir(args.out):
         raise SystemExit(f"gpu_check: {args.out} is not empty; name another --out")
     os.makedirs(args.out, exist_ok=True)

@@ -31,8 +31,19 @@ Versions:
        kernel, else its scalar twin; partial slabs at the edges load one by one). SASS of the
        whole-slab path (sm_90): one slab of 128x128-bk8 with its loads ~616 instructions per 512
        FFMA (~83%; v6s ~790, ~65%), 128-133 registers. Not yet timed on a card.
-Each version is built by make_gemm(TM, TN, BK, ...) for its tile; the table shows TFLOP/s and the
-share of the card's fp32 peak at the GPT-2 124M shapes, B*T = 256 and 8192.
+  v8t  tensor cores in TF32 (mma.sync.m16n8k8, fp32 accumulate; llmnb/cuda/matmul_tc.py, the package's
+       kernels behind --precision tf32): a block of 8 warps, each a 64 x 32 piece of the 128 x 128
+       tile as 4 x 4 mma tiles, K slabs of 16 copied by cp.async two in flight, fragments read 32
+       bits at a time from shared memory without bank conflicts and rounded by cvt.rna.tf32. SASS
+       (sm_90, python -m llmnb.cuda.sass): 120-126 registers, no spills; a slab (2 k steps, with its
+       cp.async copies and barriers) 274-289 instructions per 32 HMMA, of which 48 LDS and 2 x 48 for
+       the rounding (FSETP + IADD per register). -trunc skips the rounding (the mma reads the fp32
+       bits as tf32: truncation), 128x64, 64x64-bk32 and -w64x64 (4 warps of 64 x 64: 1 shared load
+       per HMMA instead of 1.5, twice the accumulators) are other tiles. Checked against float64 of
+       the tf32-rounded operands. Not yet run on a card.
+Each version is built by make_gemm(TM, TN, BK, ...) for its tile (v8t: matmul_tc.make_gemms); the
+table shows TFLOP/s and the share of the card's fp32 peak at the GPT-2 124M shapes, B*T = 256 and
+8192 (v8t against the same fp32 peak: tensor cores are several times above it).
 
     python -m dev.cuda_gemm            # on a GPU: check + time every version
     python -m dev.cuda_gemm --check    # check only (runs on the CUDA simulator, tiny tiles)
@@ -51,6 +62,7 @@ if "--check" in sys.argv and os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
 from numba import cuda, float32  # noqa: E402
 
 from llmnb.cuda import launch  # noqa: E402,F401  (NumPy 2.5 shim, warnings filter)
+from llmnb.cuda import lanes, matmul_tc  # noqa: E402
 from llmnb.cuda import matmul as pkg  # noqa: E402
 
 F32 = np.float32
@@ -323,6 +335,15 @@ VERSIONS = {
     "v7s-128x128-bk8": (8, 8, 8, True, {"vec4": True, "vload": True}),
     "v7s-128x64-bk16": (8, 4, 16, True, {"vec4": True, "vload": True}),
 }
+# tensor cores (TF32): name: (BM, BN, BK, WARPS_M, WARPS_N, round the operands to tf32 with cvt.rna)
+TC_VERSIONS = {
+    "v8t-128x128-bk16": (128, 128, 16, 2, 4, True),   # the package's (--precision tf32)
+    "v8t-128x128-bk16-trunc": (128, 128, 16, 2, 4, False),
+    "v8t-128x64-bk16": (128, 64, 16, 4, 2, True),
+    "v8t-64x64-bk32": (64, 64, 32, 2, 2, True),
+    "v8t-128x128-bk16-w64x64": (128, 128, 16, 2, 2, True),
+}
+SIM_TC_VERSIONS = {"v8t-sim": (32, 16, 16, 2, 1, True), "v8t-sim-trunc": (32, 16, 16, 2, 1, False)}
 SIM_VERSIONS = {"v4-sim": (2, 2, 4, False, {"TX": 4, "TY": 4}), "v4s-sim": (2, 2, 4, True, {"TX": 4, "TY": 4}),
                 "v5s-sim": (2, 2, 4, True, {"TX": 4, "TY": 4, "unroll4": True}),
                 "v6s-sim": (8, 4, 4, True, {"TX": 2, "TY": 2, "vec4": True}),
@@ -361,6 +382,13 @@ def operands(kind, M, N, K, rng):
 LAYOUT = {"forward": (False, False, False), "dinp": (False, True, True), "dweight": (True, True, True)}
 
 
+def operands_like(kind, a, b):
+    """(None, a, b, reference) for operands a, b already in the layouts of `kind`."""
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    ref = a64 @ b64.T if kind == "forward" else (a64 @ b64 if kind == "dinp" else a64.T @ b64)
+    return None, a, b, ref
+
+
 def package_call(kind, out, a, b, matmuls):
     """The package's kernels (llmnb.cuda.matmul.Matmuls: launch.GEMM_KERNEL, v5s unless set) on the same
     operands, through its launcher's gemm (out, A, B^T in the layout of `kind`)."""
@@ -369,11 +397,41 @@ def package_call(kind, out, a, b, matmuls):
     matmuls._gemm(kind, out, a, b, None, kind != "forward", M, N, K)
 
 
+class GemmTC:
+    """Launch a tensor-core version for one layout through the package's launcher (split K as
+    there): out (M,N) (+)= A @ B^T (+ bias)."""
+
+    def __init__(self, kind, gemms):
+        self.kind = kind
+        self.matmuls = matmul_tc.MatmulsTF32(gemms)
+
+    def __call__(self, out, a, b, bias=None):
+        M, N = out.shape
+        K = a.shape[0] if self.kind == "dweight" else a.shape[1]
+        self.matmuls._gemm(self.kind, out, a, b, bias, self.kind != "forward", M, N, K)
+
+
 def make_gemms(versions, sms):
-    """{(version, layout): Gemm}: each make_gemm is a new kernel, compiled at its first launch, so
-    check and bench share one per version and layout."""
-    return {(vname, kind): Gemm(TM, TN, BK, *LAYOUT[kind], split_k=split, sms=sms, **kw)
-            for vname, (TM, TN, BK, split, kw) in versions.items() for kind in LAYOUT}
+    """{(version, layout): Gemm or GemmTC}: each make_gemm is a new kernel, compiled at its first
+    launch, so check and bench share one per version and layout."""
+    out = {}
+    for vname, v in versions.items():
+        if vname.startswith("v8t"):
+            *shape, round_inputs = v
+            kernels = matmul_tc.make_gemms(*shape, ROUND=round_inputs)
+            out.update({(vname, kind): GemmTC(kind, kernels) for kind in LAYOUT})
+        else:
+            TM, TN, BK, split, kw = v
+            out.update({(vname, kind): Gemm(TM, TN, BK, *LAYOUT[kind], split_k=split, sms=sms, **kw) for kind in LAYOUT})
+    return out
+
+
+def tf32_operands(a, b, round_inputs=True):
+    """a and b as a TF32 version's tensor cores multiply them: rounded to nearest (cvt.rna), or
+    truncated (the -trunc versions)."""
+    if round_inputs:
+        return lanes.round_tf32(a), lanes.round_tf32(b)
+    return lanes.tf32_value(a.view(np.uint32)), lanes.tf32_value(b.view(np.uint32))
 
 
 def check(versions, shapes, sms, gemms=None):
@@ -385,14 +443,21 @@ def check(versions, shapes, sms, gemms=None):
             g = gemms[(vname, kind)]
             for M, N, K in shapes:
                 out, a, b, ref = operands(kind, M, N, K, rng)
+                tf32 = ""
+                if vname.startswith("v8t"):   # the reference multiplies what the tensor cores multiply
+                    exact = ref + (out.astype(np.float64) if accum else 0)
+                    ra, rb = tf32_operands(a, b, versions[vname][-1])
+                    _, _, _, ref = operands_like(kind, ra, rb)
                 want = ref + (out.astype(np.float64) if accum else 0)
                 d_out = cuda.to_device(out)
                 g(d_out, cuda.to_device(a), cuda.to_device(b))
                 got = d_out.copy_to_host()
                 err = float(np.abs(got - want).max() / np.abs(want).max())
+                if vname.startswith("v8t"):
+                    tf32 = f" (of the tf32 operands; {float(np.abs(got - exact).max() / np.abs(exact).max()):.1e} of fp32's)"
                 ok = err < 1e-5
                 bad += not ok
-                print(f"{'ok ' if ok else 'BAD'} {vname:22s} {kind:8s} M={M} N={N} K={K}: max rel err {err:.1e}")
+                print(f"{'ok ' if ok else 'BAD'} {vname:22s} {kind:8s} M={M} N={N} K={K}: max rel err {err:.1e}{tf32}")
     return bad
 
 
@@ -433,9 +498,10 @@ def bench(versions, ntoks, runs, sms, peak, gemms=None):
 def version_names(text):
     """--versions: names of VERSIONS, comma-separated (checked, so that a wrong name fails at once)"""
     names = [n for n in text.split(",") if n]
-    unknown = [n for n in names if n not in VERSIONS]
+    unknown = [n for n in names if n not in VERSIONS and n not in TC_VERSIONS]
     if unknown:
-        raise argparse.ArgumentTypeError(f"no version {', '.join(unknown)} (there are: {', '.join(VERSIONS)})")
+        raise argparse.ArgumentTypeError(f"no version {', '.join(unknown)} (there are: "
+                                         f"{', '.join(list(VERSIONS) + list(TC_VERSIONS))})")
     return ",".join(names)
 
 
@@ -479,11 +545,12 @@ def main():
     ap = build_parser()
     args = ap.parse_args()
     if args.ptx:
-        for (vname, kind), c in ptx_counts([n for n in args.versions.split(",") if n] or VERSIONS).items():
+        names = [n for n in args.versions.split(",") if n and n in VERSIONS] or ([] if args.versions else VERSIONS)
+        for (vname, kind), c in ptx_counts(names).items():
             print(f"{vname:22s} {kind:8s} " + "  ".join(f"{k} {v}" for k, v in c.items()))
         return 0
     if args.check:
-        bad = check(SIM_VERSIONS, [(9, 13, 11), (16, 8, 40), (16, 8, 200)], sms=4)
+        bad = check({**SIM_VERSIONS, **SIM_TC_VERSIONS}, [(9, 13, 11), (16, 8, 40), (16, 8, 200)], sms=4)
         print(f"{bad} bad")
         return 1 if bad else 0
     from llmnb.mfu import gpu_peak_flops
@@ -491,7 +558,8 @@ def main():
     sms = cuda.get_current_device().MULTIPROCESSOR_COUNT
     print(f"peak {peak / 1e12:.1f} TFLOP/s = {how}")
     t0 = time.perf_counter()
-    versions = {n: VERSIONS[n] for n in args.versions.split(",")} if args.versions else VERSIONS
+    every = {**VERSIONS, **TC_VERSIONS}
+    versions = {n: every[n] for n in args.versions.split(",")} if args.versions else every
     gemms = make_gemms(versions, sms)
     bad = check(versions, [(300, 200, 136), (128, 256, 1000)], sms, gemms)
     print(f"check: {bad} bad ({time.perf_counter() - t0:.1f} s incl. compiles)")

@@ -26,11 +26,15 @@ def test_dry_run_plans_every_phase_into_at_most_8_files(tmp_path):
     for phase in ("env", "tests", "parity", "bench", "train", "lab"):
         assert f"\n{phase} " in summary, summary
     assert "llmnb.parity --device cuda" in summary and "-b 8 -t 1024" in summary
-    # the lab: attention's versions before train (the only timing of v3 against v2), the matmuls' last
-    assert summary.index("dev.cuda_attention") < summary.index("llmnb.train") < summary.index("dev.cuda_gemm")
-    # the step is timed with the default matmul kernel and again with v6s and v7s, at both shapes
-    assert summary.count("--bench llmnb") == 6
+    # the lab: attention's versions before train (the only timing of v3 against v2), the fp32 matmuls' last
+    assert summary.index("dev.cuda_attention") < summary.index("llmnb.train") < summary.rindex("dev.cuda_gemm")
+    # the step is timed with the default matmul kernel and again with v6s and v7s, at both shapes, and
+    # with --precision tf32 (the tensor cores) at both shapes; parity runs with fp32 and with tf32
+    assert summary.count("--bench llmnb ") == 6 and summary.count("--bench llmnb-tf32 ") == 2
     assert summary.count("LLMNB_CUDA_GEMM=v6s ") == 2 and summary.count("LLMNB_CUDA_GEMM=v7s ") == 2
+    assert summary.count("llmnb.parity --device cuda") == 2 and "--precision tf32 --model" in summary
+    # the TF32 lab versions are checked and timed before train (the v6/v7 matmul lab is last)
+    assert summary.index("v8t-128x128-bk16") < summary.index("llmnb.train")
     assert "arguments parse: ok" in summary
     gc = load_script()
     assert len(gc.OUT_FILES) <= 8
@@ -79,3 +83,29 @@ def test_compare_names_the_fastest_kernels_and_the_ratio_to_pytorch():
     # a version that failed dev.cuda_attention's check is never the fastest
     failed = gc.compare("BAD v3 dinp  B=1 T=200 NH=2 hs=64: max rel err 3.1e-02\n" + bench)
     assert failed[2].endswith("v2 8.968, v3 4.500 (FAILED its check) (fastest v2)")
+
+
+def test_compare_puts_llmnb_tf32_beside_pytorch_tf32_and_parity_reads_each_precision():
+    gc = load_script()
+    bench = "\n".join([
+        "llmnb   B=8 T=1024 (matmul v5s): step ms min/median/max 469.9 470.1 470.7 | 17428 tok/s",
+        "PyTorch B=8 T=1024 TF32 off: step ms min/median/max 160.6 160.8 161.1 | 50936 tok/s",
+        "PyTorch B=8 T=1024 TF32 on : step ms min/median/max 66.8 67.1 67.2 | 122133 tok/s",
+        "llmnb   B=8 T=1024 (precision tf32): step ms min/median/max 99.0 100.6 101.0 | 81000 tok/s",
+    ])
+    lines = gc.compare(bench)
+    assert "(fastest v5s)" in lines[0] and "tf32" not in lines[0]   # tf32 never decides fp32's kernel
+    assert lines[1] == ("compare tf32 llmnb B=8 T=1024 step ms 100.6; PyTorch TF32 on 67.1: 1.50x its time; "
+                        "llmnb fp32 470.1: 4.67x tf32's time")
+    parity = "\n".join([
+        "", "$ python -m llmnb.reference_torch --out x", "wrote x",
+        "$ python -m llmnb.parity --device cuda --model m", "OK (LOGITS), max_diff = 5.960464e-06",
+        "step 0: loss 11.0 (took 1 ms) OK = 1", "step 1: loss 9.5 (took 1 ms) OK = 1", "overall okay: 1",
+        "$ python -m llmnb.parity --device cuda --precision tf32 --model m", "OK (LOGITS), max_diff = 4.1e-04",
+        "TENSOR NOT OK, maxdiff = 1e-3, 120.0% of the tolerance",
+        "step 0: loss 11.0 (took 1 ms) OK = 1 (diff 3.00e-06)", "step 1: loss 9.5 (took 1 ms) OK = 0 (diff 2.10e-05)",
+        "overall okay: 0"])
+    assert gc.parity_lines(parity) == [
+        "parity fp32: overall okay 1, logits max diff 5.960464e-06, 0 gradient tensor(s) NOT OK, 2 steps OK",
+        "parity tf32: overall okay 0, logits max diff 4.1e-04, 1 gradient tensor(s) NOT OK, "
+        "steps' largest loss diff 2.10e-05"]

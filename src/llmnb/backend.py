@@ -140,9 +140,17 @@ def kernels_cached():
         return None
 
 
-def get_backend(device="cpu"):
-    """The backend for a --device value: 'cpu' or 'cuda'."""
+PRECISIONS = ("fp32", "tf32")
+
+
+def get_backend(device="cpu", precision="fp32"):
+    """The backend for a --device value, 'cpu' or 'cuda', and a --precision of its matmuls: 'fp32'
+    (every device), or 'tf32' (cuda: tensor cores, inputs rounded to 10 mantissa bits, fp32 sums)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r} (expected one of {', '.join(PRECISIONS)})")
     if device == "cpu":
+        if precision != "fp32":
+            raise ValueError(f"--precision {precision} is for --device cuda (the CPU computes in fp32)")
         return CPUBackend()
     if device == "cuda":
         missing = numba_cuda_missing()
@@ -153,5 +161,5 @@ def get_backend(device="cpu"):
         except ImportError as e:  # numba-cuda not installed, or no CUDA driver/simulator
             raise RuntimeError(f"--device cuda is not available: {e}. "
                                "Install the extra: pip install 'llmnb[cuda]'") from e
-        return CUDABackend()
+        return CUDABackend(precision)
     raise ValueError(f"unknown device {device!r} (expected 'cpu' or 'cuda')")

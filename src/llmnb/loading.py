@@ -74,10 +74,10 @@ class ModelSource:
             return read_checkpoint(self.path)
         return self.config, init_params(self.config, seed=self.seed)
 
-    def load(self, device="cpu", log=print):
-        """The model on device (its parameters handed over, not copied)."""
+    def load(self, device="cpu", log=print, precision="fp32"):
+        """The model on device (its parameters handed over, not copied), its matmuls in precision."""
         config, params = self.read(log)
-        return GPT2(config, params, device=device, copy=False)
+        return GPT2(config, params, device=device, copy=False, precision=precision)
 
 
 def find_model(spec, data_dir="data", log=print, *, seed=0, flag="--model", fresh_instead=None):

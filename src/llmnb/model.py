@@ -97,9 +97,9 @@ class GPT2:
     logits before backward). A forward without targets leaves the probabilities in self.probs.
     """
 
-    def __init__(self, config, params=None, device="cpu", backend=None, copy=True):
+    def __init__(self, config, params=None, device="cpu", backend=None, copy=True, precision="fp32"):
         self.config = config
-        self.backend = backend if backend is not None else get_backend(device)
+        self.backend = backend if backend is not None else get_backend(device, precision)
         k = self.backend
         shapes = param_shapes(config)
         self.num_parameters = Tensors.count(shapes)
@@ -130,9 +130,9 @@ class GPT2:
     # construction helpers
 
     @classmethod
-    def from_checkpoint(cls, path, device="cpu", backend=None):
+    def from_checkpoint(cls, path, device="cpu", backend=None, precision="fp32"):
         config, params = read_checkpoint(path)
-        return cls(config, params, device=device, backend=backend, copy=False)
+        return cls(config, params, device=device, backend=backend, copy=False, precision=precision)
 
     def save_checkpoint(self, path):
         write_checkpoint(path, self.config, self.backend.to_host(self.params.memory))

@@ -51,9 +51,12 @@ class Settings:
     hellaswag_limit: int = 0
     data_dir: str = "data"
     device: str = "cpu"
+    precision: str = "fp32"       # --device cuda's matmuls and attention: fp32 or tf32
     zero_stage: int = 0           # -z
 
     def __post_init__(self):
+        if self.precision != "fp32" and self.device != "cuda":
+            raise ValueError(f"--precision {self.precision} is for --device cuda (the CPU computes in fp32)")
         for name in ("batch_size", "seq_len", "grad_accum", "val_batches"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
@@ -164,6 +167,9 @@ def build_parser():
       help="evaluate the first K examples only (default: 0, all 10,042: slow on a CPU)")
     a("--data-dir", default=D.data_dir, help="where datasets, the tokenizer and downloads go (default: data)")
     a("--device", default=D.device, choices=["cpu", "cuda"], help="where to train (default: cpu)")
+    a("--precision", default=D.precision, choices=["fp32", "tf32"],
+      help="--device cuda's matmuls and attention: fp32 (exact, CUDA cores) or tf32 (tensor cores; not yet "
+           "run on a card) (default: fp32)")
     a("-z", dest="zero_stage", type=int, default=D.zero_stage, choices=[0, 1],
       help="under mpiexec: 0 = every rank updates all parameters, 1 = ZeRO stage 1, each rank keeps "
            "AdamW's m and v for its 1/N shard only (default: 0)")

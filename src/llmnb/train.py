@@ -366,7 +366,7 @@ def build_model(s, ckpt, log):
     if source.fresh:
         log(source.describe())
     check_memory(s, source.config, log)
-    model = source.load(s.device, log)
+    model = source.load(s.device, log, s.precision)
     if not source.fresh:
         log(source.describe())
     return model, ckpt.state.settings.get("init", source.name) if ckpt else source.name

@@ -16,3 +16,20 @@ def test_llmnb_test_device_cuda_passes_on_a_tiny_reference(tmp_path, capsys):
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "overall okay: 1" in out and out.count("TENSOR OK") == 16 and out.count("OK = 1") == 3
+
+
+def test_llmnb_test_device_cuda_precision_tf32_passes_llmc_cu_tolerances(tmp_path, capsys):
+    # the TF32 matmuls (tensor cores; on the simulator their lane models) through the whole step,
+    # within llm.c test_gpt2.cu's tolerances; and they are not fp32's results (the logits differ)
+    from llmnb import parity, reference_torch
+    assert reference_torch.main(["--out", str(tmp_path), "--layers", "1", "--heads", "2", "--channels", "32",
+                                 "--vocab", "60", "--max-seq-len", "16", "--batch", "2", "--seq-len", "8",
+                                 "--steps", "3", "--seed", "5"]) == 0
+    capsys.readouterr()
+    files = ["--model", str(tmp_path / "model.bin"), "--state", str(tmp_path / "debug_state.bin"),
+             "--losses", str(tmp_path / "expected_losses.json"), "--device", "cuda"]
+    rc = parity.main(files + ["--precision", "tf32"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "precision: tf32" in out and "overall okay: 1" in out and out.count("TENSOR OK") == 16
+    assert "OK (LOGITS), max_diff = 0.000000e+00" not in out

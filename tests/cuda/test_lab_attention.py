@@ -18,3 +18,4 @@ def test_lab_attention_v2_matches_the_cpu():
     # out, lse and dinp within 1e-5 of the largest CPU value: a partial tile of 7 queries with head
     # size 8, and 20 queries (several tiles) with head size 12
     assert lab.check([(1, 7, 2, 8), (2, 20, 1, 12)], versions=["v2"]) == 0
+

@@ -21,13 +21,22 @@ from llmnb.cuda import launch  # noqa: E402
 SHAPES = [(9, 13, 11), (16, 8, 200), (37, 21, 200)]
 
 
-@pytest.mark.parametrize("version", ["v6s", "v7s"])
+@pytest.mark.parametrize("version", ["v6s", "v7s", "v8t"])
 def test_lab_gemm_matches_float64_in_every_layout(version):
     # v7s: the shapes whose operands have 16-byte aligned rows run its 128-bit global loads, the
-    # others (11 or 21 floats a row) its scalar twin
+    # others (11 or 21 floats a row) its scalar twin. v8t (tensor cores, TF32): against float64 of the
+    # operands rounded (or truncated, -trunc) to tf32, as its tensor cores multiply them
+    every = {**lab.SIM_VERSIONS, **lab.SIM_TC_VERSIONS} if launch.SIMULATOR else {**lab.VERSIONS, **lab.TC_VERSIONS}
     if launch.SIMULATOR:
-        versions = {f"{version}-sim": lab.SIM_VERSIONS[f"{version}-sim"]}
-    else:  # a real card (LLMNB_TEST_CUDA_DEVICE=1): the tiles gpu_check times
-        versions = {n: v for n, v in lab.VERSIONS.items() if n.startswith(version)}
+        versions = {n: v for n, v in every.items() if n.startswith(f"{version}-sim")}
+    else:  # a real card (LLMNB_TEST_CUDA_DEVICE=1): the tiles gpu_check times (v8t: the package's; its
+        # lab phase checks the others)
+        versions = {n: v for n, v in every.items() if n.startswith(version if version != "v8t" else "v8t-128x128-bk16")}
     # forward, dinp and dweight, each against float64 within 1e-5 of the largest output
     assert lab.check(versions, SHAPES, sms=4) == 0
+
+
+def test_the_package_tf32_kernel_is_the_labs_v8t():
+    from llmnb.cuda import matmul_tc
+    assert lab.TC_VERSIONS["v8t-128x128-bk16"] == matmul_tc.TC_SHAPES["gpu"] + (True,)
+    assert lab.SIM_TC_VERSIONS["v8t-sim"] == matmul_tc.TC_SHAPES["sim"] + (True,)

@@ -10,7 +10,9 @@ from numba import cuda
 from ..contract import Backend
 from . import kernels
 from .attention import Attention
+from .attention_tc import AttentionTF32
 from .matmul import Matmuls
+from .matmul_tc import MatmulsTF32
 
 
 class CUDABackend(Backend):
@@ -33,12 +35,18 @@ class CUDABackend(Backend):
     global_norm_squared = staticmethod(kernels.global_norm_squared)
     scale_ = staticmethod(kernels.scale_)
 
-    def __init__(self):
+    def __init__(self, precision="fp32"):
+        """precision: "fp32" (the default: FFMA kernels, exact fp32) or "tf32" (the matmuls and
+        attention's products on tensor cores: matmul_tc.py, attention_tc.py)."""
         if not cuda.is_available():
             raise RuntimeError("llmnb/cuda/backend.py: no CUDA GPU found by numba.cuda "
                                "(set NUMBA_ENABLE_CUDASIM=1 to run the kernels on the simulator)")
-        self.matmuls = Matmuls()  # the matmuls keep their split-K scratch here, for this backend
-        self.attention = Attention()  # and attention its backward's dd scratch
+        if precision not in ("fp32", "tf32"):
+            raise ValueError(f"llmnb/cuda/backend.py: precision {precision!r}, expected 'fp32' or 'tf32'")
+        self.precision = precision
+        # the matmuls keep their split-K scratch here, for this backend
+        self.matmuls = MatmulsTF32() if precision == "tf32" else Matmuls()
+        self.attention = AttentionTF32() if precision == "tf32" else Attention()  # and its dd scratch
 
     def matmul_forward(self, out, inp, weight, bias):
         self.matmuls.matmul_forward(out, inp, weight, bias)

@@ -6,7 +6,8 @@ them for a GPU (e.g. shared array shapes must be constants; builtin min does not
 reports, per kernel, the fp64 instructions in its PTX (all kernels are fp32; only the gradient
 norm accumulates in float64) and its local-memory loads/stores (register spills, or the 8x8
 accumulators of the matmuls not kept in registers), and its 128-bit loads from shared and global
-memory (the matmuls' v6s and v7s exist for those).
+memory (the matmuls' v6s and v7s exist for those), and its tensor-core mma.sync instructions (the
+TF32 kernels of matmul_tc.py and attention_tc.py have them, no other kernel does).
 
     python -m llmnb.cuda.ptxcheck [--cc 9.0] [--geometry gpu|sim]
 
@@ -24,17 +25,21 @@ EXPECTED_FP64 = {"global_norm_squared_kernel"}
 
 
 def kernel_signatures():
-    """{kernel dispatcher: [argument types]} for every launch of kernels.py, attention.py and matmul.py."""
+    """{kernel dispatcher: [argument types]} for every launch of kernels.py, attention.py, matmul.py
+    and matmul_tc.py."""
     from numba import boolean, float32, float64, int32, int64
 
     from . import attention as A
+    from . import attention_tc as AT
     from . import kernels as K
     from . import matmul as M
+    from . import matmul_tc as TC
     f1, f2, f3 = float32[::1], float32[:, ::1], float32[:, :, ::1]
     i2 = int32[:, ::1]
     gemm = [(f3, f2, f2, f1, boolean, int64, boolean)]
     return {
         **{k: gemm for pair in M.GEMMS.values() for k in pair if k is not None},   # (v7s: twins too)
+        **{k: gemm for pair in TC.TC_GEMMS.values() for k in pair},                # --precision tf32
         M.matmul_reduce_splits_kernel: [(f2, f3, f1, boolean, boolean)],
         M.matmul_backward_bias_kernel: [(f1, f2)],
         K.encoder_forward_kernel: [(f3, i2, f2, f2)],
@@ -47,6 +52,9 @@ def kernel_signatures():
         A.attention_backward_dd_kernel: [(f3, f3, f3)],
         A.attention_dquery_kernel: [(f3, f3, f3, f3, f3, float32)],
         A.attention_dkey_value_kernel: [(f3, f3, f3, f3, f3, float32)],
+        AT.attention_forward_tf32_kernel: [(f3, f3, f3, float32)],                # --precision tf32
+        AT.attention_dquery_tf32_kernel: [(f3, f3, f3, f3, f3, float32)],
+        AT.attention_dkey_value_tf32_kernel: [(f3, f3, f3, f3, f3, float32)],
         K.gelu_forward_kernel: [(f1, f1)],
         K.gelu_backward_kernel: [(f1, f1, f1)],
         K.residual_forward_kernel: [(f1, f1, f1)],
@@ -107,12 +115,14 @@ def check_all(cc, out=sys.stdout):
     from numba import cuda
 
     from . import attention as A
+    from . import attention_tc as AT
     from . import kernels as K
     from . import matmul as M
+    from . import matmul_tc as TC
     sigs = kernel_signatures()
     problems = 0
     # {kernel: the module's name for it} (the matmuls' kernels are closures of one function, gemm)
-    launched = {v: n for mod in (K, A, M) for n, v in vars(mod).items()
+    launched = {v: n for mod in (K, A, M, TC, AT) for n, v in vars(mod).items()
                 if n.endswith("_kernel") and getattr(v, "__module__", "").startswith("llmnb.cuda")}
     for k, name in launched.items():
         if k not in sigs:
@@ -133,10 +143,11 @@ def check_all(cc, out=sys.stdout):
                 local = len(re.findall(r"\b(?:ld|st)\.local\b", ptx))
                 v4s = len(re.findall(r"\bld\.shared\.v4\.", ptx))
                 v4g = len(re.findall(r"\bld\.global(?:\.nc)?\.v4\.", ptx))
-                bad = local > 0 or (f64 > 0 and name not in EXPECTED_FP64)
+                mma = len(re.findall(r"\bmma\.sync\.", ptx))
+                bad = local > 0 or (f64 > 0 and name not in EXPECTED_FP64) or (mma == 0) == ("_tf32" in name)
                 problems += bad
                 print(f"{'BAD ' if bad else 'ok  '}     {name:40s} fp64 instructions {f64:3d}   "
-                      f"local loads/stores {local:3d}   128-bit loads shared {v4s:3d} global {v4g:3d}", file=out)
+                      f"local loads/stores {local:3d}   128-bit loads shared {v4s:3d} global {v4g:3d}   mma {mma:3d}", file=out)
     return problems
 
 
