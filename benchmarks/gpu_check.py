@@ -19,8 +19,8 @@ it needs no install and no network; an installed `llmnb[cuda]` works the same). 
             and its variants) checked against float64 and timed (appended to bench.txt)
   bench     llmnb's step again with each matmul kernel of UNTIMED_GEMMS (LLMNB_CUDA_GEMM: not yet
             timed on a card)
-  lab       dev/cuda_attention.py: the attention versions (the package's v3, fp32, and v4t, tf32 on
-            tensor cores; the lab's v1, v2) checked and timed at both shapes (appended to bench.txt)
+  lab       dev/cuda_attention.py: the attention versions (the package's v2, its default, v3, and v4t,
+            tf32 on tensor cores; the lab's v1) checked and timed at both shapes (appended to bench.txt)
   train     llmnb-train --device cuda -e d12 -x 20 -v 0 -s 0 at each shape, with its JSONL log
   lab       dev/cuda_gemm.py: the matmul versions of LAB_GEMMS checked and timed beside the
             package's (appended to bench.txt)
@@ -105,7 +105,7 @@ def plan(work):
                    for g in UNTIMED_GEMMS for B, T in SHAPES]),
         # the attention versions before train: the only timing of v3 against v2 (dev/cuda_attention.py)
         ("lab", [Cmd([py, "-m", "dev.cuda_attention"], "bench.txt", 110,
-                     label="dev.cuda_attention: attention versions (v3 the package's fp32, v4t its tf32)")]),
+                     label="dev.cuda_attention: attention versions (v2 the default, v3 LLMNB_CUDA_ATTENTION=v3, v4t tf32)")]),
         ("train", [Cmd([py, "-m", "llmnb.train", "--device", "cuda", "-e", "d12", "-x", str(TRAIN_STEPS),
                         "-v", "0", "-s", "0", "-b", str(B), "-t", str(T),
                         "-i", os.path.join(data, "train.bin"), "-j", os.path.join(data, "val.bin"),
@@ -251,7 +251,7 @@ FAILED_CHECK = re.compile(r"^BAD (v\d+\w*) ", re.M)   # dev.cuda_attention's che
 def compare(bench):
     """Lines for summary.txt from bench.txt's text: per shape, llmnb's median step with each matmul
     kernel against PyTorch's (TF32 off), and each attention version's forward + backward per layer,
-    the fastest of each named: what decides the package's defaults (launch.GEMM_KERNEL, attention.py).
+    the fastest of each named: what decides the package's defaults (launch.GEMM_KERNEL, launch.ATTENTION_KERNEL).
     An attention version that failed its check is listed as such, never as the fastest."""
     steps, torch_ms, attention = {}, {}, {}
     for B, T, kernel, ms in STEP_LINE.findall(bench):

@@ -17,6 +17,8 @@ The tests marked gpu_geometry also run with launch.py's GPU geometry (64x64 matm
 outputs per thread, attention's 64- and 32-row blocks, 128-thread rows): a second pytest run does
 that (tests/cuda/conftest.py).
 """
+import os
+
 import numpy as np
 import pytest
 
@@ -24,6 +26,7 @@ from llmnb import kernels as cpu
 from llmnb import optim as cpu_optim
 from llmnb.config import GPT2Config, Tensors
 from llmnb.cuda import launch
+from llmnb.cuda.attention import Attention
 from llmnb.cuda.backend import CUDABackend
 
 F32 = np.float32
@@ -353,16 +356,20 @@ ATTENTION_SHAPES = [  # sim geometry: 4 queries (forward) or 4 rows (backward) p
 ]
 
 
+@pytest.mark.parametrize("version", ["v2", "v3"])   # the default (ran on a card) and LLMNB_CUDA_ATTENTION=v3
 @pytest.mark.parametrize("B,T,NH,C", ATTENTION_SHAPES)
-def test_attention_forward(be, rng, B, T, NH, C):
+def test_attention_forward(be, rng, B, T, NH, C, version):
     # out and lse start as garbage: the kernel must fill them as the CPU does
+    be.attention = Attention(version)
     args = [randn(rng, B, T, C), randn(rng, B, NH, T), randn(rng, B, T, 3 * C)]
     host, got = run_both(be, "attention_forward", args)
     assert_all_close(host, got, ["out", "lse", "inp"])
 
 
+@pytest.mark.parametrize("version", ["v2", "v3"])
 @pytest.mark.parametrize("B,T,NH,C", ATTENTION_SHAPES)
-def test_attention_backward(be, rng, B, T, NH, C):
+def test_attention_backward(be, rng, B, T, NH, C, version):
+    be.attention = Attention(version)
     qkv = randn(rng, B, T, 3 * C)
     out, lse = np.zeros((B, T, C), F32), np.zeros((B, NH, T), F32)
     cpu.attention_forward(out, lse, qkv)   # a real out and lse
@@ -549,3 +556,10 @@ def test_tiny_gpt2_cuda_matches_cpu():
     assert_close(cuda_res[3], cpu_res[3], "params after one AdamW step")
     assert abs(cuda_res[4] - cpu_res[4]) <= 1e-5 * abs(cpu_res[4])
     assert cuda_res[4] < cuda_res[0]
+
+
+def test_the_default_attention_is_the_version_a_card_ran():
+    # issue 22: a kernel is the default only once it has run on silicon (v2: an H200, 2026-11-26);
+    # v3 stays selectable with LLMNB_CUDA_ATTENTION=v3 until a card has run it
+    assert launch.ATTENTION_KERNEL == (os.environ.get("LLMNB_CUDA_ATTENTION") or "v2")
+    assert CUDABackend().attention.version == launch.ATTENTION_KERNEL

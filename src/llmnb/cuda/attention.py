@@ -14,7 +14,9 @@ registers, as the matmuls do (matmul.py):
   _accumulate  o += p v (backward dq += dS k, dk += dS^T q, dv += att^T dout) for ATT_RM rows x
                ATT_DN channels in groups of 4 neighbours (_channel): per 4 columns c, each row's 4 p
                in one load and each c's 4 channels of v in one load
-so a multiply-add costs 0.12-0.19 shared loads (the version before, dev/cuda_attention.py's v2: 0.5-0.75).
+so a multiply-add costs 0.12-0.19 shared loads (the version before, attention_v2.py's v2: 0.5-0.75).
+This is v3; Attention launches v2's kernels instead by default (LLMNB_CUDA_ATTENTION, launch.py) until
+a card has run v3.
 The softmax's row max: each thread's maximum over its own columns goes through a shared tile, and
 each thread reads its rows' ATT_TX partial maxima 4 at a time. Tiles wholly above the diagonal are
 never visited, and the blocks with the most tiles start first.
@@ -34,6 +36,8 @@ from numba import cuda, float32
 
 from .launch import (ATT_BK, ATT_BK_P, ATT_BQ, ATT_BR, ATT_CN, ATT_DN, ATT_HS4, ATT_HS_MAX, ATT_HS_P, ATT_RM, ATT_TX, ATT_TY,
                      ATT_TY_BWD, ELEM_THREADS, INLINE, SIMULATOR, cdiv, check, elementwise_grid)
+from . import attention_v2
+from .launch import ATTENTION_KERNEL
 from .matmul import fetch4, load4, store4
 
 F32 = np.float32
@@ -388,19 +392,29 @@ def _attention_shapes(name, inp, lse, out):
     return B, T, C, NH, C // NH
 
 
+# each version's (forward, dquery, dkey_value) kernels: the same grids, blocks and arguments
+KERNELS = {
+    "v2": (attention_v2.v2_forward_kernel, attention_v2.v2_dquery_kernel, attention_v2.v2_dkey_value_kernel),
+    "v3": (attention_forward_kernel, attention_dquery_kernel, attention_dkey_value_kernel),
+}
+
+
 class Attention:
     """attention_forward and attention_backward with backward's dd scratch (B*NH*T floats: one per
-    backend, it grows to the largest B*NH*T seen and is not allocated again after the first step)."""
+    backend, it grows to the largest B*NH*T seen and is not allocated again after the first step).
+    version: "v2" or "v3" (KERNELS; default launch.py's ATTENTION_KERNEL, LLMNB_CUDA_ATTENTION)."""
 
-    def __init__(self):
+    def __init__(self, version=ATTENTION_KERNEL):
         self.dd = None
+        self.version = version
+        self.forward_kernel, self.dquery_kernel, self.dkey_value_kernel = KERNELS[version]
 
     def attention_forward(self, out, lse, inp):
         """out (B,T,C), lse (B,NH,T) = causal self-attention of inp (B,T,3C) = q,k,v, and the
         log-sum-exp of each query's scaled scores."""
         B, T, C, NH, hs = _attention_shapes("attention_forward", inp, lse, out)
         scale = F32(1.0 / math.sqrt(hs))
-        attention_forward_kernel[(cdiv(T, ATT_BQ), B * NH), (ATT_TX, ATT_TY)](out, lse, inp, scale)
+        self.forward_kernel[(cdiv(T, ATT_BQ), B * NH), (ATT_TX, ATT_TY)](out, lse, inp, scale)
 
     def attention_backward(self, dinp, dout, inp, out, lse):
         """dinp (B,T,3C) += the gradient of attention_forward, from dout (B,T,C), inp (B,T,3C) and
@@ -415,6 +429,6 @@ class Attention:
         scale = F32(1.0 / math.sqrt(hs))
         attention_backward_dd_kernel[elementwise_grid(n), ELEM_THREADS](dd, dout, out)
         grid = (cdiv(T, ATT_BR), B * NH)
-        attention_dquery_kernel[grid, (ATT_TX, ATT_TY_BWD)](dinp, dout, inp, lse, dd, scale)
-        attention_dkey_value_kernel[grid, (ATT_TX, ATT_TY_BWD)](dinp, dout, inp, lse, dd, scale)
+        self.dquery_kernel[grid, (ATT_TX, ATT_TY_BWD)](dinp, dout, inp, lse, dd, scale)
+        self.dkey_value_kernel[grid, (ATT_TX, ATT_TY_BWD)](dinp, dout, inp, lse, dd, scale)
 

@@ -78,6 +78,16 @@ if GEMM_KERNEL not in GEMM_SHAPES:
 GEMM_TM, GEMM_BK = GEMM_SHAPES[GEMM_KERNEL][GEOMETRY]
 GEMM_VEC4 = GEMM_KERNEL in ("v6s", "v7s")   # groups of 4 rows and columns, 128-bit shared loads
 GEMM_VLOAD = GEMM_KERNEL == "v7s"           # 128-bit global loads of the slabs where rows are aligned
+# attention's kernels (attention.py's Attention launches either), picked by LLMNB_CUDA_ATTENTION (read
+# once, at import). The default is the version a card has run (issue 22: defaults are what ran on
+# silicon); the other stays selectable and benchmarks/gpu_check.py times both:
+#   v2  attention_v2.py: tiles staged transposed, read a float at a time (timed on an H200, 2026-11-26)
+#   v3  attention.py: the same tiles staged as they lie and read 4 floats at a time (not yet on a card)
+ATTENTION_KERNELS = ("v2", "v3")
+ATTENTION_KERNEL = os.environ.get("LLMNB_CUDA_ATTENTION", "") or "v2"
+if ATTENTION_KERNEL not in ATTENTION_KERNELS:
+    raise ValueError(f"llmnb/cuda/launch.py: LLMNB_CUDA_ATTENTION={ATTENTION_KERNEL!r}, expected one of "
+                     f"{', '.join(ATTENTION_KERNELS)}")
 # attention (flash-style, attention.py): register tiles as the matmuls'. A block of ATT_TX x ATT_TY
 # threads (ATT_TY_BWD in backward) holds ATT_RM rows per thread, ATT_CN score columns and ATT_DN head
 # channels per thread: ATT_BQ queries per forward block, ATT_BR rows (queries or keys) per backward

@@ -30,6 +30,7 @@ def kernel_signatures():
     from numba import boolean, float32, float64, int32, int64
 
     from . import attention as A
+    from . import attention_v2 as A2
     from . import attention_tc as AT
     from . import kernels as K
     from . import matmul as M
@@ -49,6 +50,9 @@ def kernel_signatures():
         K.layernorm_backward_dinp_kernel: [(f3, f3, f3, f1, f2, f2)],
         K.layernorm_backward_params_kernel: [(f1, f1, f3, f3, f2, f2)],
         A.attention_forward_kernel: [(f3, f3, f3, float32)],
+        A2.v2_forward_kernel: [(f3, f3, f3, float32)],
+        A2.v2_dquery_kernel: [(f3, f3, f3, f3, f3, float32)],
+        A2.v2_dkey_value_kernel: [(f3, f3, f3, f3, f3, float32)],
         A.attention_backward_dd_kernel: [(f3, f3, f3)],
         A.attention_dquery_kernel: [(f3, f3, f3, f3, f3, float32)],
         A.attention_dkey_value_kernel: [(f3, f3, f3, f3, f3, float32)],
@@ -115,6 +119,7 @@ def check_all(cc, out=sys.stdout):
     from numba import cuda
 
     from . import attention as A
+    from . import attention_v2 as A2
     from . import attention_tc as AT
     from . import kernels as K
     from . import matmul as M
@@ -122,7 +127,7 @@ def check_all(cc, out=sys.stdout):
     sigs = kernel_signatures()
     problems = 0
     # {kernel: the module's name for it} (the matmuls' kernels are closures of one function, gemm)
-    launched = {v: n for mod in (K, A, M, TC, AT) for n, v in vars(mod).items()
+    launched = {v: n for mod in (K, A, A2, M, TC, AT) for n, v in vars(mod).items()
                 if n.endswith("_kernel") and getattr(v, "__module__", "").startswith("llmnb.cuda")}
     for k, name in launched.items():
         if k not in sigs:
