@@ -82,6 +82,8 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(workdir, tmp_path, m
     a = [(r["train_loss"], r["val_loss"]) for r in read_log(full)]
     b = [(r["train_loss"], r["val_loss"]) for r in read_log(part)]
     assert len(a) == 9 and a == b  # bit for bit: same data position, same AdamW state, same schedule
+    # llm.c's main.log too: the lines written after the checkpoint, before Ctrl-C, are not repeated
+    assert (part / "main.log").read_text() == (full / "main.log").read_text()
     np.testing.assert_array_equal(read_checkpoint(full / "model.bin")[1], read_checkpoint(part / "model.bin")[1])
 
 
