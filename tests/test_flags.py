@@ -107,6 +107,9 @@ def test_accepted_flags_llmnb_does_not_act_on_say_so():
     notes = parse(["-r", "1", "-ge", "2", "-lg", "10", "-f", "1"]).notes()
     assert [n.split(":")[0] for n in notes] == ["-r 1", "-ge 2", "-lg 10", "-f 1"]
     assert "same" in notes[0] and "ignored on the CPU" in notes[2]
+    # llm.c's scripts give no -x (train_gpt2.cu: one epoch); llmnb's -x 40 with a decay says so
+    assert parse(["-q", "0.0"]).notes()[0].startswith("-x 40 (llmnb's default")
+    assert parse(["-q", "0.0", "-x", "-1"]).notes() == parse(["-q", "0.0", "-k", "constant"]).notes() == []
 
 
 def test_weight_decay_is_on_train_gpt2cus_tensors():

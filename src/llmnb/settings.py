@@ -181,6 +181,9 @@ class Settings:
     def notes(self):
         """One line for each flag accepted that llmnb does not act on, saying so."""
         out = []
+        if self.steps == 40 and self.final_lr_frac < 1 and self.lr_scheduler != "constant":
+            out.append("-x 40 (llmnb's default, train_gpt2.c's) with a decaying learning rate: it decays over 40 "
+                       "steps; train_gpt2.cu's default is -x -1, one epoch of the train data (give -x -1 for that)")
         if self.recompute:
             out.append(f"-r {self.recompute}: llmnb keeps every activation for the backward and recomputes none "
                        "(the memory printed above); the results are the same, only llm.c's memory and speed differ")
