@@ -112,6 +112,16 @@ def test_accepted_flags_llmnb_does_not_act_on_say_so():
     assert parse(["-q", "0.0", "-x", "-1"]).notes() == parse(["-q", "0.0", "-k", "constant"]).notes() == []
 
 
+def test_e_dl_is_train_gpt2cus_model_of_that_depth():
+    # gpt2_set_hyperparameters: d12 is GPT-2 124M, d24 the 350M (C 1024, 16 heads), d48 the 1558M
+    from llmnb.config import Tensors, param_shapes
+    shapes = {L: (GPT2Config.depth(L).channels, GPT2Config.depth(L).num_heads) for L in (6, 12, 24, 36, 48)}
+    assert shapes == {6: (384, 6), 12: (768, 12), 24: (1024, 16), 36: (1280, 20), 48: (1600, 25)}
+    assert Tensors.count(param_shapes(GPT2Config.depth(12))) == 124_475_904
+    assert Tensors.count(param_shapes(GPT2Config.depth(24))) == 354_871_296
+    assert (GPT2Config.depth(2).channels, GPT2Config.depth(2).num_heads) == (128, 2)  # llmnb's small ones
+
+
 def test_weight_decay_is_on_train_gpt2cus_tensors():
     # train_gpt2.cu's gpt2_update: wd for its parameter tensors i == 0, 1, 4, 6, 10, 12, in the
     # order of its ParameterTensors (llmnb's PARAM_NAMES); none on biases and layernorms
