@@ -87,6 +87,9 @@ def test_pn_and_pr_must_be_the_mpi_worlds():
         parse(["-pn", "2"]).for_world(1)
     with pytest.raises(ValueError, match="-pr 1: this process is rank 0 of 1"):
         parse(["-pr", "1"]).for_world(1)
+    assert parse(["-pr", "0"]).for_world(1).process_rank == 0
+    with pytest.raises(ValueError, match="-pr 0: under mpiexec -n 2 each process takes its rank from MPI"):
+        parse(["-pr", "0"]).for_world(2, rank=0)
 
 
 @pytest.mark.parametrize("argv,says", [

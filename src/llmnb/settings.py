@@ -154,14 +154,18 @@ class Settings:
         return self.val_every if self.hellaswag else 0
 
     def for_world(self, size, rank=0):
-        """These settings for a world of `size` processes: -d's gradient accumulation as
-        train_gpt2.cu derives it (-d must be a multiple of B*T*processes; --grad-accum, llmnb's
-        name for the same, must agree with it when both are given), -pn and -pr checked against
-        the world mpiexec made. ValueError (one line) when they do not fit."""
+        """These settings for a world of `size` processes (this one rank `rank`): -d's gradient
+        accumulation as train_gpt2.cu derives it (-d must be a multiple of B*T*processes;
+        --grad-accum, llmnb's name for the same, must agree with it when both are given), -pn and
+        -pr checked against the world mpiexec made. ValueError (one line, the same on every rank)
+        when they do not fit."""
         if self.num_processes is not None and self.num_processes != size:
             raise ValueError(f"-pn {self.num_processes}: this job has {size} process{'es' if size != 1 else ''} "
                              f"(llmnb takes the world from mpiexec: mpiexec -n {self.num_processes} llmnb-train ...)")
-        if self.process_rank is not None and size == 1 and self.process_rank != rank:
+        if self.process_rank is not None and size > 1:  # (every rank reads the same -pr)
+            raise ValueError(f"-pr {self.process_rank}: under mpiexec -n {size} each process takes its rank from "
+                             "MPI; leave -pr out")
+        if self.process_rank is not None and self.process_rank != rank:
             raise ValueError(f"-pr {self.process_rank}: this process is rank {rank} of {size} (llmnb takes the "
                              "ranks from mpiexec)")
         per_step = self.batch_size * self.seq_len * size  # one micro-step's tokens over the world
@@ -351,7 +355,7 @@ def build_parser():
     g("-pn", dest="num_processes", type=int, default=D.num_processes, metavar="N",
       help="number of processes: must be mpiexec's (default: mpiexec's)")
     g("-pr", dest="process_rank", type=int, default=D.process_rank, metavar="R",
-      help="this process's rank: must be mpiexec's (default: mpiexec's)")
+      help="this process's rank: 0 in one process; under mpiexec leave it out (default: mpiexec's)")
     g("-pg", dest="gpus_per_node", type=int, default=D.gpus_per_node, metavar="N",
       help="GPUs per node: accepted; each rank takes GPU rank modulo the visible GPUs (default: 8)")
     g("-pi", "-pm", dest="nccl_init_method", default=D.nccl_init_method, metavar="mpi",
