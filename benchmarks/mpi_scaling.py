@@ -68,10 +68,8 @@ def allreduce_main(n, repeats):
         print(json.dumps({"ranks": comm.Get_size(), "bytes": 4 * n, "seconds": times}))
 
 
-# GPT-2 small and medium as OpenAI's (llm.c's d12 is the 124M; its d24 is wider than the 350M)
-MODELS = {"124M": GPT2Config.depth(12),
-          "350M": GPT2Config(max_seq_len=1024, vocab_size=50257, padded_vocab_size=50304,
-                             num_layers=24, num_heads=16, channels=1024)}
+# GPT-2 small and medium: llm.c's d12 and d24 (train_gpt2.cu's gpt2_set_hyperparameters)
+MODELS = {"124M": GPT2Config.depth(12), "350M": GPT2Config.depth(24)}
 
 
 def num_parameters(config):

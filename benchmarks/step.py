@@ -4,7 +4,7 @@ installed, PyTorch's on the same model and batch, in a process of its own starte
     python -m benchmarks.step                 # 124M, B=4, T=64: step times, per-kernel table, PyTorch
     python -m benchmarks.step --startup       # cold and warm time to the first finished step
     python -m benchmarks.step --no-torch --steps 20
-    python -m benchmarks.step -d 6 -B 1 -T 1024   # a fresh d6 model (d6/d12/d24: C = 64 x depth)
+    python -m benchmarks.step -d 6 -B 1 -T 1024   # a fresh d6 model (train_gpt2.cu's -e d6: C = 384)
     python -m benchmarks.step --torch-in-process  # PyTorch in llmnb's process, after Numba's pool ran
 
 Reports min/median/max over --steps steps after --warmup steps, tokens/s, MFU (model FLOPs per
@@ -219,7 +219,7 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--depth", "-d", type=int, default=None,
-                    help="a fresh d6/d12/d24... model (train_gpt2.cu's family: C = 64*L) instead of GPT-2 124M")
+                    help="a fresh d6/d12/d24... model (train_gpt2.cu's -e dL: GPT2Config.depth) instead of GPT-2 124M")
     ap.add_argument("--no-torch", action="store_true", help="llmnb only")
     ap.add_argument("--no-compile", action="store_true", help="no torch.compile column")
     ap.add_argument("--torch-in-process", action="store_true",

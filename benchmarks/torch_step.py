@@ -258,7 +258,7 @@ def parse_args(argv=None):
     ap.add_argument("--batch", "-B", type=int, default=4)
     ap.add_argument("--seq-len", "-T", type=int, default=64)
     ap.add_argument("--depth", "-d", type=int, default=None,
-                    help="a fresh d6/d12/d24... model (C = 64*L) instead of GPT-2 124M")
+                    help="a fresh d6/d12/d24... model (GPT2Config.depth: train_gpt2.cu's -e dL) instead of GPT-2 124M")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--model", choices=MODELS + ("both",), default="both")

@@ -169,3 +169,20 @@ def test_train_logs_hellaswag_every_n_steps(files, tmp_path, capsys):
     assert "HellaSwag: acc 1.0000 acc_norm 1.0000 (2 examples)" in capsys.readouterr().out
     assert main(argv[:-2] + ["--hellaswag-file", str(tmp_path / "nope.jsonl")]) == 2
     assert "nope.jsonl: no such file" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_train_h_1_evaluates_at_the_val_steps_as_llmc(files, tmp_path, capsys):
+    # train_gpt2.cu's -h 1: HellaSwag where the val loss is taken (after step 0) and at the end,
+    # acc_norm logged to main.log as `s:STEP eval:ACC`
+    from llmnb.formats import write_shard
+    from llmnb.train import main
+    write_shard(tmp_path / "tr.bin", np.random.default_rng(0).integers(0, 1000, 400))
+    out = tmp_path / "o"
+    argv = ["-e", str(files / "repeat.bin"), "-i", str(tmp_path / "tr.bin"), "-j", str(tmp_path / "tr.bin"),
+            "-o", str(out), "-b", "1", "-t", "8", "-x", "5", "-v", "2", "-m", "1", "-s", "0", "-l", "0",
+            "--data-dir", str(tmp_path / "d"), "-h", "1", "--hellaswag-file", str(files / "hs.jsonl")]
+    assert main(argv) == 0
+    assert "| run hellaswag         | yes " in capsys.readouterr().out
+    evals = [line for line in (out / "main.log").read_text().splitlines() if "eval:" in line]
+    assert evals == ["s:2 eval:0.7500", "s:4 eval:0.7500", "s:5 eval:0.7500"]

@@ -1,5 +1,6 @@
 """The optimizer side: lr schedule, global-norm clipping."""
 import math
+import platform
 
 import numpy as np
 import pytest
@@ -9,13 +10,67 @@ from llmnb.model import GPT2, init_params
 from llmnb.optim import clip_grad_norm, global_norm_squared, learning_rate
 
 
-def test_learning_rate_schedule():
-    assert learning_rate(0, 1e-3) == learning_rate(99, 1e-3) == 1e-3            # constant by default
-    assert learning_rate(0, 1e-3, warmup=4) == pytest.approx(2.5e-4)           # linear warmup
-    assert learning_rate(3, 1e-3, warmup=4) == pytest.approx(1e-3)
-    assert learning_rate(4, 1e-3, warmup=4, total=14, lr_min=1e-4) == pytest.approx(1e-3)
-    assert learning_rate(9, 1e-3, warmup=4, total=14, lr_min=1e-4) == pytest.approx(5.5e-4)  # half way
-    assert learning_rate(14, 1e-3, warmup=4, total=14, lr_min=1e-4) == pytest.approx(1e-4)
+# printed by llm.c's llmc/schedulers.h (get_learning_rate) for each schedule of SCHEDULES: built with
+# gcc -O2 by tests/llmc/llmc_schedulers.c, our harness; rebuild with `python tests/llmc/regenerate.py`
+LLMC_LR_RECIPE = (0.000200000009, 0.000400000019, 0.000600000028, 0.000600000028, 0.000542705122,
+                  0.000392705115, 0.000207294885, 5.72948848e-05)
+LLMC_LR_COSINE = (0.000500000024, 0.00100000005, 0.00100000005, 0.000965745829, 0.000868198113,
+                  0.000722207536, 0.000549999997, 0.000377792487, 0.000231801969, 0.000134254224)
+LLMC_LR_LINEAR = (0.000500000024, 0.00100000005, 0.00100000005, 0.000887500064, 0.000775000022,
+                  0.000662500039, 0.000549999997, 0.000437500014, 0.00032500003, 0.000212499988)
+LLMC_LR_CONSTANT = (0.00100000005, 0.00100000005, 0.00100000005, 0.00100000005, 0.00100000005)
+LLMC_LR_WSD = (0.000333333359, 0.000666666718, 0.00100000005, 0.00100000005, 0.00100000005, 0.00100000005,
+               0.00100000005, 0.00100000005, 0.00100000005, 0.000422649755, 0.000183503391)
+LLMC_LR_DEFAULT = (9.99999975e-05, 9.99999975e-05, 9.99999975e-05, 9.99999975e-05, 9.99999975e-05,
+                   9.99999975e-05)
+LLMC_LR_124M = (8.57142879e-07, 1.71428576e-06, 0.000300857151, 0.000599142862, 0.000600000028,
+                0.000600000028, 0.000600000028, 0.000520795758, 0.000499812129, 0.000300025975,
+                3.35075879e-06, 0)
+LLMC_LR_350M = (4.2857144e-07, 0.000300000014, 0.000300000014, 0.000149999993, 0)
+
+# name: (-k, -l, -u, train_num_batches, -q, the steps printed: None = every step)
+SCHEDULES = {
+    "LLMC_LR_RECIPE": ("cosine", 6e-4, 3, 8, 0.0, None),
+    "LLMC_LR_COSINE": ("cosine", 1e-3, 2, 10, 0.1, None),
+    "LLMC_LR_LINEAR": ("linear", 1e-3, 2, 10, 0.1, None),
+    "LLMC_LR_CONSTANT": ("constant", 1e-3, 2, 5, 0.1, None),
+    "LLMC_LR_WSD": ("wsd", 1e-3, 3, 11, 0.0, None),
+    "LLMC_LR_DEFAULT": ("cosine", 1e-4, 0, 6, 1.0, None),
+    "LLMC_LR_124M": ("cosine", 6e-4, 700, 18865, 0.0, (0, 1, 350, 698, 699, 700, 701, 5000, 5568, 9782, 18000, 18864)),
+    "LLMC_LR_350M": ("cosine", 3e-4, 700, 60000, 0.0, (0, 699, 700, 30350, 59999)),
+}
+# glibc's cosf is llm.c's (the constants were made with it); another C library's may differ by 1 ulp
+GLIBC = platform.libc_ver()[0] == "glibc"
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULES))
+def test_learning_rate_schedule_is_llmcs_float_for_float(name):
+    kind, lr, warmup, total, frac, steps = SCHEDULES[name]
+    steps = steps or range(total)
+    mine = np.array([learning_rate(s, lr, warmup, total, frac, kind) for s in steps], np.float64)
+    want = np.array(globals()[name], np.float32).astype(np.float64)
+    assert mine.shape == want.shape and np.array_equal(mine.astype(np.float32), mine)  # float32 values
+    if GLIBC:
+        np.testing.assert_array_equal(mine, want)
+    else:
+        np.testing.assert_array_max_ulp(mine.astype(np.float32), want.astype(np.float32), maxulp=1)
+
+
+def test_learning_rate_schedule_shapes_and_refusals():
+    # a float64 reference of each shape (the C's float32 within 1e-6 relative)
+    lr, w, n = 1e-3, 4, 14
+    assert learning_rate(0, lr, warmup=w) == pytest.approx(lr / 4, rel=1e-6)        # warmup, no end
+    assert learning_rate(99, lr, warmup=w) == pytest.approx(lr, rel=1e-6)           # then constant
+    assert learning_rate(9, lr, w, n, 0.1) == pytest.approx(1e-4 + 0.5 * 9e-4, rel=1e-6)  # cosine, half way
+    assert learning_rate(9, lr, w, n, 0.1, "linear") == pytest.approx(1e-3 - 0.5 * 9e-4, rel=1e-6)
+    assert learning_rate(14, lr, w, 16, 0.0, "wsd") == pytest.approx(lr * (1 - 0.5 ** 0.5), rel=1e-6)  # 12 + half of 4
+    assert learning_rate(0, lr, w, n, 0.1, "constant") == pytest.approx(lr, rel=1e-6)  # llm.c: no warmup
+    with pytest.raises(ValueError, match="past the schedule"):
+        learning_rate(15, lr, w, n, 0.1)
+    with pytest.raises(ValueError, match="unknown learning rate scheduler"):
+        learning_rate(0, lr, kind="step")
+    with pytest.raises(ValueError, match="needs the number of steps"):
+        learning_rate(5, lr, warmup=w, final_frac=0.1)
 
 
 def test_global_norm_is_exact_and_thread_independent():

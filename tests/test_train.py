@@ -82,6 +82,8 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(workdir, tmp_path, m
     a = [(r["train_loss"], r["val_loss"]) for r in read_log(full)]
     b = [(r["train_loss"], r["val_loss"]) for r in read_log(part)]
     assert len(a) == 9 and a == b  # bit for bit: same data position, same AdamW state, same schedule
+    # llm.c's main.log too: the lines written after the checkpoint, before Ctrl-C, are not repeated
+    assert (part / "main.log").read_text() == (full / "main.log").read_text()
     np.testing.assert_array_equal(read_checkpoint(full / "model.bin")[1], read_checkpoint(part / "model.bin")[1])
 
 
@@ -279,8 +281,9 @@ def test_the_step_line_and_log_carry_the_grad_norm_and_z_scores(workdir, tmp_pat
     out = tmp_path / "out"
     assert run(workdir, out, "-b", "1", "-t", "4", "-v", "0", "-s", "0", "-x", "66") == 0
     lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("step")]
-    assert "grad norm" in lines[0] and "z)" not in lines[0]
-    assert "z)" not in lines[63] and "z) | grad norm" in lines[64] and lines[64].count("z)") == 2
+    # train_gpt2.cu's layout: "loss 5.123456 (+0.12z)| norm 1.2345 (+0.34z)| lr ..." (no z while the window fills)
+    assert "| norm " in lines[0] and "z)" not in lines[0]
+    assert "z)" not in lines[63] and "z)| norm" in lines[64] and lines[64].count("z)|") == 2
     log = read_log(out)
     assert log[63]["loss_z"] is None and isinstance(log[64]["loss_z"], float)
     assert all(r["grad_norm"] > 0 for r in log[:66])
@@ -598,8 +601,8 @@ def test_offline_the_default_model_is_one_line(workdir, tmp_path, monkeypatch, c
             *QUICK, "-x", "1", "--data-dir", "d"]
     assert main(argv) == 0
     captured = capsys.readouterr()
-    lines = [l for l in (captured.out + captured.err).splitlines()
-             if "gpt2_124M" in l or "download" in l or "retr" in l or "d12" in l]
+    lines = [l for l in (captured.out + captured.err).splitlines()  # (the parameter table's rows aside)
+             if ("gpt2_124M" in l or "download" in l or "retr" in l or "d12" in l) and not l.startswith("|")]
     assert len(lines) == 2, lines  # the fallback, then the fresh model's own line
     assert "starter pack could not be fetched" in lines[0] and "Connection refused" in lines[0]
     assert lines[0].endswith("training a fresh d12 model instead")
@@ -611,21 +614,28 @@ def snapshot(out):
     return {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.name != ".llmnb-train.lock"}
 
 
-def test_resume_with_nothing_to_resume_says_so_and_changes_nothing(workdir, checkpointed, tmp_path, capsys):
+def test_resume_with_nothing_to_resume_says_so_or_starts_fresh_where_nothing_is(workdir, checkpointed, tmp_path, capsys):
     import shutil
     plain = tmp_path / "plain"  # the default -n 0: a log and a model, no checkpoint
     assert run(workdir, plain, *QUICK, "-x", "2") == 0
     cut = tmp_path / "cut"      # the only checkpoint's save was cut short: no DONE file
     shutil.copytree(checkpointed, cut)
     os.remove(cut / "DONE_00000002")
-    for out, says in ((plain, "-n 0"), (cut, "DONE_00000002"), (tmp_path / "none", "leave out -y 1")):
-        before = snapshot(out) if out.exists() else None
+    for out, says in ((plain, "-n 0"), (cut, "DONE_00000002")):
+        before = snapshot(out)
         capsys.readouterr()
         assert run(workdir, out, *QUICK, "-x", "3", "-y", "1") == 2
         err = one_error_line(capsys)
         assert "-y 1" in err and str(out) in err and says in err
-        if before is not None:
-            assert snapshot(out) == before  # not a byte of what survives is touched
+        assert snapshot(out) == before  # not a byte of what survives is touched
+    # an empty or missing -o holds nothing to lose: -y 1 starts a fresh run there, as llm.c's -y 1
+    # (its scripts pass -y 1 on every launch)
+    for out in (tmp_path / "none", tmp_path / "empty"):
+        if out.name == "empty":
+            out.mkdir()
+        assert run(workdir, out, *QUICK, "-x", "2", "-y", "1") == 0
+        assert "-y 1: no checkpoint in" in capsys.readouterr().out
+        assert [r["step"] for r in read_log(out)] == [0, 1]
 
 
 def test_bad_input_leaves_no_output_dir_and_names_the_fix(workdir, tmp_path, capsys):
@@ -737,4 +747,4 @@ def test_settings_are_fixed_once_and_a_resume_names_what_changed(workdir, checkp
     capsys.readouterr()
     assert run(workdir, out, *QUICK, "-x", "3", "-n", "2", "-y", "1", "-l", "1e-3", "--wd", "0.1") == 0
     line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("resuming with settings"))
-    assert line == "resuming with settings that differ from the checkpoint's: -l 0.001 (was 0.003), --wd 0.1 (was 0.0)"
+    assert line == "resuming with settings that differ from the checkpoint's: -l 0.001 (was 0.003), -c 0.1 (was 0.0)"

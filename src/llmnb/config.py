@@ -29,6 +29,11 @@ ACT_NAMES = (
 LAYER_GRAD_NAMES = ("ln1", "qkv", "atty", "ln2", "fch", "fch_gelu")
 
 
+# train_gpt2.cu's gpt2_set_hyperparameters: -e dL's depth L -> (channels C, heads NH)
+DEPTHS = {6: (384, 6), 12: (768, 12), 24: (1024, 16), 36: (1280, 20), 48: (1600, 25), 60: (1920, 30),
+          72: (2880, 30), 84: (3456, 36)}
+
+
 @dataclass(frozen=True)
 class GPT2Config:
     max_seq_len: int = 1024       # maxT
@@ -57,11 +62,13 @@ class GPT2Config:
 
     @classmethod
     def depth(cls, L, max_seq_len=1024, vocab_size=50257):
-        """The d6/d12/d24... family of train_gpt2.cu: C = 64*L, NH = max(1, C/64)."""
-        C = 64 * L
+        """train_gpt2.cu's -e dL (gpt2_set_hyperparameters): its table of (C, NH) for L = 6, 12 (GPT-2
+        124M), 24 (350M), 36 (774M), 48 (1558M), 60, 72, 84; any other L (llm.c refuses them) is
+        llmnb's own small model, C = 64*L, NH = max(1, C/64), for tests and quick runs."""
+        C, NH = DEPTHS.get(L, (64 * L, max(1, L)))
         return cls(max_seq_len=max_seq_len, vocab_size=vocab_size,
-                   padded_vocab_size=cls.pad_vocab(vocab_size), num_layers=L,
-                   num_heads=max(1, C // 64), channels=C)
+                   padded_vocab_size=cls.pad_vocab(vocab_size), num_layers=L, num_heads=NH, channels=C)
+
 
 
 def param_shapes(config):

@@ -66,6 +66,17 @@ def available_bytes(device="cpu"):
     return min(known) if known else None
 
 
+def gpu_memory_line():
+    """-lg's line (train_gpt2.cu prints NVML's utilisation there): the current GPU's memory in use
+    and its total, from the driver; None without a GPU to ask."""
+    try:
+        from numba import cuda
+        free, total = cuda.current_context().get_memory_info()
+    except Exception:  # no driver, the simulator...
+        return None
+    return f"memory: {(total - free) / MiB:,.0f} MiB of {total / MiB:,.0f} MiB in use ({100 * (total - free) / total:.1f}%)"
+
+
 def describe(sizes):
     """One line: each buffer in MiB, and the total."""
     parts = ", ".join(f"{what} {n / MiB:,.0f} MiB" for what, n in sizes.items())

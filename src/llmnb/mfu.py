@@ -137,6 +137,26 @@ def gpu_peak_flops():
             f"{name} (sm_{cc[0]}{cc[1]}): {sms} SMs x {lanes} fp32 lanes x 2 x {ghz:.2f} GHz boost clock")
 
 
+def device_name(device="cpu"):
+    """The name of what trains, for the header (train_gpt2.cu's deviceProp.name): the GPU's, or
+    the CPU's model name (/proc/cpuinfo), else LLVM's name for the host CPU."""
+    if device == "cuda":
+        try:
+            from numba import cuda
+            name = cuda.get_current_device().name
+            return name.decode() if isinstance(name, bytes) else str(name)
+        except Exception:  # the simulator
+            return "CUDA device"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ll.get_host_cpu_name()
+
+
 def estimate_peak_flops(threads, device="cpu"):
     """-> (FLOP/s, a line saying how it was estimated) for the CPU's `threads` or a CUDA device.
     On the CPU the peak is measured, not looked up: every thread runs independent vector FMAs at

@@ -1,7 +1,7 @@
 """The optimizer, in one place: llm.c's AdamW over the flat parameter buffer and what a run wraps
 around it.
 
-    learning_rate(step, ...)        the schedule: linear warmup, then constant or cosine to lr_min
+    learning_rate(step, ...)        the schedule: llmc/schedulers.h's cosine, linear, constant, wsd
     clip_grad_norm(model, c)        the gradient's global L2 norm, scaled down to c
     adamw_update(model, ...)        gpt2_update: the AdamW kernel over params[lo:hi] (ZeRO-1: one
                                     rank's shard), weight decay on the tensors of `decay` only
@@ -10,25 +10,81 @@ around it.
 
 The AdamW kernel itself is kernels.adamw_update (the backend's); the collectives are dist.py's.
 """
+import ctypes
+import ctypes.util
 import math
 
 import numpy as np
 from numba import njit, prange
 
-# the 2-D weights: the tensors that get weight decay when it is asked for (--wd), as in llm.c's
-# train_gpt2.cu (embeddings and matmul weights; no decay on biases and layernorm parameters)
+# the 2-D weights: the tensors that get weight decay when it is asked for (-c), as llm.c's
+# train_gpt2.cu's gpt2_update (its tensors 0, 1, 4, 6, 10, 12: the embeddings and the matmul
+# weights; no decay on biases and layernorm parameters)
 DECAYED = ("wte", "wpe", "qkvw", "attprojw", "fcw", "fcprojw")
 
+SCHEDULERS = ("cosine", "linear", "constant", "wsd")  # llmc/schedulers.h's (-k)
 
-def learning_rate(step, lr, warmup=0, total=0, lr_min=None):
-    """Constant lr by default; with warmup, linear from lr/warmup up to lr over the first
-    `warmup` steps; with lr_min set, cosine decay from lr down to lr_min at step `total`."""
-    if warmup > 0 and step < warmup:
-        return lr * (step + 1) / warmup
-    if lr_min is None or total <= warmup:
-        return lr
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return lr_min + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - lr_min)
+
+def learning_rate(step, lr, warmup=0, total=None, final_frac=1.0, kind="cosine"):
+    """The learning rate of `step` (0-based), as llmc/schedulers.h's get_learning_rate: float32
+    arithmetic as the C's, so the value is the C's float bit for bit (tests/llmc's harness checks it).
+
+    kind        cosine: linear warmup to lr over `warmup` steps, then cosine decay to lr * final_frac
+                at step `total` (llm.c's train_num_batches); linear: the same with a linear decay;
+                constant: lr at every step (llm.c's ignores the warmup); wsd: warmup, constant, then
+                over the last 20% of `total` a 1 - sqrt decay to lr * final_frac
+    total None  no known end (a wall-clock budget): constant lr after the warmup, for final_frac 1
+    A step past `total` (where the C's asserts stop it) is a ValueError."""
+    if kind not in SCHEDULERS:
+        raise ValueError(f"unknown learning rate scheduler {kind!r} (llm.c's: {', '.join(SCHEDULERS)})")
+    f32 = np.float32
+    max_lr = f32(lr)
+    if kind == "constant":
+        return float(max_lr)
+    if step < warmup:  # linear warmup (wsd's rounds in another order: lr * ((step + 1) / warmup))
+        if kind == "wsd":
+            return float(max_lr * (f32(step + 1) / f32(warmup)))
+        return float(max_lr * f32(step + 1) / f32(warmup))
+    if total is None:
+        if final_frac != 1.0:
+            raise ValueError("a learning rate decay (final fraction below 1) needs the number of steps")
+        return float(max_lr)
+    min_lr = max_lr * f32(final_frac)
+    start = warmup if kind != "wsd" else int(f32(0.8) * f32(total))  # wsd: (int)(0.8f * N)
+    if kind == "wsd" and step < start:
+        return float(max_lr)
+    ratio = f32(step - start) / f32(total - start) if total > start else f32(math.nan)
+    if not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"learning rate schedule: step {step} is past the schedule's {total} steps")
+    if kind == "cosine":  # cosf of the float M_PI * ratio (a double, rounded to float)
+        coeff = f32(0.5) * (f32(1.0) + _cosf(f32(math.pi * float(ratio))))
+        return float(min_lr + coeff * (max_lr - min_lr))
+    if kind == "linear":
+        return float(max_lr - ratio * (max_lr - min_lr))
+    return float(min_lr + (f32(1.0) - np.sqrt(ratio)) * (max_lr - min_lr))  # wsd
+
+
+def _libm_cosf():
+    """The C library's cosf (what llm.c's schedule calls), or None where there is no libm to load."""
+    try:
+        libm = ctypes.CDLL(ctypes.util.find_library("m") or "libm.so.6")
+        cosf = libm.cosf
+    except (OSError, AttributeError):
+        return None
+    cosf.restype, cosf.argtypes = ctypes.c_float, [ctypes.c_float]
+    return cosf
+
+
+_LIBM_COSF = _libm_cosf()
+
+
+def _cosf(x):
+    """C's cosf of a float32: the C library's own (glibc's is not correctly rounded: in ~1% of a
+    long cosine schedule's steps it is 1 ulp off the rounded double cosine, and so is llm.c's lr),
+    else the double cosine rounded to float32."""
+    if _LIBM_COSF is not None:
+        return np.float32(_LIBM_COSF(float(x)))
+    return np.float32(math.cos(float(x)))
 
 
 @njit(parallel=True, cache=True)
@@ -108,19 +164,19 @@ def _pieces(shapes, lo, hi, decay):
 
 
 class AdamW:
-    """A run's optimizer: AdamW with llm.c's betas and eps, the run's schedule, gradient clipping
-    and weight decay (on the 2-D weights, DECAYED), across the world's ranks (dist.Single or
-    dist.MPIWorld). Each step: reduce_and_clip() once the gradient is in (-> its norm), then, if
-    the run goes on, update(step)."""
+    """A run's optimizer: AdamW with llm.c's beta1 and eps (beta2: train_gpt2.c's 0.999 unless
+    given), the run's learning rate schedule (a function of the step), gradient clipping and weight
+    decay (on llm.c's tensors, DECAYED), across the world's ranks (dist.Single or dist.MPIWorld).
+    Each step: reduce_and_clip() once the gradient is in (-> its norm), then, if the run goes on
+    and does not skip the step, update(step)."""
     BETA1, BETA2, EPS = 0.9, 0.999, 1e-8
 
-    def __init__(self, world, learning_rate, warmup=0, steps=0, lr_min=None, weight_decay=0.0, grad_clip=0.0):
-        self.world = world
-        self.learning_rate, self.warmup, self.steps, self.lr_min = learning_rate, warmup, steps, lr_min
-        self.weight_decay, self.grad_clip = weight_decay, grad_clip
+    def __init__(self, world, schedule, weight_decay=0.0, grad_clip=0.0, beta2=BETA2):
+        self.world, self.schedule = world, schedule
+        self.weight_decay, self.grad_clip, self.beta2 = weight_decay, grad_clip, beta2
 
     def lr(self, step):
-        return learning_rate(step, self.learning_rate, self.warmup, self.steps, self.lr_min)
+        return self.schedule(step)
 
     def reduce_and_clip(self, model):
         """The mean of the ranks' gradients (each rank's backward scaled its own by 1/ranks), clipped
@@ -142,7 +198,7 @@ class AdamW:
         this rank's shard, from its reduced gradient, then every rank gathers the others' shards."""
         world, lr = self.world, self.lr(step)
         decay = DECAYED if self.weight_decay > 0 else None
-        hyper = (lr, self.BETA1, self.BETA2, self.EPS, self.weight_decay, step + 1)
+        hyper = (lr, self.BETA1, self.beta2, self.EPS, self.weight_decay, step + 1)
         if not world.sharded:
             model.update(*hyper, decay=decay)
         else:

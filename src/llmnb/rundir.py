@@ -2,6 +2,7 @@
 
     .llmnb-train.lock          the lock: a second run into the directory stops at once
     log.jsonl                  one JSON record per step (train loss, val loss, lr, ms, grad norm...)
+    main.log                   llm.c's log of the same (logger.py), for llm.c's own tooling
     model_00000020.bin         a checkpoint's weights (llm.c's model file, readable by llm.c)
     state_00000020_00000.bin   its optimizer state, one per rank (llm.c's state file: header, AdamW
                                m and v, then the data loader's shuffle state when it shuffles)
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .fileio import TEMP_NAME, FormatError, atomic_write, disk_error, open_regular
+from . import logger
 from .formats import read_optimizer_state, write_optimizer_state
 
 LOCK_NAME = ".llmnb-train.lock"
@@ -120,6 +122,7 @@ class RunDir:
     def __init__(self, path):
         self.path = os.fspath(path)
         self.log_path = os.path.join(self.path, "log.jsonl")
+        self.main_log_path = os.path.join(self.path, logger.NAME)
         self.model_path = os.path.join(self.path, "model.bin")
         self.loss_svg_path = os.path.join(self.path, "loss.svg")
         self.lock_path = os.path.join(self.path, LOCK_NAME)
@@ -199,18 +202,23 @@ class RunDir:
     def latest(self):
         return latest(self.path)
 
+    def holds_a_run(self):
+        """Whether the directory holds anything an earlier run writes (checkpoint files, a log, a
+        final model): -y 1 with no checkpoint starts a fresh run only where it holds none."""
+        outputs = (self.log_path, self.main_log_path, self.model_path, self.loss_svg_path)
+        return bool(files(self.path)) or any(os.path.exists(p) for p in outputs)
+
     def without_checkpoint(self):
-        """What a directory with no complete checkpoint holds, and what to do, in one line."""
+        """What a directory with no complete checkpoint but an earlier run's files (holds_a_run) holds,
+        and what to do, in one line."""
         partial = files(self.path)
         if partial:
             step = int(re.search(r"_(\d{8})", os.path.basename(partial[-1])).group(1))
             return (f"{self.path} holds no complete checkpoint to resume from: the one of step {step} has no "
                     f"DONE_{step:08d} (its save was cut short); nothing was changed: start a fresh run with "
                     "--overwrite (it deletes them) or into another -o")
-        if os.path.exists(self.log_path) or os.path.exists(self.model_path):
-            return (f"{self.path} holds a run without checkpoints (-n 0, the default, writes none): nothing to "
-                    f"resume; to train its model further, start from it: -e {self.model_path} -o <another dir>")
-        return f"{self.path} holds no checkpoint to resume from; to start a fresh run, leave out -y 1"
+        return (f"{self.path} holds a run without checkpoints (-n 0, the default, writes none): nothing to "
+                f"resume; to train its model further, start from it: -e {self.model_path} -o <another dir>")
 
     def save(self, step, model, state, shuffle_tail=b"", world=None):
         """Save model + optimizer state at `step` (the number of updates done) with `state` (a

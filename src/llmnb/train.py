@@ -1,14 +1,18 @@
 """llmnb-train: llm.c's training run, GPT-2 on tinyshakespeare with val loss, samples and checkpoints.
 
-Read as train_gpt2.c's main (with train_gpt2.cu's flags): the settings (settings.py), then build
-(Run.__init__: the checkpoint to resume or the -e model, the data loaders, the tokenizer), then
-the loop (Run.loop: every -v steps the val loss over -m batches, every -s steps a sample of -g
-tokens, every -n steps a checkpoint, and in between training steps of forward, backward and
-AdamW on B x T tokens from the train shards), then finish (the final model and the loss curve).
+Read as train_gpt2.c's main with train_gpt2.cu's flags: the settings (settings.py), then build
+(Run.__init__: the checkpoint to resume or the -e model, the data loaders, the tokenizer, the
+learning rate schedule, and train_gpt2.cu's parameter table), then the loop (Run.loop: every -v
+steps the val loss over -m batches, with -h 1 HellaSwag, every -s steps a sample of -g tokens,
+every -n steps a checkpoint, and in between training steps of forward and backward over -d's
+micro-batches of B x T tokens, then AdamW unless -sl/-sg skip it), then finish (the final model
+and the loss curve). What it prints is laid out as train_gpt2.cu's output, and it writes llm.c's
+main.log beside log.jsonl (logger.py).
 
 The output directory belongs to one run (rundir.py); a run stops, writing nothing more, when its
 loss, gradient norm or parameters stop being finite.
 """
+import functools
 import math
 import signal
 import sys
@@ -16,18 +20,20 @@ import time
 import traceback
 
 import numba
+import numpy as np
 
 from . import backend as backends
 from . import dist, hellaswag, loading, memory
+from . import logger as mainlog
 from . import tokenizer as tokenizers
 from .data import DataLoader
 from .download import DownloadError
 from .fileio import FormatError
 from .formats import HEADER_BYTES
 from .generate import TextStream, decoding_tokenizer, generate, prompt_tokens
-from .mfu import estimate_peak_flops, flops_per_step
+from .mfu import device_name, estimate_peak_flops, flops_per_step
 from .model import Decoder, compile_kernels
-from .optim import AdamW
+from .optim import AdamW, learning_rate
 from .outlier import OutlierDetector
 from .plot import write_loss_svg
 from .rand import Rng
@@ -48,6 +54,14 @@ def main(argv=None):
         world = dist.world(s.zero_stage)
     except RuntimeError as e:
         print(f"llmnb-train: error: {e}", file=sys.stderr)
+        return 2
+    try:  # -d's gradient accumulation, -pn and -pr: what the world makes of the settings
+        s = s.for_world(world.size, world.rank)
+    except ValueError as e:
+        if world.rank == 0:
+            print(f"llmnb-train: error: {e}", file=sys.stderr, flush=True)
+        if world.size > 1:
+            world.abort(2)
         return 2
     code = run_guarded(s, world)
     if code != 0 and world.size > 1:  # no rank may leave the others waiting in a collective
@@ -112,17 +126,24 @@ class Run:
         ckpt = find_checkpoint(s, world, rundir, log) if s.resume else None
         with dist.rank_zero_first(world):  # one rank downloads or prepares what is missing
             self.model, self.init_name = build_model(s, ckpt, log)
-            patterns = loading.find_data(s.train, s.val, s.data_dir, log)
+            train_pattern, val_pattern = loading.find_data(s.train, s.val, s.data_dir, log)
+        if s.overfit_single_batch:  # -a 1: as llm.c, the val data's first batch (smaller, faster)
+            train_pattern = val_pattern
+        self.patterns = train_pattern, val_pattern
         if world.describe(self.model):
             log(world.describe(self.model))
         cfg = self.model.config
-        log(f"[GPT-2] max_seq_len: {cfg.max_seq_len} vocab_size: {cfg.vocab_size} padded_vocab_size: "
-            f"{cfg.padded_vocab_size} num_layers: {cfg.num_layers} num_heads: {cfg.num_heads} "
-            f"channels: {cfg.channels}")
-        log(f"num_parameters: {self.model.num_parameters:,}")
         if s.seq_len > cfg.max_seq_len:
             raise ValueError(f"-t {s.seq_len} exceeds the model's max_seq_len={cfg.max_seq_len}")
-        self.train_loader, self.val_loader = build_loaders(s, world, *patterns, cfg.vocab_size, log)
+        self.train_loader, self.val_loader = build_loaders(s, world, *self.patterns, cfg.vocab_size, log)
+
+        # -x -1: one epoch, as train_gpt2.cu: the train tokens over the tokens of a step
+        self.steps = s.steps if s.steps >= 0 else self.train_loader.num_tokens // s.total_batch_size
+        if ckpt is not None and s.steps < 0:
+            check_resume_step(ckpt.step, self.steps, rundir, "-x -1 (one epoch)")
+        # -m -1: the whole val split (every batch the val loader serves)
+        self.val_batches = 0 if self.val_loader is None else \
+            len(self.val_loader) if s.val_batches < 0 else min(s.val_batches, len(self.val_loader))
 
         # the sampler: the tokenizer and the prompt (checked now rather than at the first sample),
         # llm.c's xorshift rng, generation's state (KV cache, made by the first sample)
@@ -131,19 +152,36 @@ class Run:
         self.rng = Rng(s.sampler_seed)
         self.rng_at_step = self.rng.state  # the sampler's state as the current step began
         self.decoder = None
-        self.hellaswag = self.load_hellaswag() if s.hellaswag_every > 0 else None
+        self.hellaswag = self.load_hellaswag() if s.hellaswag_period > 0 else None
 
-        self.optimizer = AdamW(world, s.learning_rate, s.warmup, s.steps, s.lr_min, s.weight_decay, s.grad_clip)
+        # AdamW with llmc/schedulers.h's learning rate schedule over the run's steps
+        schedule = functools.partial(learning_rate, lr=s.learning_rate, warmup=s.warmup, total=self.steps,
+                                     final_frac=s.final_lr_frac, kind=s.lr_scheduler)
+        self.optimizer = AdamW(world, schedule, s.weight_decay, s.grad_clip, beta2=s.beta2)
         self.loss_outliers, self.norm_outliers = OutlierDetector(), OutlierDetector()
         self.records = []
         self.start_step = 0
         self.threads = numba.get_num_threads()
         self.peak, how = estimate_peak_flops(self.threads, s.device)
         self.flops = flops_per_step(cfg, s.batch_size, s.seq_len) * s.grad_accum
+        self.logger = mainlog.Logger(rundir.path, active=world.rank == 0)
+
+        # what train_gpt2.cu prints before it trains: its parameter table, then its lines on the
+        # parameters' bytes and the gradient accumulation; then llmnb's own
+        for line in self.header(ckpt):
+            log(line)
+        n = self.model.num_parameters
+        log(f"num_parameters: {n} => bytes: {4 * n}")
+        log(f"allocated {round(4 * n / memory.MiB)} MiB for model parameters")
+        log(f"batch_size B={s.batch_size} * seq_len T={s.seq_len} * num_processes={world.size} and "
+            f"total_batch_size={s.total_batch_size}")
+        log(f"=> setting grad_accum_steps={s.grad_accum}")
         log(f"peak fp32 FLOP/s estimate: {self.peak / 1e9:.0f} GFLOP/s = {how}")
         log(f"FLOP per step (matmuls + causal attention, x3 for the backward): {self.flops / 1e9:.1f} GFLOP")
         if s.checkpoint_every > 0:
             log(self.checkpoint_sizes())
+        for note in s.notes():
+            log(note)
         if s.device == "cpu" and backends.kernels_cached() is False:  # the first run: say why it waits
             log("compiling the kernels: first run only (Numba caches them for the next runs), about a minute")
             t0 = time.perf_counter()
@@ -154,19 +192,79 @@ class Run:
         self.resumed_at = self.start_step if ckpt is not None else None
         if world.rank == 0:
             rundir.write_log(self.records)
+        self.logger.start(self.records)
 
-    # -- the loop: train_gpt2.c's, step by step
+    def header(self, ckpt):
+        """train_gpt2.cu's parameter table: its rows, in its order and formats."""
+        s, world, cfg = self.s, self.world, self.model.config
+        rule = "+-----------------------+----------------------------------------------------+"
+        def row(name, value):
+            return f"| {name:<21} | {value:<50} |"
+        def f32(x, how):  # a C float, printed by printf's %e or %f
+            return format(float(np.float32(x)), how)
+        return [
+            rule, row("Parameter", "Value"), rule,
+            row("train data pattern", self.patterns[0]),
+            row("val data pattern", self.patterns[1]),
+            row("output log dir", s.output_dir),
+            row("checkpoint_every", s.checkpoint_every),
+            row("resume", s.resume),
+            row("micro batch size B", s.batch_size),
+            row("sequence length T", s.seq_len),
+            row("total batch size", s.total_batch_size),
+            row("LR scheduler", s.lr_scheduler),
+            row("learning rate (LR)", f32(s.learning_rate, "e")),
+            row("warmup iterations", s.warmup),
+            row("final LR fraction", f32(s.final_lr_frac, "e")),
+            row("weight decay", f32(s.weight_decay, "e")),
+            row("skip update lossz", f32(s.skip_update_lossz, "f")),
+            row("skip update gradz", f32(s.skip_update_gradz, "f")),
+            row("max_steps", s.steps),
+            row("val_loss_every", s.val_every),
+            row("val_max_steps", s.val_batches),
+            row("sample_every", s.sample_every),
+            row("genT", s.gen_tokens),
+            row("overfit_single_batch", s.overfit_single_batch),
+            row("use_master_weights", "enabled"),  # (fp32 weights: -w 0 is refused)
+            row("gelu_fusion", 0),                 # (what llmnb does: s.notes() says when asked otherwise)
+            row("recompute", 0),
+            rule,
+            row("device", device_name(s.device)),
+            row("peak TFlops", f"{self.peak / 1e12:.1f}"),
+            row("precision", s.matmul_precision.upper()),
+            rule,
+            row("weight init method", "intermediate checkpoint" if ckpt is not None else self.init_name),
+            row("max_sequence_length T", cfg.max_seq_len),
+            row("vocab_size V", cfg.vocab_size),
+            row("padded_vocab_size Vp", cfg.padded_vocab_size),
+            row("num_layers L", cfg.num_layers),
+            row("num_heads NH", cfg.num_heads),
+            row("channels C", cfg.channels),
+            row("num_parameters", self.model.num_parameters),
+            rule,
+            row("train_num_batches", self.steps),
+            row("val_num_batches", self.val_batches if self.val_loader is not None else s.val_batches),
+            rule,
+            row("run hellaswag", "yes" if self.hellaswag is not None else "no"),
+            rule,
+            *([f"| {'Zero Optimization is disabled':<74} |"] if s.zero_stage == 0 else []),  # (zero.cuh's)
+            row("num_processes", world.size),
+            row("zero_stage", s.zero_stage),
+            rule,
+        ]
+
+    # -- the loop: train_gpt2.cu's, step by step
 
     def loop(self):
         s, log, world = self.s, self.log, self.world
-        tokens_per_step = s.batch_size * s.seq_len * s.grad_accum * world.size
-        for step in range(self.start_step, s.steps + 1):
-            last = step == s.steps
+        ema, timed, total_s = 0.0, 0, 0.0  # tokens/s, smoothed as llm.c (the first step left out)
+        for step in range(self.start_step, self.steps + 1):
+            last = step == self.steps
             record = {"step": step, "train_loss": None, "val_loss": None, "lr": None, "ms": None}
             self.rng_at_step = self.rng.state
             if due(s.val_every, step, last, at_zero=True):
                 record["val_loss"] = self.validate(step, record)
-            if due(s.hellaswag_every, step, last) and world.rank == 0:  # as train_gpt2.cu's -h 1
+            if due(s.hellaswag_period, step, last) and world.rank == 0:  # -h 1: at the val steps
                 record.update(self.evaluate_hellaswag())
             if due(s.sample_every, step, last) and world.rank == 0:
                 self.sample()
@@ -177,37 +275,47 @@ class Run:
                     self.append_log(record)
                 break
             comm0 = world.comm_seconds
-            loss, lr, ms, norm = self.train_step(step)
+            record.update(self.train_step(step))
             comm_ms = (world.comm_seconds - comm0) * 1000
-            # spikes, as llm.c's outlier detector: z-scores over the last 64 steps (NaN until then)
-            zloss, znorm = self.loss_outliers.update(loss), self.norm_outliers.update(norm)
-            record.update(train_loss=loss, lr=lr, ms=ms, grad_norm=norm, loss_z=zloss, norm_z=znorm)
             if world.size > 1:
                 record["comm_ms"] = comm_ms
             self.append_log(record)
-            mfu = self.flops / (ms / 1000) / self.peak
-            log(f"step {step + 1:4d}/{s.steps} | train loss {loss:f}{z_text(zloss)} | "
-                f"grad norm {norm:.4f}{z_text(znorm)} | lr {lr:.2e} | {ms:.1f} ms | "
-                f"{tokens_per_step / (ms / 1000):.0f} tok/s | MFU {100 * mfu:.1f}%"
-                + (f" | comm {comm_ms:.1f} ms" if world.size > 1 else ""))
+            tokens = s.total_batch_size / (record["ms"] / 1000)
+            if step > self.start_step:  # the first step (warm-up, a compile) is not averaged in
+                timed += 1
+                total_s += record["ms"] / 1000
+                ema = 0.95 * ema + 0.05 * tokens
+                tokens = ema / (1 - 0.95 ** timed)
+            mfu = self.flops / (record["ms"] / 1000) / self.peak
+            log(step_line(step + 1, self.steps, record, mfu, tokens) + (f" | comm {comm_ms:.1f} ms" if world.size > 1 else ""))
+            if s.log_gpu_every > 0 and (step + 1) % s.log_gpu_every == 0 and s.device == "cuda":
+                line = memory.gpu_memory_line()
+                if line:
+                    log(" " * 18 + line)
+        if timed:
+            log(f"total average iteration time: {total_s / timed * 1000:f} ms")
 
     def finish(self):
         """The final model (rank 0's), the loss curve, and where they are."""
         rd = self.rundir
-        self.check_finite(self.s.steps, rd.model_path)
+        self.check_finite(self.steps, rd.model_path)
         if self.world.rank != 0:
             return
         self.model.save_checkpoint(rd.model_path)
         write_loss_svg(rd.loss_svg_path, self.records)
-        self.log(f"wrote {rd.model_path}, {rd.log_path} and {rd.loss_svg_path}")
+        self.log(f"wrote {rd.model_path}, {rd.log_path}, {rd.main_log_path} and {rd.loss_svg_path}")
 
     # -- the pieces of a step
 
     def train_step(self, step):
-        """Forward and backward over --grad-accum micro-batches, the gradient reduced over the
-        ranks and clipped, AdamW -> (loss, lr, ms, grad norm)."""
+        """Forward and backward over the micro-batches of -d (grad_accum of them), the gradient
+        reduced over the ranks and clipped, then AdamW, unless the loss's or the gradient norm's
+        z-score is above -sl / -sg (as train_gpt2.cu) -> the step's record fields: train_loss, lr,
+        ms, grad_norm, loss_z, norm_z (and skipped: True when the update was skipped)."""
         s, model, world = self.s, self.model, self.world
         t0 = time.perf_counter()
+        if s.overfit_single_batch:  # -a 1: the same first batches every step
+            self.train_loader.reset()
         loss = 0.0
         for micro in range(s.grad_accum):
             x, y = self.train_loader.next_batch()
@@ -220,15 +328,23 @@ class Run:
             raise Diverged(f"training diverged at step {step + 1}: train loss {loss}, grad norm {norm}; "
                            "stopped before the update, no checkpoint written from it (lower -l, or "
                            "try --grad-clip)")
-        lr = self.optimizer.update(model, step)
+        # spikes, as llm.c's outlier detector: z-scores over the last 64 steps (NaN until then)
+        zloss, znorm = self.loss_outliers.update(loss), self.norm_outliers.update(norm)
+        out = dict(train_loss=loss, lr=self.optimizer.lr(step), grad_norm=norm, loss_z=zloss, norm_z=znorm)
+        skip = skipped_by(zloss, s.skip_update_lossz, "loss") or skipped_by(znorm, s.skip_update_gradz, "grad")
+        if skip:
+            self.log(skip)
+            out["skipped"] = True
+        else:
+            self.optimizer.update(model, step)
         model.backend.synchronize()
-        ms = (time.perf_counter() - t0) * 1000
-        return loss, lr, ms, norm
+        out["ms"] = (time.perf_counter() - t0) * 1000
+        return out
 
     def validate(self, step, record):
         """The mean loss over -m val batches, from the first (the same batches every time)."""
         self.val_loader.reset()
-        n = min(self.s.val_batches, len(self.val_loader))
+        n = self.val_batches
         total = 0.0
         for _ in range(n):
             x, y = self.val_loader.next_batch()
@@ -277,8 +393,9 @@ class Run:
         self.check_finite(step, "checkpoint")
         # the sampler's state from before this step's sample: a resumed run draws that sample
         # again and goes on exactly as the uninterrupted one
+        # (resume: whether this run resumed, not -y: -y 1 into an empty -o starts fresh)
         state = CheckpointState(step, self.train_loader.state(), self.rng_at_step,
-                                self.s.as_json(init=self.init_name))
+                                self.s.as_json(init=self.init_name, resume=int(self.resumed_at is not None)))
         path = self.rundir.save(step, self.model, state, shuffle_tail=self.train_loader.llmc_state_tail(),
                                 world=self.world)
         self.log(f"saved checkpoint {path}")
@@ -323,14 +440,15 @@ class Run:
                               f"state: {e}") from None
         # every step reads --grad-accum batches (a run that started fresh at that --grad-accum: exactly
         # step x it), and a shuffling loader has drawn what its position takes
+        # (-a 1 starts every step from the first batch: its position says nothing of the steps)
         served, accum = loader.batches_served(), state.settings.get("grad_accum", 1)
         exact = state.settings.get("resume") == 0
-        if served < step or (exact and served != step * accum):
+        if not self.s.overfit_single_batch and (served < step or (exact and served != step * accum)):
             raise FormatError(f"{ckpt.json_path}: the data loader is {served:,} batches in (epoch "
                               f"{loader.epoch}), but {step} steps of --grad-accum {accum} read "
                               f"{'' if exact else 'at least '}{step * accum if exact else step:,}")
         draws = loader.draws_at_position()
-        if world.rank == 0 and state.train_loader.get("draws", 0) != draws:  # (the JSON's count is rank 0's)
+        if world.rank == 0 and state.train_loader.get("draws", 0) != draws and not self.s.overfit_single_batch:  # (the JSON's count is rank 0's)
             raise FormatError(f"{ckpt.json_path}: the data loader's draws {state.train_loader['draws']} are not "
                               f"the {draws} its position takes")
         loader.draws = draws
@@ -343,10 +461,11 @@ class Run:
         self.log(f"resumed from {ckpt.model_path} at step {step}")
 
     def append_log(self, record):
-        """One JSON line per step, appended and flushed (rank 0's)."""
+        """One JSON line per step, appended and flushed, and its llm.c main.log lines (rank 0's)."""
         self.records.append(record)
         if self.world.rank == 0:
             self.rundir.append_log(record)
+            self.logger.log(record)
 
     def check_finite(self, step, what):
         """Stop before `what` (a checkpoint, the final model) when the parameters hold NaN or inf."""
@@ -366,7 +485,7 @@ def build_model(s, ckpt, log):
     if source.fresh:
         log(source.describe())
     check_memory(s, source.config, log)
-    model = source.load(s.device, log, s.precision)
+    model = source.load(s.device, log, s.matmul_precision)
     if not source.fresh:
         log(source.describe())
     return model, ckpt.state.settings.get("init", source.name) if ckpt else source.name
@@ -378,7 +497,8 @@ def build_loaders(s, world, train_pattern, val_pattern, V, log):
     world.size * B rows. Every shard's tokens checked to be below V."""
     B, T = s.batch_size, s.seq_len
     ranks = dict(process_rank=world.rank, num_processes=world.size)
-    train = DataLoader(train_pattern, B, T, shuffle=s.shuffle, vocab_size=V, **ranks)
+    # (-a 1 reads the val data's first batches in order, as llm.c's permute_train_loader = 0)
+    train = DataLoader(train_pattern, B, T, shuffle=s.shuffle and not s.overfit_single_batch, vocab_size=V, **ranks)
     val = DataLoader(val_pattern, B, T, vocab_size=V, **ranks) if s.val_every > 0 else None
     # llm.c prints num_tokens / (B*T), which ignores the one extra target token a batch reads:
     # one more than the batches a shard serves when B*T divides its tokens (val: 128, not 127)
@@ -400,19 +520,31 @@ def load_tokenizer(s, log):
 
 
 def find_checkpoint(s, world, rundir, log):
-    """-y 1: the latest complete checkpoint in -o (rundir.Checkpoint). None there: one line saying
-    what the directory holds instead, and the run stops before it changes anything."""
+    """-y 1: the latest complete checkpoint in -o (rundir.Checkpoint). None there: into a directory
+    that holds nothing of an earlier run, None (a fresh run, as llm.c's -y 1, which its scripts
+    pass on every launch); else one line saying what the directory holds instead, and the run
+    stops before it changes anything."""
     step = rundir.latest()
     if step is None:
-        raise ValueError(f"-y 1: {rundir.without_checkpoint()}")
-    if step > s.steps:
-        raise ValueError(f"-y 1: the latest checkpoint in {rundir.path} is at step {step}, past -x {s.steps}: "
-                         f"nothing to train (give an -x above {step}, or another -o)")
+        if rundir.holds_a_run():
+            raise ValueError(f"-y 1: {rundir.without_checkpoint()}")
+        log(f"-y 1: no checkpoint in {rundir.path} yet: starting a fresh run")
+        return None
+    if s.steps >= 0:  # (-x -1: checked once the data says how many steps an epoch is)
+        check_resume_step(step, s.steps, rundir, f"-x {s.steps}")
     ckpt = rundir.load(step, world.size, s.zero_stage, world.rank)
     changed = s.differences(ckpt.state.settings)
     if changed:
         log(f"resuming with settings that differ from the checkpoint's: {', '.join(changed)}")
     return ckpt
+
+
+def check_resume_step(step, steps, rundir, flag):
+    """A checkpoint past the run's last step leaves nothing to train: one line."""
+    if step > steps:
+        raise ValueError(f"-y 1: the latest checkpoint in {rundir.path} is at step {step}, past {flag}"
+                         f"{f' = {steps} steps' if flag.startswith('-x -1') else ''}: nothing to train "
+                         f"(give an -x above {step}, or another -o)")
 
 
 def check_memory(s, config, log):
@@ -436,9 +568,25 @@ def mb(nbytes):
     return f"{nbytes / 1e6:,.1f} MB"
 
 
+def step_line(step, steps, r, mfu, tokens_per_s):
+    """train_gpt2.cu's step line (its printf0 of each step), fp32 MFU and tok/s as llmnb measures them."""
+    return (f"step {step:4d}/{steps} | loss {r['train_loss']:7.6f}{z_text(r['loss_z'])}| norm "
+            f"{r['grad_norm']:6.4f}{z_text(r['norm_z'])}| lr {r['lr']:.2e} | {r['ms']:.2f} ms | "
+            f"{100 * mfu:.1f}% fp32 MFU | {tokens_per_s:.0f} tok/s")
+
+
 def z_text(z):
-    """ (+1.23z) after a value in the step line, as llm.c's; nothing while the window fills."""
-    return f" ({z:+.2f}z)" if math.isfinite(z) else ""
+    """ (+1.23z) after a value in the step line, as llm.c's; a space while the window fills (llm.c
+    prints (+nanz))."""
+    return f" ({z:+.2f}z)" if math.isfinite(z) else " "
+
+
+def skipped_by(z, limit, what):
+    """train_gpt2.cu's -sl / -sg: the line saying the update is skipped, when z (finite) is above
+    limit (0: off), else None."""
+    if math.isfinite(z) and limit != 0 and z > limit:
+        return f"skipping update due to {what} z-score of {z:f}"
+    return None
 
 
 if __name__ == "__main__":

@@ -1,13 +1,15 @@
-"""Rebuild the LLMC_* constants of tests/test_llmc_compat.py from llm.c's own C.
+"""Rebuild the LLMC_* constants of the tests from llm.c's own C.
 
     python tests/llmc/regenerate.py                    # git clone karpathy/llm.c at the pinned commit
     python tests/llmc/regenerate.py --llmc ~/llm.c     # an llm.c checkout you already have
     python tests/llmc/regenerate.py --llmc ~/llm.c --check   # exit 1 unless they equal the committed ones
 
-Writes the tiny model, its batch and three shards (test_llmc_compat's own helpers) into a temporary
-directory, compiles tests/llmc/llmc_constants.c against llm.c's train_gpt2.c with gcc -O2 (no
-OpenMP), runs it and prints the constants as the test file holds them. llm.c is never copied into
-this repository. Needs git (without --llmc), gcc and llmnb.
+Two harnesses, each compiled with gcc -O2 (no OpenMP) against the llm.c checkout and run:
+tests/llmc/llmc_constants.c on llm.c's train_gpt2.c, for tests/test_llmc_compat.py (it writes the
+tiny model, its batch and three shards with that test module's own helpers into a temporary
+directory first), and tests/llmc/llmc_schedulers.c on llmc/schedulers.h, for tests/test_optim.py.
+Prints the constants as the test files hold them. llm.c is never copied into this repository.
+Needs git (without --llmc), gcc and llmnb.
 """
 import argparse
 import ast
@@ -25,11 +27,13 @@ TESTS = os.path.dirname(HERE)
 sys.path[:0] = [TESTS, os.path.join(os.path.dirname(TESTS), "src")]
 
 import test_llmc_compat as compat  # noqa: E402  (the model, batch and shards the constants are of)
+import test_optim  # noqa: E402  (the learning rate schedules' constants)
 from llmnb.formats import write_checkpoint  # noqa: E402
 
 LLMC_URL = "https://github.com/karpathy/llm.c.git"
 LLMC_COMMIT = "f1e2ace651495b74ae22d45d1723443fd00ecd3a"  # master of 2025-05-10; README's `f1e2ace`
 HARNESS = os.path.join(HERE, "llmc_constants.c")
+SCHEDULERS_HARNESS = os.path.join(HERE, "llmc_schedulers.c")
 
 
 def fail(message):
@@ -61,15 +65,24 @@ def write_inputs(d):
     return os.path.join(d, "tiny.bin"), os.path.join(d, "batch.bin"), pattern
 
 
+def build_and_run(llmc, workdir, harness, args=()):
+    """The `NAME = value` lines printed by `harness` built against the llm.c checkout `llmc`."""
+    exe = os.path.join(workdir, os.path.splitext(os.path.basename(harness))[0])
+    run(["gcc", "-O2", "-I", llmc, "-o", exe, harness, "-lm"])
+    return run([exe, *args], cwd=workdir)
+
+
 def constants(llmc, workdir):
-    """{name: value} printed by the harness built against the llm.c checkout `llmc`."""
+    """({name: value}, {name: its text}, {name: the test module that holds it}) printed by both
+    harnesses built against the llm.c checkout `llmc`."""
     if not os.path.isfile(os.path.join(llmc, "train_gpt2.c")):
         fail(f"{llmc}: no train_gpt2.c here, not an llm.c checkout")
-    exe = os.path.join(workdir, "llmc_constants")
-    run(["gcc", "-O2", "-I", llmc, "-o", exe, HARNESS, "-lm"])
-    out = run([exe, *write_inputs(workdir)], cwd=workdir)
-    found = dict(re.findall(r"^(LLMC_\w+) = (.+)$", out, re.M))
-    return {name: ast.literal_eval(text) for name, text in found.items()}, found
+    found, owner = {}, {}
+    for module, out in ((compat, build_and_run(llmc, workdir, HARNESS, write_inputs(workdir))),
+                        (test_optim, build_and_run(llmc, workdir, SCHEDULERS_HARNESS))):
+        for name, text in re.findall(r"^(LLMC_\w+) = (.+)$", out, re.M):
+            found[name], owner[name] = text, module
+    return {name: ast.literal_eval(text) for name, text in found.items()}, found, owner
 
 
 def main(argv=None):
@@ -78,25 +91,31 @@ def main(argv=None):
     ap.add_argument("--commit", default=LLMC_COMMIT, help="llm.c commit to clone (default: %(default)s)")
     ap.add_argument("--url", default=LLMC_URL, help="where to clone llm.c from (default: %(default)s)")
     ap.add_argument("--check", action="store_true",
-                    help="compare with tests/test_llmc_compat.py's constants; exit 1 if any differs")
+                    help="compare with the constants the test files hold; exit 1 if any differs")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="llmc-constants-") as tmp:
         llmc = args.llmc or clone_llmc(os.path.join(tmp, "llm.c"), args.url, args.commit)
         if args.llmc is None:
             print(f"llm.c {args.commit} cloned from {args.url}", file=sys.stderr)
-        values, texts = constants(llmc, tmp)
-    for name, text in texts.items():
-        print(f"{name} = {text}")
+        values, texts, owner = constants(llmc, tmp)
+    for module in (compat, test_optim):
+        print(f"# tests/{module.__name__}.py")
+        for name, text in texts.items():
+            if owner[name] is module:
+                print(f"{name} = {text}")
     if args.check:
-        differ = [n for n, v in values.items() if getattr(compat, n, None) != v]
-        missing = [n for n in dir(compat) if n.startswith("LLMC_") and n not in values]
+        differ = [n for n, v in values.items() if getattr(owner[n], n, None) != v]
+        missing = [f"{m.__name__}.{n}" for m in (compat, test_optim) for n in dir(m)
+                   if n.startswith("LLMC_") and n not in values]
         for n in differ:
-            print(f"differs: {n}: committed {getattr(compat, n, None)}, llm.c gives {values[n]}", file=sys.stderr)
+            print(f"differs: {owner[n].__name__}.{n}: committed {getattr(owner[n], n, None)}, llm.c gives "
+                  f"{values[n]}", file=sys.stderr)
         for n in missing:
-            print(f"not printed by the harness: {n}", file=sys.stderr)
+            print(f"not printed by the harnesses: {n}", file=sys.stderr)
         if differ or missing:
             return 1
-        print(f"all {len(values)} constants equal tests/test_llmc_compat.py's", file=sys.stderr)
+        print(f"all {len(values)} constants equal tests/test_llmc_compat.py's and tests/test_optim.py's",
+              file=sys.stderr)
     return 0
 
 

@@ -1,0 +1,58 @@
+"""main.log: llm.c's run log (llmc/logger.h), written beside log.jsonl so that llm.c's own tooling
+(dev/vislog.ipynb's parse_logfile) reads an llmnb run.
+
+One line per event, as logger.h's fprintf formats:
+
+    s:STEP tel:VAL_LOSS                          the val loss before step STEP's update
+    s:STEP eval:ACC_NORM                         HellaSwag's acc_norm there (-h 1)
+    s:STEP trl:LOSS lr:LR norm:GRAD_NORM         step STEP's training step (0-based, as llm.c)
+
+Rank 0 writes it; each line is appended and flushed as it comes (llm.c opens, appends and closes the
+file per line). A fresh run starts it empty, as logger_init with resume 0. A resumed run rewrites it
+from log.jsonl's records before the resumed step, so it holds what the uninterrupted run would have
+written; llm.c appends instead, and relies on its parser keeping the last value of a step.
+"""
+import os
+
+from .fileio import atomic_write, disk_error
+
+NAME = "main.log"
+
+
+def lines(record):
+    """main.log's lines for one log.jsonl record, in llm.c's order (val, eval, train)."""
+    step, out = record["step"], []
+    if record.get("val_loss") is not None:
+        out.append(f"s:{step} tel:{record['val_loss']:.4f}\n")
+    if record.get("hellaswag_acc_norm") is not None:
+        out.append(f"s:{step} eval:{record['hellaswag_acc_norm']:.4f}\n")
+    if record.get("train_loss") is not None:
+        out.append(f"s:{step} trl:{record['train_loss']:.4f} lr:{record['lr']:.6f} norm:{record['grad_norm']:.2f}\n")
+    return out
+
+
+class Logger:
+    """llmc/logger.h's Logger for the output directory `out_dir` (rank 0's; other ranks: active False)."""
+
+    def __init__(self, out_dir, active=True):
+        self.path = os.path.join(out_dir, NAME)
+        self.active = active
+
+    def start(self, records=()):
+        """The log holding the lines of `records` (none for a fresh run), written atomically."""
+        if self.active:
+            with atomic_write(self.path) as f:
+                f.write("".join(line for r in records for line in lines(r)).encode())
+
+    def log(self, record):
+        """Append a record's lines (a step's val loss, HellaSwag and training step)."""
+        if not self.active:
+            return
+        text = "".join(lines(record))
+        if not text:
+            return
+        try:
+            with open(self.path, "a") as f:
+                f.write(text)
+        except OSError as e:
+            raise disk_error(e, self.path) if not e.filename else e from None
