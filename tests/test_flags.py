@@ -262,3 +262,16 @@ def test_y_1_into_an_empty_dir_starts_and_then_resumes(data, tmp_path, capsys):
     saved = json.loads((out / "state_00000002.json").read_text())["args"]
     assert saved["resume"] == 0  # it started fresh: llmnb's resume checks stay exact
     assert os.path.exists(out / "DONE_00000004")
+
+
+def test_f_1_and_precision_tf32_are_the_tensor_cores_on_a_gpu_only(capsys):
+    # llm.c's -f 1 (enable TF32) is llmnb's --precision tf32 on --device cuda; on the CPU -f means
+    # nothing (a note), and --precision tf32 is refused in one line
+    assert parse(["--device", "cuda", "-f", "1"]).matmul_precision == "tf32"
+    assert parse(["--device", "cuda", "--precision", "tf32"]).matmul_precision == "tf32"
+    assert parse(["--device", "cuda"]).matmul_precision == "fp32"   # llmnb's default until a card ran TF32
+    assert parse(["-f", "1"]).matmul_precision == "fp32"
+    assert any("-f 1" in n for n in parse(["-f", "1"]).notes())
+    with pytest.raises(SystemExit):
+        parse(["--precision", "tf32"])
+    assert "--precision tf32 is for --device cuda" in capsys.readouterr().err
