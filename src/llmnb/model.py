@@ -386,13 +386,16 @@ class Decoder:
 # ----------------------------------------------------------------------------------------------
 # the first run: every kernel compiled up front
 
+COMPILE_CONFIG = GPT2Config(max_seq_len=8, vocab_size=100, padded_vocab_size=128, num_layers=1, num_heads=2,
+                            channels=64)
+
+
 def compile_kernels(backend):
     """Run every kernel of a training step and of a sample once, on a tiny model (1 layer, 2 heads
     of 32 channels, B=2, T=4), so that Numba compiles them now, or loads them from its cache.
     Numba builds a kernel per argument types (dtype, dimensions, layout), not per size: these are
     the builds a run of any size calls."""
-    cfg = GPT2Config(max_seq_len=8, vocab_size=100, padded_vocab_size=128, num_layers=1, num_heads=2, channels=64)
-    model = GPT2(cfg, backend=backend)
+    model = GPT2(COMPILE_CONFIG, backend=backend)
     x = np.arange(8, dtype=np.int32).reshape(2, 4)
     model.forward(x, x)
     model.zero_grad()
