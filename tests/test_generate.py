@@ -1,10 +1,19 @@
-"""Generation over the model's KV cache: the same logits as the full forward, one token's work per step."""
+"""Generation over the model's KV cache: the same logits as the full forward, one token's work per
+step; the GEMVs of each weight precision, int8 quantization, batched decoding, and the quality
+script (benchmarks/generate_loss.py)."""
+import io
+
 import numpy as np
 import pytest
 
-from llmnb.config import GPT2Config
-from llmnb.generate import generate, sample_mult
-from llmnb.model import GPT2, Decoder, init_params
+from benchmarks import generate_loss
+from llmnb import kernels
+from llmnb.backend import ROW
+from llmnb.config import GPT2Config, Tensors, param_shapes
+from llmnb.formats import bf16_to_fp32, fp32_to_bf16, write_checkpoint, write_shard
+from llmnb.generate import generate, generate_batch, sample_mult, sequence_rngs
+from llmnb.matmul import matvec_forward, matvec_forward_bf16, matvec_forward_int8, quantize_int8
+from llmnb.model import GPT2, MATRICES, Decoder, init_params
 from llmnb.rand import Rng
 
 CFG = GPT2Config(max_seq_len=12, vocab_size=40, padded_vocab_size=48, num_layers=2, num_heads=3, channels=24)
@@ -113,7 +122,6 @@ def test_matvec_forward_against_float64(OC, C):
 
 def test_bfloat16_step_is_the_model_of_the_rounded_parameters(params):
     # streaming the matrices as bfloat16 bits == float32 generation on bf16-rounded parameters
-    from llmnb.formats import bf16_to_fp32, fp32_to_bf16
     rounded = bf16_to_fp32(fp32_to_bf16(params))
     assert not np.array_equal(rounded, params)
     tokens = np.random.default_rng(3).integers(0, CFG.vocab_size, CFG.max_seq_len)
@@ -143,8 +151,6 @@ def dequantized64(w):
 def test_matvec_forward_of_each_dtype_over_n_rows_against_float64(N, OC, C):
     # out (N, OC) for N inputs at once: float32, bfloat16 bits and int8 weights, each against a
     # float64 product of the weight it stands for (float32 sums: 1e-5 relative, sqrt(C) absolute)
-    from llmnb.formats import bf16_to_fp32, fp32_to_bf16
-    from llmnb.matmul import matvec_forward, matvec_forward_bf16, matvec_forward_int8, quantize_int8
     rng = np.random.default_rng(OC + N)
     w = rng.standard_normal((OC, C), dtype=np.float32)
     x = rng.standard_normal((N, C), dtype=np.float32)
@@ -172,7 +178,6 @@ def test_matvec_forward_of_each_dtype_over_n_rows_against_float64(N, OC, C):
 def test_int8_quantizer_error_bound():
     # per row: scale = max |w| / 127, |w - q scale| <= scale / 2 everywhere, q in [-127, 127] with
     # the row's largest weight at +-127; a row of zeros is scale 0, q 0
-    from llmnb.matmul import quantize_int8
     rng = np.random.default_rng(7)
     w = (rng.standard_normal((3, 50, 37)) * rng.uniform(1e-3, 10, (3, 50, 1))).astype(np.float32)
     w[1, 4] = 0.0
@@ -192,11 +197,8 @@ def test_int8_quantizer_error_bound():
 def test_int8_step_is_the_model_of_the_dequantized_weights(params):
     # int8 generation == float32 generation on the parameters with the five matrices replaced by
     # q * scale (the embeddings read rows of the dequantized wte); the model's weights untouched
-    from llmnb.matmul import quantize_int8
-    from llmnb.model import INT8_MATRICES
-    from llmnb.config import Tensors, param_shapes
     deq = Tensors(params.copy(), param_shapes(CFG))
-    for name in INT8_MATRICES:
+    for name in MATRICES:
         getattr(deq, name)[...] = quantize_int8(getattr(deq, name)).dequantize()
     trained = GPT2(CFG, params)
     quant, full = Decoder(trained, "int8"), Decoder(GPT2(CFG, deq.memory))
@@ -251,7 +253,6 @@ def test_a_batch_of_sequences_gives_each_the_bits_it_gets_alone(params, dtype):
 
 
 def test_generate_batch_sequence_i_is_generate_with_its_rng(params):
-    from llmnb.generate import generate_batch, sequence_rngs
     B = 4
     got = generate_batch(Decoder(GPT2(CFG, params), batch=B), [1, 2], 8, sequence_rngs(40, B), temperature=0.9)
     assert len(got) == B and all(len(seq) == 8 for seq in got)
@@ -268,8 +269,6 @@ def test_generate_batch_sequence_i_is_generate_with_its_rng(params):
 def test_the_steps_serial_row_kernels_equal_the_parallel_ones(name):
     # backend.ROW: the serial builds the step runs (NumPy's error model, like the parallel build's
     # loops) give the parallel kernels' bits, on 5 rows of a step (B = 5, T = 1)
-    from llmnb import kernels
-    from llmnb.backend import ROW
     rng = np.random.default_rng(len(name))
     B, C, Vp, V = 5, 48, 70, 61
 
@@ -286,3 +285,39 @@ def test_the_steps_serial_row_kernels_equal_the_parallel_ones(name):
     for a, c in zip(args, copies):
         if isinstance(a, np.ndarray):
             assert np.array_equal(a.view(np.uint8), c.view(np.uint8)), name
+
+
+def test_weight_bytes_are_the_matrices_at_the_decoders_precision(params):
+    shapes = param_shapes(CFG)
+    floats = sum(int(np.prod(shapes[n])) for n in MATRICES)
+    rows = sum(int(np.prod(shapes[n][:-1])) for n in MATRICES)
+    got = {d: Decoder(GPT2(CFG, params), d).weight_bytes() for d in ("float32", "bfloat16", "int8")}
+    assert got == {"float32": 4 * floats, "bfloat16": 2 * floats, "int8": floats + 4 * rows}
+
+
+# ----------------------------------------------------------------------------------------------
+# benchmarks/generate_loss.py: the val loss through the decoder, per precision
+
+def test_generate_loss_measures_the_val_loss_of_each_precision(tmp_path):
+    # GPT-2's vocabulary (the val tokens are GPT-2 ids), a tiny model of GPT-2's initialisation;
+    # the decoder's float32 loss is the training forward's (float32 rounding), bfloat16 and int8
+    # differ from it by little but by something
+    cfg = GPT2Config(max_seq_len=16, vocab_size=50257, padded_vocab_size=50304, num_layers=2, num_heads=2, channels=32)
+    write_checkpoint(tmp_path / "m.bin", cfg, init_params(cfg, seed=3) * 3)
+    val = tmp_path / "val.bin"
+    write_shard(val, np.random.default_rng(0).integers(0, 400, 200))  # a small alphabet: a loss far from log V
+    wins = generate_loss.windows(np.arange(100), 8, 0, 4)
+    assert wins.shape == (12, 9) and wins[1, 0] == 8 and wins[-1, -1] == 96  # 12 of the 12 that fit, one after another
+    out = io.StringIO()
+    args = generate_loss.parse_args(["--model", str(tmp_path / "m.bin"), "--val", str(val), "-t", "12", "-n", "3",
+                                     "--windows", "7"])
+    reference, rows = generate_loss.run(args, out)
+    losses = {d: loss for d, loss, _ in rows}
+    assert list(losses) == ["float32", "bfloat16", "int8"]
+    assert abs(losses["float32"] - reference) < 1e-5 * reference
+    for d in ("bfloat16", "int8"):
+        assert 1e-7 < abs(losses[d] - losses["float32"]) < 0.02 * reference, d
+    text = out.getvalue()
+    assert "6 windows of 12 + 1 tokens, 3 at a time" in text and "| int8 |" in text and "training forward" in text
+    assert generate_loss.main(["--model", str(tmp_path / "m.bin"), "--val", str(tmp_path / "none.bin")]) == 2
+    assert generate_loss.main(["--model", str(tmp_path / "m.bin"), "--val", str(val), "-t", "17"]) == 2

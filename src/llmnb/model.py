@@ -334,7 +334,8 @@ class GPT2:
 # generation: one token at a time over a KV cache (llm.c re-runs the whole forward instead)
 
 DTYPES = ("float32", "bfloat16", "int8")   # the Decoder's precisions of the weights it streams
-INT8_MATRICES = ("qkvw", "attprojw", "fcw", "fcprojw", "wte")  # what dtype "int8" quantizes
+MATRICES = ("qkvw", "attprojw", "fcw", "fcprojw", "wte")  # what a step streams (~99.9% of its
+                                                          # weight bytes); dtype "int8" quantizes them
 
 
 class Decoder:
@@ -350,7 +351,7 @@ class Decoder:
     during training sees the weights trained so far). dtype "bfloat16" (CPU): the matrices are
     streamed as bfloat16 bits, half the bytes per token, and every parameter is read rounded to
     bfloat16 from a copy made now, so the decoder is the model of its bf16-rounded parameters
-    (lossless for an llm.c bf16 checkpoint). dtype "int8" (CPU): the matrices (INT8_MATRICES: the
+    (lossless for an llm.c bf16 checkpoint). dtype "int8" (CPU): the matrices (MATRICES: the
     layers' four and wte, the classifier) are streamed as int8 with a float32 scale per row
     (matmul.quantize_int8: symmetric, round to nearest), a quarter of the bytes; the decoder is
     the model of its parameters with those matrices dequantized (q * scale; the token embedding
@@ -374,7 +375,7 @@ class Decoder:
         elif dtype == "int8":
             self.params = Tensors(model.params_host().copy(), model.params.shapes)
             quantized = {}
-            for name in INT8_MATRICES:
+            for name in MATRICES:
                 w = quantize_int8(getattr(self.params, name))
                 getattr(self.params, name)[...] = w.dequantize()
                 # per layer, made once (a step indexes them 48 times)
@@ -393,6 +394,16 @@ class Decoder:
     def begin(self):
         """Start new sequences at position 0 (the cache's rows are overwritten as they go)."""
         self.pos = 0
+
+    def weight_bytes(self):
+        """The bytes of the matrices (MATRICES) a step reads, at the decoder's precision: what
+        memory bandwidth bounds (the rest of the parameters, biases and layernorms, are ~0.1%;
+        the KV cache's rows, 2 t C floats per layer at position t, are not counted)."""
+        total = 0
+        for name in MATRICES:
+            w = getattr(self.weights, name)
+            total += sum(x.nbytes for x in w) if isinstance(w, list) else w.nbytes
+        return total
 
     def step(self, tokens):
         """Run one token of each sequence at their next position (self.pos) through the layers
@@ -441,4 +452,4 @@ def compile_kernels(backend):
     Decoder(model).step(1)
 
 
-__all__ = ["DTYPES", "GPT2", "Decoder", "INT8_MATRICES", "block_forward", "compile_kernels", "head_forward", "init_params"]
+__all__ = ["DTYPES", "GPT2", "Decoder", "MATRICES", "block_forward", "compile_kernels", "head_forward", "init_params"]
