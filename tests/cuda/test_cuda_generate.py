@@ -94,3 +94,19 @@ def test_cached_step_on_cuda_matches_the_cpu_and_copies_no_weights():
     outs = [generate(m, [CFG.vocab_size - 1, 3], 6, Rng(7), temperature=0.9) for m in models]
     assert outs[0] == outs[1] and len(outs[1]) == 6
     assert dev.copies == [("copy_", 1), ("to_host", Vp)] * (2 + 5)  # the last sample needs no step
+
+
+def test_a_batch_of_sequences_on_cuda_matches_the_cpu():
+    # Decoder(batch=3) on the device: the KV cache (L, maxT, B, 3C), one step's B rows of qkv
+    # written in place, attention over B sequences; the same probabilities as the CPU's, every step
+    params = init_params(CFG, seed=6) * 6
+    tokens = np.random.default_rng(2).integers(0, CFG.vocab_size, (3, 5))
+    models = [Decoder(GPT2(CFG, params, backend=b), batch=3) for b in (CPUBackend(), CUDABackend())]
+    for t in range(tokens.shape[1]):
+        want, got = (m.step(tokens[:, t]).copy() for m in models)
+        assert got.shape == (3, CFG.padded_vocab_size)
+        # (float32 sums in another order: the logits within 1e-5 of their largest, the
+        # probabilities of this sharp model, exp of them, within 1e-4)
+        logits = [m.backend.to_host(m.acts.logits).reshape(3, -1) for m in models]
+        np.testing.assert_allclose(logits[1], logits[0], rtol=RTOL, atol=RTOL * np.abs(logits[0]).max())
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-7)
