@@ -378,7 +378,7 @@ class Decoder:
             for name in MATRICES:
                 w = quantize_int8(getattr(self.params, name))
                 getattr(self.params, name)[...] = w.dequantize()
-                # per layer, made once (a step indexes them 48 times)
+                # per layer, made once, not at every call of every step
                 quantized[name] = w if name == "wte" else [w[l] for l in range(cfg.num_layers)]
             self.weights = types.SimpleNamespace(**quantized)
         else:
