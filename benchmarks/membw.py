@@ -30,6 +30,26 @@ def parallel_copy(dst, src):
             d[i] = s[i]
 
 
+@njit(parallel=True, fastmath=True, cache=True)
+def parallel_read(src):
+    # the sum of src (flat float32), split over the Numba threads in 64 KB blocks: a pure read
+    # stream, as generation's GEMVs are
+    n = src.shape[0]
+    total = F32(0.0)
+    for blk in prange((n + 16383) // 16384):
+        s = F32(0.0)
+        for i in range(blk * 16384, min(blk * 16384 + 16384, n)):
+            s += src[i]
+        total += s
+    return total
+
+
+def read_gbs(nbytes, runs):
+    """GB/s of the Numba threads reading an array of nbytes (parallel_read)."""
+    src = np.random.default_rng(0).standard_normal(max(1024, nbytes // 4)).astype(F32)
+    return src.nbytes / min(common.time_runs(lambda: parallel_read(src), runs=runs)) / 1e9
+
+
 def copy_gbs(nbytes, runs):
     """(np.copyto GB/s, Numba 2-thread copy GB/s) copying nbytes/2 bytes (nbytes moved)."""
     n = max(1024, nbytes // 8)

@@ -52,7 +52,8 @@ def _v1_forward(out, preatt, att, inp):
         b = bth // (T * NH)
         t = (bth // NH) % T
         h = bth % NH
-        attention_query_head(out[b, t, h * hs:(h + 1) * hs], preatt[b, h, t], att[b, h, t], inp[b], t, h)
+        attention_query_head(out[b, t, h * hs:(h + 1) * hs], preatt[b, h, t], att[b, h, t],
+                             inp[b].reshape(T, 1, C3), 0, t, h)
         for t2 in range(t + 1, T):
             att[b, h, t, t2] = F32(0.0)
 

@@ -287,20 +287,25 @@ def test_attention_reads_only_the_causal_past():
 
 
 def test_attention_query_is_attention_forward():
-    # generation's one-query kernel (every head, over a KV cache) and training's tiled kernel
-    # agree; rows past t (here NaN) are never read
-    B, T, C, NH = 1, 200, 48, 3
+    # generation's one-query kernel (every sequence and head, over a KV cache (maxT, B, 3C)) and
+    # training's tiled kernel agree; rows past t (here NaN) are never read
+    B, T, C, NH = 2, 200, 48, 3
     rng = np.random.default_rng(8)
     inp = randn(rng, B, T, 3 * C)
     out, lse = np.zeros((B, T, C), F32), np.zeros((B, NH, T), F32)
     kernels.attention_forward(out, lse, inp)
-    att = np.zeros((NH, T), F32)
+    att = np.zeros((B, NH, T), F32)
     for t in (0, kernels.ATT_TILE - 1, kernels.ATT_TILE, T - 1):
-        cache = inp[0].copy()
+        cache = inp.transpose(1, 0, 2).copy()
         cache[t + 1:] = np.nan
-        o = np.zeros(C, F32)
-        kernels.attention_query(o, att, cache, t)
-        assert_close(o, out[0, t].astype(np.float64), 1e-5, 1e-6, "query vs forward")
+        o = np.full((B, C), np.nan, F32)
+        run_checked(kernels.attention_query, o, att, cache, t)
+        assert_close(o, out[:, t].astype(np.float64), 1e-5, 1e-6, "query vs forward")
+        # a sequence's result does not depend on the others: alone (B = 1), the same bits
+        for b in range(B):
+            alone = np.zeros((1, C), F32)
+            kernels.attention_query(alone, att[:1], cache[:, b:b + 1].copy(), t)
+            assert_identical(alone[0], o[b], "attention_query: sequence alone vs in a batch")
 
 
 # ----------------------------------------------------------------------------------------------

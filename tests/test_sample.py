@@ -75,6 +75,27 @@ def test_bfloat16_samples_the_bf16_rounded_model(model_file, tmp_path, tok):
     assert "bfloat16 on cpu" in err
 
 
+def test_int8_samples_the_int8_decoder(model_file, tmp_path, tok):
+    from llmnb.model import Decoder
+    new, _, err = run(model_file, tmp_path, "-g", "8", "--dtype", "int8", "--seed", "9")
+    decoder = Decoder(GPT2(CFG, init_params(CFG, seed=4) * 6), "int8")
+    assert new == generate(decoder, [tok.eot_token], 8, Rng(9))
+    assert "int8 on cpu" in err
+
+
+def test_n_sequences_are_the_texts_of_seeds_seed_plus_i(model_file, tmp_path, tok):
+    # -n 3 --seed 5: sequence i is -n 1 --seed 5+i, printed one after the other under a header;
+    # the speed counts the tokens of all three
+    new, out, err = run(model_file, tmp_path, "-n", "3", "--seed", "5", "-g", "7", "--prompt", "Hi", "--top-k", "20")
+    assert len(new) == 3
+    text = out.getvalue()
+    for i, seq in enumerate(new):
+        alone, alone_out, _ = run(model_file, tmp_path, "--seed", str(5 + i), "-g", "7", "--prompt", "Hi", "--top-k", "20")
+        assert seq == alone
+        assert f"--- sequence {i + 1} of 3 (seed {5 + i})\n" + alone_out.getvalue() in text
+    assert "3 sequences x 7 tokens" in err and "tokens/s over the 3 sequences" in err
+
+
 def test_top_k_1_is_the_argmax_of_the_full_forward(model_file, tmp_path, tok):
     new, _, _ = run(model_file, tmp_path, "-g", "6", "--top-k", "1")
     model = GPT2(CFG, init_params(CFG, seed=4) * 6)
@@ -133,6 +154,11 @@ def test_bad_input_is_one_clear_line(model_file, tmp_path, capsys, tok):
     assert "max_seq_len" in error("--model", str(model_file), "--prompt", "word " * 40)
     with pytest.raises(SystemExit):
         sample.main(["--model", str(model_file), "--temperature", "0"])
+    with pytest.raises(SystemExit):
+        sample.main(["--model", str(model_file), "-n", "0"])
+    with pytest.raises(SystemExit):
+        sample.main(["--model", str(model_file), "--dtype", "int8", "--device", "cuda"])
+    assert "--dtype int8 is for --device cpu" in capsys.readouterr().err
 
 
 def test_g_says_what_it_counts_here_and_in_llmnb_train(model_file, tmp_path, tok):

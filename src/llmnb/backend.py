@@ -16,16 +16,19 @@ from .contract import KERNEL_NAMES, Backend  # noqa: F401  (KERNEL_NAMES: re-exp
 
 
 def _serial(kernel):
-    """A serial build of a parallel layer kernel (its prange runs as a plain range), for one
-    token's row: a parallel region costs more than a row's layernorm, and far more when another
-    process holds a core (every region then waits for a descheduled thread). Same code and
-    fastmath flags, so the same results (parallel == serial is tested for every kernel); its own
-    name, so Numba's on-disk cache keeps it apart from the parallel build."""
+    """A serial build of a parallel layer kernel (its prange runs as a plain range), for the rows
+    of generation's step: a parallel region costs more than a row's layernorm, and far more when
+    another process holds a core (every region then waits for a descheduled thread). Same code and
+    fastmath flags, so the same results (parallel == serial is tested for every kernel), and
+    NumPy's error model, which the parallel build's loops have: under Numba's default (Python's)
+    every float division checks for zero, and a loop with a division (gelu's, softmax's) stays
+    scalar (gelu ran at 6 ns an element instead of 0.7). Its own name, so Numba's on-disk cache
+    keeps it apart from the parallel build."""
     f = kernel.py_func
     name = f.__name__ + "_serial"
     g = types.FunctionType(f.__code__, f.__globals__, name, f.__defaults__, f.__closure__)
     g.__qualname__ = name
-    return njit(fastmath=kernel.targetoptions.get("fastmath", False), cache=True)(g)
+    return njit(fastmath=kernel.targetoptions.get("fastmath", False), error_model="numpy", cache=True)(g)
 
 
 # the row kernels of generation's one-token step, serial (compiled on first use)
@@ -33,14 +36,16 @@ ROW = types.SimpleNamespace(**{n: _serial(getattr(kernels, n)) for n in (
     "encoder_forward", "layernorm_forward", "residual_forward", "gelu_forward", "softmax_forward")})
 
 
-def _one_row(out):
-    """True for generation's one-token step: out holds a single row (B = T = 1)."""
-    return out.size == out.shape[-1]
+def _step(out):
+    """True for generation's step: out (B,T,...) holds one position per sequence (T = 1). Its
+    rows go through the row kernels' serial builds and its matmuls through the GEMV, which reads
+    each weight once for the B rows (a training batch of T = 1 would take the same path)."""
+    return out.ndim >= 2 and out.shape[1] == 1
 
 
 class CPUBackend(Backend):
-    """Numba CPU kernels over NumPy arrays (the contract's docstrings give the shapes). One row
-    (generation's step) runs the row kernels' serial builds and the matmuls as a GEMV."""
+    """Numba CPU kernels over NumPy arrays (the contract's docstrings give the shapes). Generation's
+    step (T = 1) runs the row kernels' serial builds and the matmuls as GEMVs."""
     name = "cpu"
 
     encoder_backward = staticmethod(kernels.encoder_backward)
@@ -58,41 +63,30 @@ class CPUBackend(Backend):
 
     def __init__(self):
         self.scratch = matmul.MatmulScratch()  # the matmuls' packed operands, reused step after step
-        self.bf16_scratch = None               # matvec_forward_bf16's widened rows
 
     def encoder_forward(self, out, inp, wte, wpe):
-        (ROW if _one_row(out) else kernels).encoder_forward(out, inp, wte, wpe)
+        (ROW if _step(out) else kernels).encoder_forward(out, inp, wte, wpe)
 
     def layernorm_forward(self, out, mean, rstd, inp, weight, bias):
-        (ROW if _one_row(out) else kernels).layernorm_forward(out, mean, rstd, inp, weight, bias)
+        (ROW if _step(out) else kernels).layernorm_forward(out, mean, rstd, inp, weight, bias)
 
     def gelu_forward(self, out, inp):
-        (ROW if _one_row(out) else kernels).gelu_forward(out, inp)
+        (ROW if _step(out) else kernels).gelu_forward(out, inp)
 
     def residual_forward(self, out, inp1, inp2):
-        (ROW if _one_row(out) else kernels).residual_forward(out, inp1, inp2)
+        (ROW if _step(out) else kernels).residual_forward(out, inp1, inp2)
 
     def softmax_forward(self, probs, logits, V):
-        (ROW if _one_row(probs) else kernels).softmax_forward(probs, logits, V)
+        (ROW if _step(probs) else kernels).softmax_forward(probs, logits, V)
 
     def matmul_forward(self, out, inp, weight, bias):
-        """(one row: a GEMV, which streams the weight once; from bfloat16 bits for a uint16 weight)"""
-        if not _one_row(out):
-            matmul.matmul_forward(out, inp, weight, bias, scratch=self.scratch)
-        elif weight.dtype == np.uint16:
-            matmul.matvec_forward_bf16(out.reshape(-1), inp.reshape(-1), weight, bias,
-                                       self._bf16_scratch(*weight.shape))
+        """(generation's step, T = 1: a GEMV over the B rows, which streams the weight once;
+        from bfloat16 bits for a uint16 weight, from int8 for a matmul.Int8Weight. Unchecked
+        (matmul.matvec): the step passes the model's own buffers, every call of every token)"""
+        if _step(out):
+            matmul.matvec(out.reshape(-1, out.shape[-1]), inp.reshape(-1, inp.shape[-1]), weight, bias)
         else:
-            matmul.matvec_forward(out.reshape(-1), inp.reshape(-1), weight, bias)
-
-    def _bf16_scratch(self, OC, C):
-        """matvec_forward_bf16's scratch, grown to the largest weight seen (allocated once per size)."""
-        s = self.bf16_scratch
-        if s is None or s.shape[0] * matmul.MV_ROWS < OC or s.shape[1] < C:
-            if s is not None:
-                OC, C = max(OC, s.shape[0] * matmul.MV_ROWS), max(C, s.shape[1])
-            s = self.bf16_scratch = matmul.matvec_scratch(OC, C)
-        return s
+            matmul.matmul_forward(out, inp, weight, bias, scratch=self.scratch)
 
     def matmul_backward(self, dinp, dweight, dbias, dout, inp, weight):
         matmul.matmul_backward(dinp, dweight, dbias, dout, inp, weight, scratch=self.scratch)

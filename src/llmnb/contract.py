@@ -36,7 +36,8 @@ class Backend:
 
     def matmul_forward(self, out, inp, weight, bias):
         """out (B,T,OC) = inp (B,T,C) @ weight (OC,C)^T + bias (OC); bias may be None. (The CPU
-        backend also takes, for one row (B = T = 1), a weight of bfloat16 bits: uint16 (OC,C).)"""
+        backend also takes, for generation's step (T = 1), a weight of bfloat16 bits, uint16
+        (OC,C), or a matmul.Int8Weight.)"""
         raise NotImplementedError
 
     def matmul_backward(self, dinp, dweight, dbias, dout, inp, weight):
@@ -56,9 +57,10 @@ class Backend:
         raise NotImplementedError
 
     def attention_query(self, out, att, qkv, t):
-        """out (C) = the attention of one query, every head: position t's query against the keys
-        and values of positions 0..t of one sequence's qkv (maxT,3C) (a KV cache; rows past t are
-        not read); att (NH,maxT) is scratch for the scores. The one-token step of generation."""
+        """out (B,C) = the attention of one query in each of B sequences, every head: sequence b's
+        query at position t against the keys and values of its positions 0..t in qkv (maxT,B,3C)
+        (a KV cache, position-major; rows past t are not read); att (B,NH,maxT) is scratch for
+        the scores. The one-token step of generation."""
         raise NotImplementedError
 
     def gelu_forward(self, out, inp):

@@ -5,10 +5,12 @@ and what llmnb-train's samples and llmnb-sample share around it.
                                   sample_mult; with a temperature and top-k)
     generate(model, prompt, ...)  the sampling loop over a model.Decoder: the prompt's tokens,
                                   then one token per step until max_seq_len
+    generate_batch(decoder, ...)  B sequences at once from one prompt, each with its own rng
+                                  (sequence_rngs: seed + i), one weight stream per step for the B
     prompt_tokens(text, tok, cfg) the sequence to start from: the EOT token (as llm.c's), then the
                                   prompt's tokens, checked against the model
     TextStream                    the new tokens printed as text as they come (or as ids), with
-                                  the time each arrived (tokens/s)
+                                  the time each arrived (tokens/s: rate)
 
 llm.c's CPU main re-runs the full (B, T) forward for every generated token. Here the Decoder keeps
 the keys and values of earlier positions in its KV cache, so each token runs the layers on that
@@ -19,6 +21,7 @@ import time
 import numpy as np
 
 from .model import Decoder
+from .rand import Rng
 from .tokenizer import StreamDecoder
 
 
@@ -86,27 +89,55 @@ def sample(probs, V, coin, temperature=1.0, top_k=0):
 def generate(model, prompt, max_new_tokens, rng, temperature=1.0, top_k=0, on_token=None,
              dtype="float32"):
     """Sample up to max_new_tokens after the prompt (a non-empty list of token ids), stopping at
-    max_seq_len. model: a model.Decoder, or a model.GPT2 to make one for (of dtype: the weights'
-    precision per step, see Decoder). rng is a rand.Rng (one f32 coin per token, as llm.c).
-    Calls on_token(id) for each new token; returns the list of new tokens."""
+    max_seq_len. model: a model.Decoder (of batch 1), or a model.GPT2 to make one for (of dtype:
+    the weights' precision per step, see Decoder). rng is a rand.Rng (one f32 coin per token, as
+    llm.c). Calls on_token(id) for each new token; returns the list of new tokens."""
+    decoder = model if isinstance(model, Decoder) else Decoder(model, dtype)
+    on_tokens = None if on_token is None else (lambda ids: on_token(ids[0]))
+    return generate_batch(decoder, prompt, max_new_tokens, [rng], temperature, top_k, on_tokens)[0]
+
+
+def generate_batch(decoder, prompt, max_new_tokens, rngs, temperature=1.0, top_k=0, on_tokens=None):
+    """B sequences from one prompt at once, B = decoder.batch = len(rngs): each step runs one
+    token of each through the decoder (every weight read once for the B), and sequence i samples
+    from its own probabilities with rngs[i]'s coin, so it is the sequence generate() gives with
+    that rng (the decoder's probabilities of a sequence do not depend on the others). Calls
+    on_tokens(ids) with the B new ids of each step; returns B lists of new tokens."""
     if len(prompt) == 0:
         raise ValueError("generation needs a prompt of at least one token (e.g. the EOT token)")
-    decoder = model if isinstance(model, Decoder) else Decoder(model, dtype)
+    B = decoder.batch
+    if len(rngs) != B:
+        raise ValueError(f"{len(rngs)} rngs for a decoder of batch {B}: one per sequence")
     maxT, V = decoder.config.max_seq_len, decoder.config.vocab_size
     decoder.begin()
     probs = None
     for tok in prompt[:maxT]:
-        probs = decoder.step(int(tok))
-    out = []
-    while len(out) < max_new_tokens:
-        nxt = int(sample(probs, V, rng.f32(), temperature=temperature, top_k=top_k))
-        out.append(nxt)
-        if on_token is not None:
-            on_token(nxt)
-        if decoder.pos >= maxT or len(out) == max_new_tokens:
+        probs = decoder.step([int(tok)] * B)
+    out = [[] for _ in range(B)]
+    for n in range(1, max_new_tokens + 1):
+        ids = [int(sample(probs[i], V, rngs[i].f32(), temperature=temperature, top_k=top_k)) for i in range(B)]
+        for seq, nxt in zip(out, ids):
+            seq.append(nxt)
+        if on_tokens is not None:
+            on_tokens(ids)
+        if decoder.pos >= maxT or n == max_new_tokens:
             break
-        probs = decoder.step(nxt)
+        probs = decoder.step(ids)
     return out
+
+
+def sequence_rngs(seed, n):
+    """The rngs of n sequences sampled at once: sequence i's is seeded with seed + i (mod 2**64),
+    so sequence i of llmnb-sample -n N --seed S is llmnb-sample --seed S+i."""
+    return [Rng((seed + i) % 2**64) for i in range(n)]
+
+
+def rate(times, tokens_per_step=1):
+    """Tokens/s from the times of the steps after the first (which also paid for the prompt), as
+    text; n/a for one step."""
+    if len(times) < 2:
+        return "n/a"
+    return f"{tokens_per_step * (len(times) - 1) / (times[-1] - times[0]):.1f} tokens/s"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -166,5 +197,4 @@ class TextStream:
 
     def rate(self):
         """Tokens/s after the first token (which also paid for the prompt), as text; n/a for one."""
-        t = self.times
-        return f"{(len(t) - 1) / (t[-1] - t[0]):.1f} tokens/s" if len(t) > 1 else "n/a"
+        return rate(self.times)

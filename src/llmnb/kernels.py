@@ -15,12 +15,11 @@ Conventions (as in the C):
 import math
 
 import numpy as np
-from llvmlite import ir
-from numba import njit, prange, types
-from numba.extending import intrinsic
+from numba import njit, prange
 
 from .matmul import (matmul_forward, matmul_backward, matvec_forward,  # noqa: F401  (re-exported,
-                     matvec_forward_bf16, matvec_scratch)  # see matmul.py)
+                     matvec_forward_bf16, matvec_forward_int8)  # see matmul.py)
+from .matmul import f32_from_bits  # the bitcast exp_f32 builds 2^n with
 from .matmul import MR, NR, pack, tile_product  # attention's tile products (matmul.py)
 from .matmul import DENSE, UPPER_ZERO, K_UPTO_ROW, K_FROM_ROW
 
@@ -142,19 +141,20 @@ def layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd):
 # attention
 
 @njit(fastmath=REDUCE_FASTMATH, cache=True)
-def attention_query_head(out_h, preatt_row, att_row, qkv, t, h):
-    # one query: position t, head h. qkv (T',3C) holds the query, key and value vectors of one
-    # sequence (rows 0..t are read); preatt_row, att_row (>= t+1) get the scaled scores and their
-    # causal softmax over positions 0..t (they may be the same array); out_h (hs) = the
-    # attention-weighted sum of the values. attention_query runs it for every head.
-    C = qkv.shape[1] // 3
+def attention_query_head(out_h, preatt_row, att_row, qkv, b, t, h):
+    # one query: position t of sequence b, head h. qkv (T',B,3C) holds the query, key and value
+    # vectors of B sequences (sequence b's rows 0..t are read); preatt_row, att_row (>= t+1) get
+    # the scaled scores and their causal softmax over positions 0..t (they may be the same
+    # array); out_h (hs) = the attention-weighted sum of the values. attention_query runs it for
+    # every sequence and head.
+    C = qkv.shape[2] // 3
     hs = out_h.shape[0]
     scale = F32(1.0 / math.sqrt(hs))
-    q = qkv[t, h * hs:(h + 1) * hs]
+    q = qkv[t, b, h * hs:(h + 1) * hs]
     # pass 1: query . key, and the running max
     maxval = F32(-10000.0)
     for t2 in range(t + 1):
-        k = qkv[t2, C + h * hs:C + (h + 1) * hs]
+        k = qkv[t2, b, C + h * hs:C + (h + 1) * hs]
         val = F32(0.0)
         for i in range(hs):
             val += q[i] * k[i]
@@ -176,7 +176,7 @@ def attention_query_head(out_h, preatt_row, att_row, qkv, t, h):
     for i in range(hs):
         out_h[i] = F32(0.0)
     for t2 in range(t + 1):
-        v = qkv[t2, 2 * C + h * hs:2 * C + (h + 1) * hs]
+        v = qkv[t2, b, 2 * C + h * hs:2 * C + (h + 1) * hs]
         a = att_row[t2]
         for i in range(hs):
             out_h[i] += a * v[i]
@@ -184,13 +184,16 @@ def attention_query_head(out_h, preatt_row, att_row, qkv, t, h):
 
 @njit(parallel=True, fastmath=REDUCE_FASTMATH, cache=True)
 def attention_query(out, att, qkv, t):
-    # one token's attention, the one-token step of generation: out (C,) = every head's query at
-    # position t over the keys/values of positions 0..t in qkv (maxT,3C) (the KV cache); att
-    # (NH,maxT) is scratch for the scores. One task per head.
-    NH = att.shape[0]
-    hs = out.shape[0] // NH
-    for h in prange(NH):
-        attention_query_head(out[h * hs:(h + 1) * hs], att[h], att[h], qkv, t, h)
+    # one token's attention in each of B sequences, the step of generation: out (B,C) = for each
+    # sequence b, every head's query at position t over the keys/values of its positions 0..t in
+    # qkv (maxT,B,3C) (the KV cache: position-major, so that a step's B rows of qkv are one
+    # contiguous (B,3C) block); att (B,NH,maxT) is scratch for the scores. One task per
+    # (sequence, head); a sequence's result does not depend on B.
+    B, NH = att.shape[0], att.shape[1]
+    hs = out.shape[1] // NH
+    for bh in prange(B * NH):
+        b, h = bh // NH, bh % NH
+        attention_query_head(out[b, h * hs:(h + 1) * hs], att[b, h], att[b, h], qkv, b, t, h)
 
 
 # Training attention is flash-style (Dao et al., FlashAttention): per (b, h), tiles of ATT_TILE
@@ -209,14 +212,6 @@ def attention_query(out, att, qkv, t):
 # degree-6 polynomial on x - n ln2 and a scale by 2^n made from its bits, which LLVM vectorizes
 # (~0.6 ns). Error < 1 ulp for x in [-87.3, 88.3] (tests/test_kernels.py); 0 below -87.34 (where
 # exp leaves float32's normal range), inf above 88.72, NaN stays NaN.
-
-@intrinsic
-def _f32_from_bits(typingctx, bits):
-    # the float32 whose IEEE-754 bits are the int32 `bits` (a bitcast)
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.FloatType())
-    return types.float32(types.int32), codegen
-
 
 EXP_LOG2E = F32(1.44269504088896341)
 EXP_LN2_HI = F32(0.693359375)         # ln 2 in two parts: n * EXP_LN2_HI is exact for |n| < 2^9
@@ -238,7 +233,7 @@ def exp_f32(x):
     p = p * r + EXP_POLY[4]
     p = p * r + EXP_POLY[5]
     p = p * r * r + r + F32(1.0)
-    e = p * _f32_from_bits((np.int32(n) + np.int32(127)) << np.int32(23))
+    e = p * f32_from_bits((np.int32(n) + np.int32(127)) << np.int32(23))
     if x > F32(88.72284):
         e = F32(np.inf)
     return F32(0.0) if x < F32(-87.33654) else e

@@ -23,6 +23,10 @@ dout^T) cost nothing extra: packing reads them either way.
 
 Speed (2-core Zen 3, AVX2, 183 GFLOP/s peak; dev/matmul_*.py measure it): see benchmarks/RESULTS.md.
 
+Generation's step, one token of each of N sequences, runs the GEMVs at the end of the file
+instead (matvec: the weight streamed once per step, as float32, bfloat16 bits or int8 with a scale
+per row, Int8Weight).
+
 Each output element is summed by one task in a fixed order (k chunk by k chunk), so results do
 not depend on the number of threads: the parallel kernels are bitwise equal to their serial
 copies.
@@ -413,45 +417,180 @@ DEFAULT_SCRATCH = MatmulScratch()
 
 
 # ------------------------------------------------------------------------------------------------
-# one token's matmul (GEMV), and the public API
+# generation's matmul: one token of each of N sequences (a GEMV, N = 1 to a few), and the public API
 
-MV_ROWS = 256  # matvec_forward: rows of weight per parallel task (768 KB at C = 768)
+MV_ROWS = 64  # rows of weight per task of the GEMVs (a multiple of 4). Numba's prange gives each
+              # thread one contiguous run of tasks, equal in number: small tasks keep the threads
+              # even (768 rows: 12 tasks, 6 a thread on 2 threads, where 3 tasks of 256 left one
+              # thread 2/3 of the work) and each thread's run is still one stream
+MV_AHEAD = 2048  # bytes: the bf16 and int8 GEMVs prefetch the weight this far ahead of the row they
+                 # dot. On one thread of an AVX-512 Xeon, from DRAM (dev/matvec.py), this took
+                 # bf16 from 11 to 14.5 GB/s and int8 from 7 to 11 (their rows, 1.5 KB and 768 B,
+                 # go by faster than the hardware prefetchers ramp up on each 4 KB page); fp32's
+                 # 3 KB rows stream at 15 GB/s without it, and lost ~1 GB/s with it.
 
+
+@intrinsic
+def f32_from_bits(typingctx, bits):
+    # the float32 whose IEEE-754 bits are the int32 `bits` (a bitcast)
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+    return types.float32(types.int32), codegen
+
+
+@njit(fastmath=True, cache=True, inline="always")
+def _bf16_value(bits):
+    # the float32 value of a bfloat16 given as its uint16 bits (the top half of a float32's)
+    return f32_from_bits(np.int32(bits) << np.int32(16))
+
+
+@intrinsic
+def prefetch(typingctx, arr, i):
+    # a hint to bring the cache line of arr's flat element i (arr contiguous) into cache: LLVM's
+    # llvm.prefetch (read, keep in all levels); it never faults, wherever i points
+    sig = types.void(arr, i)
+
+    def codegen(context, builder, signature, args):
+        A = context.make_array(signature.args[0])(context, builder, args[0])
+        ptr = builder.gep(A.data, [args[1]])
+        i32 = ir.IntType(32)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32]),
+                                            "llvm.prefetch.p0")
+        builder.call(fn, [ptr, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(cache=True, inline="always")
+def _prefetch_row_ahead(w, r, ahead):
+    # prefetch the cache lines of row r of w (OC,C), contiguous, shifted `ahead` elements on
+    C = w.shape[1]
+    p = r * C + ahead
+    if p + C <= w.size:
+        for j in range(0, C, 64 // w.itemsize):
+            prefetch(w, p + j)
+
+
+# The GEMVs below share one shape: out (N,OC) = inp (N,C) . weight (OC,C)^T (+ bias). Generation
+# reads every weight once per step, so they are bound by memory bandwidth: each task streams a
+# contiguous block of MV_ROWS rows front to back (one stream the prefetchers follow), and each
+# row, once read, is dotted with the N inputs while it sits in L1 (inp, N x C floats, stays there
+# too). A row's dot with inp[n] is the same code whatever N and whichever thread runs its task,
+# so sequence n of a batch gets the bits it would get alone, on any number of threads. The dots
+# are written out in the kernels: through a helper on the row view weight[r] they ran at half the
+# speed. Timings: dev/matvec.py.
 
 @njit(parallel=True, fastmath=True, cache=True)
 def _matvec_forward(out, inp, weight, bias, has_bias):
-    # out (OC,) = weight (OC,C) . inp (C,) + bias (OC): matmul_forward for one token (a GEMV).
-    # Generation reads every weight once per token, so this is bound by memory bandwidth: each
-    # task streams a contiguous block of MV_ROWS rows front to back, one row's dot product at a
-    # time (a single stream the prefetcher follows; inp stays in L1), and prange hands each
-    # thread one contiguous run of tasks.
-    # (The dot product is written out here: through _dot on the row view weight[r] it runs at
-    # half the speed.)
-    OC, C = weight.shape
+    # out (N,OC) = inp (N,C) . weight (OC,C)^T + bias (OC), float32. Four rows at a time share
+    # each load of inp (15.8 GB/s on one thread, against 12.5 one row at a time); the last OC % 4
+    # rows one at a time.
+    N, C = inp.shape
+    OC = weight.shape[0]
     for task in prange((OC + MV_ROWS - 1) // MV_ROWS):
-        for r in range(task * MV_ROWS, min((task + 1) * MV_ROWS, OC)):
-            s = F32(0.0)
-            for k in range(C):
-                s += inp[k] * weight[r, k]
-            out[r] = s + bias[r] if has_bias else s
+        r1 = min((task + 1) * MV_ROWS, OC)
+        for r in range(task * MV_ROWS, r1 // 4 * 4, 4):
+            for n in range(N):
+                s0 = s1 = s2 = s3 = F32(0.0)
+                for k in range(C):
+                    x = inp[n, k]
+                    s0 += x * weight[r, k]
+                    s1 += x * weight[r + 1, k]
+                    s2 += x * weight[r + 2, k]
+                    s3 += x * weight[r + 3, k]
+                if has_bias:
+                    s0, s1, s2, s3 = s0 + bias[r], s1 + bias[r + 1], s2 + bias[r + 2], s3 + bias[r + 3]
+                out[n, r], out[n, r + 1], out[n, r + 2], out[n, r + 3] = s0, s1, s2, s3
+        for r in range(r1 // 4 * 4, r1):   # the last task's last OC % 4 rows
+            for n in range(N):
+                s = F32(0.0)
+                for k in range(C):
+                    s += inp[n, k] * weight[r, k]
+                out[n, r] = s + bias[r] if has_bias else s
 
 
 @njit(parallel=True, fastmath=True, cache=True)
-def _matvec_forward_bf16(out, inp, weight, bias, has_bias, scratch):
-    # _matvec_forward with weight (OC,C) held as bfloat16 bit patterns (uint16): half the bytes
-    # to stream. Each row is widened into the task's row of scratch (ntasks, >= C) uint32 (a
-    # bfloat16 is the top half of a float32), then dotted as float32.
-    OC, C = weight.shape
+def _matvec_forward_bf16(out, inp, weight, bias, has_bias):
+    # _matvec_forward with weight (OC,C) held as bfloat16 bit patterns (uint16): half the bytes to
+    # stream. Each weight is widened to float32 inside the dot (a shift and a bitcast, which LLVM
+    # vectorizes; widening a row into scratch first and dotting that ran 20% slower), one row at
+    # a time (four at a time ran slower); the rows MV_AHEAD bytes on are prefetched.
+    N, C = inp.shape
+    OC = weight.shape[0]
     for task in prange((OC + MV_ROWS - 1) // MV_ROWS):
-        bits = scratch[task, :C]
-        row = bits.view(np.float32)
         for r in range(task * MV_ROWS, min((task + 1) * MV_ROWS, OC)):
-            for k in range(C):
-                bits[k] = np.uint32(weight[r, k]) << np.uint32(16)
-            s = F32(0.0)
-            for k in range(C):
-                s += inp[k] * row[k]
-            out[r] = s + bias[r] if has_bias else s
+            _prefetch_row_ahead(weight, r, MV_AHEAD // 2)
+            for n in range(N):
+                s = F32(0.0)
+                for k in range(C):
+                    s += inp[n, k] * _bf16_value(weight[r, k])
+                out[n, r] = s + bias[r] if has_bias else s
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _matvec_forward_int8(out, inp, q, scale, bias, has_bias):
+    # _matvec_forward with weight (OC,C) = q (OC,C) int8 times scale (OC) float32 per row (an
+    # Int8Weight): a quarter of the bytes to stream. Each row's dot runs over q widened to float32
+    # inside the loop (a sign extension and a conversion, vectorized), then is scaled once; the
+    # rows MV_AHEAD bytes on are prefetched.
+    N, C = inp.shape
+    OC = q.shape[0]
+    for task in prange((OC + MV_ROWS - 1) // MV_ROWS):
+        for r in range(task * MV_ROWS, min((task + 1) * MV_ROWS, OC)):
+            _prefetch_row_ahead(q, r, MV_AHEAD)
+            for n in range(N):
+                s = F32(0.0)
+                for k in range(C):
+                    s += inp[n, k] * F32(q[r, k])
+                s *= scale[r]
+                out[n, r] = s + bias[r] if has_bias else s
+
+
+class Int8Weight:
+    """A weight (..., OC, C) quantized per row (per output channel), symmetric:
+    weight[..., r, :] ~ q[..., r, :] * scale[..., r], q int8 in [-127, 127], scale float32 >= 0.
+    w[l] is layer l's Int8Weight of a stacked (L, OC, C) one. quantize_int8 makes them."""
+
+    def __init__(self, q, scale):
+        if q.dtype != np.int8 or scale.dtype != F32 or q.shape[:-1] != scale.shape:
+            raise ValueError(f"matmul: an Int8Weight is q (..., OC, C) int8 and scale (..., OC) float32, "
+                             f"got {q.dtype} {q.shape} and {scale.dtype} {scale.shape}")
+        self.q, self.scale = q, scale
+
+    def __getitem__(self, i):
+        return Int8Weight(self.q[i], self.scale[i])
+
+    @property
+    def shape(self):
+        return self.q.shape
+
+    @property
+    def nbytes(self):
+        """The bytes a GEMV streams: q's and scale's."""
+        return self.q.nbytes + self.scale.nbytes
+
+    def dequantize(self):
+        """The float32 weight it stands for: q * scale, one float32 rounding per element."""
+        return self.q.astype(F32) * self.scale[..., None]
+
+
+def quantize_int8(weight, rows_per_chunk=4096):
+    """weight (..., OC, C) float32 -> Int8Weight: per row, scale = max |w| / 127 (rounded to
+    float32) and q = w / scale rounded to the nearest integer (half to even), so |w - q scale| <=
+    scale / 2 for every element; a row of zeros gets scale 0 and q 0. Computed in float64, in
+    chunks of rows (no float64 copy of the whole weight)."""
+    w = np.asarray(weight, dtype=F32)
+    rows = w.reshape(-1, w.shape[-1])
+    q = np.empty(rows.shape, dtype=np.int8)
+    scale = (np.abs(rows).max(axis=1) / F32(127)).astype(F32)
+    for r0 in range(0, rows.shape[0], rows_per_chunk):
+        chunk = rows[r0:r0 + rows_per_chunk].astype(np.float64)
+        s = scale[r0:r0 + rows_per_chunk].astype(np.float64)[:, None]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            x = np.where(s > 0, chunk / s, 0.0)
+        q[r0:r0 + rows_per_chunk] = np.clip(np.rint(x), -127, 127)
+    return Int8Weight(q.reshape(w.shape), scale.reshape(w.shape[:-1]))
 
 
 def _check(name, arr, shape):
@@ -526,34 +665,51 @@ def backward_dweight(dweight, dbias, dout, inp, scratch):
         bias_backward(dbias, dout)
 
 
-def matvec_forward(out, inp, weight, bias):
-    """out (OC,) = weight (OC,C) @ inp (C,) + bias (OC): one token's matmul_forward; bias may be None."""
-    OC, C = _weight_shape(weight)
-    _check("inp", inp, (C,))
-    _check("out", out, (OC,))
-    has_bias = bias is not None
-    if has_bias:
+def matvec(out, inp, weight, bias):
+    """out (N,OC) = inp (N,C) @ weight^T + bias (OC) for a weight (OC,C) of any of the three kinds:
+    float32, bfloat16 bits (uint16), Int8Weight; bias may be None. Unchecked: the caller passes
+    C-contiguous arrays of matching shapes (the CPU backend's step, with the model's own buffers;
+    the matvec_forward functions below, after their checks)."""
+    b, has_bias = (NO_BIAS, False) if bias is None else (bias, True)
+    if isinstance(weight, Int8Weight):
+        _matvec_forward_int8(out, inp, weight.q, weight.scale, b, has_bias)
+    elif weight.dtype == np.uint16:
+        _matvec_forward_bf16(out, inp, weight, b, has_bias)
+    else:
+        _matvec_forward(out, inp, weight, b, has_bias)
+
+
+def _matvec_checked(out, inp, weight, OC, C, bias):
+    # matvec after checking out and inp (1-D ones: N = 1, seen as (1,OC) and (1,C)) and bias
+    if not isinstance(inp, np.ndarray) or inp.ndim not in (1, 2):
+        raise ValueError(f"matmul: inp must be (C,) or (N, C), got shape {getattr(inp, 'shape', None)}")
+    _check("inp", inp, inp.shape[:-1] + (C,))
+    _check("out", out, inp.shape[:-1] + (OC,))
+    if bias is not None:
         _check("bias", bias, (OC,))
-    _matvec_forward(out, inp, weight, bias if has_bias else NO_BIAS, has_bias)
+    matvec(out.reshape(-1, OC), inp.reshape(-1, C), weight, bias)
 
 
-def matvec_scratch(OC, C):
-    """The uint32 scratch matvec_forward_bf16 needs for a weight of up to (OC, C)."""
-    return np.zeros(((OC + MV_ROWS - 1) // MV_ROWS, C), dtype=np.uint32)
+def matvec_forward(out, inp, weight, bias):
+    """out (N,OC) = inp (N,C) @ weight (OC,C)^T + bias (OC): matmul_forward for one token of each
+    of N sequences, streaming the weight once (1-D out (OC,) and inp (C,): one token). bias may
+    be None."""
+    OC, C = _weight_shape(weight)
+    _matvec_checked(out, inp, weight, OC, C, bias)
 
 
-def matvec_forward_bf16(out, inp, weight_bits, bias, scratch):
-    """matvec_forward with weight_bits (OC,C) uint16: bfloat16 bit patterns (formats.fp32_to_bf16);
-    scratch from matvec_scratch(>= OC, >= C)."""
+def matvec_forward_bf16(out, inp, weight_bits, bias):
+    """matvec_forward with weight_bits (OC,C) uint16: bfloat16 bit patterns (formats.fp32_to_bf16)."""
     if not isinstance(weight_bits, np.ndarray) or weight_bits.dtype != np.uint16 or weight_bits.ndim != 2 \
             or not weight_bits.flags.c_contiguous:
         raise ValueError("matmul: weight_bits must be a C-contiguous (OC, C) uint16 array of bfloat16 bits")
-    OC, C = weight_bits.shape
-    _check("inp", inp, (C,))
-    _check("out", out, (OC,))
-    if scratch.dtype != np.uint32 or scratch.shape[0] < (OC + MV_ROWS - 1) // MV_ROWS or scratch.shape[1] < C:
-        raise ValueError(f"matmul: scratch {scratch.shape} too small for a ({OC}, {C}) weight")
-    has_bias = bias is not None
-    if has_bias:
-        _check("bias", bias, (OC,))
-    _matvec_forward_bf16(out, inp, weight_bits, bias if has_bias else NO_BIAS, has_bias, scratch)
+    _matvec_checked(out, inp, weight_bits, *weight_bits.shape, bias)
+
+
+def matvec_forward_int8(out, inp, weight, bias):
+    """matvec_forward with weight an Int8Weight of shape (OC,C) (quantize_int8): out = inp . (q
+    scale)^T + bias, the dot over q in float32, scaled per row."""
+    if not isinstance(weight, Int8Weight) or weight.q.ndim != 2 or not weight.q.flags.c_contiguous \
+            or not weight.scale.flags.c_contiguous:
+        raise ValueError("matmul: weight must be an Int8Weight of shape (OC, C) with contiguous q and scale")
+    _matvec_checked(out, inp, weight, *weight.shape, bias)

@@ -3,8 +3,9 @@ and generation's one-token step over a KV cache.
 
     GPT2      training: the parameters, their gradients, AdamW's m and v, the activations of a
               (B, T) batch and their gradients; forward, zero_grad, backward, update
-    Decoder   generation (llama2.c's RunState): a KV cache, one token's activations and the weights
-              it streams (the model's own, or a bfloat16 copy); step(token) -> next-token probs
+    Decoder   generation (llama2.c's RunState): a KV cache, one step's activations (one token of
+              each of B sequences) and the weights it streams (the model's own, a bfloat16 or an
+              int8 copy); step(tokens) -> next-token probs
 
 The model owns four flat float32 buffers, as the C does: parameters, their gradients, activations
 and the activations' gradients (plus AdamW's m and v). Every named tensor is a view into one of
@@ -15,6 +16,7 @@ One layer routine (block_forward) serves the training forward over (B, T) and th
 one-token step, which keeps every layer's qkv rows in its KV cache on the backend.
 """
 import math
+import types
 
 import numpy as np
 
@@ -22,6 +24,7 @@ from . import optim
 from .backend import get_backend
 from .config import LAYER_GRAD_NAMES, GPT2Config, Tensors, act_shapes, grad_act_shapes, param_shapes
 from .formats import bf16_to_fp32, fp32_to_bf16, read_checkpoint, write_checkpoint
+from .matmul import quantize_int8
 
 
 def init_params(config, seed=0):
@@ -52,18 +55,22 @@ def init_params(config, seed=0):
 def block_forward(k, l, a, p, w, cache=None, pos=None):
     """Layer l of the forward on backend k: a's layer-l activations from the residual stream (the
     encoder's output for l = 0, else layer l-1's residual3). p holds the parameters, w the matrices
-    (p itself, or their bfloat16 bits for the one-token step). cache None: every position of a's
-    (B, T) attends causally over a.qkv[l]. cache (kv_cache (L, maxT, 3C), att_scratch (NH, maxT))
-    and pos t: the one-token step (B = T = 1) at position t, whose qkv goes into row t of the KV
-    cache and attends over its rows 0..t."""
+    (p itself, or for the one-token step their bfloat16 bits or int8 copies). cache None: every
+    position of a's (B, T) attends causally over a.qkv[l]. cache (kv_cache (L, maxT, B, 3C),
+    att_scratch (B, NH, maxT)) and pos t: the one-token step (T = 1) of B sequences at position
+    t, whose qkv rows go into row t of the KV cache, each attending over its rows 0..t."""
     residual = a.encoded if l == 0 else a.residual3[l - 1]
-    qkv = a.qkv[l] if cache is None else cache[0][l:l + 1, pos:pos + 1]  # (B, T, 3C)
+    if cache is None:
+        qkv = a.qkv[l]
+    else:
+        kv_cache, att = cache
+        qkv = kv_cache[l, pos].reshape(a.qkv[l].shape)  # (B, 1, 3C): the step's rows of the KV cache
     k.layernorm_forward(a.ln1[l], a.ln1_mean[l], a.ln1_rstd[l], residual, p.ln1w[l], p.ln1b[l])
     k.matmul_forward(qkv, a.ln1[l], w.qkvw[l], p.qkvb[l])
     if cache is None:
         k.attention_forward(a.atty[l], a.lse[l], qkv)
     else:
-        k.attention_query(a.atty[l][0, 0], cache[1], cache[0][l], pos)
+        k.attention_query(a.atty[l].reshape(att.shape[0], a.atty.shape[3]), att, kv_cache[l], pos)
     k.matmul_forward(a.attproj[l], a.atty[l], w.attprojw[l], p.attprojb[l])
     k.residual_forward(a.residual2[l], residual, a.attproj[l])
     k.layernorm_forward(a.ln2[l], a.ln2_mean[l], a.ln2_rstd[l], a.residual2[l], p.ln2w[l], p.ln2b[l])
@@ -326,61 +333,103 @@ class GPT2:
 # ----------------------------------------------------------------------------------------------
 # generation: one token at a time over a KV cache (llm.c re-runs the whole forward instead)
 
+DTYPES = ("float32", "bfloat16", "int8")   # the Decoder's precisions of the weights it streams
+MATRICES = ("qkvw", "attprojw", "fcw", "fcprojw", "wte")  # what a step streams (~99.9% of its
+                                                          # weight bytes); dtype "int8" quantizes them
+
+
 class Decoder:
     """Generation's state, apart from the training model's (llama2.c's RunState): the KV cache
-    (every layer's qkv rows, (L, maxT, 3C)), one token's activations and the weights the step
+    (every layer's qkv rows, (L, maxT, B, 3C)), one step's activations and the weights the step
     streams, on the model's backend, allocated once and reused by every sequence.
+
+    batch B: B sequences at once, in step: each step runs one token of each at one position, and
+    reads every weight once for the B of them (a GEMV over B rows on the CPU). A sequence's
+    probabilities are the same bits whatever B and whatever the other sequences hold.
 
     dtype "float32": the step reads the model's parameters as they are at each step (a sample
     during training sees the weights trained so far). dtype "bfloat16" (CPU): the matrices are
     streamed as bfloat16 bits, half the bytes per token, and every parameter is read rounded to
     bfloat16 from a copy made now, so the decoder is the model of its bf16-rounded parameters
-    (lossless for an llm.c bf16 checkpoint) and the model's own parameters are left as they are.
+    (lossless for an llm.c bf16 checkpoint). dtype "int8" (CPU): the matrices (MATRICES: the
+    layers' four and wte, the classifier) are streamed as int8 with a float32 scale per row
+    (matmul.quantize_int8: symmetric, round to nearest), a quarter of the bytes; the decoder is
+    the model of its parameters with those matrices dequantized (q * scale; the token embedding
+    reads its rows of the dequantized wte), the rest float32. Either copy leaves the model's own
+    parameters as they are.
     """
 
-    def __init__(self, model, dtype="float32"):
-        if dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {dtype!r}")
+    def __init__(self, model, dtype="float32", batch=1):
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(map(repr, DTYPES))}, got {dtype!r}")
+        if not (isinstance(batch, int) and batch >= 1):
+            raise ValueError(f"batch must be an integer >= 1, got {batch!r}")
         k, cfg = model.backend, model.config
-        self.config, self.backend, self.dtype = cfg, k, dtype
+        self.config, self.backend, self.dtype, self.batch = cfg, k, dtype, batch
+        if dtype != "float32" and k.name != "cpu":
+            raise ValueError(f"dtype {dtype!r} generation is for the CPU backend")
         if dtype == "bfloat16":
-            if k.name != "cpu":
-                raise ValueError("dtype 'bfloat16' generation is for the CPU backend")
             bits = fp32_to_bf16(model.params_host())
             self.params = Tensors(bf16_to_fp32(bits), model.params.shapes)
             self.weights = Tensors(bits, model.params.shapes)
+        elif dtype == "int8":
+            self.params = Tensors(model.params_host().copy(), model.params.shapes)
+            quantized = {}
+            for name in MATRICES:
+                w = quantize_int8(getattr(self.params, name))
+                getattr(self.params, name)[...] = w.dequantize()
+                # per layer, made once, not at every call of every step
+                quantized[name] = w if name == "wte" else [w[l] for l in range(cfg.num_layers)]
+            self.weights = types.SimpleNamespace(**quantized)
         else:
             self.params = self.weights = model.params
-        L, maxT, C = cfg.num_layers, cfg.max_seq_len, cfg.channels
-        self.kv_cache = k.zeros(L * maxT * 3 * C).reshape(L, maxT, 3 * C)
-        self.att_scratch = k.zeros(cfg.num_heads * maxT).reshape(cfg.num_heads, maxT)
-        shapes = act_shapes(cfg, 1, 1, probs=True)
+        B, L, maxT, C = batch, cfg.num_layers, cfg.max_seq_len, cfg.channels
+        self.kv_cache = k.zeros(L * maxT * B * 3 * C).reshape(L, maxT, B, 3 * C)
+        self.att_scratch = k.zeros(B * cfg.num_heads * maxT).reshape(B, cfg.num_heads, maxT)
+        shapes = act_shapes(cfg, B, 1, probs=True)
         self.acts = Tensors(k.zeros(Tensors.count(shapes)), shapes)
-        self.token = k.zeros(1, dtype=np.int32).reshape(1, 1)
+        self.tokens = k.zeros(B, dtype=np.int32).reshape(B, 1)
         self.pos = 0
 
     def begin(self):
-        """Start a new sequence at position 0 (the cache's rows are overwritten as it goes)."""
+        """Start new sequences at position 0 (the cache's rows are overwritten as they go)."""
         self.pos = 0
 
-    def step(self, token):
-        """Run one token at the sequence's next position (self.pos) through the layers (its qkv
-        joins the KV cache; it attends over the positions before it and itself). Returns the
-        probabilities of the next token, (Vp,) on the host: the one copy back per token."""
+    def weight_bytes(self):
+        """The bytes of the matrices (MATRICES) a step reads, at the decoder's precision: what
+        memory bandwidth bounds (the rest of the parameters, biases and layernorms, are ~0.1%;
+        the KV cache's rows, 2 t C floats per layer at position t, are not counted)."""
+        total = 0
+        for name in MATRICES:
+            w = getattr(self.weights, name)
+            total += sum(x.nbytes for x in w) if isinstance(w, list) else w.nbytes
+        return total
+
+    def step(self, tokens):
+        """Run one token of each sequence at their next position (self.pos) through the layers
+        (its qkv joins the KV cache; it attends over its sequence's positions before it and
+        itself). tokens: an int (batch 1) or B ints. Returns the probabilities of the next token
+        on the host, (Vp,) for an int, (B, Vp) for B ints: the one copy back per step."""
         cfg, k, a, p = self.config, self.backend, self.acts, self.params
         t = self.pos
         if t >= cfg.max_seq_len:
             raise ValueError(f"generation reached max_seq_len={cfg.max_seq_len}")
-        if not 0 <= token < cfg.vocab_size:
-            raise ValueError(f"token {token} is not a token id in [0, {cfg.vocab_size})")
-        k.copy_(self.token, np.full((1, 1), token, dtype=np.int32))
-        k.encoder_forward(a.encoded, self.token, p.wte, p.wpe[t:t + 1])
+        ids = np.asarray(tokens)
+        if ids.size != self.batch or ids.ndim > 1 or not np.issubdtype(ids.dtype, np.integer):
+            raise ValueError(f"step takes {self.batch} token id(s), one per sequence, got {tokens!r}")
+        flat = ids.reshape(-1)
+        bad = flat[(flat < 0) | (flat >= cfg.vocab_size)]
+        if bad.size:
+            raise ValueError(f"token {bad[0]} is not a token id in [0, {cfg.vocab_size})")
+        k.copy_(self.tokens, flat.astype(np.int32).reshape(self.batch, 1))
+        k.encoder_forward(a.encoded, self.tokens, p.wte, p.wpe[t:t + 1])
         for l in range(cfg.num_layers):
             block_forward(k, l, a, p, self.weights, cache=(self.kv_cache, self.att_scratch), pos=t)
         head_forward(k, a, p, self.weights)
         k.softmax_forward(a.probs, a.logits, cfg.vocab_size)
         self.pos += 1
-        return k.to_host(a.probs).reshape(-1)
+        probs = k.to_host(a.probs).reshape(self.batch, -1)
+        return probs[0] if ids.ndim == 0 else probs
 
 
 # ----------------------------------------------------------------------------------------------
@@ -406,4 +455,4 @@ def compile_kernels(backend):
     Decoder(model).step(1)
 
 
-__all__ = ["GPT2", "Decoder", "block_forward", "compile_kernels", "head_forward", "init_params"]
+__all__ = ["DTYPES", "GPT2", "Decoder", "MATRICES", "block_forward", "compile_kernels", "head_forward", "init_params"]

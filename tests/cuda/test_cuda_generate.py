@@ -22,34 +22,34 @@ def be():
 
 
 @pytest.mark.gpu_geometry
-@pytest.mark.parametrize("maxT,NH,C", [(11, 2, 16), (20, 3, 36)])
-def test_attention_query(be, maxT, NH, C):
-    # out (C,) for queries at the first, a middle and the last position; the cache's rows past t
+@pytest.mark.parametrize("maxT,B,NH,C", [(11, 1, 2, 16), (20, 3, 3, 36)])
+def test_attention_query(be, maxT, B, NH, C):
+    # out (B, C) for queries at the first, a middle and the last position; the cache's rows past t
     # hold NaN (a read of them poisons out) and the output sits inside NaN slack (a write past it
     # shows); qkv must come back unchanged
     rng = np.random.default_rng(maxT)
     for t in (0, maxT // 2, maxT - 1):
-        qkv = (rng.standard_normal((maxT, 3 * C)) * 2).astype(F32)
+        qkv = (rng.standard_normal((maxT, B, 3 * C)) * 2).astype(F32)
         qkv[t + 1:] = np.nan
-        want = np.zeros(C, F32)
-        cpu.attention_query(want, np.zeros((NH, maxT), F32), qkv, t)
-        flat = be.asarray(np.full(C + 6, np.nan, F32))
-        out = flat[3:3 + C]
+        want = np.zeros((B, C), F32)
+        cpu.attention_query(want, np.zeros((B, NH, maxT), F32), qkv, t)
+        flat = be.asarray(np.full(B * C + 6, np.nan, F32))
+        out = flat[3:3 + B * C].reshape(B, C)
         dqkv = be.asarray(qkv)
-        be.attention_query(out, be.zeros(NH * maxT).reshape(NH, maxT), dqkv, t)
+        be.attention_query(out, be.zeros(B * NH * maxT).reshape(B, NH, maxT), dqkv, t)
         got = be.to_host(flat)
-        assert np.isnan(got[:3]).all() and np.isnan(got[3 + C:]).all(), "wrote outside out"
-        np.testing.assert_allclose(got[3:3 + C], want, rtol=RTOL, atol=RTOL * np.abs(want).max())
+        assert np.isnan(got[:3]).all() and np.isnan(got[3 + B * C:]).all(), "wrote outside out"
+        np.testing.assert_allclose(got[3:3 + B * C].reshape(B, C), want, rtol=RTOL, atol=RTOL * np.abs(want).max())
         np.testing.assert_array_equal(be.to_host(dqkv), qkv)
 
 
 def test_attention_query_bad_shapes_are_one_clear_error(be):
-    qkv = be.zeros(8 * 48).reshape(8, 48)
-    att = be.zeros(2 * 8).reshape(2, 8)
+    qkv = be.zeros(8 * 48).reshape(8, 1, 48)
+    att = be.zeros(2 * 8).reshape(1, 2, 8)
     with pytest.raises(ValueError, match="llmnb/cuda/kernels.py: attention_query: out"):
-        be.attention_query(be.zeros(15), att, qkv, 0)
+        be.attention_query(be.zeros(15).reshape(1, 15), att, qkv, 0)
     with pytest.raises(ValueError, match="position 8"):
-        be.attention_query(be.zeros(16), att, qkv, 8)
+        be.attention_query(be.zeros(16).reshape(1, 16), att, qkv, 8)
 
 
 CFG = GPT2Config(max_seq_len=10, vocab_size=64, padded_vocab_size=128, num_layers=2, num_heads=2, channels=16)
@@ -94,3 +94,19 @@ def test_cached_step_on_cuda_matches_the_cpu_and_copies_no_weights():
     outs = [generate(m, [CFG.vocab_size - 1, 3], 6, Rng(7), temperature=0.9) for m in models]
     assert outs[0] == outs[1] and len(outs[1]) == 6
     assert dev.copies == [("copy_", 1), ("to_host", Vp)] * (2 + 5)  # the last sample needs no step
+
+
+def test_a_batch_of_sequences_on_cuda_matches_the_cpu():
+    # Decoder(batch=3) on the device: the KV cache (L, maxT, B, 3C), one step's B rows of qkv
+    # written in place, attention over B sequences; the same probabilities as the CPU's, every step
+    params = init_params(CFG, seed=6) * 6
+    tokens = np.random.default_rng(2).integers(0, CFG.vocab_size, (3, 5))
+    models = [Decoder(GPT2(CFG, params, backend=b), batch=3) for b in (CPUBackend(), CUDABackend())]
+    for t in range(tokens.shape[1]):
+        want, got = (m.step(tokens[:, t]).copy() for m in models)
+        assert got.shape == (3, CFG.padded_vocab_size)
+        # (float32 sums in another order: the logits within 1e-5 of their largest, the
+        # probabilities of this sharp model, exp of them, within 1e-4)
+        logits = [m.backend.to_host(m.acts.logits).reshape(3, -1) for m in models]
+        np.testing.assert_allclose(logits[1], logits[0], rtol=RTOL, atol=RTOL * np.abs(logits[0]).max())
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-7)

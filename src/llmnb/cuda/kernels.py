@@ -537,24 +537,25 @@ def fill(arr, value):
 
 @cuda.jit(cache=True)
 def attention_query_kernel(out, att, qkv, t, scale):
-    # out (C,) = per head h (one block each): the softmax of row t's query . the keys of rows
-    # 0..t of qkv (maxT,3C), scaled, applied to their values; att (NH,maxT) holds the scores, then
-    # their exponentials. The block's threads stride over the rows 0..t, then over the head's
-    # channels (each sums the rows in order, as the CPU kernel does).
+    # out (B,C) = per sequence b and head h (block (h, b)): the softmax of sequence b's query at
+    # row t . its keys of rows 0..t of qkv (maxT,B,3C), scaled, applied to their values; att
+    # (B,NH,maxT) holds the scores, then their exponentials. The block's threads stride over the
+    # rows 0..t, then over the head's channels (each sums the rows in order, as the CPU kernel does).
     buf = cuda.shared.array(ROW_THREADS, float32)
     h = cuda.blockIdx.x
+    b = cuda.blockIdx.y
     tid = cuda.threadIdx.x
-    C = out.shape[0]
-    hs = C // att.shape[0]
+    C = out.shape[1]
+    hs = C // att.shape[1]
     q0 = h * hs
     k0 = C + h * hs
     v0 = 2 * C + h * hs
-    row = att[h]
+    row = att[b, h]
     maxval = NEG_BIG
     for t2 in range(tid, t + 1, ROW_THREADS):
         s = ZERO
         for i in range(hs):
-            s += qkv[t, q0 + i] * qkv[t2, k0 + i]
+            s += qkv[t, b, q0 + i] * qkv[t2, b, k0 + i]
         s *= scale
         row[t2] = s
         if s > maxval:
@@ -570,19 +571,19 @@ def attention_query_kernel(out, att, qkv, t, scale):
     for i in range(tid, hs, ROW_THREADS):
         acc = ZERO
         for t2 in range(t + 1):
-            acc += (row[t2] * inv) * qkv[t2, v0 + i]
-        out[q0 + i] = acc
+            acc += (row[t2] * inv) * qkv[t2, b, v0 + i]
+        out[b, q0 + i] = acc
 
 
 def attention_query(out, att, qkv, t):
-    """out (C,) = every head's attention of position t's query over positions 0..t of one
-    sequence's qkv (maxT,3C) (the KV cache); att (NH,maxT) is scratch for the scores."""
-    check(len(qkv.shape) == 2 and last_dim(qkv) % 3 == 0, WHERE,
-          f"attention_query: qkv {qkv.shape} is not (maxT, 3C)")
-    maxT, C = qkv.shape[0], qkv.shape[1] // 3
-    check(out.shape == (C,), WHERE, f"attention_query: out {out.shape} is not ({C},)")
-    check(len(att.shape) == 2 and att.shape[1] >= maxT and C % att.shape[0] == 0, WHERE,
-          f"attention_query: att {att.shape} is not (NH, {maxT}) with NH dividing C={C}")
+    """out (B,C) = in each of B sequences, every head's attention of position t's query over its
+    positions 0..t in qkv (maxT,B,3C) (the KV cache); att (B,NH,maxT) is scratch for the scores."""
+    check(len(qkv.shape) == 3 and last_dim(qkv) % 3 == 0, WHERE,
+          f"attention_query: qkv {qkv.shape} is not (maxT, B, 3C)")
+    maxT, B, C = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3
+    check(out.shape == (B, C), WHERE, f"attention_query: out {out.shape} is not ({B}, {C})")
+    check(len(att.shape) == 3 and att.shape[0] == B and att.shape[2] >= maxT and C % att.shape[1] == 0, WHERE,
+          f"attention_query: att {att.shape} is not ({B}, NH, {maxT}) with NH dividing C={C}")
     check(0 <= t < maxT, WHERE, f"attention_query: position {t} is outside [0, {maxT})")
-    NH = att.shape[0]
-    attention_query_kernel[NH, ROW_THREADS](out, att, qkv, int(t), F32(1.0 / math.sqrt(C // NH)))
+    NH = att.shape[1]
+    attention_query_kernel[(NH, B), ROW_THREADS](out, att, qkv, int(t), F32(1.0 / math.sqrt(C // NH)))

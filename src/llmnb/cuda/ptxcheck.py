@@ -70,7 +70,7 @@ def kernel_signatures():
         K.global_norm_squared_kernel: [(float64[::1], f1)],
         K.scale_kernel: [(f1, float32)],
         K.fill_kernel: [(f1, float32), (int32[::1], int32)],
-        K.attention_query_kernel: [(f1, f2, f2, int64, float32)],
+        K.attention_query_kernel: [(f2, f3, f3, int64, float32)],
     }
 
 
