@@ -302,6 +302,9 @@ def run_impl(args, recipe):
     print(f"{impl}: {DESCRIBE[impl]}; {versions}; warm-up {warmup_s:.1f} s", flush=True)
 
     result = train_for(trainer, args.budget, args.eval_every, train_loader, val_batches)
+    if impl == "llmnb" and args.save_model:
+        trainer.model.save_checkpoint(args.save_model)
+        print(f"llmnb: wrote {args.save_model}", flush=True)
     t0 = time.perf_counter()
     eot = config.vocab_size - 1  # GPT-2's <|endoftext|>, 50256, where llm.c's samples start
     tokens = trainer.sample([eot], recipe.sample_tokens, Rng(recipe.sampler_seed))
@@ -426,7 +429,7 @@ def child_argv(args, impl):
             "-d", str(args.depth), "-B", str(args.batch), "-T", str(args.seq_len), "--lr", repr(args.lr),
             "--warmup", str(args.warmup), "--val-batches", str(args.val_batches),
             "--sample-tokens", str(args.sample_tokens), "--threads", str(args.threads),
-            "--data-dir", args.data_dir]
+            "--data-dir", args.data_dir] + (["--save-model", args.save_model] if args.save_model else [])
 
 
 def run_child(args, impl):
@@ -514,6 +517,9 @@ def parse_args(argv=None):
                     help="also write the JSON lines here ('' for none; default: benchmarks/time_to_loss.jsonl)")
     ap.add_argument("--svg", default=os.path.join(ROOT, "benchmarks", "time_to_loss.svg"),
                     help="the val-loss picture ('' for none; default: benchmarks/time_to_loss.svg)")
+    ap.add_argument("--save-model", default="", metavar="PATH",
+                    help="write llmnb's final model there (an llm.c checkpoint: for llmnb-sample, "
+                         "benchmarks.generate_loss) (default: none)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if not (math.isfinite(args.budget) and args.budget > 0):
