@@ -57,7 +57,7 @@ def run(model_file, tmp_path, *argv):
 
 def test_streams_the_tokens_generate_samples(model_file, tmp_path, tok):
     prompt = "The king said"
-    new, out, err = run(model_file, tmp_path, "--prompt", prompt, "-g", "10", "--seed", "42", "--top-k", "50",
+    new, out, err = run(model_file, tmp_path, "--prompt", prompt, "-g", "11", "--seed", "42", "--top-k", "50",
                         "--temperature", "0.8")
     ids = [tok.eot_token] + tok.encode(prompt)
     want = generate(GPT2(CFG, init_params(CFG, seed=4) * 6), ids, 10, Rng(42), temperature=0.8, top_k=50)
@@ -69,7 +69,7 @@ def test_streams_the_tokens_generate_samples(model_file, tmp_path, tok):
 
 def test_bfloat16_samples_the_bf16_rounded_model(model_file, tmp_path, tok):
     from llmnb.formats import bf16_to_fp32, fp32_to_bf16
-    new, _, err = run(model_file, tmp_path, "-g", "8", "--dtype", "bfloat16", "--seed", "9")
+    new, _, err = run(model_file, tmp_path, "-g", "9", "--dtype", "bfloat16", "--seed", "9")
     rounded = bf16_to_fp32(fp32_to_bf16(init_params(CFG, seed=4) * 6))
     assert new == generate(GPT2(CFG, rounded), [tok.eot_token], 8, Rng(9))
     assert "bfloat16 on cpu" in err
@@ -77,7 +77,7 @@ def test_bfloat16_samples_the_bf16_rounded_model(model_file, tmp_path, tok):
 
 def test_int8_samples_the_int8_decoder(model_file, tmp_path, tok):
     from llmnb.model import Decoder
-    new, _, err = run(model_file, tmp_path, "-g", "8", "--dtype", "int8", "--seed", "9")
+    new, _, err = run(model_file, tmp_path, "-g", "9", "--dtype", "int8", "--seed", "9")
     decoder = Decoder(GPT2(CFG, init_params(CFG, seed=4) * 6), "int8")
     assert new == generate(decoder, [tok.eot_token], 8, Rng(9))
     assert "int8 on cpu" in err
@@ -86,18 +86,18 @@ def test_int8_samples_the_int8_decoder(model_file, tmp_path, tok):
 def test_n_sequences_are_the_texts_of_seeds_seed_plus_i(model_file, tmp_path, tok):
     # -n 3 --seed 5: sequence i is -n 1 --seed 5+i, printed one after the other under a header;
     # the speed counts the tokens of all three
-    new, out, err = run(model_file, tmp_path, "-n", "3", "--seed", "5", "-g", "7", "--prompt", "Hi", "--top-k", "20")
+    new, out, err = run(model_file, tmp_path, "-n", "3", "--seed", "5", "-g", "8", "--prompt", "Hi", "--top-k", "20")
     assert len(new) == 3
     text = out.getvalue()
     for i, seq in enumerate(new):
-        alone, alone_out, _ = run(model_file, tmp_path, "--seed", str(5 + i), "-g", "7", "--prompt", "Hi", "--top-k", "20")
+        alone, alone_out, _ = run(model_file, tmp_path, "--seed", str(5 + i), "-g", "8", "--prompt", "Hi", "--top-k", "20")
         assert seq == alone
         assert f"--- sequence {i + 1} of 3 (seed {5 + i})\n" + alone_out.getvalue() in text
     assert "3 sequences x 7 tokens" in err and "tokens/s over the 3 sequences" in err
 
 
 def test_top_k_1_is_the_argmax_of_the_full_forward(model_file, tmp_path, tok):
-    new, _, _ = run(model_file, tmp_path, "-g", "6", "--top-k", "1")
+    new, _, _ = run(model_file, tmp_path, "-g", "7", "--top-k", "1")
     model = GPT2(CFG, init_params(CFG, seed=4) * 6)
     seq = [tok.eot_token]
     for _ in range(6):
@@ -107,7 +107,7 @@ def test_top_k_1_is_the_argmax_of_the_full_forward(model_file, tmp_path, tok):
 
 
 def test_stops_at_max_seq_len(model_file, tmp_path, tok):
-    new, _, err = run(model_file, tmp_path, "-g", "100")
+    new, _, err = run(model_file, tmp_path, "-g", "101")
     assert len(new) == CFG.max_seq_len  # EOT + 23 forwards, the last sample needs no forward
     assert "max_seq_len 24" in err
 
@@ -123,7 +123,7 @@ def test_cuda_device_samples_what_the_cpu_samples(tmp_path):
                PYTHONPATH=os.pathsep.join([str(ROOT / "src")] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
     outs = []
     for device in ("cpu", "cuda"):
-        r = subprocess.run([sys.executable, "-m", "llmnb.sample", "--model", str(tmp_path / "s.bin"), "-g", "8",
+        r = subprocess.run([sys.executable, "-m", "llmnb.sample", "--model", str(tmp_path / "s.bin"), "-g", "9",
                             "--device", device, "--data-dir", str(tmp_path)], env=env, capture_output=True,
                            text=True, timeout=600)
         assert r.returncode == 0, r.stderr
@@ -161,16 +161,16 @@ def test_bad_input_is_one_clear_line(model_file, tmp_path, capsys, tok):
     assert "--dtype int8 is for --device cpu" in capsys.readouterr().err
 
 
-def test_g_says_what_it_counts_here_and_in_llmnb_train(model_file, tmp_path, tok):
-    # one flag, two meanings (llmnb-train keeps llm.c's genT): each help says which, and how the other differs
+def test_g_counts_the_start_token_here_as_in_llmnb_train(model_file, tmp_path, tok):
+    # one meaning of -g in both CLIs: llm.c's genT, the start (EOT) token counted; each help says so
     from llmnb.settings import build_parser as train_parser
 
     def g_help(parser):
         return " ".join(next(a.help for a in parser._actions if "-g" in a.option_strings).split())
-    assert "new tokens" in g_help(sample.build_parser()) and "llmnb-train's -g counts the start token" in g_help(sample.build_parser())
-    assert "genT" in g_help(train_parser()) and "llmnb-sample's -g counts new tokens" in g_help(train_parser())
+    assert "counting the start token" in g_help(sample.build_parser()) and "genT" in g_help(sample.build_parser())
+    assert "counting the start token" in g_help(train_parser()) and "genT" in g_help(train_parser())
     new, _, err = run(model_file, tmp_path, "-g", "5", "--prompt", "Hello")
-    assert len(new) == 5  # new tokens, whatever the prompt's length
+    assert len(new) == 4  # new tokens: -g minus the start token, whatever the prompt's length
 
 
 def test_weights_are_checked_as_llmnb_train_checks_them(tmp_path, capsys):

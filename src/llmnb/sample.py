@@ -30,8 +30,8 @@ def build_parser():
       help="an llm.c checkpoint (e.g. gpt2_124M.bin, out/model.bin), or a Hugging Face GPT-2 folder")
     a("--prompt", default="", help="text to continue (default: none, start from the EOT token)")
     a("-g", dest="gen_tokens", type=int, default=128,
-      help="new tokens to generate, after the EOT token and the prompt (llmnb-train's -g counts the "
-           "start token, as llm.c's genT) (default: 128)")
+      help="sample length counting the start token, as llm.c's genT and llmnb-train's -g: -g 128 "
+           "samples 127 new tokens after the EOT token (and the prompt) (default: 128)")
     a("--temperature", type=float, default=1.0, help="sampling temperature (default: 1.0)")
     a("--top-k", type=int, default=0, help="sample from the k most likely tokens only (default: 0, all)")
     a("--seed", type=int, default=1337, help="seed of the xorshift sampler (default: 1337, as llm.c)")
@@ -97,7 +97,8 @@ def run(args, out=sys.stdout, err=sys.stderr):
         if stream is not None:
             stream.write(ids[0])
     t0 = time.perf_counter()
-    new = generate_batch(decoder, prompt, args.gen_tokens, sequence_rngs(args.seed, B),
+    # -g counts the start token (llm.c's genT): -g G samples G - 1 new tokens
+    new = generate_batch(decoder, prompt, args.gen_tokens - 1, sequence_rngs(args.seed, B),
                          temperature=args.temperature, top_k=args.top_k, on_tokens=on_tokens)
     if stream is not None:
         stream.close()
@@ -116,7 +117,7 @@ def run(args, out=sys.stdout, err=sys.stderr):
                                                                  f" over the {B} sequences")
     log(f"--- {count} ({len(prompt)} prompt tokens with EOT in {times[0] - t0:.2f} s, then {rate(times, B)}"
         f"{over}, {config.num_layers} layers x {config.channels} channels, {args.dtype} on {args.device})")
-    if len(new[0]) < args.gen_tokens:
+    if len(new[0]) < args.gen_tokens - 1:
         log(f"stopped at the model's max_seq_len {config.max_seq_len}")
     return new[0] if B == 1 else new
 

@@ -335,8 +335,8 @@ def build_parser():
     g("-s", dest="sample_every", type=int, default=D.sample_every, metavar="N",
       help="sample every N steps, 0 = off (default: 20)")
     g("-g", dest="gen_tokens", type=int, default=D.gen_tokens, metavar="G",
-      help="sample length counting the start token, as llm.c's genT: 64 = 63 new tokens (llmnb-sample's -g "
-           "counts new tokens only) (default: 64)")
+      help="sample length counting the start token, as llm.c's genT (and llmnb-sample's -g): 64 = 63 new "
+           "tokens (default: 64)")
     g("-h", dest="hellaswag", type=int, default=D.hellaswag, nargs="?", action=HelpOrHellaswag, metavar="N",
       help="-h N: 1 = HellaSwag at every val loss's step after step 0 and at the end, as llm.c; -h alone: "
            "this help (default: 0)")
