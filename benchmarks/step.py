@@ -2,7 +2,7 @@
 installed, PyTorch's on the same model and batch, in a process of its own started after llmnb's timing.
 
     python -m benchmarks.step                 # 124M, B=4, T=64: step times, per-kernel table, PyTorch
-    python -m benchmarks.step --startup       # cold and warm time to the first finished step
+    python -m benchmarks.step --startup       # cold and warm time to the first step (and llmnb-train's)
     python -m benchmarks.step --no-torch --steps 20
     python -m benchmarks.step -d 6 -B 1 -T 1024   # a fresh d6 model (train_gpt2.cu's -e d6: C = 384)
     python -m benchmarks.step --torch-in-process  # PyTorch in llmnb's process, after Numba's pool ran
@@ -197,6 +197,9 @@ def first_step_main():
 
 
 def startup(runs):
+    """Cold (an empty Numba cache) and warm start-up: benchmarks.step's own first 124M step, and
+    llmnb-train's (a fresh d12 at B=4 T=64 on tinyshakespeare, no val or sample) from its launch to
+    its first step line, the time a user waits."""
     env = dict(os.environ)
     with tempfile.TemporaryDirectory(prefix="llmnb-numba-cache-") as cache:
         env["NUMBA_CACHE_DIR"] = cache
@@ -207,7 +210,31 @@ def startup(runs):
             wall = time.perf_counter() - t0
             inner = [l.split()[1] for l in out.splitlines() if l.startswith("FIRST_STEP_SECONDS")]
             print(f"{label:26s} {wall:6.1f} s to the first finished 124M step "
-                  f"(process start to step end: {inner[0]} s)")
+                  f"(process start to step end: {inner[0]} s)", flush=True)
+    with tempfile.TemporaryDirectory(prefix="llmnb-numba-cache-") as cache, \
+            tempfile.TemporaryDirectory(prefix="llmnb-startup-out-") as out_dir:
+        env["NUMBA_CACHE_DIR"] = cache
+        for i, label in enumerate(["cold (empty Numba cache)"] + ["warm"] * runs):
+            seconds, compile_line = train_first_step_line(env, os.path.join(out_dir, str(i)))
+            print(f"{label:26s} {seconds:6.1f} s from llmnb-train's launch to its first step line"
+                  + (f" ({compile_line})" if compile_line else ""), flush=True)
+
+
+def train_first_step_line(env, out_dir):
+    """(seconds from launching llmnb-train to its first step line, its compile line or None)."""
+    cmd = [sys.executable, "-m", "llmnb.train", "-e", "d12", "-b", "4", "-t", "64", "-x", "1", "-v", "0",
+           "-s", "0", "-o", out_dir]
+    t0 = time.perf_counter()
+    compile_line = None
+    with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as p:
+        for line in p.stdout:
+            if "compil" in line and compile_line is None:
+                compile_line = line.strip()
+            if line.startswith("step "):
+                seconds = time.perf_counter() - t0
+                p.kill()
+                return seconds, compile_line
+    raise RuntimeError(f"llmnb-train printed no step line (exit {p.returncode}): {' '.join(cmd)}")
 
 
 # ------------------------------------------------------------------------------------------------

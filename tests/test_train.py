@@ -2,6 +2,8 @@
 uninterrupted run, gradient accumulation equals the big batch, and bad input gives one clear line."""
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -700,6 +702,21 @@ def test_the_first_run_says_it_compiles_and_how_long_it_took(workdir, tmp_path, 
     monkeypatch.setattr(backend, "kernels_cached", lambda: True)
     assert run(workdir, tmp_path / "o", *QUICK, "-x", "1") == 0
     assert "compil" not in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_after_compile_kernels_the_cache_counts_as_warm(tmp_path):
+    # kernels_cached() decides whether a run says "compiling the kernels": on an empty Numba cache it
+    # is False, and after compile_kernels (what a first run does) it must be True, or every later
+    # run would say it compiles (it did, while it looked for a kernel no step builds)
+    code = ("from llmnb import backend, model\n"
+            "print(backend.kernels_cached())\n"
+            "model.compile_kernels(backend.CPUBackend())\n"
+            "print(backend.kernels_cached())\n")
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["False", "True"]
 
 
 def test_compile_kernels_builds_what_a_real_step_and_sample_call():

@@ -125,7 +125,9 @@ def numba_cuda_missing():
 def kernels_cached():
     """Whether Numba's on-disk cache holds builds of the CPU kernels a training step calls, for
     this source (False on a first run: they compile, about a minute; None when it cannot tell)."""
-    names = [n for n in KERNEL_NAMES if n != "residual_backward"]  # (model.py adds the residual gradient in place)
+    # not called by a step: residual_backward (model.py adds the residual gradient in place) and
+    # softmax_forward (training's classifier is fused; generation's one row runs ROW's serial build)
+    names = [n for n in KERNEL_NAMES if n not in ("residual_backward", "softmax_forward")]
     entry = ([getattr(kernels, n) for n in names if hasattr(kernels, n)] + list(vars(ROW).values())
              + [matmul.gemm, matmul.bias_backward, matmul._matvec_forward, optim.global_norm_squared])
     try:  # Numba's cache index of each: empty when none was built for this source file
