@@ -62,7 +62,7 @@ from llmnb.fileio import FormatError, atomic_write
 from llmnb.generate import generate, sample
 from llmnb.model import GPT2, init_params
 from llmnb.optim import DECAYED, clip_grad_norm, learning_rate
-from llmnb.plot import BOTTOM, H, LEFT, RIGHT, TOP, W, axis_ticks
+from llmnb.plot import LEFT, RIGHT, TOP, W, axes_svg
 from llmnb.prepro import ensure_tinyshakespeare, tinyshakespeare_paths
 from llmnb.rand import Rng
 from llmnb.tokenizer import load_tokenizer
@@ -383,27 +383,7 @@ def val_loss_svg(results, title):
     pad = 0.05 * (ymax - ymin or 1.0)
     ymin, ymax = ymin - pad, ymax + pad
 
-    def sx(x):
-        return LEFT + (x - xmin) / (xmax - xmin) * (W - LEFT - RIGHT)
-
-    def sy(y):
-        return TOP + (ymax - y) / (ymax - ymin) * (H - TOP - BOTTOM)
-
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" '
-           f'font-family="sans-serif" font-size="12">',
-           f'<rect width="{W}" height="{H}" fill="white"/>',
-           f'<text x="{W / 2}" y="22" text-anchor="middle" font-size="14">{escape(title)}</text>']
-    for y in axis_ticks(ymin, ymax):
-        out.append(f'<line x1="{LEFT}" x2="{W - RIGHT}" y1="{sy(y):.1f}" y2="{sy(y):.1f}" stroke="#ddd"/>')
-        out.append(f'<text x="{LEFT - 6}" y="{sy(y) + 4:.1f}" text-anchor="end">{y:g}</text>')
-    for x in axis_ticks(xmin, xmax):
-        out.append(f'<text x="{sx(x):.1f}" y="{H - BOTTOM + 18}" text-anchor="middle">{x:g}</text>')
-    out.append(f'<rect x="{LEFT}" y="{TOP}" width="{W - LEFT - RIGHT}" height="{H - TOP - BOTTOM}" '
-               'fill="none" stroke="#333"/>')
-    out.append(f'<text x="{(LEFT + W - RIGHT) / 2}" y="{H - 12}" text-anchor="middle">training seconds '
-               '(evals not counted)</text>')
-    out.append(f'<text x="16" y="{(TOP + H - BOTTOM) / 2}" text-anchor="middle" '
-               f'transform="rotate(-90 16 {(TOP + H - BOTTOM) / 2})">val loss</text>')
+    out, sx, sy = axes_svg(xmin, xmax, ymin, ymax, title, "training seconds (evals not counted)", "val loss")
     for i, (name, s, final) in enumerate(series):
         color = COLORS.get(name, "#333")
         if math.isfinite(final):
