@@ -74,8 +74,24 @@ def test_learning_rate_schedule_shapes_and_refusals():
 
 
 def test_global_norm_is_exact_and_thread_independent():
+    import numba
     g = np.random.default_rng(0).normal(size=300_001).astype(np.float32)
     assert global_norm_squared(g) == pytest.approx(float(np.sum(g.astype(np.float64) ** 2)), rel=1e-12)
+    threads = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = global_norm_squared(g)
+    finally:
+        numba.set_num_threads(threads)
+    assert one == global_norm_squared(g)  # bit for bit, whatever the thread count
+
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+def test_global_norm_is_not_finite_when_an_element_is_not(bad):
+    # params_finite() and the divergence check rely on it: the vectorized sum keeps IEEE inf and NaN
+    g = np.random.default_rng(1).normal(size=200_003).astype(np.float32)
+    g[123_457] = bad
+    assert not math.isfinite(global_norm_squared(g))
 
 
 def test_clip_grad_norm_scales_to_the_max_norm():

@@ -87,19 +87,28 @@ def _cosf(x):
     return np.float32(math.cos(float(x)))
 
 
+@njit(fastmath={"reassoc", "contract"}, cache=True)
+def _sum_of_squares(x):
+    # x (n,) float32 -> the sum of its squares in float64. reassoc lets LLVM keep several vector
+    # accumulators (the order is fixed by the compiled code, not by the thread count); a strict
+    # left-to-right sum waits on each add: 130 ms for 124M floats on 2 threads, against 17
+    s = 0.0
+    for i in range(x.shape[0]):
+        v = np.float64(x[i])
+        s += v * v
+    return s
+
+
 @njit(parallel=True, cache=True)
 def global_norm_squared(grads):
     # grads (N,) flat float32; the sum of squares in float64, in fixed-size chunks so the result
     # does not depend on the thread count
     CH = 1 << 16
-    nchunks = (grads.shape[0] + CH - 1) // CH
+    n = grads.shape[0]
+    nchunks = (n + CH - 1) // CH
     partial = np.zeros(nchunks, dtype=np.float64)
     for c in prange(nchunks):
-        s = 0.0
-        for i in range(c * CH, min((c + 1) * CH, grads.shape[0])):
-            g = np.float64(grads[i])
-            s += g * g
-        partial[c] = s
+        partial[c] = _sum_of_squares(grads[c * CH:min((c + 1) * CH, n)])
     return partial.sum()
 
 
