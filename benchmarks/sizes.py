@@ -26,7 +26,7 @@ def run_step(depth, T, steps, warmup):
     """One benchmarks.step run's summary: llmnb_ms, torch_ms {model: ms}, baseline (the faster
     eager PyTorch model, or None), llmnb_rss_mb; medians."""
     cmd = [sys.executable, "-m", "benchmarks.step", "-d", str(depth), "-B", str(TOKENS // T), "-T", str(T),
-           "--steps", str(steps), "--warmup", str(warmup), "--no-compile"]
+           "--steps", str(steps), "--warmup", str(warmup), "--no-compile", "--no-train"]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         raise SystemExit(f"benchmarks/sizes.py: {' '.join(cmd)} failed:\n{r.stderr[-2000:]}")

@@ -6,11 +6,14 @@ installed, PyTorch's on the same model and batch, in a process of its own starte
     python -m benchmarks.step --no-torch --steps 20
     python -m benchmarks.step -d 6 -B 1 -T 1024   # a fresh d6 model (train_gpt2.cu's -e d6: C = 384)
     python -m benchmarks.step --torch-in-process  # PyTorch in llmnb's process, after Numba's pool ran
+    python -m benchmarks.step --no-train      # without the llmnb-train row
 
 Reports min/median/max over --steps steps after --warmup steps, tokens/s, MFU (model FLOPs per
 second over the machine's peak, see dev/common.py), llmnb's peak RSS, and the time of each kernel in
 one step, with the matmuls also by weight shape (the forward, dinp + dweight of each layer's four
-weights and the classifier's).
+weights and the classifier's). Then the same shape in `llmnb-train` itself (a fresh model on
+tinyshakespeare, no val or sample), its steps as its log records them: what a user's run gets, with
+the gradient norm, the data loader and the logging that the benchmark's bare step leaves out.
 
 PyTorch (benchmarks/torch_step.py) runs with Numba's thread count, on llmnb's initial weights and
 batch, in columns: a nanoGPT-style GPT-2 and Hugging Face's GPT2LMHeadModel, both eager with SDPA
@@ -237,6 +240,22 @@ def train_first_step_line(env, out_dir):
     raise RuntimeError(f"llmnb-train printed no step line (exit {p.returncode}): {' '.join(cmd)}")
 
 
+def train_step_times(B, T, depth, steps, warmup):
+    """The step times (seconds) of `llmnb-train -e d{depth} -b B -t T` after `warmup` steps, as its
+    log.jsonl records them (each the whole of train_step: batch, forward, backward, norm, update)."""
+    with tempfile.TemporaryDirectory(prefix="llmnb-step-train-") as out_dir:
+        cmd = [sys.executable, "-m", "llmnb.train", "-e", f"d{depth}", "-b", str(B), "-t", str(T),
+               "-x", str(warmup + steps), "-v", "0", "-s", "0", "-o", out_dir]
+        run = subprocess.run(cmd, capture_output=True, text=True)
+        if run.returncode != 0:
+            tail = (run.stdout + run.stderr).strip().splitlines()[-1:]
+            print(f"llmnb-train: exit {run.returncode}: {' '.join(tail)}")
+            return None
+        with open(os.path.join(out_dir, "log.jsonl")) as f:
+            ms = [r["ms"] for r in map(json.loads, f) if r.get("ms") is not None]
+    return sorted(m / 1000 for m in ms[warmup:])
+
+
 # ------------------------------------------------------------------------------------------------
 
 def main(argv=None):
@@ -249,6 +268,7 @@ def main(argv=None):
                     help="a fresh d6/d12/d24... model (train_gpt2.cu's -e dL: GPT2Config.depth) instead of GPT-2 124M")
     ap.add_argument("--no-torch", action="store_true", help="llmnb only")
     ap.add_argument("--no-compile", action="store_true", help="no torch.compile column")
+    ap.add_argument("--no-train", action="store_true", help="no llmnb-train row (its own steps, same shape)")
     ap.add_argument("--torch-in-process", action="store_true",
                     help="time PyTorch in this process after llmnb (the old setup: to measure its cost)")
     ap.add_argument("--startup", action="store_true", help="measure cold and warm start-up only")
@@ -292,9 +312,17 @@ def main(argv=None):
     report("llmnb", times)
     print(f"{'':13s} first step's loss {losses[0]:.4f}; peak RSS {rss:.0f} MB")
     summary = {"llmnb_ms": 1e3 * common.min_med_max(times)[1], "llmnb_rss_mb": rss, "torch_ms": {},
-               "baseline": None, "torch_process": None}
+               "baseline": None, "torch_process": None, "train_ms": None}
+    if not args.no_train:
+        del model, step  # (one model in memory at a time)
+        train = train_step_times(B, T, 12 if args.depth is None else args.depth, args.steps, args.warmup)
+        if train:
+            report("llmnb-train", train)
+            print(f"{'':13s} its own step (a subprocess): the benchmark's step plus the gradient norm, "
+                  f"the batch and the log line; {len(train)} steps after {args.warmup}")
+            summary["train_ms"] = 1e3 * common.min_med_max(train)[1]
     if not args.no_torch:
-        del model, step  # (llmnb's buffers go before PyTorch allocates its own)
+        model = step = None  # (llmnb's buffers go before PyTorch allocates its own)
         where = "llmnb's process, after Numba's pool ran" if args.torch_in_process else "a process of its own"
         print(f"\nPyTorch, in {where}, {threads} threads:")
         results = (torch_in_process if args.torch_in_process else torch_own_process)(args, threads)
