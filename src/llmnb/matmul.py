@@ -33,7 +33,7 @@ copies.
 """
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, types
+from numba import get_num_threads, njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -64,7 +64,10 @@ def _vector_lanes():
 LANES = _vector_lanes()  # fixed per host (the compiled and cached code is per host CPU, too)
 MR, NR = (8, 32) if LANES == 16 else (6, 16)   # the micro-kernel's tile of out (12 or 16 vectors)
 KC = 4096 // NR          # k per micro-kernel call: its panel of B (KC x NR floats, 16 KB) stays in L1
-MC, NC = 120, 128  # a parallel task's tile of out (MC x KC floats of packed A, 120 KB, stay in L2)
+# a parallel task's tile of out: MC x NC (MC x KC floats of packed A stay in L2: 120 KB for 6x16;
+# 128 KB for 8x32, whose KC is half as long: there MC = 256 ran the 124M step 3-4% faster than 120
+# at B*T = 256 and 1024, steps interleaved in one process on the AVX-512 Xeon, 2026-12-07)
+MC, NC = (256 if LANES == 16 else 120), 128
 KCH = 1024         # k per packed chunk: at B*T = 1024 the forward's and dinp's chunks of A and B
                    # (4 MB each) stay in L3
 PCH = 1024         # columns of B per packed chunk
@@ -379,8 +382,12 @@ def _gemm(out, a, a_trans, b, b_trans, bias, accumulate, scratch):
     mch = max(MC, min(M, PACK_FLOATS // kch // MC * MC))
     pch = min(P, PCH)
     rows = min(M, mch)
-    ntasks = (rows + MC - 1) // MC                  # row tasks of <= MC rows, all of one size
-    mc = ((rows + ntasks - 1) // ntasks + MR - 1) // MR * MR   # (M = 256: 90, not 120 120 16)
+    # row tasks of <= MC rows, all of one size (6x16, M = 256: 3 of 88, not 120 120 16); more and
+    # smaller (down to 4 micro-tiles high) where there would be fewer than two tasks a thread
+    ntn = (pch + NC - 1) // NC
+    ntasks = max((rows + MC - 1) // MC,
+                 min((rows + 4 * MR - 1) // (4 * MR), (2 * get_num_threads() + ntn - 1) // ntn))
+    mc = ((rows + ntasks - 1) // ntasks + MR - 1) // MR * MR
     ap = scratch.get("packed_a", ((min(M, mch) + MR) * kch,))   # whole panels: up to MR - 1 rows of zeros
     bp = scratch.get("packed_b", ((pch + NR) * kch,))
     has_bias = bias is not None
