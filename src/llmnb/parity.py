@@ -34,11 +34,13 @@ LLMC_CU_GRAD_TOL = dict(zip(("wte", "wpe", "ln1w", "ln1b", "qkvw", "qkvb", "attp
                              1e-1, 2e-2)))
 LLMC_CU_REL = 0.079
 # per --precision: (logits, loss, {tensor: gradient threshold}, the gradients' part relative to the
-# reference). fp32: test_gpt2.c's, absolute. tf32: test_gpt2.cu's logits 1e-3 and losses 1e-5 of its
-# fp32 build (where llm.c's matmuls run in TF32 on sm_80 and later) and its gradient thresholds for
-# reduced precision (its fp32 build's 1e-6 + 7.9% is fp32-exact matmuls' bound: near-zero gradient
-# elements differ by ~1e-5 under TF32, tests/cuda/test_cuda_parity.py)
-TOLERANCES = {"fp32": (LOGITS_TOL, LOSS_TOL, {}, 0.0), "tf32": (1e-3, 1e-5, LLMC_CU_GRAD_TOL, LLMC_CU_REL)}
+# reference). fp32: test_gpt2.c's, absolute. tf32: llm.c has no TF32 test (test_gpt2.cu turns TF32
+# off: common_start(false, ...); its logits 1e-3 and losses 1e-5 are for exact fp32 matmuls), so the
+# logits and losses get test_gpt2.c's 1e-2 and the gradients test_gpt2.cu's thresholds for reduced
+# precision. At GPT-2 124M, B=4 T=64, TF32 emulated on the CPU (dev/tf32_emulation.py: both operands
+# of every product rounded as cvt.rna) moves the logits by 2.9e-3 and the 10 losses by up to 9.5e-4,
+# 29% and 9.5% of these, the gradients by at most 2.7% of theirs; 1e-3 and 1e-5 would have failed.
+TOLERANCES = {"fp32": (LOGITS_TOL, LOSS_TOL, {}, 0.0), "tf32": (LOGITS_TOL, LOSS_TOL, LLMC_CU_GRAD_TOL, LLMC_CU_REL)}
 
 
 def check_tensor(a, b, label, tol=GRAD_TOL, print_upto=5, rel=0.0):
@@ -82,8 +84,8 @@ def run(model_path, state_path, expected_losses, device="cpu", precision="fp32")
     model = GPT2(config, params, device=device, copy=False, precision=precision)
     logits_tol, loss_tol, grad_tols, grad_rel = TOLERANCES[precision]
     if precision != "fp32":
-        print(f"precision: {precision} (llm.c test_gpt2.cu's tolerances: logits {logits_tol:g}, losses {loss_tol:g}, "
-              f"gradients each tensor's threshold + {grad_rel:g} |reference|)")
+        print(f"precision: {precision} (tolerances: logits {logits_tol:g} and losses {loss_tol:g} as llm.c's test_gpt2.c, "
+              f"gradients test_gpt2.cu's threshold for each tensor + {grad_rel:g} |reference|)")
     print(f"num_parameters: {model.num_parameters}")
     state = read_debug_state(state_path, config)
     B, T = state["B"], state["T"]
@@ -147,7 +149,8 @@ def build_parser():
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to run (default: cpu)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "tf32"],
                    help="--device cuda's matmuls: fp32, checked with test_gpt2.c's tolerances, or tf32 (tensor "
-                        "cores), checked with llm.c test_gpt2.cu's (default: fp32)")
+                        "cores), checked with test_gpt2.c's logits and losses and test_gpt2.cu's reduced-precision gradient "
+                        "thresholds (default: fp32)")
     return p
 
 
