@@ -10,7 +10,7 @@ it needs no install and no network; an installed `llmnb[cuda]` works the same). 
   tests     pytest tests/cuda on the device (LLMNB_TEST_CUDA_DEVICE=1: no simulator), in the
             background while `parity` runs
   parity    llmnb-reference (PyTorch, CPU, GPT-2 124M, B=4 T=64) + llmnb-test --device cuda, then
-            again with --precision tf32 (the matmuls on tensor cores; llm.c test_gpt2.cu's tolerances)
+            again with --precision tf32 (the matmuls on tensor cores; parity.TOLERANCES["tf32"])
   bench     llmnb's step on the card (median of 10 after 2 warm-up steps) and the time of every
             kernel in one step (CUDA events), then PyTorch eager fp32 (F.scaled_dot_product_attention,
             as nanoGPT) with TF32 off and on, on the same model and batch, then llmnb's step with

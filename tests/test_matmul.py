@@ -82,7 +82,7 @@ SHAPES = [  # (N, C, OC)
     (7, 37, 67),       # one leftover row, 3 leftover columns, C not a multiple of 16
     (13, 300, 133),    # several column tiles (NC = 128), C > KC = 256: two k blocks
     (20, 1700, 9),     # long rows: C = 1700
-    (250, 48, 1000),   # several row and column tasks (MC = 120) with partial ones
+    (250, 48, 1000),   # several row tasks (MC = 120 or 256; dweight: M = 1000) and column tasks, partial ones
     (256, 768, 768),   # GPT-2 124M attproj at B*T = 256
 ]
 

@@ -20,7 +20,7 @@ def test_llmnb_test_device_cuda_passes_on_a_tiny_reference(tmp_path, capsys):
 
 def test_llmnb_test_device_cuda_precision_tf32_passes_llmc_cu_tolerances(tmp_path, capsys):
     # the TF32 matmuls (tensor cores; on the simulator their lane models) through the whole step,
-    # within llm.c test_gpt2.cu's tolerances; and they are not fp32's results (the logits differ)
+    # within llmnb-test's tf32 tolerances (parity.TOLERANCES); and they are not fp32's results (the logits differ)
     from llmnb import parity, reference_torch
     assert reference_torch.main(["--out", str(tmp_path), "--layers", "1", "--heads", "2", "--channels", "32",
                                  "--vocab", "60", "--max-seq-len", "16", "--batch", "2", "--seq-len", "8",
