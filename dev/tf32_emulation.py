@@ -69,17 +69,10 @@ def train(torch, args, tf32):
         F.linear = linear
         torch.Tensor.__matmul__ = lambda a, b: matmul(a, b)   # attention's q @ k^T and att @ v
     try:
-        optimizer = torch.optim.AdamW(model.parameters(), lr=R.LEARNING_RATE, betas=R.BETAS, eps=R.EPS,
-                                      weight_decay=R.WEIGHT_DECAY)
-        losses = []
-        for step in range(args.steps):
-            logits, loss = model(x, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if step == 0:
-                first = logits.detach().numpy().copy(), R.to_llmc(model, grads=True)
-            optimizer.step()
-            losses.append(loss.item())
+        first = []
+        losses = R.adamw_steps(torch, model, x, y, args.steps,
+                               lambda logits, loss: first.extend([logits.detach().numpy().copy(),
+                                                                  R.to_llmc(model, grads=True)]))
     finally:
         F.linear, torch.Tensor.__matmul__ = saved
     return losses, first[0], first[1], config

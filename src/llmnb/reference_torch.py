@@ -332,25 +332,38 @@ def run(torch, args):
     write_checkpoint(model_path, config, to_llmc(model))
     print(f"wrote {model_path}")
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, betas=BETAS, eps=EPS,
-                                  weight_decay=WEIGHT_DECAY)
-    losses = []
-    for step in range(args.steps):
-        logits, loss = model(x, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if step == 0:
-            state_path = os.path.join(args.out, "debug_state.bin")
-            write_debug_state(state_path, config, x.numpy(), y.numpy(), logits.detach().numpy(),
-                              loss.item(), to_llmc(model, grads=True))
-            print(f"wrote {state_path}")
-        optimizer.step()
-        losses.append(loss.item())
-        print(f"step {step}: loss {losses[-1]:.6f}")
+    def write_state(logits, loss):
+        state_path = os.path.join(args.out, "debug_state.bin")
+        write_debug_state(state_path, config, x.numpy(), y.numpy(), logits.detach().numpy(),
+                          loss.item(), to_llmc(model, grads=True))
+        print(f"wrote {state_path}")
+
+    losses = adamw_steps(torch, model, x, y, args.steps, write_state,
+                         log=lambda step, loss: print(f"step {step}: loss {loss:.6f}"))
 
     losses_path = os.path.join(args.out, "expected_losses.json")
     write_json(losses_path, losses)
     print(f"wrote {losses_path}")
+
+
+def adamw_steps(torch, model, x, y, steps, at_first_step=None, log=None):
+    """test_gpt2's run: `steps` AdamW steps (llm.c's test hyperparameters) on the one batch x, y
+    -> the losses. at_first_step(logits, loss) runs after the first backward, before its update
+    (the debug state's moment: the gradients are the first step's)."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, betas=BETAS, eps=EPS,
+                                  weight_decay=WEIGHT_DECAY)
+    losses = []
+    for step in range(steps):
+        logits, loss = model(x, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if step == 0 and at_first_step is not None:
+            at_first_step(logits, loss)
+        optimizer.step()
+        losses.append(loss.item())
+        if log is not None:
+            log(step, losses[-1])
+    return losses
 
 
 def fail(message):
