@@ -357,6 +357,12 @@ def env_report():
     from llmnb.mfu import gpu_peak_flops
     peak, how = gpu_peak_flops()
     print(f"fp32 peak (CUDA cores) {peak / 1e12:.1f} TFLOP/s = {how}")
+    for precision in ("tf32", "bf16"):
+        try:
+            peak, how = gpu_peak_flops(precision)
+            print(f"{precision} peak (tensor cores, dense) {peak / 1e12:.1f} TFLOP/s = {how}")
+        except ValueError as e:
+            print(e)
     try:
         import torch
         print(f"torch CUDA {torch.version.cuda}, device {torch.cuda.get_device_name(0)}")
@@ -425,6 +431,19 @@ def kernel_flops(name, args):
     return 0.0
 
 
+def peak_shares(flops_per_s):
+    """'x% of fp32 peak', and where the card's TF32 tensor-core peak is known ', y% of tf32 peak'
+    (the MFU of a step whose matmuls run in TF32: PyTorch's with TF32 on, llmnb's --precision tf32)."""
+    from llmnb.mfu import gpu_peak_flops
+    fp32, _ = gpu_peak_flops()
+    text = f"{100 * flops_per_s / fp32:.1f}% of fp32 peak"
+    try:
+        tf32, _ = gpu_peak_flops("tf32")
+    except ValueError:
+        return text
+    return text + f", {100 * flops_per_s / tf32:.1f}% of tf32 peak"
+
+
 def bench_llmnb(B, T, steps=10, warmup=2, precision="fp32"):
     if os.environ.get("LLMNB_GPU_CHECK_TINY") == "1":
         steps, warmup = 1, 1
@@ -434,7 +453,7 @@ def bench_llmnb(B, T, steps=10, warmup=2, precision="fp32"):
     from llmnb.mfu import flops_per_step, gpu_peak_flops
     from llmnb.model import GPT2, init_params
     config = bench_config()
-    peak, _ = gpu_peak_flops()
+    peak, _ = gpu_peak_flops(precision)   # the kernels' rates: against the peak of what they run on
     flops = flops_per_step(config, B, T)
     x, y = make_batch(config, B, T)
     model = GPT2(config, init_params(config), device="cuda", copy=False, precision=precision)
@@ -464,7 +483,7 @@ def bench_llmnb(B, T, steps=10, warmup=2, precision="fp32"):
     free, total = cuda.current_context().get_memory_info()
     print(f"llmnb   B={B} T={T} ({what}): step ms min/median/max {1e3 * min(times):.1f} {1e3 * med:.1f} "
           f"{1e3 * max(times):.1f} | {B * T / med:.0f} tok/s | {flops / med / 1e12:.2f} TFLOP/s = "
-          f"{100 * flops / med / peak:.1f}% of fp32 peak | loss {loss:.4f} | "
+          f"{peak_shares(flops / med)} | loss {loss:.4f} | "
           f"device memory in use {(total - free) / 2**30:.1f} GiB")
     with EventTimer(k, KERNEL_NAMES + ("fill",)) as et:
         e0, e1 = cuda.event(), cuda.event()
@@ -487,11 +506,10 @@ def bench_llmnb(B, T, steps=10, warmup=2, precision="fp32"):
 def bench_torch(B, T, steps=10, warmup=3):
     import numpy as np
     import torch
-    from llmnb.mfu import flops_per_step, gpu_peak_flops
+    from llmnb.mfu import flops_per_step
     from llmnb.model import init_params
     from llmnb.reference_torch import define_gpt2, load_llmc_
     config = bench_config()
-    peak, _ = gpu_peak_flops()
     flops = flops_per_step(config, B, T)
     x, y = make_batch(config, B, T)
     model = define_gpt2(torch, sdpa=True)(config)
@@ -522,7 +540,7 @@ def bench_torch(B, T, steps=10, warmup=3):
         med = float(np.median(times))
         print(f"PyTorch B={B} T={T} TF32 {'on ' if tf32 else 'off'}: step ms min/median/max "
               f"{1e3 * min(times):.1f} {1e3 * med:.1f} {1e3 * max(times):.1f} | {B * T / med:.0f} tok/s | "
-              f"{flops / med / 1e12:.2f} TFLOP/s = {100 * flops / med / peak:.1f}% of fp32 peak | loss {loss:.4f} "
+              f"{flops / med / 1e12:.2f} TFLOP/s = {peak_shares(flops / med)} | loss {loss:.4f} "
               f"| max memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
 
 

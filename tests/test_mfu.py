@@ -60,3 +60,31 @@ def test_the_environment_overrides_the_peak(monkeypatch):
     assert mfu.estimate_peak_flops(get_num_threads()) == (123e9, "from $LLMNB_PEAK_FLOPS")
 
 
+
+
+class FakeDevice:
+    """What gpu_peak_flops reads of numba's CUDA device."""
+    def __init__(self, name, cc, sms, boost_mhz):
+        self.name, self.compute_capability = name.encode(), cc
+        self.MULTIPROCESSOR_COUNT, self.CLOCK_RATE = sms, boost_mhz * 1000   # CLOCK_RATE in kHz
+
+
+@pytest.mark.parametrize("name, cc, sms, mhz, fp32, tf32, bf16", [
+    # NVIDIA's published dense peaks, TFLOP/s: fp32 on the CUDA cores, TF32 and BF16 tensor cores
+    ("NVIDIA H100 80GB HBM3", (9, 0), 132, 1980, 66.9, 494.7, 989.4),
+    ("NVIDIA H200", (9, 0), 132, 1980, 66.9, 494.7, 989.4),
+    ("NVIDIA A100-SXM4-80GB", (8, 0), 108, 1410, 19.5, 155.9, 311.9),
+])
+def test_gpu_peaks_are_the_published_ones(monkeypatch, name, cc, sms, mhz, fp32, tf32, bf16):
+    monkeypatch.delenv("LLMNB_PEAK_FLOPS", raising=False)
+    dev = FakeDevice(name, cc, sms, mhz)
+    for precision, want in (("fp32", fp32), ("tf32", tf32), ("bf16", bf16)):
+        got, how = mfu.gpu_peak_flops(precision, device=dev)
+        assert got / 1e12 == pytest.approx(want, rel=2e-3), precision
+        assert name in how
+
+
+def test_a_gpu_without_known_tensor_cores_says_so(monkeypatch):
+    monkeypatch.delenv("LLMNB_PEAK_FLOPS", raising=False)
+    with pytest.raises(ValueError, match="no tf32 tensor-core peak known for Tesla V100.*LLMNB_PEAK_FLOPS"):
+        mfu.gpu_peak_flops("tf32", device=FakeDevice("Tesla V100-SXM2-16GB", (7, 0), 80, 1530))

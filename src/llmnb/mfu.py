@@ -118,23 +118,47 @@ FP32_LANES_PER_SM = {(7, 0): 64, (7, 5): 64, (8, 0): 64, (8, 6): 128, (8, 7): 12
                      (9, 0): 128, (10, 0): 128, (12, 0): 128}
 
 
-def gpu_peak_flops():
-    """-> (FLOP/s, a line saying how) for the current CUDA device: SMs x fp32 lanes x 2 x boost clock
-    (the CUDA cores, no tensor cores: llmnb's matmuls are plain fp32 FMAs)."""
+# Dense tensor-core FLOP per clock per SM with fp32 accumulation, by compute capability: TF32 (what
+# --precision tf32 runs) and BF16. From NVIDIA's whitepaper peaks over SMs x spec clock: A100 156 and
+# 312 TFLOP/s (108 SMs, 1.41 GHz), the Ampere consumer cards and Ada a quarter of that per SM,
+# H100 SXM 495 and 989 (132 SMs, 1.83 GHz). The same arithmetic as llm.c's llmc/mfu.h.
+TENSOR_FLOP_PER_SM_CLOCK = {
+    "tf32": {(8, 0): 1024, (8, 6): 256, (8, 7): 256, (8, 9): 256, (9, 0): 2048},
+    "bf16": {(8, 0): 2048, (8, 6): 512, (8, 7): 512, (8, 9): 512, (9, 0): 4096},
+}
+# The clock the whitepapers' tensor-core peaks assume, where it is below the boost clock the device
+# reports (Hopper's 1.98 GHz boost is for the CUDA cores; the SXM parts' tensor peaks are at 1.83)
+TENSOR_SPEC_GHZ = {"NVIDIA H100 80GB HBM3": 1.83, "NVIDIA H100 PCIe": 1.62, "NVIDIA H200": 1.83}
+
+
+def gpu_peak_flops(precision="fp32", device=None):
+    """-> (FLOP/s, a line saying how) for the current CUDA device (or `device`, an object with
+    numba's device attributes): fp32, SMs x fp32 lanes x 2 x boost clock (the CUDA cores: llmnb's
+    fp32 matmuls are plain FMAs); tf32 or bf16, the dense tensor-core peak of that precision."""
     env = os.environ.get("LLMNB_PEAK_FLOPS")
     if env:
         return float(env), "from $LLMNB_PEAK_FLOPS"
-    from numba import cuda
-    dev = cuda.get_current_device() if hasattr(cuda, "get_current_device") else None
-    if not hasattr(dev, "MULTIPROCESSOR_COUNT"):  # Numba's CUDA simulators have no SMs or clock
+    if device is None:
+        from numba import cuda
+        device = cuda.get_current_device() if hasattr(cuda, "get_current_device") else None
+    if not hasattr(device, "MULTIPROCESSOR_COUNT"):  # Numba's CUDA simulators have no SMs or clock
         return 1e12, "Numba's CUDA simulator: no real peak, 1 TFLOP/s assumed"
-    cc = tuple(dev.compute_capability)
-    sms = dev.MULTIPROCESSOR_COUNT
-    ghz = dev.CLOCK_RATE / 1e6  # kHz
-    lanes = FP32_LANES_PER_SM.get(cc, 128)
-    name = dev.name.decode() if isinstance(dev.name, bytes) else str(dev.name)
-    return (sms * lanes * 2 * ghz * 1e9,
-            f"{name} (sm_{cc[0]}{cc[1]}): {sms} SMs x {lanes} fp32 lanes x 2 x {ghz:.2f} GHz boost clock")
+    cc = tuple(device.compute_capability)
+    sms = device.MULTIPROCESSOR_COUNT
+    ghz = device.CLOCK_RATE / 1e6  # kHz
+    name = device.name.decode() if isinstance(device.name, bytes) else str(device.name)
+    if precision == "fp32":
+        lanes = FP32_LANES_PER_SM.get(cc, 128)
+        return (sms * lanes * 2 * ghz * 1e9,
+                f"{name} (sm_{cc[0]}{cc[1]}): {sms} SMs x {lanes} fp32 lanes x 2 x {ghz:.2f} GHz boost clock")
+    per_clock = TENSOR_FLOP_PER_SM_CLOCK[precision].get(cc)
+    if per_clock is None:
+        raise ValueError(f"no {precision} tensor-core peak known for {name} (sm_{cc[0]}{cc[1]}); "
+                         "set LLMNB_PEAK_FLOPS (FLOP/s) to print an MFU")
+    ghz = min(ghz, TENSOR_SPEC_GHZ.get(name, ghz))
+    return (sms * per_clock * ghz * 1e9,
+            f"{name} (sm_{cc[0]}{cc[1]}): {sms} SMs x {per_clock} dense {precision} tensor-core FLOP a clock x "
+            f"{ghz:.2f} GHz")
 
 
 def device_name(device="cpu"):
@@ -157,15 +181,16 @@ def device_name(device="cpu"):
     return ll.get_host_cpu_name()
 
 
-def estimate_peak_flops(threads, device="cpu"):
-    """-> (FLOP/s, a line saying how it was estimated) for the CPU's `threads` or a CUDA device.
+def estimate_peak_flops(threads, device="cpu", precision="fp32"):
+    """-> (FLOP/s, a line saying how it was estimated) for the CPU's `threads` or a CUDA device (its
+    peak for the matmuls' precision: fp32 on the CUDA cores, tf32 on the tensor cores).
     On the CPU the peak is measured, not looked up: every thread runs independent vector FMAs at
     once, on the widest vectors the cores run at full rate (16 floats with AVX-512 where the matmul
     uses them, else 8), so the cores' real clock under that load, the number of FMA units and the
     vector width are all in it, whatever the CPU reports itself as (a VM's CPU model can be made
     up). $LLMNB_PEAK_FLOPS overrides it."""
     if device == "cuda":
-        return gpu_peak_flops()
+        return gpu_peak_flops(precision)
     env = os.environ.get("LLMNB_PEAK_FLOPS")
     if env:
         return float(env), "from $LLMNB_PEAK_FLOPS"

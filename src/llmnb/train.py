@@ -162,7 +162,7 @@ class Run:
         self.records = []
         self.start_step = 0
         self.threads = numba.get_num_threads()
-        self.peak, how = estimate_peak_flops(self.threads, s.device)
+        self.peak, how = estimate_peak_flops(self.threads, s.device, s.matmul_precision)
         self.flops = flops_per_step(cfg, s.batch_size, s.seq_len) * s.grad_accum
         self.logger = mainlog.Logger(rundir.path, active=world.rank == 0)
 
@@ -176,7 +176,7 @@ class Run:
         log(f"batch_size B={s.batch_size} * seq_len T={s.seq_len} * num_processes={world.size} and "
             f"total_batch_size={s.total_batch_size}")
         log(f"=> setting grad_accum_steps={s.grad_accum}")
-        log(f"peak fp32 FLOP/s estimate: {self.peak / 1e9:.0f} GFLOP/s = {how}")
+        log(f"peak {s.matmul_precision} FLOP/s estimate: {self.peak / 1e9:.0f} GFLOP/s = {how}")
         log(f"FLOP per step (matmuls + causal attention, x3 for the backward): {self.flops / 1e9:.1f} GFLOP")
         if s.checkpoint_every > 0:
             log(self.checkpoint_sizes())
@@ -287,7 +287,7 @@ class Run:
                 ema = 0.95 * ema + 0.05 * tokens
                 tokens = ema / (1 - 0.95 ** timed)
             mfu = self.flops / (record["ms"] / 1000) / self.peak
-            log(step_line(step + 1, self.steps, record, mfu, tokens) + (f" | comm {comm_ms:.1f} ms" if world.size > 1 else ""))
+            log(step_line(step + 1, self.steps, record, mfu, tokens, s.matmul_precision) + (f" | comm {comm_ms:.1f} ms" if world.size > 1 else ""))
             if s.log_gpu_every > 0 and (step + 1) % s.log_gpu_every == 0 and s.device == "cuda":
                 line = memory.gpu_memory_line()
                 if line:
@@ -568,11 +568,12 @@ def mb(nbytes):
     return f"{nbytes / 1e6:,.1f} MB"
 
 
-def step_line(step, steps, r, mfu, tokens_per_s):
-    """train_gpt2.cu's step line (its printf0 of each step), fp32 MFU and tok/s as llmnb measures them."""
+def step_line(step, steps, r, mfu, tokens_per_s, precision="fp32"):
+    """train_gpt2.cu's step line (its printf0 of each step), the MFU (against the peak of the
+    matmuls' precision: fp32, or tf32 on the tensor cores) and tok/s as llmnb measures them."""
     return (f"step {step:4d}/{steps} | loss {r['train_loss']:7.6f}{z_text(r['loss_z'])}| norm "
             f"{r['grad_norm']:6.4f}{z_text(r['norm_z'])}| lr {r['lr']:.2e} | {r['ms']:.2f} ms | "
-            f"{100 * mfu:.1f}% fp32 MFU | {tokens_per_s:.0f} tok/s")
+            f"{100 * mfu:.1f}% {precision} MFU | {tokens_per_s:.0f} tok/s")
 
 
 def z_text(z):
