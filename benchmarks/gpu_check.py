@@ -34,6 +34,7 @@ the rest still run within what is left. The output folder holds at most these 8 
   summary.txt env.txt tests.txt parity.txt bench.txt train.txt train_B4_T64.jsonl train_B8_T1024.jsonl
 """
 import argparse
+import math
 import os
 import re
 import shutil
@@ -358,11 +359,8 @@ def env_report():
     peak, how = gpu_peak_flops()
     print(f"fp32 peak (CUDA cores) {peak / 1e12:.1f} TFLOP/s = {how}")
     for precision in ("tf32", "bf16"):
-        try:
-            peak, how = gpu_peak_flops(precision)
-            print(f"{precision} peak (tensor cores, dense) {peak / 1e12:.1f} TFLOP/s = {how}")
-        except ValueError as e:
-            print(e)
+        peak, how = gpu_peak_flops(precision)
+        print(f"{precision} peak (tensor cores, dense) {peak / 1e12:.1f} TFLOP/s = {how}")
     try:
         import torch
         print(f"torch CUDA {torch.version.cuda}, device {torch.cuda.get_device_name(0)}")
@@ -437,11 +435,8 @@ def peak_shares(flops_per_s):
     from llmnb.mfu import gpu_peak_flops
     fp32, _ = gpu_peak_flops()
     text = f"{100 * flops_per_s / fp32:.1f}% of fp32 peak"
-    try:
-        tf32, _ = gpu_peak_flops("tf32")
-    except ValueError:
-        return text
-    return text + f", {100 * flops_per_s / tf32:.1f}% of tf32 peak"
+    tf32, _ = gpu_peak_flops("tf32")
+    return text + (f", {100 * flops_per_s / tf32:.1f}% of tf32 peak" if math.isfinite(tf32) else "")
 
 
 def bench_llmnb(B, T, steps=10, warmup=2, precision="fp32"):
@@ -496,7 +491,8 @@ def bench_llmnb(B, T, steps=10, warmup=2, precision="fp32"):
     print(f"per-kernel times of one step (CUDA events), step {total_ms:.1f} ms:")
     print(f"{'kernel':32s} {'calls':>5s} {'ms':>9s} {'share':>6s}  rate")
     for n, (calls, ms, fl) in rows:
-        rate = f"{fl / ms / 1e9:.1f} TFLOP/s = {100 * fl / (ms / 1e3) / peak:.0f}% of peak" if fl else ""
+        rate = f"{fl / ms / 1e9:.1f} TFLOP/s" if fl else ""
+        rate += f" = {100 * fl / (ms / 1e3) / peak:.0f}% of {precision} peak" if fl and math.isfinite(peak) else ""
         print(f"{n:32s} {calls:5d} {ms:9.2f} {100 * ms / total_ms:5.1f}%  {rate}")
     in_kernels = sum(r[1] for _, r in rows)
     print(f"{'(outside kernels: host, copies)':32s} {'':5s} {total_ms - in_kernels:9.2f} "

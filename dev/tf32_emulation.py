@@ -12,9 +12,10 @@ autograd function: the backward's products round theirs too), from the same weig
 prints the differences llmnb-test would check -- the first step's logits and 16 gradients, the losses
 of 10 AdamW steps -- each as a share of parity.TOLERANCES["tf32"]. Exit status 0 when all are within.
 
-What it does not model: the order in which the tensor cores add their fp32 products, and the rounding
-of attention's unnormalized probabilities (the card rounds exp(s - max), this rounds softmax(s)); both
-are far below TF32's 2^-11 relative rounding of the operands.
+What it does not model: the order in which the tensor cores add their fp32 products, and where
+attention's second product rounds its probabilities (the card rounds the unnormalized exp(s - max)
+and divides by a sum of unrounded ones, this rounds softmax(s)): another rounding of the same size,
+2^-11 relative, so the differences printed are of the card's size, not its bits.
 """
 import argparse
 import sys

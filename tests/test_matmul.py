@@ -146,7 +146,7 @@ def test_backward_accumulates_twice():
 def test_chunked(monkeypatch):
     # the classifier's path: k in chunks of KCH (dinp: K = OC = 1001 in 3 chunks, forward's bias
     # and overwrite on the first only), columns of B in chunks of PCH, rows of A in chunks of
-    # PACK_FLOATS // k rounded to MC (dweight: 1001 rows of dout^T in 4 chunks of 240)
+    # PACK_FLOATS // k rounded to MC (dweight: 1001 rows of dout^T in 4 chunks of MC = 120 or 256)
     monkeypatch.setattr(matmul, "KCH", 400)
     monkeypatch.setattr(matmul, "PCH", 48)
     monkeypatch.setattr(matmul, "PACK_FLOATS", 2400)
@@ -355,3 +355,26 @@ def test_bad_arguments_raise_clear_errors():
         matmul.matmul_backward(np.zeros_like(inp), np.zeros((6, 7), F32), None, dout, inp, weight)
     with pytest.raises(ValueError, match="matmul: dout .* differ in B\\*T"):
         matmul.matmul_backward(np.zeros((3, 8), F32), np.zeros_like(weight), None, dout, inp, weight)
+
+
+def test_row_tasks_of_any_height_give_the_same_bits():
+    # _gemm's row tasks are taller with one thread than with two (N = 256 rows, one column task:
+    # 2 tasks of 128 against 4 of 64 with the 8x32 kernel): each element is still summed by one task
+    # in one k order, so the results are the same bits whatever the thread count
+    rng = np.random.default_rng(7)
+    N, C, OC = 256, 40, 48
+    inp, weight, bias, dout = make_problem(rng, N, C, OC, True)
+
+    def run(threads):
+        before = numba.get_num_threads()
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+        try:
+            out = np.empty((N, OC), F32)
+            matmul.matmul_forward(out, inp, weight, bias, scratch=matmul.MatmulScratch())
+            dinp, dweight, dbias = np.zeros((N, C), F32), np.zeros((OC, C), F32), np.zeros(OC, F32)
+            matmul.matmul_backward(dinp, dweight, dbias, dout, inp, weight, scratch=matmul.MatmulScratch())
+            return out, dinp, dweight, dbias
+        finally:
+            numba.set_num_threads(before)
+    for one, two in zip(run(1), run(2)):
+        assert np.array_equal(one, two)

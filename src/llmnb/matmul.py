@@ -382,7 +382,7 @@ def _gemm(out, a, a_trans, b, b_trans, bias, accumulate, scratch):
     mch = max(MC, min(M, PACK_FLOATS // kch // MC * MC))
     pch = min(P, PCH)
     rows = min(M, mch)
-    # row tasks of <= MC rows, all of one size (6x16, M = 256: 3 of 88, not 120 120 16); more and
+    # row tasks of <= MC rows, near one size (6x16, M = 256: 90 90 76, not 120 120 16); more and
     # smaller (down to 4 micro-tiles high) where there would be fewer than two tasks a thread
     ntn = (pch + NC - 1) // NC
     ntasks = max((rows + MC - 1) // MC,

@@ -7,6 +7,7 @@ units per core and the vector width are all in it. A table keyed by the CPU's na
 the name was (a VM reporting an Intel Xeon as "rocketlake" gave 2.3x its peak), and /proc/cpuinfo
 shows the base clock, not the one the cores run at. $LLMNB_PEAK_FLOPS overrides it all.
 """
+import math
 import os
 import time
 
@@ -118,23 +119,38 @@ FP32_LANES_PER_SM = {(7, 0): 64, (7, 5): 64, (8, 0): 64, (8, 6): 128, (8, 7): 12
                      (9, 0): 128, (10, 0): 128, (12, 0): 128}
 
 
-# Dense tensor-core FLOP per clock per SM with fp32 accumulation, by compute capability: TF32 (what
-# --precision tf32 runs) and BF16. From NVIDIA's whitepaper peaks over SMs x spec clock: A100 156 and
-# 312 TFLOP/s (108 SMs, 1.41 GHz), the Ampere consumer cards and Ada a quarter of that per SM,
-# H100 SXM 495 and 989 (132 SMs, 1.83 GHz). The same arithmetic as llm.c's llmc/mfu.h.
-TENSOR_FLOP_PER_SM_CLOCK = {
-    "tf32": {(8, 0): 1024, (8, 6): 256, (8, 7): 256, (8, 9): 256, (9, 0): 2048},
-    "bf16": {(8, 0): 2048, (8, 6): 512, (8, 7): 512, (8, 9): 512, (9, 0): 4096},
-}
-# The clock the whitepapers' tensor-core peaks assume, where it is below the boost clock the device
-# reports (Hopper's 1.98 GHz boost is for the CUDA cores; the SXM parts' tensor peaks are at 1.83)
-TENSOR_SPEC_GHZ = {"NVIDIA H100 80GB HBM3": 1.83, "NVIDIA H100 PCIe": 1.62, "NVIDIA H200": 1.83}
+# Dense TF32 tensor-core FLOP per clock per SM with fp32 accumulation, by compute capability (BF16:
+# twice that). From NVIDIA's published dense peaks over SMs x the clock they assume: A100 156 TFLOP/s
+# (108 SMs, 1.41 GHz), H100 SXM 495 (132, 1.83), H100 PCIe 378 (114, 1.62); sm_86/sm_89 data-centre
+# and workstation parts (A10, A40, RTX A6000, L4, L40S) 512, their GeForce cards half that (RTX 3090
+# 35.6, RTX 4090 82.6). The same arithmetic as llm.c's llmc/mfu.h.
+TF32_FLOP_PER_SM_CLOCK = {(8, 0): 1024, (8, 6): 512, (8, 7): 512, (8, 9): 512, (9, 0): 2048}
+GEFORCE_TENSOR_SHARE = {(8, 6): 0.5, (8, 9): 0.5}
+
+
+def tensor_flop_per_sm_clock(cc, name, precision):
+    """Dense tensor-core FLOP a clock an SM for tf32 or bf16 (fp32 accumulation), or None."""
+    tf32 = TF32_FLOP_PER_SM_CLOCK.get(cc)
+    if tf32 is None:
+        return None
+    if "GeForce" in name:
+        tf32 = int(tf32 * GEFORCE_TENSOR_SHARE.get(cc, 1))
+    return tf32 * (2 if precision == "bf16" else 1)
+
+
+def tensor_spec_ghz(cc, name, ghz):
+    """The clock NVIDIA's tensor-core peaks assume: Hopper's are at 1.83 GHz (PCIe: 1.62), below the
+    1.98 GHz boost its CUDA cores are quoted at; elsewhere the boost clock the device reports."""
+    if cc == (9, 0):
+        return min(ghz, 1.62 if "PCIe" in name else 1.83)
+    return ghz
 
 
 def gpu_peak_flops(precision="fp32", device=None):
     """-> (FLOP/s, a line saying how) for the current CUDA device (or `device`, an object with
     numba's device attributes): fp32, SMs x fp32 lanes x 2 x boost clock (the CUDA cores: llmnb's
-    fp32 matmuls are plain FMAs); tf32 or bf16, the dense tensor-core peak of that precision."""
+    fp32 matmuls are plain FMAs); tf32 or bf16, the dense tensor-core peak of that precision, NaN
+    for a card whose tensor cores are not in the table above (the MFU is then not printed)."""
     env = os.environ.get("LLMNB_PEAK_FLOPS")
     if env:
         return float(env), "from $LLMNB_PEAK_FLOPS"
@@ -151,11 +167,11 @@ def gpu_peak_flops(precision="fp32", device=None):
         lanes = FP32_LANES_PER_SM.get(cc, 128)
         return (sms * lanes * 2 * ghz * 1e9,
                 f"{name} (sm_{cc[0]}{cc[1]}): {sms} SMs x {lanes} fp32 lanes x 2 x {ghz:.2f} GHz boost clock")
-    per_clock = TENSOR_FLOP_PER_SM_CLOCK[precision].get(cc)
+    per_clock = tensor_flop_per_sm_clock(cc, name, precision)
     if per_clock is None:
-        raise ValueError(f"no {precision} tensor-core peak known for {name} (sm_{cc[0]}{cc[1]}); "
-                         "set LLMNB_PEAK_FLOPS (FLOP/s) to print an MFU")
-    ghz = min(ghz, TENSOR_SPEC_GHZ.get(name, ghz))
+        return math.nan, (f"{name} (sm_{cc[0]}{cc[1]}): no {precision} tensor-core peak known (set "
+                          "LLMNB_PEAK_FLOPS to FLOP/s for an MFU)")
+    ghz = tensor_spec_ghz(cc, name, ghz)
     return (sms * per_clock * ghz * 1e9,
             f"{name} (sm_{cc[0]}{cc[1]}): {sms} SMs x {per_clock} dense {precision} tensor-core FLOP a clock x "
             f"{ghz:.2f} GHz")

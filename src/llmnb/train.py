@@ -176,7 +176,8 @@ class Run:
         log(f"batch_size B={s.batch_size} * seq_len T={s.seq_len} * num_processes={world.size} and "
             f"total_batch_size={s.total_batch_size}")
         log(f"=> setting grad_accum_steps={s.grad_accum}")
-        log(f"peak {s.matmul_precision} FLOP/s estimate: {self.peak / 1e9:.0f} GFLOP/s = {how}")
+        log(f"peak {s.matmul_precision} FLOP/s estimate: {self.peak / 1e9:.0f} GFLOP/s = {how}" if math.isfinite(self.peak)
+            else f"peak {s.matmul_precision} FLOP/s: {how}")
         log(f"FLOP per step (matmuls + causal attention, x3 for the backward): {self.flops / 1e9:.1f} GFLOP")
         if s.checkpoint_every > 0:
             log(self.checkpoint_sizes())
@@ -230,7 +231,7 @@ class Run:
             row("recompute", 0),
             rule,
             row("device", device_name(s.device)),
-            row("peak TFlops", f"{self.peak / 1e12:.1f}"),
+            row("peak TFlops", f"{self.peak / 1e12:.1f}" if math.isfinite(self.peak) else "n/a"),
             row("precision", s.matmul_precision.upper()),
             rule,
             row("weight init method", "intermediate checkpoint" if ckpt is not None else self.init_name),
@@ -573,7 +574,7 @@ def step_line(step, steps, r, mfu, tokens_per_s, precision="fp32"):
     matmuls' precision: fp32, or tf32 on the tensor cores) and tok/s as llmnb measures them."""
     return (f"step {step:4d}/{steps} | loss {r['train_loss']:7.6f}{z_text(r['loss_z'])}| norm "
             f"{r['grad_norm']:6.4f}{z_text(r['norm_z'])}| lr {r['lr']:.2e} | {r['ms']:.2f} ms | "
-            f"{100 * mfu:.1f}% {precision} MFU | {tokens_per_s:.0f} tok/s")
+            f"{f'{100 * mfu:.1f}%' if math.isfinite(mfu) else 'n/a'} {precision} MFU | {tokens_per_s:.0f} tok/s")
 
 
 def z_text(z):

@@ -7,7 +7,9 @@
 Two harnesses, each compiled with gcc -O2 (no OpenMP) against the llm.c checkout and run:
 tests/llmc/llmc_constants.c on llm.c's train_gpt2.c, for tests/test_llmc_compat.py (it writes the
 tiny model, its batch and three shards with that test module's own helpers into a temporary
-directory first), and tests/llmc/llmc_schedulers.c on llmc/schedulers.h, for tests/test_optim.py.
+directory first), and tests/llmc/llmc_schedulers.c on llmc/schedulers.h, for tests/test_optim.py. And, read from
+test_gpt2.cu's text (CUDA: not compiled here), its gradient thresholds for reduced precision and the
+relative part of its check_tensor, which llmnb-test --precision tf32 uses (llmnb.parity).
 Prints the constants as the test files hold them. llm.c is never copied into this repository.
 Needs git (without --llmc), gcc and llmnb.
 """
@@ -28,6 +30,7 @@ sys.path[:0] = [TESTS, os.path.join(os.path.dirname(TESTS), "src")]
 
 import test_llmc_compat as compat  # noqa: E402  (the model, batch and shards the constants are of)
 import test_optim  # noqa: E402  (the learning rate schedules' constants)
+from llmnb import parity  # noqa: E402  (test_gpt2.cu's gradient thresholds)
 from llmnb.formats import write_checkpoint  # noqa: E402
 
 LLMC_URL = "https://github.com/karpathy/llm.c.git"
@@ -85,6 +88,18 @@ def constants(llmc, workdir):
     return {name: ast.literal_eval(text) for name, text in found.items()}, found, owner
 
 
+def cu_thresholds(llmc):
+    """test_gpt2.cu's grad_thresholds (one per parameter tensor, in memory order) and check_tensor's
+    epsilon (the part relative to the reference), read from its source -> (list, float)."""
+    with open(os.path.join(llmc, "test_gpt2.cu")) as f:
+        text = f.read()
+    thresholds = re.search(r"float grad_thresholds\[NUM_PARAMETER_TENSORS\] = \{([^}]*)\}", text)
+    epsilon = re.search(r"float epsilon = ([\d.eE+-]+)f?;", text)
+    if not thresholds or not epsilon:
+        fail(f"{llmc}/test_gpt2.cu: its grad_thresholds or check_tensor's epsilon not found")
+    return [float(v.strip().rstrip("f")) for v in thresholds.group(1).split(",")], float(epsilon.group(1))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--llmc", help="an llm.c checkout (default: git clone it at --commit)")
@@ -98,12 +113,19 @@ def main(argv=None):
         if args.llmc is None:
             print(f"llm.c {args.commit} cloned from {args.url}", file=sys.stderr)
         values, texts, owner = constants(llmc, tmp)
+        thresholds, epsilon = cu_thresholds(llmc)
     for module in (compat, test_optim):
         print(f"# tests/{module.__name__}.py")
         for name, text in texts.items():
             if owner[name] is module:
                 print(f"{name} = {text}")
+    ours = list(parity.LLMC_CU_GRAD_TOL.values())
+    print(f"# src/llmnb/parity.py: test_gpt2.cu's grad_thresholds {thresholds}, epsilon {epsilon}")
     if args.check:
+        cu_differ = ours != thresholds or parity.LLMC_CU_REL != epsilon
+        if cu_differ:
+            print(f"differs: llmnb.parity.LLMC_CU_GRAD_TOL / LLMC_CU_REL: committed {ours} / {parity.LLMC_CU_REL}, "
+                  f"test_gpt2.cu has {thresholds} / {epsilon}", file=sys.stderr)
         differ = [n for n, v in values.items() if getattr(owner[n], n, None) != v]
         missing = [f"{m.__name__}.{n}" for m in (compat, test_optim) for n in dir(m)
                    if n.startswith("LLMC_") and n not in values]
@@ -112,7 +134,7 @@ def main(argv=None):
                   f"{values[n]}", file=sys.stderr)
         for n in missing:
             print(f"not printed by the harnesses: {n}", file=sys.stderr)
-        if differ or missing:
+        if differ or missing or cu_differ:
             return 1
         print(f"all {len(values)} constants equal tests/test_llmc_compat.py's and tests/test_optim.py's",
               file=sys.stderr)
