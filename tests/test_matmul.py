@@ -378,3 +378,16 @@ def test_row_tasks_of_any_height_give_the_same_bits():
             numba.set_num_threads(before)
     for one, two in zip(run(1), run(2)):
         assert np.array_equal(one, two)
+
+
+def test_an_empty_batch_is_the_empty_sums():
+    # no rows (N = 0): out has no rows to write; dinp none either; dweight and dbias are sums over
+    # N = 0 rows and gain nothing (dweight's GEMM has K = 0). Before, _gemm divided by K = 0.
+    rng = np.random.default_rng(11)
+    N, C, OC = 0, 8, 16
+    inp, weight, bias, dout = make_problem(rng, N, C, OC, True)
+    out = np.empty((N, OC), F32)
+    matmul.matmul_forward(out, inp, weight, bias, scratch=matmul.MatmulScratch())
+    dinp, dweight, dbias = np.ones((N, C), F32), np.ones((OC, C), F32), np.ones(OC, F32)
+    matmul.matmul_backward(dinp, dweight, dbias, dout, inp, weight, scratch=matmul.MatmulScratch())
+    assert (dweight == 1).all() and (dbias == 1).all()

@@ -378,6 +378,10 @@ def _gemm(out, a, a_trans, b, b_trans, bias, accumulate, scratch):
     """gemm with its chunk sizes and its packing scratch (checked arrays only)."""
     M, P = out.shape
     K = a.shape[0] if a_trans else a.shape[1]
+    if M == 0 or P == 0 or K == 0:   # an empty batch: no rows of out, or dweight's sum over no rows
+        if not accumulate and M and P:
+            out[...] = 0 if bias is None else bias
+        return
     kch = min(K, KCH)
     mch = max(MC, min(M, PACK_FLOATS // kch // MC * MC))
     pch = min(P, PCH)
