@@ -223,10 +223,16 @@ def startup(runs):
                   + (f" ({compile_line})" if compile_line else ""), flush=True)
 
 
+def train_argv(out_dir, depth, B, T, steps):
+    """llmnb-train on a fresh d{depth} at B x T for `steps` steps into out_dir, no val, no sample
+    (tinyshakespeare, its default data): the runs of --startup and of the llmnb-train row."""
+    return [sys.executable, "-m", "llmnb.train", "-e", f"d{depth}", "-b", str(B), "-t", str(T), "-x", str(steps),
+            "-v", "0", "-s", "0", "-o", out_dir]
+
+
 def train_first_step_line(env, out_dir):
     """(seconds from launching llmnb-train to its first step line, its compile line or None)."""
-    cmd = [sys.executable, "-m", "llmnb.train", "-e", "d12", "-b", "4", "-t", "64", "-x", "1", "-v", "0",
-           "-s", "0", "-o", out_dir]
+    cmd = train_argv(out_dir, depth=12, B=4, T=64, steps=1)
     t0 = time.perf_counter()
     compile_line = None
     with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as p:
@@ -244,8 +250,7 @@ def train_step_times(B, T, depth, steps, warmup):
     """The step times (seconds) of `llmnb-train -e d{depth} -b B -t T` after `warmup` steps, as its
     log.jsonl records them (each the whole of train_step: batch, forward, backward, norm, update)."""
     with tempfile.TemporaryDirectory(prefix="llmnb-step-train-") as out_dir:
-        cmd = [sys.executable, "-m", "llmnb.train", "-e", f"d{depth}", "-b", str(B), "-t", str(T),
-               "-x", str(warmup + steps), "-v", "0", "-s", "0", "-o", out_dir]
+        cmd = train_argv(out_dir, depth, B, T, warmup + steps)
         run = subprocess.run(cmd, capture_output=True, text=True)
         if run.returncode != 0:
             tail = (run.stdout + run.stderr).strip().splitlines()[-1:]

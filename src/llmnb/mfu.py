@@ -125,7 +125,6 @@ FP32_LANES_PER_SM = {(7, 0): 64, (7, 5): 64, (8, 0): 64, (8, 6): 128, (8, 7): 12
 # and workstation parts (A10, A40, RTX A6000, L4, L40S) 512, their GeForce cards half that (RTX 3090
 # 35.6, RTX 4090 82.6). The same arithmetic as llm.c's llmc/mfu.h.
 TF32_FLOP_PER_SM_CLOCK = {(8, 0): 1024, (8, 6): 512, (8, 7): 512, (8, 9): 512, (9, 0): 2048}
-GEFORCE_TENSOR_SHARE = {(8, 6): 0.5, (8, 9): 0.5}
 
 
 def tensor_flop_per_sm_clock(cc, name, precision):
@@ -133,8 +132,8 @@ def tensor_flop_per_sm_clock(cc, name, precision):
     tf32 = TF32_FLOP_PER_SM_CLOCK.get(cc)
     if tf32 is None:
         return None
-    if "GeForce" in name:
-        tf32 = int(tf32 * GEFORCE_TENSOR_SHARE.get(cc, 1))
+    if "GeForce" in name and cc in ((8, 6), (8, 9)):
+        tf32 //= 2
     return tf32 * (2 if precision == "bf16" else 1)
 
 
