@@ -4,7 +4,7 @@ NUMBA_ENABLE_CUDASIM must be set before numba.cuda is first imported, and it the
 whole process. So these tests have a pytest run of their own (.ci/run and docs/development.md run both):
 
     NUMBA_ENABLE_CUDASIM=1 python -m pytest tests/cuda
-    NUMBA_ENABLE_CUDASIM=1 LLMNB_CUDA_GEOMETRY=gpu python -m pytest tests/cuda -m gpu_geometry -k "not nobias"
+    NUMBA_ENABLE_CUDASIM=1 LLMNB_CUDA_GEOMETRY=gpu python -m pytest tests/cuda -m gpu_geometry
 
 the second with launch.py's GPU geometry (the tile and block sizes a GPU runs), for the tests
 marked gpu_geometry only (the simulator is slow at those sizes). A run started on tests/cuda alone turns
@@ -57,8 +57,10 @@ def pytest_configure(config):
     if not _wanted() and _only_this_directory(config):
         _enable_simulator()
     if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
-        # the simulator's threads hand the GIL over at every barrier: switch often
-        sys.setswitchinterval(1e-3)
+        # the simulator's barrier, waiting instead of polling (simbarrier.py)
+        sys.path.insert(0, str(HERE))
+        import simbarrier
+        simbarrier.install()
     if str(SRC) not in sys.path:
         sys.path.insert(0, str(SRC))
 

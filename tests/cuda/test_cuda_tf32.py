@@ -17,8 +17,9 @@ def _tf32(x):
 
 
 # (N_tok, C, OC): edges of every tile and slab; C and OC multiples of 4 (16-byte rows: the kernels
-# with 16-byte copies) or not (the twins with 4-byte copies); a long K for split K
-SHAPES = [(37, 20, 24), (19, 13, 22), (16, 8, 300)]
+# with 16-byte copies) or not (the twins with 4-byte copies); a long K for split K. The first also
+# with the GPU's geometry (128 x 128 tiles of 8 warps; conftest.py's gpu_geometry run)
+SHAPES = [pytest.param(37, 20, 24, marks=pytest.mark.gpu_geometry), (19, 13, 22), (16, 8, 300)]
 
 
 def _problem(N, C, OC):
@@ -54,20 +55,6 @@ def test_tf32_matmul_forward_and_backward_match_float64_of_tf32_operands(N, C, O
     # and the rounding is tf32's: the float64 product of the operands as given is ~1e-3 away
     exact = inp.astype(np.float64) @ weight.astype(np.float64).T + bias
     assert np.abs(got["out"] - exact).max() / np.abs(exact).max() > 1e-5
-
-
-@pytest.mark.gpu_geometry
-def test_tf32_matmul_forward_with_the_gpus_geometry():
-    # the GPU's geometry (128 x 128 tiles of 8 warps; conftest.py's gpu_geometry run) through the
-    # whole kernel, on the forward's layout only: each GEMM takes the simulator ~50-80 s at 256
-    # threads a block, and every layout's block product and slab copies at this geometry are checked
-    # by the NumPy warp emulator in the default run (tests/test_lanes.py)
-    inp, weight, bias, *_ = _problem(37, 20, 24)
-    out = cuda.device_array((37, 24), F32)
-    MatmulsTF32().matmul_forward(out, cuda.to_device(inp), cuda.to_device(weight), cuda.to_device(bias))
-    want = _tf32(inp) @ _tf32(weight).T + bias
-    err = np.abs(out.copy_to_host() - want).max() / np.abs(want).max()
-    assert err < 1e-5, err
 
 
 @pytest.mark.parametrize("B, T, NH, hs", [pytest.param(1, 11, 2, 8, marks=pytest.mark.gpu_geometry), (2, 37, 1, 12)])

@@ -27,10 +27,8 @@ def test_lab_gemm_matches_float64_in_every_layout(version):
     # others (11 or 21 floats a row) its scalar twin. v8t (tensor cores, TF32): against float64 of the
     # operands rounded (or truncated, -trunc) to tf32, as its tensor cores multiply them
     every = {**lab.SIM_VERSIONS, **lab.SIM_TC_VERSIONS} if launch.SIMULATOR else {**lab.VERSIONS, **lab.TC_VERSIONS}
-    if launch.SIMULATOR:   # (v8t-sim is the package's kernel, which tests/cuda/test_cuda_tf32.py runs:
-        # here its lab variant, -trunc; ~45 s each on the simulator)
-        versions = {n: v for n, v in every.items() if n.startswith(f"{version}-sim")
-                    and (version != "v8t" or n != "v8t-sim")}
+    if launch.SIMULATOR:
+        versions = {n: v for n, v in every.items() if n.startswith(f"{version}-sim")}
     else:  # a real card (LLMNB_TEST_CUDA_DEVICE=1): the tiles gpu_check times (v8t: the package's; its
         # lab phase checks the others)
         versions = {n: v for n, v in every.items() if n.startswith(version if version != "v8t" else "v8t-128x128-bk16")}
