@@ -641,6 +641,42 @@ def test_optimizer_state_round_trip_and_layout_bytes(tmp_path, rng):
     np.testing.assert_array_equal(st["v"], v)
 
 
+def test_optimizer_state_with_master_weights_round_trip_and_layout_bytes(tmp_path, rng, monkeypatch):
+    # llm.c's -w 1 (its default): header[4] = 1 and the fp32 master weights after v, before the
+    # shuffle data; header[22] (the rng before the last update) beside header[20]
+    n = 29
+    m, v, w = rng.standard_normal(n).astype(np.float32), rng.random(n).astype(np.float32), \
+        rng.standard_normal(n).astype(np.float32)
+    tail = b"shuffle data"
+    path = tmp_path / "state.bin"
+    with pytest.raises(ValueError, match="master weights"):
+        write_optimizer_state(path, 3, m, v, master_weights=w[:-1])
+    write_optimizer_state(path, 3, m, v, rng_state=77, master_weights=w, shuffle=True, shuffle_tail=tail)
+    h = header_ints(path)
+    assert h[:6] == (20240527, 1, 1, 0, 1, 1) and h[10] == 3 and h[20:24] == (77, 0, 77, 0)
+    raw = path.read_bytes()
+    assert raw[1024:] == m.tobytes() + v.tobytes() + w.tobytes() + tail
+    from llmnb import formats   # (the tail's own layout is DataLoader's test: any bytes here)
+    monkeypatch.setattr(formats, "check_shuffle_tail", lambda path, tail: None)
+    st = read_optimizer_state(path, n, step=3)
+    np.testing.assert_array_equal(st["master_weights"], w)
+    np.testing.assert_array_equal(st["v"], v)
+    assert st["shuffle_tail"] == tail
+    write_optimizer_state(path, 3, m, v, master_weights=w)
+    assert read_optimizer_state(path, n)["master_weights"] is not None
+    with pytest.raises(FormatError, match="truncated.*m, v and the master weights of 30 parameters"):
+        read_optimizer_state(path, n + 1)
+    write_optimizer_state(path, 3, m, v)
+    assert read_optimizer_state(path, n)["master_weights"] is None
+    w[5] = np.inf
+    write_optimizer_state(path, 3, m, v, master_weights=w)
+    with pytest.raises(FormatError, match="the master weights holds non-finite values.*at 1 parameters"):
+        read_optimizer_state(path, n)
+    write_raw(path, [20240527, 1, 1, 0, 2])
+    with pytest.raises(FormatError, match="master-weights flag is 2"):
+        read_optimizer_state(path, 0)
+
+
 def test_optimizer_state_is_told_from_a_debug_state(tmp_path, rng, good_state):
     # llm.c has two state files with two magics (20240327 debug, 20240527 optimizer): one reader
     # each, and each names the other when handed it

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from llmnb import rundir
-from llmnb.config import GPT2Config
+from llmnb.config import GPT2Config, Tensors, param_shapes
 from llmnb.formats import read_checkpoint, read_optimizer_state, write_checkpoint, write_shard
 from llmnb.model import COMPILE_CONFIG, GPT2, init_params
 from llmnb.train import main
@@ -360,7 +360,17 @@ STATE_EDITS = {
     "inserted into": (lambda b: b[:5000] + b"\0" * 4 + b[5000:], "the shuffle data says"),
     "another step": (lambda b: _set_step(b, 7), "step 7"),
     "NaN in m": (lambda b: b[:1024] + np.float32(np.nan).tobytes() + b[1028:], "non-finite"),
+    # the master weights (after m and v) are the model file's weights: one bit off, or a NaN
+    "another master weight": (lambda b: _edit_master(b, lambda x: x.view("<u4") ^ np.uint32(1)),
+                              "master weights are not the weights of"),
+    "NaN in the master weights": (lambda b: _edit_master(b, lambda x: np.float32(np.nan)), "the master weights holds non-finite"),
 }
+
+
+def _edit_master(b, edit):
+    at = 1024 + 8 * Tensors.count(param_shapes(TINY)) + 4 * 7   # the 8th master weight
+    x = np.frombuffer(b[at:at + 4], "<f4")
+    return b[:at] + np.asarray(edit(x)).tobytes()[:4] + b[at + 4:]
 
 
 @pytest.mark.parametrize("what", list(STATE_EDITS))
@@ -539,6 +549,8 @@ def test_training_shuffles_like_llmc_by_default(workdir, tmp_path, capsys):
         assert first == pytest.approx(model.forward(*loader.next_batch()), rel=1e-6)
         state = read_optimizer_state(out / "state_00000001_00000.bin", model.num_parameters)
         assert state["shuffle"] is (not flags) and state["shuffle_tail"] == loader.llmc_state_tail()
+        # the fp32 master weights, as llm.c's default -w 1 writes them: the model file's weights
+        np.testing.assert_array_equal(state["master_weights"], read_checkpoint(out / "model_00000001.bin")[1])
 
 
 @pytest.mark.slow

@@ -305,22 +305,28 @@ MT19937_STATE_BYTES = 2520  # llm.c's mt19937_state struct, as data.DataLoader w
 
 
 def write_optimizer_state(path, step, m, v, rng_state=0, shard=0, sample=0, shuffle=False,
-                          shuffle_tail=b"", num_processes=1, process_rank=0):
+                          shuffle_tail=b"", num_processes=1, process_rank=0, master_weights=None):
     """llm.c's optimizer state file (train_gpt2.cu's save_state): the header, m and v (float32),
+    then the fp32 master weights when given (header[4] = 1, as llm.c's default -w 1 writes them),
     then with shuffle the loader's shuffle_tail (DataLoader.llmc_state_tail())."""
     if bool(shuffle) != bool(shuffle_tail):
         raise ValueError("write_optimizer_state: a shuffling loader's state needs its shuffle_tail, and only it")
-    # [4] = 0: no separate fp32 master weights, the weights are fp32
+    if master_weights is not None and np.shape(master_weights) != np.shape(m):
+        raise ValueError(f"write_optimizer_state: master weights {np.shape(master_weights)} are not m's {np.shape(m)}")
     header = _make_header(OPTIMIZER_STATE_MAGIC, OPTIMIZER_STATE_VERSION, num_processes, process_rank,
-                          0, int(shuffle))
+                          int(master_weights is not None), int(shuffle))
     header[10] = step
-    header[20:22] = np.array([rng_state], dtype="<u8").view("<i4")
+    # [20] the rng; [22] llm.c's rng before its last update, from which its resume re-rounds the
+    # master weights to bf16: llmnb rounds nothing, the same state serves
+    header[20:22] = header[22:24] = np.array([rng_state], dtype="<u8").view("<i4")
     header[30:32] = np.array([shard], dtype="<u8").view("<i4")
     header[32:34] = np.array([sample], dtype="<u8").view("<i4")
     with atomic_write(path) as f:
         f.write(header.tobytes())
         _write_array(f, m, "<f4")
         _write_array(f, v, "<f4")
+        if master_weights is not None:
+            _write_array(f, master_weights, "<f4")
         f.write(shuffle_tail)
 
 
@@ -348,41 +354,48 @@ def _u64(header, i):
 
 
 def read_optimizer_state(path, num_parameters, step=None):
-    """-> dict(step, rng_state, m, v, shuffle, shuffle_tail, num_processes, process_rank, shard,
-    sample) from an llm.c optimizer state file.
+    """-> dict(step, rng_state, m, v, master_weights, shuffle, shuffle_tail, num_processes,
+    process_rank, shard, sample) from an llm.c optimizer state file.
 
-    The file must hold the header and m and v of num_parameters floats, all finite, and nothing
-    more unless the header's shuffle flag is set: then the bytes after v are the loader's shuffle
-    state (shuffle_tail, whose exact layout DataLoader.load_state checks). With step given, the
-    header's step must be that step (the checkpoint's)."""
+    The file must hold the header, m and v of num_parameters floats, then the fp32 master weights
+    if its header says so (llm.c's -w 1, the default; else master_weights is None), all finite, and
+    nothing more unless the header's shuffle flag is set: then the bytes after them are the
+    loader's shuffle state (shuffle_tail, whose exact layout DataLoader.load_state checks). With
+    step given, the header's step must be that step (the checkpoint's)."""
     path = os.fspath(path)
     with open_regular(path) as f:
         header = _read_header(f, path, OPTIMIZER_STATE_MAGIC, {OPTIMIZER_STATE_VERSION: "fp32 m and v"})
-        if header[4] != 0:
-            raise FormatError(f"{path}: holds fp32 master weights (a mixed-precision llm.c run); "
-                              "llmnb trains in fp32 and cannot use them")
-        size, need = _file_size(f), HEADER_BYTES + 2 * 4 * num_parameters
+        if header[4] not in (0, 1):
+            raise FormatError(f"{path}: its header's master-weights flag is {header[4]}, expected 0 or 1")
+        master = bool(header[4])
+        arrays = "m, v and the master weights" if master else "m and v"
+        size, need = _file_size(f), HEADER_BYTES + (3 if master else 2) * 4 * num_parameters
         if size < need or (size != need and not header[5]):
             what = "truncated" if size < need else f"{size - need} bytes too many"
-            raise FormatError(f"{path}: {what}: {size} bytes, the header and m and v of "
+            raise FormatError(f"{path}: {what}: {size} bytes, the header and {arrays} of "
                               f"{num_parameters} parameters are {need}")
         if step is not None and header[10] != step:
             raise FormatError(f"{path}: its header says step {header[10]}, but it belongs to the "
                               f"checkpoint of step {step}")
+        master_weights = None
         m = _read_array(f, "<f4", num_parameters).astype(np.float32, copy=False)
         v = _read_array(f, "<f4", num_parameters).astype(np.float32, copy=False)
+        if master:
+            master_weights = _read_array(f, "<f4", num_parameters).astype(np.float32, copy=False)
         tail = f.read() if header[5] else b""
     if header[5]:
         check_shuffle_tail(path, tail)
-    for name, x in (("m", m), ("v", v)):
+    named = (("AdamW's m", m), ("AdamW's v", v)) + ((("the master weights", master_weights),) if master else ())
+    for name, x in named:
         if not np.isfinite(x).all():
-            raise FormatError(f"{path}: AdamW's {name} holds non-finite values (NaN or inf) at "
+            raise FormatError(f"{path}: {name} holds non-finite values (NaN or inf) at "
                               f"{int(np.count_nonzero(~np.isfinite(x)))} parameters")
     if (v < 0).any():
         raise FormatError(f"{path}: AdamW's v holds negative values (a mean of squares cannot be)")
     return {"step": int(header[10]), "rng_state": _u64(header, 20), "m": m, "v": v,
-            "shuffle": bool(header[5]), "shuffle_tail": tail, "num_processes": int(header[2]),
-            "process_rank": int(header[3]), "shard": _u64(header, 30), "sample": _u64(header, 32)}
+            "master_weights": master_weights, "shuffle": bool(header[5]), "shuffle_tail": tail,
+            "num_processes": int(header[2]), "process_rank": int(header[3]), "shard": _u64(header, 30),
+            "sample": _u64(header, 32)}
 
 
 # ----------------------------------------------------------------------------------------------

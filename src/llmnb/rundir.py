@@ -230,9 +230,12 @@ class RunDir:
         lo, hi = world.shard(model.num_parameters) if world is not None else (0, model.num_parameters)
         m, v = model.optimizer_state() or (np.zeros(hi - lo, np.float32), np.zeros(hi - lo, np.float32))
         loader = state.train_loader
+        # the fp32 weights are the master weights: written as llm.c's -w 1 (its default) writes them, so
+        # that llm.c's train_gpt2.cu resumes this run (in either precision: it takes its weights from them)
         write_optimizer_state(state_path, step, m, v, rng_state=state.rng_state, shard=loader["shard"],
                               sample=loader["sample"], shuffle=loader["shuffle"], shuffle_tail=shuffle_tail,
-                              num_processes=loader["num_processes"], process_rank=loader["process_rank"])
+                              num_processes=loader["num_processes"], process_rank=loader["process_rank"],
+                              master_weights=model.params_host()[lo:hi])
         if world is not None:
             world.barrier()  # every rank's state is written (a rank that failed has aborted the world)
         if rank == 0:

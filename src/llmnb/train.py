@@ -413,7 +413,7 @@ class Run:
         s, world, n = self.s, self.world, self.model.num_parameters
         lo, hi = world.shard(n)
         model_bytes = HEADER_BYTES + 4 * n
-        state_bytes = HEADER_BYTES + 8 * (hi - lo) + len(self.train_loader.llmc_state_tail())
+        state_bytes = HEADER_BYTES + 12 * (hi - lo) + len(self.train_loader.llmc_state_tail())  # m, v, master
         total = model_bytes + world.size * state_bytes
         ranks = f" x {world.size} ranks" if world.size > 1 else ""
         kept = (f"; the last {s.checkpoints_keep} kept (-nk)" if s.checkpoints_keep else "; every one kept (-nk 0)")
@@ -429,6 +429,13 @@ class Run:
         world, state, step = self.world, ckpt.state, ckpt.step
         lo, hi = world.shard(self.model.num_parameters)  # -z 1: this rank's m and v shard
         opt = self.rundir.read_optimizer(ckpt, hi - lo, world.rank)
+        # master weights (every checkpoint since llmnb wrote them, and llm.c's -w 1): llm.c takes its
+        # weights from them; here they are the model file's fp32 weights, bit for bit
+        master = opt["master_weights"]
+        if master is not None and not np.array_equal(master.view(np.uint32),
+                                                     self.model.params_host()[lo:hi].view(np.uint32)):
+            raise FormatError(f"{ckpt.state_path}: its master weights are not the weights of {ckpt.model_path}: "
+                              "the files of one checkpoint disagree")
         self.model.load_optimizer_state(opt["m"], opt["v"])
         loader = self.train_loader
         # each rank's position in its own shard order is in its state file, as llm.c's load_state
