@@ -17,6 +17,9 @@ it needs no install and no network; an installed `llmnb[cuda]` works the same). 
             --precision tf32, each shape in its own process
   lab       dev/cuda_gemm.py's TF32 versions (LAB_TF32_GEMMS, v8t: the package's --precision tf32 kernel
             and its variants) checked against float64 and timed (appended to bench.txt)
+  launch    at B=4 T=64: the launches of one step, the host's time to issue them, the same launches
+            replayed as recorded (cuda.core's launch alone: what a cheaper launch path could reach),
+            a cProfile of the host's side, the cost of a device-array view (appended to bench.txt)
   bench     llmnb's step again with each matmul kernel of UNTIMED_GEMMS (LLMNB_CUDA_GEMM: not yet
             timed on a card)
   lab       dev/cuda_attention.py: the attention versions (the package's v2, its default, v3, and v4t,
@@ -100,6 +103,9 @@ def plan(work):
         # the tensor-core matmuls' first check against float64 and timing beside the package's fp32 kernel
         ("lab", [Cmd([py, "-m", "dev.cuda_gemm", "--versions", ",".join(LAB_TF32_GEMMS), "--ntok", "8192"],
                      "bench.txt", 90, label="dev.cuda_gemm: the TF32 tensor-core versions (v8t)")]),
+        # where the host's time goes at the launch-bound shape: launches, their host cost, the same
+        # launches replayed as recorded, a profile (issue 24's step 4)
+        ("launch", [Cmd([py, me, "--launch", "4x64"], "bench.txt", 60, label="launch profile B=4 T=64")]),
         # the step again with each matmul kernel not yet timed on a card (launch.py)
         ("bench", [Cmd([py, me, "--bench", "llmnb", f"{B}x{T}"], "bench.txt", 150, env={"LLMNB_CUDA_GEMM": g},
                        label=f"llmnb B={B} T={T} with LLMNB_CUDA_GEMM={g}")
@@ -499,6 +505,132 @@ def bench_llmnb(B, T, steps=10, warmup=2, precision="fp32"):
           f"{100 * (total_ms - in_kernels) / total_ms:5.1f}%")
 
 
+class LaunchRecorder:
+    """Counts the kernel launches made inside it and keeps each one's launch call as numba-cuda made
+    it (cuda.core's launch with the argument list numba prepared), so they can be issued again
+    with nothing of numba's in between: the floor of a cheaper launch path. On the simulator
+    (no cuda.core launch) it counts only."""
+
+    def __init__(self):
+        self.count, self.calls = 0, []
+
+    def __enter__(self):
+        from llmnb.cuda.launch import SIMULATOR
+        if SIMULATOR:
+            from numba.cuda.simulator import kernel as sim
+            self.where, self.name = sim.FakeCUDAKernel, "__call__"
+            real = sim.FakeCUDAKernel.__call__
+
+            def counted(kernel, *args):
+                if not kernel._device and not sim._kernel_context:
+                    self.count += 1
+                return real(kernel, *args)
+        else:
+            from numba.cuda import dispatcher
+            if hasattr(dispatcher, "launch"):   # numba-cuda 0.30: cuda.core's launch, called by _Kernel.launch
+                self.where, self.name = dispatcher, "launch"
+            else:                               # another release: count at _Kernel.launch, replay nothing
+                self.where, self.name = dispatcher._Kernel, "launch"
+            real = getattr(self.where, self.name)
+            keep = self.where is dispatcher
+
+            def counted(*args, **kwargs):
+                self.count += 1
+                if keep:
+                    self.calls.append(args)
+                return real(*args, **kwargs)
+        self.real = real
+        setattr(self.where, self.name, counted)
+        return self
+
+    def __exit__(self, *exc):
+        setattr(self.where, self.name, self.real)
+
+    def replay(self):
+        for args in self.calls:
+            self.real(*args)
+
+
+def launch_profile(B, T):
+    """Where the host's time goes in one llmnb step on the card: the launches per step, the time
+    the host takes to issue them against the card's time for the step, that step's launches issued
+    again as recorded (cuda.core's launch only), a profile of the host's side of one step, and
+    what a view of a device array costs. For issue 24's step 4 (a cheaper launch path)."""
+    import cProfile
+    import io
+    import pstats
+    from numba import cuda
+    from llmnb.model import GPT2, init_params
+    config = bench_config()
+    x, y = make_batch(config, B, T)
+    model = GPT2(config, init_params(config), device="cuda", copy=False)
+    k = model.backend
+
+    def step(t):
+        model.forward(x, y)   # (ends by copying the losses to the host: the step's one sync before the last)
+        model.zero_grad()
+        model.backward()
+        model.update(LR, BETA1, BETA2, EPS, WEIGHT_DECAY, t)
+    for t in (1, 2):
+        step(t)
+    k.synchronize()
+    steps = 2 if os.environ.get("LLMNB_GPU_CHECK_TINY") == "1" else 10
+    walls, issues, replays, replay_issues = [], [], [], []
+    for t in range(3, 3 + steps):
+        t0 = time.perf_counter()
+        with LaunchRecorder() as rec:
+            step(t)
+        t1 = time.perf_counter()
+        k.synchronize()
+        walls.append(time.perf_counter() - t0)
+        issues.append(t1 - t0)
+        if rec.calls:   # the same launches again, back to back, with nothing of numba's in between
+            t0 = time.perf_counter()
+            try:
+                rec.replay()
+            except Exception as e:   # (the rest of the profile still runs)
+                print(f"launch: the replay failed: {type(e).__name__}: {e}")
+                rec.calls = []
+                continue
+            replay_issues.append(time.perf_counter() - t0)
+            k.synchronize()
+            replays.append(time.perf_counter() - t0)
+
+    def med(xs):
+        return 1e3 * sorted(xs)[len(xs) // 2]
+    print(f"launch B={B} T={T}: {rec.count} launches per step; the step {med(walls):.1f} ms, its host returns after "
+          f"{med(issues):.1f} ms ({1e3 * med(issues) / rec.count:.0f} us a launch, the loss copy's wait included)")
+    if replays:
+        print(f"launch B={B} T={T}: the step's launches issued again as recorded (cuda.core's launch alone): "
+              f"{med(replays):.1f} ms, issued in {med(replay_issues):.1f} ms "
+              f"({1e3 * med(replay_issues) / rec.count:.0f} us a launch): a cheaper launch path would save up to "
+              f"{med(walls) - med(replays):.1f} ms of the step")
+    else:
+        print(f"launch B={B} T={T}: replay n/a (the simulator, or a numba-cuda without cuda.core's launch)")
+    prof = cProfile.Profile()
+    prof.enable()
+    step(3 + steps)
+    prof.disable()
+    k.synchronize()
+    text = io.StringIO()
+    pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(25)
+    print(f"launch B={B} T={T}: the host's side of one step by own time (cProfile; its overhead inflates "
+          "the totals):")
+    print("\n".join(line for line in text.getvalue().splitlines() if line.strip())[:6000])
+    flat = cuda.device_array(1 << 20, "float32")
+    n = 200
+    t0 = time.perf_counter()
+    for i in range(n):
+        flat[i:i + 4096].reshape(64, 64)
+    view = (time.perf_counter() - t0) / n
+    stacked = flat[:12 * 4096].reshape(12, 4096)
+    t0 = time.perf_counter()
+    for i in range(n):
+        stacked[i % 12]
+    index = (time.perf_counter() - t0) / n
+    print(f"launch: a device array's slice + reshape {1e6 * view:.1f} us, a stacked view's [l] {1e6 * index:.1f} us")
+
+
 def bench_torch(B, T, steps=10, warmup=3):
     import numpy as np
     import torch
@@ -550,9 +682,12 @@ def main(argv=None):
     ap.add_argument("--dry-run", action="store_true", help="no GPU: check the plan, inputs and arguments only")
     ap.add_argument("--env", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--bench", nargs=2, metavar=("SYSTEM", "BxT"), help=argparse.SUPPRESS)
+    ap.add_argument("--launch", metavar="BxT", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.env:
         return env_report()
+    if args.launch:
+        return launch_profile(*(int(v) for v in args.launch.split("x")))
     if args.bench:
         system, shape = args.bench
         B, T = (int(v) for v in shape.split("x"))

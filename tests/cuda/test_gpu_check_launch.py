@@ -1,0 +1,21 @@
+"""benchmarks/gpu_check.py's launch phase runs to its end on a tiny model (on the simulator: the
+count and the profile; the replay needs a card) and counts what the step launches."""
+import os
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_launch_profile_counts_the_steps_launches(monkeypatch, capsys):
+    monkeypatch.setenv("LLMNB_GPU_CHECK_TINY", "1")
+    monkeypatch.syspath_prepend(ROOT)
+    from benchmarks import gpu_check
+    from llmnb.cuda.launch import SIMULATOR
+    gpu_check.launch_profile(2, 8)
+    out = capsys.readouterr().out
+    lines = {line.split(":")[0] for line in out.splitlines() if line.startswith("launch")}
+    assert lines == {"launch B=2 T=8", "launch"}, out
+    first = next(line for line in out.splitlines() if "launches per step" in line)
+    count = int(first.split(": ")[1].split()[0])
+    # one layer: encoder, 11 launches a layer forward and more backward, the classifier, AdamW
+    assert 30 < count < 120, first
+    assert ("replay n/a" in out) == SIMULATOR and "slice + reshape" in out and "tottime" in out
