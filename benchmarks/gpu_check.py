@@ -19,7 +19,8 @@ it needs no install and no network; an installed `llmnb[cuda]` works the same). 
             and its variants) checked against float64 and timed (appended to bench.txt)
   launch    at B=4 T=64: the launches of one step, the host's time to issue them, the same launches
             replayed as recorded (cuda.core's launch alone: what a cheaper launch path could reach),
-            a cProfile of the host's side, the cost of a device-array view (appended to bench.txt)
+            the same launches as one CUDA graph (cuda.core), a cProfile of the host's side, the cost
+            of a device-array view (appended to bench.txt)
   bench     llmnb's step again with each matmul kernel of UNTIMED_GEMMS (LLMNB_CUDA_GEMM: not yet
             timed on a card)
   lab       dev/cuda_attention.py: the attention versions (the package's v2, its default, v3, and v4t,
@@ -550,6 +551,16 @@ class LaunchRecorder:
         for args in self.calls:
             self.real(*args)
 
+    def graph(self):
+        """-> (the recorded launches captured into one CUDA graph with cuda.core's GraphBuilder, the
+        stream it launches on)."""
+        from cuda.core import Device
+        stream = Device().create_stream()
+        builder = stream.create_graph_builder().begin_building()
+        for _, config, kernel, *args in self.calls:
+            self.real(builder, config, kernel, *args)
+        return builder.end_building().complete(), stream
+
 
 def launch_profile(B, T):
     """Where the host's time goes in one llmnb step on the card: the launches per step, the time
@@ -605,6 +616,18 @@ def launch_profile(B, T):
               f"{med(replays):.1f} ms, issued in {med(replay_issues):.1f} ms "
               f"({1e3 * med(replay_issues) / rec.count:.0f} us a launch): a cheaper launch path would save up to "
               f"{med(walls) - med(replays):.1f} ms of the step")
+        try:   # the floor: the same launches as one CUDA graph, one launch a step
+            graph, stream = rec.graph()
+            k.synchronize()
+            times = []
+            for _ in range(steps):
+                t0 = time.perf_counter()
+                graph.launch(stream)
+                stream.sync()
+                times.append(time.perf_counter() - t0)
+            print(f"launch B={B} T={T}: the step's launches as one CUDA graph (cuda.core): {med(times):.1f} ms a step")
+        except Exception as e:
+            print(f"launch B={B} T={T}: a CUDA graph of the step failed: {type(e).__name__}: {str(e)[:300]}")
     else:
         print(f"launch B={B} T={T}: replay n/a (the simulator, or a numba-cuda without cuda.core's launch)")
     prof = cProfile.Profile()
