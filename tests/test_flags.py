@@ -205,6 +205,25 @@ def test_main_log_is_llmcs_and_its_parser_reads_it(data, tmp_path, capsys):
     assert [line.split()[0] for line in (out / "main.log").read_text().splitlines()] == ["s:0"]
 
 
+def test_main_log_reads_back_into_records_as_llmcs_parser_keeps_a_steps_last_values(tmp_path):
+    # (resuming llm.c's own checkpoint: llmnb's log before it comes from llm.c's main.log, which a
+    # resumed llm.c run appends to, so a step can appear twice: the last values count)
+    from llmnb.fileio import FormatError
+    from llmnb.logger import lines, read_records
+    path = tmp_path / "main.log"
+    path.write_text("s:0 tel:10.9000\ns:0 trl:10.8514 lr:0.000200 norm:2.88\ns:1 trl:9.5000 lr:0.000400 norm:1.50\n"
+                    "s:2 eval:0.2950\ns:2 trl:9.0000 lr:0.000600 norm:1.00\n"
+                    "s:1 trl:9.2500 lr:0.000400 norm:1.25\ns:3 tel:8.5000\n")
+    r = read_records(path)
+    assert [x["step"] for x in r] == [0, 1, 2]   # (step 3 has no training line: a run's last val loss)
+    assert r[0] == {"step": 0, "train_loss": 10.8514, "val_loss": 10.9, "lr": 0.0002, "grad_norm": 2.88, "ms": None}
+    assert r[1]["train_loss"] == 9.25 and r[1]["grad_norm"] == 1.25 and r[2]["hellaswag_acc_norm"] == 0.295
+    assert "".join(line for x in r for line in lines(x)).startswith("s:0 tel:10.9000\ns:0 trl:10.8514 lr:0.000200")
+    path.write_text("s:0 trl:1.0 lr:0.1 norm:1.0\nstep 1/10 loss 9.0\n")
+    with pytest.raises(FormatError, match="main.log: line 2 is not one of llm.c's log lines"):
+        read_records(path)
+
+
 def test_sl_and_sg_skip_the_update_on_a_spike(data, tmp_path, capsys, monkeypatch):
     # a detector that reports a z-score of 5 at step 2 (the real one needs 64 steps to fill)
     class Spike:

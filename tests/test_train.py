@@ -89,6 +89,61 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(workdir, tmp_path, m
     np.testing.assert_array_equal(read_checkpoint(full / "model.bin")[1], read_checkpoint(part / "model.bin")[1])
 
 
+LLMC_FILES = ("model_00000003.bin", "state_00000003_00000.bin", "DONE_00000003", "main.log")
+
+
+def llmc_run_dir(full, out, model_dtype="float32"):
+    """What llm.c's train_gpt2.cu leaves in -o at a checkpoint of step 3: model_N.bin (bf16, version
+    5, in its default build), state_N_00000.bin (m, v, the fp32 master weights, the shuffle state),
+    DONE_N and main.log; no state_N.json, no log.jsonl. Made from an llmnb run's files (their bytes
+    are llm.c's layouts: tests/test_formats.py, tests/test_llmc_compat.py)."""
+    import shutil
+    out.mkdir()
+    for name in LLMC_FILES:
+        shutil.copy(full / name, out / name)
+    if model_dtype == "bfloat16":
+        config, params = read_checkpoint(full / LLMC_FILES[0])
+        write_checkpoint(out / LLMC_FILES[0], config, params, dtype="bfloat16")
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_dtype", ["float32", "bfloat16"])
+def test_resume_of_llmcs_own_checkpoint_continues_exactly(workdir, tmp_path, capsys, model_dtype):
+    # -y 1 in llm.c's run directory: the weights from the master weights (its bf16 model file is not
+    # read for them, as llm.c's resume), AdamW's m and v, the shuffled loader's state from the
+    # state file; the epoch from the step; the log before it from main.log
+    common = ("-x", "6", "-v", "3", "-m", "1", "-s", "0", "--wd", "0.1", "--warmup", "2", "-n", "3")
+    full = tmp_path / "full"
+    assert run(workdir, full, *common) == 0
+    llmc = llmc_run_dir(full, tmp_path / "llmc", model_dtype)
+    capsys.readouterr()
+    assert run(workdir, llmc, *common, "-y", "1") == 0
+    assert "resuming llm.c's checkpoint of step 3" in capsys.readouterr().out
+    a = [(r["step"], r["train_loss"], r["val_loss"]) for r in read_log(full)]
+    b = [(r["step"], r["train_loss"], r["val_loss"]) for r in read_log(llmc)]
+    assert len(b) == 7 and b[3:] == a[3:]   # bit for bit from the checkpoint on
+    for (_, la, va), (_, lb, vb) in zip(a[:3], b[:3]):   # before it: main.log's 4 decimals
+        assert lb == pytest.approx(la, abs=5e-5) and (va is None) == (vb is None)
+    np.testing.assert_array_equal(read_checkpoint(full / "model.bin")[1], read_checkpoint(llmc / "model.bin")[1])
+    assert (llmc / "main.log").read_text() == (full / "main.log").read_text()
+
+
+def test_resume_of_llmcs_checkpoint_with_other_flags_or_no_log_is_one_line(workdir, tmp_path, capsys):
+    full = tmp_path / "full"
+    assert run(workdir, full, *QUICK, "-x", "3", "-n", "3") == 0
+    llmc = llmc_run_dir(full, tmp_path / "llmc")
+    capsys.readouterr()
+    assert run(workdir, llmc, *QUICK, "-b", "2", "-x", "4", "-y", "1") == 2   # llm.c ran with -b 1
+    assert "state_00000003_00000.bin" in one_error_line(capsys)
+    assert run(workdir, llmc, *QUICK, "--no-shuffle", "-x", "4", "-y", "1") == 2
+    assert "state_00000003_00000.bin" in one_error_line(capsys)
+    (llmc / "main.log").unlink()
+    assert run(workdir, llmc, *QUICK, "-x", "4", "-y", "1") == 2
+    err = one_error_line(capsys)
+    assert "main.log: missing" in err and not (llmc / "log.jsonl").exists()
+
+
 @pytest.mark.slow
 def test_grad_accumulation_equals_the_big_batch():
     rng = np.random.default_rng(1)

@@ -353,6 +353,21 @@ def _u64(header, i):
     return int(np.asarray(header[i:i + 2], dtype="<i4").view("<u8")[0])
 
 
+def read_optimizer_header(path):
+    """-> dict(step, master, shuffle, num_processes, process_rank, shard, sample) of an llm.c
+    optimizer state file's header alone (what a checkpoint of llm.c's own, which has no
+    state_N.json, says of its run)."""
+    path = os.fspath(path)
+    with open_regular(path) as f:
+        header = _read_header(f, path, OPTIMIZER_STATE_MAGIC, {OPTIMIZER_STATE_VERSION: "fp32 m and v"})
+    if header[2] < 1 or not 0 <= header[3] < header[2] or header[4] not in (0, 1) or header[5] not in (0, 1):
+        raise FormatError(f"{path}: its header says rank {header[3]} of {header[2]} processes, master weights "
+                          f"{header[4]}, shuffle {header[5]}: not a header llm.c writes")
+    return {"step": int(header[10]), "master": bool(header[4]), "shuffle": bool(header[5]),
+            "num_processes": int(header[2]), "process_rank": int(header[3]), "shard": _u64(header, 30),
+            "sample": _u64(header, 32)}
+
+
 def read_optimizer_state(path, num_parameters, step=None):
     """-> dict(step, rng_state, m, v, master_weights, shuffle, shuffle_tail, num_processes,
     process_rank, shard, sample) from an llm.c optimizer state file.

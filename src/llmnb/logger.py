@@ -13,8 +13,9 @@ from log.jsonl's records before the resumed step, so it holds what the uninterru
 written; llm.c appends instead, and relies on its parser keeping the last value of a step.
 """
 import os
+import re
 
-from .fileio import atomic_write, disk_error
+from .fileio import FormatError, atomic_write, disk_error, open_regular
 
 NAME = "main.log"
 
@@ -29,6 +30,35 @@ def lines(record):
     if record.get("train_loss") is not None:
         out.append(f"s:{step} trl:{record['train_loss']:.4f} lr:{record['lr']:.6f} norm:{record['grad_norm']:.2f}\n")
     return out
+
+
+LINE = re.compile(r"s:(\d+) (?:(tel|eval):(\S+)|trl:(\S+) lr:(\S+) norm:(\S+))")
+
+
+def read_records(path):
+    """llm.c's main.log -> log.jsonl-like records (step, train_loss, lr, grad_norm, val_loss,
+    hellaswag_acc_norm, ms None), one per step that has a train line, in step order. As llm.c's
+    parser: a step logged again (a resumed llm.c run appends) keeps its last values. A line that is
+    none of logger.h's three: FormatError naming the file and line."""
+    steps = {}
+    with open_regular(path, "rb") as f:
+        raw = f.read()
+    for i, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), 1):
+        m = LINE.fullmatch(line.strip())
+        if not m:
+            if line.strip():
+                raise FormatError(f"{path}: line {i} is not one of llm.c's log lines (s:N tel:X, s:N eval:X, "
+                                  f"s:N trl:X lr:X norm:X): {line.strip()[:60]!r}")
+            continue
+        step, kind, value, loss, lr, norm = m.groups()
+        try:
+            fields = ({"val_loss" if kind == "tel" else "hellaswag_acc_norm": float(value)} if kind else
+                      {"train_loss": float(loss), "lr": float(lr), "grad_norm": float(norm)})
+        except ValueError:
+            raise FormatError(f"{path}: line {i} holds a value that is not a number: {line.strip()[:60]!r}") from None
+        steps.setdefault(int(step), {"step": int(step), "train_loss": None, "val_loss": None, "lr": None,
+                                     "ms": None}).update(fields)
+    return [r for _, r in sorted(steps.items()) if r["train_loss"] is not None]
 
 
 class Logger:

@@ -31,7 +31,7 @@ import numpy as np
 
 from .fileio import TEMP_NAME, FormatError, atomic_write, disk_error, open_regular
 from . import logger
-from .formats import read_optimizer_state, write_optimizer_state
+from .formats import read_optimizer_header, read_optimizer_state, write_optimizer_state
 
 LOCK_NAME = ".llmnb-train.lock"
 CHECKPOINT_NAME = r"model_\d{8}\.bin|state_\d{8}_\d{5}\.bin|state_\d{8}\.json|DONE_\d{8}"
@@ -114,6 +114,7 @@ class Checkpoint:
     state_path: str   # this rank's optimizer state
     json_path: str
     state: CheckpointState
+    llmc: bool = False   # llm.c's own (no state_N.json): state is what its state file's header says
 
 
 class RunDir:
@@ -268,6 +269,8 @@ class RunDir:
         """The checkpoint at step, for this rank of a world of num_processes with zero_stage: its
         state_N.json read and checked, and the world checked to be the one that wrote it."""
         model_path, state_path, json_path, _ = self.paths(step, rank)
+        if not os.path.exists(json_path):
+            return self._load_llmc(step, num_processes, rank)
         with open_regular(json_path, "rb") as f:
             state = CheckpointState.from_json(json_path, f.read(), step)
         saved = state.train_loader.get("num_processes", 1)
@@ -285,6 +288,23 @@ class RunDir:
                               f"this run has -z {zero_stage}: resume with -z {saved_zero}")
         return Checkpoint(step, model_path, state_path, json_path, state)
 
+    def _load_llmc(self, step, num_processes, rank):
+        """A checkpoint of llm.c's train_gpt2.cu (the same file names, no state_N.json): its state
+        from rank `rank`'s state file header. llm.c saves no settings and no sampler state: the
+        run's flags stand for its settings, and the epoch is found once the data is read (train.py)."""
+        model_path, state_path, json_path, _ = self.paths(step, rank)
+        if not os.path.exists(state_path):
+            raise FormatError(f"{state_path}: missing: llm.c's checkpoint of step {step} has no state file for "
+                              f"rank {rank} (it was written by another number of processes?)")
+        h = read_optimizer_header(state_path)
+        if h["num_processes"] != num_processes:
+            raise FormatError(f"{state_path}: llm.c's checkpoint of step {step} was written by {h['num_processes']} "
+                              f"process{'es' if h['num_processes'] != 1 else ''}, this run has {num_processes}: "
+                              f"resume with mpiexec -n {h['num_processes']} (llm.c's state files are one per rank)")
+        loader = {k: h[k] for k in ("shard", "sample", "shuffle", "num_processes", "process_rank")}
+        return Checkpoint(step, model_path, state_path, json_path,
+                          CheckpointState(step=step, train_loader=loader, rng_state=None, settings={}), llmc=True)
+
     def read_optimizer(self, ckpt, num_parameters, rank=0):
         """This rank's state file (num_parameters: its shard's size) -> formats.read_optimizer_state's
         dict: AdamW's m and v, and the rank's data loader position (shard, sample) and shuffle state
@@ -293,7 +313,8 @@ class RunDir:
         state = read_optimizer_state(ckpt.state_path, num_parameters, step=ckpt.step)
         loader = ckpt.state.train_loader
         same = [("shuffle", loader["shuffle"]), ("num_processes", loader["num_processes"]), ("process_rank", rank)]
-        if rank == 0:  # (the JSON is rank 0's: the other ranks have their own position, and no sampler)
+        if rank == 0 and not ckpt.llmc:  # (the JSON is rank 0's: the other ranks have their own position,
+            # and no sampler; llm.c's checkpoint has no JSON: its state came from this header)
             same += [("rng_state", ckpt.state.rng_state), ("shard", loader["shard"]), ("sample", loader["sample"])]
         for key, saved in same:
             if state[key] != saved:
@@ -302,23 +323,25 @@ class RunDir:
                                   "the files of one checkpoint disagree")
         return state
 
-    def check_log(self, records, step):
+    def check_log(self, records, step, path=None):
         """-> the log's records before a resumed step, which must be steps 0..step-1, once each,
-        in order, each with its train loss (the spike detectors' windows are rebuilt from them)."""
+        in order, each with its train loss (the spike detectors' windows are rebuilt from them).
+        path: the file they came from, for messages (log.jsonl unless said)."""
+        path = path or self.log_path
         kept = [r for r in records if r["step"] < step]
         for i, r in enumerate(kept + [None]):
             if i == step:
                 break
             if r is None or r["step"] != i:
                 what = f"no record of step {i}" if r is None else f"a record of step {r['step']} where step {i}'s belongs"
-                raise FormatError(f"{self.log_path}: {what} (the records before the resumed step {step} must be "
+                raise FormatError(f"{path}: {what} (the records before the resumed step {step} must be "
                                   f"steps 0 to {step - 1}, once each, in order)")
             for key in ("train_loss", "grad_norm"):
                 v = r.get(key)
                 if (key == "train_loss" or v is not None) and (not isinstance(v, (int, float)) or isinstance(v, bool)):
-                    raise FormatError(f"{self.log_path}: step {i}'s {key} is {json.dumps(v)[:40]}, not a number")
+                    raise FormatError(f"{path}: step {i}'s {key} is {json.dumps(v)[:40]}, not a number")
         if len(kept) > step:
-            raise FormatError(f"{self.log_path}: repeats a step before the resumed step {step} (its records "
+            raise FormatError(f"{path}: repeats a step before the resumed step {step} (its records "
                               f"before it must be steps 0 to {step - 1}, once each, in order)")
         return kept
 
@@ -358,11 +381,12 @@ def files(out_dir):
 
 
 def latest(out_dir):
-    """The step of the newest complete checkpoint in out_dir (one with its DONE file), or None."""
+    """The step of the newest complete checkpoint in out_dir (one with its DONE file, its model and
+    rank 0's state; its state_N.json too, but for llm.c's own checkpoints, which have none), or None."""
     steps = []
     for path in glob.glob(os.path.join(out_dir, "DONE_*")):
         m = re.fullmatch(r"DONE_(\d{8})", os.path.basename(path))
-        if m and all(os.path.exists(p) for p in paths(out_dir, int(m.group(1)))[:3]):
+        if m and all(os.path.exists(p) for p in paths(out_dir, int(m.group(1)))[:2]):
             steps.append(int(m.group(1)))
     return max(steps) if steps else None
 

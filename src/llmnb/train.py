@@ -14,6 +14,7 @@ loss, gradient norm or parameters stop being finite.
 """
 import functools
 import math
+import os
 import signal
 import sys
 import time
@@ -432,20 +433,25 @@ class Run:
         # master weights (every checkpoint since llmnb wrote them, and llm.c's -w 1): llm.c takes its
         # weights from them; here they are the model file's fp32 weights, bit for bit
         master = opt["master_weights"]
-        if master is not None and not np.array_equal(master.view(np.uint32),
-                                                     self.model.params_host()[lo:hi].view(np.uint32)):
+        if master is not None and ckpt.llmc:   # llm.c takes its weights from them (its model file may be bf16)
+            self.take_master_weights(master, lo, hi)
+        elif master is not None and not np.array_equal(master.view(np.uint32),
+                                                       self.model.params_host()[lo:hi].view(np.uint32)):
             raise FormatError(f"{ckpt.state_path}: its master weights are not the weights of {ckpt.model_path}: "
                               "the files of one checkpoint disagree")
         self.model.load_optimizer_state(opt["m"], opt["v"])
         loader = self.train_loader
         # each rank's position in its own shard order is in its state file, as llm.c's load_state
         position = dict(state.train_loader, process_rank=world.rank, shard=opt["shard"], sample=opt["sample"])
+        where = ckpt.state_path if ckpt.llmc else f"{ckpt.json_path} with {ckpt.state_path}"
         try:
-            loader.load_state(position, llmc_tail=opt["shuffle_tail"] or None)
-            self.rng.state = self.rng_at_step = state.rng_state
+            loader.load_state(dict(position, epoch=0) if ckpt.llmc else position, llmc_tail=opt["shuffle_tail"] or None)
+            if ckpt.llmc:
+                self.find_epoch(ckpt)
+            else:   # (llm.c keeps no sampler state: its resumed run samples from the seed, as llm.c's)
+                self.rng.state = self.rng_at_step = state.rng_state
         except (ValueError, TypeError, KeyError) as e:
-            raise FormatError(f"{ckpt.json_path} with {ckpt.state_path}: the data loader's or sampler's "
-                              f"state: {e}") from None
+            raise FormatError(f"{where}: the data loader's or sampler's state: {e}") from None
         # every step reads --grad-accum batches (a run that started fresh at that --grad-accum: exactly
         # step x it), and a shuffling loader has drawn what its position takes
         # (-a 1 starts every step from the first batch: its position says nothing of the steps)
@@ -456,17 +462,55 @@ class Run:
                               f"{loader.epoch}), but {step} steps of --grad-accum {accum} read "
                               f"{'' if exact else 'at least '}{step * accum if exact else step:,}")
         draws = loader.draws_at_position()
-        if world.rank == 0 and state.train_loader.get("draws", 0) != draws and not self.s.overfit_single_batch:  # (the JSON's count is rank 0's)
+        if world.rank == 0 and not ckpt.llmc and state.train_loader.get("draws", 0) != draws and \
+                not self.s.overfit_single_batch:  # (the JSON's count is rank 0's)
             raise FormatError(f"{ckpt.json_path}: the data loader's draws {state.train_loader['draws']} are not "
                               f"the {draws} its position takes")
         loader.draws = draws
         self.start_step = step
-        self.records = self.rundir.check_log(self.rundir.read_log(), step)
+        records, path = self.llmc_records(step) if ckpt.llmc else (self.rundir.read_log(), self.rundir.log_path)
+        self.records = self.rundir.check_log(records, step, path)
         for r in self.records:  # the spike detectors see the same window as an uninterrupted run
             self.loss_outliers.update(r["train_loss"])
             if r.get("grad_norm") is not None:
                 self.norm_outliers.update(r["grad_norm"])
-        self.log(f"resumed from {ckpt.model_path} at step {step}")
+        self.log(f"resumed from {ckpt.model_path} at step {step}" +
+                 (" (its weights: the state file's fp32 master weights, as llm.c resumes)" if ckpt.llmc and master is not None else ""))
+
+    def take_master_weights(self, master, lo, hi):
+        """llm.c's resume (-w 1): the weights are its fp32 master weights (this rank's shard of them
+        under -z 1, gathered from every rank), whatever its model file holds (bf16 in its default build)."""
+        params = self.model.params_host().copy()
+        params[lo:hi] = master
+        if (lo, hi) != (0, params.shape[0]):
+            self.world.all_gather(params)
+        self.model.backend.copy_(self.model.params.memory, params)
+
+    def find_epoch(self, ckpt):
+        """llm.c's state file has the loader's shard and sample but not its epoch: the one at which
+        the batches served are the checkpoint's steps x --grad-accum (every step of llm.c's reads
+        that many). None fits: the run's -b, -t, -d or data are not the ones llm.c ran with."""
+        loader, step, accum = self.train_loader, ckpt.step, self.s.grad_accum
+        if self.s.overfit_single_batch:
+            return
+        within = loader.batches_served()   # (at epoch 0)
+        epochs, rest = divmod(step * accum - within, loader.num_batches)
+        if epochs < 0 or rest:
+            raise ValueError(f"its position (shard {ckpt.state.train_loader['shard']}, sample "
+                             f"{ckpt.state.train_loader['sample']}) is not where {step} steps of --grad-accum {accum} "
+                             f"({step * accum:,} batches of {loader.num_batches:,} an epoch) end: run with the "
+                             "-b, -t, -d and data that llm.c's run had")
+        loader.epoch = epochs
+
+    def llmc_records(self, step):
+        """-> (the records before a resumed llm.c checkpoint, their file): llmnb's log.jsonl if this
+        directory has one (an llm.c run llmnb went on with), else llm.c's main.log, read back."""
+        if os.path.exists(self.rundir.log_path):
+            return self.rundir.read_log(), self.rundir.log_path
+        if not os.path.exists(self.rundir.main_log_path):
+            raise FormatError(f"{self.rundir.main_log_path}: missing: llm.c's log of the steps before its checkpoint "
+                              f"of step {step} (llmnb's log.jsonl and main.log go on from them)")
+        return mainlog.read_records(self.rundir.main_log_path), self.rundir.main_log_path
 
     def append_log(self, record):
         """One JSON line per step, appended and flushed, and its llm.c main.log lines (rank 0's)."""
@@ -541,6 +585,10 @@ def find_checkpoint(s, world, rundir, log):
     if s.steps >= 0:  # (-x -1: checked once the data says how many steps an epoch is)
         check_resume_step(step, s.steps, rundir, f"-x {s.steps}")
     ckpt = rundir.load(step, world.size, s.zero_stage, world.rank)
+    if ckpt.llmc:
+        log(f"-y 1: resuming llm.c's checkpoint of step {step} (no state_{step:08d}.json: llm.c's train_gpt2.cu "
+            "wrote it); llm.c keeps no settings in it: this run's flags must be those it ran with "
+            "(-i, -j, -b, -t, -d, -l, -x, ...)")
     changed = s.differences(ckpt.state.settings)
     if changed:
         log(f"resuming with settings that differ from the checkpoint's: {', '.join(changed)}")
