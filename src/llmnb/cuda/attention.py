@@ -37,7 +37,7 @@ from numba import cuda, float32
 from .launch import (ATT_BK, ATT_BK_P, ATT_BQ, ATT_BR, ATT_CN, ATT_DN, ATT_HS4, ATT_HS_MAX, ATT_HS_P, ATT_RM, ATT_TX, ATT_TY,
                      ATT_TY_BWD, ELEM_THREADS, INLINE, SIMULATOR, cdiv, check, elementwise_grid)
 from . import attention_v2
-from .launch import ATTENTION_KERNEL
+from .launch import ATTENTION_KERNEL, cached_views
 from .matmul import fetch4, load4, store4
 
 F32 = np.float32
@@ -424,7 +424,7 @@ class Attention:
         check(out.shape == dout.shape, WHERE, f"attention_backward: out {out.shape} is not dout's {dout.shape}")
         n = B * NH * T
         if self.dd is None or self.dd.shape[0] < n:
-            self.dd = cuda.device_array(n, np.float32)
+            self.dd = cached_views(cuda.device_array(n, np.float32))
         dd = self.dd[:n].reshape(B, NH, T)
         scale = F32(1.0 / math.sqrt(hs))
         attention_backward_dd_kernel[elementwise_grid(n), ELEM_THREADS](dd, dout, out)

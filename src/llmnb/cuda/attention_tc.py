@@ -23,7 +23,7 @@ from numba import cuda, float32, uint32
 
 from . import mma_tiles, ptx
 from .attention import _attention_shapes, attention_backward_dd_kernel
-from .launch import ATT_HS_MAX, ELEM_THREADS, GEOMETRY, INLINE, SIMULATOR, cdiv, check, elementwise_grid
+from .launch import ATT_HS_MAX, ELEM_THREADS, GEOMETRY, INLINE, SIMULATOR, cached_views, cdiv, check, elementwise_grid
 
 F32 = np.float32
 U32 = np.uint32
@@ -445,7 +445,7 @@ class AttentionTF32:
         check(C % 4 == 0, WHERE, f"attention_backward: C={C} is not a multiple of 4 (16-byte rows for cp.async)")
         n = B * NH * T
         if self.dd is None or self.dd.shape[0] < n:
-            self.dd = cuda.device_array(n, np.float32)
+            self.dd = cached_views(cuda.device_array(n, np.float32))
         dd = self.dd[:n].reshape(B, NH, T)
         scale = F32(1.0 / math.sqrt(hs))
         attention_backward_dd_kernel[elementwise_grid(n), ELEM_THREADS](dd, dout, out)

@@ -11,6 +11,7 @@ from ..contract import Backend
 from . import kernels
 from .attention import Attention
 from .attention_tc import AttentionTF32
+from .launch import cached_views
 from .matmul import Matmuls
 from .matmul_tc import MatmulsTF32
 
@@ -60,13 +61,14 @@ class CUDABackend(Backend):
     def attention_backward(self, dinp, dout, inp, out, lse):
         self.attention.attention_backward(dinp, dout, inp, out, lse)
 
+    # (the flat buffers: their views, and their views' views, are made once: launch.cached_views)
     def zeros(self, n, dtype=np.float32):
-        arr = cuda.device_array(n, dtype=dtype)
+        arr = cached_views(cuda.device_array(n, dtype=dtype))
         kernels.fill(arr, 0)
         return arr
 
     def asarray(self, host):
-        return cuda.to_device(np.ascontiguousarray(host))
+        return cached_views(cuda.to_device(np.ascontiguousarray(host)))
 
     def copy_(self, dst, host):
         """Copy a host NumPy array into an existing device array of the same shape."""

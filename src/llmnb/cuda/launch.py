@@ -139,3 +139,61 @@ def size(arr):
     for d in arr.shape:
         n *= d
     return n
+
+
+# ----------------------------------------------------------------------------------------------
+# device arrays whose views are made once
+
+def _index_key(item):
+    """A hashable key for an index of ints and slices (a slice is unhashable before Python 3.12),
+    or None for any other index."""
+    if isinstance(item, slice):
+        return ("slice", item.start, item.stop, item.step)
+    if isinstance(item, tuple):
+        keys = tuple(_index_key(i) for i in item)
+        return None if None in keys else keys
+    if isinstance(item, (int, np.integer)) and not isinstance(item, bool):
+        return int(item)
+    return None
+
+
+if SIMULATOR:   # (the simulator's arrays are its own, and cheap to view)
+    def cached_views(arr):
+        """arr itself on the simulator."""
+        return arr
+else:
+    from numba.cuda.cudadrv.devicearray import DeviceNDArray
+
+    class ViewCachingArray(DeviceNDArray):
+        """A DeviceNDArray whose views are made once: the same index, or the same reshape, again
+        returns the view made the first time. numba makes a new DeviceNDArray for every index and
+        reshape, 5-12 us of host time each, and a GPT-2 step makes about two thousand of them: the
+        layers' views (params.qkvw[l]) and the launchers' reshapes. llmnb's buffers never move, so
+        one view of each is enough. numba makes views of type(self), so views are cached too.
+        What is not an array view (an element read) is never cached."""
+
+        def _cached(self, key, make):
+            views = self.__dict__.setdefault("_views", {})
+            view = views.get(key)
+            if view is None:
+                view = make()
+                if isinstance(view, DeviceNDArray):
+                    views[key] = view
+            return view
+
+        def __getitem__(self, item):
+            key = _index_key(item)
+            if key is None:
+                return super().__getitem__(item)
+            return self._cached(("index", key), lambda: DeviceNDArray.__getitem__(self, item))
+
+        def reshape(self, *newshape, **kws):
+            shape = newshape[0] if len(newshape) == 1 and isinstance(newshape[0], (tuple, list)) else newshape
+            key = _index_key(tuple(shape))   # (a tuple of ints; None for anything else)
+            if kws or key is None:
+                return super().reshape(*newshape, **kws)
+            return self._cached(("reshape", key), lambda: DeviceNDArray.reshape(self, *shape))
+
+    def cached_views(arr):
+        """The same device memory as a ViewCachingArray (arr's allocation stays alive with it)."""
+        return ViewCachingArray(arr.shape, arr.strides, arr.dtype, stream=arr.stream, gpu_data=arr.gpu_data)

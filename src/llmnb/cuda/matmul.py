@@ -20,7 +20,7 @@ import numpy as np
 from numba import cuda, float32
 
 from .launch import (COL_ROWS, COL_WIDTH, ELEM_THREADS, GEMM_BK, GEMM_TM, GEMM_VEC4, GEMM_VLOAD, INLINE,
-                     SIMULATOR, TILE_BLOCK, TX, TY, cdiv, check, elementwise_grid, last_dim)
+                     SIMULATOR, TILE_BLOCK, TX, TY, cached_views, cdiv, check, elementwise_grid, last_dim)
 
 NTHREADS = TX * TY
 # shared slabs are (BK, tile + PAD): the padding spreads the transposing stores over the banks;
@@ -376,7 +376,7 @@ class Matmuls:
             kernel[(gx, gy, 1), TILE_BLOCK](out.reshape(1, M, N), a, b, bias_arg, has_bias, chunk, False)
             return
         if self.scratch is None or self.scratch.shape[0] < S * M * N:
-            self.scratch = cuda.device_array(S * M * N, np.float32)
+            self.scratch = cached_views(cuda.device_array(S * M * N, np.float32))
         parts = self.scratch[:S * M * N].reshape(S, M, N)
         kernel[(gx, gy, S), TILE_BLOCK](parts, a, b, bias_arg, False, chunk, True)
         matmul_reduce_splits_kernel[elementwise_grid(M * N), ELEM_THREADS](out, parts, bias_arg, has_bias,

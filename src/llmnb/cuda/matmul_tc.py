@@ -24,7 +24,7 @@ import numpy as np
 from numba import cuda, float32, uint32
 
 from . import mma_tiles
-from .launch import ELEM_THREADS, GEOMETRY, INLINE, SIMULATOR, cdiv, elementwise_grid
+from .launch import ELEM_THREADS, GEOMETRY, INLINE, SIMULATOR, cached_views, cdiv, elementwise_grid
 from .matmul import Matmuls, aligned_rows, matmul_reduce_splits_kernel
 from .ptx import cp_async4, cp_async16, cp_async_commit, cp_async_wait, cvt_rna_tf32, f32_bits, mma_m16n8k8_tf32
 
@@ -235,7 +235,7 @@ class MatmulsTF32(Matmuls):
             kernel[(gx, gy, 1), t.THREADS](out.reshape(1, M, N), a, b, bias_arg, has_bias, chunk, False)
             return
         if self.scratch is None or self.scratch.shape[0] < S * M * N:
-            self.scratch = cuda.device_array(S * M * N, np.float32)
+            self.scratch = cached_views(cuda.device_array(S * M * N, np.float32))
         parts = self.scratch[:S * M * N].reshape(S, M, N)
         kernel[(gx, gy, S), t.THREADS](parts, a, b, bias_arg, False, chunk, True)
         matmul_reduce_splits_kernel[elementwise_grid(M * N), ELEM_THREADS](out, parts, bias_arg, has_bias, accumulate)

@@ -1,0 +1,63 @@
+"""llmnb/cuda/launch.py's ViewCachingArray, on the host alone (no GPU: numba-cuda's DeviceNDArray
+over a stand-in for device memory): a view asked for again is the view made the first time, and
+every view is the one numba's DeviceNDArray makes (shape, strides, memory, offset)."""
+import contextlib
+
+import numpy as np
+import pytest
+
+pytest.importorskip("numba_cuda")
+
+
+class FakeMemory:
+    """The part of numba's MemoryPointer a view uses: view(start, stop) -> memory at an offset."""
+
+    def __init__(self, size, offset=0):
+        self.size, self.offset = size, offset
+
+    def view(self, start, stop=None):
+        return FakeMemory((self.size if stop is None else stop) - start, self.offset + start)
+
+
+@pytest.fixture
+def arrays(monkeypatch):
+    from numba.cuda.cudadrv import devices
+    from numba.cuda.cudadrv.devicearray import DeviceNDArray
+    from llmnb.cuda import launch
+    if launch.SIMULATOR:
+        pytest.skip("the simulator's arrays are its own")
+    monkeypatch.setattr(devices._runtime, "ensure_context", lambda: contextlib.nullcontext())
+    n = 12 * 3 * 64
+    plain = DeviceNDArray((n,), (4,), np.float32, gpu_data=FakeMemory(4 * n))
+    return plain, launch.cached_views(plain), launch.ViewCachingArray
+
+
+def same_view(a, b):
+    return (a.shape, a.strides, a.gpu_data.offset, a.gpu_data.size) == (b.shape, b.strides, b.gpu_data.offset,
+                                                                       b.gpu_data.size)
+
+
+def test_views_are_made_once_and_are_numbas_views(arrays):
+    plain, cached, cls = arrays
+    stacked = cached[192:].reshape(11, 3, 64)   # a layer stack: views of views
+    assert stacked is cached[192:].reshape(11, 3, 64) and isinstance(stacked, cls)
+    want = plain[192:].reshape(11, 3, 64)
+    for l in (0, 5, 10):
+        v = stacked[l]
+        assert v is stacked[l] and v is stacked[np.int64(l)] and same_view(v, want[l])
+        assert v.reshape(-1) is v.reshape(-1) and v.reshape(192) is v.reshape((192,)) is not v.reshape(3, 64)
+        assert same_view(v.reshape(-1), want[l].reshape(-1))
+    assert stacked[3] is not stacked[4] and same_view(stacked[2, 1], want[2, 1]) and stacked[2, 1] is stacked[2, 1]
+    assert same_view(stacked[1:7:2], want[1:7:2]) and stacked[1:7:2] is stacked[1:7:2] is not stacked[1:7]
+    assert same_view(cached[:7], plain[:7]) and cached[:7] is not cached[:8]
+
+
+def test_an_element_read_is_never_cached(arrays, monkeypatch):
+    plain, cached, cls = arrays
+    stacked = cached.reshape(12, 192)
+    # an element read is a copy to the host (numba's device_to_host): read again, it copies again
+    from numba.cuda.cudadrv import devicearray
+    reads = []
+    monkeypatch.setattr(devicearray._driver, "device_to_host",
+                        lambda dst, src, size, stream=0: (reads.append(src.offset), dst.__setitem__(0, len(reads))))
+    assert stacked[1, 2] == 1 and stacked[1, 2] == 2 and reads == [4 * 194, 4 * 194]
