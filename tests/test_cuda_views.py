@@ -61,3 +61,18 @@ def test_an_element_read_is_never_cached(arrays, monkeypatch):
     monkeypatch.setattr(devicearray._driver, "device_to_host",
                         lambda dst, src, size, stream=0: (reads.append(src.offset), dst.__setitem__(0, len(reads))))
     assert stacked[1, 2] == 1 and stacked[1, 2] == 2 and reads == [4 * 194, 4 * 194]
+
+
+def test_the_low_occupancy_warning_is_off_and_filtered_whatever_its_class():
+    # llmnb launches small grids by design: numba-cuda's check is switched off, and its warning (a
+    # class of numba-cuda's own, not numba's) is filtered should a numba without the switch raise it
+    import warnings
+    from llmnb.cuda import launch
+    from numba.cuda.core import config, errors
+    assert config.CUDA_LOW_OCCUPANCY_WARNINGS == 0
+    with warnings.catch_warnings(record=True) as seen:
+        launch.quiet_low_occupancy()   # (as at import; pytest gives each test filters of its own)
+        warnings.warn(errors.NumbaPerformanceWarning("Grid size 3 will likely result in GPU under-utilization "
+                                                     "due to low occupancy."))
+        warnings.warn(errors.NumbaPerformanceWarning("another performance warning"))
+    assert [str(w.message) for w in seen] == ["another performance warning"]

@@ -22,11 +22,24 @@ if not hasattr(np, "row_stack"):
 import warnings  # noqa: E402
 
 from numba import cuda  # noqa: E402
-from numba.core.errors import NumbaPerformanceWarning  # noqa: E402
 
 # Small launches are by design here (a layer's bias gradient, one row per block of a B=4 batch):
-# numba.cuda's "Grid size N will likely result in GPU under-utilization" would print at each one.
-warnings.filterwarnings("ignore", message="Grid size", category=NumbaPerformanceWarning)
+# numba.cuda's "Grid size N will likely result in GPU under-utilization" would print at each new N,
+# and builds and filters a warning at every launch of under 128 blocks (host time, ~400 launches a
+# step). Its own switch turns the check off (NUMBA_CUDA_LOW_OCCUPANCY_WARNINGS=0; for this process:
+# kernels of other code in it are not checked either). The filter is for a numba that has no such
+# switch; it names no category: numba-cuda's warning class is not numba's (the filter that named
+# numba.core's let every one print on the last card run).
+def quiet_low_occupancy():
+    try:
+        from numba.cuda.core import config   # NVIDIA's numba-cuda
+    except ImportError:  # numba's built-in CUDA target
+        from numba.core import config
+    config.CUDA_LOW_OCCUPANCY_WARNINGS = 0
+    warnings.filterwarnings("ignore", message="Grid size .* will likely result in GPU under-utilization")
+
+
+quiet_low_occupancy()
 
 # numba.cuda (built into numba, or NVIDIA's numba-cuda) swaps in its simulator at import when
 # NUMBA_ENABLE_CUDASIM=1; its is_available then comes from simulator_init
