@@ -557,9 +557,12 @@ class LaunchRecorder:
         from cuda.core import Device
         stream = Device().create_stream()
         builder = stream.create_graph_builder().begin_building()
-        for _, config, kernel, *args in self.calls:
-            self.real(builder, config, kernel, *args)
-        return builder.end_building().complete(), stream
+        try:
+            for _, config, kernel, *args in self.calls:
+                self.real(builder, config, kernel, *args)
+        finally:   # (a capture cut short still ends: the stream is usable again)
+            builder.end_building()
+        return builder.complete(), stream
 
 
 def launch_profile(B, T):
@@ -586,7 +589,7 @@ def launch_profile(B, T):
         step(t)
     k.synchronize()
     steps = 2 if os.environ.get("LLMNB_GPU_CHECK_TINY") == "1" else 10
-    walls, issues, replays, replay_issues = [], [], [], []
+    walls, issues = [], []
     for t in range(3, 3 + steps):
         t0 = time.perf_counter()
         with LaunchRecorder() as rec:
@@ -595,27 +598,29 @@ def launch_profile(B, T):
         k.synchronize()
         walls.append(time.perf_counter() - t0)
         issues.append(t1 - t0)
-        if rec.calls:   # the same launches again, back to back, with nothing of numba's in between
-            t0 = time.perf_counter()
-            try:
-                rec.replay()
-            except Exception as e:   # (the rest of the profile still runs)
-                print(f"launch: the replay failed: {type(e).__name__}: {e}")
-                rec.calls = []
-                continue
-            replay_issues.append(time.perf_counter() - t0)
-            k.synchronize()
-            replays.append(time.perf_counter() - t0)
 
     def med(xs):
         return 1e3 * sorted(xs)[len(xs) // 2]
     print(f"launch B={B} T={T}: {rec.count} launches per step; the step {med(walls):.1f} ms, its host returns after "
-          f"{med(issues):.1f} ms ({1e3 * med(issues) / rec.count:.0f} us a launch, the loss copy's wait included)")
-    if replays:
-        print(f"launch B={B} T={T}: the step's launches issued again as recorded (cuda.core's launch alone): "
-              f"{med(replays):.1f} ms, issued in {med(replay_issues):.1f} ms "
-              f"({1e3 * med(replay_issues) / rec.count:.0f} us a launch): a cheaper launch path would save up to "
-              f"{med(walls) - med(replays):.1f} ms of the step")
+          f"{med(issues):.1f} ms ({1e3 * med(issues) / rec.count:.0f} us a launch, the loss copy's wait included)",
+          flush=True)
+    if not rec.calls:
+        print(f"launch B={B} T={T}: replay n/a (the simulator, or a numba-cuda without cuda.core's launch)")
+    else:   # each part in a try of its own: what one fails to measure, the next still does
+        try:   # the same launches again, back to back, with nothing of numba's in between
+            replays, replay_issues = [], []
+            for _ in range(steps):
+                t0 = time.perf_counter()
+                rec.replay()
+                replay_issues.append(time.perf_counter() - t0)
+                k.synchronize()
+                replays.append(time.perf_counter() - t0)
+            print(f"launch B={B} T={T}: the step's launches issued again as recorded (cuda.core's launch alone): "
+                  f"{med(replays):.1f} ms, issued in {med(replay_issues):.1f} ms "
+                  f"({1e3 * med(replay_issues) / rec.count:.0f} us a launch): a cheaper launch path would save up "
+                  f"to {med(walls) - med(replays):.1f} ms of the step", flush=True)
+        except Exception as e:
+            print(f"launch B={B} T={T}: the replay failed: {type(e).__name__}: {str(e)[:300]}", flush=True)
         try:   # the floor: the same launches as one CUDA graph, one launch a step
             graph, stream = rec.graph()
             k.synchronize()
@@ -625,11 +630,11 @@ def launch_profile(B, T):
                 graph.launch(stream)
                 stream.sync()
                 times.append(time.perf_counter() - t0)
-            print(f"launch B={B} T={T}: the step's launches as one CUDA graph (cuda.core): {med(times):.1f} ms a step")
+            print(f"launch B={B} T={T}: the step's launches as one CUDA graph (cuda.core): {med(times):.1f} ms a step",
+                  flush=True)
         except Exception as e:
-            print(f"launch B={B} T={T}: a CUDA graph of the step failed: {type(e).__name__}: {str(e)[:300]}")
-    else:
-        print(f"launch B={B} T={T}: replay n/a (the simulator, or a numba-cuda without cuda.core's launch)")
+            print(f"launch B={B} T={T}: a CUDA graph of the step failed: {type(e).__name__}: {str(e)[:300]}",
+                  flush=True)
     prof = cProfile.Profile()
     prof.enable()
     step(3 + steps)
@@ -640,18 +645,20 @@ def launch_profile(B, T):
     print(f"launch B={B} T={T}: the host's side of one step by own time (cProfile; its overhead inflates "
           "the totals):")
     print("\n".join(line for line in text.getvalue().splitlines() if line.strip())[:6000])
-    flat = cuda.device_array(1 << 20, "float32")
+    from llmnb.cuda.launch import cached_views
+    plain = cuda.device_array(1 << 20, "float32")
     n = 200
-    t0 = time.perf_counter()
-    for i in range(n):
-        flat[i:i + 4096].reshape(64, 64)
-    view = (time.perf_counter() - t0) / n
-    stacked = flat[:12 * 4096].reshape(12, 4096)
-    t0 = time.perf_counter()
-    for i in range(n):
-        stacked[i % 12]
-    index = (time.perf_counter() - t0) / n
-    print(f"launch: a device array's slice + reshape {1e6 * view:.1f} us, a stacked view's [l] {1e6 * index:.1f} us")
+    for name, flat in (("numba's", plain), ("llmnb's cached", cached_views(plain))):
+        t0 = time.perf_counter()
+        for i in range(n):
+            flat[i % 12 * 4096:i % 12 * 4096 + 4096].reshape(64, 64)
+        view = (time.perf_counter() - t0) / n
+        stacked = flat[:12 * 4096].reshape(12, 4096)
+        t0 = time.perf_counter()
+        for i in range(n):
+            stacked[i % 12]
+        index = (time.perf_counter() - t0) / n
+        print(f"launch: {name} views: a slice + reshape {1e6 * view:.1f} us, a stacked view's [l] {1e6 * index:.1f} us")
 
 
 def bench_torch(B, T, steps=10, warmup=3):

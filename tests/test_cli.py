@@ -10,9 +10,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# Ctrl-C arrives while the command's module is being imported (when it first imports numpy)
+# Ctrl-C arrives while the command's module is being imported (when it first imports numpy). Python's
+# own SIGINT handler first, as in a terminal: a process started in the background by a shell without job
+# control (`cmd &` in a script, as some CI runners do) inherits SIGINT ignored, and Python then installs none
 INTERRUPTED_IMPORT = """
 import os, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)
 class CtrlC:
     def find_spec(self, name, path, target=None):
         if name == "numpy":

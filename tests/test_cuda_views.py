@@ -76,3 +76,16 @@ def test_the_low_occupancy_warning_is_off_and_filtered_whatever_its_class():
                                                      "due to low occupancy."))
         warnings.warn(errors.NumbaPerformanceWarning("another performance warning"))
     assert [str(w.message) for w in seen] == ["another performance warning"]
+
+
+def test_a_copy_makes_views_of_its_own_and_the_cache_is_bounded(arrays):
+    import copy
+    plain, cached, cls = arrays
+    stacked = cached.reshape(12, 192)
+    v = stacked[3]
+    other = copy.copy(stacked)   # (as DeviceNDArray.bind(stream) makes one)
+    assert other[3] is not v and same_view(other[3], v) and other[3] is other[3]
+    flat = cached.reshape(-1)
+    for i in range(cls.MAX_VIEWS + 10):
+        flat[i % 2000:i % 2000 + 1 + i // 2000]
+    assert len(flat._views) == cls.MAX_VIEWS and same_view(flat[5:5 + 3], plain[5:8])

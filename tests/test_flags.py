@@ -219,6 +219,8 @@ def test_main_log_reads_back_into_records_as_llmcs_parser_keeps_a_steps_last_val
     assert r[0] == {"step": 0, "train_loss": 10.8514, "val_loss": 10.9, "lr": 0.0002, "grad_norm": 2.88, "ms": None}
     assert r[1]["train_loss"] == 9.25 and r[1]["grad_norm"] == 1.25 and r[2]["hellaswag_acc_norm"] == 0.295
     assert "".join(line for x in r for line in lines(x)).startswith("s:0 tel:10.9000\ns:0 trl:10.8514 lr:0.000200")
+    path.write_text("s:0 trl:1.0 lr:0.1 norm:1.0\ns:1 trl:2.0 lr:0.1 norm:1.0\ns:2 trl:3.4")   # (cut by a kill)
+    assert [x["train_loss"] for x in read_records(path)] == [1.0, 2.0]
     path.write_text("s:0 trl:1.0 lr:0.1 norm:1.0\nstep 1/10 loss 9.0\n")
     with pytest.raises(FormatError, match="main.log: line 2 is not one of llm.c's log lines"):
         read_records(path)

@@ -15,7 +15,7 @@ import pytest
 
 from llmnb import dist
 from llmnb.config import GPT2Config
-from llmnb.formats import read_checkpoint, write_checkpoint, write_shard
+from llmnb.formats import read_checkpoint, read_optimizer_state, write_checkpoint, write_shard
 from llmnb.model import GPT2, init_params
 from llmnb.optim import DECAYED
 from llmnb.train import main
@@ -236,6 +236,8 @@ def test_checkpoints_are_one_state_file_per_rank_and_resume_exactly(workdir, two
         assert (header[2], header[3]) == (2, rank)
         lo, hi = dist.shard_range(n, rank, 2)
         assert os.path.getsize(path) >= 1024 + 8 * (hi - lo) and os.path.getsize(path) < 1024 + 8 * n
+        # and no master weights: llm.c shards them tensor by tensor, so its -w 1 must refuse this file
+        assert header[4] == 0 and read_optimizer_state(path, hi - lo)["master_weights"] is None
     out = checkpoint_at_3(two_rank_run, tmp_path / "out")
     p = mpiexec(2, argv(workdir, out, 2, "-x", "6", "-n", "3", "-z", "1", "-y", "1"))
     assert p.returncode == 0, p.stderr
@@ -245,6 +247,20 @@ def test_checkpoints_are_one_state_file_per_rank_and_resume_exactly(workdir, two
 
 def error_lines(p):
     return [line for line in p.stderr.splitlines() if line.startswith("llmnb-train: error")]
+
+
+@needs_mpi
+def test_a_checkpoint_of_llmcs_zero_1_is_refused_in_one_line(workdir, two_rank_run, tmp_path):
+    # llm.c's ZeRO-1 state files shard m and v tensor by tensor (llmnb's by one flat range): its
+    # checkpoint (here a 2-rank -z 1 checkpoint without llmnb's state_N.json and log) is refused,
+    # with -z 1 and with -z 0, in one line per rank, never misread
+    out = checkpoint_at_3(two_rank_run, tmp_path / "out")
+    os.remove(out / "state_00000003.json")
+    os.remove(out / "log.jsonl")
+    shutil.copy(two_rank_run / "main.log", out / "main.log")
+    for zero, says in (("1", "cannot be resumed with -z 1"), ("0", "a state file of llm.c's ZeRO-1 (-z 1)?")):
+        p = mpiexec(2, argv(workdir, out, 2, "-x", "6", "-z", zero, "-y", "1"), timeout=120)
+        assert p.returncode != 0 and error_lines(p) and says in error_lines(p)[0], p.stderr[-2000:]
 
 
 @needs_mpi

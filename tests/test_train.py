@@ -129,6 +129,19 @@ def test_resume_of_llmcs_own_checkpoint_continues_exactly(workdir, tmp_path, cap
     assert (llmc / "main.log").read_text() == (full / "main.log").read_text()
 
 
+@pytest.mark.slow
+def test_resume_of_llmcs_checkpoint_in_its_second_epoch(workdir, tmp_path):
+    # -d 2048 at B=1 T=8: 256 batches a step, 748 an epoch: the checkpoint of step 3 (768 batches)
+    # is 20 batches into epoch 1, which llm.c's state file does not say: found from the step
+    common = (*QUICK, "-d", "2048", "-x", "5", "-n", "3")
+    full = tmp_path / "full"
+    assert run(workdir, full, *common) == 0
+    llmc = llmc_run_dir(full, tmp_path / "llmc")
+    assert run(workdir, llmc, *common, "-y", "1") == 0
+    assert [r["train_loss"] for r in read_log(llmc)][3:] == [r["train_loss"] for r in read_log(full)][3:]
+    assert json.loads((llmc / "state_00000005.json").read_text())["train_loader"]["epoch"] == 1
+
+
 def test_resume_of_llmcs_checkpoint_with_other_flags_or_no_log_is_one_line(workdir, tmp_path, capsys):
     full = tmp_path / "full"
     assert run(workdir, full, *QUICK, "-x", "3", "-n", "3") == 0

@@ -39,11 +39,14 @@ def read_records(path):
     """llm.c's main.log -> log.jsonl-like records (step, train_loss, lr, grad_norm, val_loss,
     hellaswag_acc_norm, ms None), one per step that has a train line, in step order. As llm.c's
     parser: a step logged again (a resumed llm.c run appends) keeps its last values. A line that is
-    none of logger.h's three: FormatError naming the file and line."""
+    none of logger.h's three: FormatError naming the file and line (but a last line cut short is
+    skipped)."""
     steps = {}
     with open_regular(path, "rb") as f:
         raw = f.read()
-    for i, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), 1):
+    for i, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(keepends=True), 1):
+        if not line.endswith("\n"):   # a last line cut by a kill: skipped, as read_log does
+            continue
         m = LINE.fullmatch(line.strip())
         if not m:
             if line.strip():

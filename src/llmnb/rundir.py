@@ -232,11 +232,14 @@ class RunDir:
         m, v = model.optimizer_state() or (np.zeros(hi - lo, np.float32), np.zeros(hi - lo, np.float32))
         loader = state.train_loader
         # the fp32 weights are the master weights: written as llm.c's -w 1 (its default) writes them, so
-        # that llm.c's train_gpt2.cu resumes this run (in either precision: it takes its weights from them)
+        # that llm.c's train_gpt2.cu resumes this run (in either precision: it takes its weights from them).
+        # Not under ZeRO-1's shards: llm.c shards m, v and the master weights tensor by tensor, llmnb
+        # by one flat range, so llm.c must refuse that state file (no master weights), not misread it
+        sharded = (lo, hi) != (0, model.num_parameters)
         write_optimizer_state(state_path, step, m, v, rng_state=state.rng_state, shard=loader["shard"],
                               sample=loader["sample"], shuffle=loader["shuffle"], shuffle_tail=shuffle_tail,
                               num_processes=loader["num_processes"], process_rank=loader["process_rank"],
-                              master_weights=model.params_host()[lo:hi])
+                              master_weights=None if sharded else model.params_host())
         if world is not None:
             world.barrier()  # every rank's state is written (a rank that failed has aborted the world)
         if rank == 0:

@@ -30,7 +30,7 @@ from . import tokenizer as tokenizers
 from .data import DataLoader
 from .download import DownloadError
 from .fileio import FormatError
-from .formats import HEADER_BYTES
+from .formats import HEADER_BYTES, read_optimizer_header
 from .generate import TextStream, decoding_tokenizer, generate, prompt_tokens
 from .mfu import device_name, estimate_peak_flops, flops_per_step
 from .model import Decoder, compile_kernels
@@ -426,14 +426,20 @@ class Run:
     def restore(self, ckpt):
         """Go on from a checkpoint: AdamW's m and v, the data loader's position, the sampler's rng,
         the log's records before it (and the spike detectors' windows over them). What they read
-        is checked against what the run can have written: a damaged file is one line naming it."""
+        is checked against what the run can have written: a damaged file is one line naming it.
+        llm.c's own checkpoint (ckpt.llmc) gives the weights too (its master weights), keeps no
+        epoch (found from the step) and no sampler state (sampling starts from the seed, as in
+        llm.c's resume), and its log before the step is its main.log."""
         world, state, step = self.world, ckpt.state, ckpt.step
         lo, hi = world.shard(self.model.num_parameters)  # -z 1: this rank's m and v shard
+        if ckpt.llmc:
+            self.check_llmc_shards(ckpt)
         opt = self.rundir.read_optimizer(ckpt, hi - lo, world.rank)
-        # master weights (every checkpoint since llmnb wrote them, and llm.c's -w 1): llm.c takes its
-        # weights from them; here they are the model file's fp32 weights, bit for bit
+        # the fp32 master weights (llm.c's default -w 1 writes them, and llmnb since 2026-12-08): llm.c's
+        # checkpoint takes its weights from them, as llm.c's resume does (its model file may be bf16);
+        # llmnb's are its model file's weights, bit for bit
         master = opt["master_weights"]
-        if master is not None and ckpt.llmc:   # llm.c takes its weights from them (its model file may be bf16)
+        if master is not None and ckpt.llmc:
             self.take_master_weights(master, lo, hi)
         elif master is not None and not np.array_equal(master.view(np.uint32),
                                                        self.model.params_host()[lo:hi].view(np.uint32)):
@@ -448,7 +454,7 @@ class Run:
             loader.load_state(dict(position, epoch=0) if ckpt.llmc else position, llmc_tail=opt["shuffle_tail"] or None)
             if ckpt.llmc:
                 self.find_epoch(ckpt)
-            else:   # (llm.c keeps no sampler state: its resumed run samples from the seed, as llm.c's)
+            else:
                 self.rng.state = self.rng_at_step = state.rng_state
         except (ValueError, TypeError, KeyError) as e:
             raise FormatError(f"{where}: the data loader's or sampler's state: {e}") from None
@@ -470,20 +476,37 @@ class Run:
         self.start_step = step
         records, path = self.llmc_records(step) if ckpt.llmc else (self.rundir.read_log(), self.rundir.log_path)
         self.records = self.rundir.check_log(records, step, path)
-        for r in self.records:  # the spike detectors see the same window as an uninterrupted run
+        # the spike detectors see the same window as an uninterrupted run (llm.c's resume starts them
+        # empty, and so does resuming its checkpoint here)
+        for r in [] if ckpt.llmc else self.records:
             self.loss_outliers.update(r["train_loss"])
             if r.get("grad_norm") is not None:
                 self.norm_outliers.update(r["grad_norm"])
         self.log(f"resumed from {ckpt.model_path} at step {step}" +
                  (" (its weights: the state file's fp32 master weights, as llm.c resumes)" if ckpt.llmc and master is not None else ""))
 
+    def check_llmc_shards(self, ckpt):
+        """llm.c's ZeRO-1 (-z 1) shards m, v and the master weights tensor by tensor (each rank a
+        slice of every tensor), llmnb's by one flat range: its state files cannot be read here. One
+        line for that, and for -z 1 here, before a size mismatch would say 'truncated'."""
+        n = self.model.num_parameters
+        if self.world.size == 1:
+            return
+        if self.s.zero_stage == 1:
+            raise FormatError(f"{ckpt.state_path}: llm.c's checkpoint cannot be resumed with -z 1: llm.c shards "
+                              "AdamW's state tensor by tensor, llmnb by one flat range; resume it with -z 0")
+        master = read_optimizer_header(ckpt.state_path)["master"]
+        if os.path.getsize(ckpt.state_path) < HEADER_BYTES + (3 if master else 2) * 4 * n:
+            raise FormatError(f"{ckpt.state_path}: holds less than m, v{' and the master weights' if master else ''} "
+                              f"of all {n} parameters: a state file of llm.c's ZeRO-1 (-z 1)? llmnb cannot read "
+                              "those (llm.c shards them tensor by tensor, llmnb by one flat range): resume it in "
+                              "llm.c, or from a checkpoint of llm.c's -z 0 run")
+
     def take_master_weights(self, master, lo, hi):
-        """llm.c's resume (-w 1): the weights are its fp32 master weights (this rank's shard of them
-        under -z 1, gathered from every rank), whatever its model file holds (bf16 in its default build)."""
+        """llm.c's resume (-w 1): the weights are its fp32 master weights, whatever its model file
+        holds (bf16 in its default build). (-z 0 only: check_llmc_shards.)"""
         params = self.model.params_host().copy()
         params[lo:hi] = master
-        if (lo, hi) != (0, params.shape[0]):
-            self.world.all_gather(params)
         self.model.backend.copy_(self.model.params.memory, params)
 
     def find_epoch(self, ckpt):
@@ -503,10 +526,8 @@ class Run:
         loader.epoch = epochs
 
     def llmc_records(self, step):
-        """-> (the records before a resumed llm.c checkpoint, their file): llmnb's log.jsonl if this
-        directory has one (an llm.c run llmnb went on with), else llm.c's main.log, read back."""
-        if os.path.exists(self.rundir.log_path):
-            return self.rundir.read_log(), self.rundir.log_path
+        """-> (the records before a resumed llm.c checkpoint, their file): llm.c's main.log, read back
+        (not a log.jsonl that an llmnb run left here: llm.c's run may have gone on past it since)."""
         if not os.path.exists(self.rundir.main_log_path):
             raise FormatError(f"{self.rundir.main_log_path}: missing: llm.c's log of the steps before its checkpoint "
                               f"of step {step} (llmnb's log.jsonl and main.log go on from them)")

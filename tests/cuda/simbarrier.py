@@ -62,6 +62,8 @@ def install():
     BlockThread, BlockManager = getattr(sim, "BlockThread", None), getattr(sim, "BlockManager", None)
     if BlockThread is None or BlockManager is None or not hasattr(BlockThread, "syncthreads"):
         return False
+    if getattr(BlockManager, "_llmnb_waiting_barrier", False):   # (installed once: twice would leave twice)
+        return True
 
     def syncthreads(self):
         self._llmnb_block.wait()
@@ -96,4 +98,5 @@ def install():
     BlockThread.syncthreads = syncthreads
     BlockThread.run = run_thread
     BlockManager.run = run
+    BlockManager._llmnb_waiting_barrier = True
     return True

@@ -44,6 +44,14 @@ def _fails(out):
     cuda.syncthreads()
 
 
+def test_the_waiting_barrier_is_installed_once():
+    # (conftest.py installs it; installing again changes nothing: each thread still leaves once)
+    import simbarrier
+    from numba.cuda.simulator import kernel as sim
+    run = sim.BlockManager.run
+    assert sim.BlockManager._llmnb_waiting_barrier and simbarrier.install() and sim.BlockManager.run is run
+
+
 def test_every_round_sees_the_other_threads_writes():
     out = np.zeros(N, np.float32)
     _rotate[1, N](out, ROUNDS)

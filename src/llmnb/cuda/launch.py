@@ -35,7 +35,10 @@ def quiet_low_occupancy():
         from numba.cuda.core import config   # NVIDIA's numba-cuda
     except ImportError:  # numba's built-in CUDA target
         from numba.core import config
-    config.CUDA_LOW_OCCUPANCY_WARNINGS = 0
+    # (numba re-reads its environment at each compile: the variable keeps the switch off; one the
+    # user set is kept)
+    os.environ.setdefault("NUMBA_CUDA_LOW_OCCUPANCY_WARNINGS", "0")
+    config.CUDA_LOW_OCCUPANCY_WARNINGS = int(os.environ["NUMBA_CUDA_LOW_OCCUPANCY_WARNINGS"])
     warnings.filterwarnings("ignore", message="Grid size .* will likely result in GPU under-utilization")
 
 
@@ -185,14 +188,21 @@ else:
         one view of each is enough. numba makes views of type(self), so views are cached too.
         What is not an array view (an element read) is never cached."""
 
+        MAX_VIEWS = 4096   # per array: a generation's KV cache is viewed at (layer, position), L x maxT
+
         def _cached(self, key, make):
             views = self.__dict__.setdefault("_views", {})
             view = views.get(key)
             if view is None:
                 view = make()
-                if isinstance(view, DeviceNDArray):
+                if isinstance(view, DeviceNDArray) and len(views) < self.MAX_VIEWS:
                     views[key] = view
             return view
+
+        def __copy__(self):   # (bind(stream) copies: a copy on another stream makes views of its own)
+            other = object.__new__(type(self))
+            other.__dict__.update((k, v) for k, v in self.__dict__.items() if k != "_views")
+            return other
 
         def __getitem__(self, item):
             key = _index_key(item)
