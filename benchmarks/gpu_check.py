@@ -20,7 +20,8 @@ it needs no install and no network; an installed `llmnb[cuda]` works the same). 
   launch    at B=4 T=64: the launches of one step, the host's time to issue them, the same launches
             replayed as recorded (cuda.core's launch alone: what a cheaper launch path could reach),
             the same launches as one CUDA graph (cuda.core), a cProfile of the host's side, the cost
-            of a device-array view (appended to bench.txt)
+            of a device-array view, then the step with LLMNB_CUDA_VIEW_CACHE=0 (numba's views, to
+            compare with the cached views of the bench phase) (appended to bench.txt)
   bench     llmnb's step again with each matmul kernel of UNTIMED_GEMMS (LLMNB_CUDA_GEMM: not yet
             timed on a card)
   lab       dev/cuda_attention.py: the attention versions (the package's v2, its default, v3, and v4t,
@@ -106,7 +107,9 @@ def plan(work):
                      "bench.txt", 90, label="dev.cuda_gemm: the TF32 tensor-core versions (v8t)")]),
         # where the host's time goes at the launch-bound shape: launches, their host cost, the same
         # launches replayed as recorded, a profile (issue 24's step 4)
-        ("launch", [Cmd([py, me, "--launch", "4x64"], "bench.txt", 60, label="launch profile B=4 T=64")]),
+        ("launch", [Cmd([py, me, "--launch", "4x64"], "bench.txt", 60, label="launch profile B=4 T=64"),
+                    Cmd([py, me, "--bench", "llmnb", "4x64"], "bench.txt", 60, env={"LLMNB_CUDA_VIEW_CACHE": "0"},
+                        label="llmnb B=4 T=64 with LLMNB_CUDA_VIEW_CACHE=0 (numba's views)")]),
         # the step again with each matmul kernel not yet timed on a card (launch.py)
         ("bench", [Cmd([py, me, "--bench", "llmnb", f"{B}x{T}"], "bench.txt", 150, env={"LLMNB_CUDA_GEMM": g},
                        label=f"llmnb B={B} T={T} with LLMNB_CUDA_GEMM={g}")
@@ -250,6 +253,8 @@ def run_plan(out_dir, work, budget):
 
 STEP_LINE = re.compile(r"^llmnb\s+B=(\d+) T=(\d+) \(matmul (\w+)\): step ms min/median/max \S+ ([\d.]+)", re.M)
 TORCH_LINE = re.compile(r"^PyTorch B=(\d+) T=(\d+) TF32 off: step ms min/median/max \S+ ([\d.]+)", re.M)
+UNCACHED_LINE = re.compile(r"^llmnb\s+B=(\d+) T=(\d+) \(matmul (\w+), views uncached\): step ms min/median/max \S+ "
+                           r"([\d.]+)", re.M)
 TF32_LINE = re.compile(r"^llmnb\s+B=(\d+) T=(\d+) \(precision tf32\): step ms min/median/max \S+ ([\d.]+)", re.M)
 TORCH_TF32_LINE = re.compile(r"^PyTorch B=(\d+) T=(\d+) TF32 on : step ms min/median/max \S+ ([\d.]+)", re.M)
 ATTENTION_LINE = re.compile(r"^(v\d+\w*)\s+B=(\d+) T=(\d+) NH=\d+ hs=\d+\s+([\d.]+)\s+\S+\s+([\d.]+)", re.M)
@@ -276,6 +281,11 @@ def compare(bench):
         ref = torch_ms.get((B, T))
         vs = f"; PyTorch fp32 {ref:.1f}: {by_kernel[best] / ref:.2f}x its time" if ref else ""
         lines.append(f"compare llmnb B={B} T={T} step ms by matmul kernel: {text} (fastest {best}){vs}")
+    for B, T, kernel, ms in UNCACHED_LINE.findall(bench):   # the view cache's share of the step
+        cached = steps.get((int(B), int(T)), {}).get(kernel)
+        if cached:
+            lines.append(f"compare views B={B} T={T} matmul {kernel}: step ms {cached:.1f} with the view cache, "
+                         f"{float(ms):.1f} without ({float(ms) - cached:+.1f} ms)")
     tf32 = {(int(B), int(T)): float(ms) for B, T, ms in TF32_LINE.findall(bench)}
     torch_tf32 = {(int(B), int(T)): float(ms) for B, T, ms in TORCH_TF32_LINE.findall(bench)}
     for (B, T), ms in sorted(tf32.items()):
@@ -471,7 +481,9 @@ def bench_llmnb(B, T, steps=10, warmup=2, precision="fp32"):
     t0 = time.perf_counter()
     step(1)
     from llmnb.cuda.launch import GEMM_KERNEL
+    from llmnb.cuda.launch import VIEW_CACHE
     what = f"matmul {GEMM_KERNEL}" if precision == "fp32" else f"precision {precision}"
+    what += "" if VIEW_CACHE else ", views uncached"
     print(f"llmnb B={B} T={T}, {what}: first step (compiles or loads the kernels) "
           f"{time.perf_counter() - t0:.1f} s")
     for t in range(2, warmup + 1):

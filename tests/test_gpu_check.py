@@ -23,14 +23,16 @@ def test_dry_run_plans_every_phase_into_at_most_8_files(tmp_path):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     summary = (out / "summary.txt").read_text()
-    for phase in ("env", "tests", "parity", "bench", "train", "lab"):
+    for phase in ("env", "tests", "parity", "bench", "launch", "train", "lab"):
         assert f"\n{phase} " in summary, summary
     assert "llmnb.parity --device cuda" in summary and "-b 8 -t 1024" in summary
     # the lab: attention's versions before train (the only timing of v3 against v2), the fp32 matmuls' last
     assert summary.index("dev.cuda_attention") < summary.index("llmnb.train") < summary.rindex("dev.cuda_gemm")
     # the step is timed with the default matmul kernel and again with v6s and v7s, at both shapes, and
-    # with --precision tf32 (the tensor cores) at both shapes; parity runs with fp32 and with tf32
-    assert summary.count("--bench llmnb ") == 6 and summary.count("--bench llmnb-tf32 ") == 2
+    # with --precision tf32 (the tensor cores) at both shapes, and at B=4 T=64 with numba's own views
+    # after the launch profile; parity runs with fp32 and with tf32
+    assert summary.count("--bench llmnb ") == 7 and summary.count("--bench llmnb-tf32 ") == 2
+    assert summary.index("--launch 4x64") < summary.index("LLMNB_CUDA_VIEW_CACHE=0 ") < summary.index("LLMNB_CUDA_GEMM=v6s")
     assert summary.count("LLMNB_CUDA_GEMM=v6s ") == 2 and summary.count("LLMNB_CUDA_GEMM=v7s ") == 2
     assert summary.count("llmnb.parity --device cuda") == 2 and "--precision tf32 --model" in summary
     # the TF32 lab versions are checked and timed before train (the v6/v7 matmul lab is last)
@@ -83,6 +85,18 @@ def test_compare_names_the_fastest_kernels_and_the_ratio_to_pytorch():
     # a version that failed dev.cuda_attention's check is never the fastest
     failed = gc.compare("BAD v3 dinp  B=1 T=200 NH=2 hs=64: max rel err 3.1e-02\n" + bench)
     assert failed[2].endswith("v2 8.968, v3 4.500 (FAILED its check) (fastest v2)")
+
+
+def test_compare_puts_the_step_without_the_view_cache_beside_the_step_with_it():
+    gc = load_script()
+    bench = "\n".join([
+        "llmnb   B=4 T=64 (matmul v5s): step ms min/median/max 150.0 151.2 155.0 | 1700 tok/s",
+        "llmnb   B=4 T=64 (matmul v5s, views uncached): step ms min/median/max 170.0 176.4 182.6 | 1451 tok/s",
+    ])
+    lines = gc.compare(bench)
+    # the uncached step is not another matmul kernel's: it is a line of its own
+    assert lines[0] == "compare llmnb B=4 T=64 step ms by matmul kernel: v5s 151.2 (fastest v5s)"
+    assert lines[1] == "compare views B=4 T=64 matmul v5s: step ms 151.2 with the view cache, 176.4 without (+25.2 ms)"
 
 
 def test_compare_puts_llmnb_tf32_beside_pytorch_tf32_and_parity_reads_each_precision():

@@ -173,11 +173,15 @@ def _index_key(item):
     return None
 
 
-if SIMULATOR:   # (the simulator's arrays are its own, and cheap to view)
+# LLMNB_CUDA_VIEW_CACHE=0 (read once, at import) makes every view anew, as numba does: gpu_check times
+# the step both ways
+VIEW_CACHE = os.environ.get("LLMNB_CUDA_VIEW_CACHE", "1") != "0"
+
+if SIMULATOR or not VIEW_CACHE:   # (the simulator's arrays are its own, and cheap to view)
     def cached_views(arr):
-        """arr itself on the simulator."""
+        """arr itself (on the simulator, or with LLMNB_CUDA_VIEW_CACHE=0)."""
         return arr
-else:
+if not SIMULATOR:
     from numba.cuda.cudadrv.devicearray import DeviceNDArray
 
     class ViewCachingArray(DeviceNDArray):
@@ -217,6 +221,7 @@ else:
                 return super().reshape(*newshape, **kws)
             return self._cached(("reshape", key), lambda: DeviceNDArray.reshape(self, *shape))
 
-    def cached_views(arr):
-        """The same device memory as a ViewCachingArray (arr's allocation stays alive with it)."""
-        return ViewCachingArray(arr.shape, arr.strides, arr.dtype, stream=arr.stream, gpu_data=arr.gpu_data)
+    if VIEW_CACHE:
+        def cached_views(arr):
+            """The same device memory as a ViewCachingArray (arr's allocation stays alive with it)."""
+            return ViewCachingArray(arr.shape, arr.strides, arr.dtype, stream=arr.stream, gpu_data=arr.gpu_data)
