@@ -127,6 +127,9 @@ def test_resume_of_llmcs_own_checkpoint_continues_exactly(workdir, tmp_path, cap
         assert lb == pytest.approx(la, abs=5e-5) and (va is None) == (vb is None)
     np.testing.assert_array_equal(read_checkpoint(full / "model.bin")[1], read_checkpoint(llmc / "model.bin")[1])
     assert (llmc / "main.log").read_text() == (full / "main.log").read_text()
+    # the directory is llmnb's run from here: its checkpoint of step 6 resumes as llmnb's own
+    assert run(workdir, llmc, *common[2:], "-x", "8", "-y", "1") == 0
+    assert [r["step"] for r in read_log(llmc) if r["train_loss"] is not None] == list(range(8))
 
 
 @pytest.mark.slow
