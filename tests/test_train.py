@@ -154,6 +154,12 @@ def test_resume_of_llmcs_checkpoint_with_other_flags_or_no_log_is_one_line(workd
     assert "state_00000003_00000.bin" in one_error_line(capsys)
     assert run(workdir, llmc, *QUICK, "--no-shuffle", "-x", "4", "-y", "1") == 2
     assert "state_00000003_00000.bin" in one_error_line(capsys)
+    state = llmc / "state_00000003_00000.bin"
+    good = state.read_bytes()
+    state.write_bytes(good[:8] + np.int32(0).tobytes() + good[12:])   # header[2]: 0 processes
+    assert run(workdir, llmc, *QUICK, "-x", "4", "-y", "1") == 2
+    assert "state_00000003_00000.bin: its header says rank 0 of 0 processes" in one_error_line(capsys)
+    state.write_bytes(good)
     (llmc / "main.log").unlink()
     assert run(workdir, llmc, *QUICK, "-x", "4", "-y", "1") == 2
     err = one_error_line(capsys)

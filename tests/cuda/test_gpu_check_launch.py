@@ -19,3 +19,5 @@ def test_launch_profile_counts_the_steps_launches(monkeypatch, capsys):
     # one layer: encoder, 11 launches a layer forward and more backward, the classifier, AdamW
     assert 30 < count < 120, first
     assert ("replay n/a" in out) == SIMULATOR and "slice + reshape" in out and "tottime" in out
+    if not SIMULATOR:   # on a card: the recorded launches replay, and capture into a CUDA graph
+        assert "issued again as recorded" in out and "as one CUDA graph" in out, out
