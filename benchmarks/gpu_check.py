@@ -572,8 +572,13 @@ class LaunchRecorder:
         try:
             for _, config, kernel, *args in self.calls:
                 self.real(builder, config, kernel, *args)
-        finally:   # (a capture cut short still ends: the stream is usable again)
-            builder.end_building()
+        except Exception:
+            try:   # (a capture cut short still ends, the stream usable again; the first error is the one raised)
+                builder.end_building()
+            except Exception:
+                pass
+            raise
+        builder.end_building()
         return builder.complete(), stream
 
 

@@ -24,8 +24,8 @@ def arrays(monkeypatch):
     from numba.cuda.cudadrv import devices
     from numba.cuda.cudadrv.devicearray import DeviceNDArray
     from llmnb.cuda import launch
-    if launch.SIMULATOR:
-        pytest.skip("the simulator's arrays are its own")
+    if launch.SIMULATOR or not launch.VIEW_CACHE:
+        pytest.skip("the simulator's arrays are its own" if launch.SIMULATOR else "LLMNB_CUDA_VIEW_CACHE=0")
     monkeypatch.setattr(devices._runtime, "ensure_context", lambda: contextlib.nullcontext())
     n = 12 * 3 * 64
     plain = DeviceNDArray((n,), (4,), np.float32, gpu_data=FakeMemory(4 * n))
@@ -69,7 +69,7 @@ def test_the_low_occupancy_warning_is_off_and_filtered_whatever_its_class():
     import warnings
     from llmnb.cuda import launch
     from numba.cuda.core import config, errors
-    assert config.CUDA_LOW_OCCUPANCY_WARNINGS == 0
+    assert not config.CUDA_LOW_OCCUPANCY_WARNINGS
     with warnings.catch_warnings(record=True) as seen:
         launch.quiet_low_occupancy()   # (as at import; pytest gives each test filters of its own)
         warnings.warn(errors.NumbaPerformanceWarning("Grid size 3 will likely result in GPU under-utilization "

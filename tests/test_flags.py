@@ -221,6 +221,9 @@ def test_main_log_reads_back_into_records_as_llmcs_parser_keeps_a_steps_last_val
     assert "".join(line for x in r for line in lines(x)).startswith("s:0 tel:10.9000\ns:0 trl:10.8514 lr:0.000200")
     path.write_text("s:0 trl:1.0 lr:0.1 norm:1.0\ns:1 trl:2.0 lr:0.1 norm:1.0\ns:2 trl:3.4")   # (cut by a kill)
     assert [x["train_loss"] for x in read_records(path)] == [1.0, 2.0]
+    path.write_text("s:0 trl:1.0 lr:0.1 norm:1.0\ngarbage\x0bs:1 trl:2.0 lr:0.1 norm:1.0\n")   # (a line is a \n's)
+    with pytest.raises(FormatError, match="line 2 is not one of llm.c's log lines"):
+        read_records(path)
     path.write_text("s:0 trl:1.0 lr:0.1 norm:1.0\nstep 1/10 loss 9.0\n")
     with pytest.raises(FormatError, match="main.log: line 2 is not one of llm.c's log lines"):
         read_records(path)

@@ -44,10 +44,9 @@ def read_records(path):
     steps = {}
     with open_regular(path, "rb") as f:
         raw = f.read()
-    for i, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(keepends=True), 1):
-        if not line.endswith("\n"):   # a last line cut by a kill: skipped, as read_log does
-            continue
-        m = LINE.fullmatch(line.strip())
+    lines = raw.decode("utf-8", errors="replace").split("\n")
+    for i, line in enumerate(lines[:-1], 1):   # (the piece after the last newline: a line cut by a kill,
+        m = LINE.fullmatch(line.strip())       # skipped as read_log skips it)
         if not m:
             if line.strip():
                 raise FormatError(f"{path}: line {i} is not one of llm.c's log lines (s:N tel:X, s:N eval:X, "

@@ -414,7 +414,8 @@ class Run:
         s, world, n = self.s, self.world, self.model.num_parameters
         lo, hi = world.shard(n)
         model_bytes = HEADER_BYTES + 4 * n
-        state_bytes = HEADER_BYTES + 12 * (hi - lo) + len(self.train_loader.llmc_state_tail())  # m, v, master
+        arrays = 2 if (lo, hi) != (0, n) else 3   # m, v, and the master weights but under -z 1's shards
+        state_bytes = HEADER_BYTES + 4 * arrays * (hi - lo) + len(self.train_loader.llmc_state_tail())
         total = model_bytes + world.size * state_bytes
         ranks = f" x {world.size} ranks" if world.size > 1 else ""
         kept = (f"; the last {s.checkpoints_keep} kept (-nk)" if s.checkpoints_keep else "; every one kept (-nk 0)")
@@ -476,9 +477,9 @@ class Run:
         self.start_step = step
         records, path = self.llmc_records(step) if ckpt.llmc else (self.rundir.read_log(), self.rundir.log_path)
         self.records = self.rundir.check_log(records, step, path)
-        # the spike detectors see the same window as an uninterrupted run (llm.c's resume starts them
-        # empty, and so does resuming its checkpoint here)
-        for r in [] if ckpt.llmc else self.records:
+        for r in self.records:  # the spike detectors see the same window as an uninterrupted run
+            # (after llm.c's checkpoint: main.log's values, to its 4 decimals; llm.c's own resume starts
+            # them empty, but then a later resume here would not see what this run saw)
             self.loss_outliers.update(r["train_loss"])
             if r.get("grad_norm") is not None:
                 self.norm_outliers.update(r["grad_norm"])
@@ -492,15 +493,15 @@ class Run:
         n = self.model.num_parameters
         if self.world.size == 1:
             return
-        if self.s.zero_stage == 1:
-            raise FormatError(f"{ckpt.state_path}: llm.c's checkpoint cannot be resumed with -z 1: llm.c shards "
-                              "AdamW's state tensor by tensor, llmnb by one flat range; resume it with -z 0")
         master = read_optimizer_header(ckpt.state_path)["master"]
         if os.path.getsize(ckpt.state_path) < HEADER_BYTES + (3 if master else 2) * 4 * n:
             raise FormatError(f"{ckpt.state_path}: holds less than m, v{' and the master weights' if master else ''} "
                               f"of all {n} parameters: a state file of llm.c's ZeRO-1 (-z 1)? llmnb cannot read "
                               "those (llm.c shards them tensor by tensor, llmnb by one flat range): resume it in "
                               "llm.c, or from a checkpoint of llm.c's -z 0 run")
+        if self.s.zero_stage == 1:
+            raise FormatError(f"{ckpt.state_path}: llm.c's checkpoint cannot be resumed with -z 1: llm.c shards "
+                              "AdamW's state tensor by tensor, llmnb by one flat range; resume it with -z 0")
 
     def take_master_weights(self, master, lo, hi):
         """llm.c's resume (-w 1): the weights are its fp32 master weights, whatever its model file

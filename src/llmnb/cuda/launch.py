@@ -38,7 +38,7 @@ def quiet_low_occupancy():
     # (numba re-reads its environment at each compile: the variable keeps the switch off; one the
     # user set is kept)
     os.environ.setdefault("NUMBA_CUDA_LOW_OCCUPANCY_WARNINGS", "0")
-    config.CUDA_LOW_OCCUPANCY_WARNINGS = int(os.environ["NUMBA_CUDA_LOW_OCCUPANCY_WARNINGS"])
+    config.CUDA_LOW_OCCUPANCY_WARNINGS = os.environ["NUMBA_CUDA_LOW_OCCUPANCY_WARNINGS"].strip() not in ("0", "")
     warnings.filterwarnings("ignore", message="Grid size .* will likely result in GPU under-utilization")
 
 
