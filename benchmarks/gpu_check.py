@@ -566,8 +566,18 @@ class LaunchRecorder:
     def graph(self):
         """-> (the recorded launches captured into one CUDA graph with cuda.core's GraphBuilder, the
         stream it launches on)."""
-        from cuda.core import Device
-        stream = Device().create_stream()
+        # a stream of numba's own (its context, already current), seen as cuda.core's; a cuda.core
+        # Device's stream where this numba-cuda has no such view
+        try:
+            from numba import cuda
+            from numba.cuda.cudadrv.driver import _to_core_stream
+            self.numba_stream = cuda.stream()   # (kept alive with the graph)
+            stream = _to_core_stream(self.numba_stream)
+        except (ImportError, AttributeError, TypeError):
+            from cuda.core import Device
+            device = Device()
+            device.set_current()
+            stream = device.create_stream()
         builder = stream.create_graph_builder().begin_building()
         try:
             for _, config, kernel, *args in self.calls:
