@@ -480,8 +480,7 @@ def bench_llmnb(B, T, steps=10, warmup=2, precision="fp32"):
         return loss
     t0 = time.perf_counter()
     step(1)
-    from llmnb.cuda.launch import GEMM_KERNEL
-    from llmnb.cuda.launch import VIEW_CACHE
+    from llmnb.cuda.launch import GEMM_KERNEL, VIEW_CACHE
     what = f"matmul {GEMM_KERNEL}" if precision == "fp32" else f"precision {precision}"
     what += "" if VIEW_CACHE else ", views uncached"
     print(f"llmnb B={B} T={T}, {what}: first step (compiles or loads the kernels) "

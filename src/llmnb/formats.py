@@ -353,19 +353,24 @@ def _u64(header, i):
     return int(np.asarray(header[i:i + 2], dtype="<i4").view("<u8")[0])
 
 
+def _optimizer_header(f, path):
+    """Read and check an optimizer state file's header -> dict(step, rng_state, master, shuffle,
+    num_processes, process_rank, shard, sample)."""
+    header = _read_header(f, path, OPTIMIZER_STATE_MAGIC, {OPTIMIZER_STATE_VERSION: "fp32 m and v"})
+    if header[2] < 1 or not 0 <= header[3] < header[2] or header[4] not in (0, 1) or header[5] not in (0, 1):
+        raise FormatError(f"{path}: its header says rank {header[3]} of {header[2]} processes, master-weights "
+                          f"flag is {header[4]}, shuffle {header[5]}: not a header llm.c writes")
+    return {"step": int(header[10]), "rng_state": _u64(header, 20), "master": bool(header[4]),
+            "shuffle": bool(header[5]), "num_processes": int(header[2]), "process_rank": int(header[3]),
+            "shard": _u64(header, 30), "sample": _u64(header, 32)}
+
+
 def read_optimizer_header(path):
-    """-> dict(step, master, shuffle, num_processes, process_rank, shard, sample) of an llm.c
-    optimizer state file's header alone (what a checkpoint of llm.c's own, which has no
-    state_N.json, says of its run)."""
+    """-> the dict of _optimizer_header: an llm.c optimizer state file's header alone (what a
+    checkpoint of llm.c's own, which has no state_N.json, says of its run)."""
     path = os.fspath(path)
     with open_regular(path) as f:
-        header = _read_header(f, path, OPTIMIZER_STATE_MAGIC, {OPTIMIZER_STATE_VERSION: "fp32 m and v"})
-    if header[2] < 1 or not 0 <= header[3] < header[2] or header[4] not in (0, 1) or header[5] not in (0, 1):
-        raise FormatError(f"{path}: its header says rank {header[3]} of {header[2]} processes, master weights "
-                          f"{header[4]}, shuffle {header[5]}: not a header llm.c writes")
-    return {"step": int(header[10]), "master": bool(header[4]), "shuffle": bool(header[5]),
-            "num_processes": int(header[2]), "process_rank": int(header[3]), "shard": _u64(header, 30),
-            "sample": _u64(header, 32)}
+        return _optimizer_header(f, path)
 
 
 def read_optimizer_state(path, num_parameters, step=None):
@@ -379,26 +384,22 @@ def read_optimizer_state(path, num_parameters, step=None):
     step given, the header's step must be that step (the checkpoint's)."""
     path = os.fspath(path)
     with open_regular(path) as f:
-        header = _read_header(f, path, OPTIMIZER_STATE_MAGIC, {OPTIMIZER_STATE_VERSION: "fp32 m and v"})
-        if header[4] not in (0, 1):
-            raise FormatError(f"{path}: its header's master-weights flag is {header[4]}, expected 0 or 1")
-        master = bool(header[4])
+        h = _optimizer_header(f, path)
+        master = h["master"]
         arrays = "m, v and the master weights" if master else "m and v"
         size, need = _file_size(f), HEADER_BYTES + (3 if master else 2) * 4 * num_parameters
-        if size < need or (size != need and not header[5]):
+        if size < need or (size != need and not h["shuffle"]):
             what = "truncated" if size < need else f"{size - need} bytes too many"
             raise FormatError(f"{path}: {what}: {size} bytes, the header and {arrays} of "
                               f"{num_parameters} parameters are {need}")
-        if step is not None and header[10] != step:
-            raise FormatError(f"{path}: its header says step {header[10]}, but it belongs to the "
+        if step is not None and h["step"] != step:
+            raise FormatError(f"{path}: its header says step {h['step']}, but it belongs to the "
                               f"checkpoint of step {step}")
-        master_weights = None
         m = _read_array(f, "<f4", num_parameters).astype(np.float32, copy=False)
         v = _read_array(f, "<f4", num_parameters).astype(np.float32, copy=False)
-        if master:
-            master_weights = _read_array(f, "<f4", num_parameters).astype(np.float32, copy=False)
-        tail = f.read() if header[5] else b""
-    if header[5]:
+        master_weights = _read_array(f, "<f4", num_parameters).astype(np.float32, copy=False) if master else None
+        tail = f.read() if h["shuffle"] else b""
+    if h["shuffle"]:
         check_shuffle_tail(path, tail)
     named = (("AdamW's m", m), ("AdamW's v", v)) + ((("the master weights", master_weights),) if master else ())
     for name, x in named:
@@ -407,10 +408,7 @@ def read_optimizer_state(path, num_parameters, step=None):
                               f"{int(np.count_nonzero(~np.isfinite(x)))} parameters")
     if (v < 0).any():
         raise FormatError(f"{path}: AdamW's v holds negative values (a mean of squares cannot be)")
-    return {"step": int(header[10]), "rng_state": _u64(header, 20), "m": m, "v": v,
-            "master_weights": master_weights, "shuffle": bool(header[5]), "shuffle_tail": tail,
-            "num_processes": int(header[2]), "process_rank": int(header[3]), "shard": _u64(header, 30),
-            "sample": _u64(header, 32)}
+    return dict(h, m=m, v=v, master_weights=master_weights, shuffle_tail=tail)
 
 
 # ----------------------------------------------------------------------------------------------

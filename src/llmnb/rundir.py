@@ -114,7 +114,7 @@ class Checkpoint:
     state_path: str   # this rank's optimizer state
     json_path: str
     state: CheckpointState
-    llmc: bool = False   # llm.c's own (no state_N.json): state is what its state file's header says
+    llmc: dict | None = None   # llm.c's own (no state_N.json): its state file's header (formats.read_optimizer_header)
 
 
 class RunDir:
@@ -306,7 +306,7 @@ class RunDir:
                               f"resume with mpiexec -n {h['num_processes']} (llm.c's state files are one per rank)")
         loader = {k: h[k] for k in ("shard", "sample", "shuffle", "num_processes", "process_rank")}
         return Checkpoint(step, model_path, state_path, json_path,
-                          CheckpointState(step=step, train_loader=loader, rng_state=None, settings={}), llmc=True)
+                          CheckpointState(step=step, train_loader=loader, rng_state=None, settings={}), llmc=h)
 
     def read_optimizer(self, ckpt, num_parameters, rank=0):
         """This rank's state file (num_parameters: its shard's size) -> formats.read_optimizer_state's

@@ -30,7 +30,7 @@ from . import tokenizer as tokenizers
 from .data import DataLoader
 from .download import DownloadError
 from .fileio import FormatError
-from .formats import HEADER_BYTES, read_optimizer_header
+from .formats import HEADER_BYTES
 from .generate import TextStream, decoding_tokenizer, generate, prompt_tokens
 from .mfu import device_name, estimate_peak_flops, flops_per_step
 from .model import Decoder, compile_kernels
@@ -440,8 +440,8 @@ class Run:
         # checkpoint takes its weights from them, as llm.c's resume does (its model file may be bf16);
         # llmnb's are its model file's weights, bit for bit
         master = opt["master_weights"]
-        if master is not None and ckpt.llmc:
-            self.take_master_weights(master, lo, hi)
+        if master is not None and ckpt.llmc:   # (whole: check_llmc_shards refused -z 1)
+            self.model.backend.copy_(self.model.params.memory, master)
         elif master is not None and not np.array_equal(master.view(np.uint32),
                                                        self.model.params_host()[lo:hi].view(np.uint32)):
             raise FormatError(f"{ckpt.state_path}: its master weights are not the weights of {ckpt.model_path}: "
@@ -493,7 +493,7 @@ class Run:
         n = self.model.num_parameters
         if self.world.size == 1:
             return
-        master = read_optimizer_header(ckpt.state_path)["master"]
+        master = ckpt.llmc["master"]
         if os.path.getsize(ckpt.state_path) < HEADER_BYTES + (3 if master else 2) * 4 * n:
             raise FormatError(f"{ckpt.state_path}: holds less than m, v{' and the master weights' if master else ''} "
                               f"of all {n} parameters: a state file of llm.c's ZeRO-1 (-z 1)? llmnb cannot read "
@@ -502,13 +502,6 @@ class Run:
         if self.s.zero_stage == 1:
             raise FormatError(f"{ckpt.state_path}: llm.c's checkpoint cannot be resumed with -z 1: llm.c shards "
                               "AdamW's state tensor by tensor, llmnb by one flat range; resume it with -z 0")
-
-    def take_master_weights(self, master, lo, hi):
-        """llm.c's resume (-w 1): the weights are its fp32 master weights, whatever its model file
-        holds (bf16 in its default build). (-z 0 only: check_llmc_shards.)"""
-        params = self.model.params_host().copy()
-        params[lo:hi] = master
-        self.model.backend.copy_(self.model.params.memory, params)
 
     def find_epoch(self, ckpt):
         """llm.c's state file has the loader's shard and sample but not its epoch: the one at which

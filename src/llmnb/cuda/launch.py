@@ -177,11 +177,7 @@ def _index_key(item):
 # the step both ways
 VIEW_CACHE = os.environ.get("LLMNB_CUDA_VIEW_CACHE", "1") != "0"
 
-if SIMULATOR or not VIEW_CACHE:   # (the simulator's arrays are its own, and cheap to view)
-    def cached_views(arr):
-        """arr itself (on the simulator, or with LLMNB_CUDA_VIEW_CACHE=0)."""
-        return arr
-if not SIMULATOR:
+if not SIMULATOR:   # (the simulator's arrays are its own, and cheap to view)
     from numba.cuda.cudadrv.devicearray import DeviceNDArray
 
     class ViewCachingArray(DeviceNDArray):
@@ -221,7 +217,10 @@ if not SIMULATOR:
                 return super().reshape(*newshape, **kws)
             return self._cached(("reshape", key), lambda: DeviceNDArray.reshape(self, *shape))
 
-    if VIEW_CACHE:
-        def cached_views(arr):
-            """The same device memory as a ViewCachingArray (arr's allocation stays alive with it)."""
-            return ViewCachingArray(arr.shape, arr.strides, arr.dtype, stream=arr.stream, gpu_data=arr.gpu_data)
+
+def cached_views(arr):
+    """The same device memory as a ViewCachingArray (arr's allocation stays alive with it); arr itself
+    on the simulator or with LLMNB_CUDA_VIEW_CACHE=0."""
+    if SIMULATOR or not VIEW_CACHE:
+        return arr
+    return ViewCachingArray(arr.shape, arr.strides, arr.dtype, stream=arr.stream, gpu_data=arr.gpu_data)
