@@ -1,35 +1,29 @@
 """llmnb/cuda/launch.py's ViewCachingArray, on the host alone (no GPU: numba-cuda's DeviceNDArray
 over a stand-in for device memory): a view asked for again is the view made the first time, and
 every view is the one numba's DeviceNDArray makes (shape, strides, memory, offset)."""
-import contextlib
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 pytest.importorskip("numba_cuda")
 
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
-class FakeMemory:
-    """The part of numba's MemoryPointer a view uses: view(start, stop) -> memory at an offset."""
-
-    def __init__(self, size, offset=0):
-        self.size, self.offset = size, offset
-
-    def view(self, start, stop=None):
-        return FakeMemory((self.size if stop is None else stop) - start, self.offset + start)
+from dev.cuda_views import host_device_array, without_a_context  # noqa: E402
 
 
 @pytest.fixture
-def arrays(monkeypatch):
-    from numba.cuda.cudadrv import devices
-    from numba.cuda.cudadrv.devicearray import DeviceNDArray
+def arrays():
     from llmnb.cuda import launch
     if launch.SIMULATOR or not launch.VIEW_CACHE:
         pytest.skip("the simulator's arrays are its own" if launch.SIMULATOR else "LLMNB_CUDA_VIEW_CACHE=0")
-    monkeypatch.setattr(devices._runtime, "ensure_context", lambda: contextlib.nullcontext())
-    n = 12 * 3 * 64
-    plain = DeviceNDArray((n,), (4,), np.float32, gpu_data=FakeMemory(4 * n))
-    return plain, launch.cached_views(plain), launch.ViewCachingArray
+    plain = host_device_array(12 * 3 * 64)
+    with without_a_context():
+        yield plain, launch.cached_views(plain), launch.ViewCachingArray
 
 
 def same_view(a, b):
