@@ -16,7 +16,8 @@ it needs no install and no network; an installed `llmnb[cuda]` works the same). 
             as nanoGPT) with TF32 off and on, on the same model and batch, then llmnb's step with
             --precision tf32, each shape in its own process
   lab       dev/cuda_gemm.py's TF32 versions (LAB_TF32_GEMMS, v8t: the package's --precision tf32 kernel
-            and its variants) checked against float64 and timed (appended to bench.txt)
+            and its variants) checked against float64 and timed, then its BF16 versions (LAB_BF16_GEMMS,
+            v9b: matmul_bf16.py's) beside cuBLAS's bf16 and tf32 matmuls (appended to bench.txt)
   launch    at B=4 T=64: the launches of one step, the host's time to issue them, the same launches
             replayed as recorded (cuda.core's launch alone: what a cheaper launch path could reach),
             the same launches as one CUDA graph (cuda.core), a cProfile of the host's side, the cost
@@ -64,6 +65,9 @@ LAB_GEMMS = ("v6s-128x128-bk8", "v6s-128x128-bk8-r128", "v6s-128x128-bk16", "v6s
 # the TF32 (tensor-core) versions of the kernel lab, checked against float64 and timed on the card
 # (timed at B*T = 8192 only: the budget)
 LAB_TF32_GEMMS = ("v8t-128x128-bk16", "v8t-128x128-bk16-trunc", "v8t-128x128-bk16-w64x64")
+# the BF16 versions (v9b: the first the package's --precision bf16 matmul), timed beside cuBLAS's bf16
+# and tf32 matmuls (torch) on the same shapes
+LAB_BF16_GEMMS = ("v9b-128x128-bk32", "v9b-128x64-bk32", "v9b-64x64-bk32")
 TRAIN_STEPS = 20
 OUT_FILES = ("summary.txt", "env.txt", "tests.txt", "parity.txt", "bench.txt", "train.txt") + \
     tuple(f"train_B{B}_T{T}.jsonl" for B, T in SHAPES)
@@ -104,7 +108,10 @@ def plan(work):
                    for B, T in SHAPES for system in ("llmnb", "torch", "llmnb-tf32")]),
         # the tensor-core matmuls' first check against float64 and timing beside the package's fp32 kernel
         ("lab", [Cmd([py, "-m", "dev.cuda_gemm", "--versions", ",".join(LAB_TF32_GEMMS), "--ntok", "8192"],
-                     "bench.txt", 90, label="dev.cuda_gemm: the TF32 tensor-core versions (v8t)")]),
+                     "bench.txt", 90, label="dev.cuda_gemm: the TF32 tensor-core versions (v8t)"),
+                 Cmd([py, "-m", "dev.cuda_gemm", "--versions", ",".join(LAB_BF16_GEMMS), "--ntok", "8192,256",
+                      "--cublas"], "bench.txt", 120,
+                     label="dev.cuda_gemm: the BF16 tensor-core versions (v9b) beside cuBLAS bf16 and tf32")]),
         # where the host's time goes at the launch-bound shape: launches, their host cost, the same
         # launches replayed as recorded, a profile (issue 24's step 4)
         ("launch", [Cmd([py, me, "--launch", "4x64"], "bench.txt", 60, label="launch profile B=4 T=64"),
@@ -258,12 +265,14 @@ UNCACHED_LINE = re.compile(r"^llmnb\s+B=(\d+) T=(\d+) \(matmul (\w+), views unca
 TF32_LINE = re.compile(r"^llmnb\s+B=(\d+) T=(\d+) \(precision tf32\): step ms min/median/max \S+ ([\d.]+)", re.M)
 TORCH_TF32_LINE = re.compile(r"^PyTorch B=(\d+) T=(\d+) TF32 on : step ms min/median/max \S+ ([\d.]+)", re.M)
 ATTENTION_LINE = re.compile(r"^(v\d+\w*)\s+B=(\d+) T=(\d+) NH=\d+ hs=\d+\s+([\d.]+)\s+\S+\s+([\d.]+)", re.M)
-FAILED_CHECK = re.compile(r"^BAD (v\d+\w*) ", re.M)   # dev.cuda_attention's check of a version
+FAILED_CHECK = re.compile(r"^BAD (v\d+[\w-]*) ", re.M)   # dev.cuda_attention's or dev.cuda_gemm's check of a version
+GEMM_TOTAL_LINE = re.compile(r"^  B\*T=\s*(\d+) (\S+)\s+([\d.]+)$", re.M)   # dev.cuda_gemm's sums
 
 
 def compare(bench):
     """Lines for summary.txt from bench.txt's text: per shape, llmnb's median step with each matmul
-    kernel against PyTorch's (TF32 off), and each attention version's forward + backward per layer,
+    kernel against PyTorch's (TF32 off), the lab's tensor-core GEMMs (the 15 matmuls of a layer set)
+    against cuBLAS's in the same precision, and each attention version's forward + backward per layer,
     the fastest of each named: what decides the package's defaults (launch.GEMM_KERNEL, launch.ATTENTION_KERNEL).
     An attention version that failed its check is listed as such, never as the fastest."""
     steps, torch_ms, attention = {}, {}, {}
@@ -294,6 +303,16 @@ def compare(bench):
         fp32 = steps.get((B, T))
         own = f"; llmnb fp32 {min(fp32.values()):.1f}: {min(fp32.values()) / ms:.2f}x tf32's time" if fp32 else ""
         lines.append(f"compare tf32 llmnb B={B} T={T} step ms {ms:.1f}{vs}{own}")
+    gemms = {}
+    for ntok, version, ms in GEMM_TOTAL_LINE.findall(bench):
+        gemms.setdefault(int(ntok), {})[version] = float(ms)
+    for ntok, by_version in sorted(gemms.items()):   # the lab's tensor-core GEMMs against cuBLAS
+        ours = {v: ms for v, ms in by_version.items() if v.startswith(("v8t", "v9b")) and v not in failed}
+        text = ", ".join(f"{v} {ms:.2f}" for v, ms in by_version.items())
+        vs = "".join(f"; fastest {p} {min(o, key=o.get)}: {o[min(o, key=o.get)] / by_version[ref]:.2f}x {ref}'s time"
+                     for p, ref in (("v9b", "cublas-bf16"), ("v8t", "cublas-tf32"))
+                     for o in [{v: ms for v, ms in ours.items() if v.startswith(p)}] if o and ref in by_version)
+        lines.append(f"compare gemm B*T={ntok} the 15 matmuls of a 124M layer set, ms: {text}{vs}")
     for (B, T), by_version in sorted(attention.items()):
         ok = [v for v in by_version if v not in failed]
         best = f"fastest {min(ok, key=by_version.get)}" if ok else "every version failed its check"

@@ -41,6 +41,13 @@ Versions:
        bits as tf32: truncation), 128x64, 64x64-bk32 and -w64x64 (4 warps of 64 x 64: 1 shared load
        per HMMA instead of 1.5, twice the accumulators) are other tiles. Checked against float64 of
        the tf32-rounded operands. Not yet run on a card.
+  v9b  tensor cores in BF16 (mma.sync.m16n8k16 over bf16 operands, fp32 accumulate, bf16 output;
+       llmnb/cuda/matmul_bf16.py, the matmuls of --precision bf16): v8t's tiles and pipeline with
+       bf16 slabs (BK 32, 8 elements a 16-byte chunk), every fragment register from ldmatrix.x4
+       (.trans for the transposed operands). SASS (sm_90): 122-130 registers, no spills; a slab
+       (2 k steps) ~156-183 instructions per 32 HMMA, 12 LDSM and no other shared load. Checked
+       against float64 of the bf16 operands (the output rounded to bf16: 2^-8 relative). Not yet
+       run on a card. --cublas adds torch's bf16 and tf32 matmuls (cuBLAS) on the same shapes.
 Each version is built by make_gemm(TM, TN, BK, ...) for its tile (v8t: matmul_tc.make_gemms); the
 table shows TFLOP/s and the share of the card's fp32 peak at the GPT-2 124M shapes, B*T = 256 and
 8192 (v8t against the same fp32 peak: tensor cores are several times above it).
@@ -62,7 +69,7 @@ if "--check" in sys.argv and os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
 from numba import cuda, float32  # noqa: E402
 
 from llmnb.cuda import launch  # noqa: E402,F401  (NumPy 2.5 shim, warnings filter)
-from llmnb.cuda import lanes, matmul_tc  # noqa: E402
+from llmnb.cuda import lanes, matmul_bf16, matmul_tc  # noqa: E402
 from llmnb.cuda import matmul as pkg  # noqa: E402
 
 F32 = np.float32
@@ -344,6 +351,13 @@ TC_VERSIONS = {
     "v8t-128x128-bk16-w64x64": (128, 128, 16, 2, 2, True),
 }
 SIM_TC_VERSIONS = {"v8t-sim": (32, 16, 16, 2, 1, True), "v8t-sim-trunc": (32, 16, 16, 2, 1, False)}
+# tensor cores (BF16): name: (BM, BN, BK, WARPS_M, WARPS_N)
+BF16_VERSIONS = {
+    "v9b-128x128-bk32": (128, 128, 32, 2, 4),   # the package's (--precision bf16)
+    "v9b-128x64-bk32": (128, 64, 32, 4, 2),
+    "v9b-64x64-bk32": (64, 64, 32, 2, 2),
+}
+SIM_BF16_VERSIONS = {"v9b-sim": (32, 16, 32, 2, 1)}
 SIM_VERSIONS = {"v4-sim": (2, 2, 4, False, {"TX": 4, "TY": 4}), "v4s-sim": (2, 2, 4, True, {"TX": 4, "TY": 4}),
                 "v5s-sim": (2, 2, 4, True, {"TX": 4, "TY": 4, "unroll4": True}),
                 "v6s-sim": (8, 4, 4, True, {"TX": 2, "TY": 2, "vec4": True}),
@@ -399,11 +413,11 @@ def package_call(kind, out, a, b, matmuls):
 
 class GemmTC:
     """Launch a tensor-core version for one layout through the package's launcher (split K as
-    there): out (M,N) (+)= A @ B^T (+ bias)."""
+    there): out (M,N) (+)= A @ B^T (+ bias). matmuls: MatmulsTF32, or MatmulsBF16 (bf16 operands)."""
 
-    def __init__(self, kind, gemms):
+    def __init__(self, kind, gemms, matmuls=matmul_tc.MatmulsTF32):
         self.kind = kind
-        self.matmuls = matmul_tc.MatmulsTF32(gemms)
+        self.matmuls = matmuls(gemms)
 
     def __call__(self, out, a, b, bias=None):
         M, N = out.shape
@@ -420,6 +434,9 @@ def make_gemms(versions, sms):
             *shape, round_inputs = v
             kernels = matmul_tc.make_gemms(*shape, ROUND=round_inputs)
             out.update({(vname, kind): GemmTC(kind, kernels) for kind in LAYOUT})
+        elif vname.startswith("v9b"):
+            kernels = matmul_bf16.make_gemms_bf16(*v)
+            out.update({(vname, kind): GemmTC(kind, kernels, matmul_bf16.MatmulsBF16) for kind in LAYOUT})
         else:
             TM, TN, BK, split, kw = v
             out.update({(vname, kind): Gemm(TM, TN, BK, *LAYOUT[kind], split_k=split, sms=sms, **kw) for kind in LAYOUT})
@@ -434,6 +451,25 @@ def tf32_operands(a, b, round_inputs=True):
     return lanes.tf32_value(a.view(np.uint32)), lanes.tf32_value(b.view(np.uint32))
 
 
+def bf16_bits(x):
+    """float32 -> bf16 bits (uint16), rounded to nearest even"""
+    return lanes.cvt_bf16x2(np.asarray(x, F32), 0).astype(np.uint16)
+
+
+def check_bf16(vname, kind, g, M, N, K, rng):
+    """One BF16 version and layout against float64 of the bf16 operands: (ok, line)."""
+    out, a, b, _ = operands(kind, M, N, K, rng)
+    out, a, b = bf16_bits(out), bf16_bits(a), bf16_bits(b)
+    _, _, _, ref = operands_like(kind, lanes.bf16_value(a), lanes.bf16_value(b))
+    want = ref + (lanes.bf16_value(out).astype(np.float64) if LAYOUT[kind][2] else 0)
+    d_out = cuda.to_device(out)
+    g(d_out, cuda.to_device(a), cuda.to_device(b))
+    got = lanes.bf16_value(d_out.copy_to_host()).astype(np.float64)
+    err = float(np.abs(got - want).max() / np.abs(want).max())
+    ok = err < 5e-3   # the output's rounding to bf16: at most 2^-8 of the largest value; a wrong lane is O(1)
+    return ok, f"{'ok ' if ok else 'BAD'} {vname:22s} {kind:8s} M={M} N={N} K={K}: max rel err {err:.1e} (bf16 output)"
+
+
 def check(versions, shapes, sms, gemms=None):
     rng = np.random.default_rng(0)
     gemms = gemms or make_gemms(versions, sms)
@@ -442,6 +478,11 @@ def check(versions, shapes, sms, gemms=None):
         for kind, (a_kr, b_kr, accum) in LAYOUT.items():
             g = gemms[(vname, kind)]
             for M, N, K in shapes:
+                if vname.startswith("v9b"):   # (dimensions rounded up to multiples of 8: 16-byte rows)
+                    ok, line = check_bf16(vname, kind, g, *(-(-x // 8) * 8 for x in (M, N, K)), rng)
+                    bad += not ok
+                    print(line)
+                    continue
                 out, a, b, ref = operands(kind, M, N, K, rng)
                 tf32 = ""
                 if vname.startswith("v8t"):   # the reference multiplies what the tensor cores multiply
@@ -461,7 +502,30 @@ def check(versions, shapes, sms, gemms=None):
     return bad
 
 
-def bench(versions, ntoks, runs, sms, peak, gemms=None):
+def cublas_calls(kind, out, a, b):
+    """{name: fn} of torch's matmuls (cuBLAS) on the same problem in bf16 and in tf32 (out (+)= A @ B^T
+    as `kind` lays it out), or {} without torch."""
+    try:
+        import torch
+    except ImportError:
+        return {}
+    calls = {}
+    for name, dtype, tf32 in (("cublas-bf16", torch.bfloat16, False), ("cublas-tf32", torch.float32, True)):
+        ta, tb, to = (torch.from_numpy(x).to("cuda", dtype) for x in (a, b, out))
+        A = ta if kind != "dweight" else ta.t()
+        Bt = tb.t() if kind == "forward" else tb
+
+        def fn(A=A, Bt=Bt, to=to, tf32=tf32, accum=kind != "forward"):
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+            if accum:
+                to.addmm_(A, Bt)
+            else:
+                torch.mm(A, Bt, out=to)
+        calls[name] = fn
+    return calls
+
+
+def bench(versions, ntoks, runs, sms, peak, gemms=None, cublas=False):
     rng = np.random.default_rng(0)
     gemms = gemms or make_gemms(versions, sms)
     print(f"{'version':22s} {'shape':26s} " + " ".join(f"{n:>9s}" for n in ["ms", "TFLOP/s", "% peak"]))
@@ -471,12 +535,16 @@ def bench(versions, ntoks, runs, sms, peak, gemms=None):
         for name, kind, M, N, K in problems(Ntok):
             out, a, b, _ = operands(kind, M, N, K, rng)
             d_out, d_a, d_b = cuda.to_device(out), cuda.to_device(a), cuda.to_device(b)
+            h_out, h_a, h_b = (cuda.to_device(bf16_bits(x)) for x in (out, a, b)) if any(
+                v.startswith("v9b") for v in versions) else (None, None, None)
             flops = 2.0 * M * N * K
             calls = {"package": lambda: package_call(kind, d_out, d_a, d_b, matmuls)}
             for vname in versions:
-                calls[vname] = gemms[(vname, kind)]
-            for vname, fn in calls.items():
-                f = fn if vname == "package" else (lambda fn=fn: fn(d_out, d_a, d_b))
+                args = (h_out, h_a, h_b) if vname.startswith("v9b") else (d_out, d_a, d_b)
+                calls[vname] = lambda g=gemms[(vname, kind)], args=args: g(*args)
+            if cublas:
+                calls.update(cublas_calls(kind, out, a, b))
+            for vname, f in calls.items():
                 f()
                 cuda.synchronize()
                 e0, e1 = cuda.event(), cuda.event()
@@ -485,6 +553,8 @@ def bench(versions, ntoks, runs, sms, peak, gemms=None):
                     f()
                 e1.record()
                 e1.synchronize()
+                # (torch's calls run on its default stream, the legacy default stream that numba's
+                # events are recorded on: the events bracket them too)
                 ms = e0.elapsed_time(e1) / runs
                 totals.setdefault((Ntok, vname), 0.0)
                 totals[(Ntok, vname)] += ms
@@ -498,10 +568,10 @@ def bench(versions, ntoks, runs, sms, peak, gemms=None):
 def version_names(text):
     """--versions: names of VERSIONS, comma-separated (checked, so that a wrong name fails at once)"""
     names = [n for n in text.split(",") if n]
-    unknown = [n for n in names if n not in VERSIONS and n not in TC_VERSIONS]
+    unknown = [n for n in names if n not in {**VERSIONS, **TC_VERSIONS, **BF16_VERSIONS}]
     if unknown:
         raise argparse.ArgumentTypeError(f"no version {', '.join(unknown)} (there are: "
-                                         f"{', '.join(list(VERSIONS) + list(TC_VERSIONS))})")
+                                         f"{', '.join(list(VERSIONS) + list(TC_VERSIONS) + list(BF16_VERSIONS))})")
     return ",".join(names)
 
 
@@ -512,6 +582,8 @@ def build_parser():
     ap.add_argument("--versions", default="", type=version_names,
                     help="comma-separated names of VERSIONS (default: all)")
     ap.add_argument("--ntok", default="8192,256", help="comma-separated B*T values to time")
+    ap.add_argument("--cublas", action="store_true",
+                    help="also time torch's bf16 and tf32 matmuls (cuBLAS) on the same shapes (needs torch)")
     ap.add_argument("--ptx", action="store_true",
                     help="no GPU needed: compile --versions for sm_90 and count their shared loads (scalar, "
                          "128-bit) and local-memory accesses in the PTX")
@@ -550,7 +622,8 @@ def main():
             print(f"{vname:22s} {kind:8s} " + "  ".join(f"{k} {v}" for k, v in c.items()))
         return 0
     if args.check:
-        bad = check({**SIM_VERSIONS, **SIM_TC_VERSIONS}, [(9, 13, 11), (16, 8, 40), (16, 8, 200)], sms=4)
+        bad = check({**SIM_VERSIONS, **SIM_TC_VERSIONS, **SIM_BF16_VERSIONS}, [(9, 13, 11), (16, 8, 40), (16, 8, 200)],
+                    sms=4)
         print(f"{bad} bad")
         return 1 if bad else 0
     from llmnb.mfu import gpu_peak_flops
@@ -558,12 +631,12 @@ def main():
     sms = cuda.get_current_device().MULTIPROCESSOR_COUNT
     print(f"peak {peak / 1e12:.1f} TFLOP/s = {how}")
     t0 = time.perf_counter()
-    every = {**VERSIONS, **TC_VERSIONS}
+    every = {**VERSIONS, **TC_VERSIONS, **BF16_VERSIONS}
     versions = {n: every[n] for n in args.versions.split(",")} if args.versions else every
     gemms = make_gemms(versions, sms)
     bad = check(versions, [(300, 200, 136), (128, 256, 1000)], sms, gemms)
     print(f"check: {bad} bad ({time.perf_counter() - t0:.1f} s incl. compiles)")
-    bench(versions, [int(n) for n in args.ntok.split(",")], args.runs, sms, peak, gemms)
+    bench(versions, [int(n) for n in args.ntok.split(",")], args.runs, sms, peak, gemms, args.cublas)
     return 1 if bad else 0
 
 

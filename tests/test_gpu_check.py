@@ -123,3 +123,26 @@ def test_compare_puts_llmnb_tf32_beside_pytorch_tf32_and_parity_reads_each_preci
         "parity fp32: overall okay 1, logits max diff 5.960464e-06, 0 gradient tensor(s) NOT OK, 2 steps OK",
         "parity tf32: overall okay 0, logits max diff 4.1e-04, 1 gradient tensor(s) NOT OK, "
         "steps' largest loss diff 2.10e-05"]
+
+
+def test_compare_puts_the_labs_tensor_core_gemms_beside_cublas_and_skips_failed_ones():
+    gc = load_script()
+    bench = "\n".join([
+        "sum of the 15 matmuls of one layer-equivalent set (ms), per version:",
+        "  B*T=  256 cublas-bf16               0.500",
+        "  B*T=  256 v9b-128x128-bk32          0.800",
+        "  B*T= 8192 cublas-bf16               8.000",
+        "  B*T= 8192 cublas-tf32              16.000",
+        "  B*T= 8192 package                  60.000",
+        "  B*T= 8192 v8t-128x128-bk16         24.000",
+        "  B*T= 8192 v9b-128x128-bk32         10.000",
+        "  B*T= 8192 v9b-64x64-bk32            9.000",
+    ])
+    lines = gc.compare(bench)
+    assert lines[0] == "compare gemm B*T=256 the 15 matmuls of a 124M layer set, ms: cublas-bf16 0.50, " \
+                       "v9b-128x128-bk32 0.80; fastest v9b v9b-128x128-bk32: 1.60x cublas-bf16's time"
+    assert lines[1].endswith("; fastest v9b v9b-64x64-bk32: 1.12x cublas-bf16's time; "
+                             "fastest v8t v8t-128x128-bk16: 1.50x cublas-tf32's time")
+    # a version that failed dev.cuda_gemm's check is never the fastest
+    failed = gc.compare("BAD v9b-64x64-bk32     forward  M=296 N=200 K=136: max rel err 3.1e-01 (bf16 output)\n" + bench)
+    assert "fastest v9b v9b-128x128-bk32: 1.25x cublas-bf16's time" in failed[1]

@@ -211,3 +211,93 @@ def test_the_attention_kernels_warp_fragments_are_the_isa_tables():
         for reg in range(2):
             n, k = (int(v) for v in mma_tiles.frag_b(lane, 3, 16, reg))
             assert (k - 16, n - 24) == tuple(lanes.TF32_B[lane, reg])
+
+
+# ------------------------------------------------------------------------------------------------
+# the BF16 GEMM's index math (llmnb/cuda/matmul_bf16.py): ldmatrix.x4 fragments of mma.m16n8k16
+
+GEOMETRIES_BF16 = {"gpu": (128, 128, 32, 2, 4), "sim": (32, 16, 32, 2, 1), "64x64": (64, 64, 32, 2, 2)}
+
+
+def _bf16_operands(kind, M, N, K, rng):
+    # operands as bf16 bits, and their values (float64, A (M, K) and B (N, K))
+    a, b, _, _ = _operands(kind, M, N, K, rng)
+    a16, b16 = lanes.cvt_bf16x2(a, 0).astype(np.uint16), lanes.cvt_bf16x2(b, 0).astype(np.uint16)
+    A_KR, B_KR = LAYOUTS[kind]
+    A = lanes.bf16_value(a16).astype(np.float64)
+    B = lanes.bf16_value(b16).astype(np.float64)
+    return a16, b16, (A.T if A_KR else A), (B.T if B_KR else B)
+
+
+@pytest.mark.parametrize("geometry", list(GEOMETRIES_BF16))
+@pytest.mark.parametrize("kind", list(LAYOUTS))
+def test_emulated_bf16_block_is_the_product_of_its_tile(kind, geometry):
+    BM, BN, BK, WM, WN = GEOMETRIES_BF16[geometry]
+    t = mma_tiles.make_bf16(BM, BN, BK, WM, WN, *LAYOUTS[kind])
+    rng = np.random.default_rng(7)
+    # the block at (1, 1), its last tile partial in M, N and K (the BF16 kernels take dimensions
+    # that are multiples of 8: 16-byte rows)
+    M, N, K = BM + BM // 2 + 8, BN + 8, 2 * BK + 8
+    a, b, A, B = _bf16_operands(kind, M, N, K, rng)
+    got = lanes.emulate_gemm_block_bf16(t, a, b, BM, BN, 0, K)
+    rows, cols = M - BM, N - BN
+    ref = A[BM:] @ B[BN:].T   # bf16 x bf16 products are exact: only the fp32 sums round
+    assert not np.isnan(got).any()
+    assert np.abs(got[:rows, :cols] - ref).max() / np.abs(ref).max() < 2e-6   # a wrong lane is O(1)
+    assert not got[rows:, :].any() and not got[:, cols:].any()
+
+
+def test_a_bf16_split_k_range_sums_only_its_slabs():
+    t = mma_tiles.make_bf16(*GEOMETRIES_BF16["sim"], True, True)
+    a, b, A, B = _bf16_operands("dweight", 32, 16, 96, np.random.default_rng(8))
+    got = lanes.emulate_gemm_block_bf16(t, a, b, 0, 0, 32, 64)
+    ref = A[:, 32:64] @ B[:, 32:64].T
+    assert np.abs(got - ref).max() / np.abs(ref).max() < 2e-6
+
+
+@pytest.mark.parametrize("swap", ["a_matrices", "b_tiles"])
+def test_a_wrong_ldmatrix_address_fails_the_emulated_bf16_product(swap):
+    # a kernel whose A lanes point at matrices 1 and 2 the other way round (rows +8 for k +8), or
+    # whose B lanes give the two n-tiles' rows in the wrong order, computes a different product
+    t = mma_tiles.make_bf16(*GEOMETRIES_BF16["sim"], False, False)
+    if swap == "a_matrices":
+        good = t.a_ldm
+        t.a_ldm = lambda w, lane, mi, kk: good(w, (lane % 8) + 8 * [0, 2, 1, 3][lane // 8], mi, kk)
+    else:
+        good = t.b_ldm
+        t.b_ldm = lambda w, lane, nj, kk: good(w, (lane + 16) % 32, nj, kk)
+    a, b, A, B = _bf16_operands("forward", 32, 16, 32, np.random.default_rng(9))
+    got = lanes.emulate_gemm_block_bf16(t, a, b, 0, 0, 0, 32)
+    ref = A @ B.T
+    assert np.abs(got - ref).max() / np.abs(ref).max() > 0.1
+
+
+@pytest.mark.parametrize("geometry", list(GEOMETRIES_BF16))
+@pytest.mark.parametrize("kind", list(LAYOUTS))
+def test_bf16_slab_copies_cover_each_slab_once(kind, geometry):
+    t = mma_tiles.make_bf16(*GEOMETRIES_BF16[geometry], *LAYOUTS[kind])
+    for KR, R, chunk, n_chunks in ((t.A_KR, t.BM, t.a_chunk, t.A_CHUNKS), (t.B_KR, t.BN, t.b_chunk, t.B_CHUNKS)):
+        seen = np.zeros((R, t.BK), int)
+        for tid in range(t.THREADS):
+            for it in range(n_chunks):
+                r, k = (int(v) for v in chunk(tid, it))
+                for q in range(8):
+                    seen[(r + q, k) if KR else (r, k + q)] += 1
+        assert (seen == 1).all()
+
+
+@pytest.mark.parametrize("kind", list(LAYOUTS))
+def test_bf16_ldmatrix_phases_are_free_of_bank_conflicts(kind):
+    # ldmatrix reads one 8 x 8 matrix per phase: its 8 lanes' 16-byte rows must fall in 8 different
+    # 16-byte bank groups (of the 128 bytes the 32 banks serve at once), and start 16-byte aligned
+    t = mma_tiles.make_bf16(*GEOMETRIES_BF16["gpu"], *LAYOUTS[kind])
+    for ldm, at, shape, tiles in ((t.a_ldm, t.a_at, t.A_SHAPE, t.MI), (t.b_ldm, t.b_at, t.B_SHAPE, t.NI // 2)):
+        for tile in range(tiles):
+            for phase in range(4):
+                groups = set()
+                for lane in range(8 * phase, 8 * phase + 8):
+                    i, j = (int(v) for v in at(1, *ldm(5, lane, tile, 16)))
+                    byte = 2 * (i * shape[1] + j)
+                    assert byte % 16 == 0
+                    groups.add(byte % 128 // 16)
+                assert len(groups) == 8, (kind, tile, phase)

@@ -23,8 +23,9 @@ def test_tf32_kernels_assemble_to_hmma_without_spills_for_sm80_and_sm90():
         pytest.skip(f"no NVVM or ptxas here: {r.stdout.strip()[-300:]}")
     assert r.returncode == 0, f"$ {' '.join(cmd)}\n{r.stdout[-4000:]}\n{r.stderr[-3000:]}"
     lines = [x for x in r.stdout.splitlines() if x.startswith(("ok ", "BAD")) and " registers " in x]
-    # 3 matmul layouts x (16-byte, 4-byte copies) + attention's forward, dquery, dkey_value; x 2 architectures
-    assert len(lines) == 18
+    # 3 TF32 matmul layouts x (16-byte, 4-byte copies) + attention's forward, dquery, dkey_value + 3 BF16
+    # matmul layouts; x 2 architectures
+    assert len(lines) == 24
     # and a probe kernel calling every intrinsic of ptx.py, for each architecture: each one's instruction
     # (HMMA .TF32 and .BF16, LDSM, LDGSTS, DEPBAR, SHFL) in the SASS where nvdisasm is here
     probes = [x for x in r.stdout.splitlines() if "ptx.py's intrinsics" in x]
@@ -34,5 +35,10 @@ def test_tf32_kernels_assemble_to_hmma_without_spills_for_sm80_and_sm90():
         hmma = int(re.search(r"HMMA +(\d+)", line).group(1))
         # 128 x 128 tiles of 8 warps: 4 x 4 mma tiles a warp, 16 HMMA per k step of 8
         assert hmma >= 16, line
-        if "main loop" in line and "attention" not in line:   # nvdisasm here: a slab (2 k steps) per trip, 24 32-bit shared loads a step
+        if "main loop" in line and "attention" not in line and "bf16" not in line:
+            # nvdisasm here: a slab (2 k steps) per trip, 24 32-bit shared loads a step
             assert "for 32 HMMA" in line and int(re.search(r"LDS (\d+)", line).group(1)) >= 48, line
+        if "main loop" in line and "bf16" in line:
+            # a slab of 2 k steps of 16 per trip; each step 4 ldmatrix.x4 of A (one an m-tile) and 2 of B
+            # (two n-tiles each): every fragment register from an LDSM, none from a 32-bit LDS
+            assert "for 32 HMMA" in line and re.search(r"LDSM 12\b", line), line

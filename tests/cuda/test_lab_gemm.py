@@ -21,17 +21,20 @@ from llmnb.cuda import launch  # noqa: E402
 SHAPES = [(9, 13, 11), (16, 8, 200), (37, 21, 200)]
 
 
-@pytest.mark.parametrize("version", ["v6s", "v7s", "v8t"])
+@pytest.mark.parametrize("version", ["v6s", "v7s", "v8t", "v9b"])
 def test_lab_gemm_matches_float64_in_every_layout(version):
     # v7s: the shapes whose operands have 16-byte aligned rows run its 128-bit global loads, the
     # others (11 or 21 floats a row) its scalar twin. v8t (tensor cores, TF32): against float64 of the
-    # operands rounded (or truncated, -trunc) to tf32, as its tensor cores multiply them
-    every = {**lab.SIM_VERSIONS, **lab.SIM_TC_VERSIONS} if launch.SIMULATOR else {**lab.VERSIONS, **lab.TC_VERSIONS}
+    # operands rounded (or truncated, -trunc) to tf32, as its tensor cores multiply them. v9b (BF16):
+    # against float64 of the bf16 operands, its output rounded to bf16 (dimensions rounded up to 8s)
+    every = ({**lab.SIM_VERSIONS, **lab.SIM_TC_VERSIONS, **lab.SIM_BF16_VERSIONS} if launch.SIMULATOR
+             else {**lab.VERSIONS, **lab.TC_VERSIONS, **lab.BF16_VERSIONS})
     if launch.SIMULATOR:
         versions = {n: v for n, v in every.items() if n.startswith(f"{version}-sim")}
     else:  # a real card (LLMNB_TEST_CUDA_DEVICE=1): the tiles gpu_check times (v8t: the package's; its
         # lab phase checks the others)
-        versions = {n: v for n, v in every.items() if n.startswith(version if version != "v8t" else "v8t-128x128-bk16")}
+        first = {"v8t": "v8t-128x128-bk16", "v9b": "v9b-128x128-bk32"}.get(version, version)
+        versions = {n: v for n, v in every.items() if n.startswith(first)}
     # forward, dinp and dweight, each against float64 within 1e-5 of the largest output
     assert lab.check(versions, SHAPES, sms=4) == 0
 
@@ -40,3 +43,9 @@ def test_the_package_tf32_kernel_is_the_labs_v8t():
     from llmnb.cuda import matmul_tc
     assert lab.TC_VERSIONS["v8t-128x128-bk16"] == matmul_tc.TC_SHAPES["gpu"] + (True,)
     assert lab.SIM_TC_VERSIONS["v8t-sim"] == matmul_tc.TC_SHAPES["sim"] + (True,)
+
+
+def test_the_package_bf16_kernel_is_the_labs_v9b():
+    from llmnb.cuda import matmul_bf16
+    assert lab.BF16_VERSIONS["v9b-128x128-bk32"] == matmul_bf16.BF16_SHAPES["gpu"]
+    assert lab.SIM_BF16_VERSIONS["v9b-sim"] == matmul_bf16.BF16_SHAPES["sim"]

@@ -161,6 +161,35 @@ def cp_async(src, cp_size, src_size):
 # ------------------------------------------------------------------------------------------------
 # the warp emulator: a tensor-core GEMM's block, run lane by lane through the kernel's own index math
 
+def _copy_slabs(t, stage, A_sh, B_sh, a, b, m0, n0, k0, k_end):
+    # every thread's 16-byte cp.async chunks of the slab at k0 (t.a_chunk/t.b_chunk, to t.a_at/t.b_at):
+    # the chunk's elements lie along x's contiguous dimension, zero past x's edges
+    for sh, x, KR, r0, chunk, at, n_chunks in ((A_sh, a, t.A_KR, m0, t.a_chunk, t.a_at, t.A_CHUNKS),
+                                               (B_sh, b, t.B_KR, n0, t.b_chunk, t.b_at, t.B_CHUNKS)):
+        R = x.shape[1] if KR else x.shape[0]
+        for tid in range(t.THREADS):
+            for it in range(n_chunks):
+                r, k = (int(v) for v in chunk(tid, it))
+                i, j = (int(v) for v in at(stage, r, k))
+                for q in range(16 // sh.dtype.itemsize):
+                    gr, gk = (r0 + r + q, k0 + k) if KR else (r0 + r, k0 + k + q)
+                    ok = gr < R and gk < k_end
+                    sh[i, j + q] = (x[gk, gr] if KR else x[gr, gk]) if ok else 0
+
+
+def _write_tile(t, acc):
+    # the block's output tile from each warp's accumulators (t.c_frag)
+    out = np.full((t.BM, t.BN), np.nan, np.float32)
+    for w in range(t.WARPS):
+        for lane in range(WARP):
+            for mi in range(t.MI):
+                for ni in range(t.NI):
+                    for reg in range(4):
+                        m, n = (int(v) for v in t.c_frag(w, lane, mi, ni, reg))
+                        out[m, n] = acc[w, mi, ni, lane, reg]
+    return out
+
+
 def emulate_gemm_block(t, a, b, m0, n0, k_start, k_end, stale=np.nan):
     """The (t.BM, t.BN) output tile at (m0, n0) of the block that sums k in [k_start, k_end), as the
     kernel built from the tile math t (llmnb/cuda/mma_tiles.py) computes it: each thread's slab
@@ -174,17 +203,7 @@ def emulate_gemm_block(t, a, b, m0, n0, k_start, k_end, stale=np.nan):
     acc = np.zeros((t.WARPS, t.MI, t.NI, WARP, 4), np.float32)
     for s, k0 in enumerate(range(k_start, k_end, t.BK)):
         stage = s % t.STAGES
-        for sh, x, KR, r0, chunk, at, n_chunks in ((A_sh, a, t.A_KR, m0, t.a_chunk, t.a_at, t.A_CHUNKS),
-                                                   (B_sh, b, t.B_KR, n0, t.b_chunk, t.b_at, t.B_CHUNKS)):
-            R = x.shape[1] if KR else x.shape[0]
-            for tid in range(t.THREADS):
-                for it in range(n_chunks):
-                    r, k = (int(v) for v in chunk(tid, it))
-                    i, j = (int(v) for v in at(stage, r, k))
-                    for q in range(4):  # the chunk's 4 floats lie along x's contiguous dimension
-                        gr, gk = (r0 + r + q, k0 + k) if KR else (r0 + r, k0 + k + q)
-                        ok = gr < R and gk < k_end
-                        sh[i, j + q] = (x[gk, gr] if KR else x[gr, gk]) if ok else 0.0
+        _copy_slabs(t, stage, A_sh, B_sh, a, b, m0, n0, k0, k_end)
         for kk in range(0, t.BK, 8):
             for w in range(t.WARPS):
                 af = np.empty((t.MI, WARP, 4), np.uint32)
@@ -203,12 +222,42 @@ def emulate_gemm_block(t, a, b, m0, n0, k_start, k_end, stale=np.nan):
                         acc[w, mi, ni] = mma_m16n8k8_tf32(af[mi], bf[ni], acc[w, mi, ni])
         A_sh[...] = stale   # the next slab's copies must write every place its fragments read
         B_sh[...] = stale
-    out = np.full((t.BM, t.BN), np.nan, np.float32)
-    for w in range(t.WARPS):
-        for lane in range(WARP):
-            for mi in range(t.MI):
-                for ni in range(t.NI):
-                    for reg in range(4):
-                        m, n = (int(v) for v in t.c_frag(w, lane, mi, ni, reg))
-                        out[m, n] = acc[w, mi, ni, lane, reg]
-    return out
+    return _write_tile(t, acc)
+
+
+BF16_NAN = np.uint16(0x7FC0)
+
+
+def emulate_gemm_block_bf16(t, a, b, m0, n0, k_start, k_end, stale=BF16_NAN):
+    """emulate_gemm_block for the BF16 GEMM (llmnb/cuda/matmul_bf16.py; t from mma_tiles.make_bf16):
+    a and b hold bf16 bits (uint16); each k step of 16 every lane points ldmatrix.x4 at the 16 bytes
+    t.a_ldm / t.b_ldm name (.trans where the operand is R-contiguous), then the m16n8k16 model.
+    -> the (t.BM, t.BN) float32 tile of fp32 sums. Shared memory starts as `stale` (a bf16 NaN)."""
+    A_sh = np.full(t.A_SHAPE, stale, np.uint16)
+    B_sh = np.full(t.B_SHAPE, stale, np.uint16)
+    acc = np.zeros((t.WARPS, t.MI, t.NI, WARP, 4), np.float32)
+    for s, k0 in enumerate(range(k_start, k_end, t.BK)):
+        stage = s % t.STAGES
+        _copy_slabs(t, stage, A_sh, B_sh, a, b, m0, n0, k0, k_end)
+        for kk in range(0, t.BK, 16):
+            for w in range(t.WARPS):
+                rows = np.empty((WARP, 8), np.uint16)
+                af = np.empty((t.MI, WARP, 4), np.uint32)
+                bf = np.empty((t.NI, WARP, 2), np.uint32)
+                for mi in range(t.MI):
+                    for lane in range(WARP):
+                        i, j = (int(v) for v in t.a_at(stage, *t.a_ldm(w, lane, mi, kk)))
+                        rows[lane] = A_sh[i, j:j + 8]
+                    af[mi] = ldmatrix(rows, 4, t.A_KR)
+                for nj in range(t.NI // 2):
+                    for lane in range(WARP):
+                        i, j = (int(v) for v in t.b_at(stage, *t.b_ldm(w, lane, nj, kk)))
+                        rows[lane] = B_sh[i, j:j + 8]
+                    regs = ldmatrix(rows, 4, t.B_KR)
+                    bf[2 * nj], bf[2 * nj + 1] = regs[:, 0:2], regs[:, 2:4]
+                for mi in range(t.MI):
+                    for ni in range(t.NI):
+                        acc[w, mi, ni] = mma_m16n8k16_bf16(af[mi], bf[ni], acc[w, mi, ni])
+        A_sh[...] = stale
+        B_sh[...] = stale
+    return _write_tile(t, acc)

@@ -21,6 +21,7 @@ from numba import cuda, float32
 
 from .launch import (COL_ROWS, COL_WIDTH, ELEM_THREADS, GEMM_BK, GEMM_TM, GEMM_VEC4, GEMM_VLOAD, INLINE,
                      SIMULATOR, TILE_BLOCK, TX, TY, cached_views, cdiv, check, elementwise_grid, last_dim)
+from .ptx import narrow, widen
 
 NTHREADS = TX * TY
 # shared slabs are (BK, tile + PAD): the padding spreads the transposing stores over the banks;
@@ -102,11 +103,12 @@ assert not GEMM_VLOAD or (GEMM_VEC4 and GEMM_LOADS % 4 == 0)
 
 
 def aligned_rows(x):
-    """True when every row of the 2-D float32 device array x starts on a 16-byte boundary (v7s's
-    128-bit global loads need it)."""
+    """True when every row of the 2-D C-contiguous device array x (float32, or uint16 bf16 bits)
+    starts on a 16-byte boundary (v7s's 128-bit global loads and cp.async's 16-byte chunks need it)."""
     iface = getattr(x, "__cuda_array_interface__", None) or x.__array_interface__   # (the simulator's)
-    return (iface["data"][0] % 16 == 0 and x.shape[1] % 4 == 0 and x.strides[1] == 4
-            and x.strides[0] == 4 * x.shape[1])
+    size = x.dtype.itemsize
+    return (iface["data"][0] % 16 == 0 and x.shape[1] * size % 16 == 0 and x.strides[1] == size
+            and x.strides[0] == size * x.shape[1])
 
 
 @INLINE
@@ -309,6 +311,7 @@ GEMMS = {"forward": (matmul_forward_kernel, matmul_forward_vload_kernel),
 def matmul_reduce_splits_kernel(out, parts, bias, has_bias, accumulate):
     # out (M,N) (+)= the sum over s of parts (S,M,N), in order of s (+ bias[n]); grid-stride.
     # The split-K partial sums of the gemm kernels added without atomics: the same bits every run.
+    # out and bias float32, or bf16 bits (uint16: the sum rounded once, to nearest even)
     S, M, N = parts.shape
     for idx in range(cuda.grid(1), M * N, cuda.gridsize(1)):
         m = idx // N
@@ -317,16 +320,16 @@ def matmul_reduce_splits_kernel(out, parts, bias, has_bias, accumulate):
         for z in range(S):
             s += parts[z, m, n]
         if accumulate:
-            out[m, n] += s
+            out[m, n] = narrow(out, widen(out[m, n]) + s)
         else:
-            out[m, n] = s + (bias[n] if has_bias else ZERO)
+            out[m, n] = narrow(out, s + (widen(bias[n]) if has_bias else ZERO))
 
 
 @cuda.jit(cache=True)
 def matmul_backward_bias_kernel(dbias, dout):
     # dbias (OC) += sum over rows of dout (N,OC); block (COL_WIDTH, COL_ROWS), grid cdiv(OC, COL_WIDTH).
     # Each column is summed by the COL_ROWS threads of its lane, then those partial sums in order:
-    # no atomics, the same result on every run.
+    # no atomics, the same result on every run. float32, or bf16 bits summed in fp32.
     partial = cuda.shared.array((COL_ROWS, COL_WIDTH), float32)
     tx = cuda.threadIdx.x
     ty = cuda.threadIdx.y
@@ -335,14 +338,14 @@ def matmul_backward_bias_kernel(dbias, dout):
     s = ZERO
     if o < OC:
         for n in range(ty, N, COL_ROWS):
-            s += dout[n, o]
+            s += widen(dout[n, o])
     partial[ty, tx] = s
     cuda.syncthreads()
     if ty == 0 and o < OC:
         total = ZERO
         for r in range(COL_ROWS):
             total += partial[r, tx]
-        dbias[o] += total
+        dbias[o] = narrow(dbias, widen(dbias[o]) + total)
 
 
 # ----------------------------------------------------------------------------------------------

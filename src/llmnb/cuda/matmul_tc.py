@@ -24,9 +24,10 @@ import numpy as np
 from numba import cuda, float32, uint32
 
 from . import mma_tiles
-from .launch import ELEM_THREADS, GEOMETRY, INLINE, SIMULATOR, cached_views, cdiv, elementwise_grid
+from .launch import ELEM_THREADS, GEOMETRY, INLINE, SIMULATOR, cached_views, cdiv, check, elementwise_grid
 from .matmul import Matmuls, aligned_rows, matmul_reduce_splits_kernel
-from .ptx import cp_async4, cp_async16, cp_async_commit, cp_async_wait, cvt_rna_tf32, f32_bits, mma_m16n8k8_tf32
+from .ptx import (cp_async4, cp_async16, cp_async_commit, cp_async_wait, cvt_rna_tf32, f32_bits, mma_m16n8k8_tf32,
+                  narrow, widen)
 
 #                BM   BN   BK  WARPS_M  WARPS_N
 TC_SHAPES = {"gpu": (128, 128, 16, 2, 4), "sim": (32, 16, 16, 2, 1)}
@@ -40,8 +41,10 @@ def _slab_copy(KR, at, chunk, elem, n_chunks, n_elems, VECTOR):
     r0.., k in [k0, k0 + BK) into stage `stage` of sh; X = x (KR False, x (R, K)) or x^T (KR True,
     x (K, R)); zeros past X's rows and past k_end. VECTOR: 16-byte chunks of 4 floats along x's
     contiguous dimension, all inside or all outside X when x's rows are 16-byte aligned (then R or
-    K, and k_end, are multiples of 4); else one float at a time."""
-    at, chunk, elem = INLINE(at), INLINE(chunk), INLINE(elem)
+    K, and k_end, are multiples of 4); else one float at a time. (The BF16 GEMM's copies are the
+    VECTOR ones: a chunk is 16 bytes of any element type, here 8 bf16; it passes no elem.)"""
+    at, chunk = INLINE(at), INLINE(chunk)
+    elem = INLINE(elem) if elem is not None else None
 
     @INLINE
     def copy(sh, x, stage, r0, k0, k_end, tid):
@@ -79,13 +82,11 @@ def make_gemm_tc(BM, BN, BK, WARPS_M, WARPS_N, A_KR, B_KR, ACCUM, VECTOR, ROUND=
     one fewer instruction per register)."""
     t = mma_tiles.make(BM, BN, BK, WARPS_M, WARPS_N, A_KR, B_KR)
     assert BK <= 32, "multiply_slab writes out at most 4 k steps"
-    MI, NI, STAGES = t.MI, t.NI, t.STAGES
-    N_ACC, N_AF, N_BF = 4 * MI * NI, 4 * MI, 2 * NI   # a lane's accumulators, A and B registers
-    A_SHAPE, B_SHAPE = t.A_SHAPE, t.B_SHAPE
+    MI, NI = t.MI, t.NI
     copy_a = _slab_copy(A_KR, t.a_at, t.a_chunk, t.a_elem, t.A_CHUNKS, t.A_ELEMS, VECTOR)
     copy_b = _slab_copy(B_KR, t.b_at, t.b_chunk, t.b_elem, t.B_CHUNKS, t.B_ELEMS, VECTOR)
     a_at, b_at = INLINE(t.a_at), INLINE(t.b_at)
-    a_frag, b_frag, c_frag = INLINE(t.a_frag), INLINE(t.b_frag), INLINE(t.c_frag)
+    a_frag, b_frag = INLINE(t.a_frag), INLINE(t.b_frag)
     to_tf32 = cvt_rna_tf32 if ROUND else f32_bits
 
     @INLINE
@@ -124,9 +125,23 @@ def make_gemm_tc(BM, BN, BK, WARPS_M, WARPS_N, A_KR, B_KR, ACCUM, VECTOR, ROUND=
         if BK > 24:
             multiply_k8(As, Bs, stage, U32(24), acc, af, bf, warp, lane)
 
+    return build_gemm(t, copy_a, copy_b, multiply_slab, float32, ACCUM)
+
+
+def build_gemm(t, copy_a, copy_b, multiply_slab, SMEM, ACCUM):
+    """The GEMM kernel of the tile math t around a precision's slab copies and multiply_slab (TF32
+    here, BF16 in matmul_bf16.py), its slabs in shared arrays of dtype SMEM: acc (fp32) += the
+    block's K range, two slabs in flight, then out[z] = acc (split), out[0] += acc (ACCUM) or
+    out[0] = acc + bias. out, bias: float32, or bf16 bits (narrow rounds the fp32 value once)."""
+    MI, NI, STAGES, BM, BN, BK = t.MI, t.NI, t.STAGES, t.BM, t.BN, t.BK
+    A_KR, B_KR = t.A_KR, t.B_KR
+    N_ACC, N_AF, N_BF = 4 * MI * NI, 4 * MI, 2 * NI   # a lane's accumulators, A and B registers
+    A_SHAPE, B_SHAPE = t.A_SHAPE, t.B_SHAPE
+    c_frag = INLINE(t.c_frag)
+
     def gemm(out, a, b, bias, has_bias, k_chunk, split):
-        As = cuda.shared.array(A_SHAPE, float32, alignment=ALIGN)
-        Bs = cuda.shared.array(B_SHAPE, float32, alignment=ALIGN)
+        As = cuda.shared.array(A_SHAPE, SMEM, alignment=ALIGN)
+        Bs = cuda.shared.array(B_SHAPE, SMEM, alignment=ALIGN)
         acc = cuda.local.array(N_ACC, float32)
         af = cuda.local.array(N_AF, uint32)
         bf = cuda.local.array(N_BF, uint32)
@@ -164,34 +179,35 @@ def make_gemm_tc(BM, BN, BK, WARPS_M, WARPS_N, A_KR, B_KR, ACCUM, VECTOR, ROUND=
         M = U32(M)
         N = U32(N)
         z = cuda.blockIdx.z
-        if split:
+        if split:   # (float32 partial sums)
             for mi in range(MI):
                 for ni in range(NI):
                     for reg in range(4):
                         m, n = c_frag(warp, lane, mi, ni, reg)
                         if m0 + m < M and n0 + n < N:
-                            out[z, m0 + m, n0 + n] = acc[4 * (NI * mi + ni) + reg]
+                            out[z, m0 + m, n0 + n] = narrow(out, acc[4 * (NI * mi + ni) + reg])
         elif ACCUM:
             for mi in range(MI):
                 for ni in range(NI):
                     for reg in range(4):
                         m, n = c_frag(warp, lane, mi, ni, reg)
                         if m0 + m < M and n0 + n < N:
-                            out[0, m0 + m, n0 + n] += acc[4 * (NI * mi + ni) + reg]
+                            old = widen(out[0, m0 + m, n0 + n])
+                            out[0, m0 + m, n0 + n] = narrow(out, old + acc[4 * (NI * mi + ni) + reg])
         else:
             for ni in range(NI):   # this lane's columns' bias first (a short loop: acc stays in registers)
                 for reg in range(2):
                     m, n = c_frag(warp, lane, 0, ni, reg)
                     bv = ZERO
                     if has_bias and n0 + n < N:
-                        bv = bias[n0 + n]
+                        bv = widen(bias[n0 + n])
                     bias_v[2 * ni + reg] = bv
             for mi in range(MI):
                 for ni in range(NI):
                     for reg in range(4):
                         m, n = c_frag(warp, lane, mi, ni, reg)
                         if m0 + m < M and n0 + n < N:
-                            out[0, m0 + m, n0 + n] = acc[4 * (NI * mi + ni) + reg] + bias_v[2 * ni + reg % 2]
+                            out[0, m0 + m, n0 + n] = narrow(out, acc[4 * (NI * mi + ni) + reg] + bias_v[2 * ni + reg % 2])
     kernel = cuda.jit(gemm)   # (closures: not cache=True, see matmul.py)
     kernel.tiles = t
     return kernel
@@ -224,6 +240,8 @@ class MatmulsTF32(Matmuls):
         # out (M,N) (+)= A @ B^T for a layout ("forward", "dinp", "dweight")
         scalar, vector = self.gemms[layout]
         kernel = vector if aligned_rows(a) and aligned_rows(b) else scalar
+        check(kernel is not None, "matmul.py", f"{layout}: the {self.precision} kernels need every operand's "
+              f"rows 16-byte aligned (a multiple of 8 bf16); got {tuple(a.shape)} and {tuple(b.shape)}")
         t = kernel.tiles
         gx, gy = cdiv(N, t.BN), cdiv(M, t.BM)
         S = max(1, min(cdiv(2 * self.sms, gx * gy), K // (8 * t.BK)))  # slices of >= 8 slabs
@@ -241,4 +259,4 @@ class MatmulsTF32(Matmuls):
         matmul_reduce_splits_kernel[elementwise_grid(M * N), ELEM_THREADS](out, parts, bias_arg, has_bias, accumulate)
 
 
-__all__ = ["MatmulsTF32", "make_gemm_tc", "make_gemms", "TC_SHAPES"]
+__all__ = ["MatmulsTF32", "build_gemm", "make_gemm_tc", "make_gemms", "TC_SHAPES"]

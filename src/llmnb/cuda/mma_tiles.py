@@ -16,6 +16,12 @@ chunks copy it unchanged:
   R-contiguous (KR True, x is (K, R)): (STAGES * BK, R + 8) floats, k of stage s at s*BK + k.
     Reads (k threadID_in_group, row groupID): rows R + 8 = 136 floats apart, 8 banks mod 32.
 Rows stay 16-byte aligned (cp.async's 16-byte chunks, ldmatrix).
+
+make_bf16 is the BF16 GEMM's (llmnb/cuda/matmul_bf16.py): the same tiles of mma.m16n8k16 over
+operands of bf16 bits (uint16), 8 to a 16-byte chunk, slabs padded by 8 elements either way (rows
+80 bytes apart for BK = 32, 272 for R = 128: the 8 rows an ldmatrix phase reads hit 8 different
+16-byte bank groups). Its fragments are loaded by ldmatrix.x4: each lane gives the address of one
+16-byte row of one 8 x 8 matrix, and .trans transposes where the operand is R-contiguous.
 """
 import types
 
@@ -24,6 +30,42 @@ import numpy as np
 U32 = np.uint32
 PAD_K = 4   # floats after each K-contiguous slab row
 PAD_R = 8   # floats after each R-contiguous slab row
+
+
+def _slab_shape(KR, R, BK, STAGES, pad_r, pad_k):
+    # an operand's shared array: STAGES slabs, each as it lies in global memory, rows padded
+    return (STAGES * BK, R + pad_r) if KR else (STAGES * R, BK + pad_k)
+
+
+def _slab_at(KR, R, BK):
+    def at(s, r, k):
+        # (i, j) in shared memory of element (r, k) of stage s's slab
+        if KR:
+            return U32(BK) * U32(s) + U32(k), U32(r)
+        return U32(R) * U32(s) + U32(r), U32(k)
+    return at
+
+
+def _slab_chunk(KR, R, BK, THREADS, per):
+    def chunk(tid, it):
+        # (r, k) of the first element of chunk c = tid + it * THREADS (per elements, 16 bytes, along
+        # the operand's contiguous dimension); consecutive threads take consecutive chunks (coalesced)
+        c = U32(tid) + U32(it * THREADS)
+        if KR:
+            return (c % U32(R // per)) * U32(per), c // U32(R // per)
+        return c // U32(BK // per), (c % U32(BK // per)) * U32(per)
+    return chunk
+
+
+def _c_frag(WARPS_N, WM, WN):
+    def c_frag(warp, lane, mi, ni, reg):
+        # accumulator reg: row groupID (+8 for reg >= 2), columns 2 threadID_in_group (+1 for odd reg)
+        wm = U32(warp) // U32(WARPS_N)
+        wn = U32(warp) % U32(WARPS_N)
+        m = wm * U32(WM) + U32(16 * mi) + U32(lane) // U32(4) + U32(8 * (reg // 2))
+        n = wn * U32(WN) + U32(8 * ni) + U32(2) * (U32(lane) % U32(4)) + U32(reg % 2)
+        return m, n
+    return c_frag
 
 
 def make(BM, BN, BK, WARPS_M, WARPS_N, A_KR, B_KR, STAGES=2):
@@ -44,27 +86,6 @@ def make(BM, BN, BK, WARPS_M, WARPS_N, A_KR, B_KR, STAGES=2):
     assert BK % 8 == 0 and STAGES >= 2
     for R in (BM, BN):
         assert R * BK % (4 * THREADS) == 0, "every thread copies the same number of 16-byte chunks"
-
-    def shape(KR, R):
-        return (STAGES * BK, R + PAD_R) if KR else (STAGES * R, BK + PAD_K)
-
-    def slab_at(KR, R):
-        def at(s, r, k):
-            # (i, j) in shared memory of element (r, k) of stage s's slab
-            if KR:
-                return U32(BK) * U32(s) + U32(k), U32(r)
-            return U32(R) * U32(s) + U32(r), U32(k)
-        return at
-
-    def slab_chunk(KR, R):
-        def chunk(tid, it):
-            # (r, k) of the first float of chunk c = tid + it * THREADS; consecutive threads take
-            # consecutive chunks along the operand's rows in memory (coalesced)
-            c = U32(tid) + U32(it * THREADS)
-            if KR:
-                return (c % U32(R // 4)) * U32(4), c // U32(R // 4)
-            return c // U32(BK // 4), (c % U32(BK // 4)) * U32(4)
-        return chunk
 
     def slab_elem(KR, R):
         def elem(tid, it):
@@ -90,24 +111,17 @@ def make(BM, BN, BK, WARPS_M, WARPS_N, A_KR, B_KR, STAGES=2):
         k = U32(kk) + U32(lane) % U32(4) + U32(4 * reg)
         return n, k
 
-    def c_frag(warp, lane, mi, ni, reg):
-        # accumulator reg: row groupID (+8 for reg >= 2), columns 2 threadID_in_group (+1 for odd reg)
-        wm = U32(warp) // U32(WARPS_N)
-        wn = U32(warp) % U32(WARPS_N)
-        m = wm * U32(WM) + U32(16 * mi) + U32(lane) // U32(4) + U32(8 * (reg // 2))
-        n = wn * U32(WN) + U32(8 * ni) + U32(2) * (U32(lane) % U32(4)) + U32(reg % 2)
-        return m, n
-
     return types.SimpleNamespace(
         BM=BM, BN=BN, BK=BK, WM=WM, WN=WN, MI=MI, NI=NI, WARPS_M=WARPS_M, WARPS_N=WARPS_N, WARPS=WARPS,
         THREADS=THREADS, STAGES=STAGES, A_KR=A_KR, B_KR=B_KR,
-        A_SHAPE=shape(A_KR, BM), B_SHAPE=shape(B_KR, BN),
+        A_SHAPE=_slab_shape(A_KR, BM, BK, STAGES, PAD_R, PAD_K),
+        B_SHAPE=_slab_shape(B_KR, BN, BK, STAGES, PAD_R, PAD_K),
         A_CHUNKS=BM * BK // (4 * THREADS), B_CHUNKS=BN * BK // (4 * THREADS),
         A_ELEMS=BM * BK // THREADS, B_ELEMS=BN * BK // THREADS,
-        a_at=slab_at(A_KR, BM), b_at=slab_at(B_KR, BN),
-        a_chunk=slab_chunk(A_KR, BM), b_chunk=slab_chunk(B_KR, BN),
+        a_at=_slab_at(A_KR, BM, BK), b_at=_slab_at(B_KR, BN, BK),
+        a_chunk=_slab_chunk(A_KR, BM, BK, THREADS, 4), b_chunk=_slab_chunk(B_KR, BN, BK, THREADS, 4),
         a_elem=slab_elem(A_KR, BM), b_elem=slab_elem(B_KR, BN),
-        a_frag=a_frag, b_frag=b_frag, c_frag=c_frag)
+        a_frag=a_frag, b_frag=b_frag, c_frag=_c_frag(WARPS_N, WM, WN))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -127,3 +141,58 @@ def frag_b(lane, ni, kk, reg):
 def frag_c(lane, ni, reg):
     """(row, n) of accumulator reg of tile ni (row groupID, +8 for reg >= 2; n 2 threadID_in_group, +1 for odd reg)."""
     return U32(lane) // U32(4) + U32(8 * (reg // 2)), U32(8 * ni) + U32(2) * (U32(lane) % U32(4)) + U32(reg % 2)
+
+
+# ------------------------------------------------------------------------------------------------
+# the BF16 GEMM's tiles: mma.m16n8k16 fragments loaded by ldmatrix.x4
+
+PAD_BF16 = 8   # bf16 elements (16 bytes) after each slab row, either layout
+
+
+def make_bf16(BM, BN, BK, WARPS_M, WARPS_N, A_KR, B_KR, STAGES=2):
+    """make's namespace for bf16 operands (uint16 slabs): a_at, b_at, a_chunk, b_chunk (a chunk is
+    8 elements), c_frag as there, and in place of a_frag and b_frag the ldmatrix.x4 addresses:
+      a_ldm(warp, lane, mi, kk)  -> (r, k) in the slab of the 16 bytes this lane points ldmatrix at
+                                    for m-tile mi at k step kk (16 wide): matrices 0..3 are the
+                                    registers a0..a3 (rows +0/+8, k +0/+8); .trans when A_KR
+      b_ldm(warp, lane, nj, kk)  -> (n, k) likewise for the n-tiles 2 nj and 2 nj + 1: matrices
+                                    0, 1 are b0, b1 of the first, 2, 3 of the second
+    Lane l gives row l % 8 of matrix l // 8; stored rows run along the operand's non-contiguous
+    dimension (R when K-contiguous, k when A_KR / B_KR)."""
+    WM, WN = BM // WARPS_M, BN // WARPS_N
+    MI, NI = WM // 16, WN // 8
+    WARPS = WARPS_M * WARPS_N
+    THREADS = 32 * WARPS
+    assert WM * WARPS_M == BM and WN * WARPS_N == BN and MI * 16 == WM and NI * 8 == WN, "warp tiles of m16n8"
+    assert NI % 2 == 0, "ldmatrix.x4 loads two n-tiles of B"
+    assert BK % 16 == 0 and STAGES >= 2
+    for R in (BM, BN):
+        assert R * BK % (8 * THREADS) == 0, "every thread copies the same number of 16-byte chunks"
+
+    def a_ldm(warp, lane, mi, kk):
+        i = U32(lane) // U32(8)
+        j = U32(lane) % U32(8)
+        r = (U32(warp) // U32(WARPS_N)) * U32(WM) + U32(16 * mi) + U32(8) * (i % U32(2))
+        k = U32(kk) + U32(8) * (i // U32(2))
+        if A_KR:
+            return r, k + j
+        return r + j, k
+
+    def b_ldm(warp, lane, nj, kk):
+        i = U32(lane) // U32(8)
+        j = U32(lane) % U32(8)
+        n = (U32(warp) % U32(WARPS_N)) * U32(WN) + U32(16 * nj) + U32(8) * (i // U32(2))
+        k = U32(kk) + U32(8) * (i % U32(2))
+        if B_KR:
+            return n, k + j
+        return n + j, k
+
+    return types.SimpleNamespace(
+        BM=BM, BN=BN, BK=BK, WM=WM, WN=WN, MI=MI, NI=NI, WARPS_M=WARPS_M, WARPS_N=WARPS_N, WARPS=WARPS,
+        THREADS=THREADS, STAGES=STAGES, A_KR=A_KR, B_KR=B_KR,
+        A_SHAPE=_slab_shape(A_KR, BM, BK, STAGES, PAD_BF16, PAD_BF16),
+        B_SHAPE=_slab_shape(B_KR, BN, BK, STAGES, PAD_BF16, PAD_BF16),
+        A_CHUNKS=BM * BK // (8 * THREADS), B_CHUNKS=BN * BK // (8 * THREADS),
+        a_at=_slab_at(A_KR, BM, BK), b_at=_slab_at(B_KR, BN, BK),
+        a_chunk=_slab_chunk(A_KR, BM, BK, THREADS, 8), b_chunk=_slab_chunk(B_KR, BN, BK, THREADS, 8),
+        a_ldm=a_ldm, b_ldm=b_ldm, c_frag=_c_frag(WARPS_N, WM, WN))

@@ -5,14 +5,19 @@ store4, and the one numba-cuda's maintainers describe for inline PTX). Needs sm_
   mma_m16n8k8_tf32(a0..a3, b0, b1, c0..c3) -> (d0..d3)   A (16,8) tf32 x B (8,8) tf32 + C, f32 accumulate
   mma_m16n8k16_bf16(a0..a3, b0, b1, c0..c3) -> (d0..d3)  A (16,16) bf16 x B (16,8) bf16 + C
   ldmatrix_x1/_x2/_x4(tile, r, c) [-_trans]               8x8 b16 matrices, each lane one row address
-  cp_async16(dst, i, j, src, si, sj, valid)               dst[i, j:j+4] = src[si, sj:sj+4], or zeros
+  cp_async16(dst, i, j, src, si, sj, valid)               16 bytes: dst[i, j:j+4] = src[si, sj:sj+4] (8 bf16), or zeros
   cp_async4(dst, i, j, src, si, sj, valid)                dst[i, j] = src[si, sj], or zero
   cp_async_commit(), cp_async_wait(n)                     close a group; wait until <= n groups fly
   cvt_rna_tf32(x) -> b32                                  f32 to tf32, round to nearest, ties away
   cvt_bf16x2(lo, hi) -> b32                               two f32 to packed bf16, round to nearest even
   f32_bits(x) -> b32                                      x's bits (an mma then reads them as tf32: truncation)
+  widen(v) -> f32                                         a stored element as float32: float32 as it is, uint16
+                                                          (bf16 bits) exactly (no instruction but a shift)
+  narrow(arr, x) -> arr's dtype                           x for storing in arr: float32 as it is, bf16 bits
+                                                          (uint16) rounded to nearest even (cvt.rn.bf16.f32)
   shfl_xor(x, mask) -> f32, syncwarp()                    the float32 of lane ^ mask; a warp barrier
-Registers of tf32/bf16 operands are uint32. Each instruction's per-lane semantics (which element of
+Registers of tf32/bf16 operands are uint32. bf16 tensors are stored as uint16 arrays of their bits
+(llm.c's model file holds the same bits); widen and narrow let one kernel serve fp32 and bf16 storage. Each instruction's per-lane semantics (which element of
 which matrix a lane's register holds) is modelled in NumPy in llmnb/cuda/lanes.py, under the same
 name; the tests check kernels' index math against those models on a CPU (tests/test_lanes.py).
 
@@ -30,7 +35,7 @@ from .launch import SIMULATOR
 
 __all__ = ["mma_m16n8k8_tf32", "mma_m16n8k16_bf16", "ldmatrix_x1", "ldmatrix_x2", "ldmatrix_x4",
            "ldmatrix_x2_trans", "ldmatrix_x4_trans", "cp_async16", "cp_async4", "cp_async_commit",
-           "cp_async_wait", "cvt_rna_tf32", "cvt_bf16x2", "f32_bits", "shfl_xor", "syncwarp"]
+           "cp_async_wait", "cvt_rna_tf32", "cvt_bf16x2", "f32_bits", "widen", "narrow", "shfl_xor", "syncwarp"]
 
 MMA_TF32 = "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32"
 MMA_BF16 = "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"
@@ -76,7 +81,7 @@ if SIMULATOR:
         return ldmatrix
 
     def cp_async16(dst, i, j, src, si, sj, valid):
-        for q in range(4):
+        for q in range(16 // src.dtype.itemsize):   # 4 floats or 8 bf16
             dst[i, j + q] = src[si, sj + q] if valid else 0
 
     def cp_async4(dst, i, j, src, si, sj, valid):
@@ -96,6 +101,16 @@ if SIMULATOR:
 
     def f32_bits(x):
         return np.float32(x).view(np.uint32)
+
+    def widen(v):
+        if isinstance(v, np.uint16):
+            return np.float32(lanes.bf16_value(v))
+        return np.float32(v)
+
+    def narrow(arr, x):
+        if arr.dtype == np.uint16:
+            return np.uint16(lanes.cvt_bf16x2(np.float32(x), np.float32(0)) & np.uint32(0xFFFF))
+        return np.float32(x)
 
     def shfl_xor(x, mask):
         return np.float32(_warp_gather(np.float32(x), lambda v: v[lanes.LANES ^ mask]))
@@ -249,6 +264,34 @@ else:
         def codegen(context, builder, signature, args):
             return builder.bitcast(context.cast(builder, args[0], signature.args[0], types.float32), I32)
         return types.uint32(types.float32), codegen
+
+    @intrinsic
+    def widen(typingctx, v):
+        """(lanes.bf16_value) a stored element -> float32: float32 as it is, uint16 bf16 bits exactly"""
+        if v == types.float32:
+            return types.float32(v), lambda context, builder, signature, args: args[0]
+        if v != types.uint16:
+            raise TypingError(f"widen: expected a float32 or a uint16 (bf16 bits), got {v}")
+
+        def codegen(context, builder, signature, args):
+            bits = builder.shl(builder.zext(args[0], I32), ir.Constant(I32, 16))
+            return builder.bitcast(bits, F32)
+        return types.float32(v), codegen
+
+    @intrinsic
+    def narrow(typingctx, arr, x):
+        """x (float32) -> what arr stores: float32 as it is; for a uint16 array its bf16 bits,
+        rounded to nearest even (cvt.rn.bf16.f32; lanes.cvt_bf16x2's rounding)"""
+        if not isinstance(arr, types.Array) or arr.dtype not in (types.float32, types.uint16):
+            raise TypingError(f"narrow: expected a float32 or uint16 (bf16) array, got {arr}")
+        dt = arr.dtype
+
+        def codegen(context, builder, signature, args):
+            v = context.cast(builder, args[1], signature.args[1], types.float32)
+            if dt == types.float32:
+                return v
+            return _asm(builder, ir.IntType(16), [v], "cvt.rn.bf16.f32 $0, $1;", "=h,f")
+        return dt(arr, x), codegen
 
     _ldmatrix = _make_ldmatrix
 

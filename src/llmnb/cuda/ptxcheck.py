@@ -7,7 +7,8 @@ reports, per kernel, the fp64 instructions in its PTX (all kernels are fp32; onl
 norm accumulates in float64) and its local-memory loads/stores (register spills, or the 8x8
 accumulators of the matmuls not kept in registers), and its 128-bit loads from shared and global
 memory (the matmuls' v6s and v7s exist for those), and its tensor-core mma.sync instructions (the
-TF32 kernels of matmul_tc.py and attention_tc.py have them, no other kernel does).
+TF32 kernels of matmul_tc.py and attention_tc.py and the BF16 ones of matmul_bf16.py have them, no
+other kernel does).
 
     python -m llmnb.cuda.ptxcheck [--cc 9.0] [--geometry gpu|sim]
 
@@ -25,24 +26,29 @@ EXPECTED_FP64 = {"global_norm_squared_kernel"}
 
 
 def kernel_signatures():
-    """{kernel dispatcher: [argument types]} for every launch of kernels.py, attention.py, matmul.py
-    and matmul_tc.py."""
-    from numba import boolean, float32, float64, int32, int64
+    """{kernel dispatcher: [argument types]} for every launch of kernels.py, attention.py, matmul.py,
+    matmul_tc.py and matmul_bf16.py."""
+    from numba import boolean, float32, float64, int32, int64, uint16
 
     from . import attention as A
     from . import attention_v2 as A2
     from . import attention_tc as AT
     from . import kernels as K
     from . import matmul as M
+    from . import matmul_bf16 as BF
     from . import matmul_tc as TC
     f1, f2, f3 = float32[::1], float32[:, ::1], float32[:, :, ::1]
+    h1, h2, h3 = uint16[::1], uint16[:, ::1], uint16[:, :, ::1]
     i2 = int32[:, ::1]
     gemm = [(f3, f2, f2, f1, boolean, int64, boolean)]
+    # bf16 output, and split K's fp32 partial sums
+    gemm_bf16 = [(h3, h2, h2, h1, boolean, int64, boolean), (f3, h2, h2, h1, boolean, int64, boolean)]
     return {
         **{k: gemm for pair in M.GEMMS.values() for k in pair if k is not None},   # (v7s: twins too)
         **{k: gemm for pair in TC.TC_GEMMS.values() for k in pair},                # --precision tf32
-        M.matmul_reduce_splits_kernel: [(f2, f3, f1, boolean, boolean)],
-        M.matmul_backward_bias_kernel: [(f1, f2)],
+        **{k: gemm_bf16 for _, k in BF.BF16_GEMMS.values()},                       # --precision bf16
+        M.matmul_reduce_splits_kernel: [(f2, f3, f1, boolean, boolean), (h2, f3, h1, boolean, boolean)],
+        M.matmul_backward_bias_kernel: [(f1, f2), (h1, h2)],
         K.encoder_forward_kernel: [(f3, i2, f2, f2)],
         K.encoder_backward_wpe_kernel: [(f2, f3)],
         K.encoder_backward_wte_kernel: [(f2, f3, i2)],
@@ -123,11 +129,12 @@ def check_all(cc, out=sys.stdout):
     from . import attention_tc as AT
     from . import kernels as K
     from . import matmul as M
+    from . import matmul_bf16 as BF
     from . import matmul_tc as TC
     sigs = kernel_signatures()
     problems = 0
     # {kernel: the module's name for it} (the matmuls' kernels are closures of one function, gemm)
-    launched = {v: n for mod in (K, A, A2, M, TC, AT) for n, v in vars(mod).items()
+    launched = {v: n for mod in (K, A, A2, M, TC, AT, BF) for n, v in vars(mod).items()
                 if n.endswith("_kernel") and getattr(v, "__module__", "").startswith("llmnb.cuda")}
     for k, name in launched.items():
         if k not in sigs:
@@ -149,7 +156,7 @@ def check_all(cc, out=sys.stdout):
                 v4s = len(re.findall(r"\bld\.shared\.v4\.", ptx))
                 v4g = len(re.findall(r"\bld\.global(?:\.nc)?\.v4\.", ptx))
                 mma = len(re.findall(r"\bmma\.sync\.", ptx))
-                bad = local > 0 or (f64 > 0 and name not in EXPECTED_FP64) or (mma == 0) == ("_tf32" in name)
+                bad = local > 0 or (f64 > 0 and name not in EXPECTED_FP64) or (mma == 0) == ("_tf32" in name or "_bf16" in name)
                 problems += bad
                 print(f"{'BAD ' if bad else 'ok  '}     {name:40s} fp64 instructions {f64:3d}   "
                       f"local loads/stores {local:3d}   128-bit loads shared {v4s:3d} global {v4g:3d}   mma {mma:3d}", file=out)

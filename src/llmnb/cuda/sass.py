@@ -2,7 +2,7 @@
 
     python -m llmnb.cuda.sass [--arch sm_80,sm_90]
 
-For each TF32 kernel (matmul_tc.py, attention_tc.py) and each architecture: ptxas -v's registers,
+For each tensor-core kernel (matmul_tc.py, attention_tc.py, matmul_bf16.py) and each architecture: ptxas -v's registers,
 stack frame and spill stores/loads, the HMMA instructions in the SASS (nvdisasm), and the kernel's
 main loop: the smallest loop holding HMMA, its instructions per HMMA and its shared loads. One line
 per kernel, "ok" or "BAD" (no HMMA, a stack frame or a spill); then a probe kernel that calls every
@@ -88,15 +88,20 @@ def main_loop(sass):
 
 
 def tensor_core_kernels():
-    """{name: (kernel, argument types)} of the TF32 kernels (matmul_tc.py, attention_tc.py)."""
-    from numba import boolean, float32, int64
+    """{name: (kernel, argument types)} of the TF32 kernels (matmul_tc.py, attention_tc.py) and the
+    BF16 GEMMs (matmul_bf16.py, with bf16 output)."""
+    from numba import boolean, float32, int64, uint16
 
     from . import attention_tc as AT
+    from . import matmul_bf16 as BF
     from . import matmul_tc as TC
     f1, f2, f3 = float32[::1], float32[:, ::1], float32[:, :, ::1]
+    h1, h2, h3 = uint16[::1], uint16[:, ::1], uint16[:, :, ::1]
     ours = {k for pair in TC.TC_GEMMS.values() for k in pair}
     kernels = {n: (v, (f3, f2, f2, f1, boolean, int64, boolean)) for n, v in vars(TC).items()
                if n.endswith("_kernel") and v in ours}
+    kernels.update({n: (v, (h3, h2, h2, h1, boolean, int64, boolean)) for n, v in vars(BF).items()
+                    if n.endswith("_bf16_kernel")})
     kernels["attention_forward_tf32_kernel"] = (AT.attention_forward_tf32_kernel, (f3, f3, f3, float32))
     for n in ("attention_dquery_tf32_kernel", "attention_dkey_value_tf32_kernel"):
         kernels[n] = (getattr(AT, n), (f3, f3, f3, f3, f3, float32))
