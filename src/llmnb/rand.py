@@ -3,7 +3,12 @@
     MT19937   llmc/rand.h's Mersenne Twister: seeded as torch.manual_seed, its randint32 (the numbers
               torch.randint(0, 0xFFFFFFFF) gives after the same seed) and its random_permutation,
               which the DataLoader uses to shuffle shards and samples
-    Rng       train_gpt2.c's xorshift*: one float32 coin per generated token (generate.py)
+    Rng       train_gpt2.c's xorshift*: one float32 coin per generated token (generate.py); in
+              train_gpt2.cu also the seed of each tensor's stochastic rounding
+    squirrel_noise5, noise_2d, stochastic_round_bf16
+              llmc/cuda_utils.cuh's hash for stochastic rounding (a uint32 from a position and a
+              seed) and the rounding itself, in NumPy (the CUDA kernels call the same
+              squirrel_noise5: llmnb/cuda/bf16.py)
 
 The mt19937 state is a (624,) int64 array of uint32 values plus `left`/`next`, as the C struct; its
 kernels work in int64 so no step can overflow or mix signednesses. The xorshift state is a uint64
@@ -175,3 +180,51 @@ class Rng:
 
     def __repr__(self):
         return f"Rng(state={self._state})"
+
+
+# ----------------------------------------------------------------------------------------------
+# SquirrelNoise5 (llmc/cuda_utils.cuh): stochastic rounding's random bits in train_gpt2.cu
+
+SQ5_NOISE = (0xD2A80A3F, 0xA884F197, 0x6C736F4B, 0xB79F3ABB, 0x1B56C4F5)
+NOISE_PRIME = 198491317   # Get2dNoiseUint's prime
+
+
+def squirrel_noise5(position, seed):
+    """SquirrelNoise5's uint32 hash of a uint32 position and seed, in uint64 arithmetic masked to
+    32 bits after each step (no step can pass 2^64): the same code runs on NumPy arrays or scalars
+    and, compiled, in a CUDA kernel (llmnb/cuda/bf16.py)."""
+    mask = np.uint64(MASK32)
+    x = np.uint64(position) & mask
+    x = (x * np.uint64(SQ5_NOISE[0])) & mask
+    x = (x + (np.uint64(seed) & mask)) & mask
+    x ^= x >> np.uint64(9)
+    x = (x + np.uint64(SQ5_NOISE[1])) & mask
+    x ^= x >> np.uint64(11)
+    x = (x * np.uint64(SQ5_NOISE[2])) & mask
+    x ^= x >> np.uint64(13)
+    x = (x + np.uint64(SQ5_NOISE[3])) & mask
+    x ^= x >> np.uint64(15)
+    x = (x * np.uint64(SQ5_NOISE[4])) & mask
+    x ^= x >> np.uint64(17)
+    return x
+
+
+def noise_2d(x, y, seed):
+    """Get2dNoiseUint: squirrel_noise5(x + NOISE_PRIME * y, seed), x and y as uint32."""
+    mask = np.uint64(MASK32)
+    pos = ((np.uint64(x) & mask) + ((np.uint64(NOISE_PRIME) * (np.uint64(y) & mask)) & mask)) & mask
+    return squirrel_noise5(pos, seed)
+
+
+def stochastic_round_bf16(x, random):
+    """llm.c's stochastic_rounding of float32 x to bf16 bits (uint16) with uint32 random bits: the
+    bf16 neighbour away from zero when x's low 16 bits exceed random's low 16 bits (so with
+    probability (low bits) / 65536, up to 1/65536), else x truncated: unbiased. Inf stays inf,
+    NaN becomes bf16's quiet NaN (0x7FC0)."""
+    bits = np.asarray(x, np.float32).view(np.uint32).astype(np.uint64)
+    up = (bits & np.uint64(0xFFFF)) > (np.asarray(random, np.uint64) & np.uint64(0xFFFF))
+    top = (bits >> np.uint64(16)) + up.astype(np.uint64)
+    finite = (bits & np.uint64(0x7F800000)) != np.uint64(0x7F800000)
+    nan = ~finite & ((bits & np.uint64(0x7FFFFF)) != 0)
+    out = np.where(finite, top, bits >> np.uint64(16))
+    return np.where(nan, np.uint64(0x7FC0), out).astype(np.uint16)

@@ -27,12 +27,13 @@ EXPECTED_FP64 = {"global_norm_squared_kernel"}
 
 def kernel_signatures():
     """{kernel dispatcher: [argument types]} for every launch of kernels.py, attention.py, matmul.py,
-    matmul_tc.py and matmul_bf16.py."""
-    from numba import boolean, float32, float64, int32, int64, uint16
+    matmul_tc.py, matmul_bf16.py and bf16.py."""
+    from numba import boolean, float32, float64, int32, int64, uint16, uint64
 
     from . import attention as A
     from . import attention_v2 as A2
     from . import attention_tc as AT
+    from . import bf16 as B16
     from . import kernels as K
     from . import matmul as M
     from . import matmul_bf16 as BF
@@ -77,6 +78,8 @@ def kernel_signatures():
         K.scale_kernel: [(f1, float32)],
         K.fill_kernel: [(f1, float32), (int32[::1], int32)],
         K.attention_query_kernel: [(f2, f3, f3, int64, float32)],
+        B16.adamw_bf16_kernel: [(h1, f1, h1, f1, f1, int64) + (float32,) * 8 + (uint64,)],   # --precision bf16
+        B16.init_from_master_kernel: [(h1, f1, int64, uint64)],
     }
 
 
@@ -127,6 +130,7 @@ def check_all(cc, out=sys.stdout):
     from . import attention as A
     from . import attention_v2 as A2
     from . import attention_tc as AT
+    from . import bf16 as B16
     from . import kernels as K
     from . import matmul as M
     from . import matmul_bf16 as BF
@@ -134,7 +138,7 @@ def check_all(cc, out=sys.stdout):
     sigs = kernel_signatures()
     problems = 0
     # {kernel: the module's name for it} (the matmuls' kernels are closures of one function, gemm)
-    launched = {v: n for mod in (K, A, A2, M, TC, AT, BF) for n, v in vars(mod).items()
+    launched = {v: n for mod in (K, A, A2, M, TC, AT, BF, B16) for n, v in vars(mod).items()
                 if n.endswith("_kernel") and getattr(v, "__module__", "").startswith("llmnb.cuda")}
     for k, name in launched.items():
         if k not in sigs:
@@ -156,7 +160,7 @@ def check_all(cc, out=sys.stdout):
                 v4s = len(re.findall(r"\bld\.shared\.v4\.", ptx))
                 v4g = len(re.findall(r"\bld\.global(?:\.nc)?\.v4\.", ptx))
                 mma = len(re.findall(r"\bmma\.sync\.", ptx))
-                bad = local > 0 or (f64 > 0 and name not in EXPECTED_FP64) or (mma == 0) == ("_tf32" in name or "_bf16" in name)
+                bad = local > 0 or (f64 > 0 and name not in EXPECTED_FP64) or (mma == 0) == ("_tf32" in name or name.startswith("matmul_") and "_bf16" in name)
                 problems += bad
                 print(f"{'BAD ' if bad else 'ok  '}     {name:40s} fp64 instructions {f64:3d}   "
                       f"local loads/stores {local:3d}   128-bit loads shared {v4s:3d} global {v4g:3d}   mma {mma:3d}", file=out)
