@@ -136,12 +136,13 @@ def kernels_cached():
         return None
 
 
-PRECISIONS = ("fp32", "tf32")
+PRECISIONS = ("fp32", "tf32", "bf16")
 
 
 def get_backend(device="cpu", precision="fp32"):
     """The backend for a --device value, 'cpu' or 'cuda', and a --precision of its matmuls: 'fp32'
-    (every device), or 'tf32' (cuda: tensor cores, inputs rounded to 10 mantissa bits, fp32 sums)."""
+    (every device), 'tf32' (cuda: tensor cores, inputs rounded to 10 mantissa bits, fp32 sums) or
+    'bf16' (cuda: bf16 tensors and tensor cores, fp32 sums, as train_gpt2.cu)."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r} (expected one of {', '.join(PRECISIONS)})")
     if device == "cpu":

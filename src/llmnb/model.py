@@ -12,6 +12,10 @@ and the activations' gradients (plus AdamW's m and v). Every named tensor is a v
 them (see config.Tensors); per-layer tensors are views of those views (`params.qkvw[l]`), so the
 loops below pass views, never copies, to the kernels of a backend (CPU or CUDA).
 
+--precision bf16 (CUDA) keeps the parameters, their gradients and the activations in bf16 (uint16
+buffers of bf16 bits) and, as llm.c's train_gpt2.cu, fp32 master weights and AdamW's m and v; the
+layernorm statistics, log-sum-exps and losses stay float32 (FP32_ACTS, a second buffer).
+
 One layer routine (block_forward) serves the training forward over (B, T) and the Decoder's
 one-token step, which keeps every layer's qkv rows in its KV cache on the backend.
 """
@@ -25,6 +29,29 @@ from .backend import get_backend
 from .config import LAYER_GRAD_NAMES, GPT2Config, Tensors, act_shapes, grad_act_shapes, param_shapes
 from .formats import bf16_to_fp32, fp32_to_bf16, read_checkpoint, write_checkpoint
 from .matmul import quantize_int8
+
+
+# --precision bf16: the activations (and their gradients) that stay float32, as in train_gpt2.cu
+FP32_ACTS = ("ln1_mean", "ln1_rstd", "ln2_mean", "ln2_rstd", "lnf_mean", "lnf_rstd", "lse", "lse_logits", "losses",
+             "probs")
+# llm.c's train_gpt2.cu: the seed of the stochastic rounding's per-tensor seeds (its rank 0)
+RNG_STATE_BF16 = 13371337
+
+
+def allocate(k, shapes, dtype=np.float32, fp32=()):
+    """Tensors of `shapes` on backend k in one flat buffer of dtype. With dtype bf16 (uint16), the
+    names in fp32 go to a second, float32 buffer (their views set on the same Tensors; .memory is
+    the first buffer, .fp32_memory the second)."""
+    main = {n: s for n, s in shapes.items() if dtype == np.float32 or n not in fp32}
+    t = Tensors(k.zeros(Tensors.count(main), dtype=dtype), main)
+    rest = {n: s for n, s in shapes.items() if n not in main}
+    t.fp32_memory = None
+    if rest:
+        f = Tensors(k.zeros(Tensors.count(rest)), rest)
+        for name in rest:
+            setattr(t, name, getattr(f, name))
+        t.fp32_memory = f.memory
+    return t
 
 
 def init_params(config, seed=0):
@@ -115,8 +142,16 @@ class GPT2:
         params = np.asarray(params, dtype=np.float32).reshape(-1)
         if params.shape[0] != self.num_parameters:
             raise ValueError(f"params holds {params.shape[0]} floats, the config needs {self.num_parameters}")
-        # the model trains its own copy (copy=False: the caller hands the array over, no copy)
-        self.params = Tensors(k.asarray(params.copy() if copy else params), shapes)
+        self.precision = precision
+        self.dtype = np.uint16 if precision == "bf16" else np.float32   # params, grads, activations
+        self.master = None          # bf16: the fp32 master weights (a flat device buffer)
+        self.rng_state = RNG_STATE_BF16   # bf16: the xorshift state the rounding's seeds come from
+        if precision == "bf16":
+            self.master = k.asarray(params.copy() if copy else params)
+            self.params = Tensors(k.asarray(fp32_to_bf16(params)), shapes)
+        else:
+            # the model trains its own copy (copy=False: the caller hands the array over, no copy)
+            self.params = Tensors(k.asarray(params.copy() if copy else params), shapes)
         self.grads = None           # allocated lazily on the first backward
         self.grads_are_zero = False  # True when self.grads is known to hold zeros: zero_grad skips its fill
         self.m_memory = None        # AdamW state, allocated lazily on the first update
@@ -142,10 +177,16 @@ class GPT2:
         return cls(config, params, device=device, backend=backend, copy=False, precision=precision)
 
     def save_checkpoint(self, path):
-        write_checkpoint(path, self.config, self.backend.to_host(self.params.memory))
+        """llm.c's model file: version 3 (float32), or for a bf16 model version 5 (its bf16
+        parameters, as train_gpt2.cu writes them)."""
+        if self.master is not None:
+            write_checkpoint(path, self.config, bf16_to_fp32(self.backend.to_host(self.params.memory)), "bfloat16")
+        else:
+            write_checkpoint(path, self.config, self.backend.to_host(self.params.memory))
 
     def params_host(self):
-        return self.backend.to_host(self.params.memory)
+        """The weights as a host float32 array (a bf16 model's: its fp32 master weights)."""
+        return self.backend.to_host(self.master if self.master is not None else self.params.memory)
 
     # ------------------------------------------------------------------------------------------
     # input checks and lazy allocation
@@ -174,8 +215,7 @@ class GPT2:
         if self.acts is not None and (B, T) == (self.batch_size, self.seq_len):
             return
         k = self.backend
-        shapes = act_shapes(self.config, B, T)
-        self.acts = Tensors(k.zeros(Tensors.count(shapes)), shapes)
+        self.acts = allocate(k, act_shapes(self.config, B, T), self.dtype, FP32_ACTS)
         self.grads_acts = None  # re-allocated with the new shape on the next backward
         self.probs = None
         self.batch_size, self.seq_len = B, T
@@ -249,13 +289,14 @@ class GPT2:
                                "gradient over the logits): run forward(inputs, targets) again first")
         k = self.backend
         if self.grads is None:
-            self.grads = Tensors(k.zeros(self.num_parameters), param_shapes(self.config))
+            self.grads = Tensors(k.zeros(self.num_parameters, dtype=self.dtype), param_shapes(self.config))
         self.grads_are_zero = False  # this backward adds into them
         if self.grads_acts is None:
             shapes = grad_act_shapes(self.config, self.batch_size, self.seq_len)
-            self.grads_acts = Tensors(k.zeros(Tensors.count(shapes)), shapes)
-            nlayer = Tensors.count({n: shapes[n] for n in LAYER_GRAD_NAMES})
-            self.layer_grads = self.grads_acts.memory[Tensors.count(shapes) - nlayer:]
+            self.grads_acts = allocate(k, shapes, self.dtype, FP32_ACTS)
+            nlayer = Tensors.count({n: shapes[n] for n in LAYER_GRAD_NAMES})   # (the last ones)
+            memory = self.grads_acts.memory
+            self.layer_grads = memory[memory.shape[0] - nlayer:]
         B, T = self.batch_size, self.seq_len
         L = self.config.num_layers
         V = self.config.vocab_size

@@ -17,6 +17,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from . import rand
+
 # the 2-D weights: the tensors that get weight decay when it is asked for (-c), as llm.c's
 # train_gpt2.cu's gpt2_update (its tensors 0, 1, 4, 6, 10, 12: the embeddings and the matmul
 # weights; no decay on biases and layernorm parameters)
@@ -139,6 +141,10 @@ def adamw_update(model, learning_rate, beta1, beta2, eps, weight_decay, t, decay
     Without shard, AdamW zeroes model.grads as it reads them (the next zero_grad's fill, fused), so
     afterwards the gradient buffer holds zeros. Under ZeRO-1 the reduced gradient is another
     buffer: model.grads is left as it is and the next zero_grad fills it."""
+    if model.master is not None:
+        if shard is not None:
+            raise ValueError("ZeRO-1 (-z 1) is not supported with --precision bf16")
+        return _adamw_update_master(model, learning_rate, beta1, beta2, eps, weight_decay, t, decay)
     own = shard is None  # the update reads (and zeroes) model.grads
     if own:
         if model.grads is None:
@@ -155,6 +161,34 @@ def adamw_update(model, learning_rate, beta1, beta2, eps, weight_decay, t, decay
         k.adamw_update(p[a:b], grads[a - lo:b - lo], m[a - lo:b - lo], v[a - lo:b - lo], *hyper, wd, int(t), own)
     if own:
         model.grads_are_zero = True  # every element of [0, num_parameters) was read and zeroed
+
+
+# the parameter tensors that are not per layer (train_gpt2.cu's tensors 0, 1, 14, 15)
+WHOLE_TENSORS = ("wte", "wpe", "lnfw", "lnfb")
+
+
+def _adamw_update_master(model, learning_rate, beta1, beta2, eps, weight_decay, t, decay):
+    """gpt2_update of train_gpt2.cu for a bf16 model (--precision bf16): per parameter tensor, all
+    its layers in one launch, a seed drawn from the model's xorshift state (rand.random_u32), then
+    AdamW over the fp32 master weights, m and v, the bf16 parameters their stochastic rounding
+    (llmnb/cuda/bf16.py). The gradient is left as it is (the next zero_grad fills it)."""
+    if model.grads is None:
+        raise RuntimeError("update() needs a backward() first")
+    k = model.backend
+    if model.m_memory is None:
+        model.m_memory, model.v_memory = k.zeros(model.num_parameters), k.zeros(model.num_parameters)
+    p, g, w, m, v = model.params.memory, model.grads.memory, model.master, model.m_memory, model.v_memory
+    L = model.config.num_layers
+    offset = 0
+    for name, shape in model.params.shapes.items():
+        n = int(np.prod(shape))
+        seed, model.rng_state = rand.random_u32(model.rng_state)
+        wd = float(weight_decay) if decay is None or name in decay else 0.0
+        a, b = offset, offset + n
+        k.adamw_update_master(p[a:b], w[a:b], g[a:b], m[a:b], v[a:b], 1 if name in WHOLE_TENSORS else L,
+                              float(learning_rate), float(beta1), float(beta2), float(eps), wd, int(t), 1.0, seed)
+        offset = b
+    model.grads_are_zero = False
 
 
 def _pieces(shapes, lo, hi, decay):

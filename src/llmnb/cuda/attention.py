@@ -39,6 +39,7 @@ from .launch import (ATT_BK, ATT_BK_P, ATT_BQ, ATT_BR, ATT_CN, ATT_DN, ATT_HS4, 
 from . import attention_v2
 from .launch import ATTENTION_KERNEL, cached_views
 from .matmul import fetch4, load4, store4
+from .ptx import widen
 
 F32 = np.float32
 ZERO = F32(0.0)
@@ -236,7 +237,7 @@ def attention_backward_dd_kernel(dd, dout, out):
         b = idx // (T * NH)
         acc = ZERO
         for d in range(hs):
-            acc += dout[b, t, h * hs + d] * out[b, t, h * hs + d]
+            acc += widen(dout[b, t, h * hs + d]) * widen(out[b, t, h * hs + d])
         dd[b, h, t] = acc
 
 

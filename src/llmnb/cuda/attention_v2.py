@@ -15,6 +15,7 @@ import numpy as np
 from numba import cuda, float32
 
 from . import launch
+from .ptx import narrow, widen
 
 F32 = np.float32
 ZERO = F32(0.0)
@@ -40,7 +41,7 @@ def _v2_stage_t(dst, src, r0, R, T, c0, hs, tid, nthreads):
         r = idx // ATT_HS_MAX
         d = idx % ATT_HS_MAX
         t = r0 + r
-        dst[d, r] = src[t, c0 + d] if t < T and d < hs else ZERO
+        dst[d, r] = widen(src[t, c0 + d]) if t < T and d < hs else ZERO
 
 
 @DEVICE
@@ -51,7 +52,7 @@ def _v2_stage(dst, src, r0, R, T, c0, hs, tid, nthreads):
         r = idx // ATT_HS_MAX
         d = idx % ATT_HS_MAX
         t = r0 + r
-        dst[r, d] = src[t, c0 + d] if t < T and d < hs else ZERO
+        dst[r, d] = widen(src[t, c0 + d]) if t < T and d < hs else ZERO
 
 
 @cuda.jit
@@ -164,7 +165,7 @@ def v2_forward_kernel(out, lse, inp, scale):
             for j in range(ATT_DN):
                 d = tx + ATT_TX * j
                 if d < hs:
-                    out[b, t, h * hs + d] = o[i, j] * inv
+                    out[b, t, h * hs + d] = narrow(out, o[i, j] * inv)
             if tx == 0:
                 lse[b, h, t] = m[i] + math.log(total)
 
@@ -274,7 +275,7 @@ def v2_dquery_kernel(dinp, dout, inp, lse, dd, scale):
             for j in range(ATT_DN):
                 d = tx + ATT_TX * j
                 if d < hs:
-                    dinp[b, t, h * hs + d] += scale * dq[i, j]
+                    dinp[b, t, h * hs + d] = narrow(dinp, widen(dinp[b, t, h * hs + d]) + scale * dq[i, j])
 
 
 @cuda.jit
@@ -350,5 +351,7 @@ def v2_dkey_value_kernel(dinp, dout, inp, lse, dd, scale):
             for j in range(ATT_DN):
                 d = tx + ATT_TX * j
                 if d < hs:
-                    dinp[b, t2, C + h * hs + d] += scale * dk[i, j]
-                    dinp[b, t2, 2 * C + h * hs + d] += dv[i, j]
+                    k_at = C + h * hs + d
+                    v_at = 2 * C + h * hs + d
+                    dinp[b, t2, k_at] = narrow(dinp, widen(dinp[b, t2, k_at]) + scale * dk[i, j])
+                    dinp[b, t2, v_at] = narrow(dinp, widen(dinp[b, t2, v_at]) + dv[i, j])

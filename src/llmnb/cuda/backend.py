@@ -8,11 +8,12 @@ import numpy as np
 from numba import cuda
 
 from ..contract import Backend
-from . import kernels
+from . import bf16, kernels
 from .attention import Attention
 from .attention_tc import AttentionTF32
 from .launch import cached_views
 from .matmul import Matmuls
+from .matmul_bf16 import MatmulsBF16
 from .matmul_tc import MatmulsTF32
 
 
@@ -35,19 +36,28 @@ class CUDABackend(Backend):
     adamw_update = staticmethod(kernels.adamw_update)
     global_norm_squared = staticmethod(kernels.global_norm_squared)
     scale_ = staticmethod(kernels.scale_)
+    # --precision bf16's AdamW over bf16 parameters with fp32 master weights (train_gpt2.cu's)
+    adamw_update_master = staticmethod(bf16.adamw_update_bf16)
+    init_from_master = staticmethod(bf16.init_from_master)
 
     def __init__(self, precision="fp32"):
-        """precision: "fp32" (the default: FFMA kernels, exact fp32) or "tf32" (the matmuls and
-        attention's products on tensor cores: matmul_tc.py, attention_tc.py)."""
+        """precision: "fp32" (the default: FFMA kernels, exact fp32), "tf32" (the matmuls and
+        attention's products on tensor cores: matmul_tc.py, attention_tc.py) or "bf16" (tensors of
+        bf16 bits, the matmuls on tensor cores in bf16: matmul_bf16.py; every other kernel reads
+        and writes bf16 through ptx.widen / narrow, attention is v2's)."""
         if not cuda.is_available():
             raise RuntimeError("llmnb/cuda/backend.py: no CUDA GPU found by numba.cuda "
                                "(set NUMBA_ENABLE_CUDASIM=1 to run the kernels on the simulator)")
-        if precision not in ("fp32", "tf32"):
-            raise ValueError(f"llmnb/cuda/backend.py: precision {precision!r}, expected 'fp32' or 'tf32'")
+        if precision not in ("fp32", "tf32", "bf16"):
+            raise ValueError(f"llmnb/cuda/backend.py: precision {precision!r}, expected 'fp32', 'tf32' or 'bf16'")
         self.precision = precision
         # the matmuls keep their split-K scratch here, for this backend
-        self.matmuls = MatmulsTF32() if precision == "tf32" else Matmuls()
-        self.attention = AttentionTF32() if precision == "tf32" else Attention()  # and its dd scratch
+        self.matmuls = {"tf32": MatmulsTF32, "bf16": MatmulsBF16}.get(precision, Matmuls)()
+        # and the attention its dd scratch (bf16: v2, whose loads and stores go through widen/narrow)
+        if precision == "tf32":
+            self.attention = AttentionTF32()
+        else:
+            self.attention = Attention("v2") if precision == "bf16" else Attention()
 
     def matmul_forward(self, out, inp, weight, bias):
         self.matmuls.matmul_forward(out, inp, weight, bias)

@@ -7,7 +7,7 @@ bf16 parameters with fp32 master weights, and its stochastic rounding.
     init_from_master     the bf16 parameters from the master weights, rounded the same way (a
                          resume: llm.c's init_from_master)
 
-As llm.c's adamw_kernel3: blocks of 512 threads, grid (cdiv(size, 512), L) over a tensor of L
+As llm.c's adamw_kernel3: blocks of 512 threads (ADAMW_THREADS, at the GPU geometry), grid (cdiv(size, 512), L) over a tensor of L
 layers of `size` elements; m and v follow lerp (two fmas); each thread's random bits are
 Get2dNoiseUint(threadIdx.x, blockIdx.x * 512 + blockIdx.y, seed) (rand.noise_2d), seed one
 xorshift draw per tensor and step. So, given the same seeds, the same fp32 update rounds to the
@@ -20,10 +20,12 @@ from numba import cuda
 
 from .. import rand
 from ..kernels import bias_corrections
-from .launch import INLINE, check, cdiv
+from .launch import GEOMETRY, INLINE, cdiv, check
 from .ptx import f32_bits, widen
 
-ADAMW_THREADS = 512   # llm.c's block: the random bits of a parameter depend on it
+# llm.c's block: the random bits of a parameter depend on it (the simulator's geometry takes 64, to
+# spare it 512 Python threads a block; the tests' models of the bits take the same number)
+ADAMW_THREADS = {"gpu": 512, "sim": 64}[GEOMETRY]
 F32 = np.float32
 U64 = np.uint64
 WHERE = "bf16.py"

@@ -10,6 +10,10 @@ gradient 0.
 
 The attention (flash-style, as the CPU's) is in attention.py, the matmuls in matmul.py.
 
+Every kernel but AdamW's (bf16.py has --precision bf16's) reads its floating-point arrays through
+ptx.widen and writes them through ptx.narrow: float32 as it is, or bf16 bits (uint16) summed and
+computed in fp32 and rounded once on the way out, so the same kernel serves both precisions.
+
 Reductions never race: a reduction over a row is a tree in shared memory within one block, a
 reduction over rows (dweight, dbias, dwte, dwpe) belongs to the threads of its columns. No
 atomics, so every run gives the same bits. Grid and block shapes come from launch.py.
@@ -23,6 +27,7 @@ from ..kernels import GELU_CUBE, GELU_SCALING_FACTOR, LAYERNORM_EPS  # the model
 from ..kernels import bias_corrections as cpu_bias_corrections  # the host-side scalars, shared
 from .launch import (COL_ROWS, COL_WIDTH, ELEM_THREADS, INLINE, ROW_THREADS,
                      cdiv, check, elementwise_grid, last_dim, size)
+from .ptx import narrow, widen
 
 F32 = np.float32
 ZERO = F32(0.0)
@@ -84,7 +89,7 @@ def encoder_forward_kernel(out, inp, wte, wpe):
         c = idx % C
         b = bt // T
         t = bt % T
-        out[b, t, c] = wte[inp[b, t], c] + wpe[t, c]
+        out[b, t, c] = narrow(out, widen(wte[inp[b, t], c]) + widen(wpe[t, c]))
 
 
 @cuda.jit(cache=True)
@@ -94,10 +99,10 @@ def encoder_backward_wpe_kernel(dwpe, dout):
     for idx in range(cuda.grid(1), T * C, cuda.gridsize(1)):
         t = idx // C
         c = idx % C
-        acc = dwpe[t, c]
+        acc = widen(dwpe[t, c])
         for b in range(B):
-            acc += dout[b, t, c]
-        dwpe[t, c] = acc
+            acc += widen(dout[b, t, c])
+        dwpe[t, c] = narrow(dwpe, acc)
 
 
 @cuda.jit(cache=True)
@@ -109,7 +114,8 @@ def encoder_backward_wte_kernel(dwte, dout, inp):
     for c in range(cuda.grid(1), C, cuda.gridsize(1)):
         for b in range(B):
             for t in range(T):
-                dwte[inp[b, t], c] += dout[b, t, c]
+                row = inp[b, t]
+                dwte[row, c] = narrow(dwte, widen(dwte[row, c]) + widen(dout[b, t, c]))
 
 
 def encoder_forward(out, inp, wte, wpe):
@@ -145,17 +151,17 @@ def layernorm_forward_kernel(out, mean, rstd, inp, weight, bias):
     x = inp[b, t]
     s = ZERO
     for i in range(tid, C, ROW_THREADS):
-        s += x[i]
+        s += widen(x[i])
     m = block_sum(buf, s) / F32(C)
     s = ZERO
     for i in range(tid, C, ROW_THREADS):
-        xshift = x[i] - m
+        xshift = widen(x[i]) - m
         s += xshift * xshift
     v = block_sum(buf, s) / F32(C)
     rs = ONE / math.sqrt(v + LN_EPS)
     o = out[b, t]
     for i in range(tid, C, ROW_THREADS):
-        o[i] = (rs * (x[i] - m)) * weight[i] + bias[i]
+        o[i] = narrow(o, (rs * (widen(x[i]) - m)) * widen(weight[i]) + widen(bias[i]))
     if tid == 0:
         mean[b, t] = m
         rstd[b, t] = rs
@@ -176,18 +182,18 @@ def layernorm_backward_dinp_kernel(dinp, dout, inp, weight, mean, rstd):
     s1 = ZERO
     s2 = ZERO
     for i in range(tid, C, ROW_THREADS):
-        norm_bti = (x[i] - mean_bt) * rstd_bt
-        dnorm_i = weight[i] * d[i]
+        norm_bti = (widen(x[i]) - mean_bt) * rstd_bt
+        dnorm_i = widen(weight[i]) * widen(d[i])
         s1 += dnorm_i
         s2 += dnorm_i * norm_bti
     dnorm_mean = block_sum(buf, s1) / F32(C)
     dnorm_norm_mean = block_sum(buf, s2) / F32(C)
     di = dinp[b, t]
     for i in range(tid, C, ROW_THREADS):
-        norm_bti = (x[i] - mean_bt) * rstd_bt
-        dnorm_i = weight[i] * d[i]
+        norm_bti = (widen(x[i]) - mean_bt) * rstd_bt
+        dnorm_i = widen(weight[i]) * widen(d[i])
         dval = dnorm_i - dnorm_mean - norm_bti * dnorm_norm_mean
-        di[i] += dval * rstd_bt
+        di[i] = narrow(di, widen(di[i]) + dval * rstd_bt)
 
 
 @cuda.jit(cache=True)
@@ -206,9 +212,9 @@ def layernorm_backward_params_kernel(dweight, dbias, dout, inp, mean, rstd):
         for r in range(ty, B * T, COL_ROWS):
             b = r // T
             t = r % T
-            d = dout[b, t, c]
+            d = widen(dout[b, t, c])
             sb += d
-            sw += (inp[b, t, c] - mean[b, t]) * rstd[b, t] * d
+            sw += (widen(inp[b, t, c]) - mean[b, t]) * rstd[b, t] * d
     pw[ty, tx] = sw
     pb[ty, tx] = sb
     cuda.syncthreads()
@@ -218,8 +224,8 @@ def layernorm_backward_params_kernel(dweight, dbias, dout, inp, mean, rstd):
         for r in range(COL_ROWS):
             tw += pw[r, tx]
             tb += pb[r, tx]
-        dweight[c] += tw
-        dbias[c] += tb
+        dweight[c] = narrow(dweight, widen(dweight[c]) + tw)
+        dbias[c] = narrow(dbias, widen(dbias[c]) + tb)
 
 
 def layernorm_forward(out, mean, rstd, inp, weight, bias):
@@ -257,22 +263,22 @@ def _gelu_one_plus_tanh_half(u):
 def gelu_forward_kernel(out, inp):
     # out, inp (N,); grid-stride
     for i in range(cuda.grid(1), inp.shape[0], cuda.gridsize(1)):
-        x = inp[i]
+        x = widen(inp[i])
         u = GELU_SCALING_FACTOR * (x + GELU_CUBE * x * x * x)
         half_one_plus_tanh, _ = _gelu_one_plus_tanh_half(u)
-        out[i] = x * half_one_plus_tanh
+        out[i] = narrow(out, x * half_one_plus_tanh)
 
 
 @cuda.jit(cache=True)
 def gelu_backward_kernel(dinp, inp, dout):
     # dinp (N,) += ; inp, dout (N,); grid-stride
     for i in range(cuda.grid(1), inp.shape[0], cuda.gridsize(1)):
-        x = inp[i]
+        x = widen(inp[i])
         u = GELU_SCALING_FACTOR * (x + GELU_CUBE * x * x * x)
         half_one_plus_tanh, sech2 = _gelu_one_plus_tanh_half(u)
         local_grad = half_one_plus_tanh + \
             x * HALF * sech2 * GELU_SCALING_FACTOR * (ONE + THREE * GELU_CUBE * x * x)
-        dinp[i] += local_grad * dout[i]
+        dinp[i] = narrow(dinp, widen(dinp[i]) + local_grad * widen(dout[i]))
 
 
 def _flat(name, *arrays):
@@ -301,16 +307,16 @@ def gelu_backward(dinp, inp, dout):
 def residual_forward_kernel(out, inp1, inp2):
     # out = inp1 + inp2, all (N,); grid-stride
     for i in range(cuda.grid(1), out.shape[0], cuda.gridsize(1)):
-        out[i] = inp1[i] + inp2[i]
+        out[i] = narrow(out, widen(inp1[i]) + widen(inp2[i]))
 
 
 @cuda.jit(cache=True)
 def residual_backward_kernel(dinp1, dinp2, dout):
     # dinp1 += dout; dinp2 += dout, all (N,); grid-stride
     for i in range(cuda.grid(1), dout.shape[0], cuda.gridsize(1)):
-        d = dout[i]
-        dinp1[i] += d
-        dinp2[i] += d
+        d = widen(dout[i])
+        dinp1[i] = narrow(dinp1, widen(dinp1[i]) + d)
+        dinp2[i] = narrow(dinp2, widen(dinp2[i]) + d)
 
 
 def residual_forward(out, inp1, inp2):
@@ -340,19 +346,17 @@ def softmax_forward_kernel(probs, logits, V):
     p = probs[b, t]
     maxval = NEG_BIG
     for i in range(tid, V, ROW_THREADS):
-        if lg[i] > maxval:
-            maxval = lg[i]
+        if widen(lg[i]) > maxval:
+            maxval = widen(lg[i])
     maxval = block_max(buf, maxval)
     s = ZERO
     for i in range(tid, V, ROW_THREADS):
-        e = math.exp(lg[i] - maxval)
-        p[i] = e
-        s += e
+        s += math.exp(widen(lg[i]) - maxval)
     s = block_sum(buf, s)
     for i in range(tid, V, ROW_THREADS):
-        p[i] = p[i] / s
+        p[i] = narrow(p, math.exp(widen(lg[i]) - maxval) / s)
     for i in range(V + tid, Vp, ROW_THREADS):
-        p[i] = ZERO
+        p[i] = narrow(p, ZERO)
 
 
 # the classifier fused as llm.c's CUDA trainer's (llmc/fused_classifier.cuh; see kernels.py): per
@@ -368,19 +372,19 @@ def crossentropy_forward_kernel(losses, lse, logits, targets, V):
     t = cuda.blockIdx.x % T
     tid = cuda.threadIdx.x
     lg = logits[b, t]
-    maxval = lg[0]
+    maxval = widen(lg[0])
     for i in range(tid, V, ROW_THREADS):
-        if lg[i] > maxval:
-            maxval = lg[i]
+        if widen(lg[i]) > maxval:
+            maxval = widen(lg[i])
     maxval = block_max(buf, maxval)
     s = ZERO
     for i in range(tid, V, ROW_THREADS):
-        s += math.exp(lg[i] - maxval)
+        s += math.exp(widen(lg[i]) - maxval)
     s = block_sum(buf, s)
     if tid == 0:
         row_lse = maxval + math.log(s)
         lse[b, t] = row_lse
-        losses[b, t] = row_lse - lg[targets[b, t]]
+        losses[b, t] = row_lse - widen(lg[targets[b, t]])
 
 
 @cuda.jit(cache=True)
@@ -399,9 +403,9 @@ def crossentropy_softmax_backward_kernel(logits, dlosses, lse, targets, V):
     ix = targets[b, t]
     for i in range(tid, V, ROW_THREADS):
         indicator = ONE if i == ix else ZERO
-        lg[i] = (math.exp(lg[i] - row_lse) - indicator) * dloss
+        lg[i] = narrow(lg, (math.exp(widen(lg[i]) - row_lse) - indicator) * dloss)
     for i in range(V + tid, Vp, ROW_THREADS):
-        lg[i] = ZERO
+        lg[i] = narrow(lg, ZERO)
 
 
 def softmax_forward(probs, logits, V):
@@ -479,7 +483,7 @@ def global_norm_squared_kernel(partial, grads):
     tid = cuda.threadIdx.x
     s = 0.0
     for i in range(cuda.grid(1), grads.shape[0], cuda.gridsize(1)):
-        g = float64(grads[i])
+        g = float64(widen(grads[i]))
         s += g * g
     buf[tid] = s
     cuda.syncthreads()
@@ -497,7 +501,7 @@ def global_norm_squared_kernel(partial, grads):
 def scale_kernel(x, factor):
     # x (N,) *= factor; grid-stride
     for i in range(cuda.grid(1), x.shape[0], cuda.gridsize(1)):
-        x[i] *= factor
+        x[i] = narrow(x, widen(x[i]) * factor)
 
 
 def global_norm_squared(grads):
@@ -527,9 +531,15 @@ def fill_kernel(arr, value):
 
 
 def fill(arr, value):
-    """Fill a contiguous device array with value (cast to its dtype)."""
+    """Fill a contiguous device array with value (cast to its dtype; a uint16 array holds bf16 bits:
+    value's, rounded to nearest even)."""
     flat = arr.reshape(size(arr))
-    fill_kernel[elementwise_grid(flat.shape[0]), ELEM_THREADS](flat, arr.dtype.type(value))
+    if arr.dtype == np.uint16:
+        bits = F32(value).view(np.uint32)
+        v = np.uint16((int(bits) + 0x7FFF + ((int(bits) >> 16) & 1)) >> 16)   # (finite values)
+    else:
+        v = arr.dtype.type(value)
+    fill_kernel[elementwise_grid(flat.shape[0]), ELEM_THREADS](flat, v)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,0 +1,82 @@
+"""--precision bf16's model on the CUDA simulator (train_gpt2.cu's mixed precision): bf16 parameters,
+gradients and activations, fp32 master weights, m and v, stochastic rounding. A tiny GPT-2 trained a
+few steps beside the fp32 model from the same weights: the same losses within bf16's noise, the
+gradients close to the fp32 ones, the bf16 parameters the stochastic rounding of the master weights."""
+import numpy as np
+import pytest
+
+from llmnb.config import GPT2Config, Tensors
+from llmnb.cuda import lanes
+from llmnb.model import GPT2, init_params
+
+CONFIG = GPT2Config(max_seq_len=16, vocab_size=61, padded_vocab_size=64, num_layers=1, num_heads=2, channels=32)
+
+
+def _batch(seed=7, B=2, T=8):
+    tokens = np.random.default_rng(seed).integers(0, CONFIG.vocab_size, size=(B, T + 1))
+    return tokens[:, :-1], tokens[:, 1:]
+
+
+def _train(model, steps, x, y):
+    losses, grads = [], None
+    for step in range(steps):
+        losses.append(model.forward(x, y))
+        model.zero_grad()
+        model.backward()
+        if step == 0:
+            g = model.backend.to_host(model.grads.memory)
+            grads = lanes.bf16_value(g) if g.dtype == np.uint16 else g.copy()
+        model.update(1e-2, 0.9, 0.95, 1e-8, 0.1, step + 1, decay=("wte", "qkvw", "attprojw", "fcw", "fcprojw"))
+    return losses, grads
+
+
+def test_bf16_training_follows_fp32_within_bf16_noise():
+    # fp32: the CPU's model (the CUDA fp32 model is the CPU's to 1e-5: test_cuda_kernels.py)
+    from llmnb.backend import CPUBackend
+    x, y = _batch()
+    params = init_params(CONFIG, seed=3)
+    fp32 = GPT2(CONFIG, params, backend=CPUBackend())
+    bf16 = GPT2(CONFIG, params, device="cuda", precision="bf16")
+    assert bf16.params.memory.dtype == np.uint16 and bf16.master.dtype == np.float32
+    assert bf16.acts is None and bf16.params_host().dtype == np.float32
+    loss32, g32 = _train(fp32, 3, x, y)
+    loss16, g16 = _train(bf16, 3, x, y)
+    assert bf16.acts.ln1.dtype == np.uint16 and bf16.acts.ln1_mean.dtype == np.float32
+    assert bf16.acts.losses.dtype == np.float32 and bf16.grads_acts.losses.dtype == np.float32
+    # the first forward: the same weights rounded to bf16, activations rounded at each layer
+    assert abs(loss16[0] - loss32[0]) < 0.01 * loss32[0]
+    # the gradient of that step: close to fp32's overall (cosine) and per tensor (relative norm)
+    cos = float(g16 @ g32 / np.linalg.norm(g16) / np.linalg.norm(g32))
+    assert cos > 0.995, cos
+    shapes = fp32.grads.shapes
+    for name in shapes:
+        a, b = getattr(Tensors(g16, shapes), name), getattr(Tensors(g32, shapes), name)
+        if np.linalg.norm(b) > 0:
+            assert np.linalg.norm(a - b) < 0.1 * np.linalg.norm(b), name
+    # the losses go down together (one batch, memorized) and stay within bf16's noise of fp32's
+    assert loss16[-1] < loss16[0] - 0.3 and loss32[-1] < loss32[0] - 0.3, (loss16, loss32)
+    assert max(abs(a - b) / b for a, b in zip(loss16, loss32)) < 0.05, (loss16, loss32)
+    # the master weights moved as fp32's did, and the bf16 weights are their stochastic rounding
+    master = bf16.params_host()
+    assert np.abs(master - fp32.params_host()).max() < 0.05 * np.abs(fp32.params_host()).max()
+    bits = bf16.backend.to_host(bf16.params.memory)
+    trunc = (master.view(np.uint32) >> 16).astype(np.uint16)
+    assert ((bits == trunc) | (bits == trunc + 1)).all()
+    assert 0.1 < (bits != trunc).mean() < 0.9   # rounded stochastically, not always down or up
+
+
+def test_bf16_model_saves_a_version_5_checkpoint_of_its_bf16_weights(tmp_path):
+    from llmnb.formats import read_checkpoint
+    model = GPT2(CONFIG, init_params(CONFIG, seed=1), device="cuda", precision="bf16")
+    path = tmp_path / "model.bin"
+    model.save_checkpoint(str(path))
+    header = np.fromfile(path, dtype=np.int32, count=256)
+    assert header[0] == 20240326 and header[1] == 5
+    config, params = read_checkpoint(str(path))
+    bits = model.backend.to_host(model.params.memory)
+    assert config == CONFIG and (params == lanes.bf16_value(bits)).all()
+
+
+def test_bf16_needs_the_gpu():
+    with pytest.raises(ValueError, match="--precision bf16 is for --device cuda"):
+        GPT2(CONFIG, init_params(CONFIG), device="cpu", precision="bf16")
