@@ -10,11 +10,12 @@ it needs no install and no network; an installed `llmnb[cuda]` works the same). 
   tests     pytest tests/cuda on the device (LLMNB_TEST_CUDA_DEVICE=1: no simulator), in the
             background while `parity` runs
   parity    llmnb-reference (PyTorch, CPU, GPT-2 124M, B=4 T=64) + llmnb-test --device cuda, then
-            again with --precision tf32 (the matmuls on tensor cores; parity.TOLERANCES["tf32"])
+            again with --precision tf32 (the matmuls on tensor cores; parity.TOLERANCES["tf32"]) and
+            --precision bf16 (train_gpt2.cu's mixed precision; test_gpt2.cu's bf16 tolerances)
   bench     llmnb's step on the card (median of 10 after 2 warm-up steps) and the time of every
             kernel in one step (CUDA events), then PyTorch eager fp32 (F.scaled_dot_product_attention,
-            as nanoGPT) with TF32 off and on, on the same model and batch, then llmnb's step with
-            --precision tf32, each shape in its own process
+            as nanoGPT) with TF32 off and on and with bf16 autocast, on the same model and batch, then
+            llmnb's step with --precision tf32 and with --precision bf16, each shape in its own process
   lab       dev/cuda_gemm.py's TF32 versions (LAB_TF32_GEMMS, v8t: the package's --precision tf32 kernel
             and its variants) checked against float64 and timed, then its BF16 versions (LAB_BF16_GEMMS,
             v9b: matmul_bf16.py's) beside cuBLAS's bf16 and tf32 matmuls (appended to bench.txt)
@@ -103,9 +104,13 @@ def plan(work):
             Cmd([py, "-m", "llmnb.parity", "--device", "cuda", "--precision", "tf32",
                  "--model", os.path.join(ref, "model.bin"), "--state", os.path.join(ref, "debug_state.bin"),
                  "--losses", os.path.join(ref, "expected_losses.json")], "parity.txt", 150,
-                label="llmnb-test --device cuda --precision tf32")]),
+                label="llmnb-test --device cuda --precision tf32"),
+            Cmd([py, "-m", "llmnb.parity", "--device", "cuda", "--precision", "bf16",
+                 "--model", os.path.join(ref, "model.bin"), "--state", os.path.join(ref, "debug_state.bin"),
+                 "--losses", os.path.join(ref, "expected_losses.json")], "parity.txt", 150,
+                label="llmnb-test --device cuda --precision bf16")]),
         ("bench", [Cmd([py, me, "--bench", system, f"{B}x{T}"], "bench.txt", 150)
-                   for B, T in SHAPES for system in ("llmnb", "torch", "llmnb-tf32")]),
+                   for B, T in SHAPES for system in ("llmnb", "torch", "llmnb-tf32", "llmnb-bf16")]),
         # the tensor-core matmuls' first check against float64 and timing beside the package's fp32 kernel
         ("lab", [Cmd([py, "-m", "dev.cuda_gemm", "--versions", ",".join(LAB_TF32_GEMMS), "--ntok", "8192"],
                      "bench.txt", 90, label="dev.cuda_gemm: the TF32 tensor-core versions (v8t)"),
@@ -263,6 +268,8 @@ TORCH_LINE = re.compile(r"^PyTorch B=(\d+) T=(\d+) TF32 off: step ms min/median/
 UNCACHED_LINE = re.compile(r"^llmnb\s+B=(\d+) T=(\d+) \(matmul (\w+), views uncached\): step ms min/median/max \S+ "
                            r"([\d.]+)", re.M)
 TF32_LINE = re.compile(r"^llmnb\s+B=(\d+) T=(\d+) \(precision tf32\): step ms min/median/max \S+ ([\d.]+)", re.M)
+BF16_LINE = re.compile(r"^llmnb\s+B=(\d+) T=(\d+) \(precision bf16\): step ms min/median/max \S+ ([\d.]+)", re.M)
+TORCH_BF16_LINE = re.compile(r"^PyTorch B=(\d+) T=(\d+) bf16 autocast: step ms min/median/max \S+ ([\d.]+)", re.M)
 TORCH_TF32_LINE = re.compile(r"^PyTorch B=(\d+) T=(\d+) TF32 on : step ms min/median/max \S+ ([\d.]+)", re.M)
 ATTENTION_LINE = re.compile(r"^(v\d+\w*)\s+B=(\d+) T=(\d+) NH=\d+ hs=\d+\s+([\d.]+)\s+\S+\s+([\d.]+)", re.M)
 FAILED_CHECK = re.compile(r"^BAD (v\d+[\w-]*) ", re.M)   # dev.cuda_attention's or dev.cuda_gemm's check of a version
@@ -303,6 +310,11 @@ def compare(bench):
         fp32 = steps.get((B, T))
         own = f"; llmnb fp32 {min(fp32.values()):.1f}: {min(fp32.values()) / ms:.2f}x tf32's time" if fp32 else ""
         lines.append(f"compare tf32 llmnb B={B} T={T} step ms {ms:.1f}{vs}{own}")
+    torch_bf16 = {(int(B), int(T)): float(ms) for B, T, ms in TORCH_BF16_LINE.findall(bench)}
+    for B, T, ms in BF16_LINE.findall(bench):
+        ref = torch_bf16.get((int(B), int(T)))
+        vs = f"; PyTorch bf16 autocast {ref:.1f}: {float(ms) / ref:.2f}x its time" if ref else ""
+        lines.append(f"compare bf16 llmnb B={B} T={T} step ms {float(ms):.1f}{vs}")
     gemms = {}
     for ntok, version, ms in GEMM_TOTAL_LINE.findall(bench):
         gemms.setdefault(int(ntok), {})[version] = float(ms)
@@ -323,13 +335,14 @@ def compare(bench):
 
 def parity_lines(text):
     """A line per llmnb-test run in parity.txt: its precision, overall okay, the logits' max
-    difference and the steps' largest loss difference (tf32 prints them) or how many steps were OK."""
+    difference and the steps' largest loss difference (tf32 and bf16 print them) or how many steps were OK."""
     lines = []
     for run in text.split("\n$ ")[1:]:
         head = run.splitlines()[0]
         if "llmnb.parity" not in head:
             continue
-        precision = "tf32" if "--precision tf32" in head else "fp32"
+        m = re.search(r"--precision (\w+)", head)
+        precision = m.group(1) if m else "fp32"
         ok = re.search(r"overall okay: (\d)", run)
         logits = re.search(r"\(LOGITS\), max_diff = (\S+)", run)
         bad = run.count("TENSOR NOT OK")
@@ -465,14 +478,15 @@ def kernel_flops(name, args):
     return 0.0
 
 
-def peak_shares(flops_per_s):
-    """'x% of fp32 peak', and where the card's TF32 tensor-core peak is known ', y% of tf32 peak'
-    (the MFU of a step whose matmuls run in TF32: PyTorch's with TF32 on, llmnb's --precision tf32)."""
+def peak_shares(flops_per_s, tensor="tf32"):
+    """'x% of fp32 peak', and where the card's tensor-core peak of `tensor` (tf32 or bf16) is known
+    ', y% of tf32 peak' (the MFU of a step whose matmuls run in TF32: PyTorch's with TF32 on,
+    llmnb's --precision tf32; or in bf16: autocast, --precision bf16)."""
     from llmnb.mfu import gpu_peak_flops
     fp32, _ = gpu_peak_flops()
     text = f"{100 * flops_per_s / fp32:.1f}% of fp32 peak"
-    tf32, _ = gpu_peak_flops("tf32")
-    return text + (f", {100 * flops_per_s / tf32:.1f}% of tf32 peak" if math.isfinite(tf32) else "")
+    peak, _ = gpu_peak_flops(tensor)
+    return text + (f", {100 * flops_per_s / peak:.1f}% of {tensor} peak" if math.isfinite(peak) else "")
 
 
 def bench_llmnb(B, T, steps=10, warmup=2, precision="fp32"):
@@ -515,9 +529,9 @@ def bench_llmnb(B, T, steps=10, warmup=2, precision="fp32"):
     free, total = cuda.current_context().get_memory_info()
     print(f"llmnb   B={B} T={T} ({what}): step ms min/median/max {1e3 * min(times):.1f} {1e3 * med:.1f} "
           f"{1e3 * max(times):.1f} | {B * T / med:.0f} tok/s | {flops / med / 1e12:.2f} TFLOP/s = "
-          f"{peak_shares(flops / med)} | loss {loss:.4f} | "
+          f"{peak_shares(flops / med, 'bf16' if precision == 'bf16' else 'tf32')} | loss {loss:.4f} | "
           f"device memory in use {(total - free) / 2**30:.1f} GiB")
-    with EventTimer(k, KERNEL_NAMES + ("fill",)) as et:
+    with EventTimer(k, KERNEL_NAMES + ("fill", "adamw_update_master")) as et:
         e0, e1 = cuda.event(), cuda.event()
         e0.record()
         step(warmup + steps + 1)
@@ -745,6 +759,29 @@ def bench_torch(B, T, steps=10, warmup=3):
               f"{1e3 * min(times):.1f} {1e3 * med:.1f} {1e3 * max(times):.1f} | {B * T / med:.0f} tok/s | "
               f"{flops / med / 1e12:.2f} TFLOP/s = {peak_shares(flops / med)} | loss {loss:.4f} "
               f"| max memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+    # and with bf16 autocast (TF32 on for what stays fp32): what a user who trains in bf16 runs
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16)
+
+    def step_bf16():
+        with autocast:
+            _, loss = model(xt, yt)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        torch.cuda.synchronize()
+        return loss.item()
+    for _ in range(warmup):
+        step_bf16()
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        loss = step_bf16()
+        times.append(time.perf_counter() - t0)
+    med = float(np.median(times))
+    print(f"PyTorch B={B} T={T} bf16 autocast: step ms min/median/max "
+          f"{1e3 * min(times):.1f} {1e3 * med:.1f} {1e3 * max(times):.1f} | {B * T / med:.0f} tok/s | "
+          f"{flops / med / 1e12:.2f} TFLOP/s = {peak_shares(flops / med, 'bf16')} | loss {loss:.4f} "
+          f"| max memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -768,7 +805,7 @@ def main(argv=None):
         B, T = (int(v) for v in shape.split("x"))
         if system == "torch":
             return bench_torch(B, T)
-        return bench_llmnb(B, T, precision="tf32" if system == "llmnb-tf32" else "fp32")
+        return bench_llmnb(B, T, precision={"llmnb-tf32": "tf32", "llmnb-bf16": "bf16"}.get(system, "fp32"))
     if os.path.exists(args.out) and os.listdir(args.out):
         raise SystemExit(f"gpu_check: {args.out} is not empty; name another --out")
     os.makedirs(args.out, exist_ok=True)

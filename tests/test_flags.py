@@ -93,7 +93,7 @@ def test_pn_and_pr_must_be_the_mpi_worlds():
 
 
 @pytest.mark.parametrize("argv,says", [
-    (["-w", "0"], "trains in fp32"), (["-z", "2"], "ZeRO stage 1 only"), (["-z", "3"], "ZeRO stage 1 only"),
+    (["-w", "0"], "always keeps fp32 master weights"), (["-z", "2"], "ZeRO stage 1 only"), (["-z", "3"], "ZeRO stage 1 only"),
     (["-pi", "tcp"], "mpiexec"), (["-pi", "fs"], "mpiexec"), (["-r", "3"], "-r must be one of 0, 1, 2"),
     (["-a", "2"], "-a must be one of 0, 1"), (["-q", "-0.5"], "-q must be"), (["-x", "-2"], "-x must be"),
     (["-m", "0"], "-m must be"), (["-h", "1", "-v", "0"], "-v 0 has none"),
@@ -299,3 +299,16 @@ def test_f_1_and_precision_tf32_are_the_tensor_cores_on_a_gpu_only(capsys):
     with pytest.raises(SystemExit):
         parse(["--precision", "tf32"])
     assert "--precision tf32 is for --device cuda" in capsys.readouterr().err
+
+
+def test_precision_bf16_is_for_one_gpu_process_without_zero():
+    s = parse(["--device", "cuda", "--precision", "bf16"])
+    assert s.matmul_precision == "bf16" and s.for_world(1).precision == "bf16"
+    assert any("bf16" in line and "not yet run on a card" in line for line in s.notes())
+    from llmnb.settings import Settings
+    with pytest.raises(ValueError, match="is for --device cuda"):
+        Settings(precision="bf16")
+    with pytest.raises(ValueError, match="-z 1 with --precision bf16"):
+        Settings(device="cuda", precision="bf16", zero_stage=1)
+    with pytest.raises(ValueError, match="--precision bf16 trains on one process; this job has 2"):
+        parse(["--device", "cuda", "--precision", "bf16"]).for_world(2)

@@ -32,9 +32,11 @@ def test_dry_run_plans_every_phase_into_at_most_8_files(tmp_path):
     # with --precision tf32 (the tensor cores) at both shapes, and at B=4 T=64 with numba's own views
     # after the launch profile; parity runs with fp32 and with tf32
     assert summary.count("--bench llmnb ") == 7 and summary.count("--bench llmnb-tf32 ") == 2
+    assert summary.count("--bench llmnb-bf16 ") == 2
     assert summary.index("--launch 4x64") < summary.index("LLMNB_CUDA_VIEW_CACHE=0 ") < summary.index("LLMNB_CUDA_GEMM=v6s")
     assert summary.count("LLMNB_CUDA_GEMM=v6s ") == 2 and summary.count("LLMNB_CUDA_GEMM=v7s ") == 2
-    assert summary.count("llmnb.parity --device cuda") == 2 and "--precision tf32 --model" in summary
+    assert summary.count("llmnb.parity --device cuda") == 3 and "--precision tf32 --model" in summary
+    assert "--precision bf16 --model" in summary
     # the TF32 lab versions are checked and timed before train (the v6/v7 matmul lab is last)
     assert summary.index("v8t-128x128-bk16") < summary.index("llmnb.train")
     assert "arguments parse: ok" in summary
@@ -146,3 +148,17 @@ def test_compare_puts_the_labs_tensor_core_gemms_beside_cublas_and_skips_failed_
     # a version that failed dev.cuda_gemm's check is never the fastest
     failed = gc.compare("BAD v9b-64x64-bk32     forward  M=296 N=200 K=136: max rel err 3.1e-01 (bf16 output)\n" + bench)
     assert "fastest v9b v9b-128x128-bk32: 1.25x cublas-bf16's time" in failed[1]
+
+
+def test_compare_and_parity_read_the_bf16_runs():
+    gc = load_script()
+    bench = "\n".join([
+        "PyTorch B=8 T=1024 bf16 autocast: step ms min/median/max 40.0 41.0 42.0 | 200000 tok/s",
+        "llmnb   B=8 T=1024 (precision bf16): step ms min/median/max 80.0 82.0 90.0 | 100000 tok/s",
+    ])
+    assert gc.compare(bench) == ["compare bf16 llmnb B=8 T=1024 step ms 82.0; PyTorch bf16 autocast 41.0: 2.00x its time"]
+    parity = "\n".join([
+        "", "$ python -m llmnb.parity --device cuda --precision bf16 --model m", "OK (LOGITS), max_diff = 3.1e-02",
+        "step 0: loss 11.0 (took 1 ms) OK = 1 (diff 3.00e-03)", "overall okay: 1"])
+    assert gc.parity_lines(parity) == ["parity bf16: overall okay 1, logits max diff 3.1e-02, 0 gradient tensor(s) "
+                                       "NOT OK, steps' largest loss diff 3.00e-03"]

@@ -305,10 +305,12 @@ MT19937_STATE_BYTES = 2520  # llm.c's mt19937_state struct, as data.DataLoader w
 
 
 def write_optimizer_state(path, step, m, v, rng_state=0, shard=0, sample=0, shuffle=False,
-                          shuffle_tail=b"", num_processes=1, process_rank=0, master_weights=None):
+                          shuffle_tail=b"", num_processes=1, process_rank=0, master_weights=None,
+                          rng_last_update=None):
     """llm.c's optimizer state file (train_gpt2.cu's save_state): the header, m and v (float32),
     then the fp32 master weights when given (header[4] = 1, as llm.c's default -w 1 writes them),
-    then with shuffle the loader's shuffle_tail (DataLoader.llmc_state_tail())."""
+    then with shuffle the loader's shuffle_tail (DataLoader.llmc_state_tail()). rng_last_update: a
+    bf16 model's rounding rng before its last update (llm.c's header[22]); None: rng_state there."""
     if bool(shuffle) != bool(shuffle_tail):
         raise ValueError("write_optimizer_state: a shuffling loader's state needs its shuffle_tail, and only it")
     if master_weights is not None and np.shape(master_weights) != np.shape(m):
@@ -317,8 +319,10 @@ def write_optimizer_state(path, step, m, v, rng_state=0, shard=0, sample=0, shuf
                           int(master_weights is not None), int(shuffle))
     header[10] = step
     # [20] the rng; [22] llm.c's rng before its last update, from which its resume re-rounds the
-    # master weights to bf16: llmnb rounds nothing, the same state serves
-    header[20:22] = header[22:24] = np.array([rng_state], dtype="<u8").view("<i4")
+    # master weights to bf16: a bf16 model's (rng_last_update); an fp32 one rounds nothing, the same
+    # state serves
+    header[20:22] = np.array([rng_state], dtype="<u8").view("<i4")
+    header[22:24] = np.array([rng_state if rng_last_update is None else rng_last_update], dtype="<u8").view("<i4")
     header[30:32] = np.array([shard], dtype="<u8").view("<i4")
     header[32:34] = np.array([sample], dtype="<u8").view("<i4")
     with atomic_write(path) as f:
@@ -354,13 +358,14 @@ def _u64(header, i):
 
 
 def _optimizer_header(f, path):
-    """Read and check an optimizer state file's header -> dict(step, rng_state, master, shuffle,
-    num_processes, process_rank, shard, sample)."""
+    """Read and check an optimizer state file's header -> dict(step, rng_state, rng_last_update,
+    master, shuffle, num_processes, process_rank, shard, sample)."""
     header = _read_header(f, path, OPTIMIZER_STATE_MAGIC, {OPTIMIZER_STATE_VERSION: "fp32 m and v"})
     if header[2] < 1 or not 0 <= header[3] < header[2] or header[4] not in (0, 1) or header[5] not in (0, 1):
         raise FormatError(f"{path}: its header says rank {header[3]} of {header[2]} processes, master-weights "
                           f"flag is {header[4]}, shuffle {header[5]}: not a header llm.c writes")
-    return {"step": int(header[10]), "rng_state": _u64(header, 20), "master": bool(header[4]),
+    return {"step": int(header[10]), "rng_state": _u64(header, 20), "rng_last_update": _u64(header, 22),
+            "master": bool(header[4]),
             "shuffle": bool(header[5]), "num_processes": int(header[2]), "process_rank": int(header[3]),
             "shard": _u64(header, 30), "sample": _u64(header, 32)}
 

@@ -29,6 +29,7 @@ from .backend import get_backend
 from .config import LAYER_GRAD_NAMES, GPT2Config, Tensors, act_shapes, grad_act_shapes, param_shapes
 from .formats import bf16_to_fp32, fp32_to_bf16, read_checkpoint, write_checkpoint
 from .matmul import quantize_int8
+from .rand import random_u32
 
 
 # --precision bf16: the activations (and their gradients) that stay float32, as in train_gpt2.cu
@@ -146,6 +147,7 @@ class GPT2:
         self.dtype = np.uint16 if precision == "bf16" else np.float32   # params, grads, activations
         self.master = None          # bf16: the fp32 master weights (a flat device buffer)
         self.rng_state = RNG_STATE_BF16   # bf16: the xorshift state the rounding's seeds come from
+        self.rng_state_last_update = None   # bf16: rng_state before the last update (llm.c's, saved)
         if precision == "bf16":
             self.master = k.asarray(params.copy() if copy else params)
             self.params = Tensors(k.asarray(fp32_to_bf16(params)), shapes)
@@ -183,6 +185,11 @@ class GPT2:
             write_checkpoint(path, self.config, bf16_to_fp32(self.backend.to_host(self.params.memory)), "bfloat16")
         else:
             write_checkpoint(path, self.config, self.backend.to_host(self.params.memory))
+
+    def host_f32(self, arr):
+        """A device array of the model (a bf16 one's: bf16 bits) on the host as float32."""
+        out = self.backend.to_host(arr)
+        return bf16_to_fp32(out) if out.dtype == np.uint16 else out
 
     def params_host(self):
         """The weights as a host float32 array (a bf16 model's: its fp32 master weights)."""
@@ -351,6 +358,20 @@ class GPT2:
             return None
         return self.backend.to_host(self.m_memory), self.backend.to_host(self.v_memory)
 
+    def load_master_weights(self, master, rng_last_update):
+        """A bf16 model resumed (llm.c's load_state with master weights): its fp32 master weights
+        from a state file, and the rounding's rng as the update that wrote them left it (one seed per
+        parameter tensor after rng_last_update). The bf16 parameters stay the model file's."""
+        if self.master is None:
+            raise ValueError("load_master_weights is for a bf16 model (--precision bf16)")
+        if np.shape(master) != (self.num_parameters,):
+            raise ValueError(f"master weights {np.shape(master)}, the model has {self.num_parameters} parameters")
+        self.backend.copy_(self.master, master)
+        self.rng_state_last_update = state = int(rng_last_update)
+        for _ in self.params.shapes:
+            _, state = random_u32(state)
+        self.rng_state = state
+
     def load_optimizer_state(self, m, v):
         """Set AdamW's m and v to copies of host arrays (a checkpoint's; under ZeRO-1 a shard)."""
         if np.shape(m) != np.shape(v) or np.ndim(m) != 1:
@@ -389,7 +410,7 @@ class Decoder:
     probabilities are the same bits whatever B and whatever the other sequences hold.
 
     dtype "float32": the step reads the model's parameters as they are at each step (a sample
-    during training sees the weights trained so far). dtype "bfloat16" (CPU): the matrices are
+    during training sees the weights trained so far; a bf16 model's: its fp32 master weights). dtype "bfloat16" (CPU): the matrices are
     streamed as bfloat16 bits, half the bytes per token, and every parameter is read rounded to
     bfloat16 from a copy made now, so the decoder is the model of its bf16-rounded parameters
     (lossless for an llm.c bf16 checkpoint). dtype "int8" (CPU): the matrices (MATRICES: the
@@ -406,6 +427,10 @@ class Decoder:
         if not (isinstance(batch, int) and batch >= 1):
             raise ValueError(f"batch must be an integer >= 1, got {batch!r}")
         k, cfg = model.backend, model.config
+        if getattr(model, "master", None) is not None:
+            # a bf16 training model (--precision bf16): generation reads its fp32 master weights,
+            # in place (the weights trained so far), on an fp32 backend of its own device
+            k = type(k)("fp32")
         self.config, self.backend, self.dtype, self.batch = cfg, k, dtype, batch
         if dtype != "float32" and k.name != "cpu":
             raise ValueError(f"dtype {dtype!r} generation is for the CPU backend")
@@ -422,6 +447,8 @@ class Decoder:
                 # per layer, made once, not at every call of every step
                 quantized[name] = w if name == "wte" else [w[l] for l in range(cfg.num_layers)]
             self.weights = types.SimpleNamespace(**quantized)
+        elif getattr(model, "master", None) is not None:
+            self.params = self.weights = Tensors(model.master, model.params.shapes)
         else:
             self.params = self.weights = model.params
         B, L, maxT, C = batch, cfg.num_layers, cfg.max_seq_len, cfg.channels
@@ -485,7 +512,7 @@ def compile_kernels(backend):
     of 32 channels, B=2, T=4), so that Numba compiles them now, or loads them from its cache.
     Numba builds a kernel per argument types (dtype, dimensions, layout), not per size: these are
     the builds a run of any size calls."""
-    model = GPT2(COMPILE_CONFIG, backend=backend)
+    model = GPT2(COMPILE_CONFIG, backend=backend, precision=getattr(backend, "precision", "fp32"))
     x = np.arange(8, dtype=np.int32).reshape(2, 4)
     model.forward(x, x)
     model.zero_grad()

@@ -179,6 +179,7 @@ def _adamw_update_master(model, learning_rate, beta1, beta2, eps, weight_decay, 
         model.m_memory, model.v_memory = k.zeros(model.num_parameters), k.zeros(model.num_parameters)
     p, g, w, m, v = model.params.memory, model.grads.memory, model.master, model.m_memory, model.v_memory
     L = model.config.num_layers
+    model.rng_state_last_update = model.rng_state   # (what llm.c saves, to re-round from on a resume)
     offset = 0
     for name, shape in model.params.shapes.items():
         n = int(np.prod(shape))

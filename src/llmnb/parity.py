@@ -41,7 +41,9 @@ LLMC_CU_REL = 0.079
 # precision. At GPT-2 124M, B=4 T=64, TF32 emulated on the CPU (dev/tf32_emulation.py: both operands
 # of every product rounded as cvt.rna) moves the logits by 2.9e-3 and the 10 losses by up to 9.5e-4,
 # 29% and 9.5% of these, the gradients by at most 1.6% of theirs; 1e-3 and 1e-5 would have failed.
-TOLERANCES = {"fp32": (LOGITS_TOL, LOSS_TOL, {}, 0.0), "tf32": (LOGITS_TOL, LOSS_TOL, LLMC_CU_GRAD_TOL, LLMC_CU_REL)}
+# bf16: test_gpt2.cu's own for its bf16 build (ENABLE_BF16: logits 25.0, losses 0.05, the same gradient thresholds)
+TOLERANCES = {"fp32": (LOGITS_TOL, LOSS_TOL, {}, 0.0), "tf32": (LOGITS_TOL, LOSS_TOL, LLMC_CU_GRAD_TOL, LLMC_CU_REL),
+              "bf16": (25.0, 0.05, LLMC_CU_GRAD_TOL, LLMC_CU_REL)}
 
 
 def check_tensor(a, b, label, tol=GRAD_TOL, print_upto=5, rel=0.0):
@@ -85,7 +87,8 @@ def run(model_path, state_path, expected_losses, device="cpu", precision="fp32")
     model = GPT2(config, params, device=device, copy=False, precision=precision)
     logits_tol, loss_tol, grad_tols, grad_rel = TOLERANCES[precision]
     if precision != "fp32":
-        print(f"precision: {precision} (tolerances: logits {logits_tol:g} and losses {loss_tol:g} as llm.c's test_gpt2.c, "
+        where = "test_gpt2.cu's bf16 build" if precision == "bf16" else "llm.c's test_gpt2.c"
+        print(f"precision: {precision} (tolerances: logits {logits_tol:g} and losses {loss_tol:g} as {where}, "
               f"gradients test_gpt2.cu's threshold for each tensor + {grad_rel:g} |reference|)")
     print(f"num_parameters: {model.num_parameters}")
     state = read_debug_state(state_path, config)
@@ -99,7 +102,7 @@ def run(model_path, state_path, expected_losses, device="cpu", precision="fp32")
         t0 = time.perf_counter()
         loss = model.forward(x, y)
         if step == 0:  # before backward, which writes the logits' gradient over them
-            logits = model.backend.to_host(model.acts.logits)[:, :, :V].copy()
+            logits = model.host_f32(model.acts.logits)[:, :, :V].copy()
         model.zero_grad()
         model.backward()
         model.backend.synchronize()
@@ -119,7 +122,7 @@ def run(model_path, state_path, expected_losses, device="cpu", precision="fp32")
             else:
                 print(f"LOSS OK: {loss:f} {state['loss']:f}")
 
-            grads = Tensors(model.backend.to_host(model.grads.memory), param_shapes(config))
+            grads = Tensors(model.host_f32(model.grads.memory), param_shapes(config))
             for name in grads.names:
                 ours, theirs = getattr(grads, name), getattr(expected_grads, name)
                 if name == "wte":  # only the V real rows, like test_gpt2.c
@@ -148,10 +151,11 @@ def build_parser():
                    help="JSON list of the expected per-step losses (default: llm.c's list from test_gpt2.c, "
                         "for its gpt2_124M starter-pack files)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to run (default: cpu)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "tf32"],
-                   help="--device cuda's matmuls: fp32, checked with test_gpt2.c's tolerances, or tf32 (tensor "
-                        "cores), checked with test_gpt2.c's logits and losses and test_gpt2.cu's reduced-precision gradient "
-                        "thresholds (default: fp32)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16"],
+                   help="--device cuda: fp32, checked with test_gpt2.c's tolerances; tf32 (tensor cores), checked "
+                        "with test_gpt2.c's logits and losses and test_gpt2.cu's reduced-precision gradient "
+                        "thresholds; bf16 (train_gpt2.cu's mixed precision), with test_gpt2.cu's bf16 tolerances "
+                        "(default: fp32)")
     return p
 
 

@@ -239,7 +239,8 @@ class RunDir:
         write_optimizer_state(state_path, step, m, v, rng_state=state.rng_state, shard=loader["shard"],
                               sample=loader["sample"], shuffle=loader["shuffle"], shuffle_tail=shuffle_tail,
                               num_processes=loader["num_processes"], process_rank=loader["process_rank"],
-                              master_weights=None if sharded else model.params_host())
+                              master_weights=None if sharded else model.params_host(),
+                              rng_last_update=getattr(model, "rng_state_last_update", None))
         if world is not None:
             world.barrier()  # every rank's state is written (a rank that failed has aborted the world)
         if rank == 0:

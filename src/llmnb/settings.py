@@ -88,11 +88,11 @@ class Settings:
     top_k: int = 0
     data_dir: str = "data"
     device: str = "cpu"
-    precision: str = "fp32"       # --device cuda's matmuls and attention: fp32 or tf32 (as -f 1)
+    precision: str = "fp32"       # --device cuda: fp32, tf32 (as -f 1) or bf16 (train_gpt2.cu's mixed precision)
 
     def __post_init__(self):
-        if self.precision not in ("fp32", "tf32"):
-            raise ValueError(f"--precision {self.precision}: expected fp32 or tf32")
+        if self.precision not in ("fp32", "tf32", "bf16"):
+            raise ValueError(f"--precision {self.precision}: expected fp32, tf32 or bf16")
         if self.precision != "fp32" and self.device != "cuda":
             raise ValueError(f"--precision {self.precision} is for --device cuda (the CPU computes in fp32)")
         for flag, name in (("-b", "batch_size"), ("-t", "seq_len")):
@@ -130,8 +130,11 @@ class Settings:
                              "or --hellaswag-every N")
         # what llmnb cannot do, refused with the reason
         if self.master_weights == 0:
-            raise ValueError("-w 0: llmnb trains in fp32, so its weights are the optimizer's master weights; "
-                             "there is no lower-precision copy to train without them (use -w 1, the default)")
+            raise ValueError("-w 0: llmnb always keeps fp32 master weights (in fp32 and tf32 its weights are them; "
+                             "with --precision bf16 they sit beside the bf16 weights); use -w 1, the default")
+        if self.precision == "bf16" and self.zero_stage == 1:
+            raise ValueError("-z 1 with --precision bf16: llmnb's bf16 update runs over whole tensors; ZeRO-1's "
+                             "shards are for fp32 and tf32 (use -z 0)")
         if self.zero_stage in (2, 3):
             raise ValueError(f"-z {self.zero_stage}: llmnb has ZeRO stage 1 only (AdamW's m and v sharded over the "
                              "ranks); stages 2 and 3 (gradients, parameters) are not implemented (use -z 1)")
@@ -170,6 +173,9 @@ class Settings:
         if self.process_rank is not None and size > 1:  # (every rank reads the same -pr)
             raise ValueError(f"-pr {self.process_rank}: under mpiexec -n {size} each process takes its rank from "
                              "MPI; leave -pr out")
+        if self.precision == "bf16" and size > 1:
+            raise ValueError(f"--precision bf16 trains on one process; this job has {size} (the ranks' gradient "
+                             "all-reduce is fp32's)")
         if self.process_rank is not None and self.process_rank != rank:
             raise ValueError(f"-pr {self.process_rank}: this process is rank {rank} of {size} (llmnb takes the "
                              "ranks from mpiexec)")
@@ -206,12 +212,18 @@ class Settings:
         if self.matmul_precision == "tf32":
             out.append("TF32 (-f 1 / --precision tf32): the matmuls and attention on tensor cores, which have not "
                        "yet run on a card (docs/gpu.md)")
+        if self.matmul_precision == "bf16":
+            out.append("bf16 (--precision bf16): bf16 parameters, gradients and activations with fp32 master weights "
+                       "(train_gpt2.cu's), the matmuls on tensor cores, which have not yet run on a card (docs/gpu.md)")
         return out
 
     @property
     def matmul_precision(self):
-        """What --device cuda's matmuls and attention compute in: "tf32" when --precision tf32 or
-        llm.c's -f 1 asks for it on a GPU, else "fp32" (the CPU's, always)."""
+        """What --device cuda's model computes in: "bf16" for --precision bf16 (bf16 tensors, master
+        weights in fp32), "tf32" when --precision tf32 or llm.c's -f 1 asks for it on a GPU, else
+        "fp32" (the CPU's, always)."""
+        if self.device == "cuda" and self.precision == "bf16":
+            return "bf16"
         return "tf32" if self.device == "cuda" and (self.precision == "tf32" or self.tf32 == 1) else "fp32"
 
     def as_json(self, **changes):
@@ -389,9 +401,10 @@ def build_parser():
     g("--top-k", type=int, default=D.top_k, help="sample from the k most likely tokens only (default: 0, all)")
     g("--data-dir", default=D.data_dir, help="where datasets, the tokenizer and downloads go (default: data)")
     g("--device", default=D.device, choices=["cpu", "cuda"], help="where to train (default: cpu)")
-    g("--precision", default=D.precision, choices=["fp32", "tf32"],
-      help="--device cuda's matmuls and attention: fp32 (exact, CUDA cores) or tf32 (tensor cores, as llm.c's "
-           "-f 1; not yet run on a card) (default: fp32)")
+    g("--precision", default=D.precision, choices=["fp32", "tf32", "bf16"],
+      help="--device cuda: fp32 (exact, CUDA cores), tf32 (the matmuls and attention on tensor cores, as llm.c's "
+           "-f 1) or bf16 (bf16 parameters, gradients and activations, fp32 master weights, as llm.c's "
+           "train_gpt2.cu); tf32 and bf16 not yet run on a card (default: fp32)")
     return p
 
 

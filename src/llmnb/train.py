@@ -440,7 +440,12 @@ class Run:
         # checkpoint takes its weights from them, as llm.c's resume does (its model file may be bf16);
         # llmnb's are its model file's weights, bit for bit
         master = opt["master_weights"]
-        if master is not None and ckpt.llmc:   # (whole: check_llmc_shards refused -z 1)
+        if self.model.master is not None:   # --precision bf16: the weights are the master weights
+            if master is None:
+                raise FormatError(f"{ckpt.state_path}: no master weights, which --precision bf16 resumes from "
+                                  "(llm.c writes them with -w 1, its default)")
+            self.model.load_master_weights(master, opt["rng_last_update"])
+        elif master is not None and ckpt.llmc:   # (whole: check_llmc_shards refused -z 1)
             self.model.backend.copy_(self.model.params.memory, master)
         elif master is not None and not np.array_equal(master.view(np.uint32),
                                                        self.model.params_host()[lo:hi].view(np.uint32)):

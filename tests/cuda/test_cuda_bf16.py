@@ -76,6 +76,7 @@ def _positions(layers, size):
     return x.astype(np.uint64), y.astype(np.uint64)
 
 
+@pytest.mark.gpu_geometry   # (there: llm.c's blocks of 512, so llm.c's random bits for each parameter)
 def test_init_from_master_is_llmcs_stochastic_rounding_bit_for_bit():
     from llmnb import rand
     from llmnb.cuda.bf16 import init_from_master

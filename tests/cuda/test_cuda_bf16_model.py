@@ -80,3 +80,67 @@ def test_bf16_model_saves_a_version_5_checkpoint_of_its_bf16_weights(tmp_path):
 def test_bf16_needs_the_gpu():
     with pytest.raises(ValueError, match="--precision bf16 is for --device cuda"):
         GPT2(CONFIG, init_params(CONFIG), device="cpu", precision="bf16")
+
+
+def test_a_bf16_models_decoder_reads_its_master_weights_in_place():
+    from llmnb.model import Decoder
+    params = init_params(CONFIG, seed=2)
+    model = GPT2(CONFIG, params, device="cuda", precision="bf16")
+    fp32 = GPT2(CONFIG, params, device="cuda")
+    probs = Decoder(model).step(5)
+    assert np.allclose(probs, Decoder(fp32).step(5), rtol=1e-5, atol=1e-7)   # the master weights, not bf16's
+    dec = Decoder(model)
+    model.backend.copy_(model.master, 0.5 * params)   # (what an update does in place)
+    assert not np.allclose(dec.step(5), probs, atol=1e-4)
+
+
+def test_llmnb_train_precision_bf16_resumes_exactly(tmp_path, monkeypatch):
+    # llmnb-train --device cuda --precision bf16 end to end: checkpoints (a version-5 model file,
+    # the master weights and the rounding's rng in the state file), and a run stopped after its
+    # checkpoint and resumed gives the uninterrupted run's losses and weights, bit for bit
+    import json
+
+    from llmnb import rundir
+    from llmnb.config import param_shapes
+    from llmnb.formats import (read_checkpoint, read_optimizer_header, read_optimizer_state, write_checkpoint,
+                               write_shard)
+    from llmnb.train import Run, main
+    stream = np.tile(np.random.default_rng(0).integers(0, CONFIG.vocab_size, 23), 40)
+    write_shard(tmp_path / "t_train_000.bin", stream[:600])
+    write_shard(tmp_path / "t_val.bin", stream[600:900])
+    write_checkpoint(tmp_path / "tiny.bin", CONFIG, init_params(CONFIG, seed=4))
+
+    def run(out, *extra):
+        return main(["-i", str(tmp_path / "t_train_*.bin"), "-j", str(tmp_path / "t_val.bin"),
+                     "-e", str(tmp_path / "tiny.bin"), "-o", str(out), "-b", "2", "-t", "8", "-l", "1e-2",
+                     "-x", "3", "-n", "2", "-v", "0", "-m", "1", "-s", "0", "--wd", "0.1",
+                     "--device", "cuda", "--precision", "bf16", "--data-dir", str(tmp_path / "data"), *extra])
+    full = tmp_path / "full"
+    assert run(full) == 0
+    header = np.fromfile(full / "model_00000002.bin", dtype=np.int32, count=2)
+    assert list(header) == [20240326, 5]
+    h = read_optimizer_header(full / "state_00000002_00000.bin")
+    assert h["master"] and h["rng_last_update"] != h["rng_state"]
+    # the bf16 model file holds the bf16 weights, the state file their fp32 master weights
+    state = read_optimizer_state(full / "state_00000002_00000.bin", Tensors.count(param_shapes(CONFIG)))
+    bf16_weights = read_checkpoint(full / "model_00000002.bin")[1]
+    assert not np.array_equal(bf16_weights, state["master_weights"])
+    assert np.abs(bf16_weights - state["master_weights"]).max() < 0.01 * np.abs(state["master_weights"]).max()
+
+    real_step = Run.train_step
+
+    def interrupted(self, step):
+        if step == 2:
+            raise KeyboardInterrupt
+        return real_step(self, step)
+    part = tmp_path / "part"
+    with monkeypatch.context() as m:
+        m.setattr(Run, "train_step", interrupted)
+        assert run(part) == 130
+    assert rundir.latest(part) == 2
+    assert run(part, "-y", "1") == 0
+
+    def losses(out):
+        return [json.loads(line)["train_loss"] for line in (out / "log.jsonl").read_text().splitlines()]
+    assert len(losses(full)) == 3 and losses(full) == losses(part)
+    assert (full / "model.bin").read_bytes() == (part / "model.bin").read_bytes()

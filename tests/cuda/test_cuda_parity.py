@@ -34,3 +34,21 @@ def test_llmnb_test_device_cuda_precision_tf32_passes_llmc_cu_tolerances(tmp_pat
     assert rc == 0, out
     assert "precision: tf32" in out and "overall okay: 1" in out and out.count("TENSOR OK") == 16 and out.count("OK = 1") == 3
     assert "OK (LOGITS), max_diff = 0.000000e+00" not in out
+
+
+def test_llmnb_test_device_cuda_precision_bf16_passes_llmc_cu_bf16_tolerances(tmp_path, capsys):
+    # --precision bf16 (bf16 tensors, master weights, stochastic rounding) through the whole step
+    # within test_gpt2.cu's bf16 tolerances; the gradients checked in fp32 after their bf16 rounding
+    from llmnb import parity, reference_torch
+    assert reference_torch.main(["--out", str(tmp_path), "--layers", "1", "--heads", "2", "--channels", "32",
+                                 "--vocab", "60", "--max-seq-len", "16", "--batch", "2", "--seq-len", "8",
+                                 "--steps", "3", "--seed", "5"]) == 0
+    capsys.readouterr()
+    rc = parity.main(["--model", str(tmp_path / "model.bin"), "--state", str(tmp_path / "debug_state.bin"),
+                      "--losses", str(tmp_path / "expected_losses.json"), "--device", "cuda", "--precision", "bf16"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "precision: bf16" in out and "overall okay: 1" in out and out.count("TENSOR OK") == 16
+    # the logits are within far less than the 25.0 llm.c allows: bf16's rounding, not a wrong kernel
+    logits_diff = float(out.split("OK (LOGITS), max_diff = ")[1].split()[0])
+    assert 0 < logits_diff < 0.05, out
