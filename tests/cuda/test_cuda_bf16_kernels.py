@@ -118,15 +118,21 @@ def test_grad_norm_and_scale(be):
     assert (got == value(bf16(value(bits) * F32(0.3)))).all()     # one rounding of the float32 product
 
 
+@pytest.mark.parametrize("version", ["v2", "tf32"])
 @pytest.mark.parametrize("B,T,NH,C", [(1, 9, 2, 16), (2, 5, 1, 24)])
-def test_attention(be, B, T, NH, C):
-    # the default attention (v2: fp32 FFMA products) reading and writing bf16, lse in fp32
+def test_attention(be, B, T, NH, C, version):
+    # attention reading and writing bf16, lse in fp32: v2 (fp32 FFMA products) and the TF32 tensor-core
+    # kernels (--precision bf16's: bf16 inputs are exact in tf32; p and dS rounded to tf32, 2^-11, which
+    # the second half ulp of slack covers)
     from llmnb.cuda.attention import Attention
-    be.attention = Attention("v2")
+    from llmnb.cuda.attention_tc import AttentionTF32
+    be.attention = Attention("v2") if version == "v2" else AttentionTF32()
     rng = np.random.default_rng(5)
-    run_bf16(be, "attention_forward", [randn(rng, B, T, C), randn(rng, B, NH, T), randn(rng, B, T, 3 * C)])
+    n = 1 if version == "v2" else 2
+    run_bf16(be, "attention_forward", [randn(rng, B, T, C), randn(rng, B, NH, T), randn(rng, B, T, 3 * C)],
+             roundings=n)
     qkv = value(bf16(randn(rng, B, T, 3 * C)))
     out, lse = np.zeros((B, T, C), F32), np.zeros((B, NH, T), F32)
     cpu.attention_forward(out, lse, qkv)
     out = value(bf16(out))   # the forward's output as the bf16 model keeps it
-    run_bf16(be, "attention_backward", [randn(rng, B, T, 3 * C), randn(rng, B, T, C), qkv, out, lse])
+    run_bf16(be, "attention_backward", [randn(rng, B, T, 3 * C), randn(rng, B, T, C), qkv, out, lse], roundings=n)

@@ -14,7 +14,9 @@ and rows past T are zeros. hs <= ATT_HS_MAX (64), a multiple of 4; rows of inp 1
 
 Geometry (launch.py's GEOMETRY): "gpu" 4 warps (64 rows) against tiles of 32 keys, <= 44 KB of
 shared memory; "sim" 2 warps and 16 keys. The lab (dev/cuda_attention.py, v4t) checks and times
-these against the fp32 versions. Not yet run on a card.
+these against the fp32 versions. --precision bf16 runs them too: q, k, v and dout of bf16 bits are
+staged widened (ptx.stage4; a bf16 value is exact in tf32) and out and dinp written through
+ptx.narrow. Not yet run on a card.
 """
 import math
 
@@ -51,13 +53,14 @@ frag_a, frag_b, frag_c = INLINE(mma_tiles.frag_a), INLINE(mma_tiles.frag_b), INL
 @INLINE
 def _tc_stage(dst, x, r0, R, T, c0, hs, tid):
     # dst[r, d] = x (T, 3C)[r0 + r, c0 + d] for r < R, d < ATT_HS_MAX, zero past T and hs: 16-byte
-    # cp.async chunks, consecutive threads along a row (x's rows and c0 16-byte aligned, hs % 4 == 0)
+    # cp.async chunks, consecutive threads along a row (x's rows and c0 16-byte aligned, hs % 4 == 0);
+    # x of bf16 bits: 8-byte loads widened to fp32 (ptx.stage4)
     for it in range(U32(R * (ATT_HS_MAX // 4) // TC_THREADS)):
         e = tid + it * U32(TC_THREADS)
         r = e // U32(ATT_HS_MAX // 4)
         d = U32(4) * (e % U32(ATT_HS_MAX // 4))
         t = U32(r0) + r
-        ptx.cp_async16(dst, r, d, x, t, U32(c0) + d, (t < U32(T)) & (d < U32(hs)))
+        ptx.stage4(dst, r, d, x, t, U32(c0) + d, (t < U32(T)) & (d < U32(hs)))
 
 
 @cuda.jit
@@ -194,7 +197,7 @@ def attention_forward_tf32_kernel(out, lse, inp, scale):
             r, c = frag_c(lane, ni, reg)
             t = q0 + I64(wr + r)
             if t < T and I64(c) < hs:
-                out[b, t, h * hs + c] = oacc[4 * ni + reg] / (l_lo if reg < 2 else l_hi)
+                out[b, t, h * hs + c] = ptx.narrow(out, oacc[4 * ni + reg] / (l_lo if reg < 2 else l_hi))
     if lane % U32(4) == U32(0):
         t = q0 + I64(wr + lane // U32(4))
         if t < T:
@@ -332,7 +335,8 @@ def attention_dquery_tf32_kernel(dinp, dout, inp, lse, dd, scale):
             r, c = frag_c(lane, ni, reg)
             t = q0 + I64(wr + r)
             if t < T and I64(c) < hs:
-                dinp[b, t, h * hs + c] += scale * dq[4 * ni + reg]
+                at = h * hs + c
+                dinp[b, t, at] = ptx.narrow(dinp, ptx.widen(dinp[b, t, at]) + scale * dq[4 * ni + reg])
 
 
 @cuda.jit
@@ -417,8 +421,10 @@ def attention_dkey_value_tf32_kernel(dinp, dout, inp, lse, dd, scale):
             r, c = frag_c(lane, ni, reg)
             t2 = k0 + I64(wr + r)
             if t2 < T and I64(c) < hs:
-                dinp[b, t2, C + h * hs + c] += scale * dk[4 * ni + reg]
-                dinp[b, t2, 2 * C + h * hs + c] += dv[4 * ni + reg]
+                k_at = C + h * hs + c
+                v_at = 2 * C + h * hs + c
+                dinp[b, t2, k_at] = ptx.narrow(dinp, ptx.widen(dinp[b, t2, k_at]) + scale * dk[4 * ni + reg])
+                dinp[b, t2, v_at] = ptx.narrow(dinp, ptx.widen(dinp[b, t2, v_at]) + dv[4 * ni + reg])
 
 
 class AttentionTF32:

@@ -43,8 +43,9 @@ class CUDABackend(Backend):
     def __init__(self, precision="fp32"):
         """precision: "fp32" (the default: FFMA kernels, exact fp32), "tf32" (the matmuls and
         attention's products on tensor cores: matmul_tc.py, attention_tc.py) or "bf16" (tensors of
-        bf16 bits, the matmuls on tensor cores in bf16: matmul_bf16.py; every other kernel reads
-        and writes bf16 through ptx.widen / narrow, attention is v2's)."""
+        bf16 bits, the matmuls on tensor cores in bf16: matmul_bf16.py, attention's products in TF32
+        over bf16 inputs: attention_tc.py; every other kernel reads and writes bf16 through
+        ptx.widen / narrow)."""
         if not cuda.is_available():
             raise RuntimeError("llmnb/cuda/backend.py: no CUDA GPU found by numba.cuda "
                                "(set NUMBA_ENABLE_CUDASIM=1 to run the kernels on the simulator)")
@@ -53,11 +54,8 @@ class CUDABackend(Backend):
         self.precision = precision
         # the matmuls keep their split-K scratch here, for this backend
         self.matmuls = {"tf32": MatmulsTF32, "bf16": MatmulsBF16}.get(precision, Matmuls)()
-        # and the attention its dd scratch (bf16: v2, whose loads and stores go through widen/narrow)
-        if precision == "tf32":
-            self.attention = AttentionTF32()
-        else:
-            self.attention = Attention("v2") if precision == "bf16" else Attention()
+        # and the attention its dd scratch (bf16: the TF32 kernels over bf16 tensors, attention_tc.py)
+        self.attention = AttentionTF32() if precision in ("tf32", "bf16") else Attention()
 
     def matmul_forward(self, out, inp, weight, bias):
         self.matmuls.matmul_forward(out, inp, weight, bias)

@@ -8,6 +8,9 @@ store4, and the one numba-cuda's maintainers describe for inline PTX). Needs sm_
   cp_async16(dst, i, j, src, si, sj, valid)               16 bytes: dst[i, j:j+4] = src[si, sj:sj+4] (8 bf16), or zeros
   cp_async4(dst, i, j, src, si, sj, valid)                dst[i, j] = src[si, sj], or zero
   cp_async_commit(), cp_async_wait(n)                     close a group; wait until <= n groups fly
+  stage4(dst, i, j, src, si, sj, valid)                   dst[i, j:j+4] (float32) = src[si, sj:sj+4] widened, or
+                                                          zeros: cp_async16 for float32 src, an 8-byte load
+                                                          and widen for bf16 (uint16)
   cvt_rna_tf32(x) -> b32                                  f32 to tf32, round to nearest, ties away
   cvt_bf16x2(lo, hi) -> b32                               two f32 to packed bf16, round to nearest even
   f32_bits(x) -> b32                                      x's bits (an mma then reads them as tf32: truncation)
@@ -35,7 +38,8 @@ from .launch import SIMULATOR
 
 __all__ = ["mma_m16n8k8_tf32", "mma_m16n8k16_bf16", "ldmatrix_x1", "ldmatrix_x2", "ldmatrix_x4",
            "ldmatrix_x2_trans", "ldmatrix_x4_trans", "cp_async16", "cp_async4", "cp_async_commit",
-           "cp_async_wait", "cvt_rna_tf32", "cvt_bf16x2", "f32_bits", "widen", "narrow", "shfl_xor", "syncwarp"]
+           "cp_async_wait", "cvt_rna_tf32", "cvt_bf16x2", "f32_bits", "widen", "narrow", "stage4", "shfl_xor",
+           "syncwarp"]
 
 MMA_TF32 = "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32"
 MMA_BF16 = "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"
@@ -86,6 +90,10 @@ if SIMULATOR:
 
     def cp_async4(dst, i, j, src, si, sj, valid):
         dst[i, j] = src[si, sj] if valid else 0
+
+    def stage4(dst, i, j, src, si, sj, valid):
+        for q in range(4):
+            dst[i, j + q] = widen(src[si, sj + q]) if valid else 0
 
     def cp_async_commit():
         pass
@@ -196,24 +204,53 @@ else:
             return rt(tile, r, c), codegen
         return ldmatrix
 
-    def _make_cp_async(nbytes, cache):
+    def _cp_async_codegen(nbytes, cache):
         text = f"cp.async.{cache}.shared.global [$0], [$1], {nbytes}, $2;"
+
+        def codegen(context, builder, signature, args):
+            dty, ity, jty, sty, sity, sjty, vty = signature.args
+            ok = context.cast(builder, args[6], vty, types.boolean)
+            d = _item_pointer(context, builder, dty, args[0], (ity, jty), args[1:3])
+            s = _item_pointer(context, builder, sty, args[3], (sity, sjty), args[4:6], valid=ok)
+            src_size = builder.select(ok, ir.Constant(I32, nbytes), ir.Constant(I32, 0))
+            _asm(builder, ir.VoidType(), [_shared_address(builder, d), s, src_size], text, "r,l,r,~{memory}",
+                 side_effect=True)
+            return context.get_dummy_value()
+        return codegen
+
+    def _make_cp_async(nbytes, cache):
+        codegen = _cp_async_codegen(nbytes, cache)
 
         @intrinsic
         def cp_async(typingctx, dst, i, j, src, si, sj, valid):
             _check_2d("cp_async", dst, src)
-
-            def codegen(context, builder, signature, args):
-                dty, ity, jty, sty, sity, sjty, vty = signature.args
-                ok = context.cast(builder, args[6], vty, types.boolean)
-                d = _item_pointer(context, builder, dty, args[0], (ity, jty), args[1:3])
-                s = _item_pointer(context, builder, sty, args[3], (sity, sjty), args[4:6], valid=ok)
-                src_size = builder.select(ok, ir.Constant(I32, nbytes), ir.Constant(I32, 0))
-                _asm(builder, ir.VoidType(), [_shared_address(builder, d), s, src_size], text, "r,l,r,~{memory}",
-                     side_effect=True)
-                return context.get_dummy_value()
             return types.void(dst, i, j, src, si, sj, valid), codegen
         return cp_async
+
+    def _widen4_codegen(context, builder, signature, args):
+        # dst[i, j:j+4] = the 4 bf16 at src[si, sj] (one 8-byte load) as float32, or zeros
+        dty, ity, jty, sty, sity, sjty, vty = signature.args
+        ok = context.cast(builder, args[6], vty, types.boolean)
+        d = _item_pointer(context, builder, dty, args[0], (ity, jty), args[1:3])
+        s = _item_pointer(context, builder, sty, args[3], (sity, sjty), args[4:6], valid=ok)
+        v16, v32 = ir.VectorType(ir.IntType(16), 4), ir.VectorType(I32, 4)
+        raw = builder.load(builder.bitcast(s, v16.as_pointer()), align=8)
+        raw = builder.select(ok, raw, ir.Constant(v16, [0, 0, 0, 0]))
+        bits = builder.shl(builder.zext(raw, v32), ir.Constant(v32, [16, 16, 16, 16]))
+        f4 = ir.VectorType(F32, 4)
+        builder.store(builder.bitcast(bits, f4), builder.bitcast(d, f4.as_pointer()), align=16)
+        return context.get_dummy_value()
+
+    @intrinsic
+    def stage4(typingctx, dst, i, j, src, si, sj, valid):
+        """dst[i, j:j+4] (a float32 shared array, 16-byte aligned there) = src[si, sj:sj+4], or zeros
+        where valid is false: float32 src by cp.async (16 bytes; cp_async_commit / cp_async_wait as
+        for cp_async16), bf16 src (uint16, 8-byte aligned there) by one 8-byte load, widened"""
+        _check_2d("stage4", dst, src)
+        if dst.dtype != types.float32 or src.dtype not in (types.float32, types.uint16):
+            raise TypingError(f"stage4: expected a float32 dst and a float32 or uint16 src, got {dst}, {src}")
+        codegen = _cp_async_codegen(16, "cg") if src.dtype == types.float32 else _widen4_codegen
+        return types.void(dst, i, j, src, si, sj, valid), codegen
 
     cp_async16 = _make_cp_async(16, "cg")
     cp_async16.__doc__ = ("dst[i, j:j+4] = src[si, sj:sj+4] (16 bytes, both 16-byte aligned: cp.async.cg, "

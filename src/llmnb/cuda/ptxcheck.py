@@ -63,9 +63,9 @@ def kernel_signatures():
         A.attention_backward_dd_kernel: [(f3, f3, f3), (f3, h3, h3)],
         A.attention_dquery_kernel: [(f3, f3, f3, f3, f3, float32)],
         A.attention_dkey_value_kernel: [(f3, f3, f3, f3, f3, float32)],
-        AT.attention_forward_tf32_kernel: [(f3, f3, f3, float32)],                # --precision tf32
-        AT.attention_dquery_tf32_kernel: [(f3, f3, f3, f3, f3, float32)],
-        AT.attention_dkey_value_tf32_kernel: [(f3, f3, f3, f3, f3, float32)],
+        AT.attention_forward_tf32_kernel: [(f3, f3, f3, float32), (h3, f3, h3, float32)],   # tf32 (and bf16's)
+        AT.attention_dquery_tf32_kernel: [(f3, f3, f3, f3, f3, float32), (h3, h3, h3, f3, f3, float32)],
+        AT.attention_dkey_value_tf32_kernel: [(f3, f3, f3, f3, f3, float32), (h3, h3, h3, f3, f3, float32)],
         K.gelu_forward_kernel: [(f1, f1), (h1, h1)],
         K.gelu_backward_kernel: [(f1, f1, f1), (h1, h1, h1)],
         K.residual_forward_kernel: [(f1, f1, f1), (h1, h1, h1)],

@@ -88,8 +88,8 @@ def main_loop(sass):
 
 
 def tensor_core_kernels():
-    """{name: (kernel, argument types)} of the TF32 kernels (matmul_tc.py, attention_tc.py) and the
-    BF16 GEMMs (matmul_bf16.py, with bf16 output)."""
+    """{name: (kernel, argument types)} of the TF32 kernels (matmul_tc.py, attention_tc.py, the
+    attention's also over bf16 tensors) and the BF16 GEMMs (matmul_bf16.py, with bf16 output)."""
     from numba import boolean, float32, int64, uint16
 
     from . import attention_tc as AT
@@ -105,6 +105,10 @@ def tensor_core_kernels():
     kernels["attention_forward_tf32_kernel"] = (AT.attention_forward_tf32_kernel, (f3, f3, f3, float32))
     for n in ("attention_dquery_tf32_kernel", "attention_dkey_value_tf32_kernel"):
         kernels[n] = (getattr(AT, n), (f3, f3, f3, f3, f3, float32))
+    # --precision bf16's attention: the same kernels over bf16 tensors (ptx.stage4 widens them)
+    kernels["attention_forward_tf32_kernel[bf16]"] = (AT.attention_forward_tf32_kernel, (h3, f3, h3, float32))
+    for n in ("attention_dquery_tf32_kernel", "attention_dkey_value_tf32_kernel"):
+        kernels[n + "[bf16]"] = (getattr(AT, n), (h3, h3, h3, f3, f3, float32))
     return kernels
 
 
