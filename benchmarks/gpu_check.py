@@ -41,6 +41,7 @@ the rest still run within what is left. The output folder holds at most these 8 
   summary.txt env.txt tests.txt parity.txt bench.txt train.txt train_B4_T64.jsonl train_B8_T1024.jsonl
 """
 import argparse
+import contextlib
 import math
 import os
 import re
@@ -737,51 +738,33 @@ def bench_torch(B, T, steps=10, warmup=3):
     xt = torch.from_numpy(x.astype(np.int64)).cuda()
     yt = torch.from_numpy(y.astype(np.int64)).cuda()
 
-    def step():
-        _, loss = model(xt, yt)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        torch.cuda.synchronize()
-        return loss.item()
-    for tf32 in (False, True):
-        torch.backends.cuda.matmul.allow_tf32 = tf32
-        torch.backends.cudnn.allow_tf32 = tf32
-        for _ in range(warmup):
-            step()
-        times = []
-        for _ in range(steps):
-            t0 = time.perf_counter()
-            loss = step()
-            times.append(time.perf_counter() - t0)
-        med = float(np.median(times))
-        print(f"PyTorch B={B} T={T} TF32 {'on ' if tf32 else 'off'}: step ms min/median/max "
-              f"{1e3 * min(times):.1f} {1e3 * med:.1f} {1e3 * max(times):.1f} | {B * T / med:.0f} tok/s | "
-              f"{flops / med / 1e12:.2f} TFLOP/s = {peak_shares(flops / med)} | loss {loss:.4f} "
-              f"| max memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
-    # and with bf16 autocast (TF32 on for what stays fp32): what a user who trains in bf16 runs
     autocast = torch.autocast("cuda", dtype=torch.bfloat16)
 
-    def step_bf16():
-        with autocast:
+    def step(bf16):
+        with autocast if bf16 else contextlib.nullcontext():
             _, loss = model(xt, yt)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         torch.cuda.synchronize()
         return loss.item()
-    for _ in range(warmup):
-        step_bf16()
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        loss = step_bf16()
-        times.append(time.perf_counter() - t0)
-    med = float(np.median(times))
-    print(f"PyTorch B={B} T={T} bf16 autocast: step ms min/median/max "
-          f"{1e3 * min(times):.1f} {1e3 * med:.1f} {1e3 * max(times):.1f} | {B * T / med:.0f} tok/s | "
-          f"{flops / med / 1e12:.2f} TFLOP/s = {peak_shares(flops / med, 'bf16')} | loss {loss:.4f} "
-          f"| max memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+    # fp32 with TF32 off and on, then bf16 autocast (TF32 on for what stays fp32): what a user who
+    # trains in bf16 runs
+    for label, tf32, bf16 in (("TF32 off", False, False), ("TF32 on ", True, False), ("bf16 autocast", True, True)):
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
+        for _ in range(warmup):
+            step(bf16)
+        times = []
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            loss = step(bf16)
+            times.append(time.perf_counter() - t0)
+        med = float(np.median(times))
+        print(f"PyTorch B={B} T={T} {label}: step ms min/median/max "
+              f"{1e3 * min(times):.1f} {1e3 * med:.1f} {1e3 * max(times):.1f} | {B * T / med:.0f} tok/s | "
+              f"{flops / med / 1e12:.2f} TFLOP/s = {peak_shares(flops / med, 'bf16' if bf16 else 'tf32')} | "
+              f"loss {loss:.4f} | max memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
 
 
 # ------------------------------------------------------------------------------------------------

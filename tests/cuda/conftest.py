@@ -3,7 +3,7 @@
 NUMBA_ENABLE_CUDASIM must be set before numba.cuda is first imported, and it then holds for the
 whole process. So these tests have a pytest run of their own (.ci/run and docs/development.md run both):
 
-    NUMBA_ENABLE_CUDASIM=1 python -m pytest tests/cuda
+    NUMBA_ENABLE_CUDASIM=1 python -m pytest -n 2 tests/cuda
     NUMBA_ENABLE_CUDASIM=1 LLMNB_CUDA_GEOMETRY=gpu python -m pytest tests/cuda -m gpu_geometry
 
 the second with launch.py's GPU geometry (the tile and block sizes a GPU runs), for the tests

@@ -25,7 +25,7 @@ from numba import uint16
 
 from . import mma_tiles
 from .launch import GEOMETRY, INLINE, check
-from .matmul_tc import MatmulsTF32, _slab_copy, build_gemm
+from .matmul_tc import MatmulsTF32, _slab_copy, build_gemm, warp_product
 from .ptx import ldmatrix_x4, ldmatrix_x4_trans, mma_m16n8k16_bf16
 
 #                BM   BN   BK  WARPS_M  WARPS_N
@@ -46,6 +46,7 @@ def make_gemm_bf16(BM, BN, BK, WARPS_M, WARPS_N, A_KR, B_KR, ACCUM):
     a_ldm, b_ldm = INLINE(t.a_ldm), INLINE(t.b_ldm)
     load_a = ldmatrix_x4_trans if A_KR else ldmatrix_x4
     load_b = ldmatrix_x4_trans if B_KR else ldmatrix_x4
+    product = warp_product(mma_m16n8k16_bf16, MI, NI)
 
     @INLINE
     def multiply_k16(As, Bs, stage, kk, acc, af, bf, warp, lane):
@@ -64,16 +65,7 @@ def make_gemm_bf16(BM, BN, BK, WARPS_M, WARPS_N, A_KR, B_KR, ACCUM):
             bf[4 * nj + 1] = b1
             bf[4 * nj + 2] = b2
             bf[4 * nj + 3] = b3
-        for mi in range(MI):
-            for ni in range(NI):
-                q = 4 * (NI * mi + ni)
-                d0, d1, d2, d3 = mma_m16n8k16_bf16(af[4 * mi], af[4 * mi + 1], af[4 * mi + 2], af[4 * mi + 3],
-                                                   bf[2 * ni], bf[2 * ni + 1], acc[q], acc[q + 1], acc[q + 2],
-                                                   acc[q + 3])
-                acc[q] = d0
-                acc[q + 1] = d1
-                acc[q + 2] = d2
-                acc[q + 3] = d3
+        product(acc, af, bf)
 
     @INLINE
     def multiply_slab(As, Bs, stage, acc, af, bf, warp, lane):

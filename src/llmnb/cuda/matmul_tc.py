@@ -74,6 +74,24 @@ def _slab_copy(KR, at, chunk, elem, n_chunks, n_elems, VECTOR):
     return copy
 
 
+def warp_product(mma, MI, NI):
+    """product(acc, af, bf): a warp's MI x NI tiles of 16 x 8, acc (4 MI NI fp32 a lane) += mma of
+    the lane's A registers af (4 MI: four of each m-tile) and B registers bf (2 NI: two of each
+    n-tile); mma is ptx's TF32 (m16n8k8) or BF16 (m16n8k16) instruction."""
+    @INLINE
+    def product(acc, af, bf):
+        for mi in range(MI):
+            for ni in range(NI):
+                q = 4 * (NI * mi + ni)
+                d0, d1, d2, d3 = mma(af[4 * mi], af[4 * mi + 1], af[4 * mi + 2], af[4 * mi + 3], bf[2 * ni],
+                                     bf[2 * ni + 1], acc[q], acc[q + 1], acc[q + 2], acc[q + 3])
+                acc[q] = d0
+                acc[q + 1] = d1
+                acc[q + 2] = d2
+                acc[q + 3] = d3
+    return product
+
+
 def make_gemm_tc(BM, BN, BK, WARPS_M, WARPS_N, A_KR, B_KR, ACCUM, VECTOR, ROUND=True):
     """The kernel for one layout: out (S,M,N) = the partial sums of K slice z = blockIdx.z when
     `split`, else out[0] (+= when ACCUM) the whole sum (+ bias[n] when has_bias).
@@ -88,6 +106,7 @@ def make_gemm_tc(BM, BN, BK, WARPS_M, WARPS_N, A_KR, B_KR, ACCUM, VECTOR, ROUND=
     a_at, b_at = INLINE(t.a_at), INLINE(t.b_at)
     a_frag, b_frag = INLINE(t.a_frag), INLINE(t.b_frag)
     to_tf32 = cvt_rna_tf32 if ROUND else f32_bits
+    product = warp_product(mma_m16n8k8_tf32, MI, NI)
 
     @INLINE
     def multiply_k8(As, Bs, stage, kk, acc, af, bf, warp, lane):
@@ -102,16 +121,7 @@ def make_gemm_tc(BM, BN, BK, WARPS_M, WARPS_N, A_KR, B_KR, ACCUM, VECTOR, ROUND=
                 n, k = b_frag(warp, lane, ni, kk, reg)
                 i, j = b_at(stage, n, k)
                 bf[2 * ni + reg] = to_tf32(Bs[i, j])
-        for mi in range(MI):
-            for ni in range(NI):
-                q = 4 * (NI * mi + ni)
-                d0, d1, d2, d3 = mma_m16n8k8_tf32(af[4 * mi], af[4 * mi + 1], af[4 * mi + 2], af[4 * mi + 3],
-                                                  bf[2 * ni], bf[2 * ni + 1], acc[q], acc[q + 1], acc[q + 2],
-                                                  acc[q + 3])
-                acc[q] = d0
-                acc[q + 1] = d1
-                acc[q + 2] = d2
-                acc[q + 3] = d3
+        product(acc, af, bf)
 
     @INLINE
     def multiply_slab(As, Bs, stage, acc, af, bf, warp, lane):
@@ -259,4 +269,4 @@ class MatmulsTF32(Matmuls):
         matmul_reduce_splits_kernel[elementwise_grid(M * N), ELEM_THREADS](out, parts, bias_arg, has_bias, accumulate)
 
 
-__all__ = ["MatmulsTF32", "build_gemm", "make_gemm_tc", "make_gemms", "TC_SHAPES"]
+__all__ = ["MatmulsTF32", "build_gemm", "make_gemm_tc", "make_gemms", "warp_product", "TC_SHAPES"]
