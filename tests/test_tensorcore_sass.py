@@ -38,7 +38,7 @@ def test_tf32_kernels_assemble_to_hmma_without_spills_for_sm80_and_sm90():
         if "main loop" in line and "attention" not in line and "bf16" not in line:
             # nvdisasm here: a slab (2 k steps) per trip, 24 32-bit shared loads a step
             assert "for 32 HMMA" in line and int(re.search(r"LDS (\d+)", line).group(1)) >= 48, line
-        if "main loop" in line and "bf16" in line:
+        if "main loop" in line and "matmul_" in line and "bf16" in line:
             # a slab of 2 k steps of 16 per trip; each step 4 ldmatrix.x4 of A (one an m-tile) and 2 of B
             # (two n-tiles each): every fragment register from an LDSM, none from a 32-bit LDS
             assert "for 32 HMMA" in line and re.search(r"LDSM 12\b", line), line
