@@ -11,21 +11,30 @@ MiB = 1 << 20
 GiB = 1 << 30
 
 
-def run_memory(config, B, T):
-    """Bytes of each float32 buffer a training step of (B, T) allocates -> {what: bytes}.
+def run_memory(config, B, T, precision="fp32"):
+    """Bytes of each buffer a training step of (B, T) allocates -> {what: bytes}.
 
     As model.GPT2 allocates them: parameters, their gradients, AdamW's m and v, the activations
     (no (B,T,Vp) probs: the fused classifier), the activations' gradients (config.grad_act_shapes:
-    one layer's worth, no dlogits), and the sampler's KV cache.
+    one layer's worth, no dlogits), and the sampler's KV cache. float32, but with precision "bf16"
+    the parameters, gradients and activations (not model.FP32_ACTS) in 2 bytes, plus the fp32
+    master weights.
     """
+    from .model import FP32_ACTS
     N = Tensors.count(param_shapes(config))
     acts = act_shapes(config, B, T)
-    nacts = Tensors.count(acts)
-    ngrads = Tensors.count(grad_act_shapes(config, B, T))
+    grads = grad_act_shapes(config, B, T)
     L, C, maxT = config.num_layers, config.channels, config.max_seq_len
-    return {"parameters": 4 * N, "gradients": 4 * N, "AdamW m and v": 8 * N,
-            "activations": 4 * nacts, "activation gradients": 4 * ngrads,
-            "sampler KV cache": 4 * L * maxT * 3 * C}
+    if precision != "bf16":
+        return {"parameters": 4 * N, "gradients": 4 * N, "AdamW m and v": 8 * N,
+                "activations": 4 * Tensors.count(acts), "activation gradients": 4 * Tensors.count(grads),
+                "sampler KV cache": 4 * L * maxT * 3 * C}
+
+    def mixed(shapes):
+        wide = Tensors.count({n: sh for n, sh in shapes.items() if n in FP32_ACTS})
+        return 4 * wide + 2 * (Tensors.count(shapes) - wide)
+    return {"parameters (bf16)": 2 * N, "master weights": 4 * N, "gradients (bf16)": 2 * N, "AdamW m and v": 8 * N,
+            "activations": mixed(acts), "activation gradients": mixed(grads), "sampler KV cache": 4 * L * maxT * 3 * C}
 
 
 def _meminfo_available():

@@ -172,8 +172,9 @@ class Run:
         for line in self.header(ckpt):
             log(line)
         n = self.model.num_parameters
-        log(f"num_parameters: {n} => bytes: {4 * n}")
-        log(f"allocated {round(4 * n / memory.MiB)} MiB for model parameters")
+        size = self.model.params.memory.dtype.itemsize   # (train_gpt2.cu's floatX: 2 in bf16)
+        log(f"num_parameters: {n} => bytes: {size * n}")
+        log(f"allocated {round(size * n / memory.MiB)} MiB for model parameters")
         log(f"batch_size B={s.batch_size} * seq_len T={s.seq_len} * num_processes={world.size} and "
             f"total_batch_size={s.total_batch_size}")
         log(f"=> setting grad_accum_steps={s.grad_accum}")
@@ -626,7 +627,7 @@ def check_resume_step(step, steps, rundir, flag):
 def check_memory(s, config, log):
     """Print what the run's buffers take (llm.c prints its allocations) and stop at once, before
     allocating any, when they need more than the machine (or the GPU) has free."""
-    sizes = memory.run_memory(config, s.batch_size, s.seq_len)
+    sizes = memory.run_memory(config, s.batch_size, s.seq_len, s.matmul_precision)
     available = memory.available_bytes(s.device)
     where = "the GPU" if s.device == "cuda" else "this machine"
     log(f"memory: {memory.describe(sizes)}"

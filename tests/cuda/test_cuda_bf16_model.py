@@ -43,6 +43,14 @@ def test_bf16_training_follows_fp32_within_bf16_noise():
     loss16, g16 = _train(bf16, 3, x, y)
     assert bf16.acts.ln1.dtype == np.uint16 and bf16.acts.ln1_mean.dtype == np.float32
     assert bf16.acts.losses.dtype == np.float32 and bf16.grads_acts.losses.dtype == np.float32
+    # what llmnb-train's memory line counts (memory.run_memory) is what the bf16 model allocated
+    from llmnb.memory import run_memory
+    sizes = run_memory(CONFIG, *x.shape, "bf16")
+    assert sizes["parameters (bf16)"] == bf16.params.memory.nbytes and sizes["master weights"] == bf16.master.nbytes
+    assert sizes["gradients (bf16)"] == bf16.grads.memory.nbytes == bf16.params.memory.nbytes
+    assert sizes["AdamW m and v"] == bf16.m_memory.nbytes + bf16.v_memory.nbytes
+    for key, t in (("activations", bf16.acts), ("activation gradients", bf16.grads_acts)):
+        assert sizes[key] == t.memory.nbytes + t.fp32_memory.nbytes, key
     # the first forward: the same weights rounded to bf16, activations rounded at each layer
     assert abs(loss16[0] - loss32[0]) < 0.01 * loss32[0]
     # the gradient of that step: close to fp32's overall (cosine) and per tensor (relative norm)
