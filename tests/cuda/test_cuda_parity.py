@@ -5,14 +5,22 @@ import pytest
 pytest.importorskip("torch")
 
 
-def test_llmnb_test_device_cuda_passes_on_a_tiny_reference(tmp_path, capsys):
-    from llmnb import parity, reference_torch
+def _tiny_reference(tmp_path, capsys):
+    """llmnb-reference's files for a tiny GPT-2 (1 layer, 2 heads, 32 channels, B=2 T=8, 3 steps) in
+    tmp_path -> llmnb-test's arguments for them on --device cuda."""
+    from llmnb import reference_torch
     assert reference_torch.main(["--out", str(tmp_path), "--layers", "1", "--heads", "2", "--channels", "32",
-                           "--vocab", "60", "--max-seq-len", "16", "--batch", "2", "--seq-len", "8",
-                           "--steps", "3", "--seed", "5"]) == 0
+                                 "--vocab", "60", "--max-seq-len", "16", "--batch", "2", "--seq-len", "8",
+                                 "--steps", "3", "--seed", "5"]) == 0
     capsys.readouterr()
-    rc = parity.main(["--model", str(tmp_path / "model.bin"), "--state", str(tmp_path / "debug_state.bin"),
-                     "--losses", str(tmp_path / "expected_losses.json"), "--device", "cuda"])
+    return ["--model", str(tmp_path / "model.bin"), "--state", str(tmp_path / "debug_state.bin"),
+            "--losses", str(tmp_path / "expected_losses.json"), "--device", "cuda"]
+
+
+def test_llmnb_test_device_cuda_passes_on_a_tiny_reference(tmp_path, capsys):
+    from llmnb import parity
+    files = _tiny_reference(tmp_path, capsys)
+    rc = parity.main(files)
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "overall okay: 1" in out and out.count("TENSOR OK") == 16 and out.count("OK = 1") == 3
@@ -22,13 +30,8 @@ def test_llmnb_test_device_cuda_precision_tf32_passes_llmc_cu_tolerances(tmp_pat
     # the TF32 matmuls (tensor cores; on the simulator their lane models) through the whole step,
     # within llmnb-test's tf32 tolerances (parity.TOLERANCES); and they are not fp32's results (the
     # logits differ). Three steps, as the fp32 test above: the updates too
-    from llmnb import parity, reference_torch
-    assert reference_torch.main(["--out", str(tmp_path), "--layers", "1", "--heads", "2", "--channels", "32",
-                                 "--vocab", "60", "--max-seq-len", "16", "--batch", "2", "--seq-len", "8",
-                                 "--steps", "3", "--seed", "5"]) == 0
-    capsys.readouterr()
-    files = ["--model", str(tmp_path / "model.bin"), "--state", str(tmp_path / "debug_state.bin"),
-             "--losses", str(tmp_path / "expected_losses.json"), "--device", "cuda"]
+    from llmnb import parity
+    files = _tiny_reference(tmp_path, capsys)
     rc = parity.main(files + ["--precision", "tf32"])
     out = capsys.readouterr().out
     assert rc == 0, out
@@ -39,13 +42,9 @@ def test_llmnb_test_device_cuda_precision_tf32_passes_llmc_cu_tolerances(tmp_pat
 def test_llmnb_test_device_cuda_precision_bf16_passes_llmc_cu_bf16_tolerances(tmp_path, capsys):
     # --precision bf16 (bf16 tensors, master weights, stochastic rounding) through the whole step
     # within test_gpt2.cu's bf16 tolerances; the gradients checked in fp32 after their bf16 rounding
-    from llmnb import parity, reference_torch
-    assert reference_torch.main(["--out", str(tmp_path), "--layers", "1", "--heads", "2", "--channels", "32",
-                                 "--vocab", "60", "--max-seq-len", "16", "--batch", "2", "--seq-len", "8",
-                                 "--steps", "3", "--seed", "5"]) == 0
-    capsys.readouterr()
-    rc = parity.main(["--model", str(tmp_path / "model.bin"), "--state", str(tmp_path / "debug_state.bin"),
-                      "--losses", str(tmp_path / "expected_losses.json"), "--device", "cuda", "--precision", "bf16"])
+    from llmnb import parity
+    files = _tiny_reference(tmp_path, capsys)
+    rc = parity.main(files + ["--precision", "bf16"])
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "precision: bf16" in out and "overall okay: 1" in out and out.count("TENSOR OK") == 16
