@@ -66,7 +66,7 @@ LAB_GEMMS = ("v6s-128x128-bk8", "v6s-128x128-bk8-r128", "v6s-128x128-bk16", "v6s
              "v7s-128x64-bk16")
 # the TF32 (tensor-core) versions of the kernel lab, checked against float64 and timed on the card
 # (timed at B*T = 8192 only: the budget)
-LAB_TF32_GEMMS = ("v8t-128x128-bk16", "v8t-128x128-bk16-trunc", "v8t-128x128-bk16-w64x64")
+LAB_TF32_GEMMS = ("v8t-128x128-bk16", "v8t-128x128-bk16-ldsm", "v8t-128x128-bk16-trunc", "v8t-128x128-bk16-w64x64")
 # the BF16 versions (v9b: the first the package's --precision bf16 matmul), timed beside cuBLAS's bf16
 # and tf32 matmuls (torch) on the same shapes
 LAB_BF16_GEMMS = ("v9b-128x128-bk32", "v9b-128x64-bk32", "v9b-64x64-bk32")

@@ -40,7 +40,13 @@ Versions:
        the rounding (FSETP + IADD per register). -trunc skips the rounding (the mma reads the fp32
        bits as tf32: truncation), 128x64, 64x64-bk32 and -w64x64 (4 warps of 64 x 64: 1 shared load
        per HMMA instead of 1.5, twice the accumulators) are other tiles. Checked against float64 of
-       the tf32-rounded operands. Not yet run on a card.
+       the tf32-rounded operands. -ldsm: the K-contiguous operands' fragments (forward's A and B,
+       dinp's A) by ldmatrix.x4 (a matrix row is 4 floats, so lane l gets float l % 4 of row l // 4:
+       the m16n8k8 layout), one LDSM per 4 registers instead of 4 LDS, then cvt.rna on the bits.
+       SASS (sm_90, this session's script over make_gemms(..., LDSM=True)): a slab of forward 266
+       instructions for 32 HMMA with 3 LDS + 12 LDSM (the package's: 278 with 51 LDS), dinp 281
+       with 19 LDS + 8 LDSM (289), dweight unchanged (both operands R-contiguous); 120-126
+       registers, no spills. Not yet run on a card.
   v9b  tensor cores in BF16 (mma.sync.m16n8k16 over bf16 operands, fp32 accumulate, bf16 output;
        llmnb/cuda/matmul_bf16.py, the matmuls of --precision bf16): v8t's tiles and pipeline with
        bf16 slabs (BK 32, 8 elements a 16-byte chunk), every fragment register from ldmatrix.x4
@@ -342,15 +348,18 @@ VERSIONS = {
     "v7s-128x128-bk8": (8, 8, 8, True, {"vec4": True, "vload": True}),
     "v7s-128x64-bk16": (8, 4, 16, True, {"vec4": True, "vload": True}),
 }
-# tensor cores (TF32): name: (BM, BN, BK, WARPS_M, WARPS_N, round the operands to tf32 with cvt.rna)
+# tensor cores (TF32): name: (BM, BN, BK, WARPS_M, WARPS_N, round the operands to tf32 with cvt.rna
+# [, ldmatrix for the K-contiguous operands' fragments])
 TC_VERSIONS = {
     "v8t-128x128-bk16": (128, 128, 16, 2, 4, True),   # the package's (--precision tf32)
+    "v8t-128x128-bk16-ldsm": (128, 128, 16, 2, 4, True, True),
     "v8t-128x128-bk16-trunc": (128, 128, 16, 2, 4, False),
     "v8t-128x64-bk16": (128, 64, 16, 4, 2, True),
     "v8t-64x64-bk32": (64, 64, 32, 2, 2, True),
     "v8t-128x128-bk16-w64x64": (128, 128, 16, 2, 2, True),
 }
-SIM_TC_VERSIONS = {"v8t-sim": (32, 16, 16, 2, 1, True), "v8t-sim-trunc": (32, 16, 16, 2, 1, False)}
+SIM_TC_VERSIONS = {"v8t-sim": (32, 16, 16, 2, 1, True), "v8t-sim-trunc": (32, 16, 16, 2, 1, False),
+                   "v8t-sim-ldsm": (32, 16, 16, 2, 1, True, True)}
 # tensor cores (BF16): name: (BM, BN, BK, WARPS_M, WARPS_N)
 BF16_VERSIONS = {
     "v9b-128x128-bk32": (128, 128, 32, 2, 4),   # the package's (--precision bf16)
@@ -431,8 +440,8 @@ def make_gemms(versions, sms):
     out = {}
     for vname, v in versions.items():
         if vname.startswith("v8t"):
-            *shape, round_inputs = v
-            kernels = matmul_tc.make_gemms(*shape, ROUND=round_inputs)
+            shape, round_inputs, ldsm = v[:5], v[5], len(v) > 6 and v[6]
+            kernels = matmul_tc.make_gemms(*shape, ROUND=round_inputs, LDSM=ldsm)
             out.update({(vname, kind): GemmTC(kind, kernels) for kind in LAYOUT})
         elif vname.startswith("v9b"):
             kernels = matmul_bf16.make_gemms_bf16(*v)
@@ -487,7 +496,7 @@ def check(versions, shapes, sms, gemms=None):
                 tf32 = ""
                 if vname.startswith("v8t"):   # the reference multiplies what the tensor cores multiply
                     exact = ref + (out.astype(np.float64) if accum else 0)
-                    ra, rb = tf32_operands(a, b, versions[vname][-1])
+                    ra, rb = tf32_operands(a, b, versions[vname][5])
                     _, _, _, ref = operands_like(kind, ra, rb)
                 want = ref + (out.astype(np.float64) if accum else 0)
                 d_out = cuda.to_device(out)

@@ -301,3 +301,31 @@ def test_bf16_ldmatrix_phases_are_free_of_bank_conflicts(kind):
                     assert byte % 16 == 0
                     groups.add(byte % 128 // 16)
                 assert len(groups) == 8, (kind, tile, phase)
+
+
+@pytest.mark.parametrize("kind", ["forward", "dinp"])
+def test_tf32_ldmatrix_addresses_give_each_lane_its_fragment_registers(kind):
+    # the lab's -ldsm TF32 versions load a K-contiguous operand's fragments with ldmatrix.x4 (rows of
+    # 4 floats): each lane's 4 registers must be the fp32 bits a_frag's (b_frag's) 32-bit reads give
+    t = mma_tiles.make(*GEOMETRIES["gpu"], *LAYOUTS[kind])
+    rng = np.random.default_rng(10)
+    for ldm, at, frag, shape, tiles, KR in ((t.a_ldm, t.a_at, t.a_frag, t.A_SHAPE, t.MI, t.A_KR),
+                                            (t.b_ldm, t.b_at, t.b_frag, t.B_SHAPE, t.NI // 2, t.B_KR)):
+        if KR:
+            continue
+        sh = rng.standard_normal(shape).astype(F32)
+        for w in (0, 5):
+            for tile in range(tiles):
+                rows = np.empty((32, 8), np.uint16)
+                for lane in range(32):
+                    i, j = (int(v) for v in at(1, *ldm(w, lane, tile, 8)))
+                    assert (i * shape[1] + j) % 4 == 0   # 16-byte aligned rows
+                    rows[lane] = sh[i, j:j + 4].view(np.uint16)
+                regs = lanes.ldmatrix(rows, 4)
+                for lane in range(32):
+                    if frag is t.a_frag:
+                        want = [sh[tuple(int(v) for v in at(1, *frag(w, lane, tile, 8, reg)))] for reg in range(4)]
+                    else:   # n-tiles 2 tile and 2 tile + 1, registers 0 and 1 of each
+                        want = [sh[tuple(int(v) for v in at(1, *frag(w, lane, 2 * tile + q // 2, 8, q % 2)))]
+                                for q in range(4)]
+                    assert list(regs[lane]) == list(np.array(want, F32).view(np.uint32)), (kind, w, tile, lane)

@@ -26,8 +26,8 @@ from numba import cuda, float32, uint32
 from . import mma_tiles
 from .launch import ELEM_THREADS, GEOMETRY, INLINE, SIMULATOR, cached_views, cdiv, check, elementwise_grid
 from .matmul import Matmuls, aligned_rows, matmul_reduce_splits_kernel
-from .ptx import (cp_async4, cp_async16, cp_async_commit, cp_async_wait, cvt_rna_tf32, f32_bits, mma_m16n8k8_tf32,
-                  narrow, widen)
+from .ptx import (cp_async4, cp_async16, cp_async_commit, cp_async_wait, cvt_rna_tf32, cvt_rna_tf32_bits, f32_bits,
+                  ldmatrix_x4, mma_m16n8k8_tf32, narrow, widen)
 
 #                BM   BN   BK  WARPS_M  WARPS_N
 TC_SHAPES = {"gpu": (128, 128, 16, 2, 4), "sim": (32, 16, 16, 2, 1)}
@@ -74,6 +74,12 @@ def _slab_copy(KR, at, chunk, elem, n_chunks, n_elems, VECTOR):
     return copy
 
 
+@INLINE
+def _same_bits(u):
+    # (the -trunc lab variants with ldmatrix: the fp32 bits go to the mma as they are)
+    return u
+
+
 def warp_product(mma, MI, NI):
     """product(acc, af, bf): a warp's MI x NI tiles of 16 x 8, acc (4 MI NI fp32 a lane) += mma of
     the lane's A registers af (4 MI: four of each m-tile) and B registers bf (2 NI: two of each
@@ -92,12 +98,14 @@ def warp_product(mma, MI, NI):
     return product
 
 
-def make_gemm_tc(BM, BN, BK, WARPS_M, WARPS_N, A_KR, B_KR, ACCUM, VECTOR, ROUND=True):
+def make_gemm_tc(BM, BN, BK, WARPS_M, WARPS_N, A_KR, B_KR, ACCUM, VECTOR, ROUND=True, LDSM=False):
     """The kernel for one layout: out (S,M,N) = the partial sums of K slice z = blockIdx.z when
     `split`, else out[0] (+= when ACCUM) the whole sum (+ bias[n] when has_bias).
     Block (t.THREADS,), grid (cdiv(N, BN), cdiv(M, BM), S). ROUND False (a lab variant): the
     operands' fp32 bits go to the mma as they are, which reads them as tf32 (truncation toward zero,
-    one fewer instruction per register)."""
+    one fewer instruction per register). LDSM (a lab variant): a K-contiguous operand's fragments
+    come from ldmatrix.x4 (one per 4 registers; mma_tiles.make's a_ldm / b_ldm) instead of a 32-bit
+    shared load each; an R-contiguous one's stay 32-bit loads."""
     t = mma_tiles.make(BM, BN, BK, WARPS_M, WARPS_N, A_KR, B_KR)
     assert BK <= 32, "multiply_slab writes out at most 4 k steps"
     MI, NI = t.MI, t.NI
@@ -105,22 +113,43 @@ def make_gemm_tc(BM, BN, BK, WARPS_M, WARPS_N, A_KR, B_KR, ACCUM, VECTOR, ROUND=
     copy_b = _slab_copy(B_KR, t.b_at, t.b_chunk, t.b_elem, t.B_CHUNKS, t.B_ELEMS, VECTOR)
     a_at, b_at = INLINE(t.a_at), INLINE(t.b_at)
     a_frag, b_frag = INLINE(t.a_frag), INLINE(t.b_frag)
+    a_ldm, b_ldm = INLINE(t.a_ldm), INLINE(t.b_ldm)
+    A_LDSM, B_LDSM = LDSM and not A_KR, LDSM and not B_KR
+    assert not B_LDSM or NI % 2 == 0, "ldmatrix.x4 loads two n-tiles of B"
     to_tf32 = cvt_rna_tf32 if ROUND else f32_bits
+    bits_to_tf32 = cvt_rna_tf32_bits if ROUND else _same_bits
     product = warp_product(mma_m16n8k8_tf32, MI, NI)
 
     @INLINE
     def multiply_k8(As, Bs, stage, kk, acc, af, bf, warp, lane):
         # acc += this warp's rows of slab `stage` of A times its columns of B at k = kk..kk+7
         for mi in range(MI):
-            for reg in range(4):
-                r, k = a_frag(warp, lane, mi, kk, reg)
-                i, j = a_at(stage, r, k)
-                af[4 * mi + reg] = to_tf32(As[i, j])
-        for ni in range(NI):
-            for reg in range(2):
-                n, k = b_frag(warp, lane, ni, kk, reg)
-                i, j = b_at(stage, n, k)
-                bf[2 * ni + reg] = to_tf32(Bs[i, j])
+            if A_LDSM:
+                i, j = a_at(stage, *a_ldm(warp, lane, mi, kk))
+                a0, a1, a2, a3 = ldmatrix_x4(As, i, j)
+                af[4 * mi] = bits_to_tf32(a0)
+                af[4 * mi + 1] = bits_to_tf32(a1)
+                af[4 * mi + 2] = bits_to_tf32(a2)
+                af[4 * mi + 3] = bits_to_tf32(a3)
+            else:
+                for reg in range(4):
+                    r, k = a_frag(warp, lane, mi, kk, reg)
+                    i, j = a_at(stage, r, k)
+                    af[4 * mi + reg] = to_tf32(As[i, j])
+        if B_LDSM:
+            for nj in range(NI // 2):   # n-tiles 2 nj and 2 nj + 1
+                i, j = b_at(stage, *b_ldm(warp, lane, nj, kk))
+                b0, b1, b2, b3 = ldmatrix_x4(Bs, i, j)
+                bf[4 * nj] = bits_to_tf32(b0)
+                bf[4 * nj + 1] = bits_to_tf32(b1)
+                bf[4 * nj + 2] = bits_to_tf32(b2)
+                bf[4 * nj + 3] = bits_to_tf32(b3)
+        else:
+            for ni in range(NI):
+                for reg in range(2):
+                    n, k = b_frag(warp, lane, ni, kk, reg)
+                    i, j = b_at(stage, n, k)
+                    bf[2 * ni + reg] = to_tf32(Bs[i, j])
         product(acc, af, bf)
 
     @INLINE
@@ -223,10 +252,10 @@ def build_gemm(t, copy_a, copy_b, multiply_slab, SMEM, ACCUM):
     return kernel
 
 
-def make_gemms(BM, BN, BK, WARPS_M, WARPS_N, ROUND=True):
+def make_gemms(BM, BN, BK, WARPS_M, WARPS_N, ROUND=True, LDSM=False):
     """{layout: (kernel with 4-byte copies, kernel with 16-byte copies)} for matmul.py's layouts."""
     layouts = {"forward": (False, False, False), "dinp": (False, True, True), "dweight": (True, True, True)}
-    return {name: tuple(make_gemm_tc(BM, BN, BK, WARPS_M, WARPS_N, a_kr, b_kr, accum, vector, ROUND)
+    return {name: tuple(make_gemm_tc(BM, BN, BK, WARPS_M, WARPS_N, a_kr, b_kr, accum, vector, ROUND, LDSM)
                         for vector in (False, True))
             for name, (a_kr, b_kr, accum) in layouts.items()}
 

@@ -68,6 +68,29 @@ def _c_frag(WARPS_N, WM, WN):
     return c_frag
 
 
+def _ldm(WARPS_N, WM, WN, SUB, A_KR, B_KR):
+    """(a_ldm, b_ldm): the ldmatrix.x4 row addresses of a warp's fragments, SUB elements a matrix row
+    along k (16 bytes: 8 bf16, or 4 fp32 for TF32's m16n8k8, whose registers are then one fp32 each)."""
+    def a_ldm(warp, lane, mi, kk):
+        i = U32(lane) // U32(8)
+        j = U32(lane) % U32(8)
+        r = (U32(warp) // U32(WARPS_N)) * U32(WM) + U32(16 * mi) + U32(8) * (i % U32(2))
+        k = U32(kk) + U32(SUB) * (i // U32(2))
+        if A_KR:
+            return r, k + j
+        return r + j, k
+
+    def b_ldm(warp, lane, nj, kk):
+        i = U32(lane) // U32(8)
+        j = U32(lane) % U32(8)
+        n = (U32(warp) % U32(WARPS_N)) * U32(WN) + U32(16 * nj) + U32(8) * (i // U32(2))
+        k = U32(kk) + U32(SUB) * (i % U32(2))
+        if B_KR:
+            return n, k + j
+        return n + j, k
+    return a_ldm, b_ldm
+
+
 def make(BM, BN, BK, WARPS_M, WARPS_N, A_KR, B_KR, STAGES=2):
     """A namespace of the geometry (BM, BN, BK, WM, WN, MI, NI, WARPS, THREADS, STAGES, A_SHAPE,
     B_SHAPE, A_CHUNKS, B_CHUNKS, A_ELEMS, B_ELEMS, A_KR, B_KR) and the index functions:
@@ -77,7 +100,11 @@ def make(BM, BN, BK, WARPS_M, WARPS_N, A_KR, B_KR, STAGES=2):
       a_elem(tid, it), b_elem(..)      -> (r, k) of thread tid's it-th 4-byte copy
       a_frag(warp, lane, mi, kk, reg)  -> (r, k) in the slab of the A register reg of m-tile mi at k step kk
       b_frag(warp, lane, ni, kk, reg)  -> (n, k) likewise for B
-      c_frag(warp, lane, mi, ni, reg)  -> (m, n) in the block tile of accumulator reg of tile (mi, ni)"""
+      c_frag(warp, lane, mi, ni, reg)  -> (m, n) in the block tile of accumulator reg of tile (mi, ni)
+      a_ldm(warp, lane, mi, kk), b_ldm(warp, lane, nj, kk)
+                                       -> as make_bf16's, for a K-contiguous operand's ldmatrix.x4
+                                          (4 floats a matrix row: matrices 0..3 are a_frag's registers
+                                          0..3 of m-tile mi, or b_frag's 0, 1 of n-tiles 2 nj, 2 nj + 1)"""
     WM, WN = BM // WARPS_M, BN // WARPS_N
     MI, NI = WM // 16, WN // 8
     WARPS = WARPS_M * WARPS_N
@@ -95,6 +122,11 @@ def make(BM, BN, BK, WARPS_M, WARPS_N, A_KR, B_KR, STAGES=2):
                 return e % U32(R), e // U32(R)
             return e // U32(BK), e % U32(BK)
         return elem
+
+    # ldmatrix.x4 of a K-contiguous operand's fp32 slab (matrix rows of 4 floats): lane l gets the
+    # float (l % 4) of row l // 4 of each matrix, which is the m16n8k8 A (and B) layout (the lab's
+    # -ldsm versions). Not for an R-contiguous one: .trans would split the floats' halves.
+    ldm = _ldm(WARPS_N, WM, WN, 4, A_KR, B_KR)
 
     def a_frag(warp, lane, mi, kk, reg):
         # mma.m16n8k8 .tf32 A register reg: row groupID (+8 for odd reg), col threadID_in_group
@@ -121,7 +153,8 @@ def make(BM, BN, BK, WARPS_M, WARPS_N, A_KR, B_KR, STAGES=2):
         a_at=_slab_at(A_KR, BM, BK), b_at=_slab_at(B_KR, BN, BK),
         a_chunk=_slab_chunk(A_KR, BM, BK, THREADS, 4), b_chunk=_slab_chunk(B_KR, BN, BK, THREADS, 4),
         a_elem=slab_elem(A_KR, BM), b_elem=slab_elem(B_KR, BN),
-        a_frag=a_frag, b_frag=b_frag, c_frag=_c_frag(WARPS_N, WM, WN))
+        a_frag=a_frag, b_frag=b_frag, c_frag=_c_frag(WARPS_N, WM, WN),
+        a_ldm=ldm[0], b_ldm=ldm[1])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -169,23 +202,7 @@ def make_bf16(BM, BN, BK, WARPS_M, WARPS_N, A_KR, B_KR, STAGES=2):
     for R in (BM, BN):
         assert R * BK % (8 * THREADS) == 0, "every thread copies the same number of 16-byte chunks"
 
-    def a_ldm(warp, lane, mi, kk):
-        i = U32(lane) // U32(8)
-        j = U32(lane) % U32(8)
-        r = (U32(warp) // U32(WARPS_N)) * U32(WM) + U32(16 * mi) + U32(8) * (i % U32(2))
-        k = U32(kk) + U32(8) * (i // U32(2))
-        if A_KR:
-            return r, k + j
-        return r + j, k
-
-    def b_ldm(warp, lane, nj, kk):
-        i = U32(lane) // U32(8)
-        j = U32(lane) % U32(8)
-        n = (U32(warp) % U32(WARPS_N)) * U32(WN) + U32(16 * nj) + U32(8) * (i // U32(2))
-        k = U32(kk) + U32(8) * (i % U32(2))
-        if B_KR:
-            return n, k + j
-        return n + j, k
+    a_ldm, b_ldm = _ldm(WARPS_N, WM, WN, 8, A_KR, B_KR)
 
     return types.SimpleNamespace(
         BM=BM, BN=BN, BK=BK, WM=WM, WN=WN, MI=MI, NI=NI, WARPS_M=WARPS_M, WARPS_N=WARPS_N, WARPS=WARPS,

@@ -12,6 +12,7 @@ store4, and the one numba-cuda's maintainers describe for inline PTX). Needs sm_
                                                           zeros: cp_async16 for float32 src, an 8-byte load
                                                           and widen for bf16 (uint16)
   cvt_rna_tf32(x) -> b32                                  f32 to tf32, round to nearest, ties away
+  cvt_rna_tf32_bits(u) -> b32                             the same of an f32's bits (a register ldmatrix filled)
   cvt_bf16x2(lo, hi) -> b32                               two f32 to packed bf16, round to nearest even
   f32_bits(x) -> b32                                      x's bits (an mma then reads them as tf32: truncation)
   widen(v) -> f32                                         a stored element as float32: float32 as it is, uint16
@@ -38,7 +39,7 @@ from .launch import SIMULATOR
 
 __all__ = ["mma_m16n8k8_tf32", "mma_m16n8k16_bf16", "ldmatrix_x1", "ldmatrix_x2", "ldmatrix_x4",
            "ldmatrix_x2_trans", "ldmatrix_x4_trans", "cp_async16", "cp_async4", "cp_async_commit",
-           "cp_async_wait", "cvt_rna_tf32", "cvt_bf16x2", "f32_bits", "widen", "narrow", "stage4", "shfl_xor",
+           "cp_async_wait", "cvt_rna_tf32", "cvt_rna_tf32_bits", "cvt_bf16x2", "f32_bits", "widen", "narrow", "stage4", "shfl_xor",
            "syncwarp"]
 
 MMA_TF32 = "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32"
@@ -103,6 +104,9 @@ if SIMULATOR:
 
     def cvt_rna_tf32(x):
         return np.uint32(lanes.cvt_rna_tf32(np.float32(x)))
+
+    def cvt_rna_tf32_bits(u):
+        return np.uint32(lanes.cvt_rna_tf32(np.uint32(u).view(np.float32)))
 
     def cvt_bf16x2(lo, hi):
         return np.uint32(lanes.cvt_bf16x2(np.float32(lo), np.float32(hi)))
@@ -286,6 +290,14 @@ else:
             v = context.cast(builder, args[0], signature.args[0], types.float32)
             return _asm(builder, I32, [v], "cvt.rna.tf32.f32 $0, $1;", "=r,f")
         return types.uint32(types.float32), codegen
+
+    @intrinsic
+    def cvt_rna_tf32_bits(typingctx, u):
+        """(lanes.cvt_rna_tf32) the float32 whose bits are u (uint32) -> tf32 in a uint32 register"""
+        def codegen(context, builder, signature, args):
+            v = context.cast(builder, args[0], signature.args[0], types.uint32)
+            return _asm(builder, I32, [v], "cvt.rna.tf32.f32 $0, $1;", "=r,r")
+        return types.uint32(types.uint32), codegen
 
     @intrinsic
     def cvt_bf16x2(typingctx, lo, hi):
