@@ -76,6 +76,11 @@ class CPUBackend(Backend):
     def residual_forward(self, out, inp1, inp2):
         (ROW if _step(out) else kernels).residual_forward(out, inp1, inp2)
 
+    def residual_layernorm_forward(self, residual, ln, mean, rstd, inp1, inp2, weight, bias):
+        """(the CPU's: the two kernels one after the other; a launch costs nothing here)"""
+        self.residual_forward(residual, inp1, inp2)
+        self.layernorm_forward(ln, mean, rstd, residual, weight, bias)
+
     def softmax_forward(self, probs, logits, V):
         (ROW if _step(probs) else kernels).softmax_forward(probs, logits, V)
 

@@ -79,6 +79,12 @@ class Backend:
         """dinp1 += dout; dinp2 += dout."""
         raise NotImplementedError
 
+    def residual_layernorm_forward(self, residual, ln, mean, rstd, inp1, inp2, weight, bias):
+        """residual (B,T,C) = inp1 + inp2, then ln (B,T,C), mean, rstd (B,T) = the layernorm of
+        residual with weight, bias (C): residual_forward then layernorm_forward, the same values,
+        in one pass where the device gains by it (llm.c's CUDA fused_residual_forward5)."""
+        raise NotImplementedError
+
     def softmax_forward(self, probs, logits, V):
         """probs (B,T,Vp) = softmax over the first V columns of logits (B,T,Vp); the padded
         columns V..Vp-1 get probability 0. (A forward without targets, generation's step:

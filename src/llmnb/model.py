@@ -86,31 +86,43 @@ def block_forward(k, l, a, p, w, cache=None, pos=None):
     (p itself, or for the one-token step their bfloat16 bits or int8 copies). cache None: every
     position of a's (B, T) attends causally over a.qkv[l]. cache (kv_cache (L, maxT, B, 3C),
     att_scratch (B, NH, maxT)) and pos t: the one-token step (T = 1) of B sequences at position
-    t, whose qkv rows go into row t of the KV cache, each attending over its rows 0..t."""
+    t, whose qkv rows go into row t of the KV cache, each attending over its rows 0..t.
+
+    As llm.c's CUDA gpt2_forward, each residual add and the layernorm after it are one kernel
+    (residual_layernorm_forward): the attention's with ln2, the MLP's with the next layer's ln1,
+    or after the last layer with the final lnf. So layer 0 starts with its own ln1 of the encoder's
+    output, and the others find theirs done."""
+    L = a.ln1.shape[0]
     residual = a.encoded if l == 0 else a.residual3[l - 1]
     if cache is None:
         qkv = a.qkv[l]
     else:
         kv_cache, att = cache
         qkv = kv_cache[l, pos].reshape(a.qkv[l].shape)  # (B, 1, 3C): the step's rows of the KV cache
-    k.layernorm_forward(a.ln1[l], a.ln1_mean[l], a.ln1_rstd[l], residual, p.ln1w[l], p.ln1b[l])
+    if l == 0:
+        k.layernorm_forward(a.ln1[0], a.ln1_mean[0], a.ln1_rstd[0], residual, p.ln1w[0], p.ln1b[0])
     k.matmul_forward(qkv, a.ln1[l], w.qkvw[l], p.qkvb[l])
     if cache is None:
         k.attention_forward(a.atty[l], a.lse[l], qkv)
     else:
         k.attention_query(a.atty[l].reshape(att.shape[0], a.atty.shape[3]), att, kv_cache[l], pos)
     k.matmul_forward(a.attproj[l], a.atty[l], w.attprojw[l], p.attprojb[l])
-    k.residual_forward(a.residual2[l], residual, a.attproj[l])
-    k.layernorm_forward(a.ln2[l], a.ln2_mean[l], a.ln2_rstd[l], a.residual2[l], p.ln2w[l], p.ln2b[l])
+    k.residual_layernorm_forward(a.residual2[l], a.ln2[l], a.ln2_mean[l], a.ln2_rstd[l], residual, a.attproj[l],
+                                 p.ln2w[l], p.ln2b[l])
     k.matmul_forward(a.fch[l], a.ln2[l], w.fcw[l], p.fcb[l])
     k.gelu_forward(a.fch_gelu[l], a.fch[l])
     k.matmul_forward(a.fcproj[l], a.fch_gelu[l], w.fcprojw[l], p.fcprojb[l])
-    k.residual_forward(a.residual3[l], a.residual2[l], a.fcproj[l])
+    if l + 1 < L:
+        k.residual_layernorm_forward(a.residual3[l], a.ln1[l + 1], a.ln1_mean[l + 1], a.ln1_rstd[l + 1],
+                                     a.residual2[l], a.fcproj[l], p.ln1w[l + 1], p.ln1b[l + 1])
+    else:
+        k.residual_layernorm_forward(a.residual3[l], a.lnf, a.lnf_mean, a.lnf_rstd, a.residual2[l], a.fcproj[l],
+                                     p.lnfw, p.lnfb)
 
 
-def head_forward(k, a, p, w):
-    """The final layernorm and the logits (the classifier is wte, from w)."""
-    k.layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, a.residual3[a.residual3.shape[0] - 1], p.lnfw, p.lnfb)
+def head_forward(k, a, w):
+    """The logits (the classifier is wte, from w) of the final layernorm, which the last layer's
+    block_forward wrote."""
     k.matmul_forward(a.logits, a.lnf, w.wte, None)
 
 
@@ -249,7 +261,7 @@ class GPT2:
         k.encoder_forward(a.encoded, self.inputs, p.wte, p.wpe)
         for l in range(self.config.num_layers):
             block_forward(k, l, a, p, p)
-        head_forward(k, a, p, p)
+        head_forward(k, a, p)
         self.logits_hold_grads = False
         V = self.config.vocab_size
 
@@ -493,7 +505,7 @@ class Decoder:
         k.encoder_forward(a.encoded, self.tokens, p.wte, p.wpe[t:t + 1])
         for l in range(cfg.num_layers):
             block_forward(k, l, a, p, self.weights, cache=(self.kv_cache, self.att_scratch), pos=t)
-        head_forward(k, a, p, self.weights)
+        head_forward(k, a, self.weights)
         k.softmax_forward(a.probs, a.logits, cfg.vocab_size)
         self.pos += 1
         probs = k.to_host(a.probs).reshape(self.batch, -1)

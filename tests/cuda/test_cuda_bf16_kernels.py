@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from llmnb import kernels as cpu
+from llmnb.backend import CPUBackend
 from llmnb.cuda import lanes
 from llmnb.cuda.backend import CUDABackend
 
@@ -13,7 +14,8 @@ F32 = np.float32
 HALF_ULP = 2.0 ** -8   # of a bf16, relative
 # per kernel: which float arguments stay float32 in the bf16 model (llm.c's too: statistics, losses)
 FP32_ARGS = {"layernorm_forward": {1, 2}, "layernorm_backward": {6, 7}, "crossentropy_forward": {0, 1},
-             "crossentropy_softmax_backward": {1, 2}, "attention_forward": {1}, "attention_backward": {4}}
+             "crossentropy_softmax_backward": {1, 2}, "attention_forward": {1}, "attention_backward": {4},
+             "residual_layernorm_forward": {2, 3}}
 
 
 def bf16(x):
@@ -46,7 +48,7 @@ def run_bf16(be, name, args, roundings=1):
             host.append(a.copy() if isinstance(a, np.ndarray) else a)
             dev.append(be.asarray(a) if isinstance(a, np.ndarray) else a)
             is16.append(False)
-    getattr(cpu, name)(*host)
+    getattr(cpu if hasattr(cpu, name) else CPUBackend(), name)(*host)
     getattr(be, name)(*dev)
     for i, (h, d, b16) in enumerate(zip(host, dev, is16)):
         if not isinstance(h, np.ndarray) or h.dtype != F32:
@@ -136,3 +138,22 @@ def test_attention(be, B, T, NH, C, version):
     cpu.attention_forward(out, lse, qkv)
     out = value(bf16(out))   # the forward's output as the bf16 model keeps it
     run_bf16(be, "attention_backward", [randn(rng, B, T, 3 * C), randn(rng, B, T, C), qkv, out, lse], roundings=n)
+
+
+def test_residual_layernorm_forward_in_bf16_is_the_two_kernels_bit_for_bit(be):
+    # the fused kernel's layernorm reads the residual as stored (rounded to bf16), as layernorm_forward
+    # after residual_forward does: the same bits
+    rng = np.random.default_rng(6)
+    B, T, C = 2, 3, 40
+    h = [bf16(randn(rng, B, T, C)) for _ in range(4)] + [bf16(randn(rng, C)) for _ in range(2)]
+    stats = [np.zeros((B, T), F32) for _ in range(4)]
+    fused = [be.asarray(x) for x in (h[0], h[1], stats[0], stats[1], h[2], h[3], h[4], h[5])]
+    be.residual_layernorm_forward(*fused)
+    apart = [be.asarray(x) for x in (h[0], h[1], stats[2], stats[3], h[2], h[3], h[4], h[5])]
+    be.residual_forward(apart[0], apart[4], apart[5])
+    be.layernorm_forward(apart[1], apart[2], apart[3], apart[0], apart[6], apart[7])
+    for i in range(4):
+        assert np.array_equal(be.to_host(fused[i]), be.to_host(apart[i])), i
+    run_bf16(be, "residual_layernorm_forward", [randn(rng, B, T, C), randn(rng, B, T, C), randn(rng, B, T),
+                                                randn(rng, B, T), randn(rng, B, T, C), randn(rng, B, T, C),
+                                                randn(rng, C), randn(rng, C)], roundings=2)

@@ -563,3 +563,20 @@ def test_the_default_attention_is_the_version_a_card_ran():
     # v3 stays selectable with LLMNB_CUDA_ATTENTION=v3 until a card has run it
     assert launch.ATTENTION_KERNEL == (os.environ.get("LLMNB_CUDA_ATTENTION") or "v2")
     assert CUDABackend().attention.version == launch.ATTENTION_KERNEL
+
+
+@pytest.mark.gpu_geometry
+def test_residual_layernorm_forward_is_the_two_kernels_bit_for_bit(be, rng):
+    # the fused kernel against the CPU's (its two kernels) within RTOL, and against the device's own
+    # residual_forward + layernorm_forward exactly (the same adds, the sums in the same order)
+    B, T, C = 2, 5, 37
+    args = [randn(rng, B, T, C), randn(rng, B, T, C), randn(rng, B, T), randn(rng, B, T),
+            randn(rng, B, T, C, scale=3.0), randn(rng, B, T, C), randn(rng, C), randn(rng, C)]
+    from llmnb.backend import CPUBackend
+    host, got = run_both(be, "residual_layernorm_forward", args, module=CPUBackend())
+    assert_all_close(host, got, ["residual", "ln", "mean", "rstd", "inp1", "inp2", "weight", "bias"])
+    d = [be.asarray(x) for x in args]
+    be.residual_forward(d[0], d[4], d[5])
+    be.layernorm_forward(d[1], d[2], d[3], d[0], d[6], d[7])
+    for i in range(4):
+        assert np.array_equal(be.to_host(d[i]), got[i]), i

@@ -25,6 +25,7 @@ class CUDABackend(Backend):
     encoder_backward = staticmethod(kernels.encoder_backward)
     layernorm_forward = staticmethod(kernels.layernorm_forward)
     layernorm_backward = staticmethod(kernels.layernorm_backward)
+    residual_layernorm_forward = staticmethod(kernels.residual_layernorm_forward)
     attention_query = staticmethod(kernels.attention_query)
     gelu_forward = staticmethod(kernels.gelu_forward)
     gelu_backward = staticmethod(kernels.gelu_backward)

@@ -228,6 +228,38 @@ def layernorm_backward_params_kernel(dweight, dbias, dout, inp, mean, rstd):
         dbias[c] = narrow(dbias, widen(dbias[c]) + tb)
 
 
+@cuda.jit(cache=True)
+def residual_layernorm_forward_kernel(residual, ln, mean, rstd, inp1, inp2, weight, bias):
+    # residual (B,T,C) = inp1 + inp2, then layernorm_forward_kernel's ln, mean, rstd of it; one block
+    # per row (b,t). Each thread reads back only the elements it wrote (as stored: bf16's rounded
+    # values), and the sums run in layernorm_forward_kernel's order: the two kernels' bits
+    buf = cuda.shared.array(ROW_THREADS, float32)
+    B, T, C = residual.shape
+    b = cuda.blockIdx.x // T
+    t = cuda.blockIdx.x % T
+    tid = cuda.threadIdx.x
+    x = residual[b, t]
+    a1 = inp1[b, t]
+    a2 = inp2[b, t]
+    s = ZERO
+    for i in range(tid, C, ROW_THREADS):
+        x[i] = narrow(x, widen(a1[i]) + widen(a2[i]))
+        s += widen(x[i])
+    m = block_sum(buf, s) / F32(C)
+    s = ZERO
+    for i in range(tid, C, ROW_THREADS):
+        xshift = widen(x[i]) - m
+        s += xshift * xshift
+    v = block_sum(buf, s) / F32(C)
+    rs = ONE / math.sqrt(v + LN_EPS)
+    o = ln[b, t]
+    for i in range(tid, C, ROW_THREADS):
+        o[i] = narrow(o, (rs * (widen(x[i]) - m)) * widen(weight[i]) + widen(bias[i]))
+    if tid == 0:
+        mean[b, t] = m
+        rstd[b, t] = rs
+
+
 def layernorm_forward(out, mean, rstd, inp, weight, bias):
     """out (B,T,C), mean, rstd (B,T) = layernorm of inp (B,T,C) with weight, bias (C)."""
     B, T, C = inp.shape
@@ -235,6 +267,18 @@ def layernorm_forward(out, mean, rstd, inp, weight, bias):
           f"layernorm_forward: out {out.shape} / mean {mean.shape} / rstd {rstd.shape} do not fit inp {inp.shape}")
     check(weight.shape == (C,) and bias.shape == (C,), WHERE, f"layernorm_forward: weight/bias are not ({C},)")
     layernorm_forward_kernel[B * T, ROW_THREADS](out, mean, rstd, inp, weight, bias)
+
+
+def residual_layernorm_forward(residual, ln, mean, rstd, inp1, inp2, weight, bias):
+    """residual (B,T,C) = inp1 + inp2 and ln, mean, rstd its layernorm, in one launch (llm.c's
+    fused_residual_forward5): the values of residual_forward then layernorm_forward."""
+    B, T, C = residual.shape
+    check(inp1.shape == (B, T, C) and inp2.shape == (B, T, C), WHERE,
+          f"residual_layernorm_forward: inp1 {inp1.shape} / inp2 {inp2.shape} are not residual's {residual.shape}")
+    check(ln.shape == (B, T, C) and mean.shape == (B, T) and rstd.shape == (B, T), WHERE,
+          f"residual_layernorm_forward: ln {ln.shape} / mean {mean.shape} / rstd {rstd.shape} do not fit {residual.shape}")
+    check(weight.shape == (C,) and bias.shape == (C,), WHERE, f"residual_layernorm_forward: weight/bias are not ({C},)")
+    residual_layernorm_forward_kernel[B * T, ROW_THREADS](residual, ln, mean, rstd, inp1, inp2, weight, bias)
 
 
 def layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd):

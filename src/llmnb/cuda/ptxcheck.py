@@ -54,6 +54,7 @@ def kernel_signatures():
         K.encoder_backward_wpe_kernel: [(f2, f3), (h2, h3)],
         K.encoder_backward_wte_kernel: [(f2, f3, i2), (h2, h3, i2)],
         K.layernorm_forward_kernel: [(f3, f2, f2, f3, f1, f1), (h3, f2, f2, h3, h1, h1)],
+        K.residual_layernorm_forward_kernel: [(f3, f3, f2, f2, f3, f3, f1, f1), (h3, h3, f2, f2, h3, h3, h1, h1)],
         K.layernorm_backward_dinp_kernel: [(f3, f3, f3, f1, f2, f2), (h3, h3, h3, h1, f2, f2)],
         K.layernorm_backward_params_kernel: [(f1, f1, f3, f3, f2, f2), (h1, h1, h3, h3, f2, f2)],
         A.attention_forward_kernel: [(f3, f3, f3, float32)],
