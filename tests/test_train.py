@@ -671,7 +671,7 @@ def test_a_resumed_run_neither_builds_nor_downloads_the_e_model(workdir, checkpo
     monkeypatch.setattr(loading, "init_params", lambda *a, **k: asked.append("init"))
     checked = []
     real_check = memory.run_memory
-    monkeypatch.setattr(memory, "run_memory", lambda config, B, T: checked.append(config) or real_check(config, B, T))
+    monkeypatch.setattr(memory, "run_memory", lambda config, B, T, precision="fp32": checked.append(config) or real_check(config, B, T, precision))
     argv = ["-i", str(workdir / "tiny_train_*.bin"), "-j", str(workdir / "tiny_val.bin"), "-o", str(out),
             *QUICK, "-x", "3", "-y", "1", "--data-dir", str(tmp_path / "empty")]
     capsys.readouterr()
