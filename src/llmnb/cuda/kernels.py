@@ -24,6 +24,7 @@ import numpy as np
 from numba import cuda, float32, float64
 
 from ..kernels import GELU_CUBE, GELU_SCALING_FACTOR, LAYERNORM_EPS  # the model's constants, one home
+from ..formats import fp32_to_bf16
 from ..kernels import bias_corrections as cpu_bias_corrections  # the host-side scalars, shared
 from .launch import (COL_ROWS, COL_WIDTH, ELEM_THREADS, INLINE, ROW_THREADS,
                      cdiv, check, elementwise_grid, last_dim, size)
@@ -140,6 +141,26 @@ def encoder_backward(dwte, dwpe, dout, inp):
 # ----------------------------------------------------------------------------------------------
 # layernorm
 
+@cuda.jit(device=True)
+def _normalize_row(buf, o, mean, rstd, b, t, x, weight, bias, s):
+    # the rest of row (b,t)'s layernorm once each thread has summed its elements of x (C,) into s:
+    # the mean, the variance, o (C,) = the normalized row (weight, bias), mean[b, t] and rstd[b, t]
+    tid = cuda.threadIdx.x
+    C = x.shape[0]
+    m = block_sum(buf, s) / F32(C)
+    s = ZERO
+    for i in range(tid, C, ROW_THREADS):
+        xshift = widen(x[i]) - m
+        s += xshift * xshift
+    v = block_sum(buf, s) / F32(C)
+    rs = ONE / math.sqrt(v + LN_EPS)
+    for i in range(tid, C, ROW_THREADS):
+        o[i] = narrow(o, (rs * (widen(x[i]) - m)) * widen(weight[i]) + widen(bias[i]))
+    if tid == 0:
+        mean[b, t] = m
+        rstd[b, t] = rs
+
+
 @cuda.jit(cache=True)
 def layernorm_forward_kernel(out, mean, rstd, inp, weight, bias):
     # out (B,T,C), mean, rstd (B,T); inp (B,T,C); weight, bias (C); one block per row (b,t)
@@ -152,19 +173,7 @@ def layernorm_forward_kernel(out, mean, rstd, inp, weight, bias):
     s = ZERO
     for i in range(tid, C, ROW_THREADS):
         s += widen(x[i])
-    m = block_sum(buf, s) / F32(C)
-    s = ZERO
-    for i in range(tid, C, ROW_THREADS):
-        xshift = widen(x[i]) - m
-        s += xshift * xshift
-    v = block_sum(buf, s) / F32(C)
-    rs = ONE / math.sqrt(v + LN_EPS)
-    o = out[b, t]
-    for i in range(tid, C, ROW_THREADS):
-        o[i] = narrow(o, (rs * (widen(x[i]) - m)) * widen(weight[i]) + widen(bias[i]))
-    if tid == 0:
-        mean[b, t] = m
-        rstd[b, t] = rs
+    _normalize_row(buf, out[b, t], mean, rstd, b, t, x, weight, bias, s)
 
 
 @cuda.jit(cache=True)
@@ -245,19 +254,7 @@ def residual_layernorm_forward_kernel(residual, ln, mean, rstd, inp1, inp2, weig
     for i in range(tid, C, ROW_THREADS):
         x[i] = narrow(x, widen(a1[i]) + widen(a2[i]))
         s += widen(x[i])
-    m = block_sum(buf, s) / F32(C)
-    s = ZERO
-    for i in range(tid, C, ROW_THREADS):
-        xshift = widen(x[i]) - m
-        s += xshift * xshift
-    v = block_sum(buf, s) / F32(C)
-    rs = ONE / math.sqrt(v + LN_EPS)
-    o = ln[b, t]
-    for i in range(tid, C, ROW_THREADS):
-        o[i] = narrow(o, (rs * (widen(x[i]) - m)) * widen(weight[i]) + widen(bias[i]))
-    if tid == 0:
-        mean[b, t] = m
-        rstd[b, t] = rs
+    _normalize_row(buf, ln[b, t], mean, rstd, b, t, x, weight, bias, s)
 
 
 def layernorm_forward(out, mean, rstd, inp, weight, bias):
@@ -578,11 +575,7 @@ def fill(arr, value):
     """Fill a contiguous device array with value (cast to its dtype; a uint16 array holds bf16 bits:
     value's, rounded to nearest even)."""
     flat = arr.reshape(size(arr))
-    if arr.dtype == np.uint16:
-        bits = F32(value).view(np.uint32)
-        v = np.uint16((int(bits) + 0x7FFF + ((int(bits) >> 16) & 1)) >> 16)   # (finite values)
-    else:
-        v = arr.dtype.type(value)
+    v = fp32_to_bf16(F32(value))[0] if arr.dtype == np.uint16 else arr.dtype.type(value)
     fill_kernel[elementwise_grid(flat.shape[0]), ELEM_THREADS](flat, v)
 
 

@@ -25,7 +25,7 @@ from numba import uint16
 
 from . import mma_tiles
 from .launch import GEOMETRY, INLINE, check
-from .matmul_tc import MatmulsTF32, _slab_copy, build_gemm, warp_product
+from .matmul_tc import MatmulsTF32, _slab_copy, build_gemm, put4, unrolled_slab, warp_product
 from .ptx import ldmatrix_x4, ldmatrix_x4_trans, mma_m16n8k16_bf16
 
 #                BM   BN   BK  WARPS_M  WARPS_N
@@ -54,32 +54,14 @@ def make_gemm_bf16(BM, BN, BK, WARPS_M, WARPS_N, A_KR, B_KR, ACCUM):
         for mi in range(MI):
             i, j = a_at(stage, *a_ldm(warp, lane, mi, kk))
             a0, a1, a2, a3 = load_a(As, i, j)
-            af[4 * mi] = a0
-            af[4 * mi + 1] = a1
-            af[4 * mi + 2] = a2
-            af[4 * mi + 3] = a3
+            put4(af, 4 * mi, a0, a1, a2, a3)
         for nj in range(NI // 2):   # n-tiles 2 nj and 2 nj + 1: b0, b1 of each
             i, j = b_at(stage, *b_ldm(warp, lane, nj, kk))
             b0, b1, b2, b3 = load_b(Bs, i, j)
-            bf[4 * nj] = b0
-            bf[4 * nj + 1] = b1
-            bf[4 * nj + 2] = b2
-            bf[4 * nj + 3] = b3
+            put4(bf, 4 * nj, b0, b1, b2, b3)
         product(acc, af, bf)
 
-    @INLINE
-    def multiply_slab(As, Bs, stage, acc, af, bf, warp, lane):
-        # the slab's k steps of 16 written out; BK <= 64
-        multiply_k16(As, Bs, stage, U32(0), acc, af, bf, warp, lane)
-        if BK > 16:
-            multiply_k16(As, Bs, stage, U32(16), acc, af, bf, warp, lane)
-        if BK > 32:
-            multiply_k16(As, Bs, stage, U32(32), acc, af, bf, warp, lane)
-        if BK > 48:
-            multiply_k16(As, Bs, stage, U32(48), acc, af, bf, warp, lane)
-    assert BK <= 64
-
-    return build_gemm(t, copy_a, copy_b, multiply_slab, uint16, ACCUM)
+    return build_gemm(t, copy_a, copy_b, unrolled_slab(multiply_k16, 16, BK), uint16, ACCUM)
 
 
 def make_gemms_bf16(BM, BN, BK, WARPS_M, WARPS_N):

@@ -80,6 +80,33 @@ def _same_bits(u):
     return u
 
 
+@INLINE
+def put4(regs, q, r0, r1, r2, r3):
+    # regs[q:q+4] = r0..r3 (an ldmatrix.x4's four registers)
+    regs[q] = r0
+    regs[q + 1] = r1
+    regs[q + 2] = r2
+    regs[q + 3] = r3
+
+
+def unrolled_slab(multiply_k, KSTEP, BK):
+    """multiply_slab(As, Bs, stage, acc, af, bf, warp, lane): multiply_k at each k step of KSTEP of a
+    slab of BK, written out (numba leaves a loop over them rolled: ~10 more instructions per 16
+    HMMA); at most 4 steps."""
+    assert BK <= 4 * KSTEP, "multiply_slab writes out at most 4 k steps"
+
+    @INLINE
+    def multiply_slab(As, Bs, stage, acc, af, bf, warp, lane):
+        multiply_k(As, Bs, stage, U32(0), acc, af, bf, warp, lane)
+        if BK > KSTEP:
+            multiply_k(As, Bs, stage, U32(KSTEP), acc, af, bf, warp, lane)
+        if BK > 2 * KSTEP:
+            multiply_k(As, Bs, stage, U32(2 * KSTEP), acc, af, bf, warp, lane)
+        if BK > 3 * KSTEP:
+            multiply_k(As, Bs, stage, U32(3 * KSTEP), acc, af, bf, warp, lane)
+    return multiply_slab
+
+
 def warp_product(mma, MI, NI):
     """product(acc, af, bf): a warp's MI x NI tiles of 16 x 8, acc (4 MI NI fp32 a lane) += mma of
     the lane's A registers af (4 MI: four of each m-tile) and B registers bf (2 NI: two of each
@@ -107,7 +134,6 @@ def make_gemm_tc(BM, BN, BK, WARPS_M, WARPS_N, A_KR, B_KR, ACCUM, VECTOR, ROUND=
     come from ldmatrix.x4 (one per 4 registers; mma_tiles.make's a_ldm / b_ldm) instead of a 32-bit
     shared load each; an R-contiguous one's stay 32-bit loads."""
     t = mma_tiles.make(BM, BN, BK, WARPS_M, WARPS_N, A_KR, B_KR)
-    assert BK <= 32, "multiply_slab writes out at most 4 k steps"
     MI, NI = t.MI, t.NI
     copy_a = _slab_copy(A_KR, t.a_at, t.a_chunk, t.a_elem, t.A_CHUNKS, t.A_ELEMS, VECTOR)
     copy_b = _slab_copy(B_KR, t.b_at, t.b_chunk, t.b_elem, t.B_CHUNKS, t.B_ELEMS, VECTOR)
@@ -127,10 +153,7 @@ def make_gemm_tc(BM, BN, BK, WARPS_M, WARPS_N, A_KR, B_KR, ACCUM, VECTOR, ROUND=
             if A_LDSM:
                 i, j = a_at(stage, *a_ldm(warp, lane, mi, kk))
                 a0, a1, a2, a3 = ldmatrix_x4(As, i, j)
-                af[4 * mi] = bits_to_tf32(a0)
-                af[4 * mi + 1] = bits_to_tf32(a1)
-                af[4 * mi + 2] = bits_to_tf32(a2)
-                af[4 * mi + 3] = bits_to_tf32(a3)
+                put4(af, 4 * mi, bits_to_tf32(a0), bits_to_tf32(a1), bits_to_tf32(a2), bits_to_tf32(a3))
             else:
                 for reg in range(4):
                     r, k = a_frag(warp, lane, mi, kk, reg)
@@ -140,10 +163,7 @@ def make_gemm_tc(BM, BN, BK, WARPS_M, WARPS_N, A_KR, B_KR, ACCUM, VECTOR, ROUND=
             for nj in range(NI // 2):   # n-tiles 2 nj and 2 nj + 1
                 i, j = b_at(stage, *b_ldm(warp, lane, nj, kk))
                 b0, b1, b2, b3 = ldmatrix_x4(Bs, i, j)
-                bf[4 * nj] = bits_to_tf32(b0)
-                bf[4 * nj + 1] = bits_to_tf32(b1)
-                bf[4 * nj + 2] = bits_to_tf32(b2)
-                bf[4 * nj + 3] = bits_to_tf32(b3)
+                put4(bf, 4 * nj, bits_to_tf32(b0), bits_to_tf32(b1), bits_to_tf32(b2), bits_to_tf32(b3))
         else:
             for ni in range(NI):
                 for reg in range(2):
@@ -152,19 +172,7 @@ def make_gemm_tc(BM, BN, BK, WARPS_M, WARPS_N, A_KR, B_KR, ACCUM, VECTOR, ROUND=
                     bf[2 * ni + reg] = to_tf32(Bs[i, j])
         product(acc, af, bf)
 
-    @INLINE
-    def multiply_slab(As, Bs, stage, acc, af, bf, warp, lane):
-        # the slab's k steps of 8 written out (numba leaves a loop over them rolled: ~10 more
-        # instructions per 16 HMMA); BK <= 32
-        multiply_k8(As, Bs, stage, U32(0), acc, af, bf, warp, lane)
-        if BK > 8:
-            multiply_k8(As, Bs, stage, U32(8), acc, af, bf, warp, lane)
-        if BK > 16:
-            multiply_k8(As, Bs, stage, U32(16), acc, af, bf, warp, lane)
-        if BK > 24:
-            multiply_k8(As, Bs, stage, U32(24), acc, af, bf, warp, lane)
-
-    return build_gemm(t, copy_a, copy_b, multiply_slab, float32, ACCUM)
+    return build_gemm(t, copy_a, copy_b, unrolled_slab(multiply_k8, 8, BK), float32, ACCUM)
 
 
 def build_gemm(t, copy_a, copy_b, multiply_slab, SMEM, ACCUM):
@@ -298,4 +306,5 @@ class MatmulsTF32(Matmuls):
         matmul_reduce_splits_kernel[elementwise_grid(M * N), ELEM_THREADS](out, parts, bias_arg, has_bias, accumulate)
 
 
-__all__ = ["MatmulsTF32", "build_gemm", "make_gemm_tc", "make_gemms", "warp_product", "TC_SHAPES"]
+__all__ = ["MatmulsTF32", "build_gemm", "make_gemm_tc", "make_gemms", "put4", "unrolled_slab", "warp_product",
+           "TC_SHAPES"]
