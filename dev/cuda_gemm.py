@@ -43,7 +43,8 @@ Versions:
        the tf32-rounded operands. -ldsm: the K-contiguous operands' fragments (forward's A and B,
        dinp's A) by ldmatrix.x4 (a matrix row is 4 floats, so lane l gets float l % 4 of row l // 4:
        the m16n8k8 layout), one LDSM per 4 registers instead of 4 LDS, then cvt.rna on the bits.
-       SASS (sm_90, this session's script over make_gemms(..., LDSM=True)): a slab of forward 266
+       SASS (sm_90, llmnb.cuda.sass.assemble of matmul_tc.make_gemms(128, 128, 16, 2, 4, LDSM=True)'s
+       16-byte-copy kernels, no GPU, 2026-12-08 at `f5addc1`): a slab of forward 266
        instructions for 32 HMMA with 3 LDS + 12 LDSM (the package's: 278 with 51 LDS), dinp 281
        with 19 LDS + 8 LDSM (289), dweight unchanged (both operands R-contiguous); 120-126
        registers, no spills. Not yet run on a card.
